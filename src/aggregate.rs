@@ -1,0 +1,202 @@
+//! Stage 3: a batch of validated events becomes, per partition, the counter deltas it adds.
+//!
+//! Everything here is in memory and per batch: a thousand events for one province and dataset
+//! become one delta per bucket, so the Redis script that follows does work proportional to
+//! distinct counters, not to events.
+
+use std::collections::HashMap;
+
+use crate::buckets::Tier;
+use crate::decode::{Event, Payload, Reason};
+use crate::events::{channel_name, Channel};
+use crate::provinces::Unit;
+
+/// Where a delta goes: the running total, or one time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    Total,
+    Bucket(Tier, i64),
+}
+
+/// What is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    /// Records of the dataset with this index in the configured list.
+    Records(u8),
+    /// Completed dossiers of a channel.
+    Completed(Channel),
+    /// Of those, completed on time.
+    OnTime(Channel),
+    /// Any procedure event: only used for the time of the newest one.
+    AnyProcedure,
+}
+
+impl Metric {
+    /// The name inside a Redis field: `r.land`, `p.online.n`, `p.online.ot`, `p`.
+    pub fn render(self, datasets: &[String]) -> String {
+        match self {
+            Metric::Records(d) => format!("r.{}", datasets[d as usize]),
+            Metric::Completed(c) => format!("p.{}.n", channel_name(c)),
+            Metric::OnTime(c) => format!("p.{}.ot", channel_name(c)),
+            Metric::AnyProcedure => "p".to_string(),
+        }
+    }
+}
+
+/// A counter of one unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Field {
+    pub unit: Unit,
+    pub metric: Metric,
+}
+
+impl Field {
+    /// The Redis hash field: `o94|r.civil_status`.
+    pub fn render(self, datasets: &[String]) -> String {
+        format!("{}|{}", self.unit, self.metric.render(datasets))
+    }
+}
+
+/// The deltas of one partition's batch.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Aggregate {
+    pub counters: HashMap<(Slot, Field), i64>,
+    /// Newest event time (unix seconds) seen per field.
+    pub latest: HashMap<Field, i64>,
+    pub dead: HashMap<Reason, i64>,
+    /// Events that added to the counters.
+    pub counted: u64,
+}
+
+impl Aggregate {
+    /// Adds a new (not duplicate) event. Buckets too old for any window at `now` are skipped.
+    pub fn add(&mut self, event: &Event, now: i64) {
+        self.counted += 1;
+        match event.payload {
+            Payload::Records { dataset, count } => {
+                let field = Field {
+                    unit: event.unit,
+                    metric: Metric::Records(dataset),
+                };
+                self.add_counter(field, event.at, count as i64, now);
+                self.see(field, event.at);
+            }
+            Payload::Procedure { channel, on_time } => {
+                let completed = Field {
+                    unit: event.unit,
+                    metric: Metric::Completed(channel),
+                };
+                self.add_counter(completed, event.at, 1, now);
+                if on_time {
+                    let ot = Field {
+                        unit: event.unit,
+                        metric: Metric::OnTime(channel),
+                    };
+                    self.add_counter(ot, event.at, 1, now);
+                }
+                let any = Field {
+                    unit: event.unit,
+                    metric: Metric::AnyProcedure,
+                };
+                self.see(any, event.at);
+            }
+        }
+    }
+
+    pub fn dead_letter(&mut self, reason: Reason) {
+        *self.dead.entry(reason).or_default() += 1;
+    }
+
+    fn add_counter(&mut self, field: Field, at: i64, amount: i64, now: i64) {
+        *self.counters.entry((Slot::Total, field)).or_default() += amount;
+        for tier in Tier::ALL {
+            let b = tier.bucket(at);
+            if tier.ttl(b, now).is_some() {
+                *self
+                    .counters
+                    .entry((Slot::Bucket(tier, b), field))
+                    .or_default() += amount;
+            }
+        }
+    }
+
+    fn see(&mut self, field: Field, at: i64) {
+        let t = self.latest.entry(field).or_insert(at);
+        *t = (*t).max(at);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty() && self.dead.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provinces::Scheme;
+
+    fn ev(code: u8, at: i64, count: u64) -> Event {
+        Event {
+            id: format!("e{at}"),
+            unit: Unit {
+                scheme: Scheme::Legacy63,
+                code,
+            },
+            at,
+            payload: Payload::Records { dataset: 1, count },
+        }
+    }
+
+    #[test]
+    fn many_events_become_one_delta_per_bucket() {
+        let now = 1_727_740_800; // 2024-10-01T00:00:00Z
+        let mut agg = Aggregate::default();
+        for i in 0..1000 {
+            agg.add(&ev(1, now - 30 + (i % 20), 3), now);
+        }
+        let field = Field {
+            unit: Unit {
+                scheme: Scheme::Legacy63,
+                code: 1,
+            },
+            metric: Metric::Records(1),
+        };
+        assert_eq!(agg.counters[&(Slot::Total, field)], 3000);
+        // total + minute + hour + day
+        assert_eq!(agg.counters.len(), 4);
+        assert_eq!(agg.latest[&field], now - 11);
+        assert_eq!(agg.counted, 1000);
+    }
+
+    #[test]
+    fn old_events_count_in_total_and_day_but_not_minute() {
+        let now = 1_727_740_800;
+        let mut agg = Aggregate::default();
+        agg.add(&ev(1, now - 10 * 86_400, 5), now);
+        let tiers: Vec<Slot> = agg.counters.keys().map(|(s, _)| *s).collect();
+        assert!(tiers.contains(&Slot::Total));
+        assert!(!tiers
+            .iter()
+            .any(|s| matches!(s, Slot::Bucket(Tier::Minute, _))));
+        assert!(tiers
+            .iter()
+            .any(|s| matches!(s, Slot::Bucket(Tier::Day, _))));
+    }
+
+    #[test]
+    fn field_names_are_stable() {
+        let ds = vec!["civil_status".to_string(), "land".to_string()];
+        let f = Field {
+            unit: Unit {
+                scheme: Scheme::Legacy63,
+                code: 94,
+            },
+            metric: Metric::Records(1),
+        };
+        assert_eq!(f.render(&ds), "o94|r.land");
+        assert_eq!(
+            Metric::OnTime(Channel::OnlineEndToEnd).render(&ds),
+            "p.online.ot"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Where "now" comes from. Validation, window edges and (later) stall rules all ask a
+//! [`Clock`], so tests can pin time and the demo can run simulated days in seconds.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, FixedOffset, Utc};
+
+/// Vietnam time (UTC+7, no daylight saving): days and the code switch-over are counted in it.
+pub fn vn_offset() -> FixedOffset {
+    FixedOffset::east_opt(7 * 3600).expect("+07:00 is a valid offset")
+}
+
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The machine's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that only moves when told to: for tests.
+#[derive(Debug)]
+pub struct ManualClock {
+    millis: AtomicI64,
+}
+
+impl ManualClock {
+    pub fn new(at: DateTime<Utc>) -> Arc<ManualClock> {
+        Arc::new(ManualClock {
+            millis: AtomicI64::new(at.timestamp_millis()),
+        })
+    }
+
+    pub fn set(&self, at: DateTime<Utc>) {
+        self.millis.store(at.timestamp_millis(), Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        self.millis
+            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.millis.load(Ordering::SeqCst)).unwrap_or_default()
+    }
+}
+
+/// Simulated time that starts at `start` and runs `speed` times faster than the wall clock:
+/// the demo replays weeks of a season in minutes.
+#[derive(Debug)]
+pub struct SimulatedClock {
+    start: DateTime<Utc>,
+    started: Instant,
+    speed: f64,
+}
+
+impl SimulatedClock {
+    pub fn new(start: DateTime<Utc>, speed: f64) -> Arc<SimulatedClock> {
+        Arc::new(SimulatedClock {
+            start,
+            started: Instant::now(),
+            speed,
+        })
+    }
+}
+
+impl Clock for SimulatedClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = self.started.elapsed().as_secs_f64() * self.speed;
+        self.start + chrono::Duration::milliseconds((elapsed * 1000.0) as i64)
+    }
+}

@@ -1,0 +1,361 @@
+//! Every setting tiendo has: its type, its default and its environment variable.
+//!
+//! Settings are layered: built-in defaults, then the TOML file given with `--config`, then
+//! environment variables `TIENDO_<SECTION>__<KEY>` (double underscore between levels, e.g.
+//! `TIENDO_REDIS__URL`, `TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD`). They are validated once,
+//! at start. Values that can hold credentials are wrapped in [`Secret`] so they never print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A value that must not appear in logs or debug output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub redis: RedisSettings,
+    pub pipeline: PipelineSettings,
+    pub validation: ValidationSettings,
+    pub targets: TargetSettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group shared by every tiendo replica.
+    pub group_id: String,
+    /// Static membership (`group.instance.id`): a restarted pod takes its partitions back
+    /// without a rebalance. Empty means dynamic membership.
+    pub group_instance_id: String,
+    pub topics: TopicSettings,
+    /// Passed untouched to librdkafka (security.protocol, sasl.*, ssl.*, ...). Keys may be
+    /// written with `_` for `.` so they can come from environment variables.
+    pub properties: BTreeMap<String, Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicSettings {
+    pub records: String,
+    pub procedures: String,
+    pub dead_letter: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL, password included if any.
+    pub url: Secret,
+    /// Redis Cluster seed nodes; when set, `url` is ignored.
+    pub cluster_urls: Vec<Secret>,
+    /// Prefix of every key tiendo writes, so several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// A batch closes at this many messages...
+    pub batch_max_messages: usize,
+    /// ...or this long after its first message, whichever comes first.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// A re-sent event (same id) within this time of the first is counted once.
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: Duration,
+    /// Longest wait between retries while Redis or Kafka is unreachable.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationSettings {
+    /// Datasets a record-digitized event may name.
+    pub datasets: Vec<String>,
+    /// Largest `record_count` one event may carry.
+    pub max_record_count: u64,
+    /// How far in the future an event time may lie (clock skew upstream).
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Events before this day (Vietnam time) are rejected: the programme (Đề án 06,
+    /// Decision 06/QĐ-TTg) began on 6 January 2022.
+    pub programme_start: NaiveDate,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetSettings {
+    /// CSV of province,dataset,target,deadline[,scheme]; empty for none.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Address of the Prometheus endpoint; empty to disable.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `tiendo=debug,rdkafka=warn`; RUST_LOG wins if set.
+    pub filter: String,
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "tiendo".into(),
+            group_instance_id: String::new(),
+            topics: TopicSettings::default(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        TopicSettings {
+            records: "tiendo.record-digitized.v1".into(),
+            procedures: "tiendo.procedure-completed.v1".into(),
+            dead_letter: "tiendo.dead-letter.v1".into(),
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            cluster_urls: Vec::new(),
+            key_prefix: "tiendo".into(),
+        }
+    }
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings {
+            batch_max_messages: 5000,
+            batch_linger: Duration::from_millis(100),
+            dedup_horizon: Duration::from_secs(7 * 24 * 3600),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for ValidationSettings {
+    fn default() -> Self {
+        ValidationSettings {
+            datasets: ["civil_status", "land", "health_book", "labor", "other"]
+                .map(String::from)
+                .to_vec(),
+            max_record_count: 1_000_000,
+            max_future_skew: Duration::from_secs(3600),
+            programme_start: NaiveDate::from_ymd_opt(2022, 1, 6).expect("valid date"),
+        }
+    }
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            filter: "info,librdkafka=warn,rdkafka=warn".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kafka: KafkaSettings::default(),
+            redis: RedisSettings::default(),
+            pipeline: PipelineSettings::default(),
+            validation: ValidationSettings::default(),
+            targets: TargetSettings::default(),
+            metrics: MetricsSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then `TIENDO_*` environment variables; validated.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("TIENDO_").split("__"));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validated()
+    }
+
+    /// Checks what types cannot, and normalises Kafka property keys (`_` → `.`).
+    pub fn validated(mut self) -> Result<Settings, ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.validation.datasets.is_empty() {
+            return invalid("validation.datasets must name at least one dataset");
+        }
+        if self.validation.datasets.len() > 64 {
+            return invalid("validation.datasets may name at most 64 datasets");
+        }
+        if self
+            .validation
+            .datasets
+            .iter()
+            .any(|d| d.is_empty() || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return invalid("dataset names are letters, digits and _ only");
+        }
+        if self.pipeline.batch_max_messages == 0 {
+            return invalid("pipeline.batch_max_messages must be at least 1");
+        }
+        if self.pipeline.dedup_horizon.as_secs() == 0 {
+            return invalid("pipeline.dedup_horizon must be at least one second");
+        }
+        if self.validation.max_record_count == 0 {
+            return invalid("validation.max_record_count must be at least 1");
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
+            return invalid("redis.key_prefix must be non-empty and free of { }");
+        }
+        let t = &self.kafka.topics;
+        if t.records.is_empty() || t.procedures.is_empty() || t.dead_letter.is_empty() {
+            return invalid("kafka.topics.* must all be set");
+        }
+        if t.records == t.procedures {
+            return invalid("kafka.topics.records and kafka.topics.procedures must differ");
+        }
+        self.kafka.properties = std::mem::take(&mut self.kafka.properties)
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase().replace('_', "."), v))
+            .collect();
+        Ok(self)
+    }
+
+    /// The Redis URL with any password removed, for logs.
+    pub fn redis_display(&self) -> String {
+        let urls: Vec<&Secret> = if self.redis.cluster_urls.is_empty() {
+            vec![&self.redis.url]
+        } else {
+            self.redis.cluster_urls.iter().collect()
+        };
+        urls.iter()
+            .map(|u| redact_url(u.expose()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// `rediss://user:pw@host:6380/0` → `rediss://***@host:6380/0`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let mut s = Settings::default();
+        s.redis.url = Secret::new("rediss://u:hunter2@redis:6380");
+        s.kafka
+            .properties
+            .insert("sasl.password".into(), Secret::new("hunter2"));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(s.redis_display(), "rediss://***@redis:6380");
+    }
+
+    #[test]
+    fn property_keys_accept_underscores_for_dots() {
+        let mut s = Settings::default();
+        s.kafka
+            .properties
+            .insert("SECURITY_PROTOCOL".into(), Secret::new("SASL_SSL"));
+        let s = s.validated().unwrap();
+        assert_eq!(s.kafka.properties["security.protocol"].expose(), "SASL_SSL");
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        let mut s = Settings::default();
+        s.validation.datasets.clear();
+        assert!(s.validated().is_err());
+        let mut s = Settings::default();
+        s.redis.key_prefix = "a{b}".into();
+        assert!(s.validated().is_err());
+    }
+}

@@ -1,0 +1,403 @@
+//! Stage 2: bytes from Kafka become validated events, or a dead-letter reason.
+//!
+//! A bad event is data, not an error: `decode` never fails the batch, it returns
+//! [`Rejected`] and the pipeline routes the message to the dead-letter topic.
+
+use chrono::{DateTime, TimeZone, Utc};
+use prost::Message;
+
+use crate::clock::vn_offset;
+use crate::config::ValidationSettings;
+use crate::events::{Channel, CodeScheme, Kind, ProcedureCompleted, RecordDigitized};
+use crate::provinces::{provinces, Scheme, Unit};
+
+/// Why a message was dead-lettered. The string forms are metric labels and header values:
+/// a closed set, so bad input can never grow the number of series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Undecodable,
+    MissingEventId,
+    MalformedEventId,
+    UnknownProvince,
+    UnknownCodeScheme,
+    UnknownDataset,
+    UnknownChannel,
+    ZeroRecordCount,
+    RecordCountTooLarge,
+    MissingTime,
+    FutureTime,
+    BeforeProgramme,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::Undecodable,
+        Reason::MissingEventId,
+        Reason::MalformedEventId,
+        Reason::UnknownProvince,
+        Reason::UnknownCodeScheme,
+        Reason::UnknownDataset,
+        Reason::UnknownChannel,
+        Reason::ZeroRecordCount,
+        Reason::RecordCountTooLarge,
+        Reason::MissingTime,
+        Reason::FutureTime,
+        Reason::BeforeProgramme,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Undecodable => "undecodable",
+            Reason::MissingEventId => "missing_event_id",
+            Reason::MalformedEventId => "malformed_event_id",
+            Reason::UnknownProvince => "unknown_province",
+            Reason::UnknownCodeScheme => "unknown_code_scheme",
+            Reason::UnknownDataset => "unknown_dataset",
+            Reason::UnknownChannel => "unknown_channel",
+            Reason::ZeroRecordCount => "zero_record_count",
+            Reason::RecordCountTooLarge => "record_count_too_large",
+            Reason::MissingTime => "missing_time",
+            Reason::FutureTime => "future_time",
+            Reason::BeforeProgramme => "before_programme",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A message that failed validation: the reason and a human-readable detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+fn reject<T>(reason: Reason, detail: impl Into<String>) -> Result<T, Rejected> {
+    Err(Rejected {
+        reason,
+        detail: detail.into(),
+    })
+}
+
+/// What a valid event adds to the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// `count` records of the dataset with this index in the configured list.
+    Records {
+        dataset: u8,
+        count: u64,
+    },
+    Procedure {
+        channel: Channel,
+        on_time: bool,
+    },
+}
+
+/// A validated event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub unit: Unit,
+    /// Event time, unix seconds.
+    pub at: i64,
+    pub payload: Payload,
+}
+
+/// Validation rules, built once from settings.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    datasets: Vec<String>,
+    max_record_count: u64,
+    max_future_skew: i64,
+    programme_start: i64,
+}
+
+impl Validator {
+    pub fn new(settings: &ValidationSettings) -> Validator {
+        let start = settings
+            .programme_start
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists");
+        let programme_start = vn_offset()
+            .from_local_datetime(&start)
+            .single()
+            .expect("fixed offset is unambiguous")
+            .timestamp();
+        Validator {
+            datasets: settings.datasets.clone(),
+            max_record_count: settings.max_record_count,
+            max_future_skew: settings.max_future_skew.as_secs() as i64,
+            programme_start,
+        }
+    }
+
+    pub fn datasets(&self) -> &[String] {
+        &self.datasets
+    }
+
+    /// Decodes and validates one message of `kind` at wall time `now`.
+    pub fn decode(&self, kind: Kind, bytes: &[u8], now: i64) -> Result<Event, Rejected> {
+        match kind {
+            Kind::Records => self.record(bytes, now),
+            Kind::Procedures => self.procedure(bytes, now),
+        }
+    }
+
+    fn record(&self, bytes: &[u8], now: i64) -> Result<Event, Rejected> {
+        let m = RecordDigitized::decode(bytes)
+            .or_else(|e| reject(Reason::Undecodable, e.to_string()))?;
+        check_id(&m.event_id)?;
+        let at = self.time(m.occurred_at.as_ref(), now)?;
+        let unit = unit(&m.province_code, m.code_scheme, at)?;
+        let Some(dataset) = self.datasets.iter().position(|d| *d == m.dataset) else {
+            return reject(Reason::UnknownDataset, truncate(&m.dataset));
+        };
+        if m.record_count == 0 {
+            return reject(Reason::ZeroRecordCount, "record_count is 0");
+        }
+        if m.record_count > self.max_record_count {
+            return reject(
+                Reason::RecordCountTooLarge,
+                format!("{} > {}", m.record_count, self.max_record_count),
+            );
+        }
+        Ok(Event {
+            id: m.event_id,
+            unit,
+            at,
+            payload: Payload::Records {
+                dataset: dataset as u8,
+                count: m.record_count,
+            },
+        })
+    }
+
+    fn procedure(&self, bytes: &[u8], now: i64) -> Result<Event, Rejected> {
+        let m = ProcedureCompleted::decode(bytes)
+            .or_else(|e| reject(Reason::Undecodable, e.to_string()))?;
+        check_id(&m.event_id)?;
+        let at = self.time(m.completed_at.as_ref(), now)?;
+        let unit = unit(&m.province_code, m.code_scheme, at)?;
+        let channel = match Channel::try_from(m.channel) {
+            Ok(Channel::Unspecified) | Err(_) => {
+                return reject(Reason::UnknownChannel, format!("channel {}", m.channel))
+            }
+            Ok(c) => c,
+        };
+        Ok(Event {
+            id: m.event_id,
+            unit,
+            at,
+            payload: Payload::Procedure {
+                channel,
+                on_time: m.on_time,
+            },
+        })
+    }
+
+    fn time(&self, ts: Option<&prost_types::Timestamp>, now: i64) -> Result<i64, Rejected> {
+        let Some(ts) = ts else {
+            return reject(Reason::MissingTime, "no event time");
+        };
+        let at = ts.seconds;
+        if at > now + self.max_future_skew {
+            return reject(Reason::FutureTime, format!("{} is ahead of now", show(at)));
+        }
+        if at < self.programme_start {
+            return reject(
+                Reason::BeforeProgramme,
+                format!("{} is before the programme began", show(at)),
+            );
+        }
+        Ok(at)
+    }
+}
+
+fn check_id(id: &str) -> Result<(), Rejected> {
+    if id.is_empty() {
+        return reject(Reason::MissingEventId, "event_id is empty");
+    }
+    if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return reject(
+            Reason::MalformedEventId,
+            "event_id must be 1-128 printable ASCII characters",
+        );
+    }
+    Ok(())
+}
+
+fn unit(code: &str, scheme: i32, at: i64) -> Result<Unit, Rejected> {
+    let scheme = match CodeScheme::try_from(scheme) {
+        Ok(CodeScheme::Provinces63) => Scheme::Legacy63,
+        Ok(CodeScheme::Provinces34) => Scheme::Current34,
+        Ok(CodeScheme::Unspecified) => {
+            Scheme::in_force_at(DateTime::from_timestamp(at, 0).unwrap_or_default())
+        }
+        Err(_) => return reject(Reason::UnknownCodeScheme, format!("code_scheme {scheme}")),
+    };
+    provinces().resolve(scheme, code).ok_or_else(|| Rejected {
+        reason: Reason::UnknownProvince,
+        detail: format!("{:?} is not a code of the {scheme:?} table", truncate(code)),
+    })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn show(t: i64) -> String {
+    Utc.timestamp_opt(t, 0)
+        .single()
+        .map(|d| d.to_rfc3339())
+        .unwrap_or_else(|| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v() -> Validator {
+        Validator::new(&ValidationSettings::default())
+    }
+
+    fn now() -> i64 {
+        "2024-10-01T00:00:00Z"
+            .parse::<DateTime<Utc>>()
+            .unwrap()
+            .timestamp()
+    }
+
+    fn record(f: impl FnOnce(&mut RecordDigitized)) -> Vec<u8> {
+        let mut m = RecordDigitized {
+            event_id: "e-1".into(),
+            province_code: "94".into(),
+            dataset: "civil_status".into(),
+            record_count: 10,
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: now() - 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        f(&mut m);
+        m.encode_to_vec()
+    }
+
+    fn reason(bytes: &[u8]) -> Reason {
+        v().decode(Kind::Records, bytes, now()).unwrap_err().reason
+    }
+
+    #[test]
+    fn a_good_record_decodes_with_the_scheme_in_force() {
+        let e = v().decode(Kind::Records, &record(|_| {}), now()).unwrap();
+        // Sóc Trăng (94) in 2024 is a legacy code; it counts toward Cần Thơ (92).
+        assert_eq!(
+            e.unit,
+            Unit {
+                scheme: Scheme::Legacy63,
+                code: 94
+            }
+        );
+        assert_eq!(e.unit.current_code(), 92);
+        assert_eq!(
+            e.payload,
+            Payload::Records {
+                dataset: 0,
+                count: 10
+            }
+        );
+    }
+
+    #[test]
+    fn every_kind_of_bad_input_has_its_reason() {
+        assert_eq!(reason(b"\xff\xff\xff"), Reason::Undecodable);
+        assert_eq!(
+            reason(&record(|m| m.event_id.clear())),
+            Reason::MissingEventId
+        );
+        assert_eq!(
+            reason(&record(|m| m.event_id = "a b".into())),
+            Reason::MalformedEventId
+        );
+        assert_eq!(
+            reason(&record(|m| m.province_code = "03".into())),
+            Reason::UnknownProvince
+        );
+        assert_eq!(
+            reason(&record(|m| m.code_scheme = 9)),
+            Reason::UnknownCodeScheme
+        );
+        assert_eq!(
+            reason(&record(|m| m.dataset = "cats".into())),
+            Reason::UnknownDataset
+        );
+        assert_eq!(
+            reason(&record(|m| m.record_count = 0)),
+            Reason::ZeroRecordCount
+        );
+        assert_eq!(
+            reason(&record(|m| m.record_count = 2_000_000)),
+            Reason::RecordCountTooLarge
+        );
+        assert_eq!(
+            reason(&record(|m| m.occurred_at = None)),
+            Reason::MissingTime
+        );
+        assert_eq!(
+            reason(&record(
+                |m| m.occurred_at.as_mut().unwrap().seconds = now() + 7200
+            )),
+            Reason::FutureTime
+        );
+        assert_eq!(
+            reason(&record(|m| m.occurred_at.as_mut().unwrap().seconds = 0)),
+            Reason::BeforeProgramme
+        );
+    }
+
+    #[test]
+    fn explicit_current_code_is_read_in_the_34_table() {
+        let bytes = record(|m| {
+            m.province_code = "15".into();
+            m.code_scheme = CodeScheme::Provinces34 as i32;
+        });
+        let e = v().decode(Kind::Records, &bytes, now()).unwrap();
+        assert_eq!(
+            e.unit,
+            Unit {
+                scheme: Scheme::Current34,
+                code: 15
+            }
+        );
+    }
+
+    #[test]
+    fn procedures_need_a_known_channel() {
+        let mut m = ProcedureCompleted {
+            event_id: "p-1".into(),
+            province_code: "01".into(),
+            channel: 7,
+            completed_at: Some(prost_types::Timestamp {
+                seconds: now(),
+                nanos: 0,
+            }),
+            on_time: true,
+            ..Default::default()
+        };
+        let r = v().decode(Kind::Procedures, &m.encode_to_vec(), now());
+        assert_eq!(r.unwrap_err().reason, Reason::UnknownChannel);
+        m.channel = Channel::OnlineEndToEnd as i32;
+        let e = v()
+            .decode(Kind::Procedures, &m.encode_to_vec(), now())
+            .unwrap();
+        assert_eq!(
+            e.payload,
+            Payload::Procedure {
+                channel: Channel::OnlineEndToEnd,
+                on_time: true
+            }
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! Private infrastructure for the demo and the tests: a `redis-server` child process on a
+//! free port, and librdkafka's in-process mock Kafka cluster. Nothing here is used by
+//! `tiendo run`.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "redis-server was not found on PATH. Install it first: `sudo apt-get install redis-server` \
+         (Debian, Ubuntu), `sudo dnf install redis` (Fedora) or `brew install redis` (macOS)"
+    )]
+    RedisMissing,
+    #[error("redis-server did not start: {0}")]
+    RedisStart(String),
+    #[error("mock kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A free TCP port on loopback (free when asked; the caller binds it soon after).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A private `redis-server` with append-only persistence in its own directory, so a test can
+/// kill it and start it again with its data.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> Result<RedisServer, EmbeddedError> {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with(extra: &[&str]) -> Result<RedisServer, EmbeddedError> {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port()?,
+            dir: tempfile::tempdir()?,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the server at once, as a crash would (what was fsynced survives).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on the same port and data directory; waits until it answers.
+    pub fn restart(&mut self) -> Result<(), EmbeddedError> {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => EmbeddedError::RedisMissing,
+                _ => EmbeddedError::Io(e),
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ping = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            match ping {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(EmbeddedError::RedisStart(e.to_string()))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// librdkafka's mock cluster: a real Kafka protocol server inside this process, with consumer
+/// groups. Its fetch path is slow (thousands of messages a second): fine for demos and tests,
+/// not a benchmark broker.
+pub struct MockKafka {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl MockKafka {
+    /// A one-broker cluster with these topics and partition counts.
+    pub fn start(topics: &[(&str, i32)]) -> Result<MockKafka, EmbeddedError> {
+        let cluster = MockCluster::new(1)?;
+        for (topic, partitions) in topics {
+            cluster.create_topic(topic, *partitions, 1)?;
+        }
+        Ok(MockKafka { cluster })
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
+}

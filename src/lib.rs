@@ -1,0 +1,27 @@
+//! tiendo: live, exact progress of Vietnam's provinces on Đề án 06.
+//!
+//! The pipeline, one module a stage, data flowing one way:
+//! [`source`] (Kafka) → [`decode`] (protobuf, validation; bad input to [`deadletter`]) →
+//! [`aggregate`] (per batch, in memory) → [`store`] (Redis, atomically with offsets).
+//! [`pipeline`] runs that loop; [`status`] reads the figures back per province against
+//! [`targets`]. Around it: [`config`], [`telemetry`], [`clock`], the code tables in
+//! [`provinces`], and for the demo and tests [`embedded`] infrastructure and a [`generator`].
+
+pub mod aggregate;
+pub mod buckets;
+pub mod clock;
+pub mod config;
+pub mod deadletter;
+pub mod decode;
+pub mod demo;
+pub mod embedded;
+pub mod events;
+pub mod generator;
+pub mod pipeline;
+pub mod provinces;
+pub mod run;
+pub mod source;
+pub mod status;
+pub mod store;
+pub mod targets;
+pub mod telemetry;

@@ -1,0 +1,473 @@
+//! The consume loop: source → decode → aggregate → store, one batch at a time.
+//!
+//! A batch is what arrives within `batch_linger` of its first message, up to
+//! `batch_max_messages`. For each batch, in this order: dead letters are delivered, event ids
+//! are claimed, deltas are aggregated per partition, and each partition's deltas are stored
+//! with its next offset in one atomic script call. Only then is the offset committed to Kafka
+//! (for lag tooling). A crash anywhere replays the batch from Redis's offsets and yields the
+//! same counters.
+//!
+//! Redis or Kafka trouble pauses the loop with the batch in hand and retries with backoff;
+//! nothing is skipped, and shutdown during a retry simply leaves the batch to be replayed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::aggregate::Aggregate;
+use crate::clock::SharedClock;
+use crate::config::{PipelineSettings, Settings};
+use crate::deadletter::{DeadLetter, DeadLetters};
+use crate::decode::{Event, Validator};
+use crate::events::Kind;
+use crate::source::{self, Assignment, EventConsumer, Start};
+use crate::store::{self, Applied, Claim, PartitionBatch, Store, StoreError};
+use crate::telemetry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Where the pipeline stands on one partition.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// Messages below this offset are already stored and are skipped.
+    next: i64,
+    /// Redis could not be read at assignment: check before counting.
+    unverified: bool,
+}
+
+impl Cursor {
+    fn from_start(start: Start) -> Cursor {
+        match start {
+            Start::At(next) => Cursor {
+                next,
+                unverified: false,
+            },
+            Start::Fresh => Cursor {
+                next: i64::MIN,
+                unverified: false,
+            },
+            Start::Unverified => Cursor {
+                next: i64::MIN,
+                unverified: true,
+            },
+        }
+    }
+}
+
+/// One partition's share of a batch.
+#[derive(Debug)]
+struct Part {
+    t: usize,
+    kind: Kind,
+    topic: String,
+    partition: i32,
+    start: i64,
+    next: i64,
+    events: Vec<(Event, i64)>,
+    dead: Vec<DeadLetter>,
+}
+
+/// The consume loop and everything it owns.
+pub struct Pipeline {
+    consumer: Arc<EventConsumer>,
+    assignment: Arc<Assignment>,
+    store: Store,
+    dead_letters: DeadLetters,
+    validator: Validator,
+    clock: SharedClock,
+    settings: PipelineSettings,
+    topics: [String; 2],
+    cursors: HashMap<(usize, i32), Cursor>,
+    generation: u64,
+}
+
+impl Pipeline {
+    /// Connects to Kafka and Redis as configured. Redis may still be down: the loop waits.
+    pub async fn new(settings: &Settings, clock: SharedClock) -> Result<Pipeline, PipelineError> {
+        let conn = store::connect(&settings.redis).await?;
+        let store = Store::new(
+            conn,
+            &settings.redis.key_prefix,
+            settings.validation.datasets.clone(),
+            settings.pipeline.dedup_horizon.as_secs(),
+        );
+        let (consumer, assignment) = source::consumer(settings)?;
+        let producer = source::producer(&settings.kafka)?;
+        Ok(Pipeline {
+            consumer,
+            assignment,
+            store,
+            dead_letters: DeadLetters::new(producer, &settings.kafka.topics.dead_letter),
+            validator: Validator::new(&settings.validation),
+            clock,
+            settings: settings.pipeline.clone(),
+            topics: [
+                settings.kafka.topics.records.clone(),
+                settings.kafka.topics.procedures.clone(),
+            ],
+            cursors: HashMap::new(),
+            generation: u64::MAX,
+        })
+    }
+
+    pub fn assignment(&self) -> Arc<Assignment> {
+        self.assignment.clone()
+    }
+
+    /// Runs until `shutdown`; the batch in hand is finished first, then the group is left.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        tracing::info!(topics = ?self.topics, "consuming");
+        while !shutdown.is_cancelled() {
+            let batch = self.collect(&shutdown).await;
+            if batch.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let messages: usize = batch.iter().map(|p| (p.next - p.start) as usize).sum();
+            let span = tracing::debug_span!("batch", partitions = ?batch.iter().map(|p| (p.partition, p.start, p.next)).collect::<Vec<_>>());
+            if self
+                .process(batch, &shutdown)
+                .instrument(span)
+                .await
+                .is_none()
+            {
+                break;
+            }
+            metrics::histogram!(telemetry::BATCH_MESSAGES).record(messages as f64);
+            metrics::histogram!(telemetry::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        }
+        self.consumer.unsubscribe();
+        tracing::info!("consumer stopped");
+    }
+
+    /// Reads messages until the batch is full, the linger expires or shutdown is asked.
+    async fn collect(&mut self, shutdown: &CancellationToken) -> Vec<Part> {
+        let mut parts: HashMap<(usize, i32), Part> = HashMap::new();
+        let mut count = 0;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let now = self.clock.now().timestamp();
+        let consumer = self.consumer.clone();
+        while count < self.settings.batch_max_messages {
+            let linger = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = linger => break,
+                m = consumer.recv() => m,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(error) => {
+                    metrics::counter!(telemetry::KAFKA_ERRORS).increment(1);
+                    tracing::warn!(%error, "consume error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.settings.batch_linger);
+            let Some(t) = self.topics.iter().position(|t| t == message.topic()) else {
+                continue;
+            };
+            let kind = Kind::ALL[t];
+            self.sync_cursors();
+            let (partition, offset) = (message.partition(), message.offset());
+            let Some(cursor) = self.cursors.get(&(t, partition)) else {
+                continue; // fetched before a revoke: no longer ours
+            };
+            if !cursor.unverified && offset < cursor.next {
+                metrics::counter!(telemetry::EVENTS, "topic" => kind.as_str(), "outcome" => "replayed").increment(1);
+                continue;
+            }
+            count += 1;
+            let part = parts.entry((t, partition)).or_insert_with(|| Part {
+                t,
+                kind,
+                topic: self.topics[t].clone(),
+                partition,
+                start: offset,
+                next: offset,
+                events: Vec::new(),
+                dead: Vec::new(),
+            });
+            part.next = offset + 1;
+            let payload = message.payload().unwrap_or_default();
+            match self.validator.decode(kind, payload, now) {
+                Ok(event) => part.events.push((event, offset)),
+                Err(rejected) => part.dead.push(DeadLetter {
+                    topic: part.topic.clone(),
+                    partition,
+                    offset,
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    reason: rejected.reason,
+                    detail: rejected.detail,
+                }),
+            }
+        }
+        parts.into_values().collect()
+    }
+
+    /// Brings the cursors in line with the assignment after a rebalance.
+    fn sync_cursors(&mut self) {
+        let generation = self.assignment.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let assigned: HashMap<(usize, i32), Start> = self
+            .assignment
+            .partitions()
+            .into_iter()
+            .filter_map(|((topic, p), s)| {
+                Some(((self.topics.iter().position(|t| *t == topic)?, p), s))
+            })
+            .collect();
+        self.cursors.retain(|k, _| assigned.contains_key(k));
+        for (key, start) in assigned {
+            // A partition we already had keeps its cursor: ours is at least as new.
+            self.cursors
+                .entry(key)
+                .or_insert_with(|| Cursor::from_start(start));
+        }
+    }
+
+    /// Stores one batch. `None` if shutdown was asked while waiting on Redis or Kafka.
+    async fn process(&mut self, mut batch: Vec<Part>, shutdown: &CancellationToken) -> Option<()> {
+        self.verify(&mut batch, shutdown).await?;
+        batch.retain(|p| p.start < p.next);
+
+        let letters: Vec<DeadLetter> = batch.iter().flat_map(|p| p.dead.iter().cloned()).collect();
+        if !letters.is_empty() {
+            let dl = &self.dead_letters;
+            retry(
+                shutdown,
+                self.settings.max_backoff,
+                "dead-letter produce",
+                || dl.send(&letters),
+            )
+            .await?;
+            for l in &letters {
+                metrics::counter!(telemetry::DEAD_LETTERS, "reason" => l.reason.as_str())
+                    .increment(1);
+            }
+        }
+
+        let flush_started = Instant::now();
+        let claims: Vec<Claim<'_>> = batch
+            .iter()
+            .flat_map(|p| {
+                p.events.iter().map(move |(e, offset)| Claim {
+                    kind: p.kind,
+                    id: &e.id,
+                    partition: p.partition,
+                    offset: *offset,
+                })
+            })
+            .collect();
+        let store = &self.store;
+        let fresh = retry(shutdown, self.settings.max_backoff, "redis claim", || {
+            store.claim(&claims)
+        })
+        .await?;
+
+        let now = self.clock.now().timestamp();
+        let mut fresh = fresh.into_iter();
+        let aggregates: Vec<Aggregate> = batch
+            .iter()
+            .map(|p| {
+                let mut agg = Aggregate::default();
+                for (event, _) in &p.events {
+                    if fresh.next().unwrap_or(true) {
+                        agg.add(event, now);
+                    }
+                }
+                for l in &p.dead {
+                    agg.dead_letter(l.reason);
+                }
+                agg
+            })
+            .collect();
+        let writes: Vec<PartitionBatch<'_>> = batch
+            .iter()
+            .zip(&aggregates)
+            .map(|(p, agg)| PartitionBatch {
+                topic: &p.topic,
+                partition: p.partition,
+                start: p.start,
+                next: p.next,
+                aggregate: agg,
+            })
+            .collect();
+        let applied = retry(shutdown, self.settings.max_backoff, "redis apply", || {
+            store.apply(&writes, now)
+        })
+        .await?;
+        metrics::histogram!(telemetry::FLUSH_SECONDS).record(flush_started.elapsed().as_secs_f64());
+
+        let mut commit = TopicPartitionList::new();
+        for ((part, agg), result) in batch.iter().zip(&aggregates).zip(applied) {
+            let key = (part.t, part.partition);
+            let kind = part.kind.as_str();
+            match result {
+                Applied::Stored => {
+                    let events = part.events.len() as u64;
+                    metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "counted")
+                        .increment(agg.counted);
+                    metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "duplicate")
+                        .increment(events - agg.counted);
+                    metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "dead_letter").increment(part.dead.len() as u64);
+                    if let Some(c) = self.cursors.get_mut(&key) {
+                        c.next = part.next;
+                    }
+                    let _ = commit.add_partition_offset(
+                        &part.topic,
+                        part.partition,
+                        Offset::Offset(part.next),
+                    );
+                }
+                Applied::Fenced { stored } => {
+                    metrics::counter!(telemetry::FENCED).increment(1);
+                    tracing::info!(
+                        topic = part.topic,
+                        partition = part.partition,
+                        batch_start = part.start,
+                        stored,
+                        "batch fenced: another consumer stored further"
+                    );
+                    if let Some(c) = self.cursors.get_mut(&key) {
+                        c.next = stored;
+                    }
+                    if stored < part.next {
+                        self.seek(&part.topic, part.partition, stored);
+                    }
+                }
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(error) = self.consumer.commit(&commit, CommitMode::Async) {
+                tracing::debug!(%error, "kafka commit (informational) failed");
+            }
+        }
+        Some(())
+    }
+
+    /// For partitions assigned while Redis was down: read their offsets now, drop what is
+    /// already stored, and seek back if fetching started past the stored offset.
+    async fn verify(&mut self, batch: &mut [Part], shutdown: &CancellationToken) -> Option<()> {
+        let todo: Vec<(usize, i32)> = batch
+            .iter()
+            .map(|p| (p.t, p.partition))
+            .filter(|k| self.cursors.get(k).is_some_and(|c| c.unverified))
+            .collect();
+        if todo.is_empty() {
+            return Some(());
+        }
+        let parts: Vec<(&str, i32)> = todo
+            .iter()
+            .map(|(t, p)| (self.topics[*t].as_str(), *p))
+            .collect();
+        let store = &self.store;
+        let stored = retry(shutdown, self.settings.max_backoff, "redis offsets", || {
+            store.offsets(&parts)
+        })
+        .await?;
+        for (key, stored) in todo.iter().zip(stored) {
+            let next = stored.unwrap_or(i64::MIN);
+            if let Some(c) = self.cursors.get_mut(key) {
+                *c = Cursor {
+                    next,
+                    unverified: false,
+                };
+            }
+            let Some(part) = batch.iter_mut().find(|p| (p.t, p.partition) == *key) else {
+                continue;
+            };
+            if stored.is_some() && part.start > next {
+                // Fetching began after the stored offset: go back, count nothing yet.
+                self.seek(&self.topics[key.0], key.1, next);
+                part.start = part.next;
+                continue;
+            }
+            part.events.retain(|(_, o)| *o >= next);
+            part.dead.retain(|l| l.offset >= next);
+            part.start = part.start.max(next);
+        }
+        Some(())
+    }
+
+    fn seek(&self, topic: &str, partition: i32, offset: i64) {
+        if let Err(error) = self.consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(10),
+        ) {
+            tracing::warn!(%error, topic, partition, offset, "seek failed");
+        }
+    }
+}
+
+/// Retries `op` with exponential backoff until it succeeds; `None` if shutdown comes first.
+async fn retry<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    max: Duration,
+    what: &str,
+    mut op: F,
+) -> Option<T>
+where
+    E: std::fmt::Display + Classify,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(error) => {
+                error.count();
+                tracing::warn!(%error, what, retry_in = ?backoff, "retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(max);
+            }
+        }
+    }
+}
+
+/// Which error metric a retried failure counts toward.
+trait Classify {
+    fn count(&self);
+}
+
+impl Classify for StoreError {
+    fn count(&self) {
+        metrics::counter!(telemetry::REDIS_ERRORS).increment(1);
+    }
+}
+
+impl Classify for rdkafka::error::KafkaError {
+    fn count(&self) {
+        metrics::counter!(telemetry::KAFKA_ERRORS).increment(1);
+    }
+}

@@ -1,0 +1,257 @@
+//! Stage 1: Kafka. Builds the consumer and handles rebalances explicitly.
+//!
+//! Redis, not Kafka, holds the authoritative offsets. When the group assigns partitions, the
+//! consumer context reads each partition's stored offset from Redis and starts fetching there,
+//! before any message is delivered. Kafka commits are still made (after Redis has the data) so
+//! the usual lag tooling works, but they are never trusted for where to resume.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use redis::Commands;
+
+use crate::config::{KafkaSettings, RedisSettings, Settings};
+use crate::store::Keys;
+use crate::telemetry;
+
+/// Where a newly assigned partition starts, as far as Redis knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Redis holds this next offset; fetching starts there.
+    At(i64),
+    /// Nothing was ever stored for this partition.
+    Fresh,
+    /// Redis could not be read during the rebalance: the pipeline must check before counting.
+    Unverified,
+}
+
+/// The partitions this consumer owns, shared between the rebalance callback (which runs inside
+/// librdkafka's poll) and the pipeline. `generation` changes on every rebalance, so the
+/// pipeline can notice with one atomic load per message instead of a lock.
+#[derive(Debug, Default)]
+pub struct Assignment {
+    generation: AtomicU64,
+    partitions: Mutex<HashMap<(String, i32), Start>>,
+}
+
+impl Assignment {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn partitions(&self) -> HashMap<(String, i32), Start> {
+        self.partitions.lock().expect("assignment lock").clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut HashMap<(String, i32), Start>)) {
+        let mut parts = self.partitions.lock().expect("assignment lock");
+        f(&mut parts);
+        metrics::gauge!(telemetry::ASSIGNED).set(parts.len() as f64);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads stored offsets with a blocking client: the rebalance callback is synchronous.
+struct OffsetReader {
+    redis: RedisSettings,
+    keys: Keys,
+}
+
+impl OffsetReader {
+    fn read(&self, parts: &[(String, i32)]) -> redis::RedisResult<Vec<Option<i64>>> {
+        let timeout = Duration::from_secs(3);
+        let keys: Vec<String> = parts
+            .iter()
+            .map(|(t, p)| self.keys.partition(t, *p).offset())
+            .collect();
+        if self.redis.cluster_urls.is_empty() {
+            let client = redis::Client::open(self.redis.url.expose())?;
+            let mut conn = client.get_connection_with_timeout(timeout)?;
+            conn.set_read_timeout(Some(timeout))?;
+            keys.iter().map(|k| conn.get(k)).collect()
+        } else {
+            let seeds: Vec<&str> = self.redis.cluster_urls.iter().map(|u| u.expose()).collect();
+            let client = redis::cluster::ClusterClient::builder(seeds)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()?;
+            let mut conn = client.get_connection()?;
+            keys.iter().map(|k| conn.get(k)).collect()
+        }
+    }
+}
+
+pub struct Context {
+    assignment: Arc<Assignment>,
+    offsets: OffsetReader,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        metrics::counter!(telemetry::KAFKA_ERRORS).increment(1);
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                metrics::counter!(telemetry::REBALANCES, "kind" => "assign").increment(1);
+                let starts: Vec<Start> = match self.offsets.read(&parts) {
+                    Ok(stored) => stored
+                        .into_iter()
+                        .map(|o| o.map(Start::At).unwrap_or(Start::Fresh))
+                        .collect(),
+                    Err(error) => {
+                        tracing::warn!(%error, "redis unreachable during rebalance; offsets will be checked before counting");
+                        vec![Start::Unverified; parts.len()]
+                    }
+                };
+                for ((topic, p), start) in parts.iter().zip(&starts) {
+                    if let Start::At(next) = start {
+                        if let Err(error) =
+                            tpl.set_partition_offset(topic, *p, Offset::Offset(*next))
+                        {
+                            tracing::error!(%error, topic, partition = p, "cannot set start offset");
+                        }
+                    }
+                }
+                tracing::info!(partitions = ?parts.iter().zip(&starts).collect::<Vec<_>>(), "partitions assigned");
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(error) = result {
+                    tracing::error!(%error, "assign failed");
+                }
+                self.assignment.update(|map| {
+                    if !cooperative {
+                        map.clear();
+                    }
+                    map.extend(parts.into_iter().zip(starts));
+                });
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                metrics::counter!(telemetry::REBALANCES, "kind" => "revoke").increment(1);
+                tracing::info!(partitions = ?parts, "partitions revoked");
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = result {
+                    tracing::error!(%error, "unassign failed");
+                }
+                self.assignment.update(|map| {
+                    for part in &parts {
+                        map.remove(part);
+                    }
+                });
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                self.assignment.update(|map| map.clear());
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+pub type EventConsumer = StreamConsumer<Context>;
+
+fn base_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value.expose());
+    }
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// The consumer, subscribed to both event topics.
+pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Assignment>)> {
+    let kafka = &settings.kafka;
+    let assignment = Arc::new(Assignment::default());
+    let context = Context {
+        assignment: assignment.clone(),
+        offsets: OffsetReader {
+            redis: settings.redis.clone(),
+            keys: Keys::new(&settings.redis.key_prefix),
+        },
+    };
+    let mut config = base_config(kafka);
+    config
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    if !kafka.group_instance_id.is_empty() {
+        config.set("group.instance.id", &kafka.group_instance_id);
+    }
+    // Properties the operator set win over the defaults above, except the ones tiendo's
+    // exactness depends on.
+    for (key, value) in &kafka.properties {
+        if !matches!(
+            key.as_str(),
+            "enable.auto.commit" | "enable.auto.offset.store"
+        ) {
+            config.set(key, value.expose());
+        }
+    }
+    let consumer: EventConsumer = config.create_with_context(context)?;
+    consumer.subscribe(&[&kafka.topics.records, &kafka.topics.procedures])?;
+    Ok((Arc::new(consumer), assignment))
+}
+
+/// A producer for the dead-letter topic: idempotent, waits for all replicas.
+pub fn producer(kafka: &KafkaSettings) -> KafkaResult<FutureProducer> {
+    let mut config = base_config(kafka);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5");
+    config.create()
+}

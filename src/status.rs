@@ -1,0 +1,412 @@
+//! Reading the figures the way people ask for them: per province in the 34-unit view (legacy
+//! codes folded into the unit that absorbed them) or the 63-unit view, against targets, with
+//! national totals. `tiendo status`, and later the HTTP API and reports, all build on
+//! [`Status`].
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use comfy_table::{presets, Cell, CellAlignment, Table};
+use serde::Serialize;
+
+use crate::buckets::WINDOWS;
+use crate::events::{channel_name, CHANNELS};
+use crate::provinces::{provinces, Scheme, Unit};
+use crate::store::{Counts, Snapshot};
+use crate::targets::Targets;
+
+/// Which unit table figures are read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum View {
+    /// The 34 units in force since 1 July 2025.
+    #[value(name = "34")]
+    #[serde(rename = "34")]
+    Current34,
+    /// The 63 units of before; events reported with 34-unit codes get rows of their own.
+    #[value(name = "63")]
+    #[serde(rename = "63")]
+    Legacy63,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DatasetStatus {
+    pub total: i64,
+    /// Sums over the windows of [`WINDOWS`], by window name.
+    pub windows: BTreeMap<&'static str, i64>,
+    pub target: Option<u64>,
+    pub deadline: Option<NaiveDate>,
+    /// Percent of target done, when there is a target.
+    pub percent: Option<f64>,
+    /// Event time of the newest event, when any.
+    pub last_event: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChannelStatus {
+    pub completed: i64,
+    pub on_time: i64,
+    pub windows: BTreeMap<&'static str, i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProcedureStatus {
+    pub channels: BTreeMap<&'static str, ChannelStatus>,
+    pub completed: i64,
+    pub on_time: i64,
+    /// Share of completed dossiers handled online end to end.
+    pub online_share: Option<f64>,
+    pub on_time_share: Option<f64>,
+    pub last_event: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProvinceStatus {
+    pub code: String,
+    pub name: String,
+    /// The table the code belongs to ("34" or "63").
+    pub scheme: &'static str,
+    pub datasets: BTreeMap<String, DatasetStatus>,
+    pub procedures: ProcedureStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub as_of: DateTime<Utc>,
+    pub view: View,
+    pub datasets: Vec<String>,
+    pub provinces: Vec<ProvinceStatus>,
+    pub national: ProvinceStatus,
+    pub dead_letters: BTreeMap<String, i64>,
+}
+
+impl Status {
+    pub fn build(snap: &Snapshot, targets: &Targets, datasets: &[String], view: View) -> Status {
+        let table = provinces();
+        let mut rows: BTreeMap<Unit, ProvinceStatus> = BTreeMap::new();
+        let scheme = match view {
+            View::Current34 => Scheme::Current34,
+            View::Legacy63 => Scheme::Legacy63,
+        };
+        for (unit, _) in table.units(scheme) {
+            rows.insert(unit, empty_row(unit, datasets));
+        }
+        for (field, counts) in &snap.counts {
+            let Some((unit, metric)) = parse_field(field) else {
+                continue;
+            };
+            let row = rows
+                .entry(row_unit(unit, view))
+                .or_insert_with_key(|u| empty_row(*u, datasets));
+            add(row, metric, counts);
+        }
+        for (field, at) in &snap.latest {
+            let Some((unit, metric)) = parse_field(field) else {
+                continue;
+            };
+            let Some(row) = rows.get_mut(&row_unit(unit, view)) else {
+                continue;
+            };
+            let at = DateTime::from_timestamp(*at, 0);
+            let slot = if metric == "p" {
+                Some(&mut row.procedures.last_event)
+            } else {
+                metric
+                    .strip_prefix("r.")
+                    .and_then(|d| row.datasets.get_mut(d))
+                    .map(|d| &mut d.last_event)
+            };
+            if let Some(slot) = slot {
+                *slot = (*slot).max(at);
+            }
+        }
+        for (unit, row) in rows.iter_mut() {
+            for (name, d) in row.datasets.iter_mut() {
+                let target = match (view, unit.scheme) {
+                    (View::Current34, _) => targets.current(unit.code, name),
+                    (View::Legacy63, Scheme::Legacy63) => targets.legacy(unit.code, name),
+                    (View::Legacy63, Scheme::Current34) => {
+                        targets.by_unit.get(&(*unit, name.clone())).copied()
+                    }
+                };
+                if let Some(t) = target {
+                    d.target = Some(t.count);
+                    d.deadline = Some(t.deadline);
+                }
+            }
+            finish(row);
+        }
+        let mut national = ProvinceStatus {
+            code: "VN".into(),
+            name: "Toàn quốc".into(),
+            scheme: match view {
+                View::Current34 => "34",
+                View::Legacy63 => "63",
+            },
+            ..empty_row(Unit { scheme, code: 1 }, datasets)
+        };
+        for row in rows.values() {
+            merge(&mut national, row);
+        }
+        finish(&mut national);
+        Status {
+            as_of: snap.as_of,
+            view,
+            datasets: datasets.to_vec(),
+            provinces: rows.into_values().collect(),
+            national,
+            dead_letters: snap.dead.clone(),
+        }
+    }
+
+    /// A terminal table: one row per province and the national total.
+    pub fn table(&self) -> String {
+        let mut t = Table::new();
+        t.load_preset(presets::UTF8_BORDERS_ONLY);
+        let mut header = vec!["Mã".to_string(), "Tỉnh/thành".to_string()];
+        for d in &self.datasets {
+            header.push(format!("{d} (7d)"));
+        }
+        header.extend(["Thủ tục".into(), "Trực tuyến".into(), "Đúng hạn".into()]);
+        t.set_header(header);
+        for row in self.provinces.iter().chain(std::iter::once(&self.national)) {
+            let mut cells = vec![Cell::new(&row.code), Cell::new(&row.name)];
+            for d in &self.datasets {
+                let s = &row.datasets[d];
+                let pct = s.percent.map(|p| format!(" {p:.0}%")).unwrap_or_default();
+                cells.push(
+                    Cell::new(format!("{}{} ({})", s.total, pct, s.windows["7d"]))
+                        .set_alignment(CellAlignment::Right),
+                );
+            }
+            let p = &row.procedures;
+            cells.push(Cell::new(p.completed).set_alignment(CellAlignment::Right));
+            cells.push(Cell::new(share(p.online_share)).set_alignment(CellAlignment::Right));
+            cells.push(Cell::new(share(p.on_time_share)).set_alignment(CellAlignment::Right));
+            t.add_row(cells);
+        }
+        let dead: i64 = self.dead_letters.values().sum();
+        format!(
+            "{t}\nas of {} · {} units · dead letters: {dead}\n",
+            self.as_of
+                .with_timezone(&crate::clock::vn_offset())
+                .format("%Y-%m-%d %H:%M:%S %:z"),
+            self.provinces.len(),
+        )
+    }
+}
+
+fn share(s: Option<f64>) -> String {
+    s.map(|v| format!("{:.0}%", v * 100.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn row_unit(unit: Unit, view: View) -> Unit {
+    match view {
+        View::Current34 => Unit {
+            scheme: Scheme::Current34,
+            code: unit.current_code(),
+        },
+        View::Legacy63 => unit,
+    }
+}
+
+fn parse_field(field: &str) -> Option<(Unit, &str)> {
+    let (unit, metric) = field.split_once('|')?;
+    Some((Unit::parse_tagged(unit)?, metric))
+}
+
+fn empty_row(unit: Unit, datasets: &[String]) -> ProvinceStatus {
+    let p = provinces().get(unit.scheme, unit.code);
+    ProvinceStatus {
+        code: format!("{:02}", unit.code),
+        name: p.map(|p| p.name_vi.clone()).unwrap_or_default(),
+        scheme: match unit.scheme {
+            Scheme::Current34 => "34",
+            Scheme::Legacy63 => "63",
+        },
+        datasets: datasets
+            .iter()
+            .map(|d| (d.clone(), dataset_zero()))
+            .collect(),
+        procedures: ProcedureStatus {
+            channels: CHANNELS
+                .iter()
+                .map(|c| (channel_name(*c), channel_zero()))
+                .collect(),
+            ..ProcedureStatus::default()
+        },
+    }
+}
+
+fn window_zero() -> BTreeMap<&'static str, i64> {
+    WINDOWS.iter().map(|w| (w.name, 0)).collect()
+}
+
+fn dataset_zero() -> DatasetStatus {
+    DatasetStatus {
+        windows: window_zero(),
+        ..DatasetStatus::default()
+    }
+}
+
+fn channel_zero() -> ChannelStatus {
+    ChannelStatus {
+        windows: window_zero(),
+        ..ChannelStatus::default()
+    }
+}
+
+fn add_windows(into: &mut BTreeMap<&'static str, i64>, counts: &[i64]) {
+    for (w, v) in WINDOWS.iter().zip(counts) {
+        *into.entry(w.name).or_default() += v;
+    }
+}
+
+fn add(row: &mut ProvinceStatus, metric: &str, counts: &Counts) {
+    if let Some(dataset) = metric.strip_prefix("r.") {
+        if let Some(d) = row.datasets.get_mut(dataset) {
+            d.total += counts.total;
+            add_windows(&mut d.windows, &counts.windows);
+        }
+    } else if let Some(rest) = metric.strip_prefix("p.") {
+        let Some((channel, what)) = rest.rsplit_once('.') else {
+            return;
+        };
+        let Some(c) = row.procedures.channels.get_mut(channel) else {
+            return;
+        };
+        match what {
+            "n" => {
+                c.completed += counts.total;
+                add_windows(&mut c.windows, &counts.windows);
+            }
+            "ot" => c.on_time += counts.total,
+            _ => {}
+        }
+    }
+}
+
+fn merge(into: &mut ProvinceStatus, row: &ProvinceStatus) {
+    for (name, d) in &row.datasets {
+        let n = into
+            .datasets
+            .entry(name.clone())
+            .or_insert_with(dataset_zero);
+        n.total += d.total;
+        for (w, v) in &d.windows {
+            *n.windows.entry(w).or_default() += v;
+        }
+        if let Some(t) = d.target {
+            n.target = Some(n.target.unwrap_or(0) + t);
+            n.deadline = n.deadline.max(d.deadline);
+        }
+        n.last_event = n.last_event.max(d.last_event);
+    }
+    for (name, c) in &row.procedures.channels {
+        let n = into
+            .procedures
+            .channels
+            .entry(name)
+            .or_insert_with(channel_zero);
+        n.completed += c.completed;
+        n.on_time += c.on_time;
+        for (w, v) in &c.windows {
+            *n.windows.entry(w).or_default() += v;
+        }
+    }
+    into.procedures.last_event = into.procedures.last_event.max(row.procedures.last_event);
+}
+
+fn finish(row: &mut ProvinceStatus) {
+    for d in row.datasets.values_mut() {
+        d.percent = d.target.map(|t| d.total as f64 * 100.0 / t as f64);
+    }
+    let p = &mut row.procedures;
+    p.completed = p.channels.values().map(|c| c.completed).sum();
+    p.on_time = p.channels.values().map(|c| c.on_time).sum();
+    if p.completed > 0 {
+        let online = p.channels.get("online").map(|c| c.completed).unwrap_or(0);
+        p.online_share = Some(online as f64 / p.completed as f64);
+        p.on_time_share = Some(p.on_time as f64 / p.completed as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(fields: &[(&str, i64)]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (f, v) in fields {
+            s.counts.insert(
+                f.to_string(),
+                Counts {
+                    total: *v,
+                    windows: [*v; 4],
+                },
+            );
+        }
+        s
+    }
+
+    fn ds() -> Vec<String> {
+        vec!["civil_status".into(), "land".into()]
+    }
+
+    #[test]
+    fn legacy_codes_fold_into_the_absorbing_unit() {
+        // Lào Cai (10) and Yên Bái (15) → Lào Cai (15); one event already in the new table.
+        let s = snap(&[("o10|r.land", 3), ("o15|r.land", 4), ("n15|r.land", 5)]);
+        let st = Status::build(&s, &Targets::default(), &ds(), View::Current34);
+        assert_eq!(st.provinces.len(), 34);
+        let lc = st.provinces.iter().find(|p| p.code == "15").unwrap();
+        assert_eq!(lc.name, "Lào Cai");
+        assert_eq!(lc.datasets["land"].total, 12);
+        assert_eq!(st.national.datasets["land"].total, 12);
+
+        let legacy = Status::build(&s, &Targets::default(), &ds(), View::Legacy63);
+        assert_eq!(
+            legacy.provinces.len(),
+            64,
+            "63 legacy rows + one 34-table row with data"
+        );
+        let yb = legacy
+            .provinces
+            .iter()
+            .find(|p| p.code == "15" && p.scheme == "63")
+            .unwrap();
+        assert_eq!(
+            (yb.name.as_str(), yb.datasets["land"].total),
+            ("Yên Bái", 4)
+        );
+        assert_eq!(legacy.national.datasets["land"].total, 12);
+    }
+
+    #[test]
+    fn procedure_shares() {
+        let s = snap(&[
+            ("n01|p.online.n", 8),
+            ("n01|p.online.ot", 8),
+            ("n01|p.in_person.n", 2),
+        ]);
+        let st = Status::build(&s, &Targets::default(), &ds(), View::Current34);
+        let hn = &st.provinces[0];
+        assert_eq!(hn.procedures.completed, 10);
+        assert_eq!(hn.procedures.online_share, Some(0.8));
+        assert_eq!(hn.procedures.on_time_share, Some(0.8));
+    }
+
+    #[test]
+    fn percent_against_targets() {
+        let t = Targets::parse(
+            "province,dataset,target,deadline,scheme\n94,civil_status,200,2024-12-31,63\n",
+            &ds(),
+        )
+        .unwrap();
+        let s = snap(&[("o94|r.civil_status", 50)]);
+        let st = Status::build(&s, &t, &ds(), View::Legacy63);
+        let st_row = st.provinces.iter().find(|p| p.code == "94").unwrap();
+        assert_eq!(st_row.datasets["civil_status"].percent, Some(25.0));
+        assert!(st.table().contains("Sóc Trăng"));
+    }
+}

@@ -1,0 +1,67 @@
+//! One connection type for a single Redis or a Redis Cluster, so the rest of the store is
+//! written once. Both variants reconnect by themselves after Redis comes back.
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use std::time::Duration;
+
+use crate::config::RedisSettings;
+
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Connects as configured: cluster seeds if given, else the single URL.
+pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> {
+    if settings.cluster_urls.is_empty() {
+        let client = redis::Client::open(settings.url.expose())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        // Lazy: tiendo starts while Redis is down and connects when it comes.
+        Ok(RedisConn::Single(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?))
+    } else {
+        let seeds: Vec<&str> = settings.cluster_urls.iter().map(|u| u.expose()).collect();
+        let client = ClusterClient::builder(seeds)
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(RedisConn::Cluster(client.get_async_connection().await?))
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}

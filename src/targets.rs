@@ -1,0 +1,183 @@
+//! Targets: how many records each province must digitize per dataset, and by when.
+//!
+//! CSV columns `province,dataset,target,deadline[,scheme]`; `scheme` is `63` or `34`
+//! (default `34`), the deadline a date (end of that day, Vietnam time, is the limit).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use crate::provinces::{provinces, Scheme, Unit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot read targets file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("targets line {line}: {message}")]
+    Row { line: u64, message: String },
+}
+
+/// A target for one unit and dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Target {
+    pub count: u64,
+    pub deadline: NaiveDate,
+}
+
+/// Targets by (unit, dataset name).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Targets {
+    pub by_unit: BTreeMap<(Unit, String), Target>,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    province: String,
+    dataset: String,
+    target: u64,
+    deadline: NaiveDate,
+    #[serde(default)]
+    scheme: Option<String>,
+}
+
+impl Targets {
+    pub fn load(path: &Path, datasets: &[String]) -> Result<Targets, TargetError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TargetError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Targets::parse(&text, datasets)
+    }
+
+    pub fn parse(text: &str, datasets: &[String]) -> Result<Targets, TargetError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .comment(Some(b'#'))
+            .from_reader(text.as_bytes());
+        let mut by_unit = BTreeMap::new();
+        for row in reader.deserialize::<Row>() {
+            let row = row.map_err(|e| TargetError::Row {
+                line: e.position().map(|p| p.line()).unwrap_or(0),
+                message: e.to_string(),
+            })?;
+            let bad = |message: String| TargetError::Row { line: 0, message };
+            let scheme = match row.scheme.as_deref().unwrap_or("34") {
+                "34" | "" => Scheme::Current34,
+                "63" => Scheme::Legacy63,
+                other => return Err(bad(format!("scheme must be 34 or 63, not {other}"))),
+            };
+            let unit = provinces().resolve(scheme, &row.province).ok_or_else(|| {
+                bad(format!(
+                    "unknown province {} in the {scheme:?} table",
+                    row.province
+                ))
+            })?;
+            if !datasets.contains(&row.dataset) {
+                return Err(bad(format!("unknown dataset {}", row.dataset)));
+            }
+            if row.target == 0 {
+                return Err(bad(format!(
+                    "target of {} {} is 0",
+                    row.province, row.dataset
+                )));
+            }
+            by_unit.insert(
+                (unit, row.dataset),
+                Target {
+                    count: row.target,
+                    deadline: row.deadline,
+                },
+            );
+        }
+        Ok(Targets { by_unit })
+    }
+
+    /// The target of a current (34-table) unit: its own if set, else the sum of its legacy
+    /// members' targets with the latest of their deadlines.
+    pub fn current(&self, code: u8, dataset: &str) -> Option<Target> {
+        let own = Unit {
+            scheme: Scheme::Current34,
+            code,
+        };
+        if let Some(t) = self.by_unit.get(&(own, dataset.to_string())) {
+            return Some(*t);
+        }
+        provinces()
+            .members(code)
+            .filter_map(|m| {
+                let unit = Unit {
+                    scheme: Scheme::Legacy63,
+                    code: m,
+                };
+                self.by_unit.get(&(unit, dataset.to_string()))
+            })
+            .fold(None, |acc: Option<Target>, t| {
+                Some(match acc {
+                    None => *t,
+                    Some(a) => Target {
+                        count: a.count + t.count,
+                        deadline: a.deadline.max(t.deadline),
+                    },
+                })
+            })
+    }
+
+    pub fn legacy(&self, code: u8, dataset: &str) -> Option<Target> {
+        let unit = Unit {
+            scheme: Scheme::Legacy63,
+            code,
+        };
+        self.by_unit.get(&(unit, dataset.to_string())).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds() -> Vec<String> {
+        vec!["civil_status".into(), "land".into()]
+    }
+
+    #[test]
+    fn legacy_targets_sum_into_the_current_unit() {
+        let t = Targets::parse(
+            "province,dataset,target,deadline,scheme\n\
+             10,civil_status,100,2024-12-31,63\n\
+             15,civil_status,50,2025-01-31,63\n",
+            &ds(),
+        )
+        .unwrap();
+        let lao_cai = t.current(15, "civil_status").unwrap();
+        assert_eq!(lao_cai.count, 150);
+        assert_eq!(
+            lao_cai.deadline,
+            NaiveDate::from_ymd_opt(2025, 1, 31).unwrap()
+        );
+        assert_eq!(t.legacy(15, "civil_status").unwrap().count, 50);
+    }
+
+    #[test]
+    fn bad_rows_are_refused() {
+        assert!(Targets::parse(
+            "province,dataset,target,deadline\n99,land,1,2025-01-01\n",
+            &ds()
+        )
+        .is_err());
+        assert!(Targets::parse(
+            "province,dataset,target,deadline\n01,cats,1,2025-01-01\n",
+            &ds()
+        )
+        .is_err());
+        assert!(Targets::parse(
+            "province,dataset,target,deadline\n01,land,x,2025-01-01\n",
+            &ds()
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! Logs and metrics: the tracing subscriber, the Prometheus exporter, and the name, help text
+//! and labels of every metric tiendo emits. The README's metric table is checked against
+//! [`METRICS`] by a test, so the two cannot drift apart.
+
+use std::net::SocketAddr;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+pub const EVENTS: &str = "tiendo_events_total";
+pub const DEAD_LETTERS: &str = "tiendo_dead_letters_total";
+pub const BATCH_MESSAGES: &str = "tiendo_batch_messages";
+pub const BATCH_SECONDS: &str = "tiendo_batch_duration_seconds";
+pub const FLUSH_SECONDS: &str = "tiendo_redis_flush_duration_seconds";
+pub const REDIS_ERRORS: &str = "tiendo_redis_errors_total";
+pub const KAFKA_ERRORS: &str = "tiendo_kafka_errors_total";
+pub const FENCED: &str = "tiendo_fenced_batches_total";
+pub const REBALANCES: &str = "tiendo_rebalances_total";
+pub const ASSIGNED: &str = "tiendo_assigned_partitions";
+
+/// (name, kind, labels, help) of every metric.
+pub const METRICS: &[(&str, &str, &str, &str)] = &[
+    (EVENTS, "counter", "topic, outcome",
+     "Messages consumed, by outcome: counted, duplicate, dead_letter, replayed (already stored, skipped)."),
+    (DEAD_LETTERS, "counter", "reason", "Messages sent to the dead-letter topic, by reason."),
+    (BATCH_MESSAGES, "histogram", "", "Messages per processed batch."),
+    (BATCH_SECONDS, "histogram", "", "Time to process one batch, from decode to stored offsets."),
+    (FLUSH_SECONDS, "histogram", "", "Time of the Redis round trips of one batch (claims and apply)."),
+    (REDIS_ERRORS, "counter", "", "Failed Redis calls; each is retried with backoff."),
+    (KAFKA_ERRORS, "counter", "", "Kafka consume or dead-letter produce errors."),
+    (FENCED, "counter", "", "Partition batches refused because another consumer had stored further offsets."),
+    (REBALANCES, "counter", "kind", "Consumer group rebalances seen, by kind (assign, revoke)."),
+    (ASSIGNED, "gauge", "", "Partitions currently assigned to this consumer."),
+];
+
+/// Registers help texts with the metrics recorder.
+pub fn describe() {
+    for (name, kind, _, help) in METRICS {
+        match *kind {
+            "counter" => describe_counter!(*name, *help),
+            "gauge" => describe_gauge!(*name, *help),
+            _ if name.ends_with("_seconds") => describe_histogram!(*name, Unit::Seconds, *help),
+            _ => describe_histogram!(*name, *help),
+        }
+    }
+}
+
+/// Starts the Prometheus endpoint on `listen` (empty: metrics are recorded nowhere).
+pub fn install_prometheus(listen: &str) -> anyhow::Result<()> {
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = listen.parse()?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(BATCH_MESSAGES.into()),
+            &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0],
+        )?
+        .install()?;
+    describe();
+    Ok(())
+}
+
+/// Installs the tracing subscriber: text for people, JSON for collectors. RUST_LOG wins.
+pub fn init_logs(settings: &LogSettings) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
