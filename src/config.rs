@@ -16,9 +16,30 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// A value that must not appear in logs or debug output.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// Accepts numbers and booleans too: environment variables such as
+/// `TIENDO_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS=6000` arrive typed, librdkafka wants text.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Text(String),
+            Int(i64),
+            Float(f64),
+            Bool(bool),
+        }
+        Ok(Secret(match Scalar::deserialize(d)? {
+            Scalar::Text(s) => s,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }))
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
@@ -66,9 +87,14 @@ pub struct KafkaSettings {
     /// without a rebalance. Empty means dynamic membership.
     pub group_instance_id: String,
     pub topics: TopicSettings,
-    /// Passed untouched to librdkafka (security.protocol, sasl.*, ssl.*, ...). Keys may be
-    /// written with `_` for `.` so they can come from environment variables.
+    /// Passed untouched to librdkafka's consumer and producer (security.protocol, sasl.*,
+    /// ssl.*, ...). Keys may be written with `_` for `.` so they can come from environment
+    /// variables.
     pub properties: BTreeMap<String, Secret>,
+    /// Passed to the consumer only (session.timeout.ms, fetch.*, ...).
+    pub consumer_properties: BTreeMap<String, Secret>,
+    /// Passed to the dead-letter producer only.
+    pub producer_properties: BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -159,6 +185,8 @@ impl Default for KafkaSettings {
             group_instance_id: String::new(),
             topics: TopicSettings::default(),
             properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
         }
     }
 }
@@ -292,10 +320,17 @@ impl Settings {
         if t.records == t.procedures {
             return invalid("kafka.topics.records and kafka.topics.procedures must differ");
         }
-        self.kafka.properties = std::mem::take(&mut self.kafka.properties)
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase().replace('_', "."), v))
-            .collect();
+        let k = &mut self.kafka;
+        for map in [
+            &mut k.properties,
+            &mut k.consumer_properties,
+            &mut k.producer_properties,
+        ] {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase().replace('_', "."), v))
+                .collect();
+        }
         Ok(self)
     }
 
@@ -347,6 +382,25 @@ mod tests {
             .insert("SECURITY_PROTOCOL".into(), Secret::new("SASL_SSL"));
         let s = s.validated().unwrap();
         assert_eq!(s.kafka.properties["security.protocol"].expose(), "SASL_SSL");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_numbers_become_property_text() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[redis]\nurl = \"redis://file:1\"\n[kafka]\ngroup_id = \"g\"\n",
+            )?;
+            jail.set_env("TIENDO_REDIS__URL", "redis://env:2");
+            jail.set_env("TIENDO_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+            jail.set_env("TIENDO_PIPELINE__DEDUP_HORIZON", "3d");
+            let s = Settings::load(Some(Path::new("t.toml"))).expect("loads");
+            assert_eq!(s.redis.url.expose(), "redis://env:2");
+            assert_eq!(s.kafka.group_id, "g");
+            assert_eq!(s.kafka.properties["session.timeout.ms"].expose(), "6000");
+            assert_eq!(s.pipeline.dedup_horizon, Duration::from_secs(3 * 86_400));
+            Ok(())
+        });
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub enum PipelineError {
 /// Where the pipeline stands on one partition.
 #[derive(Debug, Clone, Copy)]
 struct Cursor {
-    /// Messages below this offset are already stored and are skipped.
-    next: i64,
+    /// The next offset stored in Redis (`None`: nothing stored yet). Messages below it are
+    /// already counted and are skipped; it is also the fence the batch script checks.
+    stored: Option<i64>,
     /// Redis could not be read at assignment: check before counting.
     unverified: bool,
 }
@@ -52,15 +53,15 @@ impl Cursor {
     fn from_start(start: Start) -> Cursor {
         match start {
             Start::At(next) => Cursor {
-                next,
+                stored: Some(next),
                 unverified: false,
             },
             Start::Fresh => Cursor {
-                next: i64::MIN,
+                stored: None,
                 unverified: false,
             },
             Start::Unverified => Cursor {
-                next: i64::MIN,
+                stored: None,
                 unverified: true,
             },
         }
@@ -74,8 +75,12 @@ struct Part {
     kind: Kind,
     topic: String,
     partition: i32,
+    /// First offset in this batch.
     start: i64,
+    /// Offset after the last message in this batch.
     next: i64,
+    /// The stored offset this batch follows (the script's fence).
+    expected: Option<i64>,
     events: Vec<(Event, i64)>,
     dead: Vec<DeadLetter>,
 }
@@ -193,7 +198,8 @@ impl Pipeline {
             let Some(cursor) = self.cursors.get(&(t, partition)) else {
                 continue; // fetched before a revoke: no longer ours
             };
-            if !cursor.unverified && offset < cursor.next {
+            let expected = cursor.stored;
+            if !cursor.unverified && offset < expected.unwrap_or(i64::MIN) {
                 metrics::counter!(telemetry::EVENTS, "topic" => kind.as_str(), "outcome" => "replayed").increment(1);
                 continue;
             }
@@ -205,6 +211,7 @@ impl Pipeline {
                 partition,
                 start: offset,
                 next: offset,
+                expected,
                 events: Vec::new(),
                 dead: Vec::new(),
             });
@@ -312,7 +319,7 @@ impl Pipeline {
             .map(|(p, agg)| PartitionBatch {
                 topic: &p.topic,
                 partition: p.partition,
-                start: p.start,
+                expected: p.expected.unwrap_or(-1),
                 next: p.next,
                 aggregate: agg,
             })
@@ -336,7 +343,7 @@ impl Pipeline {
                         .increment(events - agg.counted);
                     metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "dead_letter").increment(part.dead.len() as u64);
                     if let Some(c) = self.cursors.get_mut(&key) {
-                        c.next = part.next;
+                        c.stored = Some(part.next);
                     }
                     let _ = commit.add_partition_offset(
                         &part.topic,
@@ -351,12 +358,15 @@ impl Pipeline {
                         partition = part.partition,
                         batch_start = part.start,
                         stored,
-                        "batch fenced: another consumer stored further"
+                        "batch fenced: redis holds another offset"
                     );
+                    let stored = (stored >= 0).then_some(stored);
                     if let Some(c) = self.cursors.get_mut(&key) {
-                        c.next = stored;
+                        c.stored = stored;
                     }
-                    if stored < part.next {
+                    // Behind our batch (Redis lost its last writes, or a partial overlap):
+                    // fetch again from there. Ahead of it: the skip filter does the rest.
+                    if stored.is_none_or(|s| s < part.next) {
                         self.seek(&part.topic, part.partition, stored);
                     }
                 }
@@ -394,16 +404,17 @@ impl Pipeline {
             let next = stored.unwrap_or(i64::MIN);
             if let Some(c) = self.cursors.get_mut(key) {
                 *c = Cursor {
-                    next,
+                    stored,
                     unverified: false,
                 };
             }
             let Some(part) = batch.iter_mut().find(|p| (p.t, p.partition) == *key) else {
                 continue;
             };
+            part.expected = stored;
             if stored.is_some() && part.start > next {
                 // Fetching began after the stored offset: go back, count nothing yet.
-                self.seek(&self.topics[key.0], key.1, next);
+                self.seek(&self.topics[key.0], key.1, stored);
                 part.start = part.next;
                 continue;
             }
@@ -414,14 +425,14 @@ impl Pipeline {
         Some(())
     }
 
-    fn seek(&self, topic: &str, partition: i32, offset: i64) {
-        if let Err(error) = self.consumer.seek(
-            topic,
-            partition,
-            Offset::Offset(offset),
-            Duration::from_secs(10),
-        ) {
-            tracing::warn!(%error, topic, partition, offset, "seek failed");
+    /// Moves fetching to `offset`, or to the start of the log for `None`.
+    fn seek(&self, topic: &str, partition: i32, offset: Option<i64>) {
+        let to = offset.map(Offset::Offset).unwrap_or(Offset::Beginning);
+        if let Err(error) = self
+            .consumer
+            .seek(topic, partition, to, Duration::from_secs(10))
+        {
+            tracing::warn!(%error, topic, partition, ?offset, "seek failed");
         }
     }
 }

@@ -233,7 +233,7 @@ pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Ass
     }
     // Properties the operator set win over the defaults above, except the ones tiendo's
     // exactness depends on.
-    for (key, value) in &kafka.properties {
+    for (key, value) in kafka.properties.iter().chain(&kafka.consumer_properties) {
         if !matches!(
             key.as_str(),
             "enable.auto.commit" | "enable.auto.offset.store"
@@ -253,5 +253,8 @@ pub fn producer(kafka: &KafkaSettings) -> KafkaResult<FutureProducer> {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5");
+    for (key, value) in &kafka.producer_properties {
+        config.set(key, value.expose());
+    }
     config.create()
 }

@@ -1,16 +1,17 @@
 -- Applies one partition batch atomically: counter deltas, newest event times, dead-letter
 -- counts and the partition's next offset, all or nothing.
 --
--- The offset is a fence: if another consumer (a zombie after a rebalance, or a replay after a
--- crash) already stored an offset beyond this batch's first, nothing is written and the
--- stored offset is returned so the caller can resume from it.
+-- The offset is a compare-and-set fence: the caller says which offset it believes is stored
+-- (-1 for none). If another consumer stored further (a zombie after a rebalance), or Redis
+-- lost its last writes in a crash and holds an older offset, nothing is written and the
+-- stored offset is returned so the caller resumes from it.
 --
 -- KEYS[1] next offset, KEYS[2] totals, KEYS[3] newest times, KEYS[4] dead letters,
 -- KEYS[5..] time buckets.
--- ARGV: start, next, then n and n triples (key index, field, delta), then m and m pairs
+-- ARGV: expected stored offset, next, then n and n triples (key index, field, delta), then m and m pairs
 -- (field, unix time), then k and k pairs (key index, ttl seconds).
 local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if stored > tonumber(ARGV[1]) then
+if stored ~= tonumber(ARGV[1]) then
   return {0, stored}
 end
 local i = 3

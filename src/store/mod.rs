@@ -40,8 +40,8 @@ pub enum StoreError {
 pub struct PartitionBatch<'a> {
     pub topic: &'a str,
     pub partition: i32,
-    /// Offset of the first message of the batch.
-    pub start: i64,
+    /// The next offset this consumer believes is stored (-1 for none): the fence.
+    pub expected: i64,
     /// Offset after the last message: where the partition resumes.
     pub next: i64,
     pub aggregate: &'a Aggregate,
@@ -217,7 +217,7 @@ impl Store {
         for (reason, n) in &b.aggregate.dead {
             incr.push((4, reason.as_str().to_string(), *n));
         }
-        inv.arg(b.start).arg(b.next).arg(incr.len());
+        inv.arg(b.expected).arg(b.next).arg(incr.len());
         for (idx, field, delta) in incr {
             inv.arg(idx).arg(field).arg(delta);
         }

@@ -1,0 +1,367 @@
+//! One helper for every integration test: a private Redis, an in-process Kafka (librdkafka's
+//! mock cluster, which speaks the real protocol over TCP), settings pointing at both, and ways
+//! to run the pipeline in this process or as a `tiendo run` child process that can be killed.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureProducer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use tiendo::clock::{SharedClock, SystemClock};
+use tiendo::config::{Secret, Settings};
+use tiendo::embedded::{MockKafka, RedisServer};
+use tiendo::events::{channel_name, Channel, CodeScheme};
+use tiendo::generator::{publish, Generated, Generator};
+use tiendo::pipeline::Pipeline;
+use tiendo::store::{self, Snapshot, Store};
+
+pub const RECORD_PARTITIONS: i32 = 4;
+pub const PROCEDURE_PARTITIONS: i32 = 2;
+
+pub struct Env {
+    pub kafka: MockKafka,
+    pub redis: RedisServer,
+    pub settings: Settings,
+    producer: FutureProducer,
+}
+
+/// A pipeline running as a task of this process.
+pub struct Running {
+    pub stop: CancellationToken,
+    pub handle: JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("pipeline stops within 30 s")
+            .expect("pipeline task did not panic");
+    }
+}
+
+impl Env {
+    pub fn start() -> Env {
+        let redis = RedisServer::start().expect("redis-server starts (is it installed?)");
+        let mut settings = Settings::default();
+        let topics = settings.kafka.topics.clone();
+        let kafka = MockKafka::start(&[
+            (&topics.records, RECORD_PARTITIONS),
+            (&topics.procedures, PROCEDURE_PARTITIONS),
+            (&topics.dead_letter, 1),
+        ])
+        .expect("mock kafka starts");
+        settings.kafka.brokers = kafka.bootstrap_servers();
+        settings.kafka.group_id = "tiendo-test".into();
+        // Short sessions so a killed member's partitions move on quickly.
+        for (k, v) in [
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+            ("max.poll.interval.ms", "30000"),
+        ] {
+            settings
+                .kafka
+                .consumer_properties
+                .insert(k.into(), Secret::new(v));
+        }
+        settings.redis.url = Secret::new(redis.url());
+        settings.metrics.listen = String::new();
+        settings.pipeline.batch_linger = Duration::from_millis(50);
+        settings.pipeline.batch_max_messages = 500;
+        settings.pipeline.max_backoff = Duration::from_millis(500);
+        let settings = settings.validated().expect("valid test settings");
+        let producer = tiendo::source::producer(&settings.kafka).expect("producer");
+        Env {
+            kafka,
+            redis,
+            settings,
+            producer,
+        }
+    }
+
+    pub fn generator(&self, seed: u64) -> Generator {
+        Generator::new(
+            seed,
+            &format!("t{seed}"),
+            &self.settings.validation.datasets,
+        )
+    }
+
+    pub async fn publish(&self, messages: &[Generated]) {
+        for chunk in messages.chunks(1000) {
+            publish(&self.producer, &self.settings.kafka.topics, chunk)
+                .await
+                .expect("publish");
+        }
+    }
+
+    pub async fn spawn(&self) -> Running {
+        self.spawn_with(self.settings.clone()).await
+    }
+
+    pub async fn spawn_with(&self, settings: Settings) -> Running {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let pipeline = Pipeline::new(&settings, clock).await.expect("pipeline");
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(pipeline.run(stop.clone()));
+        Running { stop, handle }
+    }
+
+    /// `tiendo run` as a child process, configured through environment variables.
+    pub fn spawn_process(&self) -> Child {
+        let s = &self.settings;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tiendo"));
+        cmd.arg("run")
+            .env("TIENDO_KAFKA__BROKERS", &s.kafka.brokers)
+            .env("TIENDO_KAFKA__GROUP_ID", &s.kafka.group_id)
+            .env("TIENDO_REDIS__URL", s.redis.url.expose())
+            .env("TIENDO_METRICS__LISTEN", "")
+            .env("TIENDO_PIPELINE__BATCH_LINGER", "50ms")
+            .env("TIENDO_PIPELINE__BATCH_MAX_MESSAGES", "500")
+            .env("TIENDO_LOG__FILTER", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &s.kafka.consumer_properties {
+            let var = format!(
+                "TIENDO_KAFKA__CONSUMER_PROPERTIES__{}",
+                k.replace('.', "_").to_uppercase()
+            );
+            cmd.env(var, v.expose());
+        }
+        cmd.spawn().expect("tiendo binary starts")
+    }
+
+    pub async fn reader(&self) -> Store {
+        let conn = store::connect(&self.settings.redis).await.expect("redis");
+        Store::new(
+            conn,
+            &self.settings.redis.key_prefix,
+            self.settings.validation.datasets.clone(),
+            1,
+        )
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        self.reader()
+            .await
+            .snapshot(Utc::now())
+            .await
+            .expect("snapshot")
+    }
+
+    /// High watermarks of every event topic partition: what "all consumed" means.
+    pub fn watermarks(&self) -> BTreeMap<String, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.kafka.brokers)
+            .create()
+            .expect("consumer");
+        let topics = &self.settings.kafka.topics;
+        let mut marks = BTreeMap::new();
+        for (topic, n) in [
+            (&topics.records, RECORD_PARTITIONS),
+            (&topics.procedures, PROCEDURE_PARTITIONS),
+        ] {
+            for p in 0..n {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                if high > 0 {
+                    marks.insert(format!("{topic}/{p}"), high);
+                }
+            }
+        }
+        marks
+    }
+
+    /// Sum of all stored offsets: grows as the pipeline makes progress.
+    pub async fn progress(&self) -> i64 {
+        match self.reader().await.snapshot(Utc::now()).await {
+            Ok(snap) => snap.offsets.values().sum(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Waits until stored offsets have grown past `beyond`.
+    pub async fn wait_progress(&self, beyond: i64, timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.progress().await;
+            if p > beyond {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress past {beyond} in {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until Redis's stored offsets reach every partition's end, then returns the
+    /// figures. Panics after `timeout`.
+    pub async fn wait_consumed(&self, timeout: Duration) -> Snapshot {
+        let marks = self.watermarks();
+        let reader = self.reader().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(snap) = reader.snapshot(Utc::now()).await {
+                if marks
+                    .iter()
+                    .all(|(tag, high)| snap.offsets.get(tag).is_some_and(|o| o >= high))
+                {
+                    return snap;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "not consumed in {timeout:?}: stored {:?}, ends {marks:?}",
+                        snap.offsets
+                    );
+                }
+            } else if Instant::now() > deadline {
+                panic!("redis unreadable for {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every message in the dead-letter topic: (reason, source partition, source offset).
+    pub fn dead_letters(&self) -> Vec<(String, String, String)> {
+        let topic = &self.settings.kafka.topics.dead_letter;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.kafka.brokers)
+            .set("group.id", "dlq-reader")
+            .create()
+            .expect("consumer");
+        let (_, high) = consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .expect("watermarks");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .expect("partition");
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (out.len() as i64) < high && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let header = |name: &str| {
+                    m.headers()
+                        .and_then(|h| h.iter().find(|h| h.key == name))
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).to_string())
+                        .unwrap_or_default()
+                };
+                out.push((
+                    header("tiendo.reason"),
+                    header("tiendo.source.partition"),
+                    header("tiendo.source.offset"),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What the counters must hold after a set of messages, computed independently of the
+/// pipeline: records summed per province and dataset, procedures per channel, each event id
+/// counted once, bad messages per reason.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Expected {
+    pub totals: BTreeMap<String, i64>,
+    pub dead: BTreeMap<String, i64>,
+    seen: HashSet<String>,
+}
+
+fn unit(code: &str, scheme: i32) -> String {
+    let tag = if scheme == CodeScheme::Provinces63 as i32 {
+        'o'
+    } else {
+        'n'
+    };
+    format!("{tag}{code}")
+}
+
+impl Expected {
+    pub fn add(&mut self, m: &Generated) {
+        match m {
+            Generated::Record(r) => {
+                if self.seen.insert(format!("r:{}", r.event_id)) {
+                    let key = format!("{}|r.{}", unit(&r.province_code, r.code_scheme), r.dataset);
+                    *self.totals.entry(key).or_default() += r.record_count as i64;
+                }
+            }
+            Generated::Procedure(p) => {
+                if self.seen.insert(format!("p:{}", p.event_id)) {
+                    let channel =
+                        channel_name(Channel::try_from(p.channel).expect("valid channel"));
+                    let u = unit(&p.province_code, p.code_scheme);
+                    *self.totals.entry(format!("{u}|p.{channel}.n")).or_default() += 1;
+                    if p.on_time {
+                        *self
+                            .totals
+                            .entry(format!("{u}|p.{channel}.ot"))
+                            .or_default() += 1;
+                    }
+                }
+            }
+            Generated::Poison { reason, .. } => {
+                *self.dead.entry(reason.as_str().to_string()).or_default() += 1;
+            }
+        }
+    }
+
+    pub fn add_all(&mut self, ms: &[Generated]) {
+        for m in ms {
+            self.add(m);
+        }
+    }
+
+    pub fn records(&self) -> i64 {
+        self.totals
+            .iter()
+            .filter(|(k, _)| k.contains("|r."))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Asserts the snapshot's totals are exactly these, field by field.
+    pub fn assert_matches(&self, snap: &Snapshot) {
+        let got: BTreeMap<String, i64> = snap
+            .counts
+            .iter()
+            .filter(|(_, c)| c.total != 0)
+            .map(|(k, c)| (k.clone(), c.total))
+            .collect();
+        let got_sum: i64 = got
+            .iter()
+            .filter(|(k, _)| k.contains("|r."))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(got_sum, self.records(), "total records");
+        assert_eq!(got, self.totals, "per-field totals");
+        assert_eq!(snap.dead, self.dead, "dead letters by reason");
+    }
+}
+
+/// A mixed stream of `n` valid events at the current time: mostly records, some procedures.
+pub fn events(g: &mut Generator, n: usize) -> Vec<Generated> {
+    let now = Utc::now();
+    (0..n)
+        .map(|i| {
+            if i % 5 == 4 {
+                g.procedure(now)
+            } else {
+                g.record(now)
+            }
+        })
+        .collect()
+}

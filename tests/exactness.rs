@@ -1,0 +1,196 @@
+//! Exact counts from Kafka into Redis: after a normal run, re-sent events, poison messages,
+//! a consumer killed mid-stream (several times), a rebalance between two consumers, and Redis
+//! killed and restarted mid-stream. Every test compares every counter with what was published.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{events, Env, Expected};
+use tiendo::generator::Generated;
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_run_counts_every_event_once() {
+    let env = Env::start();
+    let mut g = env.generator(1);
+    let batch = events(&mut g, 3000);
+    let mut expected = Expected::default();
+    expected.add_all(&batch);
+    env.publish(&batch).await;
+
+    let running = env.spawn().await;
+    let snap = env.wait_consumed(SETTLE).await;
+    running.shutdown().await;
+
+    expected.assert_matches(&snap);
+    // Everything happened just now, so every window holds the whole total.
+    for (field, counts) in &snap.counts {
+        assert_eq!(counts.windows, [counts.total; 4], "{field}");
+    }
+    assert!(snap.latest.keys().any(|k| k.ends_with("|p")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_sent_events_count_once_even_on_other_partitions() {
+    let env = Env::start();
+    let mut g = env.generator(2);
+    let first = events(&mut g, 1500);
+    // Re-send a third of them (same ids, same content) in later batches.
+    let again: Vec<Generated> = first.iter().step_by(3).cloned().collect();
+    let mut expected = Expected::default();
+    expected.add_all(&first);
+    expected.add_all(&again);
+
+    let running = env.spawn().await;
+    env.publish(&first).await;
+    env.publish(&again).await;
+    // The same events once more, keyed differently from the start.
+    let keyed_elsewhere: Vec<Generated> = first.iter().take(200).cloned().collect();
+    publish_with_random_keys(&env, &keyed_elsewhere).await;
+    expected.add_all(&keyed_elsewhere);
+    let snap = env.wait_consumed(SETTLE).await;
+    running.shutdown().await;
+    expected.assert_matches(&snap);
+}
+
+async fn publish_with_random_keys(env: &Env, messages: &[Generated]) {
+    use rdkafka::producer::FutureRecord;
+    let producer = tiendo::source::producer(&env.settings.kafka).unwrap();
+    for m in messages {
+        let topic = match m.kind() {
+            tiendo::events::Kind::Records => &env.settings.kafka.topics.records,
+            tiendo::events::Kind::Procedures => &env.settings.kafka.topics.procedures,
+        };
+        let key = format!("k{}", fastrand::u32(..));
+        let payload = m.encode();
+        producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_valid_events_all_counted() {
+    let env = Env::start();
+    let mut g = env.generator(3);
+    let now = chrono::Utc::now();
+    let mut stream = Vec::new();
+    for i in 0..1200 {
+        stream.push(if i % 10 == 0 {
+            g.poison(now)
+        } else {
+            g.record(now)
+        });
+    }
+    let mut expected = Expected::default();
+    expected.add_all(&stream);
+    env.publish(&stream).await;
+
+    let running = env.spawn().await;
+    let snap = env.wait_consumed(SETTLE).await;
+    running.shutdown().await;
+    expected.assert_matches(&snap);
+
+    let letters = env.dead_letters();
+    let unique: std::collections::BTreeSet<_> = letters
+        .iter()
+        .map(|(_, p, o)| (p.clone(), o.clone()))
+        .collect();
+    assert_eq!(unique.len() as i64, expected.dead.values().sum::<i64>());
+    for (reason, _, offset) in &letters {
+        assert!(expected.dead.contains_key(reason), "{reason}");
+        assert!(offset.parse::<i64>().is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_process_killed_mid_stream_restarts_exactly() {
+    let env = Env::start();
+    let mut g = env.generator(4);
+    let mut expected = Expected::default();
+    let mut child = env.spawn_process();
+    let mut published = 0i64;
+    let mut kills_mid_stream = 0;
+    for _ in 0..4 {
+        let part = events(&mut g, 2500);
+        expected.add_all(&part);
+        let resend: Vec<Generated> = part.iter().step_by(7).cloned().collect();
+        env.publish(&part).await;
+        env.publish(&resend).await;
+        let before = env.progress().await;
+        published += (part.len() + resend.len()) as i64;
+        // Kill it without a goodbye as soon as it has stored something of this round.
+        let at_kill = env.wait_progress(before, SETTLE).await;
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        if at_kill < published {
+            kills_mid_stream += 1;
+        }
+        child = env.spawn_process();
+    }
+    let snap = env.wait_consumed(SETTLE).await;
+    child.kill().ok();
+    child.wait().ok();
+    expected.assert_matches(&snap);
+    assert!(
+        kills_mid_stream >= 2,
+        "only {kills_mid_stream} kills landed mid-stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_between_two_consumers_loses_and_repeats_nothing() {
+    let env = Env::start();
+    let mut g = env.generator(5);
+    let mut expected = Expected::default();
+    let first = env.spawn().await;
+    let a = events(&mut g, 2000);
+    expected.add_all(&a);
+    env.publish(&a).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A second consumer joins mid-stream: partitions move.
+    let second = env.spawn().await;
+    let b = events(&mut g, 2000);
+    expected.add_all(&b);
+    env.publish(&b).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The first leaves mid-stream: its partitions move back.
+    first.shutdown().await;
+    let c = events(&mut g, 1000);
+    expected.add_all(&c);
+    env.publish(&c).await;
+
+    let snap = env.wait_consumed(SETTLE).await;
+    second.shutdown().await;
+    expected.assert_matches(&snap);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
+    let mut env = Env::start();
+    let mut g = env.generator(6);
+    let mut expected = Expected::default();
+    let running = env.spawn().await;
+    for _ in 0..3 {
+        let part = events(&mut g, 1500);
+        expected.add_all(&part);
+        env.publish(&part).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Killed, not shut down: whatever it had not fsynced is gone, offsets included.
+        env.redis.kill();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        env.redis.restart().expect("redis restarts");
+    }
+    let snap = env.wait_consumed(SETTLE).await;
+    running.shutdown().await;
+    expected.assert_matches(&snap);
+}
