@@ -1,1 +1,170 @@
-fn main() {}
+//! In-process core benchmark: decode, aggregate and store pre-encoded messages, through the
+//! same `Batch` code the pipeline runs, into a private redis-server, with dedup on.
+//! Prints events per second against the 300,000/s target and the Redis memory each event
+//! costs (its dedup claim). Run: `cargo bench --bench core` (EVENTS=… to change the size).
+
+use std::time::Instant;
+
+use chrono::Utc;
+use tiendo::config::Settings;
+use tiendo::decode::Validator;
+use tiendo::embedded::RedisServer;
+use tiendo::events::Kind;
+use tiendo::pipeline::{Batch, Origin};
+use tiendo::store::{self, Applied, Store};
+
+const TARGET: f64 = 300_000.0;
+const PARTITIONS: i32 = 6;
+
+/// CPU seconds Redis has used (user + system).
+async fn redis_cpu(url: &str) -> f64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU seconds this process has used, from /proc (user + system).
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+async fn used_memory(url: &str) -> i64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let events: usize = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let batch_size: usize = std::env::var("BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    // AOF on (everysec), as exactness across Redis crashes needs; AOF=no to compare.
+    let aof = std::env::var("AOF").unwrap_or_else(|_| "yes".into());
+    let redis = RedisServer::start_with(&["--appendonly", &aof]).expect("redis-server");
+    let mut settings = Settings::default();
+    settings.redis.url = tiendo::config::Secret::new(redis.url());
+    let datasets = settings.validation.datasets.clone();
+    let validator = Validator::new(&settings.validation);
+    let store = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        "bench",
+        datasets.clone(),
+        settings.pipeline.dedup_horizon.as_secs(),
+    );
+
+    // Pre-encode: records and procedures for every province, spread over partitions.
+    let mut g = tiendo::generator::Generator::new(7, "bench", &datasets);
+    let now = Utc::now();
+    let messages: Vec<(Kind, i32, Vec<u8>)> = (0..events)
+        .map(|i| {
+            let m = if i % 5 == 4 {
+                g.procedure(now)
+            } else {
+                g.record(now)
+            };
+            // Partitioned by key (the province code), as producers do.
+            let key = m.key();
+            let partition = key
+                .bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+                % PARTITIONS as u32;
+            let _ = i;
+            (m.kind(), partition as i32, m.encode())
+        })
+        .collect();
+    let bytes: usize = messages.iter().map(|m| m.2.len()).sum();
+    let topics = ["records", "procedures"];
+    let before = used_memory(&redis.url()).await;
+
+    let (redis_cpu_before, own_cpu_before) = (redis_cpu(&redis.url()).await, own_cpu());
+    let started = Instant::now();
+    let mut offsets = [[0i64; PARTITIONS as usize]; 2];
+    let mut stored: [[Option<i64>; PARTITIONS as usize]; 2] = [[None; PARTITIONS as usize]; 2];
+    let (mut decode_time, mut store_time) = (0.0, 0.0);
+    for chunk in messages.chunks(batch_size) {
+        let t0 = Instant::now();
+        let now = Utc::now().timestamp();
+        let mut batch = Batch::default();
+        for (kind, partition, payload) in chunk {
+            let t = *kind as usize;
+            let offset = offsets[t][*partition as usize];
+            offsets[t][*partition as usize] += 1;
+            let from = Origin {
+                t,
+                kind: *kind,
+                topic: topics[t],
+                partition: *partition,
+                offset,
+                expected: stored[t][*partition as usize],
+            };
+            batch.push(from, None, payload, &validator, now);
+        }
+        let t1 = Instant::now();
+        for (part, outcome) in batch.store(&store, now).await.unwrap() {
+            assert_eq!(outcome.applied, Applied::Stored);
+            stored[part.t][part.partition as usize] = Some(part.next);
+        }
+        decode_time += (t1 - t0).as_secs_f64();
+        store_time += t1.elapsed().as_secs_f64();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let redis_cpu = redis_cpu(&redis.url()).await - redis_cpu_before;
+    let own_cpu = own_cpu() - own_cpu_before;
+    let after = used_memory(&redis.url()).await;
+
+    let rate = events as f64 / elapsed;
+    println!("tiendo core benchmark (decode + aggregate + Redis, dedup on, batch {batch_size})");
+    println!(
+        "  events            {events} ({:.1} MiB encoded, {PARTITIONS} partitions x 2 topics)",
+        bytes as f64 / 1048576.0
+    );
+    println!("  elapsed           {elapsed:.2} s (decode {decode_time:.2} s, claims+aggregate+store {store_time:.2} s)");
+    println!("  throughput        {rate:.0} events/s");
+    println!(
+        "  target            {TARGET:.0} events/s  ratio {:.2}",
+        rate / TARGET
+    );
+    println!(
+        "  cpu               tiendo {own_cpu:.2} s ({:.2} us/event), redis-server {redis_cpu:.2} s ({:.2} us/event)",
+        own_cpu * 1e6 / events as f64,
+        redis_cpu * 1e6 / events as f64
+    );
+    println!(
+        "  redis memory      {:.1} MiB for {events} events: {:.0} bytes per event (dedup claims)",
+        (after - before) as f64 / 1048576.0,
+        (after - before) as f64 / events as f64
+    );
+}

@@ -60,7 +60,9 @@ impl Field {
 /// The deltas of one partition's batch.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Aggregate {
-    pub counters: HashMap<(Slot, Field), i64>,
+    /// Deltas by counter and minute of event time; expanded into total, minute, hour and day
+    /// slots once per batch by [`Aggregate::cells`], not once per event.
+    by_minute: HashMap<(Field, i64), i64>,
     /// Newest event time (unix seconds) seen per field.
     pub latest: HashMap<Field, i64>,
     pub dead: HashMap<Reason, i64>,
@@ -69,8 +71,8 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
-    /// Adds a new (not duplicate) event. Buckets too old for any window at `now` are skipped.
-    pub fn add(&mut self, event: &Event, now: i64) {
+    /// Adds a new (not duplicate) event.
+    pub fn add(&mut self, event: &Event) {
         self.counted += 1;
         match event.payload {
             Payload::Records { dataset, count } => {
@@ -78,7 +80,7 @@ impl Aggregate {
                     unit: event.unit,
                     metric: Metric::Records(dataset),
                 };
-                self.add_counter(field, event.at, count as i64, now);
+                self.add_counter(field, event.at, count as i64);
                 self.see(field, event.at);
             }
             Payload::Procedure { channel, on_time } => {
@@ -86,13 +88,13 @@ impl Aggregate {
                     unit: event.unit,
                     metric: Metric::Completed(channel),
                 };
-                self.add_counter(completed, event.at, 1, now);
+                self.add_counter(completed, event.at, 1);
                 if on_time {
                     let ot = Field {
                         unit: event.unit,
                         metric: Metric::OnTime(channel),
                     };
-                    self.add_counter(ot, event.at, 1, now);
+                    self.add_counter(ot, event.at, 1);
                 }
                 let any = Field {
                     unit: event.unit,
@@ -107,17 +109,28 @@ impl Aggregate {
         *self.dead.entry(reason).or_default() += 1;
     }
 
-    fn add_counter(&mut self, field: Field, at: i64, amount: i64, now: i64) {
-        *self.counters.entry((Slot::Total, field)).or_default() += amount;
-        for tier in Tier::ALL {
-            let b = tier.bucket(at);
-            if tier.ttl(b, now).is_some() {
-                *self
-                    .counters
-                    .entry((Slot::Bucket(tier, b), field))
-                    .or_default() += amount;
+    fn add_counter(&mut self, field: Field, at: i64, amount: i64) {
+        *self
+            .by_minute
+            .entry((field, Tier::Minute.bucket(at)))
+            .or_default() += amount;
+    }
+
+    /// The deltas per slot: the total, and each time bucket still young enough at `now` to
+    /// be read by some window.
+    pub fn cells(&self, now: i64) -> HashMap<(Slot, Field), i64> {
+        let mut cells = HashMap::with_capacity(self.by_minute.len() * 2);
+        for ((field, minute), amount) in &self.by_minute {
+            *cells.entry((Slot::Total, *field)).or_default() += amount;
+            let at = Tier::Minute.start(*minute);
+            for tier in Tier::ALL {
+                let b = tier.bucket(at);
+                if tier.ttl(b, now).is_some() {
+                    *cells.entry((Slot::Bucket(tier, b), *field)).or_default() += amount;
+                }
             }
         }
+        cells
     }
 
     fn see(&mut self, field: Field, at: i64) {
@@ -126,7 +139,7 @@ impl Aggregate {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counters.is_empty() && self.dead.is_empty()
+        self.by_minute.is_empty() && self.dead.is_empty()
     }
 }
 
@@ -152,8 +165,9 @@ mod tests {
         let now = 1_727_740_800; // 2024-10-01T00:00:00Z
         let mut agg = Aggregate::default();
         for i in 0..1000 {
-            agg.add(&ev(1, now - 30 + (i % 20), 3), now);
+            agg.add(&ev(1, now - 30 + (i % 20), 3));
         }
+        let cells = agg.cells(now);
         let field = Field {
             unit: Unit {
                 scheme: Scheme::Legacy63,
@@ -161,9 +175,9 @@ mod tests {
             },
             metric: Metric::Records(1),
         };
-        assert_eq!(agg.counters[&(Slot::Total, field)], 3000);
+        assert_eq!(cells[&(Slot::Total, field)], 3000);
         // total + minute + hour + day
-        assert_eq!(agg.counters.len(), 4);
+        assert_eq!(cells.len(), 4);
         assert_eq!(agg.latest[&field], now - 11);
         assert_eq!(agg.counted, 1000);
     }
@@ -172,8 +186,8 @@ mod tests {
     fn old_events_count_in_total_and_day_but_not_minute() {
         let now = 1_727_740_800;
         let mut agg = Aggregate::default();
-        agg.add(&ev(1, now - 10 * 86_400, 5), now);
-        let tiers: Vec<Slot> = agg.counters.keys().map(|(s, _)| *s).collect();
+        agg.add(&ev(1, now - 10 * 86_400, 5));
+        let tiers: Vec<Slot> = agg.cells(now).keys().map(|(s, _)| *s).collect();
         assert!(tiers.contains(&Slot::Total));
         assert!(!tiers
             .iter()

@@ -64,7 +64,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub kafka: KafkaSettings,
@@ -252,20 +252,6 @@ impl Default for LogSettings {
     }
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            kafka: KafkaSettings::default(),
-            redis: RedisSettings::default(),
-            pipeline: PipelineSettings::default(),
-            validation: ValidationSettings::default(),
-            targets: TargetSettings::default(),
-            metrics: MetricsSettings::default(),
-            log: LogSettings::default(),
-        }
-    }
-}
-
 impl Settings {
     /// Defaults, then `file` if given, then `TIENDO_*` environment variables; validated.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -385,6 +371,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
     fn environment_overrides_the_file_and_numbers_become_property_text() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -148,12 +148,15 @@ impl ConsumerContext for Context {
                     }
                 };
                 for ((topic, p), start) in parts.iter().zip(&starts) {
-                    if let Start::At(next) = start {
-                        if let Err(error) =
-                            tpl.set_partition_offset(topic, *p, Offset::Offset(*next))
-                        {
-                            tracing::error!(%error, topic, partition = p, "cannot set start offset");
-                        }
+                    // Nothing stored means nothing counted: start at the beginning of the log,
+                    // never at a Kafka commit that Redis knows nothing of.
+                    let offset = match start {
+                        Start::At(next) => Offset::Offset(*next),
+                        Start::Fresh => Offset::Beginning,
+                        Start::Unverified => continue,
+                    };
+                    if let Err(error) = tpl.set_partition_offset(topic, *p, offset) {
+                        tracing::error!(%error, topic, partition = p, "cannot set start offset");
                     }
                 }
                 tracing::info!(partitions = ?parts.iter().zip(&starts).collect::<Vec<_>>(), "partitions assigned");
@@ -236,7 +239,7 @@ pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Ass
     for (key, value) in kafka.properties.iter().chain(&kafka.consumer_properties) {
         if !matches!(
             key.as_str(),
-            "enable.auto.commit" | "enable.auto.offset.store"
+            "enable.auto.commit" | "enable.auto.offset.store" | "auto.offset.reset"
         ) {
             config.set(key, value.expose());
         }

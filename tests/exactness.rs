@@ -183,9 +183,11 @@ async fn redis_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
     for _ in 0..3 {
         let part = events(&mut g, 1500);
         expected.add_all(&part);
+        let before = env.progress().await;
         env.publish(&part).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        // Killed, not shut down: whatever it had not fsynced is gone, offsets included.
+        // As soon as some of this round is stored, Redis is killed, not shut down: whatever
+        // it had not fsynced is gone, offsets included.
+        env.wait_progress(before, SETTLE).await;
         env.redis.kill();
         tokio::time::sleep(Duration::from_secs(2)).await;
         env.redis.restart().expect("redis restarts");

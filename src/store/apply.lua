@@ -14,6 +14,15 @@ local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if stored ~= tonumber(ARGV[1]) then
   return {0, stored}
 end
+-- New hashes get one long field so Redis stores them as hash tables at once: these hashes
+-- grow to hundreds of fields, and as listpacks (the default up to 512 fields) every update
+-- would scan them. Readers skip fields starting with '~'.
+local pin = string.rep('~', 80)
+for k = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 0 then
+    redis.call('HSET', KEYS[k], '~', pin)
+  end
+end
 local i = 3
 local n = tonumber(ARGV[i])
 i = i + 1

@@ -65,11 +65,14 @@ impl Keys {
         format!("{}:partitions", self.prefix)
     }
 
-    /// The claim key of an event id, and the shard it belongs to.
-    pub fn dedup(&self, kind: Kind, id: &str) -> (u64, String) {
-        let shard = fnv1a(id.as_bytes()) % DEDUP_SHARDS;
-        let key = format!("{}:{{dd{}}}:{}:{}", self.prefix, shard, kind.letter(), id);
-        (shard, key)
+    /// The shard an event id's claim lives in.
+    pub fn dedup_shard(id: &str) -> u64 {
+        fnv1a(id.as_bytes()) % DEDUP_SHARDS
+    }
+
+    /// The claim bucket of one shard, kind and day (of the event's time).
+    pub fn dedup(&self, shard: u64, kind: Kind, day: i64) -> String {
+        format!("{}:{{dd{}}}:{}:{}", self.prefix, shard, kind.letter(), day)
     }
 }
 
@@ -100,8 +103,11 @@ mod tests {
 
     #[test]
     fn dedup_shard_is_stable() {
-        let (shard, key) = Keys::new("t").dedup(Kind::Records, "abc");
-        assert_eq!(shard, fnv1a(b"abc") % DEDUP_SHARDS);
-        assert_eq!(key, format!("t:{{dd{shard}}}:r:abc"));
+        // Changing the hash would split claims made before an upgrade from those after it.
+        assert_eq!(Keys::dedup_shard("abc"), 0xe71fa2190541574b % DEDUP_SHARDS);
+        assert_eq!(
+            Keys::new("t").dedup(3, Kind::Records, 20000),
+            "t:{dd3}:r:20000"
+        );
     }
 }

@@ -11,8 +11,7 @@ mod conn;
 mod keys;
 mod read;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
 
 use futures::future::try_join_all;
 use redis::Script;
@@ -24,6 +23,11 @@ pub use read::{Counts, Snapshot};
 use crate::aggregate::{Aggregate, Slot};
 use crate::buckets::Tier;
 use crate::events::Kind;
+
+/// A value longer than `hash-max-listpack-value` (64 by default): one field of it makes Redis
+/// store a hash as a hash table from the start. See apply.lua.
+const PIN: &str =
+    "~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,6 +68,8 @@ pub struct Claim<'a> {
     pub id: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// Event time (unix seconds): claims are kept in buckets by the event's day.
+    pub at: i64,
 }
 
 pub struct Store {
@@ -72,8 +78,6 @@ pub struct Store {
     datasets: Vec<String>,
     dedup_ttl: u64,
     script: Script,
-    /// Partitions already listed in the directory by this process.
-    registered: Mutex<HashSet<String>>,
 }
 
 impl Store {
@@ -84,7 +88,6 @@ impl Store {
             datasets,
             dedup_ttl,
             script: Script::new(include_str!("apply.lua")),
-            registered: Mutex::new(HashSet::new()),
         }
     }
 
@@ -113,37 +116,84 @@ impl Store {
 
     /// Claims each event id; `true` where the event is new (or is this very message replayed),
     /// `false` where another message already claimed the id within the horizon.
+    ///
+    /// A claim is a field (the event id) in a hash per shard and day of the event's time,
+    /// valued with the claimant's `partition:offset`: the same message replayed after a crash
+    /// finds its own value and is new again; a re-send (another offset) finds another value.
+    /// One pipeline per shard, all sent together; a second round trip only for ids already
+    /// taken.
     pub async fn claim(&self, claims: &[Claim<'_>]) -> Result<Vec<bool>, StoreError> {
-        let mut shards: BTreeMap<u64, (redis::Pipeline, Vec<(usize, String)>)> = BTreeMap::new();
-        for (i, c) in claims.iter().enumerate() {
-            let (shard, key) = self.keys.dedup(c.kind, c.id);
-            let mine = format!("{}:{}", c.partition, c.offset);
-            let (pipe, owners) = shards
-                .entry(shard)
-                .or_insert_with(|| (redis::pipe(), vec![]));
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(&mine)
-                .arg("NX")
-                .arg("GET")
-                .arg("EX")
-                .arg(self.dedup_ttl);
-            owners.push((i, mine));
+        #[derive(Default)]
+        struct Shard<'a> {
+            buckets: Vec<String>,
+            index: HashMap<(Kind, i64), usize>,
+            claims: Vec<(usize, &'a str, String)>,
+            positions: Vec<usize>,
         }
-        let sends = shards.into_values().map(|(pipe, owners)| {
+        let mut shards: BTreeMap<u64, Shard<'_>> = BTreeMap::new();
+        for (position, c) in claims.iter().enumerate() {
+            let shard_no = Keys::dedup_shard(c.id);
+            let day = Tier::Day.bucket(c.at);
+            let shard = shards.entry(shard_no).or_default();
+            let bucket = match shard.index.get(&(c.kind, day)) {
+                Some(b) => *b,
+                None => {
+                    shard.buckets.push(self.keys.dedup(shard_no, c.kind, day));
+                    shard.index.insert((c.kind, day), shard.buckets.len() - 1);
+                    shard.buckets.len() - 1
+                }
+            };
+            let mine = format!("{}:{}", c.partition, c.offset);
+            shard.claims.push((bucket, c.id, mine));
+            shard.positions.push(position);
+        }
+        let calls = shards.into_values().map(|shard| {
             let mut conn = self.conn.clone();
+            let horizon = self.dedup_ttl;
             async move {
-                let replies: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-                Ok::<_, StoreError>((owners, replies))
+                // One pipeline per shard: all its keys share a hash tag, so it is one slot.
+                let mut pipe = redis::pipe();
+                for key in &shard.buckets {
+                    // Hash-table encoding from the start (see apply.lua for why).
+                    pipe.hset_nx(key, "~", PIN).ignore();
+                }
+                for (bucket, id, mine) in &shard.claims {
+                    pipe.hset_nx(&shard.buckets[*bucket], *id, mine);
+                }
+                for key in &shard.buckets {
+                    // Set on new buckets, extended on old ones: a horizon after the last claim.
+                    pipe.cmd("EXPIRE").arg(key).arg(horizon).arg("NX").ignore();
+                    pipe.cmd("EXPIRE").arg(key).arg(horizon).arg("GT").ignore();
+                }
+                let set: Vec<bool> = pipe.query_async(&mut conn).await?;
+                // Ids already claimed: new after all if the claim is this very message's.
+                let taken: Vec<usize> = (0..set.len()).filter(|i| !set[*i]).collect();
+                let mut fresh = set;
+                if !taken.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for i in &taken {
+                        let (bucket, id, _) = &shard.claims[*i];
+                        pipe.hget(&shard.buckets[*bucket], *id);
+                    }
+                    let owners: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+                    for (i, owner) in taken.into_iter().zip(owners) {
+                        fresh[i] = owner.as_deref() == Some(shard.claims[i].2.as_str());
+                    }
+                }
+                Ok::<_, StoreError>((shard.positions, fresh))
             }
         });
         let mut fresh = vec![false; claims.len()];
-        for (owners, replies) in try_join_all(sends).await? {
-            if owners.len() != replies.len() {
-                return Err(StoreError::Reply("claim pipeline length".into()));
+        for (positions, flags) in try_join_all(calls).await? {
+            if flags.len() != positions.len() {
+                return Err(StoreError::Reply(format!(
+                    "{} claim replies for {} claims",
+                    flags.len(),
+                    positions.len()
+                )));
             }
-            for ((i, mine), previous) in owners.into_iter().zip(replies) {
-                fresh[i] = previous.is_none_or(|p| p == mine);
+            for (position, flag) in positions.into_iter().zip(flags) {
+                fresh[position] = flag;
             }
         }
         Ok(fresh)
@@ -156,26 +206,25 @@ impl Store {
         batches: &[PartitionBatch<'_>],
         now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
-        let new_tags: Vec<String> = {
-            let registered = self.registered.lock().expect("registered lock");
-            batches
-                .iter()
-                .map(|b| format!("{}/{}", b.topic, b.partition))
-                .filter(|t| !registered.contains(t))
-                .collect()
-        };
-        if !new_tags.is_empty() {
-            // Listed before the first write, so readers never miss a partition with data.
-            redis::cmd("SADD")
-                .arg(self.keys.directory())
-                .arg(&new_tags)
-                .query_async::<()>(&mut self.conn.clone())
-                .await?;
-            self.registered
-                .lock()
-                .expect("registered lock")
-                .extend(new_tags);
+        if batches.is_empty() {
+            return Ok(Vec::new());
         }
+        // Every batch re-lists its partitions (an idempotent SADD): a Redis that lost its
+        // last writes must not lose a partition from the directory readers use.
+        let tags: Vec<String> = batches
+            .iter()
+            .map(|b| format!("{}/{}", b.topic, b.partition))
+            .collect();
+        let mut conn = self.conn.clone();
+        let directory = self.keys.directory();
+        let listed = async move {
+            redis::cmd("SADD")
+                .arg(directory)
+                .arg(&tags)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(StoreError::from)
+        };
         let calls = batches.iter().map(|b| {
             let invocation = self.invocation(b, now);
             let mut conn = self.conn.clone();
@@ -188,7 +237,8 @@ impl Store {
                 })
             }
         });
-        try_join_all(calls).await
+        let (_, applied) = futures::try_join!(listed, try_join_all(calls))?;
+        Ok(applied)
     }
 
     fn invocation(&self, b: &PartitionBatch<'_>, now: i64) -> redis::ScriptInvocation<'_> {
@@ -202,7 +252,7 @@ impl Store {
         let mut bucket_index: HashMap<(Tier, i64), usize> = HashMap::new();
         let mut expiries: Vec<(usize, i64)> = Vec::new();
         let mut incr: Vec<(usize, String, i64)> = Vec::new();
-        for ((slot, field), delta) in &b.aggregate.counters {
+        for ((slot, field), delta) in &b.aggregate.cells(now) {
             let idx = match slot {
                 Slot::Total => 2,
                 Slot::Bucket(tier, n) => *bucket_index.entry((*tier, *n)).or_insert_with(|| {

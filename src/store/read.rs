@@ -28,7 +28,16 @@ pub struct Snapshot {
     pub offsets: BTreeMap<String, i64>,
 }
 
+type Raw = HashMap<String, String>;
 type Hash = HashMap<String, i64>;
+
+/// Counter values of a hash, without the '~' encoding pin (see apply.lua).
+fn counters(raw: Raw) -> Hash {
+    raw.into_iter()
+        .filter(|(k, _)| !k.starts_with('~'))
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect()
+}
 
 impl Store {
     /// Reads every partition's figures at `now`, one pipeline per partition, all at once.
@@ -54,16 +63,15 @@ impl Store {
             }
             let mut conn = self.conn.clone();
             async move {
-                let (head, rest): ((Option<i64>, Hash, Hash, Hash), Vec<Hash>) = {
-                    let mut values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-                    let rest = values.split_off(4);
-                    let head = redis::from_redis_value(redis::Value::Array(values))?;
-                    let rest = rest
-                        .into_iter()
-                        .map(redis::from_redis_value)
-                        .collect::<Result<Vec<Hash>, _>>()?;
-                    (head, rest)
-                };
+                let mut values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                let rest = values.split_off(4);
+                let (offset, totals, latest, dead): (Option<i64>, Raw, Raw, Raw) =
+                    redis::from_redis_value(redis::Value::Array(values))?;
+                let head = (offset, counters(totals), counters(latest), counters(dead));
+                let rest = rest
+                    .into_iter()
+                    .map(|v| redis::from_redis_value(v).map(counters))
+                    .collect::<Result<Vec<Hash>, _>>()?;
                 Ok::<_, StoreError>((tag.clone(), head, rest))
             }
         });

@@ -52,6 +52,13 @@ impl Running {
 
 impl Env {
     pub fn start() -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,librdkafka=error".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let redis = RedisServer::start().expect("redis-server starts (is it installed?)");
         let mut settings = Settings::default();
         let topics = settings.kafka.topics.clone();

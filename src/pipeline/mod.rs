@@ -21,14 +21,17 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::aggregate::Aggregate;
+mod batch;
+
+pub use batch::{Batch, Origin, Outcome, Part};
+
 use crate::clock::SharedClock;
 use crate::config::{PipelineSettings, Settings};
-use crate::deadletter::{DeadLetter, DeadLetters};
-use crate::decode::{Event, Validator};
+use crate::deadletter::DeadLetters;
+use crate::decode::Validator;
 use crate::events::Kind;
 use crate::source::{self, Assignment, EventConsumer, Start};
-use crate::store::{self, Applied, Claim, PartitionBatch, Store, StoreError};
+use crate::store::{self, Applied, Store, StoreError};
 use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,23 +69,6 @@ impl Cursor {
             },
         }
     }
-}
-
-/// One partition's share of a batch.
-#[derive(Debug)]
-struct Part {
-    t: usize,
-    kind: Kind,
-    topic: String,
-    partition: i32,
-    /// First offset in this batch.
-    start: i64,
-    /// Offset after the last message in this batch.
-    next: i64,
-    /// The stored offset this batch follows (the script's fence).
-    expected: Option<i64>,
-    events: Vec<(Event, i64)>,
-    dead: Vec<DeadLetter>,
 }
 
 /// The consume loop and everything it owns.
@@ -141,8 +127,8 @@ impl Pipeline {
                 continue;
             }
             let started = Instant::now();
-            let messages: usize = batch.iter().map(|p| (p.next - p.start) as usize).sum();
-            let span = tracing::debug_span!("batch", partitions = ?batch.iter().map(|p| (p.partition, p.start, p.next)).collect::<Vec<_>>());
+            let messages = batch.len();
+            let span = tracing::debug_span!("batch", partitions = ?batch.parts().map(|p| (p.topic.as_str(), p.partition, p.start, p.next)).collect::<Vec<_>>());
             if self
                 .process(batch, &shutdown)
                 .instrument(span)
@@ -159,13 +145,14 @@ impl Pipeline {
     }
 
     /// Reads messages until the batch is full, the linger expires or shutdown is asked.
-    async fn collect(&mut self, shutdown: &CancellationToken) -> Vec<Part> {
-        let mut parts: HashMap<(usize, i32), Part> = HashMap::new();
-        let mut count = 0;
+    async fn collect(&mut self, shutdown: &CancellationToken) -> Batch {
+        let mut batch = Batch::default();
         let mut deadline: Option<tokio::time::Instant> = None;
-        let now = self.clock.now().timestamp();
+        // Read when the first message arrives, not when waiting began: after a quiet night
+        // a stale "now" would make fresh events look like they come from the future.
+        let mut now = None;
         let consumer = self.consumer.clone();
-        while count < self.settings.batch_max_messages {
+        while batch.len() < self.settings.batch_max_messages {
             let linger = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -203,34 +190,21 @@ impl Pipeline {
                 metrics::counter!(telemetry::EVENTS, "topic" => kind.as_str(), "outcome" => "replayed").increment(1);
                 continue;
             }
-            count += 1;
-            let part = parts.entry((t, partition)).or_insert_with(|| Part {
+            let from = Origin {
                 t,
                 kind,
-                topic: self.topics[t].clone(),
+                topic: &self.topics[t],
                 partition,
-                start: offset,
-                next: offset,
+                offset,
                 expected,
-                events: Vec::new(),
-                dead: Vec::new(),
-            });
-            part.next = offset + 1;
+            };
             let payload = message.payload().unwrap_or_default();
-            match self.validator.decode(kind, payload, now) {
-                Ok(event) => part.events.push((event, offset)),
-                Err(rejected) => part.dead.push(DeadLetter {
-                    topic: part.topic.clone(),
-                    partition,
-                    offset,
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: payload.to_vec(),
-                    reason: rejected.reason,
-                    detail: rejected.detail,
-                }),
+            let now = *now.get_or_insert_with(|| self.clock.now().timestamp());
+            if !batch.push(from, message.key(), payload, &self.validator, now) {
+                metrics::counter!(telemetry::EVENTS, "topic" => kind.as_str(), "outcome" => "replayed").increment(1);
             }
         }
-        parts.into_values().collect()
+        batch
     }
 
     /// Brings the cursors in line with the assignment after a rebalance.
@@ -258,11 +232,14 @@ impl Pipeline {
     }
 
     /// Stores one batch. `None` if shutdown was asked while waiting on Redis or Kafka.
-    async fn process(&mut self, mut batch: Vec<Part>, shutdown: &CancellationToken) -> Option<()> {
+    async fn process(&mut self, mut batch: Batch, shutdown: &CancellationToken) -> Option<()> {
         self.verify(&mut batch, shutdown).await?;
-        batch.retain(|p| p.start < p.next);
+        batch.retain_nonempty();
+        if batch.is_empty() {
+            return Some(());
+        }
 
-        let letters: Vec<DeadLetter> = batch.iter().flat_map(|p| p.dead.iter().cloned()).collect();
+        let letters = batch.dead_letters();
         if !letters.is_empty() {
             let dl = &self.dead_letters;
             retry(
@@ -279,69 +256,33 @@ impl Pipeline {
         }
 
         let flush_started = Instant::now();
-        let claims: Vec<Claim<'_>> = batch
-            .iter()
-            .flat_map(|p| {
-                p.events.iter().map(move |(e, offset)| Claim {
-                    kind: p.kind,
-                    id: &e.id,
-                    partition: p.partition,
-                    offset: *offset,
-                })
-            })
-            .collect();
-        let store = &self.store;
-        let fresh = retry(shutdown, self.settings.max_backoff, "redis claim", || {
-            store.claim(&claims)
-        })
-        .await?;
-
-        let now = self.clock.now().timestamp();
-        let mut fresh = fresh.into_iter();
-        let aggregates: Vec<Aggregate> = batch
-            .iter()
-            .map(|p| {
-                let mut agg = Aggregate::default();
-                for (event, _) in &p.events {
-                    if fresh.next().unwrap_or(true) {
-                        agg.add(event, now);
-                    }
-                }
-                for l in &p.dead {
-                    agg.dead_letter(l.reason);
-                }
-                agg
-            })
-            .collect();
-        let writes: Vec<PartitionBatch<'_>> = batch
-            .iter()
-            .zip(&aggregates)
-            .map(|(p, agg)| PartitionBatch {
-                topic: &p.topic,
-                partition: p.partition,
-                expected: p.expected.unwrap_or(-1),
-                next: p.next,
-                aggregate: agg,
-            })
-            .collect();
-        let applied = retry(shutdown, self.settings.max_backoff, "redis apply", || {
-            store.apply(&writes, now)
+        let (store, clock) = (&self.store, &self.clock);
+        let outcomes = retry(shutdown, self.settings.max_backoff, "redis store", || {
+            batch.store(store, clock.now().timestamp())
         })
         .await?;
         metrics::histogram!(telemetry::FLUSH_SECONDS).record(flush_started.elapsed().as_secs_f64());
 
         let mut commit = TopicPartitionList::new();
-        for ((part, agg), result) in batch.iter().zip(&aggregates).zip(applied) {
+        let mut seeks = Vec::new();
+        for (part, outcome) in outcomes {
             let key = (part.t, part.partition);
             let kind = part.kind.as_str();
-            match result {
+            let applied = match outcome.applied {
+                // Redis already holds exactly our next offset: our own write whose reply was
+                // lost before a retry.
+                Applied::Fenced { stored } if stored == part.next => Applied::Stored,
+                other => other,
+            };
+            match applied {
                 Applied::Stored => {
                     let events = part.events.len() as u64;
                     metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "counted")
-                        .increment(agg.counted);
+                        .increment(outcome.counted);
                     metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "duplicate")
-                        .increment(events - agg.counted);
-                    metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "dead_letter").increment(part.dead.len() as u64);
+                        .increment(events - outcome.counted);
+                    metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "dead_letter")
+                        .increment(part.dead.len() as u64);
                     if let Some(c) = self.cursors.get_mut(&key) {
                         c.stored = Some(part.next);
                     }
@@ -367,10 +308,13 @@ impl Pipeline {
                     // Behind our batch (Redis lost its last writes, or a partial overlap):
                     // fetch again from there. Ahead of it: the skip filter does the rest.
                     if stored.is_none_or(|s| s < part.next) {
-                        self.seek(&part.topic, part.partition, stored);
+                        seeks.push((part.topic.clone(), part.partition, stored));
                     }
                 }
             }
+        }
+        for (topic, partition, offset) in seeks {
+            self.seek(&topic, partition, offset);
         }
         if commit.count() > 0 {
             if let Err(error) = self.consumer.commit(&commit, CommitMode::Async) {
@@ -382,9 +326,9 @@ impl Pipeline {
 
     /// For partitions assigned while Redis was down: read their offsets now, drop what is
     /// already stored, and seek back if fetching started past the stored offset.
-    async fn verify(&mut self, batch: &mut [Part], shutdown: &CancellationToken) -> Option<()> {
+    async fn verify(&mut self, batch: &mut Batch, shutdown: &CancellationToken) -> Option<()> {
         let todo: Vec<(usize, i32)> = batch
-            .iter()
+            .parts()
             .map(|p| (p.t, p.partition))
             .filter(|k| self.cursors.get(k).is_some_and(|c| c.unverified))
             .collect();
@@ -408,12 +352,13 @@ impl Pipeline {
                     unverified: false,
                 };
             }
-            let Some(part) = batch.iter_mut().find(|p| (p.t, p.partition) == *key) else {
+            let Some(part) = batch.parts_mut().find(|p| (p.t, p.partition) == *key) else {
                 continue;
             };
             part.expected = stored;
-            if stored.is_some() && part.start > next {
-                // Fetching began after the stored offset: go back, count nothing yet.
+            if stored.is_none() || part.start > next {
+                // Fetching began after the stored offset (or at a Kafka commit while Redis
+                // holds nothing): go back, count nothing yet.
                 self.seek(&self.topics[key.0], key.1, stored);
                 part.start = part.next;
                 continue;

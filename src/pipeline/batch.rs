@@ -1,0 +1,195 @@
+//! One batch in memory: messages decoded into per-partition parts, then stored as one unit
+//! (claims, aggregation, the atomic script per partition). Kafka-free, so the benchmark drives
+//! exactly this code with pre-encoded messages.
+
+use std::collections::HashMap;
+
+use crate::aggregate::Aggregate;
+use crate::deadletter::DeadLetter;
+use crate::decode::{Event, Validator};
+use crate::events::Kind;
+use crate::store::{Applied, Claim, PartitionBatch, Store, StoreError};
+
+/// One partition's share of a batch.
+#[derive(Debug)]
+pub struct Part {
+    /// Index of the topic in the pipeline's topic list.
+    pub t: usize,
+    pub kind: Kind,
+    pub topic: String,
+    pub partition: i32,
+    /// First offset in this batch.
+    pub start: i64,
+    /// Offset after the last message in this batch.
+    pub next: i64,
+    /// The stored offset this batch follows (the script's fence); `None`: nothing stored.
+    pub expected: Option<i64>,
+    pub events: Vec<(Event, i64)>,
+    pub dead: Vec<DeadLetter>,
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub t: usize,
+    pub kind: Kind,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub expected: Option<i64>,
+}
+
+/// A batch being collected or stored.
+#[derive(Debug, Default)]
+pub struct Batch {
+    parts: HashMap<(usize, i32), Part>,
+    messages: usize,
+}
+
+/// The outcome for one partition of a stored batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub applied: Applied,
+    /// Events that added to the counters (the rest of the events were duplicates).
+    pub counted: u64,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.messages
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Decodes one message into its partition's part; bad input becomes a dead letter.
+    /// Returns `false` (and keeps nothing) for an offset this batch already holds, which a
+    /// rebalance or offset reset in the middle of a batch can deliver again.
+    pub fn push(
+        &mut self,
+        from: Origin<'_>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        validator: &Validator,
+        now: i64,
+    ) -> bool {
+        if let Some(part) = self.parts.get(&(from.t, from.partition)) {
+            if from.offset < part.next {
+                return false;
+            }
+        }
+        self.messages += 1;
+        let part = self
+            .parts
+            .entry((from.t, from.partition))
+            .or_insert_with(|| Part {
+                t: from.t,
+                kind: from.kind,
+                topic: from.topic.to_string(),
+                partition: from.partition,
+                start: from.offset,
+                next: from.offset,
+                expected: from.expected,
+                events: Vec::new(),
+                dead: Vec::new(),
+            });
+        part.next = from.offset + 1;
+        match validator.decode(from.kind, payload, now) {
+            Ok(event) => part.events.push((event, from.offset)),
+            Err(rejected) => part.dead.push(DeadLetter {
+                topic: part.topic.clone(),
+                partition: from.partition,
+                offset: from.offset,
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+                reason: rejected.reason,
+                detail: rejected.detail,
+            }),
+        }
+        true
+    }
+
+    pub fn parts(&self) -> impl Iterator<Item = &Part> {
+        self.parts.values()
+    }
+
+    pub fn parts_mut(&mut self) -> impl Iterator<Item = &mut Part> {
+        self.parts.values_mut()
+    }
+
+    /// Drops parts left with nothing to store.
+    pub fn retain_nonempty(&mut self) {
+        self.parts.retain(|_, p| p.start < p.next);
+    }
+
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.parts
+            .values()
+            .flat_map(|p| p.dead.iter().cloned())
+            .collect()
+    }
+
+    /// Claims, aggregates and applies the whole batch. Retried as a unit: if Redis failed
+    /// (or restarted and lost writes) half-way, claims are made again before any counter.
+    pub async fn store(
+        &self,
+        store: &Store,
+        now: i64,
+    ) -> Result<Vec<(&Part, Outcome)>, StoreError> {
+        let parts: Vec<&Part> = self.parts.values().collect();
+        let claims: Vec<Claim<'_>> = parts
+            .iter()
+            .flat_map(|p| {
+                p.events.iter().map(move |(e, offset)| Claim {
+                    kind: p.kind,
+                    id: &e.id,
+                    partition: p.partition,
+                    offset: *offset,
+                    at: e.at,
+                })
+            })
+            .collect();
+        let mut fresh = store.claim(&claims).await?.into_iter();
+        let aggregates: Vec<Aggregate> = parts
+            .iter()
+            .map(|p| {
+                let mut agg = Aggregate::default();
+                for (event, _) in &p.events {
+                    if fresh.next().unwrap_or(true) {
+                        agg.add(event);
+                    }
+                }
+                for l in &p.dead {
+                    agg.dead_letter(l.reason);
+                }
+                agg
+            })
+            .collect();
+        let writes: Vec<PartitionBatch<'_>> = parts
+            .iter()
+            .zip(&aggregates)
+            .map(|(p, agg)| PartitionBatch {
+                topic: &p.topic,
+                partition: p.partition,
+                expected: p.expected.unwrap_or(-1),
+                next: p.next,
+                aggregate: agg,
+            })
+            .collect();
+        let applied = store.apply(&writes, now).await?;
+        Ok(parts
+            .into_iter()
+            .zip(aggregates.iter().zip(applied))
+            .map(|(p, (agg, applied))| {
+                (
+                    p,
+                    Outcome {
+                        applied,
+                        counted: agg.counted,
+                    },
+                )
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,73 @@
+//! The example configuration in deploy/ stays true to the code: it loads, it states the
+//! defaults, and it mentions every key.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use tiendo::config::Settings;
+
+const EXAMPLE: &str = "deploy/tiendo.example.toml";
+
+fn leaf_paths(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if v.is_object() && !v.as_object().unwrap().is_empty() {
+                    leaf_paths(&path, v, out);
+                } else {
+                    out.insert(path);
+                }
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+#[test]
+fn the_example_configuration_loads_and_states_the_defaults() {
+    let loaded = Settings::load(Some(Path::new(EXAMPLE))).expect("example loads");
+    assert_eq!(loaded, Settings::default().validated().unwrap());
+}
+
+#[test]
+fn the_example_configuration_mentions_every_key() {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let mut paths = BTreeSet::new();
+    leaf_paths(
+        "",
+        &serde_json::to_value(Settings::default()).unwrap(),
+        &mut paths,
+    );
+    for path in paths {
+        if text.contains(&format!("[{path}]")) {
+            continue; // a map, empty by default, with its own section
+        }
+        let (section, key) = path.rsplit_once('.').unwrap();
+        let header = format!("[{section}]");
+        let start = text
+            .find(&header)
+            .unwrap_or_else(|| panic!("no section {header}"));
+        let body = &text[start + header.len()..];
+        let body = &body[..body.find("\n[").unwrap_or(body.len())];
+        let mentioned = body.lines().any(|l| {
+            let l = l.trim_start_matches(['#', ' ']);
+            l.starts_with(&format!("{key} =")) || l.starts_with(&format!("\"{key}\""))
+        });
+        assert!(mentioned, "{path} is not in {EXAMPLE}");
+    }
+}
+
+#[test]
+fn the_example_targets_load() {
+    let datasets = Settings::default().validation.datasets;
+    let t =
+        tiendo::targets::Targets::load(Path::new("deploy/targets.example.csv"), &datasets).unwrap();
+    assert_eq!(t.by_unit.len(), 34 * 3);
+}
