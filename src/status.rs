@@ -163,10 +163,13 @@ impl Status {
         let mut t = Table::new();
         t.load_preset(presets::UTF8_BORDERS_ONLY);
         let mut header = vec!["Mã".to_string(), "Tỉnh/thành".to_string()];
-        for d in &self.datasets {
-            header.push(format!("{d} (7d)"));
-        }
-        header.extend(["Thủ tục".into(), "Trực tuyến".into(), "Đúng hạn".into()]);
+        header.extend(self.datasets.iter().cloned());
+        header.extend([
+            "7 ngày".into(),
+            "Thủ tục".into(),
+            "Trực tuyến".into(),
+            "Đúng hạn".into(),
+        ]);
         t.set_header(header);
         for row in self.provinces.iter().chain(std::iter::once(&self.national)) {
             let mut cells = vec![Cell::new(&row.code), Cell::new(&row.name)];
@@ -174,10 +177,12 @@ impl Status {
                 let s = &row.datasets[d];
                 let pct = s.percent.map(|p| format!(" {p:.0}%")).unwrap_or_default();
                 cells.push(
-                    Cell::new(format!("{}{} ({})", s.total, pct, s.windows["7d"]))
+                    Cell::new(format!("{}{pct}", compact(s.total)))
                         .set_alignment(CellAlignment::Right),
                 );
             }
+            let week: i64 = row.datasets.values().map(|d| d.windows["7d"]).sum();
+            cells.push(Cell::new(compact(week)).set_alignment(CellAlignment::Right));
             let p = &row.procedures;
             cells.push(Cell::new(p.completed).set_alignment(CellAlignment::Right));
             cells.push(Cell::new(share(p.online_share)).set_alignment(CellAlignment::Right));
@@ -192,6 +197,15 @@ impl Status {
                 .format("%Y-%m-%d %H:%M:%S %:z"),
             self.provinces.len(),
         )
+    }
+}
+
+/// 1234 → "1234", 123456 → "123.5k", 12345678 → "12.3M": keeps the table narrow.
+fn compact(n: i64) -> String {
+    match n.abs() {
+        0..=9_999 => n.to_string(),
+        10_000..=999_999 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
     }
 }
 

@@ -1,0 +1,78 @@
+//! The `tiendo` binary as a user runs it: `status` reads what the pipeline stored, in both
+//! unit views, as a table and as JSON; a bad configuration is refused with a clear message.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{events, Env, Expected};
+
+fn status(env: &Env, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .arg("status")
+        .args(args)
+        .env("TIENDO_REDIS__URL", env.settings.redis.url.expose())
+        .env("TIENDO_TARGETS__FILE", "deploy/targets.example.csv")
+        .output()
+        .expect("tiendo runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_what_was_counted_in_both_views() {
+    let env = Env::start();
+    let mut g = env.generator(9);
+    let batch = events(&mut g, 800);
+    let mut expected = Expected::default();
+    expected.add_all(&batch);
+    env.publish(&batch).await;
+    let running = env.spawn().await;
+    env.wait_consumed(Duration::from_secs(90)).await;
+    running.shutdown().await;
+
+    for view in ["34", "63"] {
+        let json: serde_json::Value =
+            serde_json::from_str(&status(&env, &["--format", "json", "--view", view])).unwrap();
+        let national: i64 = json["national"]["datasets"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|d| d["total"].as_i64().unwrap())
+            .sum();
+        assert_eq!(national, expected.records(), "view {view}");
+        let rows = json["provinces"].as_array().unwrap().len();
+        assert!(
+            if view == "34" { rows == 34 } else { rows >= 63 },
+            "{rows} rows"
+        );
+        // Targets apply in the 34-unit view (the example file is written for it).
+        if view == "34" {
+            assert!(json["provinces"][0]["datasets"]["civil_status"]["target"]
+                .as_u64()
+                .is_some());
+        }
+    }
+    let table = status(&env, &[]);
+    assert!(
+        table.contains("Hà Nội") && table.contains("Toàn quốc"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_the_reason() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .arg("status")
+        .env("TIENDO_VALIDATION__MAX_RECORD_COUNT", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_record_count"), "{err}");
+}
