@@ -22,10 +22,25 @@ pub struct Part {
     pub start: i64,
     /// Offset after the last message in this batch.
     pub next: i64,
-    /// The stored offset this batch follows (the script's fence); `None`: nothing stored.
+    /// The stored offset this batch follows (the script's fence; `None`: nothing stored),
+    /// set by the storer just before storing.
     pub expected: Option<i64>,
     pub events: Vec<(Event, i64)>,
     pub dead: Vec<DeadLetter>,
+}
+
+impl Part {
+    /// Drops the messages below `stored` (already counted); returns how many.
+    pub fn trim_below(&mut self, stored: i64) -> u64 {
+        if self.start >= stored {
+            return 0;
+        }
+        let before = self.events.len() + self.dead.len();
+        self.events.retain(|(_, o)| *o >= stored);
+        self.dead.retain(|l| l.offset >= stored);
+        self.start = stored.min(self.next);
+        (before - self.events.len() - self.dead.len()) as u64
+    }
 }
 
 /// Where a message came from.
@@ -36,7 +51,6 @@ pub struct Origin<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
-    pub expected: Option<i64>,
 }
 
 /// A batch being collected or stored.
@@ -64,8 +78,10 @@ impl Batch {
     }
 
     /// Decodes one message into its partition's part; bad input becomes a dead letter.
-    /// Returns `false` (and keeps nothing) for an offset this batch already holds, which a
-    /// rebalance or offset reset in the middle of a batch can deliver again.
+    ///
+    /// An offset below what the part already holds means fetching went back (a seek, or a
+    /// partition revoked and assigned again mid-batch): everything after it will arrive
+    /// again, so the part restarts from this message.
     pub fn push(
         &mut self,
         from: Origin<'_>,
@@ -73,10 +89,10 @@ impl Batch {
         payload: &[u8],
         validator: &Validator,
         now: i64,
-    ) -> bool {
+    ) {
         if let Some(part) = self.parts.get(&(from.t, from.partition)) {
             if from.offset < part.next {
-                return false;
+                self.parts.remove(&(from.t, from.partition));
             }
         }
         self.messages += 1;
@@ -90,7 +106,7 @@ impl Batch {
                 partition: from.partition,
                 start: from.offset,
                 next: from.offset,
-                expected: from.expected,
+                expected: None,
                 events: Vec::new(),
                 dead: Vec::new(),
             });
@@ -107,7 +123,6 @@ impl Batch {
                 detail: rejected.detail,
             }),
         }
-        true
     }
 
     pub fn parts(&self) -> impl Iterator<Item = &Part> {
@@ -118,9 +133,9 @@ impl Batch {
         self.parts.values_mut()
     }
 
-    /// Drops parts left with nothing to store.
-    pub fn retain_nonempty(&mut self) {
-        self.parts.retain(|_, p| p.start < p.next);
+    /// Keeps the parts for which `keep` says so; `keep` may also change them.
+    pub fn retain_parts(&mut self, mut keep: impl FnMut(&mut Part) -> bool) {
+        self.parts.retain(|_, p| keep(p));
     }
 
     pub fn dead_letters(&self) -> Vec<DeadLetter> {

@@ -1,14 +1,18 @@
-//! The consume loop: source → decode → aggregate → store, one batch at a time.
+//! The consume loop: source → decode → aggregate → store.
 //!
-//! A batch is what arrives within `batch_linger` of its first message, up to
-//! `batch_max_messages`. For each batch, in this order: dead letters are delivered, event ids
-//! are claimed, deltas are aggregated per partition, and each partition's deltas are stored
-//! with its next offset in one atomic script call. Only then is the offset committed to Kafka
-//! (for lag tooling). A crash anywhere replays the batch from Redis's offsets and yields the
-//! same counters.
+//! Two halves run side by side in one task, joined by a channel that holds one batch: the
+//! collector reads and decodes the next batch while the storer writes the previous one to
+//! Redis, so decoding hides behind Redis work. A batch is what arrives within `batch_linger`
+//! of its first message, up to `batch_max_messages`.
 //!
-//! Redis or Kafka trouble pauses the loop with the batch in hand and retries with backoff;
-//! nothing is skipped, and shutdown during a retry simply leaves the batch to be replayed.
+//! For each batch the storer, in this order: drops what is no longer ours or already stored,
+//! delivers dead letters, claims event ids, aggregates per partition, and stores each
+//! partition's deltas with its next offset in one atomic script call (fenced on the offset it
+//! believes is stored). Only then is the offset committed to Kafka, for lag tooling. A crash
+//! anywhere replays from Redis's offsets and yields the same counters.
+//!
+//! Redis or Kafka trouble pauses the storer with its batch in hand and retries with backoff;
+//! nothing is skipped, and shutdown during a retry leaves the batch to be replayed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -42,47 +47,10 @@ pub enum PipelineError {
     Redis(#[from] redis::RedisError),
 }
 
-/// Where the pipeline stands on one partition.
-#[derive(Debug, Clone, Copy)]
-struct Cursor {
-    /// The next offset stored in Redis (`None`: nothing stored yet). Messages below it are
-    /// already counted and are skipped; it is also the fence the batch script checks.
-    stored: Option<i64>,
-    /// Redis could not be read at assignment: check before counting.
-    unverified: bool,
-}
-
-impl Cursor {
-    fn from_start(start: Start) -> Cursor {
-        match start {
-            Start::At(next) => Cursor {
-                stored: Some(next),
-                unverified: false,
-            },
-            Start::Fresh => Cursor {
-                stored: None,
-                unverified: false,
-            },
-            Start::Unverified => Cursor {
-                stored: None,
-                unverified: true,
-            },
-        }
-    }
-}
-
 /// The consume loop and everything it owns.
 pub struct Pipeline {
-    consumer: Arc<EventConsumer>,
-    assignment: Arc<Assignment>,
-    store: Store,
-    dead_letters: DeadLetters,
-    validator: Validator,
-    clock: SharedClock,
-    settings: PipelineSettings,
-    topics: [String; 2],
-    cursors: HashMap<(usize, i32), Cursor>,
-    generation: u64,
+    collector: Collector,
+    storer: Storer,
 }
 
 impl Pipeline {
@@ -97,61 +65,76 @@ impl Pipeline {
         );
         let (consumer, assignment) = source::consumer(settings)?;
         let producer = source::producer(&settings.kafka)?;
+        let topics = [
+            settings.kafka.topics.records.clone(),
+            settings.kafka.topics.procedures.clone(),
+        ];
         Ok(Pipeline {
-            consumer,
-            assignment,
-            store,
-            dead_letters: DeadLetters::new(producer, &settings.kafka.topics.dead_letter),
-            validator: Validator::new(&settings.validation),
-            clock,
-            settings: settings.pipeline.clone(),
-            topics: [
-                settings.kafka.topics.records.clone(),
-                settings.kafka.topics.procedures.clone(),
-            ],
-            cursors: HashMap::new(),
-            generation: u64::MAX,
+            collector: Collector {
+                consumer: consumer.clone(),
+                validator: Validator::new(&settings.validation),
+                clock: clock.clone(),
+                settings: settings.pipeline.clone(),
+                topics: topics.clone(),
+            },
+            storer: Storer {
+                consumer,
+                assignment,
+                store,
+                dead_letters: DeadLetters::new(producer, &settings.kafka.topics.dead_letter),
+                clock,
+                settings: settings.pipeline.clone(),
+                topics,
+                cursors: HashMap::new(),
+                generation: u64::MAX,
+            },
         })
     }
 
     pub fn assignment(&self) -> Arc<Assignment> {
-        self.assignment.clone()
+        self.storer.assignment.clone()
     }
 
-    /// Runs until `shutdown`; the batch in hand is finished first, then the group is left.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        tracing::info!(topics = ?self.topics, "consuming");
+    /// Runs until `shutdown`; the batch in hand is stored first, then the group is left.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(topics = ?self.collector.topics, "consuming");
+        let consumer = self.collector.consumer.clone();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::join!(
+            self.collector.run(tx, shutdown.clone()),
+            self.storer.run(rx, shutdown)
+        );
+        consumer.unsubscribe();
+        tracing::info!("consumer stopped");
+    }
+}
+
+/// Reads and decodes batches.
+struct Collector {
+    consumer: Arc<EventConsumer>,
+    validator: Validator,
+    clock: SharedClock,
+    settings: PipelineSettings,
+    topics: [String; 2],
+}
+
+impl Collector {
+    async fn run(self, tx: mpsc::Sender<Batch>, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             let batch = self.collect(&shutdown).await;
-            if batch.is_empty() {
-                continue;
+            if !batch.is_empty() && tx.send(batch).await.is_err() {
+                break; // the storer stopped
             }
-            let started = Instant::now();
-            let messages = batch.len();
-            let span = tracing::debug_span!("batch", partitions = ?batch.parts().map(|p| (p.topic.as_str(), p.partition, p.start, p.next)).collect::<Vec<_>>());
-            if self
-                .process(batch, &shutdown)
-                .instrument(span)
-                .await
-                .is_none()
-            {
-                break;
-            }
-            metrics::histogram!(telemetry::BATCH_MESSAGES).record(messages as f64);
-            metrics::histogram!(telemetry::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         }
-        self.consumer.unsubscribe();
-        tracing::info!("consumer stopped");
     }
 
     /// Reads messages until the batch is full, the linger expires or shutdown is asked.
-    async fn collect(&mut self, shutdown: &CancellationToken) -> Batch {
+    async fn collect(&self, shutdown: &CancellationToken) -> Batch {
         let mut batch = Batch::default();
         let mut deadline: Option<tokio::time::Instant> = None;
         // Read when the first message arrives, not when waiting began: after a quiet night
         // a stale "now" would make fresh events look like they come from the future.
         let mut now = None;
-        let consumer = self.consumer.clone();
         while batch.len() < self.settings.batch_max_messages {
             let linger = async {
                 match deadline {
@@ -163,7 +146,7 @@ impl Pipeline {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = linger => break,
-                m = consumer.recv() => m,
+                m = self.consumer.recv() => m,
             };
             let message = match message {
                 Ok(m) => m,
@@ -179,32 +162,79 @@ impl Pipeline {
             let Some(t) = self.topics.iter().position(|t| t == message.topic()) else {
                 continue;
             };
-            let kind = Kind::ALL[t];
-            self.sync_cursors();
-            let (partition, offset) = (message.partition(), message.offset());
-            let Some(cursor) = self.cursors.get(&(t, partition)) else {
-                continue; // fetched before a revoke: no longer ours
-            };
-            let expected = cursor.stored;
-            if !cursor.unverified && offset < expected.unwrap_or(i64::MIN) {
-                metrics::counter!(telemetry::EVENTS, "topic" => kind.as_str(), "outcome" => "replayed").increment(1);
-                continue;
-            }
             let from = Origin {
                 t,
-                kind,
+                kind: Kind::ALL[t],
                 topic: &self.topics[t],
-                partition,
-                offset,
-                expected,
+                partition: message.partition(),
+                offset: message.offset(),
             };
             let payload = message.payload().unwrap_or_default();
             let now = *now.get_or_insert_with(|| self.clock.now().timestamp());
-            if !batch.push(from, message.key(), payload, &self.validator, now) {
-                metrics::counter!(telemetry::EVENTS, "topic" => kind.as_str(), "outcome" => "replayed").increment(1);
-            }
+            batch.push(from, message.key(), payload, &self.validator, now);
         }
         batch
+    }
+}
+
+/// Where the storer stands on one partition.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// The next offset stored in Redis (`None`: nothing stored yet). Messages below it are
+    /// already counted and are dropped; it is also the fence the batch script checks.
+    stored: Option<i64>,
+    /// Redis could not be read at assignment: check before counting.
+    unverified: bool,
+    /// After a seek back: parts starting at or beyond this offset were fetched before the
+    /// seek and are dropped until the re-fetched messages arrive.
+    rewinding: Option<i64>,
+}
+
+impl Cursor {
+    fn from_start(start: Start) -> Cursor {
+        let (stored, unverified) = match start {
+            Start::At(next) => (Some(next), false),
+            Start::Fresh => (None, false),
+            Start::Unverified => (None, true),
+        };
+        Cursor {
+            stored,
+            unverified,
+            rewinding: None,
+        }
+    }
+}
+
+/// Stores batches in Redis and keeps the partitions' cursors.
+struct Storer {
+    consumer: Arc<EventConsumer>,
+    assignment: Arc<Assignment>,
+    store: Store,
+    dead_letters: DeadLetters,
+    clock: SharedClock,
+    settings: PipelineSettings,
+    topics: [String; 2],
+    cursors: HashMap<(usize, i32), Cursor>,
+    generation: u64,
+}
+
+impl Storer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Batch>, shutdown: CancellationToken) {
+        while let Some(batch) = rx.recv().await {
+            let started = Instant::now();
+            let messages = batch.len();
+            let span = tracing::debug_span!("batch", partitions = ?batch.parts().map(|p| (p.topic.as_str(), p.partition, p.start, p.next)).collect::<Vec<_>>());
+            if self
+                .process(batch, &shutdown)
+                .instrument(span)
+                .await
+                .is_none()
+            {
+                break;
+            }
+            metrics::histogram!(telemetry::BATCH_MESSAGES).record(messages as f64);
+            metrics::histogram!(telemetry::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        }
     }
 
     /// Brings the cursors in line with the assignment after a rebalance.
@@ -231,10 +261,40 @@ impl Pipeline {
         }
     }
 
+    /// Drops what is not ours or already stored, and sets each part's fence.
+    fn prepare(&mut self, batch: &mut Batch) {
+        self.sync_cursors();
+        let mut replayed = [0u64; 2];
+        batch.retain_parts(|part| {
+            let Some(cursor) = self.cursors.get_mut(&(part.t, part.partition)) else {
+                return false; // fetched before a revoke: no longer ours
+            };
+            if let Some(limit) = cursor.rewinding {
+                if part.start >= limit {
+                    return false;
+                }
+                cursor.rewinding = None;
+            }
+            if !cursor.unverified {
+                if let Some(stored) = cursor.stored {
+                    replayed[part.t] += part.trim_below(stored);
+                }
+                part.expected = cursor.stored;
+            }
+            true
+        });
+        for (t, n) in replayed.into_iter().enumerate() {
+            if n > 0 {
+                metrics::counter!(telemetry::EVENTS, "topic" => Kind::ALL[t].as_str(), "outcome" => "replayed").increment(n);
+            }
+        }
+    }
+
     /// Stores one batch. `None` if shutdown was asked while waiting on Redis or Kafka.
     async fn process(&mut self, mut batch: Batch, shutdown: &CancellationToken) -> Option<()> {
+        self.prepare(&mut batch);
         self.verify(&mut batch, shutdown).await?;
-        batch.retain_nonempty();
+        batch.retain_parts(|p| p.start < p.next);
         if batch.is_empty() {
             return Some(());
         }
@@ -302,19 +362,23 @@ impl Pipeline {
                         "batch fenced: redis holds another offset"
                     );
                     let stored = (stored >= 0).then_some(stored);
+                    // Behind our batch (Redis lost its last writes, or a partial overlap):
+                    // fetch again from there. Ahead of it: trimming does the rest.
+                    let rewind = stored.is_none_or(|s| s < part.next);
                     if let Some(c) = self.cursors.get_mut(&key) {
                         c.stored = stored;
+                        if rewind {
+                            c.rewinding = Some(part.next);
+                        }
                     }
-                    // Behind our batch (Redis lost its last writes, or a partial overlap):
-                    // fetch again from there. Ahead of it: the skip filter does the rest.
-                    if stored.is_none_or(|s| s < part.next) {
-                        seeks.push((part.topic.clone(), part.partition, stored));
+                    if rewind {
+                        seeks.push((part.t, part.partition, stored));
                     }
                 }
             }
         }
-        for (topic, partition, offset) in seeks {
-            self.seek(&topic, partition, offset);
+        for (t, partition, offset) in seeks {
+            self.seek(t, partition, offset);
         }
         if commit.count() > 0 {
             if let Err(error) = self.consumer.commit(&commit, CommitMode::Async) {
@@ -345,34 +409,33 @@ impl Pipeline {
         })
         .await?;
         for (key, stored) in todo.iter().zip(stored) {
-            let next = stored.unwrap_or(i64::MIN);
-            if let Some(c) = self.cursors.get_mut(key) {
-                *c = Cursor {
-                    stored,
-                    unverified: false,
-                };
-            }
             let Some(part) = batch.parts_mut().find(|p| (p.t, p.partition) == *key) else {
                 continue;
             };
+            let mut cursor = Cursor {
+                stored,
+                unverified: false,
+                rewinding: None,
+            };
             part.expected = stored;
-            if stored.is_none() || part.start > next {
+            if stored.is_none_or(|s| part.start > s) {
                 // Fetching began after the stored offset (or at a Kafka commit while Redis
                 // holds nothing): go back, count nothing yet.
-                self.seek(&self.topics[key.0], key.1, stored);
+                cursor.rewinding = Some(part.next);
+                self.seek(key.0, key.1, stored);
                 part.start = part.next;
-                continue;
+            } else if let Some(s) = stored {
+                part.trim_below(s);
             }
-            part.events.retain(|(_, o)| *o >= next);
-            part.dead.retain(|l| l.offset >= next);
-            part.start = part.start.max(next);
+            self.cursors.insert(*key, cursor);
         }
         Some(())
     }
 
     /// Moves fetching to `offset`, or to the start of the log for `None`.
-    fn seek(&self, topic: &str, partition: i32, offset: Option<i64>) {
+    fn seek(&self, t: usize, partition: i32, offset: Option<i64>) {
         let to = offset.map(Offset::Offset).unwrap_or(Offset::Beginning);
+        let topic = &self.topics[t];
         if let Err(error) = self
             .consumer
             .seek(topic, partition, to, Duration::from_secs(10))
