@@ -45,7 +45,10 @@ pub struct DatasetStatus {
 pub struct ChannelStatus {
     pub completed: i64,
     pub on_time: i64,
+    /// Completed dossiers over each window.
     pub windows: BTreeMap<&'static str, i64>,
+    /// Of those, on time, over each window.
+    pub on_time_windows: BTreeMap<&'static str, i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -266,6 +269,7 @@ fn dataset_zero() -> DatasetStatus {
 fn channel_zero() -> ChannelStatus {
     ChannelStatus {
         windows: window_zero(),
+        on_time_windows: window_zero(),
         ..ChannelStatus::default()
     }
 }
@@ -294,7 +298,10 @@ fn add(row: &mut ProvinceStatus, metric: &str, counts: &Counts) {
                 c.completed += counts.total;
                 add_windows(&mut c.windows, &counts.windows);
             }
-            "ot" => c.on_time += counts.total,
+            "ot" => {
+                c.on_time += counts.total;
+                add_windows(&mut c.on_time_windows, &counts.windows);
+            }
             _ => {}
         }
     }
@@ -326,6 +333,9 @@ fn merge(into: &mut ProvinceStatus, row: &ProvinceStatus) {
         n.on_time += c.on_time;
         for (w, v) in &c.windows {
             *n.windows.entry(w).or_default() += v;
+        }
+        for (w, v) in &c.on_time_windows {
+            *n.on_time_windows.entry(w).or_default() += v;
         }
     }
     into.procedures.last_event = into.procedures.last_event.max(row.procedures.last_event);
@@ -406,6 +416,7 @@ mod tests {
         let st = Status::build(&s, &Targets::default(), &ds(), View::Current34);
         let hn = &st.provinces[0];
         assert_eq!(hn.procedures.completed, 10);
+        assert_eq!(hn.procedures.channels["online"].on_time_windows["7d"], 8);
         assert_eq!(hn.procedures.online_share, Some(0.8));
         assert_eq!(hn.procedures.on_time_share, Some(0.8));
     }
