@@ -148,6 +148,16 @@ async fn main() {
     let own_cpu = own_cpu() - own_cpu_before;
     let after = used_memory(&redis.url()).await;
 
+    if std::env::var("COMMANDSTATS").is_ok() {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        println!("{stats}");
+    }
     let rate = events as f64 / elapsed;
     println!("tiendo core benchmark (decode + aggregate + Redis, dedup on, batch {batch_size})");
     println!(

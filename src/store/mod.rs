@@ -24,11 +24,6 @@ use crate::aggregate::{Aggregate, Slot};
 use crate::buckets::Tier;
 use crate::events::Kind;
 
-/// A value longer than `hash-max-listpack-value` (64 by default): one field of it makes Redis
-/// store a hash as a hash table from the start. See apply.lua.
-const PIN: &str =
-    "~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~";
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
@@ -78,6 +73,7 @@ pub struct Store {
     datasets: Vec<String>,
     dedup_ttl: u64,
     script: Script,
+    claim_script: Script,
 }
 
 impl Store {
@@ -88,6 +84,7 @@ impl Store {
             datasets,
             dedup_ttl,
             script: Script::new(include_str!("apply.lua")),
+            claim_script: Script::new(include_str!("claim.lua")),
         }
     }
 
@@ -120,80 +117,50 @@ impl Store {
     /// A claim is a field (the event id) in a hash per shard and day of the event's time,
     /// valued with the claimant's `partition:offset`: the same message replayed after a crash
     /// finds its own value and is new again; a re-send (another offset) finds another value.
-    /// One pipeline per shard, all sent together; a second round trip only for ids already
-    /// taken.
+    /// One script call per shard (see claim.lua), all sent together.
     pub async fn claim(&self, claims: &[Claim<'_>]) -> Result<Vec<bool>, StoreError> {
-        #[derive(Default)]
-        struct Shard<'a> {
-            buckets: Vec<String>,
-            index: HashMap<(Kind, i64), usize>,
-            claims: Vec<(usize, &'a str, String)>,
-            positions: Vec<usize>,
-        }
-        let mut shards: BTreeMap<u64, Shard<'_>> = BTreeMap::new();
+        // shard → bucket (kind, day) → claims, with their positions in `claims`.
+        type Buckets<'a> = BTreeMap<(Kind, i64), Vec<(usize, &'a Claim<'a>)>>;
+        let mut shards: BTreeMap<u64, Buckets<'_>> = BTreeMap::new();
         for (position, c) in claims.iter().enumerate() {
-            let shard_no = Keys::dedup_shard(c.id);
-            let day = Tier::Day.bucket(c.at);
-            let shard = shards.entry(shard_no).or_default();
-            let bucket = match shard.index.get(&(c.kind, day)) {
-                Some(b) => *b,
-                None => {
-                    shard.buckets.push(self.keys.dedup(shard_no, c.kind, day));
-                    shard.index.insert((c.kind, day), shard.buckets.len() - 1);
-                    shard.buckets.len() - 1
-                }
-            };
-            let mine = format!("{}:{}", c.partition, c.offset);
-            shard.claims.push((bucket, c.id, mine));
-            shard.positions.push(position);
+            shards
+                .entry(Keys::dedup_shard(c.id))
+                .or_default()
+                .entry((c.kind, Tier::Day.bucket(c.at)))
+                .or_default()
+                .push((position, c));
         }
-        let calls = shards.into_values().map(|shard| {
+        let calls = shards.into_iter().map(|(shard, buckets)| {
+            let mut invocation = self.claim_script.prepare_invoke();
+            invocation.arg(self.dedup_ttl);
+            let mut positions = Vec::new();
+            for ((kind, day), members) in &buckets {
+                invocation.key(self.keys.dedup(shard, *kind, *day));
+                invocation.arg(members.len());
+                for (position, c) in members {
+                    invocation
+                        .arg(c.id)
+                        .arg(format!("{}:{}", c.partition, c.offset));
+                    positions.push(*position);
+                }
+            }
             let mut conn = self.conn.clone();
-            let horizon = self.dedup_ttl;
             async move {
-                // One pipeline per shard: all its keys share a hash tag, so it is one slot.
-                let mut pipe = redis::pipe();
-                for key in &shard.buckets {
-                    // Hash-table encoding from the start (see apply.lua for why).
-                    pipe.hset_nx(key, "~", PIN).ignore();
-                }
-                for (bucket, id, mine) in &shard.claims {
-                    pipe.hset_nx(&shard.buckets[*bucket], *id, mine);
-                }
-                for key in &shard.buckets {
-                    // Set on new buckets, extended on old ones: a horizon after the last claim.
-                    pipe.cmd("EXPIRE").arg(key).arg(horizon).arg("NX").ignore();
-                    pipe.cmd("EXPIRE").arg(key).arg(horizon).arg("GT").ignore();
-                }
-                let set: Vec<bool> = pipe.query_async(&mut conn).await?;
-                // Ids already claimed: new after all if the claim is this very message's.
-                let taken: Vec<usize> = (0..set.len()).filter(|i| !set[*i]).collect();
-                let mut fresh = set;
-                if !taken.is_empty() {
-                    let mut pipe = redis::pipe();
-                    for i in &taken {
-                        let (bucket, id, _) = &shard.claims[*i];
-                        pipe.hget(&shard.buckets[*bucket], *id);
-                    }
-                    let owners: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-                    for (i, owner) in taken.into_iter().zip(owners) {
-                        fresh[i] = owner.as_deref() == Some(shard.claims[i].2.as_str());
-                    }
-                }
-                Ok::<_, StoreError>((shard.positions, fresh))
+                let flags: String = invocation.invoke_async(&mut conn).await?;
+                Ok::<_, StoreError>((positions, flags))
             }
         });
         let mut fresh = vec![false; claims.len()];
         for (positions, flags) in try_join_all(calls).await? {
             if flags.len() != positions.len() {
                 return Err(StoreError::Reply(format!(
-                    "{} claim replies for {} claims",
+                    "{} claim flags for {} claims",
                     flags.len(),
                     positions.len()
                 )));
             }
-            for (position, flag) in positions.into_iter().zip(flags) {
-                fresh[position] = flag;
+            for (position, flag) in positions.into_iter().zip(flags.bytes()) {
+                fresh[position] = flag == b'1';
             }
         }
         Ok(fresh)
