@@ -265,12 +265,15 @@ impl Storer {
     fn prepare(&mut self, batch: &mut Batch) {
         self.sync_cursors();
         let mut replayed = [0u64; 2];
+        let mut reseek = Vec::new();
         batch.retain_parts(|part| {
             let Some(cursor) = self.cursors.get_mut(&(part.t, part.partition)) else {
                 return false; // fetched before a revoke: no longer ours
             };
             if let Some(limit) = cursor.rewinding {
                 if part.start >= limit {
+                    // Still ahead of the seek: repeat it, in case the first one failed.
+                    reseek.push((part.t, part.partition, cursor.stored));
                     return false;
                 }
                 cursor.rewinding = None;
@@ -283,6 +286,9 @@ impl Storer {
             }
             true
         });
+        for (t, partition, offset) in reseek {
+            self.seek(t, partition, offset);
+        }
         for (t, n) in replayed.into_iter().enumerate() {
             if n > 0 {
                 metrics::counter!(telemetry::EVENTS, "topic" => Kind::ALL[t].as_str(), "outcome" => "replayed").increment(n);
