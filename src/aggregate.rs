@@ -137,10 +137,6 @@ impl Aggregate {
         let t = self.latest.entry(field).or_insert(at);
         *t = (*t).max(at);
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_minute.is_empty() && self.dead.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -95,9 +95,6 @@ pub const WINDOWS: [Window; 4] = [
     },
 ];
 
-/// Index of the 7-day window in [`WINDOWS`], which pace calculations use.
-pub const WINDOW_7D: usize = 2;
-
 impl Window {
     /// The buckets whose sum is this window at `now`, oldest first. The newest bucket is the
     /// current hour or day, which holds everything up to now.

@@ -82,3 +82,25 @@ impl Clock for SimulatedClock {
         self.start + chrono::Duration::milliseconds((elapsed * 1000.0) as i64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_time_moves_only_when_told() {
+        let start: DateTime<Utc> = "2024-10-01T00:00:00Z".parse().unwrap();
+        let clock = ManualClock::new(start);
+        assert_eq!(clock.now(), start);
+        clock.advance(chrono::Duration::hours(48));
+        assert_eq!(clock.now(), start + chrono::Duration::hours(48));
+    }
+
+    #[test]
+    fn simulated_time_runs_faster() {
+        let start: DateTime<Utc> = "2024-10-01T00:00:00Z".parse().unwrap();
+        let clock = SimulatedClock::new(start, 86_400.0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(clock.now() - start >= chrono::Duration::minutes(20));
+    }
+}

@@ -3,7 +3,6 @@
 //! `tiendo run`.
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,10 +61,6 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Kills the server at once, as a crash would (what was fsynced survives).
@@ -141,9 +136,5 @@ impl MockKafka {
 
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()
-    }
-
-    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
-        &self.cluster
     }
 }

@@ -91,10 +91,6 @@ impl Pipeline {
         })
     }
 
-    pub fn assignment(&self) -> Arc<Assignment> {
-        self.storer.assignment.clone()
-    }
-
     /// Runs until `shutdown`; the batch in hand is stored first, then the group is left.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(topics = ?self.collector.topics, "consuming");

@@ -88,14 +88,6 @@ impl Store {
         }
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
-    pub fn conn(&self) -> RedisConn {
-        self.conn.clone()
-    }
-
     /// The stored next offset of each partition, `None` where nothing was ever stored.
     pub async fn offsets(&self, parts: &[(&str, i32)]) -> Result<Vec<Option<i64>>, StoreError> {
         let gets = parts.iter().map(|(topic, p)| {
