@@ -71,3 +71,18 @@ fn the_example_targets_load() {
         tiendo::targets::Targets::load(Path::new("deploy/targets.example.csv"), &datasets).unwrap();
     assert_eq!(t.by_unit.len(), 34 * 3);
 }
+
+#[test]
+fn the_readme_lists_every_metric_and_no_other() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let listed: BTreeSet<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `tiendo_"))
+        .filter_map(|rest| rest.split('`').next())
+        .collect();
+    let declared: BTreeSet<&str> = tiendo::telemetry::METRICS
+        .iter()
+        .map(|(name, ..)| name.strip_prefix("tiendo_").unwrap())
+        .collect();
+    assert_eq!(listed, declared);
+}
