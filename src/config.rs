@@ -74,6 +74,7 @@ pub struct Settings {
     pub targets: TargetSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub alerts: AlertSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,6 +104,8 @@ pub struct TopicSettings {
     pub records: String,
     pub procedures: String,
     pub dead_letter: String,
+    /// Alert transitions, one protobuf `tiendo.v1.Alert` each; empty to publish none.
+    pub alerts: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -177,6 +180,129 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// Evaluate stall rules and deliver notifications in `tiendo run`. Any number of replicas
+    /// may do so: each transition is committed, and sent, once.
+    pub enabled: bool,
+    /// How often the rules are evaluated.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Unit table the rules run over (and targets are read in): `34` or `63`.
+    pub view: crate::status::View,
+    /// Language of chat messages: `vi` or `en` (receivers may override).
+    pub language: Language,
+    /// A firing alert is repeated this long after it was last notified.
+    #[serde(with = "humantime_serde")]
+    pub repeat_interval: Duration,
+    /// Longest wait between delivery retries to a receiver that is down.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    pub rules: RuleSettings,
+    /// Chat receivers by name; every receiver gets every digest.
+    pub receivers: BTreeMap<String, ReceiverSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleSettings {
+    /// A rule must hold this long before it fires (like Prometheus `for:`).
+    #[serde(with = "humantime_serde")]
+    pub pending_for: Duration,
+    /// A firing rule must be clear this long before it resolves.
+    #[serde(with = "humantime_serde")]
+    pub clear_for: Duration,
+    /// `silent`: no record-digitized events for this long while below target.
+    #[serde(with = "humantime_serde")]
+    pub silent_after: Duration,
+    /// `behind_pace` is critical when the 7-day pace is below this share of the needed pace.
+    pub critical_pace_ratio: f64,
+    /// `projected_miss` projects at the rate of this window (`7d` or `30d`).
+    pub projection_window: String,
+    /// `online_share_low`: online end-to-end share below this (0..1)...
+    pub online_share_min: f64,
+    /// ...over this window (`24h`, `7d` or `30d`)...
+    pub online_share_window: String,
+    /// ...counted only with at least this many dossiers in it.
+    pub online_min_dossiers: u64,
+    /// `procedures_silent`: a province that has reported procedures sends none for this long.
+    #[serde(with = "humantime_serde")]
+    pub procedures_silent_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    #[default]
+    Vi,
+    En,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiverKind {
+    /// Telegram Bot API `sendMessage` (HTML).
+    Telegram,
+    /// Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat).
+    Slack,
+    /// Generic JSON webhook (schema in the README).
+    Webhook,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverSettings {
+    pub kind: ReceiverKind,
+    /// Webhook URL (slack, webhook), or the Bot API base for telegram
+    /// (default `https://api.telegram.org`). Webhook URLs carry credentials: kept secret.
+    #[serde(default)]
+    pub url: Secret,
+    /// Telegram bot token.
+    #[serde(default)]
+    pub token: Secret,
+    /// Telegram chat id (a number, or `@channel`).
+    #[serde(default)]
+    pub chat_id: String,
+    /// Overrides `alerts.language` for this receiver.
+    #[serde(default)]
+    pub language: Option<Language>,
+    /// Longest message; longer digests are split (default 4096 Telegram, 3500 Slack).
+    #[serde(default)]
+    pub max_chars: Option<usize>,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            enabled: true,
+            interval: Duration::from_secs(60),
+            view: crate::status::View::Current34,
+            language: Language::Vi,
+            repeat_interval: Duration::from_secs(24 * 3600),
+            max_backoff: Duration::from_secs(600),
+            rules: RuleSettings::default(),
+            receivers: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for RuleSettings {
+    fn default() -> Self {
+        RuleSettings {
+            pending_for: Duration::from_secs(15 * 60),
+            clear_for: Duration::from_secs(30 * 60),
+            silent_after: Duration::from_secs(48 * 3600),
+            critical_pace_ratio: 0.5,
+            projection_window: "30d".into(),
+            online_share_min: 0.8,
+            online_share_window: "7d".into(),
+            online_min_dossiers: 50,
+            procedures_silent_after: Duration::from_secs(48 * 3600),
+        }
+    }
+}
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         KafkaSettings {
@@ -197,6 +323,7 @@ impl Default for TopicSettings {
             records: "tiendo.record-digitized.v1".into(),
             procedures: "tiendo.procedure-completed.v1".into(),
             dead_letter: "tiendo.dead-letter.v1".into(),
+            alerts: "tiendo.alerts.v1".into(),
         }
     }
 }
@@ -306,6 +433,7 @@ impl Settings {
         if t.records == t.procedures {
             return invalid("kafka.topics.records and kafka.topics.procedures must differ");
         }
+        self.validate_alerts()?;
         let k = &mut self.kafka;
         for map in [
             &mut k.properties,
@@ -318,6 +446,59 @@ impl Settings {
                 .collect();
         }
         Ok(self)
+    }
+
+    fn validate_alerts(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let a = &self.alerts;
+        let r = &a.rules;
+        let windows: Vec<&str> = crate::buckets::WINDOWS.iter().map(|w| w.name).collect();
+        if a.interval.is_zero() {
+            return invalid("alerts.interval must be positive".into());
+        }
+        for (key, w) in [
+            ("projection_window", &r.projection_window),
+            ("online_share_window", &r.online_share_window),
+        ] {
+            if !windows.contains(&w.as_str()) {
+                return invalid(format!("alerts.rules.{key} must be one of {windows:?}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&r.online_share_min)
+            || !(0.0..=1.0).contains(&r.critical_pace_ratio)
+        {
+            return invalid("alerts.rules ratios lie between 0 and 1".into());
+        }
+        if a.receivers
+            .contains_key(crate::rules::evaluator::KAFKA_OUTBOX)
+        {
+            return invalid(
+                "alerts.receivers: the name `kafka` is taken by the alerts topic".into(),
+            );
+        }
+        for (name, rcv) in &a.receivers {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return invalid(format!(
+                    "receiver name {name:?}: letters, digits, - and _ only"
+                ));
+            }
+            let missing = match rcv.kind {
+                ReceiverKind::Telegram if rcv.token.expose().is_empty() => Some("token"),
+                ReceiverKind::Telegram if rcv.chat_id.is_empty() => Some("chat_id"),
+                ReceiverKind::Slack | ReceiverKind::Webhook if rcv.url.expose().is_empty() => {
+                    Some("url")
+                }
+                _ => None,
+            };
+            if let Some(key) = missing {
+                return invalid(format!("alerts.receivers.{name}.{key} must be set"));
+            }
+        }
+        Ok(())
     }
 
     /// The Redis URL with any password removed, for logs.

@@ -2,7 +2,8 @@
 //!
 //! The pipeline, one module a stage, data flowing one way:
 //! [`source`] (Kafka) → [`decode`] (protobuf, validation; bad input to [`deadletter`]) →
-//! [`aggregate`] (per batch, in memory) → [`store`] (Redis, atomically with offsets).
+//! [`aggregate`] (per batch, in memory) → [`store`] (Redis, atomically with offsets) →
+//! [`rules`] (stall detection, alert states in a Redis ledger) → [`notify`] (chat, Kafka).
 //! [`pipeline`] runs that loop; [`status`] reads the figures back per province against
 //! [`targets`]. Around it: [`config`], [`telemetry`], [`clock`], the code tables in
 //! [`provinces`], and for the demo and tests [`embedded`] infrastructure and a [`generator`].
@@ -17,8 +18,10 @@ pub mod demo;
 pub mod embedded;
 pub mod events;
 pub mod generator;
+pub mod notify;
 pub mod pipeline;
 pub mod provinces;
+pub mod rules;
 pub mod run;
 pub mod source;
 pub mod status;

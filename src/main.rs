@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use tiendo::config::Settings;
+use tiendo::rules::ledger::{Ledger, Silence};
 use tiendo::status::{Status, View};
-use tiendo::{demo, run, store, targets::Targets, telemetry};
+use tiendo::{demo, run, store, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -44,12 +45,51 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics_listen: String,
     },
+    /// Hold alerts back from chat for a while (they are still recorded).
+    Silence {
+        #[command(subcommand)]
+        action: SilenceAction,
+    },
+    /// Recent alert transitions, newest first.
+    Alerts {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Print current figures from Redis.
     Status {
         #[arg(long, value_enum, default_value = "34")]
         view: View,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum SilenceAction {
+    /// Silence a province's alerts: all of them, or one dataset's, or one rule's.
+    Add {
+        /// Province code, in the table of `alerts.view` (34 units by default).
+        #[arg(long)]
+        province: String,
+        #[arg(long)]
+        dataset: Option<String>,
+        /// silent, behind_pace, projected_miss, completed, online_share_low, procedures_silent.
+        #[arg(long)]
+        rule: Option<String>,
+        /// How long, e.g. `3d` or `12h`.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        reason: String,
+    },
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    Remove {
+        id: String,
     },
 }
 
@@ -83,15 +123,102 @@ async fn main() -> anyhow::Result<()> {
             demo::demo(options, shutdown).await
         }
         Command::Status { view, format } => status(&settings, view, format).await,
+        Command::Silence { action } => silence(&settings, action).await,
+        Command::Alerts { limit, format } => alerts(&settings, limit, format).await,
     }
+}
+
+fn ledger(conn: store::RedisConn, settings: &Settings) -> Ledger {
+    Ledger::new(conn, &settings.redis.key_prefix)
+}
+
+async fn silence(settings: &Settings, action: SilenceAction) -> anyhow::Result<()> {
+    let ledger = ledger(store::connect(&settings.redis).await?, settings);
+    let now = chrono::Utc::now();
+    match action {
+        SilenceAction::Add {
+            province,
+            dataset,
+            rule,
+            duration,
+            reason,
+        } => {
+            let until = now + chrono::Duration::from_std(duration)?;
+            let s = Silence::build(
+                settings.alerts.view,
+                &province,
+                dataset.as_deref(),
+                rule.as_deref(),
+                until,
+                &reason,
+                now,
+                &settings.validation.datasets,
+            )?;
+            ledger.add_silence(&s).await?;
+            println!("{} until {}", s.id, s.until.to_rfc3339());
+        }
+        SilenceAction::List { format } => {
+            let list = ledger.silences().await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Format::Table => {
+                    for s in list {
+                        println!(
+                            "{}\t{}:{}\t{}\t{}\tuntil {}\t{}",
+                            s.id,
+                            s.scheme,
+                            s.province,
+                            if s.dataset.is_empty() {
+                                "*"
+                            } else {
+                                &s.dataset
+                            },
+                            s.rule.map(|r| r.as_str()).unwrap_or("*"),
+                            s.until.to_rfc3339(),
+                            s.reason
+                        );
+                    }
+                }
+            }
+        }
+        SilenceAction::Remove { id } => {
+            if !ledger.remove_silence(&id).await? {
+                anyhow::bail!("no silence {id}");
+            }
+            println!("removed {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn alerts(settings: &Settings, limit: usize, format: Format) -> anyhow::Result<()> {
+    let ledger = ledger(store::connect(&settings.redis).await?, settings);
+    let history = ledger.history(limit).await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&history)?),
+        Format::Table => {
+            for n in history {
+                println!(
+                    "{}\t{}\t{}\t{}{}",
+                    n.at.to_rfc3339(),
+                    n.change.as_str(),
+                    n.severity.as_str(),
+                    n.alert_key,
+                    if n.silenced_by.is_some() {
+                        "\t(silenced)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn status(settings: &Settings, view: View, format: Format) -> anyhow::Result<()> {
     let datasets = settings.validation.datasets.clone();
-    let targets = match &settings.targets.file {
-        Some(path) => Targets::load(path, &datasets)?,
-        None => Targets::default(),
-    };
+    let targets = run::load_targets(settings)?;
     let conn = store::connect(&settings.redis).await?;
     let reader = store::Store::new(conn, &settings.redis.key_prefix, datasets.clone(), 1);
     let snap = reader

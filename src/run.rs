@@ -1,11 +1,20 @@
-//! `tiendo run`: the service. Wires settings, telemetry and the pipeline, and turns SIGTERM or
-//! Ctrl-C into a graceful stop (the batch in hand is stored, then the group is left).
+//! `tiendo run`: the service. Wires settings, telemetry, the pipeline, the stall-rule
+//! evaluator and the notification dispatchers, and turns SIGTERM or Ctrl-C into a graceful
+//! stop (the batch in hand is stored, then the group is left).
 
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Settings;
+use crate::notify::{Dispatcher, Sink};
 use crate::pipeline::Pipeline;
+use crate::rules::evaluator::{Evaluator, KAFKA_OUTBOX};
+use crate::rules::ledger::Ledger;
+use crate::store::{self, Store};
+use crate::targets::Targets;
 use crate::telemetry;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -18,10 +27,77 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let clock: SharedClock = std::sync::Arc::new(SystemClock);
-    let pipeline = Pipeline::new(&settings, clock).await?;
-    pipeline.run(shutdown).await;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let targets = load_targets(&settings)?;
+    let pipeline = Pipeline::new(&settings, clock.clone()).await?;
+    let alerting = if settings.alerts.enabled {
+        spawn_alerting(&settings, targets, clock, shutdown.clone()).await?
+    } else {
+        Vec::new()
+    };
+    pipeline.run(shutdown.clone()).await;
+    shutdown.cancel();
+    for task in alerting {
+        let _ = task.await;
+    }
     Ok(())
+}
+
+/// The configured targets (none without `targets.file`).
+pub fn load_targets(settings: &Settings) -> anyhow::Result<Targets> {
+    Ok(match &settings.targets.file {
+        Some(path) => Targets::load(path, &settings.validation.datasets)?,
+        None => Targets::default(),
+    })
+}
+
+/// Starts the evaluator and one dispatcher per receiver (and one for the Kafka alerts topic).
+pub async fn spawn_alerting(
+    settings: &Settings,
+    targets: Targets,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let alerts = &settings.alerts;
+    let conn = store::connect(&settings.redis).await?;
+    let ledger = Ledger::new(conn.clone(), &settings.redis.key_prefix);
+    let reader = Store::new(
+        conn,
+        &settings.redis.key_prefix,
+        settings.validation.datasets.clone(),
+        1,
+    );
+    let kafka = !settings.kafka.topics.alerts.is_empty();
+    let evaluator = Evaluator::new(
+        reader,
+        ledger.clone(),
+        targets,
+        settings.validation.datasets.clone(),
+        alerts.clone(),
+        clock,
+        kafka,
+    );
+    let mut tasks = vec![tokio::spawn(evaluator.run(shutdown.clone()))];
+    for (name, receiver) in &alerts.receivers {
+        let sink = Sink::http(receiver, alerts.language);
+        let d = Dispatcher::new(ledger.clone(), name, sink, alerts.max_backoff);
+        tasks.push(tokio::spawn(d.run(shutdown.clone())));
+    }
+    if kafka {
+        let sink = Sink::Kafka {
+            producer: crate::source::producer(&settings.kafka)?,
+            topic: settings.kafka.topics.alerts.clone(),
+        };
+        let d = Dispatcher::new(ledger, KAFKA_OUTBOX, sink, alerts.max_backoff);
+        tasks.push(tokio::spawn(d.run(shutdown)));
+    }
+    tracing::info!(
+        receivers = ?alerts.receivers.keys().collect::<Vec<_>>(),
+        alerts_topic = settings.kafka.topics.alerts,
+        every = ?alerts.interval,
+        "alerting started"
+    );
+    Ok(tasks)
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

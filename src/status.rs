@@ -16,7 +16,7 @@ use crate::store::{Counts, Snapshot};
 use crate::targets::Targets;
 
 /// Which unit table figures are read in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 pub enum View {
     /// The 34 units in force since 1 July 2025.
     #[value(name = "34")]

@@ -20,6 +20,13 @@ pub const KAFKA_ERRORS: &str = "tiendo_kafka_errors_total";
 pub const FENCED: &str = "tiendo_fenced_batches_total";
 pub const REBALANCES: &str = "tiendo_rebalances_total";
 pub const ASSIGNED: &str = "tiendo_assigned_partitions";
+pub const ALERT_EVALUATIONS: &str = "tiendo_alert_evaluations_total";
+pub const ALERT_TRANSITIONS: &str = "tiendo_alert_transitions_total";
+pub const ALERTS_FIRING: &str = "tiendo_alerts_firing";
+pub const NOTIFICATIONS_SENT: &str = "tiendo_notifications_sent_total";
+pub const NOTIFICATIONS_FAILED: &str = "tiendo_notifications_failed_total";
+pub const NOTIFICATIONS_PENDING: &str = "tiendo_notifications_pending";
+pub const NOTIFICATIONS_SILENCED: &str = "tiendo_notifications_silenced_total";
 
 /// (name, kind, labels, help) of every metric.
 pub const METRICS: &[(&str, &str, &str, &str)] = &[
@@ -34,6 +41,15 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (FENCED, "counter", "", "Partition batches refused because another consumer had stored further offsets."),
     (REBALANCES, "counter", "kind", "Consumer group rebalances seen, by kind (assign, revoke)."),
     (ASSIGNED, "gauge", "", "Partitions currently assigned to this consumer."),
+    (ALERT_EVALUATIONS, "counter", "outcome",
+     "Stall-rule evaluations: committed, unchanged, conflict (another replica committed first), error."),
+    (ALERT_TRANSITIONS, "counter", "rule, change", "Alert transitions committed (firing, repeated, resolved, completed)."),
+    (ALERTS_FIRING, "gauge", "rule, severity", "Alerts firing after the last evaluation."),
+    (NOTIFICATIONS_SENT, "counter", "receiver", "Messages a receiver accepted (a split digest counts each part)."),
+    (NOTIFICATIONS_FAILED, "counter", "receiver, outcome",
+     "Failed deliveries: retried (receiver down, 5xx, 429) or rejected for good (moved to the failed list)."),
+    (NOTIFICATIONS_PENDING, "gauge", "receiver", "Digests waiting in a receiver's outbox."),
+    (NOTIFICATIONS_SILENCED, "counter", "rule", "Transitions recorded but not sent to chat because a silence matched."),
 ];
 
 /// Registers help texts with the metrics recorder.

@@ -76,3 +76,92 @@ fn a_bad_configuration_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_record_count"), "{err}");
 }
+
+fn tiendo(redis_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .args(args)
+        .env("TIENDO_REDIS__URL", redis_url)
+        .output()
+        .expect("tiendo runs")
+}
+
+#[test]
+fn silences_are_added_listed_and_removed() {
+    let redis = tiendo::embedded::RedisServer::start().expect("redis-server");
+    let url = redis.url();
+    let out = tiendo(
+        &url,
+        &[
+            "silence",
+            "add",
+            "--province",
+            "56",
+            "--dataset",
+            "land",
+            "--rule",
+            "behind_pace",
+            "--for",
+            "3d",
+            "--reason",
+            "đang đối soát",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap();
+    let id = id.split_whitespace().next().unwrap().to_string();
+
+    let out = tiendo(&url, &["silence", "list", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["province"], "56");
+    assert_eq!(list[0]["scheme"], "34");
+    assert_eq!(list[0]["rule"], "behind_pace");
+    assert_eq!(list[0]["reason"], "đang đối soát");
+
+    // Unknown provinces and rules are refused with the reason.
+    let out = tiendo(
+        &url,
+        &[
+            "silence",
+            "add",
+            "--province",
+            "99",
+            "--for",
+            "1h",
+            "--reason",
+            "x",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown province 99"));
+    let out = tiendo(
+        &url,
+        &[
+            "silence",
+            "add",
+            "--province",
+            "01",
+            "--rule",
+            "sad",
+            "--for",
+            "1h",
+            "--reason",
+            "x",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown rule sad"));
+
+    assert!(tiendo(&url, &["silence", "remove", &id]).status.success());
+    assert!(!tiendo(&url, &["silence", "remove", &id]).status.success());
+    let out = tiendo(&url, &["silence", "list", "--format", "json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let out = tiendo(&url, &["alerts", "--format", "json"]);
+    assert!(out.status.success());
+}

@@ -65,6 +65,12 @@ impl Keys {
         format!("{}:partitions", self.prefix)
     }
 
+    /// A key of the alert ledger (states, outboxes, silences): all share the tag `{alerts}`
+    /// so one script can commit an evaluation atomically, on Redis Cluster too.
+    pub fn alerts(&self, name: &str) -> String {
+        format!("{}:{{alerts}}:{}", self.prefix, name)
+    }
+
     /// The shard an event id's claim lives in.
     pub fn dedup_shard(id: &str) -> u64 {
         fnv1a(id.as_bytes()) % DEDUP_SHARDS

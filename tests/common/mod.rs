@@ -3,6 +3,8 @@
 //! to run the pipeline in this process or as a `tiendo run` child process that can be killed.
 #![allow(dead_code)]
 
+pub mod chat;
+
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -66,6 +68,7 @@ impl Env {
             (&topics.records, RECORD_PARTITIONS),
             (&topics.procedures, PROCEDURE_PARTITIONS),
             (&topics.dead_letter, 1),
+            (&topics.alerts, 1),
         ])
         .expect("mock kafka starts");
         settings.kafka.brokers = kafka.bootstrap_servers();

@@ -1,0 +1,272 @@
+//! Where digests go: Telegram's Bot API, Slack-compatible incoming webhooks, a generic JSON
+//! webhook, and the Kafka alerts topic. Each turns a digest into the requests it needs
+//! ([`Sink::prepare`]) and says of a failed request whether to retry and when
+//! ([`SendError`]); the dispatcher does the rest.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use super::message::{plain, render, Markup};
+use crate::config::{Language, ReceiverKind, ReceiverSettings};
+use crate::events::v1;
+use crate::rules::ledger::{Digest, Notice};
+use crate::rules::state::Change;
+use crate::rules::{Rule, Severity};
+
+/// Telegram's limit on a message's text.
+pub const TELEGRAM_MAX: usize = 4096;
+/// Slack truncates long messages; this keeps each well inside what it shows in full.
+pub const SLACK_MAX: usize = 3500;
+const TELEGRAM_API: &str = "https://api.telegram.org";
+/// Longest Retry-After honoured, so a confused receiver cannot park an outbox for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Worth trying again: the receiver is down, overloaded or rate-limiting.
+    #[error("{reason}")]
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// The receiver refuses this request for good (bad token, bad payload).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// One request to a receiver.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    Http(serde_json::Value),
+    Kafka(Vec<(String, Vec<u8>)>),
+}
+
+pub enum Sink {
+    Http {
+        kind: ReceiverKind,
+        client: reqwest::Client,
+        /// Full endpoint; for Telegram it holds the token, so it is never logged.
+        endpoint: String,
+        chat_id: String,
+        language: Language,
+        max_chars: usize,
+    },
+    Kafka {
+        producer: FutureProducer,
+        topic: String,
+    },
+}
+
+impl Sink {
+    pub fn http(r: &ReceiverSettings, default_language: Language) -> Sink {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("tiendo/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a TLS backend is compiled in");
+        let endpoint = match r.kind {
+            ReceiverKind::Telegram => {
+                let base = if r.url.expose().is_empty() {
+                    TELEGRAM_API
+                } else {
+                    r.url.expose()
+                };
+                format!(
+                    "{}/bot{}/sendMessage",
+                    base.trim_end_matches('/'),
+                    r.token.expose()
+                )
+            }
+            ReceiverKind::Slack | ReceiverKind::Webhook => r.url.expose().to_string(),
+        };
+        let max_chars = r.max_chars.unwrap_or(match r.kind {
+            ReceiverKind::Telegram => TELEGRAM_MAX,
+            ReceiverKind::Slack => SLACK_MAX,
+            ReceiverKind::Webhook => usize::MAX / 2,
+        });
+        Sink::Http {
+            kind: r.kind,
+            client,
+            endpoint,
+            chat_id: r.chat_id.clone(),
+            language: r.language.unwrap_or(default_language),
+            max_chars,
+        }
+    }
+
+    /// The requests that deliver `digest`, in order.
+    pub fn prepare(&self, digest: &Digest) -> Vec<Prepared> {
+        match self {
+            Sink::Http {
+                kind,
+                chat_id,
+                language,
+                max_chars,
+                ..
+            } => match kind {
+                ReceiverKind::Telegram => {
+                    render(digest, *language, Markup::TelegramHtml, *max_chars)
+                        .into_iter()
+                        .map(|text| {
+                            Prepared::Http(json!({
+                                "chat_id": chat_id,
+                                "text": text,
+                                "parse_mode": "HTML",
+                                "disable_web_page_preview": true,
+                            }))
+                        })
+                        .collect()
+                }
+                ReceiverKind::Slack => render(digest, *language, Markup::Slack, *max_chars)
+                    .into_iter()
+                    .map(|text| Prepared::Http(json!({ "text": text, "mrkdwn": true })))
+                    .collect(),
+                ReceiverKind::Webhook => vec![Prepared::Http(webhook_body(digest, *language))],
+            },
+            Sink::Kafka { .. } => vec![Prepared::Kafka(
+                digest
+                    .notices
+                    .iter()
+                    .map(|n| (n.alert_key.clone(), alert(n).encode_to_vec()))
+                    .collect(),
+            )],
+        }
+    }
+
+    pub async fn send(&self, request: &Prepared, digest_id: &str) -> Result<(), SendError> {
+        match (self, request) {
+            (
+                Sink::Http {
+                    client, endpoint, ..
+                },
+                Prepared::Http(body),
+            ) => {
+                let response = client
+                    .post(endpoint)
+                    .header("Idempotency-Key", digest_id)
+                    .json(body)
+                    .send()
+                    .await
+                    .map_err(|e| SendError::Retry {
+                        after: None,
+                        // without_url: a Telegram URL carries the bot token.
+                        reason: e.without_url().to_string(),
+                    })?;
+                classify(response).await
+            }
+            (Sink::Kafka { producer, topic }, Prepared::Kafka(messages)) => {
+                let sends = messages.iter().map(|(key, payload)| {
+                    producer.send(
+                        FutureRecord::to(topic).key(key).payload(payload),
+                        Duration::from_secs(30),
+                    )
+                });
+                for result in futures::future::join_all(sends).await {
+                    result.map_err(|(e, _)| SendError::Retry {
+                        after: None,
+                        reason: e.to_string(),
+                    })?;
+                }
+                Ok(())
+            }
+            _ => Err(SendError::Rejected("request of another receiver".into())),
+        }
+    }
+}
+
+/// 2xx delivered; 429 and 5xx retried (after Retry-After, or Telegram's `retry_after`);
+/// any other status is a refusal that no retry will fix.
+async fn classify(response: reqwest::Response) -> Result<(), SendError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let header = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let body = response.text().await.unwrap_or_default();
+    let from_body = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["parameters"]["retry_after"].as_u64());
+    let after = header
+        .or(from_body)
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+    let reason = format!(
+        "HTTP {}: {}",
+        status.as_u16(),
+        body.chars().take(200).collect::<String>()
+    );
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        Err(SendError::Retry { after, reason })
+    } else {
+        Err(SendError::Rejected(reason))
+    }
+}
+
+/// The generic webhook's body; its schema is documented in the README.
+pub fn webhook_body(digest: &Digest, language: Language) -> serde_json::Value {
+    json!({
+        "schema": "tiendo.alerts.v1",
+        "digest_id": digest.id,
+        "at": digest.at,
+        "language": language,
+        "text": plain(digest, language),
+        "notices": digest.notices,
+    })
+}
+
+/// A notice as the protobuf `Alert` of the alerts topic.
+pub fn alert(n: &Notice) -> v1::Alert {
+    let f = &n.facts;
+    let ts = |at: chrono::DateTime<chrono::Utc>| prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    };
+    v1::Alert {
+        alert_id: n.alert_key.clone(),
+        transition_id: n.id.clone(),
+        transition: match n.change {
+            Change::Firing { .. } => v1::Transition::Firing,
+            Change::Repeated => v1::Transition::Repeated,
+            Change::Resolved => v1::Transition::Resolved,
+            Change::Completed => v1::Transition::Completed,
+        } as i32,
+        rule: match n.rule {
+            Rule::Silent => v1::Rule::Silent,
+            Rule::BehindPace => v1::Rule::BehindPace,
+            Rule::ProjectedMiss => v1::Rule::ProjectedMiss,
+            Rule::Completed => v1::Rule::Completed,
+            Rule::OnlineShareLow => v1::Rule::OnlineShareLow,
+            Rule::ProceduresSilent => v1::Rule::ProceduresSilent,
+        } as i32,
+        severity: match n.severity {
+            Severity::Info => v1::Severity::Info,
+            Severity::Warning => v1::Severity::Warning,
+            Severity::Critical => v1::Severity::Critical,
+        } as i32,
+        province_code: n.subject.code.clone(),
+        code_scheme: if n.subject.scheme == "63" {
+            v1::CodeScheme::Provinces63
+        } else {
+            v1::CodeScheme::Provinces34
+        } as i32,
+        province_name: n.subject.name.clone(),
+        dataset: n.subject.dataset.clone(),
+        evaluated_at: Some(ts(n.at)),
+        percent_done: f.percent.unwrap_or(0.0),
+        pace_7d: f.pace_7d,
+        pace_needed: f.pace_needed.unwrap_or(0.0),
+        days_left: f.days_left.map(|d| d.floor() as i64).unwrap_or(0),
+        projected_date: f.projected.map(|d| d.to_string()).unwrap_or_default(),
+        last_event: f.last_event.map(ts),
+        online_share: f.online_share.unwrap_or(0.0),
+        silenced: n.silenced_by.is_some(),
+        deadline: f.deadline.map(|d| d.to_string()).unwrap_or_default(),
+    }
+}

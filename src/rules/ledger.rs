@@ -1,0 +1,469 @@
+//! The alert ledger in Redis: every alert's state, a generation number, one outbox per
+//! receiver, the history of transitions and the silences. All keys share the hash tag
+//! `{alerts}`, so the few scripts below touch one slot, on Redis Cluster too.
+//!
+//! Exactly-once notification across replicas rests on two things. An evaluation commits its
+//! new states *and* the digests it wants sent in one script, which refuses if the generation
+//! moved since the states were read: of two replicas evaluating at once, one commits and the
+//! other re-reads and finds nothing left to announce. Delivery then drains each outbox under
+//! a per-receiver lock, recording which parts of a digest went out, so a retry or a second
+//! replica does not send them again. The one gap left is a crash between a receiver accepting
+//! a part and the ledger recording it; that part is sent again after the restart (receivers
+//! that can deduplicate get a stable id: the digest id).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+
+use super::state::{AlertState, Change};
+use super::{Facts, Rule, Severity, Subject};
+use crate::store::{Keys, RedisConn, StoreError};
+
+/// Transitions kept in the history list.
+const HISTORY: usize = 10_000;
+
+/// One announced transition of one alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Unique id of this transition: `<alert key>@<unix ms>`.
+    pub id: String,
+    pub alert_key: String,
+    pub rule: Rule,
+    pub severity: Severity,
+    pub change: Change,
+    pub subject: Subject,
+    pub facts: Facts,
+    pub at: DateTime<Utc>,
+    /// The silence that held it back from chat, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
+}
+
+/// What one evaluation sends one receiver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Stable across retries and replicas; webhooks may deduplicate on it.
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub notices: Vec<Notice>,
+}
+
+/// A rule held back from chat for a while. Empty `dataset` or `rule` match any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Silence {
+    pub id: String,
+    /// "34" or "63", and the province code in that table.
+    pub scheme: String,
+    pub province: String,
+    #[serde(default)]
+    pub dataset: String,
+    #[serde(default)]
+    pub rule: Option<Rule>,
+    pub until: DateTime<Utc>,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why a silence cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SilenceError {
+    #[error("unknown province {0} in the {1}-unit table")]
+    Province(String, &'static str),
+    #[error("unknown dataset {0}")]
+    Dataset(String),
+    #[error("unknown rule {0}; rules are {1}")]
+    Rule(String, String),
+    #[error("a silence must end in the future")]
+    Past,
+}
+
+impl Silence {
+    /// A silence of `province` (a code in `view`'s table), checked against what exists.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        view: crate::status::View,
+        province: &str,
+        dataset: Option<&str>,
+        rule: Option<&str>,
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+        datasets: &[String],
+    ) -> Result<Silence, SilenceError> {
+        use crate::provinces::{provinces, Scheme};
+        let (scheme, tag) = match view {
+            crate::status::View::Current34 => (Scheme::Current34, "34"),
+            crate::status::View::Legacy63 => (Scheme::Legacy63, "63"),
+        };
+        let unit = provinces()
+            .resolve(scheme, province)
+            .ok_or_else(|| SilenceError::Province(province.to_string(), tag))?;
+        let dataset = dataset.unwrap_or_default();
+        if !dataset.is_empty() && !datasets.iter().any(|d| d == dataset) {
+            return Err(SilenceError::Dataset(dataset.to_string()));
+        }
+        let rule = match rule {
+            None => None,
+            Some(r) => Some(Rule::parse(r).ok_or_else(|| {
+                let all: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
+                SilenceError::Rule(r.to_string(), all.join(", "))
+            })?),
+        };
+        if until <= now {
+            return Err(SilenceError::Past);
+        }
+        Ok(Silence {
+            id: format!("s{}-{:04x}", now.timestamp(), fastrand::u16(..)),
+            scheme: tag.to_string(),
+            province: format!("{:02}", unit.code),
+            dataset: dataset.to_string(),
+            rule,
+            until,
+            reason: reason.to_string(),
+            created_at: now,
+        })
+    }
+
+    pub fn matches(&self, n: &Notice, now: DateTime<Utc>) -> bool {
+        now < self.until
+            && self.scheme == n.subject.scheme
+            && self.province == n.subject.code
+            && (self.dataset.is_empty() || self.dataset == n.subject.dataset)
+            && self.rule.is_none_or(|r| r == n.rule)
+    }
+}
+
+/// The states as read, with the generation to commit against.
+#[derive(Debug, Clone, Default)]
+pub struct Read {
+    pub generation: i64,
+    pub states: BTreeMap<String, AlertState>,
+    pub silences: Vec<Silence>,
+}
+
+/// An evaluation's outcome, ready to commit.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// New state by alert key; `None` deletes.
+    pub states: BTreeMap<String, Option<AlertState>>,
+    pub notices: Vec<Notice>,
+    /// Digests by outbox name.
+    pub digests: Vec<(String, Digest)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("ledger entry is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<redis::RedisError> for LedgerError {
+    fn from(e: redis::RedisError) -> Self {
+        LedgerError::Store(e.into())
+    }
+}
+
+/// A held delivery lock.
+#[derive(Debug, Clone)]
+pub struct Lock {
+    pub outbox: String,
+    token: String,
+}
+
+/// The head of an outbox: a digest and how many of its parts were already sent.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub digest: Digest,
+    pub raw: String,
+    pub parts_sent: usize,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    conn: RedisConn,
+    keys: Keys,
+}
+
+const COMMIT: &str = r"
+-- KEYS: generation, states, history, outbox...
+-- ARGV: expected generation, #states, (field, json or '' to delete)..., #notices,
+--       notice..., history length, then one digest (or '') per outbox
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[2], ARGV[i])
+  else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  i = i + 2
+end
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('LPUSH', KEYS[3], ARGV[i]); i = i + 1 end
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[i]) - 1); i = i + 1
+for k = 4, #KEYS do
+  if ARGV[i] ~= '' then redis.call('RPUSH', KEYS[k], ARGV[i]) end
+  i = i + 1
+end
+return redis.call('INCR', KEYS[1])
+";
+
+const PROGRESS: &str = r"
+-- KEYS: lock, outbox, progress. ARGV: token, outbox name, digest id, parts sent or 'done'.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[4] == 'done' then
+  local head = redis.call('LINDEX', KEYS[2], 0)
+  if head and cjson.decode(head).id == ARGV[3] then redis.call('LPOP', KEYS[2]) end
+  redis.call('HDEL', KEYS[3], ARGV[2])
+else
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. ARGV[4])
+end
+return 1
+";
+
+const LOCK: &str = r"
+-- KEYS: lock. ARGV: token, ttl ms. Takes a free lock or extends our own.
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+const UNLOCK: &str = r"
+-- KEYS: lock. ARGV: token.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+const FAIL: &str = r"
+-- KEYS: lock, outbox, progress, failed. ARGV: token, outbox name, digest id, reason.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if head and cjson.decode(head).id == ARGV[3] then
+  redis.call('LPOP', KEYS[2])
+  redis.call('RPUSH', KEYS[4], cjson.encode({reason = ARGV[4], digest = cjson.decode(head)}))
+  redis.call('LTRIM', KEYS[4], -1000, -1)
+end
+redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+";
+
+impl Ledger {
+    pub fn new(conn: RedisConn, prefix: &str) -> Ledger {
+        Ledger {
+            conn,
+            keys: Keys::new(prefix),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.keys.alerts(name)
+    }
+
+    fn outbox_key(&self, outbox: &str) -> String {
+        self.key(&format!("outbox:{outbox}"))
+    }
+
+    /// Generation, states and silences, in one round trip.
+    pub async fn read(&self) -> Result<Read, LedgerError> {
+        let mut conn = self.conn.clone();
+        let (generation, states, silences): (
+            Option<i64>,
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+        ) = redis::pipe()
+            .get(self.key("generation"))
+            .hgetall(self.key("states"))
+            .hgetall(self.key("silences"))
+            .query_async(&mut conn)
+            .await?;
+        Ok(Read {
+            generation: generation.unwrap_or(0),
+            states: states
+                .into_iter()
+                .map(|(k, v)| Ok((k, serde_json::from_str(&v)?)))
+                .collect::<Result<_, serde_json::Error>>()?,
+            silences: silences
+                .values()
+                .map(|v| serde_json::from_str(v))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Commits `c` if nobody committed since generation `expected` was read. `Ok(false)` when
+    /// someone did: read again and re-evaluate.
+    pub async fn commit(&self, expected: i64, c: &Commit) -> Result<bool, LedgerError> {
+        let script = Script::new(COMMIT);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key("generation"))
+            .key(self.key("states"))
+            .key(self.key("history"));
+        inv.arg(expected).arg(c.states.len());
+        for (k, v) in &c.states {
+            let json = match v {
+                Some(s) => serde_json::to_string(s)?,
+                None => String::new(),
+            };
+            inv.arg(k).arg(json);
+        }
+        inv.arg(c.notices.len());
+        for n in &c.notices {
+            inv.arg(serde_json::to_string(n)?);
+        }
+        inv.arg(HISTORY);
+        for (outbox, digest) in &c.digests {
+            inv.key(self.outbox_key(outbox));
+            inv.arg(serde_json::to_string(digest)?);
+        }
+        let mut conn = self.conn.clone();
+        let generation: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(generation >= 0)
+    }
+
+    /// Takes (or extends) the delivery lock of `outbox`.
+    pub async fn lock(
+        &self,
+        outbox: &str,
+        token: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<Lock>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let got: i64 = Script::new(LOCK)
+            .key(self.key(&format!("lock:{outbox}")))
+            .arg(token)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((got == 1).then(|| Lock {
+            outbox: outbox.to_string(),
+            token: token.to_string(),
+        }))
+    }
+
+    /// Releases the delivery lock of `outbox` if this token holds it (on a clean stop, so
+    /// another replica need not wait for it to expire).
+    pub async fn unlock(&self, outbox: &str, token: &str) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(UNLOCK)
+            .key(self.key(&format!("lock:{outbox}")))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The oldest digest waiting in `outbox`, and how far its sending got.
+    pub async fn head(&self, outbox: &str) -> Result<Option<Pending>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let (raw, progress): (Option<String>, Option<String>) = redis::pipe()
+            .lindex(self.outbox_key(outbox), 0)
+            .hget(self.key("progress"), outbox)
+            .query_async(&mut conn)
+            .await?;
+        let Some(raw) = raw else { return Ok(None) };
+        let digest: Digest = serde_json::from_str(&raw)?;
+        let parts_sent = progress
+            .and_then(|p| {
+                let (id, n) = p.split_once(' ')?;
+                (id == digest.id).then(|| n.parse().ok())?
+            })
+            .unwrap_or(0);
+        Ok(Some(Pending {
+            digest,
+            raw,
+            parts_sent,
+        }))
+    }
+
+    async fn progress(&self, lock: &Lock, digest: &str, parts: &str) -> Result<bool, LedgerError> {
+        let mut conn = self.conn.clone();
+        let ok: i64 = Script::new(PROGRESS)
+            .key(self.key(&format!("lock:{}", lock.outbox)))
+            .key(self.outbox_key(&lock.outbox))
+            .key(self.key("progress"))
+            .arg(&lock.token)
+            .arg(&lock.outbox)
+            .arg(digest)
+            .arg(parts)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(ok == 1)
+    }
+
+    /// Records that `parts` parts of `digest` were sent. `false`: the lock was lost.
+    pub async fn sent_parts(
+        &self,
+        lock: &Lock,
+        digest: &str,
+        parts: usize,
+    ) -> Result<bool, LedgerError> {
+        self.progress(lock, digest, &parts.to_string()).await
+    }
+
+    /// Removes a fully sent digest from the outbox.
+    pub async fn delivered(&self, lock: &Lock, digest: &str) -> Result<bool, LedgerError> {
+        self.progress(lock, digest, "done").await
+    }
+
+    /// Moves a digest the receiver refuses for good to the outbox's failed list.
+    pub async fn failed(
+        &self,
+        lock: &Lock,
+        digest: &str,
+        reason: &str,
+    ) -> Result<bool, LedgerError> {
+        let mut conn = self.conn.clone();
+        let ok: i64 = Script::new(FAIL)
+            .key(self.key(&format!("lock:{}", lock.outbox)))
+            .key(self.outbox_key(&lock.outbox))
+            .key(self.key("progress"))
+            .key(self.key(&format!("failed:{}", lock.outbox)))
+            .arg(&lock.token)
+            .arg(&lock.outbox)
+            .arg(digest)
+            .arg(reason)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(ok == 1)
+    }
+
+    /// Digests waiting in `outbox`.
+    pub async fn pending(&self, outbox: &str) -> Result<u64, LedgerError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.llen(self.outbox_key(outbox)).await?)
+    }
+
+    /// Newest transitions first, at most `limit`.
+    pub async fn history(&self, limit: usize) -> Result<Vec<Notice>, LedgerError> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = conn
+            .lrange(self.key("history"), 0, limit as isize - 1)
+            .await?;
+        Ok(raw
+            .iter()
+            .map(|r| serde_json::from_str(r))
+            .collect::<Result<_, _>>()?)
+    }
+
+    pub async fn add_silence(&self, s: &Silence) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset(self.key("silences"), &s.id, serde_json::to_string(s)?)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a silence; `false` if there was none with that id.
+    pub async fn remove_silence(&self, id: &str) -> Result<bool, LedgerError> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = conn.hdel(self.key("silences"), id).await?;
+        Ok(removed == 1)
+    }
+
+    pub async fn silences(&self) -> Result<Vec<Silence>, LedgerError> {
+        Ok(self.read().await?.silences)
+    }
+}

@@ -1,0 +1,306 @@
+//! Stage 5: stall detection. Reads the figures per province (a [`Status`]) and finds which
+//! stall rules hold right now: [`evaluate`] is a pure function of the figures, the targets and
+//! the time, so every threshold is testable without Redis or Kafka.
+//!
+//! What happens over time (a condition must hold for a while before it fires, and clear for a
+//! while before it resolves) is [`state`]; where that state lives, so that several replicas
+//! notify each transition once, is [`ledger`]; the periodic loop is [`evaluator`].
+
+pub mod evaluator;
+pub mod ledger;
+pub mod state;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::buckets::WINDOWS;
+use crate::config::RuleSettings;
+use crate::status::{ProvinceStatus, Status};
+
+/// The stall rules. Names are stable: they appear in keys, silences, metrics and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    Silent,
+    BehindPace,
+    ProjectedMiss,
+    Completed,
+    OnlineShareLow,
+    ProceduresSilent,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 6] = [
+        Rule::Silent,
+        Rule::BehindPace,
+        Rule::ProjectedMiss,
+        Rule::Completed,
+        Rule::OnlineShareLow,
+        Rule::ProceduresSilent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Silent => "silent",
+            Rule::BehindPace => "behind_pace",
+            Rule::ProjectedMiss => "projected_miss",
+            Rule::Completed => "completed",
+            Rule::OnlineShareLow => "online_share_low",
+            Rule::ProceduresSilent => "procedures_silent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What an alert is about: a province's dataset, or its procedure feed (`dataset` empty).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Subject {
+    /// "34" or "63": the code table of `code`.
+    pub scheme: String,
+    pub code: String,
+    pub name: String,
+    /// Empty for procedure rules.
+    pub dataset: String,
+}
+
+impl Subject {
+    /// Stable alert id of `rule` on this subject: `34:01:civil_status:silent`.
+    pub fn alert_key(&self, rule: Rule) -> String {
+        let what = if self.dataset.is_empty() {
+            "procedures"
+        } else {
+            &self.dataset
+        };
+        format!("{}:{}:{}:{}", self.scheme, self.code, what, rule.as_str())
+    }
+}
+
+/// The figures a message about a subject shows, computed at evaluation time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    pub total: i64,
+    pub target: Option<u64>,
+    pub deadline: Option<NaiveDate>,
+    /// Percent of target done.
+    pub percent: Option<f64>,
+    /// Records per day over the trailing 7 days.
+    pub pace_7d: f64,
+    /// Records per day needed from now to the deadline.
+    pub pace_needed: Option<f64>,
+    /// Days left to the end of the deadline day (negative once past).
+    pub days_left: Option<f64>,
+    /// Completion date at the projection window's rate; `None` without progress.
+    pub projected: Option<NaiveDate>,
+    pub last_event: Option<DateTime<Utc>>,
+    /// Online end-to-end share of procedures over the rule's window, and how many there were.
+    pub online_share: Option<f64>,
+    pub dossiers: i64,
+}
+
+/// A rule that holds now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub key: String,
+    pub rule: Rule,
+    pub severity: Severity,
+    pub subject: Subject,
+}
+
+/// Everything one evaluation saw: the facts of every subject with something to say, and the
+/// rules that hold.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    /// Facts by subject, keyed like alert keys without the rule (`34:01:civil_status`).
+    pub facts: BTreeMap<String, (Subject, Facts)>,
+    pub findings: Vec<Finding>,
+}
+
+impl Evaluation {
+    /// The subject and facts an alert key refers to.
+    pub fn about(&self, alert_key: &str) -> Option<&(Subject, Facts)> {
+        let (subject, _) = alert_key.rsplit_once(':')?;
+        self.facts.get(subject)
+    }
+}
+
+fn subject_key(s: &Subject) -> String {
+    let key = s.alert_key(Rule::Silent);
+    key[..key.len() - ":silent".len()].to_string()
+}
+
+fn window(name: &str) -> usize {
+    WINDOWS
+        .iter()
+        .position(|w| w.name == name)
+        .expect("validated window name")
+}
+
+fn window_days(name: &str) -> f64 {
+    WINDOWS[window(name)].seconds as f64 / 86_400.0
+}
+
+/// The last instant of a deadline day, Vietnam time.
+pub fn deadline_end(day: NaiveDate) -> DateTime<Utc> {
+    let end = day.and_time(NaiveTime::MIN) + chrono::Duration::days(1);
+    crate::clock::vn_offset()
+        .from_local_datetime(&end)
+        .single()
+        .expect("fixed offset")
+        .with_timezone(&Utc)
+}
+
+/// Which rules hold for every province of `status` at `now`.
+pub fn evaluate(status: &Status, now: DateTime<Utc>, rules: &RuleSettings) -> Evaluation {
+    let mut out = Evaluation::default();
+    for row in &status.provinces {
+        datasets(row, now, rules, &mut out);
+        procedures(row, now, rules, &mut out);
+    }
+    out
+}
+
+fn subject(row: &ProvinceStatus, dataset: &str) -> Subject {
+    Subject {
+        scheme: row.scheme.to_string(),
+        code: row.code.clone(),
+        name: row.name.clone(),
+        dataset: dataset.to_string(),
+    }
+}
+
+fn find(out: &mut Evaluation, subject: &Subject, rule: Rule, severity: Severity) {
+    out.findings.push(Finding {
+        key: subject.alert_key(rule),
+        rule,
+        severity,
+        subject: subject.clone(),
+    });
+}
+
+fn datasets(row: &ProvinceStatus, now: DateTime<Utc>, rules: &RuleSettings, out: &mut Evaluation) {
+    let silent_after = chrono::Duration::from_std(rules.silent_after).unwrap_or_default();
+    for (name, d) in &row.datasets {
+        let (Some(target), Some(deadline)) = (d.target, d.deadline) else {
+            continue;
+        };
+        let subject = subject(row, name);
+        let remaining = (target as i64 - d.total).max(0) as f64;
+        let days_left = (deadline_end(deadline) - now).num_seconds() as f64 / 86_400.0;
+        let pace_7d = d.windows.get("7d").copied().unwrap_or(0) as f64 / 7.0;
+        let rate = d
+            .windows
+            .get(rules.projection_window.as_str())
+            .copied()
+            .unwrap_or(0) as f64
+            / window_days(&rules.projection_window);
+        let projected = (rate > 0.0).then(|| {
+            let at = now + chrono::Duration::seconds((remaining / rate * 86_400.0) as i64);
+            at.with_timezone(&crate::clock::vn_offset()).date_naive()
+        });
+        let pace_needed = (remaining > 0.0).then(|| {
+            if days_left > 0.0 {
+                remaining / days_left
+            } else {
+                f64::INFINITY
+            }
+        });
+        let facts = Facts {
+            total: d.total,
+            target: Some(target),
+            deadline: Some(deadline),
+            percent: d.percent,
+            pace_7d,
+            pace_needed: pace_needed.filter(|p| p.is_finite()),
+            days_left: Some(days_left),
+            projected,
+            last_event: d.last_event,
+            online_share: None,
+            dossiers: 0,
+        };
+        out.facts
+            .insert(subject_key(&subject), (subject.clone(), facts));
+
+        if d.total >= target as i64 {
+            find(out, &subject, Rule::Completed, Severity::Info);
+            continue;
+        }
+        if d.last_event.is_none_or(|at| now - at >= silent_after) {
+            find(out, &subject, Rule::Silent, Severity::Warning);
+        }
+        if let Some(needed) = pace_needed {
+            if pace_7d < needed {
+                let severity = if pace_7d < needed * rules.critical_pace_ratio {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                };
+                find(out, &subject, Rule::BehindPace, severity);
+            }
+        }
+        if projected.is_none_or(|p| p > deadline) {
+            find(out, &subject, Rule::ProjectedMiss, Severity::Warning);
+        }
+    }
+}
+
+fn procedures(
+    row: &ProvinceStatus,
+    now: DateTime<Utc>,
+    rules: &RuleSettings,
+    out: &mut Evaluation,
+) {
+    let p = &row.procedures;
+    if p.completed == 0 {
+        return; // never reported: nothing is "normal" for it yet
+    }
+    let subject = subject(row, "");
+    let w = rules.online_share_window.as_str();
+    let dossiers: i64 = p.channels.values().map(|c| c.windows[w]).sum();
+    let online = p.channels.get("online").map(|c| c.windows[w]).unwrap_or(0);
+    let online_share = (dossiers > 0).then(|| online as f64 / dossiers as f64);
+    let facts = Facts {
+        total: p.completed,
+        last_event: p.last_event,
+        online_share,
+        dossiers,
+        ..Facts::default()
+    };
+    out.facts
+        .insert(subject_key(&subject), (subject.clone(), facts));
+    let silent_after =
+        chrono::Duration::from_std(rules.procedures_silent_after).unwrap_or_default();
+    if p.last_event.is_none_or(|at| now - at >= silent_after) {
+        find(out, &subject, Rule::ProceduresSilent, Severity::Warning);
+    }
+    if let Some(share) = online_share {
+        if dossiers >= rules.online_min_dossiers as i64 && share < rules.online_share_min {
+            find(out, &subject, Rule::OnlineShareLow, Severity::Warning);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+//! An alert's life over time, like Prometheus' `for:` with a clear time on the way out: a rule
+//! that holds goes pending, fires once it has held for `pending_for`, is repeated every
+//! `repeat_interval` while firing, resolves once it has been clear for `clear_for`. A province
+//! hovering at a threshold therefore neither floods the chat nor flaps. `completed` fires at
+//! once and stays done. Pure: the evaluator persists [`AlertState`] in the ledger.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Finding, Rule, Severity};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Holds, not yet for long enough.
+    Pending,
+    Firing,
+    /// Fired, then cleared, not yet for long enough.
+    Resolving,
+    /// A target reached: notified once, kept so it is never notified again.
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertState {
+    pub phase: Phase,
+    /// When the current phase began.
+    pub since: DateTime<Utc>,
+    pub severity: Severity,
+    /// When it last fired.
+    pub fired_at: Option<DateTime<Utc>>,
+    /// When it was last notified (fired, repeated or changed severity).
+    pub notified_at: Option<DateTime<Utc>>,
+}
+
+/// What a step announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Started firing, or changed severity while firing (`previous` says from what).
+    Firing {
+        previous: Option<Severity>,
+    },
+    Repeated,
+    Resolved,
+    Completed,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Firing { .. } => "firing",
+            Change::Repeated => "repeated",
+            Change::Resolved => "resolved",
+            Change::Completed => "completed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub pending_for: Duration,
+    pub clear_for: Duration,
+    pub repeat_interval: Duration,
+}
+
+/// The next state of one alert given what holds now (`finding`), and what to announce.
+pub fn step(
+    prev: Option<&AlertState>,
+    finding: Option<&Finding>,
+    now: DateTime<Utc>,
+    t: &Timing,
+) -> (Option<AlertState>, Option<Change>) {
+    let firing = |severity, fired_at| AlertState {
+        phase: Phase::Firing,
+        since: now,
+        severity,
+        fired_at: Some(fired_at),
+        notified_at: Some(now),
+    };
+    match (prev, finding) {
+        (None, None) => (None, None),
+        (Some(s), _) if s.phase == Phase::Done => (Some(s.clone()), None),
+        (None, Some(f)) if f.rule == Rule::Completed => (
+            Some(AlertState {
+                phase: Phase::Done,
+                since: now,
+                severity: f.severity,
+                fired_at: Some(now),
+                notified_at: Some(now),
+            }),
+            Some(Change::Completed),
+        ),
+        (None, Some(f)) if t.pending_for <= Duration::zero() => (
+            Some(firing(f.severity, now)),
+            Some(Change::Firing { previous: None }),
+        ),
+        (None, Some(f)) => (
+            Some(AlertState {
+                phase: Phase::Pending,
+                since: now,
+                severity: f.severity,
+                fired_at: None,
+                notified_at: None,
+            }),
+            None,
+        ),
+        (Some(s), Some(f)) if s.phase == Phase::Pending => {
+            if now - s.since >= t.pending_for {
+                (
+                    Some(firing(f.severity, now)),
+                    Some(Change::Firing { previous: None }),
+                )
+            } else {
+                let mut s = s.clone();
+                s.severity = f.severity;
+                (Some(s), None)
+            }
+        }
+        (Some(s), None) if s.phase == Phase::Pending => (None, None),
+        // Firing, or resolving and back: still the same alert.
+        (Some(s), Some(f)) => {
+            let fired_at = s.fired_at.unwrap_or(now);
+            if f.severity != s.severity {
+                return (
+                    Some(firing(f.severity, fired_at)),
+                    Some(Change::Firing {
+                        previous: Some(s.severity),
+                    }),
+                );
+            }
+            let due = s.notified_at.is_none_or(|at| now - at >= t.repeat_interval);
+            if due {
+                return (Some(firing(f.severity, fired_at)), Some(Change::Repeated));
+            }
+            let mut s = s.clone();
+            if s.phase == Phase::Resolving {
+                s.phase = Phase::Firing;
+                s.since = now;
+            }
+            (Some(s), None)
+        }
+        (Some(s), None) => {
+            let clear_since = if s.phase == Phase::Resolving {
+                s.since
+            } else {
+                now
+            };
+            if now - clear_since >= t.clear_for {
+                (None, Some(Change::Resolved))
+            } else {
+                let mut s = s.clone();
+                s.phase = Phase::Resolving;
+                s.since = clear_since;
+                (Some(s), None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Subject;
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        "2024-11-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(minutes)
+    }
+
+    fn finding(rule: Rule, severity: Severity) -> Finding {
+        let subject = Subject {
+            scheme: "63".into(),
+            code: "58".into(),
+            name: "Ninh Thuận".into(),
+            dataset: "civil_status".into(),
+        };
+        Finding {
+            key: subject.alert_key(rule),
+            rule,
+            severity,
+            subject,
+        }
+    }
+
+    const T: Timing = Timing {
+        pending_for: Duration::minutes(15),
+        clear_for: Duration::minutes(30),
+        repeat_interval: Duration::hours(24),
+    };
+
+    /// Runs `holds` (minute → does the rule hold) and returns the announced changes by minute.
+    fn run(holds: impl Fn(i64) -> Option<Severity>, minutes: i64) -> Vec<(i64, Change)> {
+        let mut state = None;
+        let mut out = Vec::new();
+        for m in 0..=minutes {
+            let f = holds(m).map(|s| finding(Rule::BehindPace, s));
+            let (next, change) = step(state.as_ref(), f.as_ref(), at(m), &T);
+            state = next;
+            if let Some(c) = change {
+                out.push((m, c));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fires_only_after_holding_for_pending_for() {
+        let changes = run(|m| (m >= 10).then_some(Severity::Warning), 60);
+        assert_eq!(changes, vec![(25, Change::Firing { previous: None })]);
+        // Holding for 14 minutes then clearing fires nothing.
+        let changes = run(|m| (10..24).contains(&m).then_some(Severity::Warning), 60);
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn resolves_only_after_clearing_for_clear_for_and_does_not_flap() {
+        // Fires at 15; flickers clear for 10 minutes at a time; clears for good at 100.
+        let holds = |m: i64| {
+            let flicker = (40..50).contains(&m) || (60..70).contains(&m);
+            (m < 100 && !flicker).then_some(Severity::Warning)
+        };
+        let changes = run(holds, 200);
+        assert_eq!(
+            changes,
+            vec![
+                (15, Change::Firing { previous: None }),
+                (130, Change::Resolved)
+            ]
+        );
+    }
+
+    #[test]
+    fn repeats_while_firing_and_announces_severity_changes() {
+        let holds = |m: i64| {
+            Some(if (100..200).contains(&m) {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            })
+        };
+        let changes = run(holds, 60 * 24 + 300);
+        assert_eq!(
+            changes,
+            vec![
+                (15, Change::Firing { previous: None }),
+                (
+                    100,
+                    Change::Firing {
+                        previous: Some(Severity::Warning)
+                    }
+                ),
+                (
+                    200,
+                    Change::Firing {
+                        previous: Some(Severity::Critical)
+                    }
+                ),
+                (200 + 60 * 24, Change::Repeated),
+            ]
+        );
+    }
+
+    #[test]
+    fn completed_is_announced_once_and_never_again() {
+        let mut state = None;
+        let mut changes = Vec::new();
+        for m in 0..100 {
+            let f = (m % 3 != 0).then(|| finding(Rule::Completed, Severity::Info));
+            let (next, change) = step(state.as_ref(), f.as_ref(), at(m), &T);
+            state = next;
+            changes.extend(change);
+        }
+        assert_eq!(changes, vec![Change::Completed]);
+    }
+}

@@ -1,0 +1,211 @@
+//! The rules on figures set up by hand: which fire, and which stay quiet.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::*;
+use crate::config::RuleSettings;
+use crate::status::View;
+use crate::store::{Counts, Snapshot};
+use crate::targets::Targets;
+
+fn now() -> DateTime<Utc> {
+    "2024-11-20T03:00:00Z".parse().unwrap()
+}
+
+fn datasets() -> Vec<String> {
+    ["civil_status", "land"].map(String::from).to_vec()
+}
+
+/// Counts for a field: total, and [1h, 24h, 7d, 30d] window sums.
+fn put(snap: &mut Snapshot, field: &str, total: i64, windows: [i64; 4], last: Option<Duration>) {
+    snap.counts
+        .insert(field.to_string(), Counts { total, windows });
+    if let Some(ago) = last {
+        let metric = field.split_once('|').unwrap().1;
+        let latest = if metric.starts_with("p.") {
+            field.split('|').next().unwrap().to_string() + "|p"
+        } else {
+            field.to_string()
+        };
+        snap.latest.insert(latest, (now() - ago).timestamp());
+    }
+}
+
+fn keys(e: &Evaluation) -> Vec<(String, Severity)> {
+    let mut k: Vec<_> = e
+        .findings
+        .iter()
+        .map(|f| (f.key.clone(), f.severity))
+        .collect();
+    k.sort();
+    k
+}
+
+/// The 63-unit view of autumn 2024: deadline 31 Dec 2024, 41.9 days after `now`.
+fn scenario() -> Evaluation {
+    let targets = Targets::parse(
+        "province,dataset,target,deadline,scheme\n\
+         58,civil_status,1000000,2024-12-31,63\n\
+         49,civil_status,1000000,2024-12-31,63\n\
+         01,civil_status,200000,2024-12-31,63\n\
+         79,civil_status,1000000,2024-12-31,63\n\
+         56,civil_status,1000000,2024-12-31,63\n",
+        &datasets(),
+    )
+    .unwrap();
+    let mut snap = Snapshot {
+        as_of: now(),
+        ..Snapshot::default()
+    };
+    // Ninh Thuận: 16% done, nothing for 5 days.
+    put(
+        &mut snap,
+        "o58|r.civil_status",
+        160_000,
+        [0, 0, 20_000, 90_000],
+        Some(Duration::days(5)),
+    );
+    // Quảng Nam: 25%, reporting, but at 5,000/day where 17,900/day is needed: critical.
+    put(
+        &mut snap,
+        "o49|r.civil_status",
+        250_000,
+        [200, 5_000, 35_000, 150_000],
+        Some(Duration::hours(1)),
+    );
+    // Hà Nội: target reached.
+    put(
+        &mut snap,
+        "o01|r.civil_status",
+        210_000,
+        [0, 100, 700, 3_000],
+        Some(Duration::hours(2)),
+    );
+    // Hồ Chí Minh: 60% and fast enough (57,000/day over 7 days, 9,500 needed).
+    put(
+        &mut snap,
+        "o79|r.civil_status",
+        600_000,
+        [2_000, 50_000, 400_000, 600_000],
+        Some(Duration::minutes(5)),
+    );
+    // Khánh Hòa: 50%, 7-day pace 10,000/day against 11,900 needed (a warning), and the
+    // 30-day rate says it will still make it: no projected miss.
+    put(
+        &mut snap,
+        "o56|r.civil_status",
+        500_000,
+        [500, 10_000, 70_000, 500_000],
+        Some(Duration::hours(1)),
+    );
+    let status = crate::status::Status::build(&snap, &targets, &datasets(), View::Legacy63);
+    evaluate(&status, now(), &RuleSettings::default())
+}
+
+#[test]
+fn the_scenario_fires_what_it_should_and_nothing_else() {
+    let e = scenario();
+    assert_eq!(
+        keys(&e),
+        vec![
+            ("63:01:civil_status:completed".into(), Severity::Info),
+            ("63:49:civil_status:behind_pace".into(), Severity::Critical),
+            (
+                "63:49:civil_status:projected_miss".into(),
+                Severity::Warning
+            ),
+            ("63:56:civil_status:behind_pace".into(), Severity::Warning),
+            ("63:58:civil_status:behind_pace".into(), Severity::Critical),
+            (
+                "63:58:civil_status:projected_miss".into(),
+                Severity::Warning
+            ),
+            ("63:58:civil_status:silent".into(), Severity::Warning),
+        ]
+    );
+}
+
+#[test]
+fn facts_carry_pace_needed_days_left_and_projection() {
+    let e = scenario();
+    let (subject, f) = e.about("63:49:civil_status:behind_pace").unwrap();
+    assert_eq!(subject.name, "Quảng Nam");
+    assert_eq!(f.percent, Some(25.0));
+    assert_eq!(f.pace_7d, 5_000.0);
+    let days = f.days_left.unwrap();
+    // 31 Dec ends at 2025-01-01T00:00+07:00 = 2024-12-31T17:00Z; now is 2024-11-20T03:00Z.
+    assert!((days - (41.0 + 14.0 / 24.0)).abs() < 1e-9, "{days}");
+    assert!((f.pace_needed.unwrap() - 750_000.0 / days).abs() < 1e-6);
+    // 750,000 left at 150,000 per 30 days: 150 days from now.
+    assert_eq!(
+        f.projected,
+        Some(chrono::NaiveDate::from_ymd_opt(2025, 4, 19).unwrap())
+    );
+}
+
+#[test]
+fn a_province_that_never_started_is_silent_and_projected_to_miss() {
+    let targets = Targets::parse(
+        "province,dataset,target,deadline\n15,land,1000,2026-12-31\n",
+        &datasets(),
+    )
+    .unwrap();
+    let snap = Snapshot::default();
+    let status = crate::status::Status::build(&snap, &targets, &datasets(), View::Current34);
+    let e = evaluate(&status, now(), &RuleSettings::default());
+    let k: Vec<String> = keys(&e).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        k,
+        vec![
+            "34:15:land:behind_pace",
+            "34:15:land:projected_miss",
+            "34:15:land:silent"
+        ]
+    );
+    assert_eq!(e.about("34:15:land:silent").unwrap().1.projected, None);
+}
+
+#[test]
+fn procedure_rules_need_history_and_volume() {
+    let mut snap = Snapshot::default();
+    // Đà Nẵng: 60 dossiers this week, 30 online end to end: 50% < 80%.
+    put(
+        &mut snap,
+        "n48|p.online.n",
+        1_000,
+        [1, 5, 30, 500],
+        Some(Duration::hours(3)),
+    );
+    put(&mut snap, "n48|p.in_person.n", 1_000, [1, 5, 30, 500], None);
+    // Huế: 40% online, but only 10 dossiers: too few to judge; silent for 3 days.
+    put(
+        &mut snap,
+        "n46|p.online.n",
+        100,
+        [0, 0, 4, 40],
+        Some(Duration::days(3)),
+    );
+    put(&mut snap, "n46|p.in_person.n", 100, [0, 0, 6, 60], None);
+    // Hà Nội: 95% online, reporting.
+    put(
+        &mut snap,
+        "n01|p.online.n",
+        10_000,
+        [10, 100, 950, 4000],
+        Some(Duration::minutes(1)),
+    );
+    put(&mut snap, "n01|p.in_person.n", 500, [0, 5, 50, 200], None);
+    let status =
+        crate::status::Status::build(&snap, &Targets::default(), &datasets(), View::Current34);
+    let e = evaluate(&status, now(), &RuleSettings::default());
+    let k: Vec<String> = keys(&e).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        k,
+        vec![
+            "34:46:procedures:procedures_silent",
+            "34:48:procedures:online_share_low"
+        ]
+    );
+    let f = &e.about("34:48:procedures:online_share_low").unwrap().1;
+    assert_eq!((f.online_share, f.dossiers), (Some(0.5), 60));
+}

@@ -1,0 +1,447 @@
+//! Stall detection and chat alerts end to end: events through the real pipeline into a private
+//! Redis, the evaluator on a manual clock, digests delivered to real HTTP servers standing in
+//! for Telegram and a Slack-compatible webhook, and the Kafka alerts topic read back.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as Span, DurationRound, Utc};
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message as _;
+use tokio_util::sync::CancellationToken;
+
+use common::chat::{ChatServer, Reply};
+use common::Env;
+use tiendo::clock::{ManualClock, SharedClock};
+use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings};
+use tiendo::events::{v1, CodeScheme};
+use tiendo::notify::{Dispatcher, Sink};
+use tiendo::rules::evaluator::{Evaluator, KAFKA_OUTBOX};
+use tiendo::rules::ledger::{Ledger, Silence};
+use tiendo::status::View;
+use tiendo::store;
+use tiendo::targets::Targets;
+
+fn receiver(kind: ReceiverKind, url: &str) -> ReceiverSettings {
+    ReceiverSettings {
+        kind,
+        url: Secret::new(url),
+        token: Secret::new("123:SECRET"),
+        chat_id: "-100042".into(),
+        language: None,
+        max_chars: None,
+    }
+}
+
+/// Targets 40 days out for four provinces of the 34-unit table.
+fn targets(now: DateTime<Utc>, datasets: &[String]) -> Targets {
+    let deadline = (now.with_timezone(&tiendo::clock::vn_offset()) + Span::days(40)).date_naive();
+    let csv = format!(
+        "province,dataset,target,deadline\n\
+         01,civil_status,1000000,{deadline}\n\
+         04,civil_status,1000000,{deadline}\n\
+         08,civil_status,200000,{deadline}\n\
+         11,civil_status,1000000,{deadline}\n"
+    );
+    Targets::parse(&csv, datasets).unwrap()
+}
+
+/// Hà Nội silent for 5 days; Cao Bằng reporting but behind pace; Tuyên Quang done; Điện Biên
+/// healthy. Counted by the real pipeline.
+async fn seed(env: &Env, now: DateTime<Utc>) {
+    let mut g = env.generator(4);
+    let mut events = Vec::new();
+    let rec = |g: &mut tiendo::generator::Generator, code: &str, n: u64, ago: Span| {
+        g.record_for(code, CodeScheme::Provinces34, "civil_status", n, now - ago)
+    };
+    for i in 0..5 {
+        events.push(rec(&mut g, "01", 100_000, Span::days(5) + Span::minutes(i)));
+    }
+    for day in 1..=6 {
+        for _ in 0..4 {
+            events.push(rec(
+                &mut g,
+                "04",
+                100_000 / 24,
+                Span::days(day) - Span::hours(3),
+            ));
+        }
+    }
+    events.push(rec(&mut g, "08", 250_000, Span::days(2)));
+    for day in 0..6 {
+        events.push(rec(&mut g, "11", 100_000, Span::days(day) + Span::hours(1)));
+    }
+    env.publish(&events).await;
+    let running = env.spawn().await;
+    env.wait_consumed(Duration::from_secs(60)).await;
+    running.shutdown().await;
+}
+
+struct Alerting {
+    ledger: Ledger,
+    clock: Arc<ManualClock>,
+    settings: Settings,
+    targets: Targets,
+}
+
+impl Alerting {
+    async fn new(
+        env: &Env,
+        now: DateTime<Utc>,
+        receivers: &[(&str, ReceiverSettings)],
+    ) -> Alerting {
+        let mut settings = env.settings.clone();
+        settings.alerts.view = View::Current34;
+        settings.alerts.max_backoff = Duration::from_secs(2);
+        for (name, r) in receivers {
+            settings
+                .alerts
+                .receivers
+                .insert(name.to_string(), r.clone());
+        }
+        let settings = settings.validated().unwrap();
+        let conn = store::connect(&settings.redis).await.unwrap();
+        Alerting {
+            ledger: Ledger::new(conn, &settings.redis.key_prefix),
+            clock: ManualClock::new(now),
+            targets: targets(now, &settings.validation.datasets),
+            settings,
+        }
+    }
+
+    async fn evaluator(&self) -> Evaluator {
+        let s = &self.settings;
+        let conn = store::connect(&s.redis).await.unwrap();
+        let clock: SharedClock = self.clock.clone();
+        Evaluator::new(
+            store::Store::new(conn, &s.redis.key_prefix, s.validation.datasets.clone(), 1),
+            self.ledger.clone(),
+            self.targets.clone(),
+            s.validation.datasets.clone(),
+            s.alerts.clone(),
+            clock,
+            true,
+        )
+    }
+
+    fn dispatcher(&self, outbox: &str) -> Dispatcher {
+        let a = &self.settings.alerts;
+        let sink = if outbox == KAFKA_OUTBOX {
+            Sink::Kafka {
+                producer: tiendo::source::producer(&self.settings.kafka).unwrap(),
+                topic: self.settings.kafka.topics.alerts.clone(),
+            }
+        } else {
+            Sink::http(&a.receivers[outbox], a.language)
+        };
+        Dispatcher::new(self.ledger.clone(), outbox, sink, a.max_backoff)
+            .with_poll(Duration::from_millis(50))
+    }
+
+    /// Runs two dispatchers per outbox (two replicas) until every outbox is empty.
+    async fn deliver_all(&self) {
+        let stop = CancellationToken::new();
+        let mut outboxes: Vec<String> = self.settings.alerts.receivers.keys().cloned().collect();
+        outboxes.push(KAFKA_OUTBOX.into());
+        let mut tasks = Vec::new();
+        for o in &outboxes {
+            for _ in 0..2 {
+                tasks.push(tokio::spawn(self.dispatcher(o).run(stop.clone())));
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut pending = 0;
+            for o in &outboxes {
+                pending += self.ledger.pending(o).await.unwrap();
+            }
+            if pending == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pending} digests still pending"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+fn alerts_topic(env: &Env) -> Vec<v1::Alert> {
+    let topic = &env.settings.kafka.topics.alerts;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka.brokers)
+        .set("group.id", "alerts-reader")
+        .create()
+        .unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (out.len() as i64) < high && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(v1::Alert::decode(m.payload().unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+fn text(r: &common::chat::Request) -> String {
+    r.body["text"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
+    let env = Env::start();
+    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
+    seed(&env, now).await;
+
+    // Telegram fails with a 500, then rate-limits (Telegram's retry_after); Slack rate-limits
+    // with a Retry-After header. Both then accept.
+    let telegram = ChatServer::start(vec![Reply::Status(500), Reply::TooManyBody(1)]).await;
+    let slack = ChatServer::start(vec![Reply::TooManyHeader(1)]).await;
+    let a = Alerting::new(
+        &env,
+        now,
+        &[
+            (
+                "taskforce",
+                receiver(ReceiverKind::Telegram, &telegram.url()),
+            ),
+            (
+                "ops",
+                receiver(ReceiverKind::Slack, &format!("{}/hooks/abc", slack.url())),
+            ),
+        ],
+    )
+    .await;
+    let (e1, e2) = (a.evaluator().await, a.evaluator().await);
+
+    // t = 0: the completed target is announced at once; the stalls are only pending.
+    let first = e1.evaluate_once().await.unwrap();
+    let keys: Vec<&str> = first.notices.iter().map(|n| n.alert_key.as_str()).collect();
+    assert_eq!(keys, vec!["34:08:civil_status:completed"]);
+
+    // The task force silences Cao Bằng's projection for a week.
+    let silence = Silence::build(
+        View::Current34,
+        "04",
+        Some("civil_status"),
+        Some("projected_miss"),
+        now + Span::days(7),
+        "số liệu đang được đối soát",
+        now,
+        &a.settings.validation.datasets,
+    )
+    .unwrap();
+    a.ledger.add_silence(&silence).await.unwrap();
+
+    // t = 16 min: past `pending_for`. Two evaluators at once commit the transitions once.
+    a.clock.advance(Span::minutes(16));
+    let (r1, r2) = tokio::join!(e1.evaluate_once(), e2.evaluate_once());
+    let mut fired: Vec<(String, bool)> = r1
+        .unwrap()
+        .notices
+        .into_iter()
+        .chain(r2.unwrap().notices)
+        .map(|n| (n.alert_key, n.silenced_by.is_some()))
+        .collect();
+    fired.sort();
+    assert_eq!(
+        fired,
+        vec![
+            ("34:01:civil_status:silent".to_string(), false),
+            ("34:04:civil_status:behind_pace".to_string(), false),
+            ("34:04:civil_status:projected_miss".to_string(), true),
+        ]
+    );
+    // Nothing new a minute later, from either evaluator.
+    a.clock.advance(Span::minutes(1));
+    assert!(e2.evaluate_once().await.unwrap().notices.is_empty());
+    assert!(e1.evaluate_once().await.unwrap().notices.is_empty());
+
+    a.deliver_all().await;
+
+    // Each receiver got one message per digest, in order, after its retries, and no more.
+    let tg = telegram.accepted();
+    assert_eq!(tg.len(), 2, "{tg:?}");
+    assert_eq!(telegram.requests().len(), 4, "500 and 429 retried");
+    assert!(tg.iter().all(|r| r.path == "/bot123:SECRET/sendMessage"));
+    assert!(tg
+        .iter()
+        .all(|r| r.body["parse_mode"] == "HTML" && r.body["chat_id"] == "-100042"));
+    assert!(text(&tg[0])
+        .contains("<b>Tuyên Quang</b> · Hộ tịch — hoàn thành chỉ tiêu [hoàn thành]: đạt 125,0%"));
+    let second = text(&tg[1]);
+    assert!(second.starts_with("<b>tiendo · 2 thay đổi"), "{second}");
+    assert!(
+        second.contains("<b>Hà Nội</b> · Hộ tịch — không có dữ liệu mới [mới]: đạt 50,0%"),
+        "{second}"
+    );
+    assert!(
+        second.contains("<b>Cao Bằng</b> · Hộ tịch — chậm tiến độ [mới]"),
+        "{second}"
+    );
+    assert!(
+        !second.contains("dự kiến không kịp hạn"),
+        "silenced: {second}"
+    );
+    assert!(
+        !second.contains("Điện Biên"),
+        "healthy province alerted: {second}"
+    );
+    let waited = tg[1].at.duration_since(telegram.requests()[1].at);
+    assert!(
+        waited >= Duration::from_millis(900),
+        "Retry-After honoured: {waited:?}"
+    );
+
+    let sl = slack.accepted();
+    assert_eq!(sl.len(), 2, "{sl:?}");
+    assert_eq!(slack.requests().len(), 3);
+    assert!(sl.iter().all(|r| r.path == "/hooks/abc"));
+    assert!(
+        text(&sl[1]).contains("*Hà Nội* · Hộ tịch"),
+        "{}",
+        text(&sl[1])
+    );
+
+    // Every transition is on the alerts topic, the silenced one marked as such.
+    let mut published: Vec<(String, bool)> = alerts_topic(&env)
+        .into_iter()
+        .map(|a| (a.alert_id, a.silenced))
+        .collect();
+    published.sort();
+    assert_eq!(
+        published,
+        vec![
+            ("34:01:civil_status:silent".to_string(), false),
+            ("34:04:civil_status:behind_pace".to_string(), false),
+            ("34:04:civil_status:projected_miss".to_string(), true),
+            ("34:08:civil_status:completed".to_string(), false),
+        ]
+    );
+
+    // Hà Nội reports again: the silence alert resolves once it has been clear for 30 minutes.
+    let mut g = env.generator(5);
+    env.publish(&[g.record_for(
+        "01",
+        CodeScheme::Provinces34,
+        "civil_status",
+        1000,
+        Utc::now(),
+    )])
+    .await;
+    let running = env.spawn().await;
+    env.wait_consumed(Duration::from_secs(60)).await;
+    running.shutdown().await;
+    a.clock
+        .set(Utc::now().duration_trunc(Span::minutes(1)).unwrap() + Span::minutes(1));
+    assert!(
+        e1.evaluate_once().await.unwrap().notices.is_empty(),
+        "not yet clear long enough"
+    );
+    a.clock.advance(Span::minutes(31));
+    let resolved: Vec<String> = e1
+        .evaluate_once()
+        .await
+        .unwrap()
+        .notices
+        .into_iter()
+        .map(|n| n.alert_key)
+        .collect();
+    assert_eq!(resolved, vec!["34:01:civil_status:silent"]);
+    a.deliver_all().await;
+    let tg = telegram.accepted();
+    assert_eq!(tg.len(), 3);
+    assert!(
+        text(&tg[2]).contains("🟢 <b>Hà Nội</b> · Hộ tịch — không có dữ liệu mới [đã hết]"),
+        "{}",
+        text(&tg[2])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_waits_for_a_receiver_that_is_down_across_a_restart() {
+    let env = Env::start();
+    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
+    seed(&env, now).await;
+    // A port with nobody listening yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let a = Alerting::new(&env, now, &[("ops", receiver(ReceiverKind::Webhook, &url))]).await;
+    let notices = a.evaluator().await.evaluate_once().await.unwrap().notices;
+    assert_eq!(notices.len(), 1);
+
+    // The first replica tries for a while and is stopped (a restart) without delivering.
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(a.dispatcher("ops").run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    first.await.unwrap();
+    assert_eq!(
+        a.ledger.pending("ops").await.unwrap(),
+        1,
+        "still waiting in Redis"
+    );
+
+    // The receiver comes back; a new process delivers the digest, once.
+    let server = ChatServer::start_on(format!("127.0.0.1:{port}").parse().unwrap(), vec![]).await;
+    a.deliver_all().await;
+    let got = server.accepted();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body = &got[0].body;
+    assert_eq!(body["schema"], "tiendo.alerts.v1");
+    assert_eq!(
+        body["notices"][0]["alert_key"],
+        "34:08:civil_status:completed"
+    );
+    assert_eq!(body["notices"][0]["facts"]["target"], 200_000);
+    assert_eq!(
+        got[0].idempotency_key.as_deref(),
+        body["digest_id"].as_str()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.requests().len(), 1, "sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_refuses_for_good_does_not_block_the_outbox() {
+    let env = Env::start();
+    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
+    seed(&env, now).await;
+    let server = ChatServer::start(vec![Reply::Status(400)]).await;
+    let a = Alerting::new(
+        &env,
+        now,
+        &[("tg", receiver(ReceiverKind::Telegram, &server.url()))],
+    )
+    .await;
+    let e = a.evaluator().await;
+    e.evaluate_once().await.unwrap();
+    a.clock.advance(Span::minutes(16));
+    e.evaluate_once().await.unwrap();
+    assert_eq!(a.ledger.pending("tg").await.unwrap(), 2);
+    a.deliver_all().await;
+    // The first digest was refused (400) and set aside; the second went through.
+    assert_eq!(server.requests().len(), 2);
+    assert_eq!(server.accepted().len(), 1);
+    assert!(text(&server.accepted()[0]).contains("Cao Bằng"));
+}
