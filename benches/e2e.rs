@@ -43,7 +43,7 @@ async fn main() {
     settings.kafka.topics.procedures = format!("{run}.procedures");
     settings.kafka.topics.dead_letter = format!("{run}.dlq");
     settings.redis.url = Secret::new(redis.url());
-    settings.metrics.listen = String::new();
+    settings.http.listen = String::new();
     let settings = settings.validated().unwrap();
     let topics = settings.kafka.topics.clone();
 

@@ -72,7 +72,7 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     pub validation: ValidationSettings,
     pub targets: TargetSettings,
-    pub metrics: MetricsSettings,
+    pub http: HttpSettings,
     pub log: LogSettings,
     pub alerts: AlertSettings,
 }
@@ -159,8 +159,9 @@ pub struct TargetSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct MetricsSettings {
-    /// Address of the Prometheus endpoint; empty to disable.
+pub struct HttpSettings {
+    /// Address of the HTTP server: /metrics, /healthz, /readyz, /api/v1/provinces and the
+    /// status page; empty to serve none.
     pub listen: String,
 }
 
@@ -362,9 +363,9 @@ impl Default for ValidationSettings {
     }
 }
 
-impl Default for MetricsSettings {
+impl Default for HttpSettings {
     fn default() -> Self {
-        MetricsSettings {
+        HttpSettings {
             listen: "0.0.0.0:9464".into(),
         }
     }

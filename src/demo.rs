@@ -31,7 +31,8 @@ pub struct DemoOptions {
     /// Stop after this long; `None` runs until Ctrl-C.
     pub duration: Option<Duration>,
     pub view: View,
-    pub metrics_listen: String,
+    /// HTTP server of the demo (status page, metrics); empty for none.
+    pub http_listen: String,
 }
 
 /// What the generator sent, to check the counters against.
@@ -51,14 +52,19 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
         (&topics.records, 6),
         (&topics.procedures, 3),
         (&topics.dead_letter, 1),
+        (&topics.alerts, 1),
     ])?;
     settings.kafka.brokers = kafka.bootstrap_servers();
     settings.redis.url = crate::config::Secret::new(redis.url());
     settings.pipeline.batch_linger = Duration::from_millis(200);
     let settings = settings.validated()?;
-    if let Err(error) = telemetry::install_prometheus(&options.metrics_listen) {
-        tracing::warn!(%error, "metrics endpoint not started");
-    }
+    let metrics = match telemetry::install_prometheus() {
+        Ok(h) => Some(h),
+        Err(error) => {
+            tracing::warn!(%error, "metrics not recorded");
+            None
+        }
+    };
     let datasets = settings.validation.datasets.clone();
     let targets = Targets::parse(DEMO_TARGETS, &datasets)?;
     println!(
@@ -71,6 +77,30 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     let clock: SharedClock = Arc::new(SystemClock);
     let pipeline = Pipeline::new(&settings, clock.clone()).await?;
     let stop_pipeline = CancellationToken::new();
+    let mut side_tasks = Vec::new();
+    if !options.http_listen.is_empty() {
+        let state = crate::run::app_state(
+            &settings,
+            targets.clone(),
+            clock.clone(),
+            metrics,
+            Some(pipeline.assignment()),
+        )
+        .await?;
+        let (addr, task) =
+            crate::serve::serve(&options.http_listen, state, stop_pipeline.clone()).await?;
+        println!("status page: http://{addr}/   metrics: http://{addr}/metrics");
+        side_tasks.push(task);
+    }
+    side_tasks.extend(
+        crate::run::spawn_alerting(
+            &settings,
+            targets.clone(),
+            clock.clone(),
+            stop_pipeline.clone(),
+        )
+        .await?,
+    );
     let consumer = tokio::spawn(pipeline.run(stop_pipeline.clone()));
 
     let producer = crate::source::producer(&settings.kafka)?;
@@ -152,6 +182,9 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     };
     stop_pipeline.cancel();
     let _ = consumer.await;
+    for task in side_tasks {
+        let _ = task.await;
+    }
     let status = Status::build(&snap, &targets, &datasets, options.view);
     draw(&status, false);
     let records: i64 = status.national.datasets.values().map(|d| d.total).sum();

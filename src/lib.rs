@@ -3,7 +3,8 @@
 //! The pipeline, one module a stage, data flowing one way:
 //! [`source`] (Kafka) → [`decode`] (protobuf, validation; bad input to [`deadletter`]) →
 //! [`aggregate`] (per batch, in memory) → [`store`] (Redis, atomically with offsets) →
-//! [`rules`] (stall detection, alert states in a Redis ledger) → [`notify`] (chat, Kafka).
+//! [`rules`] (stall detection, alert states in a Redis ledger) → [`notify`] (chat, Kafka) →
+//! [`serve`] (metrics, health, the API and the status page).
 //! [`pipeline`] runs that loop; [`status`] reads the figures back per province against
 //! [`targets`]. Around it: [`config`], [`telemetry`], [`clock`], the code tables in
 //! [`provinces`], and for the demo and tests [`embedded`] infrastructure and a [`generator`].
@@ -23,6 +24,7 @@ pub mod pipeline;
 pub mod provinces;
 pub mod rules;
 pub mod run;
+pub mod serve;
 pub mod source;
 pub mod status;
 pub mod store;

@@ -41,9 +41,9 @@ enum Command {
         /// Unit table to show.
         #[arg(long, value_enum, default_value = "34")]
         view: View,
-        /// Prometheus endpoint of the demo (empty to disable).
+        /// Status page, API and metrics of the demo (empty to disable).
         #[arg(long, default_value = "127.0.0.1:9464")]
-        metrics_listen: String,
+        http_listen: String,
     },
     /// Hold alerts back from chat for a while (they are still recorded).
     Silence {
@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
             duration,
             view,
-            metrics_listen,
+            http_listen,
         } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(run::cancel_on_signal(shutdown.clone()));
@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 duration: duration.map(Duration::from_secs),
                 view,
-                metrics_listen,
+                http_listen,
             };
             demo::demo(options, shutdown).await
         }

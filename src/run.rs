@@ -13,12 +13,13 @@ use crate::notify::{Dispatcher, Sink};
 use crate::pipeline::Pipeline;
 use crate::rules::evaluator::{Evaluator, KAFKA_OUTBOX};
 use crate::rules::ledger::Ledger;
+use crate::serve::{self, AppState};
 use crate::store::{self, Store};
 use crate::targets::Targets;
 use crate::telemetry;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    telemetry::install_prometheus(&settings.metrics.listen)?;
+    let metrics = telemetry::install_prometheus()?;
     tracing::info!(
         brokers = settings.kafka.brokers,
         redis = settings.redis_display(),
@@ -30,17 +31,56 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let targets = load_targets(&settings)?;
     let pipeline = Pipeline::new(&settings, clock.clone()).await?;
-    let alerting = if settings.alerts.enabled {
-        spawn_alerting(&settings, targets, clock, shutdown.clone()).await?
-    } else {
-        Vec::new()
-    };
+    let mut tasks = Vec::new();
+    if !settings.http.listen.is_empty() {
+        let state = app_state(
+            &settings,
+            targets.clone(),
+            clock.clone(),
+            Some(metrics),
+            Some(pipeline.assignment()),
+        )
+        .await?;
+        let (_, task) = serve::serve(&settings.http.listen, state, shutdown.clone()).await?;
+        tasks.push(task);
+    }
+    if settings.alerts.enabled {
+        tasks.extend(spawn_alerting(&settings, targets, clock, shutdown.clone()).await?);
+    }
     pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
-    for task in alerting {
+    for task in tasks {
         let _ = task.await;
     }
+    tracing::info!("tiendo stopped");
     Ok(())
+}
+
+/// What the HTTP server reads from.
+pub async fn app_state(
+    settings: &Settings,
+    targets: Targets,
+    clock: SharedClock,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    assignment: Option<Arc<crate::source::Assignment>>,
+) -> anyhow::Result<AppState> {
+    let conn = store::connect(&settings.redis).await?;
+    Ok(AppState {
+        store: Store::new(
+            conn.clone(),
+            &settings.redis.key_prefix,
+            settings.validation.datasets.clone(),
+            1,
+        ),
+        ledger: Ledger::new(conn.clone(), &settings.redis.key_prefix),
+        conn,
+        targets,
+        datasets: settings.validation.datasets.clone(),
+        alerts: settings.alerts.clone(),
+        clock,
+        metrics,
+        assignment,
+    })
 }
 
 /// The configured targets (none without `targets.file`).

@@ -49,6 +49,11 @@ impl Assignment {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// How many partitions this consumer holds now.
+    pub fn count(&self) -> usize {
+        self.partitions.lock().expect("assignment lock").len()
+    }
+
     pub fn partitions(&self) -> HashMap<(String, i32), Start> {
         self.partitions.lock().expect("assignment lock").clone()
     }
@@ -115,6 +120,27 @@ impl ClientContext for Context {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         metrics::counter!(telemetry::KAFKA_ERRORS).increment(1);
         tracing::warn!(%error, reason, "kafka client error");
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`): lag per assigned partition,
+    /// from the broker's high watermark and the position this consumer has reached.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let assigned = self.assignment.partitions();
+        for (topic, t) in &stats.topics {
+            for (id, p) in &t.partitions {
+                if *id < 0 || !assigned.contains_key(&(topic.clone(), *id)) {
+                    continue;
+                }
+                if p.consumer_lag >= 0 {
+                    metrics::gauge!(
+                        telemetry::CONSUMER_LAG,
+                        "topic" => topic.clone(),
+                        "partition" => id.to_string()
+                    )
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
     }
 }
 
@@ -230,7 +256,9 @@ pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Ass
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Statistics feed the consumer-lag gauge; operators may change the interval.
+        .set("statistics.interval.ms", "15000");
     if !kafka.group_instance_id.is_empty() {
         config.set("group.instance.id", &kafka.group_instance_id);
     }

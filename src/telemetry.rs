@@ -2,10 +2,8 @@
 //! and labels of every metric tiendo emits. The README's metric table is checked against
 //! [`METRICS`] by a test, so the two cannot drift apart.
 
-use std::net::SocketAddr;
-
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -20,6 +18,12 @@ pub const KAFKA_ERRORS: &str = "tiendo_kafka_errors_total";
 pub const FENCED: &str = "tiendo_fenced_batches_total";
 pub const REBALANCES: &str = "tiendo_rebalances_total";
 pub const ASSIGNED: &str = "tiendo_assigned_partitions";
+pub const CONSUMER_LAG: &str = "tiendo_consumer_lag_messages";
+pub const PROGRESS: &str = "tiendo_province_progress_ratio";
+pub const PACE: &str = "tiendo_province_pace_7d_records_per_day";
+pub const NEEDED_PACE: &str = "tiendo_province_needed_pace_records_per_day";
+pub const DAYS_LEFT: &str = "tiendo_province_days_to_deadline";
+pub const ONLINE_SHARE: &str = "tiendo_province_online_share_ratio";
 pub const ALERT_EVALUATIONS: &str = "tiendo_alert_evaluations_total";
 pub const ALERT_TRANSITIONS: &str = "tiendo_alert_transitions_total";
 pub const ALERTS_FIRING: &str = "tiendo_alerts_firing";
@@ -41,6 +45,13 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (FENCED, "counter", "", "Partition batches refused because another consumer had stored further offsets."),
     (REBALANCES, "counter", "kind", "Consumer group rebalances seen, by kind (assign, revoke)."),
     (ASSIGNED, "gauge", "", "Partitions currently assigned to this consumer."),
+    (CONSUMER_LAG, "gauge", "topic, partition",
+     "Messages behind the partition's end, per assigned partition (librdkafka statistics)."),
+    (PROGRESS, "gauge", "province, name, dataset", "Records done over target, per province (alerts.view) and dataset with a target."),
+    (PACE, "gauge", "province, name, dataset", "Records per day over the trailing 7 days."),
+    (NEEDED_PACE, "gauge", "province, name, dataset", "Records per day needed from now to reach the target by the deadline."),
+    (DAYS_LEFT, "gauge", "province, name, dataset", "Days to the end of the deadline day (negative once past)."),
+    (ONLINE_SHARE, "gauge", "province, name", "Online end-to-end share of completed procedures over alerts.rules.online_share_window."),
     (ALERT_EVALUATIONS, "counter", "outcome",
      "Stall-rule evaluations: committed, unchanged, conflict (another replica committed first), error."),
     (ALERT_TRANSITIONS, "counter", "rule, change", "Alert transitions committed (firing, repeated, resolved, completed)."),
@@ -64,14 +75,14 @@ pub fn describe() {
     }
 }
 
-/// Starts the Prometheus endpoint on `listen` (empty: metrics are recorded nowhere).
-pub fn install_prometheus(listen: &str) -> anyhow::Result<()> {
-    if listen.is_empty() {
-        return Ok(());
+/// Installs the Prometheus recorder; the HTTP server renders it at `/metrics`. Once per
+/// process: later calls return the first handle.
+pub fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
     }
-    let addr: SocketAddr = listen.parse()?;
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
             &[
@@ -82,9 +93,18 @@ pub fn install_prometheus(listen: &str) -> anyhow::Result<()> {
             Matcher::Full(BATCH_MESSAGES.into()),
             &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0],
         )?
-        .install()?;
+        .install_recorder()?;
     describe();
-    Ok(())
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    // Histograms are drained into their buckets on upkeep.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })?;
+    Ok(handle)
 }
 
 /// Installs the tracing subscriber: text for people, JSON for collectors. RUST_LOG wins.

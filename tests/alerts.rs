@@ -15,7 +15,7 @@ use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use common::chat::{ChatServer, Reply};
-use common::Env;
+use common::{seed_stalls, stall_targets, Env};
 use tiendo::clock::{ManualClock, SharedClock};
 use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings};
 use tiendo::events::{v1, CodeScheme};
@@ -35,50 +35,6 @@ fn receiver(kind: ReceiverKind, url: &str) -> ReceiverSettings {
         language: None,
         max_chars: None,
     }
-}
-
-/// Targets 40 days out for four provinces of the 34-unit table.
-fn targets(now: DateTime<Utc>, datasets: &[String]) -> Targets {
-    let deadline = (now.with_timezone(&tiendo::clock::vn_offset()) + Span::days(40)).date_naive();
-    let csv = format!(
-        "province,dataset,target,deadline\n\
-         01,civil_status,1000000,{deadline}\n\
-         04,civil_status,1000000,{deadline}\n\
-         08,civil_status,200000,{deadline}\n\
-         11,civil_status,1000000,{deadline}\n"
-    );
-    Targets::parse(&csv, datasets).unwrap()
-}
-
-/// Hà Nội silent for 5 days; Cao Bằng reporting but behind pace; Tuyên Quang done; Điện Biên
-/// healthy. Counted by the real pipeline.
-async fn seed(env: &Env, now: DateTime<Utc>) {
-    let mut g = env.generator(4);
-    let mut events = Vec::new();
-    let rec = |g: &mut tiendo::generator::Generator, code: &str, n: u64, ago: Span| {
-        g.record_for(code, CodeScheme::Provinces34, "civil_status", n, now - ago)
-    };
-    for i in 0..5 {
-        events.push(rec(&mut g, "01", 100_000, Span::days(5) + Span::minutes(i)));
-    }
-    for day in 1..=6 {
-        for _ in 0..4 {
-            events.push(rec(
-                &mut g,
-                "04",
-                100_000 / 24,
-                Span::days(day) - Span::hours(3),
-            ));
-        }
-    }
-    events.push(rec(&mut g, "08", 250_000, Span::days(2)));
-    for day in 0..6 {
-        events.push(rec(&mut g, "11", 100_000, Span::days(day) + Span::hours(1)));
-    }
-    env.publish(&events).await;
-    let running = env.spawn().await;
-    env.wait_consumed(Duration::from_secs(60)).await;
-    running.shutdown().await;
 }
 
 struct Alerting {
@@ -108,7 +64,7 @@ impl Alerting {
         Alerting {
             ledger: Ledger::new(conn, &settings.redis.key_prefix),
             clock: ManualClock::new(now),
-            targets: targets(now, &settings.validation.datasets),
+            targets: stall_targets(now, &settings.validation.datasets),
             settings,
         }
     }
@@ -207,7 +163,7 @@ fn text(r: &common::chat::Request) -> String {
 async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
     let env = Env::start();
     let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
-    seed(&env, now).await;
+    seed_stalls(&env, now).await;
 
     // Telegram fails with a 500, then rate-limits (Telegram's retry_after); Slack rate-limits
     // with a Retry-After header. Both then accept.
@@ -378,7 +334,7 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
 async fn a_notification_waits_for_a_receiver_that_is_down_across_a_restart() {
     let env = Env::start();
     let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
-    seed(&env, now).await;
+    seed_stalls(&env, now).await;
     // A port with nobody listening yet.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -426,7 +382,7 @@ async fn a_notification_waits_for_a_receiver_that_is_down_across_a_restart() {
 async fn a_receiver_that_refuses_for_good_does_not_block_the_outbox() {
     let env = Env::start();
     let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
-    seed(&env, now).await;
+    seed_stalls(&env, now).await;
     let server = ChatServer::start(vec![Reply::Status(400)]).await;
     let a = Alerting::new(
         &env,

@@ -91,6 +91,11 @@ impl Pipeline {
         })
     }
 
+    /// The partitions this consumer holds (for readiness).
+    pub fn assignment(&self) -> Arc<source::Assignment> {
+        self.storer.assignment.clone()
+    }
+
     /// Runs until `shutdown`; the batch in hand is stored first, then the group is left.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(topics = ?self.collector.topics, "consuming");

@@ -115,6 +115,7 @@ impl Evaluator {
             let snap = self.store.snapshot(now).await?;
             let status = Status::build(&snap, &self.targets, &self.datasets, self.settings.view);
             let eval = evaluate(&status, now, &self.settings.rules);
+            publish_figures(&eval);
             let commit = self.plan(&read, &eval, now);
             let firing = firing(&read.states, &commit);
             if commit.states.is_empty() && commit.notices.is_empty() {
@@ -272,6 +273,34 @@ fn publish_firing(firing: &BTreeMap<(Rule, Severity), u64>) {
                 "severity" => severity.as_str()
             )
             .set(n as f64);
+        }
+    }
+}
+
+/// The business gauges: what each province's figures look like to the rules. Labels come
+/// from the code table and the configured datasets only, never from event contents.
+fn publish_figures(eval: &Evaluation) {
+    for (subject, f) in eval.facts.values() {
+        let (code, name) = (subject.code.clone(), subject.name.clone());
+        if subject.dataset.is_empty() {
+            if let Some(share) = f.online_share {
+                metrics::gauge!(telemetry::ONLINE_SHARE, "province" => code, "name" => name)
+                    .set(share);
+            }
+            continue;
+        }
+        let labels = [
+            ("province", code),
+            ("name", name),
+            ("dataset", subject.dataset.clone()),
+        ];
+        if let Some(p) = f.percent {
+            metrics::gauge!(telemetry::PROGRESS, &labels).set(p / 100.0);
+        }
+        metrics::gauge!(telemetry::PACE, &labels).set(f.pace_7d);
+        metrics::gauge!(telemetry::NEEDED_PACE, &labels).set(f.pace_needed.unwrap_or(0.0));
+        if let Some(d) = f.days_left {
+            metrics::gauge!(telemetry::DAYS_LEFT, &labels).set(d);
         }
     }
 }

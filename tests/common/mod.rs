@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Duration as Span, Utc};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -85,7 +85,7 @@ impl Env {
                 .insert(k.into(), Secret::new(v));
         }
         settings.redis.url = Secret::new(redis.url());
-        settings.metrics.listen = String::new();
+        settings.http.listen = String::new();
         settings.pipeline.batch_linger = Duration::from_millis(50);
         settings.pipeline.batch_max_messages = 500;
         settings.pipeline.max_backoff = Duration::from_millis(500);
@@ -135,7 +135,7 @@ impl Env {
             .env("TIENDO_KAFKA__BROKERS", &s.kafka.brokers)
             .env("TIENDO_KAFKA__GROUP_ID", &s.kafka.group_id)
             .env("TIENDO_REDIS__URL", s.redis.url.expose())
-            .env("TIENDO_METRICS__LISTEN", "")
+            .env("TIENDO_HTTP__LISTEN", "")
             .env("TIENDO_PIPELINE__BATCH_LINGER", "50ms")
             .env("TIENDO_PIPELINE__BATCH_MAX_MESSAGES", "500")
             .env("TIENDO_LOG__FILTER", "warn")
@@ -279,6 +279,50 @@ impl Env {
         }
         out
     }
+}
+
+/// Targets 40 days out for four provinces of the 34-unit table.
+pub fn stall_targets(now: DateTime<Utc>, datasets: &[String]) -> tiendo::targets::Targets {
+    let deadline = (now.with_timezone(&tiendo::clock::vn_offset()) + Span::days(40)).date_naive();
+    let csv = format!(
+        "province,dataset,target,deadline\n\
+         01,civil_status,1000000,{deadline}\n\
+         04,civil_status,1000000,{deadline}\n\
+         08,civil_status,200000,{deadline}\n\
+         11,civil_status,1000000,{deadline}\n"
+    );
+    tiendo::targets::Targets::parse(&csv, datasets).unwrap()
+}
+
+/// Hà Nội silent for 5 days; Cao Bằng reporting but behind pace; Tuyên Quang done; Điện Biên
+/// healthy. Counted by the real pipeline.
+pub async fn seed_stalls(env: &Env, now: DateTime<Utc>) {
+    let mut g = env.generator(4);
+    let mut events = Vec::new();
+    let rec = |g: &mut tiendo::generator::Generator, code: &str, n: u64, ago: Span| {
+        g.record_for(code, CodeScheme::Provinces34, "civil_status", n, now - ago)
+    };
+    for i in 0..5 {
+        events.push(rec(&mut g, "01", 100_000, Span::days(5) + Span::minutes(i)));
+    }
+    for day in 1..=6 {
+        for _ in 0..4 {
+            events.push(rec(
+                &mut g,
+                "04",
+                100_000 / 24,
+                Span::days(day) - Span::hours(3),
+            ));
+        }
+    }
+    events.push(rec(&mut g, "08", 250_000, Span::days(2)));
+    for day in 0..6 {
+        events.push(rec(&mut g, "11", 100_000, Span::days(day) + Span::hours(1)));
+    }
+    env.publish(&events).await;
+    let running = env.spawn().await;
+    env.wait_consumed(Duration::from_secs(60)).await;
+    running.shutdown().await;
 }
 
 /// What the counters must hold after a set of messages, computed independently of the

@@ -1,0 +1,263 @@
+//! The HTTP side as operators and the task force meet it: probes, metrics, the provinces API
+//! in both views, and the status page rendered by a real headless Chromium, screenshot checked.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DurationRound, Utc};
+use tokio_util::sync::CancellationToken;
+
+use common::{seed_stalls, stall_targets, Env};
+use tiendo::clock::{SharedClock, SystemClock};
+use tiendo::pipeline::Pipeline;
+use tiendo::rules::evaluator::Evaluator;
+use tiendo::rules::ledger::Ledger;
+use tiendo::store;
+
+struct Served {
+    base: String,
+    stop: CancellationToken,
+}
+
+/// The seeded season, its alerts evaluated (firing at once), a pipeline consuming and the
+/// HTTP server up.
+async fn serve(env: &Env) -> Served {
+    let now = Utc::now()
+        .duration_trunc(chrono::Duration::minutes(1))
+        .unwrap();
+    seed_stalls(env, now).await;
+    let mut settings = env.settings.clone();
+    settings.alerts.rules.pending_for = Duration::ZERO;
+    let targets = stall_targets(now, &settings.validation.datasets);
+    let clock: SharedClock = Arc::new(SystemClock);
+    let conn = store::connect(&settings.redis).await.unwrap();
+    let evaluator = Evaluator::new(
+        store::Store::new(
+            conn.clone(),
+            "tiendo",
+            settings.validation.datasets.clone(),
+            1,
+        ),
+        Ledger::new(conn, "tiendo"),
+        targets.clone(),
+        settings.validation.datasets.clone(),
+        settings.alerts.clone(),
+        clock.clone(),
+        false,
+    );
+    assert!(!evaluator.evaluate_once().await.unwrap().notices.is_empty());
+
+    let metrics = tiendo::telemetry::install_prometheus().unwrap();
+    let pipeline = Pipeline::new(&settings, clock.clone()).await.unwrap();
+    let state = tiendo::run::app_state(
+        &settings,
+        targets,
+        clock,
+        Some(metrics),
+        Some(pipeline.assignment()),
+    )
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let (addr, _) = tiendo::serve::serve("127.0.0.1:0", state, stop.clone())
+        .await
+        .unwrap();
+    tokio::spawn(pipeline.run(stop.clone()));
+    Served {
+        base: format!("http://{addr}"),
+        stop,
+    }
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("server answers");
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_metrics_and_the_provinces_api() {
+    let mut env = Env::start();
+    let s = serve(&env).await;
+
+    assert_eq!(get(&format!("{}/healthz", s.base)).await.0, 200);
+    // Ready once the consumer holds partitions.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get(&format!("{}/readyz", s.base)).await;
+        if code == 200 {
+            assert!(body.contains("\"redis\":true"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (code, body) = get(&format!("{}/api/v1/provinces", s.base)).await;
+    assert_eq!(code, 200);
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rows = api["provinces"].as_array().unwrap();
+    assert_eq!(rows.len(), 34);
+    // Most at risk first: Cao Bằng (behind pace, critical? no: warning) and Hà Nội (silent).
+    let first: Vec<&str> = rows[..2]
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(first.contains(&"01") && first.contains(&"04"), "{first:?}");
+    let cao_bang = rows.iter().find(|r| r["code"] == "04").unwrap();
+    let rules: Vec<&str> = cao_bang["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, vec!["behind_pace", "projected_miss"]);
+    assert_eq!(cao_bang["datasets"]["civil_status"]["target"], 1_000_000);
+    assert!(
+        cao_bang["pace"]["civil_status"]["pace_needed"]
+            .as_f64()
+            .unwrap()
+            > 20_000.0
+    );
+    let healthy = rows.iter().find(|r| r["code"] == "11").unwrap();
+    assert!(healthy["alerts"].as_array().unwrap().is_empty());
+    assert_eq!(api["firing"]["warning"], 2);
+
+    let (code, body) = get(&format!("{}/api/v1/provinces?view=63", s.base)).await;
+    assert_eq!(code, 200);
+    let api63: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(api63["provinces"].as_array().unwrap().len() >= 63);
+    assert_eq!(
+        get(&format!("{}/api/v1/provinces?view=99", s.base)).await.0,
+        400
+    );
+
+    let (code, metrics) = get(&format!("{}/metrics", s.base)).await;
+    assert_eq!(code, 200);
+    for name in [
+        "tiendo_alerts_firing{rule=\"silent\",severity=\"warning\"} 1",
+        "tiendo_province_progress_ratio{province=\"08\",name=\"Tuyên Quang\",dataset=\"civil_status\"} 1.25",
+        "tiendo_province_days_to_deadline{province=\"04\"",
+        "tiendo_assigned_partitions",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+
+    // Redis gone: not ready, still alive.
+    env.redis.kill();
+    let (code, body) = get(&format!("{}/readyz", s.base)).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(get(&format!("{}/healthz", s.base)).await.0, 200);
+    s.stop.cancel();
+}
+
+fn chromium(args: &[&str]) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .expect("chromium runs (scripts/ensure-deps test installs it)")
+}
+
+/// Pixels of exactly `rgb` in an RGB(A) PNG, and its size.
+fn count_color(png_path: &Path, rgb: [u8; 3]) -> (usize, u32, u32) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let step = info.color_type.samples();
+    let n = buf[..info.buffer_size()]
+        .chunks(step)
+        .filter(|p| p[..3] == rgb)
+        .count();
+    (n, info.width, info.height)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_provinces_by_risk_in_a_real_browser() {
+    let env = Env::start();
+    let s = serve(&env).await;
+    let url = format!("{}/", s.base);
+    let budget = "--virtual-time-budget=10000";
+
+    // The DOM after the page's script ran: cards sorted by risk, alerts highlighted.
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || chromium(&[budget, "--dump-dom", &url])
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "page never loaded its data:\n{dom}"
+    );
+    let cards: Vec<&str> = dom
+        .match_indices("data-code=\"")
+        .map(|(i, m)| &dom[i + m.len()..i + m.len() + 2])
+        .collect();
+    assert_eq!(cards.len(), 34, "{cards:?}");
+    assert!(
+        cards[..2].contains(&"01") && cards[..2].contains(&"04"),
+        "{cards:?}"
+    );
+    assert!(
+        dom.contains("class=\"card warning\""),
+        "no highlighted card"
+    );
+    assert!(dom.contains("Hộ tịch: chậm tiến độ"), "no alert badge");
+    assert!(
+        dom.contains("125,0%") || dom.contains("100,0%"),
+        "no progress figures"
+    );
+
+    // A phone-sized screenshot: the highlight and progress colours are really painted.
+    let shot: PathBuf =
+        std::env::temp_dir().join(format!("tiendo-status-{}.png", std::process::id()));
+    let out = tokio::task::spawn_blocking({
+        let shot = shot.clone();
+        move || {
+            chromium(&[
+                budget,
+                "--window-size=412,1600",
+                &format!("--screenshot={}", shot.display()),
+                &url,
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (warning, w, h) = count_color(&shot, [0xef, 0x6c, 0x00]);
+    let (green, ..) = count_color(&shot, [0x2e, 0x7d, 0x32]);
+    let (header, ..) = count_color(&shot, [0x11, 0x22, 0x33]);
+    assert_eq!((w, h), (412, 1600));
+    assert!(warning > 500, "warning colour painted on {warning} pixels");
+    assert!(green > 500, "progress bars painted on {green} pixels");
+    assert!(header > 10_000, "header painted on {header} pixels");
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::copy(&shot, &keep);
+    let _ = std::fs::remove_file(&shot);
+    s.stop.cancel();
+}
