@@ -45,6 +45,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9464")]
         http_listen: String,
     },
+    /// Check the configuration and targets, and print the settings in effect (secrets
+    /// redacted). Exits non-zero with the reason when something is wrong.
+    Check,
     /// Hold alerts back from chat for a while (they are still recorded).
     Silence {
         #[command(subcommand)]
@@ -123,6 +126,16 @@ async fn main() -> anyhow::Result<()> {
             demo::demo(options, shutdown).await
         }
         Command::Status { view, format } => status(&settings, view, format).await,
+        Command::Check => {
+            let targets = run::load_targets(&settings)?;
+            println!("{settings:#?}");
+            println!(
+                "configuration ok: {} targets, {} receivers",
+                targets.by_unit.len(),
+                settings.alerts.receivers.len()
+            );
+            Ok(())
+        }
         Command::Silence { action } => silence(&settings, action).await,
         Command::Alerts { limit, format } => alerts(&settings, limit, format).await,
     }

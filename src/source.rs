@@ -41,12 +41,20 @@ pub enum Start {
 #[derive(Debug, Default)]
 pub struct Assignment {
     generation: AtomicU64,
+    /// Set at the first assignment the group hands this member, even an empty one.
+    joined: std::sync::atomic::AtomicBool,
     partitions: Mutex<HashMap<(String, i32), Start>>,
 }
 
 impl Assignment {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the group has assigned this member anything yet (a standby replica, with more
+    /// replicas than partitions, is assigned nothing and is still a working member).
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
     }
 
     /// How many partitions this consumer holds now.
@@ -162,6 +170,7 @@ impl ConsumerContext for Context {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assignment.joined.store(true, Ordering::Release);
                 metrics::counter!(telemetry::REBALANCES, "kind" => "assign").increment(1);
                 let starts: Vec<Start> = match self.offsets.read(&parts) {
                     Ok(stored) => stored

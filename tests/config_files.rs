@@ -86,3 +86,63 @@ fn the_readme_lists_every_metric_and_no_other() {
         .collect();
     assert_eq!(listed, declared);
 }
+
+/// `tiendo check` on a configuration file, with the environment a deployment adds.
+fn check(config: &Path, env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .arg("--config")
+        .arg(config)
+        .arg("check")
+        .env("TIENDO_TARGETS__FILE", "deploy/targets.example.csv")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{} refused: {}",
+        config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_deployment_configurations_are_accepted_by_tiendo_itself() {
+    let out = check(Path::new("deploy/compose/tiendo.toml"), &[]);
+    assert!(
+        out.contains("configuration ok: 102 targets, 0 receivers"),
+        "{out}"
+    );
+
+    // The ConfigMap's tiendo.toml, as Kubernetes mounts it, with the Secret's variables.
+    let yaml = std::fs::read_to_string("deploy/k8s/configmap.yaml").unwrap();
+    let start = yaml
+        .find("  tiendo.toml: |\n")
+        .expect("tiendo.toml in the ConfigMap")
+        + 17;
+    let toml: String = yaml[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or("")))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiendo.toml");
+    std::fs::write(&file, toml).unwrap();
+    let out = check(
+        &file,
+        &[
+            ("TIENDO_REDIS__URL", "rediss://tiendo:pw@redis:6380"),
+            ("TIENDO_ALERTS__RECEIVERS__TASKFORCE__TOKEN", "123:abc"),
+            ("TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2"),
+        ],
+    );
+    assert!(
+        out.contains("configuration ok: 102 targets, 1 receivers"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hunter2") && !out.contains("123:abc") && !out.contains(":pw@"),
+        "{out}"
+    );
+}

@@ -106,7 +106,11 @@ impl Pipeline {
             self.storer.run(rx, shutdown)
         );
         consumer.unsubscribe();
-        tracing::info!("consumer stopped");
+        // The last handle: closing it serves the revocation and sends the group a LeaveGroup,
+        // so the partitions move to another replica at once rather than after the session
+        // timeout.
+        drop(consumer);
+        tracing::info!("consumer closed; group left");
     }
 }
 

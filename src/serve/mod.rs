@@ -1,6 +1,7 @@
 //! Stage 7: serving. One HTTP server for operators and the task force: `/metrics`
-//! (Prometheus), `/healthz` (the process answers), `/readyz` (partitions assigned and Redis
-//! reachable: fit for Kubernetes probes), `/api/v1/provinces` (every province's figures,
+//! (Prometheus), `/healthz` (the process answers), `/readyz` (the consumer group has assigned
+//! this replica its partitions, none for a standby, and Redis answers: fit for Kubernetes
+//! probes), `/api/v1/provinces` (every province's figures,
 //! targets and alert states) and `/`, a status page a phone can read.
 
 mod api;
@@ -105,10 +106,12 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     .await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
     let partitions = s.assignment.as_ref().map(|a| a.count());
-    let ready = redis_ok && partitions.is_none_or(|n| n > 0);
+    let joined = s.assignment.as_ref().is_none_or(|a| a.joined());
+    let ready = redis_ok && joined;
     let body = serde_json::json!({
         "ready": ready,
         "redis": redis_ok,
+        "joined": joined,
         "partitions": partitions,
     });
     let code = if ready {

@@ -129,6 +129,13 @@ impl Env {
 
     /// `tiendo run` as a child process, configured through environment variables.
     pub fn spawn_process(&self) -> Child {
+        self.process_command()
+            .spawn()
+            .expect("tiendo binary starts")
+    }
+
+    /// The command `spawn_process` runs, to adjust before spawning.
+    pub fn process_command(&self) -> Command {
         let s = &self.settings;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tiendo"));
         cmd.arg("run")
@@ -148,7 +155,7 @@ impl Env {
             );
             cmd.env(var, v.expose());
         }
-        cmd.spawn().expect("tiendo binary starts")
+        cmd
     }
 
     pub async fn reader(&self) -> Store {

@@ -1,0 +1,104 @@
+//! Graceful shutdown of `tiendo run` as Kubernetes and a terminal do it: SIGTERM and Ctrl-C
+//! (SIGINT) mid-stream. The process exits 0 promptly, having stored the batch in hand,
+//! revoked its partitions and closed its consumer (which sends the group a LeaveGroup), and
+//! the counts stay exact across the restarts.
+//!
+//! Whether the broker saw the member leave cannot be read back here: librdkafka's mock cluster
+//! answers no ListGroups/DescribeGroups, and its coordinator waits out the session timeout
+//! before a new member's first assignment even after a clean leave (measured with a plain
+//! rdkafka consumer too). So the test checks what the process did, from its own log.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{events, Env, Expected};
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .args(["-s", name, &child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill -s {name}");
+}
+
+/// A `tiendo run` child that is killed if the test fails, so no orphan outlives it.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tiendo did not stop within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
+    let env = Env::start();
+    let mut g = env.generator(21);
+    let mut expected = Expected::default();
+    for (sig, said) in [("TERM", "SIGTERM: stopping"), ("INT", "Ctrl-C: stopping")] {
+        let mut cmd = env.process_command();
+        cmd.env("TIENDO_LOG__FILTER", "info,librdkafka=off")
+            .env("RUST_LOG", "info,librdkafka=off")
+            .env("TIENDO_LOG__FORMAT", "json")
+            .stderr(Stdio::piped());
+        let mut child = Proc(cmd.spawn().expect("tiendo starts"));
+        let part = events(&mut g, 3000);
+        expected.add_all(&part);
+        env.publish(&part).await;
+        let before = env.progress().await;
+        env.wait_progress(before, SETTLE).await;
+
+        signal(&child.0, sig);
+        let status = wait_exit(&mut child.0, Duration::from_secs(30));
+        assert!(status.success(), "SIG{sig}: exited with {status}");
+        let mut log = String::new();
+        child
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        // JSON logs: one object per line, in order.
+        let messages: Vec<String> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["fields"]["message"].as_str().map(String::from))
+            .collect();
+        let at = |m: &str| {
+            messages
+                .iter()
+                .position(|x| x == m)
+                .unwrap_or_else(|| panic!("SIG{sig}: no {m:?} in {messages:?}"))
+        };
+        assert!(at(said) < at("partitions revoked"));
+        assert!(at("partitions revoked") < at("consumer closed; group left"));
+        assert!(at("consumer closed; group left") < at("tiendo stopped"));
+    }
+    let mut child = Proc(env.spawn_process());
+    let snap = env.wait_consumed(SETTLE).await;
+    signal(&child.0, "TERM");
+    assert!(wait_exit(&mut child.0, Duration::from_secs(30)).success());
+    expected.assert_matches(&snap);
+}
