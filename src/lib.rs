@@ -22,6 +22,7 @@ pub mod generator;
 pub mod notify;
 pub mod pipeline;
 pub mod provinces;
+pub mod publish;
 pub mod rules;
 pub mod run;
 pub mod serve;

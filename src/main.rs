@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use tiendo::config::Settings;
+use tiendo::publish::{FileFormat, FileKind};
 use tiendo::rules::ledger::{Ledger, Silence};
 use tiendo::status::{Status, View};
 use tiendo::{demo, run, store, telemetry};
@@ -44,6 +45,21 @@ enum Command {
         /// Status page, API and metrics of the demo (empty to disable).
         #[arg(long, default_value = "127.0.0.1:9464")]
         http_listen: String,
+    },
+    /// Publish events from CSV or JSON Lines files (for registries without a Kafka producer).
+    /// Every row is validated first; a file with a bad row publishes nothing.
+    Publish {
+        /// What the files hold.
+        #[arg(long, value_enum)]
+        kind: FileKind,
+        /// File format (default: from the extension, .jsonl/.ndjson/.json or CSV).
+        #[arg(long, value_enum)]
+        format: Option<FileFormat>,
+        /// Validate only; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Check the configuration and targets, and print the settings in effect (secrets
     /// redacted). Exits non-zero with the reason when something is wrong.
@@ -126,6 +142,12 @@ async fn main() -> anyhow::Result<()> {
             demo::demo(options, shutdown).await
         }
         Command::Status { view, format } => status(&settings, view, format).await,
+        Command::Publish {
+            kind,
+            format,
+            dry_run,
+            files,
+        } => publish(&settings, kind, format, dry_run, &files).await,
         Command::Check => {
             let targets = run::load_targets(&settings)?;
             println!("{settings:#?}");
@@ -139,6 +161,36 @@ async fn main() -> anyhow::Result<()> {
         Command::Silence { action } => silence(&settings, action).await,
         Command::Alerts { limit, format } => alerts(&settings, limit, format).await,
     }
+}
+
+async fn publish(
+    settings: &Settings,
+    kind: FileKind,
+    format: Option<FileFormat>,
+    dry_run: bool,
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
+    let validator = tiendo::decode::Validator::new(&settings.validation);
+    let now = chrono::Utc::now();
+    let mut events = Vec::new();
+    for file in files {
+        let format = format.unwrap_or_else(|| FileFormat::guess(file));
+        let read = tiendo::publish::read(file, kind, format, &validator, now)?;
+        eprintln!("{}: {} events, all valid", file.display(), read.len());
+        events.extend(read);
+    }
+    if dry_run {
+        return Ok(());
+    }
+    let producer = tiendo::source::producer(&settings.kafka)?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tiendo::publish::send(&producer, &settings.kafka.topics, &events, tty).await?;
+    eprintln!(
+        "published {} events to {}",
+        events.len(),
+        settings.kafka.brokers
+    );
+    Ok(())
 }
 
 fn ledger(conn: store::RedisConn, settings: &Settings) -> Ledger {

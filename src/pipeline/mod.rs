@@ -228,7 +228,7 @@ impl Storer {
         while let Some(batch) = rx.recv().await {
             let started = Instant::now();
             let messages = batch.len();
-            let span = tracing::debug_span!("batch", partitions = ?batch.parts().map(|p| (p.topic.as_str(), p.partition, p.start, p.next)).collect::<Vec<_>>());
+            let span = tracing::info_span!("batch", partitions = ?batch.parts().map(|p| (p.topic.as_str(), p.partition, p.start, p.next)).collect::<Vec<_>>());
             if self
                 .process(batch, &shutdown)
                 .instrument(span)
