@@ -75,6 +75,23 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub alerts: AlertSettings,
+    pub report: ReportSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSettings {
+    /// A province at or above this share of its target (but below it) is "basically
+    /// completed" in `tiendo report`.
+    pub basically_done: f64,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        ReportSettings {
+            basically_done: 0.95,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -454,6 +471,9 @@ impl Settings {
         let a = &self.alerts;
         let r = &a.rules;
         let windows: Vec<&str> = crate::buckets::WINDOWS.iter().map(|w| w.name).collect();
+        if !(0.0..=1.0).contains(&self.report.basically_done) {
+            return invalid("report.basically_done lies between 0 and 1".into());
+        }
         if a.interval.is_zero() {
             return invalid("alerts.interval must be positive".into());
         }

@@ -23,6 +23,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod provinces;
 pub mod publish;
+pub mod report;
 pub mod rules;
 pub mod run;
 pub mod serve;

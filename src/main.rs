@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use tiendo::config::Settings;
+use tiendo::config::{Language, Settings};
 use tiendo::publish::{FileFormat, FileKind};
 use tiendo::rules::ledger::{Ledger, Silence};
 use tiendo::status::{Status, View};
@@ -61,6 +61,20 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// The task force's classification per dataset: completed, basically completed, on track,
+    /// at risk (with percent and projected date), not started; from live figures.
+    Report {
+        #[arg(long, value_enum, default_value = "34")]
+        view: View,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// vi or en.
+        #[arg(long, default_value = "vi", value_parser = parse_language)]
+        lang: Language,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Check the configuration and targets, and print the settings in effect (secrets
     /// redacted). Exits non-zero with the reason when something is wrong.
     Check,
@@ -113,6 +127,22 @@ enum SilenceAction {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Markdown,
+    Html,
+    Json,
+}
+
+fn parse_language(s: &str) -> Result<Language, String> {
+    match s {
+        "vi" => Ok(Language::Vi),
+        "en" => Ok(Language::En),
+        other => Err(format!("language is vi or en, not {other}")),
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Table,
     Json,
@@ -148,6 +178,12 @@ async fn main() -> anyhow::Result<()> {
             dry_run,
             files,
         } => publish(&settings, kind, format, dry_run, &files).await,
+        Command::Report {
+            view,
+            format,
+            lang,
+            output,
+        } => report(&settings, view, format, lang, output).await,
         Command::Check => {
             let targets = run::load_targets(&settings)?;
             println!("{settings:#?}");
@@ -190,6 +226,29 @@ async fn publish(
         events.len(),
         settings.kafka.brokers
     );
+    Ok(())
+}
+
+async fn report(
+    settings: &Settings,
+    view: View,
+    format: ReportFormat,
+    lang: Language,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let report = tiendo::report::read(settings, view, lang, chrono::Utc::now()).await?;
+    let text = match format {
+        ReportFormat::Table => report.table(),
+        ReportFormat::Markdown => report.markdown(),
+        ReportFormat::Html => report.html(),
+        ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
     Ok(())
 }
 
