@@ -1,50 +1,75 @@
-//! `tiendo demo`: everything on one machine with nothing installed by hand but
-//! `redis-server`. An in-process Kafka (librdkafka's mock cluster), a private Redis, a
-//! generator publishing events for every province (with some re-sends and some bad input), the
-//! real pipeline, and a live progress table. At the end it checks the counts against what was
-//! published.
+//! `tiendo demo`: the whole service on one machine with nothing installed by hand but
+//! `redis-server`, replaying a time-compressed autumn 2024 across the 63 provinces of the
+//! time ([`crate::scenario`]): an in-process Kafka (librdkafka's mock cluster), a private
+//! Redis, the real pipeline on a simulated clock, stall alerts printed as they fire (and sent
+//! to any chat receiver configured), the status page and metrics, and at the end the task
+//! force's report and a check of the counts against what was published.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{SharedClock, SystemClock};
-use crate::config::Settings;
+use crate::clock::{vn_offset, SharedClock, SimulatedClock};
+use crate::config::{Language, Settings};
 use crate::embedded::{MockKafka, RedisServer};
 use crate::generator::{publish, Generated, Generator};
+use crate::notify::message::{render, Markup};
 use crate::pipeline::Pipeline;
+use crate::report::Report;
+use crate::rules::ledger::{Digest, Notice};
+use crate::rules::state::Change;
+use crate::scenario::Scenario;
 use crate::status::{Status, View};
 use crate::store::{self, Store};
 use crate::targets::Targets;
 use crate::telemetry;
 
-/// Targets for the demo's provinces (also the example file in deploy/).
-const DEMO_TARGETS: &str = include_str!("../deploy/targets.example.csv");
-
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Events published per second.
-    pub rate: u32,
-    /// Stop after this long; `None` runs until Ctrl-C.
+    /// Simulated seconds per real second (21,600: a day every 4 s, the autumn in 6 min).
+    pub speed: f64,
+    /// Stop after this long (real time); `None` runs to 1 January 2025 or Ctrl-C.
     pub duration: Option<Duration>,
+    /// Units of the progress line and the final report.
     pub view: View,
-    /// HTTP server of the demo (status page, metrics); empty for none.
+    /// Status page, API and metrics; empty for none.
     pub http_listen: String,
+    /// Print progress and alerts (tests turn it off).
+    pub verbose: bool,
 }
 
-/// What the generator sent, to check the counters against.
-#[derive(Debug, Default)]
-struct Sent {
-    records: i64,
-    procedures: i64,
-    resent: u64,
-    poison: u64,
+/// What a demo run saw, for the caller (and the tests) to check.
+#[derive(Debug)]
+pub struct DemoSummary {
+    pub notices: Vec<Notice>,
+    pub published_records: i64,
+    pub counted_records: i64,
+    pub published_procedures: i64,
+    pub counted_procedures: i64,
+    pub report: Report,
 }
 
-pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+impl DemoSummary {
+    pub fn exact(&self) -> bool {
+        self.published_records == self.counted_records
+            && self.published_procedures == self.counted_procedures
+    }
+}
+
+/// Runs the demo. `base` brings the operator's settings that matter here: chat receivers and
+/// the alerts language.
+pub async fn demo(
+    options: DemoOptions,
+    base: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<DemoSummary> {
+    let say = |s: String| {
+        if options.verbose {
+            println!("{s}");
+        }
+    };
     let redis = RedisServer::start()?;
     let mut settings = Settings::default();
     let topics = settings.kafka.topics.clone();
@@ -57,27 +82,33 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
     settings.kafka.brokers = kafka.bootstrap_servers();
     settings.redis.url = crate::config::Secret::new(redis.url());
     settings.pipeline.batch_linger = Duration::from_millis(200);
+    // Alerts on simulated time: a rule must hold half a day, be clear a day; figures lag the
+    // simulated clock by the pipeline's latency times the speed, so silence needs 2 days.
+    settings.alerts.view = View::Legacy63;
+    settings.alerts.language = base.alerts.language;
+    settings.alerts.receivers = base.alerts.receivers.clone();
+    settings.alerts.interval = Duration::from_secs(1);
+    settings.alerts.rules.pending_for = Duration::from_secs(12 * 3600);
+    settings.alerts.rules.clear_for = Duration::from_secs(24 * 3600);
+    settings.alerts.repeat_interval = Duration::from_secs(30 * 86_400);
+    settings.alerts.rules.online_min_dossiers = 5;
     let settings = settings.validated()?;
-    let metrics = match telemetry::install_prometheus() {
-        Ok(h) => Some(h),
-        Err(error) => {
-            tracing::warn!(%error, "metrics not recorded");
-            None
-        }
-    };
-    let datasets = settings.validation.datasets.clone();
-    let targets = Targets::parse(DEMO_TARGETS, &datasets)?;
-    println!(
-        "tiendo demo: Kafka (in-process) at {}, Redis at {}, {} events/s. Ctrl-C to stop.",
-        settings.kafka.brokers,
-        redis.url(),
-        options.rate
-    );
+    let metrics = telemetry::install_prometheus().ok();
 
-    let clock: SharedClock = Arc::new(SystemClock);
+    let mut scenario = Scenario::autumn_2024(0.01);
+    let datasets = settings.validation.datasets.clone();
+    let targets = Targets::parse(&scenario.targets_csv(), &datasets)?;
+    let clock: SharedClock = SimulatedClock::new(scenario.start, options.speed);
+    say(format!(
+        "tiendo demo: autumn 2024, 63 provinces, {:.0}× real time. Kafka (in-process) at {}, Redis at {}. Ctrl-C stops.",
+        options.speed,
+        settings.kafka.brokers,
+        redis.url()
+    ));
+
     let pipeline = Pipeline::new(&settings, clock.clone()).await?;
-    let stop_pipeline = CancellationToken::new();
-    let mut side_tasks = Vec::new();
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
     if !options.http_listen.is_empty() {
         let state = crate::run::app_state(
             &settings,
@@ -87,21 +118,14 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
             Some(pipeline.assignment()),
         )
         .await?;
-        let (addr, task) =
-            crate::serve::serve(&options.http_listen, state, stop_pipeline.clone()).await?;
-        println!("status page: http://{addr}/   metrics: http://{addr}/metrics");
-        side_tasks.push(task);
+        let (addr, task) = crate::serve::serve(&options.http_listen, state, stop.clone()).await?;
+        say(format!(
+            "status page: http://{addr}/?view=63   metrics: http://{addr}/metrics"
+        ));
+        tasks.push(task);
     }
-    side_tasks.extend(
-        crate::run::spawn_alerting(
-            &settings,
-            targets.clone(),
-            clock.clone(),
-            stop_pipeline.clone(),
-        )
-        .await?,
-    );
-    let consumer = tokio::spawn(pipeline.run(stop_pipeline.clone()));
+    tasks.extend(crate::run::spawn_dispatchers(&settings, stop.clone()).await?);
+    let consumer = tokio::spawn(pipeline.run(stop.clone()));
 
     let producer = crate::source::producer(&settings.kafka)?;
     let reader = Store::new(
@@ -110,115 +134,200 @@ pub async fn demo(options: DemoOptions, shutdown: CancellationToken) -> anyhow::
         datasets.clone(),
         1,
     );
-    let mut generator = Generator::new(
-        Utc::now().timestamp_millis() as u64,
-        &format!("demo{}", std::process::id()),
-        &datasets,
-    );
-    let mut sent = Sent::default();
-    let mut previous: Vec<Generated> = Vec::new();
-    let tick = Duration::from_millis(100);
-    let per_tick = (options.rate as usize / 10).max(1);
+    let mut generator = Generator::new(7, &format!("demo{}", std::process::id()), &datasets);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (mut records, mut procedures) = (0i64, 0i64);
+    let history = scenario.history(&mut generator);
+    tally(&history, &mut records, &mut procedures);
+    publish(&producer, &settings.kafka.topics, &history).await?;
+    // Rules start once the history is counted: judged on half-loaded figures, every province
+    // would look stalled.
+    let loaded = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < loaded {
+        let snap = reader.snapshot(clock.now()).await?;
+        let counted: i64 = snap
+            .counts
+            .iter()
+            .filter(|(k, _)| k.contains("|r."))
+            .map(|(_, c)| c.total)
+            .sum();
+        if counted >= records {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let notices: Arc<Mutex<Vec<Notice>>> = Arc::default();
+    let evaluator = crate::run::evaluator(&settings, targets.clone(), clock.clone()).await?;
+    let evaluating = tokio::spawn(evaluate(
+        evaluator,
+        notices.clone(),
+        settings.alerts.language,
+        options.verbose,
+        stop.clone(),
+    ));
+
     let started = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval(tick);
-    let mut last_draw = tokio::time::Instant::now();
-    let tty = std::io::stdout().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let mut last = scenario.start;
+    let mut last_line = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        if options.duration.is_some_and(|d| started.elapsed() >= d) {
+        if options.duration.is_some_and(|d| started.elapsed() >= d) || last >= scenario.end {
             break;
         }
-        let now = clock.now();
-        let mut batch = Vec::with_capacity(per_tick + 2);
-        for _ in 0..per_tick {
-            let m = if fastrand::u8(0..4) == 0 {
-                generator.procedure(now)
-            } else {
-                generator.record(now)
-            };
-            count(&mut sent, &m);
-            batch.push(m);
-        }
-        // Upstream re-sends now and then (counted once) and some bad input (dead-lettered).
-        if let Some(again) = previous.first().cloned() {
-            sent.resent += 1;
-            batch.push(again);
-        }
-        if fastrand::u8(0..50) == 0 {
-            sent.poison += 1;
-            batch.push(generator.poison(now));
-        }
+        let now = clock.now().min(scenario.end);
+        let batch = scenario.between(&mut generator, &mut rng, last, now);
+        last = now;
+        tally(&batch, &mut records, &mut procedures);
         publish(&producer, &settings.kafka.topics, &batch).await?;
-        previous = batch;
-        if last_draw.elapsed() >= Duration::from_secs(2) {
-            last_draw = tokio::time::Instant::now();
-            if let Ok(snap) = reader.snapshot(clock.now()).await {
-                draw(
-                    &Status::build(&snap, &targets, &datasets, options.view),
-                    tty,
-                );
+        if options.verbose && last_line.elapsed() >= Duration::from_secs(3) {
+            last_line = tokio::time::Instant::now();
+            if let Ok(snap) = reader.snapshot(now).await {
+                let status = Status::build(&snap, &targets, &datasets, options.view);
+                let firing = notices.lock().expect("notices").len();
+                println!("{}", progress_line(&status, firing));
             }
         }
     }
 
-    println!("stopping: waiting for the pipeline to count everything published…");
-    let settle = tokio::time::Instant::now() + Duration::from_secs(60);
-    let snap = loop {
+    say("stopping: waiting for the pipeline to count everything published…".into());
+    let settle = tokio::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
         let snap = reader.snapshot(clock.now()).await?;
-        let status = Status::build(&snap, &targets, &datasets, options.view);
-        let records: i64 = status.national.datasets.values().map(|d| d.total).sum();
-        if (records == sent.records && status.national.procedures.completed == sent.procedures)
+        let status = Status::build(&snap, &targets, &datasets, View::Legacy63);
+        let counted: i64 = status.national.datasets.values().map(|d| d.total).sum();
+        if (counted == records && status.national.procedures.completed == procedures)
             || tokio::time::Instant::now() > settle
-            || (shutdown.is_cancelled()
-                && options.duration.is_none()
-                && tokio::time::Instant::now() > settle - Duration::from_secs(50))
         {
-            break snap;
+            break status;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    stop_pipeline.cancel();
+    stop.cancel();
     let _ = consumer.await;
-    for task in side_tasks {
+    let _ = evaluating.await;
+    for task in tasks {
         let _ = task.await;
     }
-    let status = Status::build(&snap, &targets, &datasets, options.view);
-    draw(&status, false);
-    let records: i64 = status.national.datasets.values().map(|d| d.total).sum();
-    println!(
-        "published {} records in unique events, {} procedures, {} re-sent events, {} bad messages",
-        sent.records, sent.procedures, sent.resent, sent.poison
+    let now = clock.now();
+    let view_status = Status::build(
+        &reader.snapshot(now).await?,
+        &targets,
+        &datasets,
+        options.view,
     );
-    println!(
-        "counted   {} records, {} procedures, {} dead letters: {}",
-        records,
-        status.national.procedures.completed,
-        snap.dead.values().sum::<i64>(),
-        if records == sent.records && status.national.procedures.completed == sent.procedures {
+    let eval = crate::rules::evaluate(&view_status, now, &settings.alerts.rules);
+    let report = Report::build(
+        &view_status,
+        &eval,
+        settings.report.basically_done,
+        settings.alerts.language,
+    );
+    let summary = DemoSummary {
+        notices: std::mem::take(&mut *notices.lock().expect("notices")),
+        published_records: records,
+        counted_records: status.national.datasets.values().map(|d| d.total).sum(),
+        published_procedures: procedures,
+        counted_procedures: status.national.procedures.completed,
+        report,
+    };
+    say(summary.report.table());
+    say(format!(
+        "published {} records and {} dossiers; counted {} and {}: {}",
+        summary.published_records,
+        summary.published_procedures,
+        summary.counted_records,
+        summary.counted_procedures,
+        if summary.exact() {
             "exact"
         } else {
-            "NOT EXACT (still catching up?)"
+            "NOT EXACT"
         }
-    );
+    ));
+    drop(producer);
     drop(kafka);
     drop(redis);
-    Ok(())
+    Ok(summary)
 }
 
-fn count(sent: &mut Sent, m: &Generated) {
-    match m {
-        Generated::Record(r) => sent.records += r.record_count as i64,
-        Generated::Procedure(_) => sent.procedures += 1,
-        Generated::Poison { .. } => sent.poison += 1,
+fn tally(ms: &[Generated], records: &mut i64, procedures: &mut i64) {
+    for m in ms {
+        match m {
+            Generated::Record(r) => *records += r.record_count as i64,
+            Generated::Procedure(_) => *procedures += 1,
+            Generated::Poison { .. } => {}
+        }
     }
 }
 
-fn draw(status: &Status, clear: bool) {
-    if clear {
-        print!("\x1b[2J\x1b[H");
+/// Evaluates every second of real time and prints each transition as it is committed.
+async fn evaluate(
+    evaluator: crate::rules::evaluator::Evaluator,
+    notices: Arc<Mutex<Vec<Notice>>>,
+    lang: Language,
+    verbose: bool,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(out) = evaluator.evaluate_once().await else {
+            continue;
+        };
+        if out.notices.is_empty() {
+            continue;
+        }
+        // Reminders of what is still firing would drown the console; chat receivers get them.
+        let fresh: Vec<Notice> = out
+            .notices
+            .iter()
+            .filter(|n| n.change != Change::Repeated)
+            .cloned()
+            .collect();
+        if verbose && !fresh.is_empty() {
+            let digest = Digest {
+                id: String::new(),
+                at: fresh[0].at,
+                notices: fresh,
+            };
+            for line in render(&digest, lang, Markup::Plain, usize::MAX / 2)
+                .join("\n")
+                .lines()
+                .skip(1)
+            {
+                println!("  {line}");
+            }
+        }
+        notices.lock().expect("notices").extend(out.notices);
     }
-    println!("{}", status.table());
+}
+
+fn progress_line(status: &Status, notices: usize) -> String {
+    let day = status.as_of.with_timezone(&vn_offset()).format("%d/%m/%Y");
+    let parts: Vec<String> = status
+        .national
+        .datasets
+        .iter()
+        .filter_map(|(name, d)| {
+            d.percent.map(|p| {
+                format!(
+                    "{} {:.1}%",
+                    crate::notify::message::dataset_name(name, Language::Vi),
+                    p
+                )
+            })
+        })
+        .collect();
+    let line = format!("── {day} · {} · {notices} thông báo", parts.join(" · "));
+    if std::io::stdout().is_terminal() {
+        format!("\x1b[1m{line}\x1b[0m")
+    } else {
+        line
+    }
 }

@@ -26,6 +26,7 @@ pub mod publish;
 pub mod report;
 pub mod rules;
 pub mod run;
+pub mod scenario;
 pub mod serve;
 pub mod source;
 pub mod status;

@@ -31,16 +31,17 @@ struct Cli {
 enum Command {
     /// Run the service: consume events from Kafka into Redis counters.
     Run,
-    /// Run everything on this machine (in-process Kafka, private Redis, generated events).
+    /// Replay autumn 2024 across the 63 provinces on this machine (in-process Kafka, private
+    /// Redis, simulated clock): alerts as they fire, status page, and the report at the end.
     Demo {
-        /// Events published per second.
-        #[arg(long, default_value_t = 200)]
-        rate: u32,
-        /// Stop after this many seconds (default: run until Ctrl-C).
+        /// Simulated seconds per real second (21600: a day every 4 s, the season in ~6 min).
+        #[arg(long, default_value_t = 21_600.0)]
+        speed: f64,
+        /// Stop after this many real seconds (default: at 1 January 2025, or Ctrl-C).
         #[arg(long)]
         duration: Option<u64>,
-        /// Unit table to show.
-        #[arg(long, value_enum, default_value = "34")]
+        /// Unit table of the progress line and the report.
+        #[arg(long, value_enum, default_value = "63")]
         view: View,
         /// Status page, API and metrics of the demo (empty to disable).
         #[arg(long, default_value = "127.0.0.1:9464")]
@@ -156,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run => run::run(settings).await,
         Command::Demo {
-            rate,
+            speed,
             duration,
             view,
             http_listen,
@@ -164,12 +165,18 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(run::cancel_on_signal(shutdown.clone()));
             let options = demo::DemoOptions {
-                rate,
+                speed,
                 duration: duration.map(Duration::from_secs),
                 view,
                 http_listen,
+                verbose: true,
             };
-            demo::demo(options, shutdown).await
+            let summary = demo::demo(options, &settings, shutdown).await?;
+            anyhow::ensure!(
+                summary.exact(),
+                "the counts do not match what was published"
+            );
+            Ok(())
         }
         Command::Status { view, format } => status(&settings, view, format).await,
         Command::Publish {

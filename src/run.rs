@@ -98,26 +98,48 @@ pub async fn spawn_alerting(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    let alerts = &settings.alerts;
+    let evaluator = evaluator(settings, targets, clock).await?;
+    let mut tasks = vec![tokio::spawn(evaluator.run(shutdown.clone()))];
+    tasks.extend(spawn_dispatchers(settings, shutdown).await?);
+    Ok(tasks)
+}
+
+/// The stall-rule evaluator as configured.
+pub async fn evaluator(
+    settings: &Settings,
+    targets: Targets,
+    clock: SharedClock,
+) -> anyhow::Result<Evaluator> {
     let conn = store::connect(&settings.redis).await?;
-    let ledger = Ledger::new(conn.clone(), &settings.redis.key_prefix);
     let reader = Store::new(
-        conn,
+        conn.clone(),
         &settings.redis.key_prefix,
         settings.validation.datasets.clone(),
         1,
     );
-    let kafka = !settings.kafka.topics.alerts.is_empty();
-    let evaluator = Evaluator::new(
+    Ok(Evaluator::new(
         reader,
-        ledger.clone(),
+        Ledger::new(conn, &settings.redis.key_prefix),
         targets,
         settings.validation.datasets.clone(),
-        alerts.clone(),
+        settings.alerts.clone(),
         clock,
-        kafka,
+        !settings.kafka.topics.alerts.is_empty(),
+    ))
+}
+
+/// One dispatcher per chat receiver, and one for the Kafka alerts topic if it is set.
+pub async fn spawn_dispatchers(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let alerts = &settings.alerts;
+    let ledger = Ledger::new(
+        store::connect(&settings.redis).await?,
+        &settings.redis.key_prefix,
     );
-    let mut tasks = vec![tokio::spawn(evaluator.run(shutdown.clone()))];
+    let kafka = !settings.kafka.topics.alerts.is_empty();
+    let mut tasks = Vec::new();
     for (name, receiver) in &alerts.receivers {
         let sink = Sink::http(receiver, alerts.language);
         let d = Dispatcher::new(ledger.clone(), name, sink, alerts.max_backoff);

@@ -1,0 +1,87 @@
+//! The demo's 2024 season, run headless for a short time: the provinces the reports put at
+//! risk get at-risk alerts, the ones that had finished get none, the one that never started is
+//! reported silent, and every record and dossier published is counted exactly.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use tiendo::config::Settings;
+use tiendo::demo::{demo, DemoOptions};
+use tiendo::rules::state::Change;
+use tiendo::rules::Rule;
+use tiendo::scenario::Scenario;
+use tiendo::status::View;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_2024_season_alerts_on_the_slow_provinces_and_not_the_finished_ones() {
+    let options = DemoOptions {
+        speed: 2.0 * 86_400.0,
+        duration: Some(Duration::from_secs(15)),
+        view: View::Legacy63,
+        http_listen: String::new(),
+        verbose: false,
+    };
+    let summary = demo(options, &Settings::default(), CancellationToken::new())
+        .await
+        .expect("the demo runs");
+    assert!(summary.exact(), "{summary:?}");
+    assert!(summary.published_records > 100_000_000);
+
+    let fired = |rules: &[Rule]| -> BTreeSet<String> {
+        summary
+            .notices
+            .iter()
+            .filter(|n| matches!(n.change, Change::Firing { .. }))
+            .filter(|n| n.subject.dataset == "civil_status" && rules.contains(&n.rule))
+            .map(|n| n.subject.code.clone())
+            .collect()
+    };
+    let stalls = fired(&[Rule::Silent, Rule::BehindPace, Rule::ProjectedMiss]);
+    let scenario = Scenario::autumn_2024(0.01);
+    let codes = |category: &str| -> BTreeSet<String> {
+        scenario
+            .in_category("civil_status", category)
+            .iter()
+            .map(|s| s.code.clone())
+            .collect()
+    };
+    let at_risk = codes("at_risk");
+    let done = codes("done");
+    assert_eq!(at_risk.len(), 10);
+    assert!(
+        at_risk.is_subset(&stalls),
+        "at risk without an alert: {:?}",
+        at_risk.difference(&stalls).collect::<Vec<_>>()
+    );
+    assert!(
+        done.is_disjoint(&stalls),
+        "finished provinces alerted: {:?}",
+        done.intersection(&stalls).collect::<Vec<_>>()
+    );
+    // Kiên Giang never started: silent from the first day.
+    assert!(fired(&[Rule::Silent]).contains("91"));
+    // The finished ones are congratulated, once each.
+    let completed: Vec<String> = summary
+        .notices
+        .iter()
+        .filter(|n| n.change == Change::Completed && n.subject.dataset == "civil_status")
+        .map(|n| n.subject.code.clone())
+        .collect();
+    assert_eq!(
+        completed.iter().collect::<BTreeSet<_>>(),
+        done.iter().collect()
+    );
+    assert_eq!(completed.len(), done.len());
+
+    // The closing report agrees: every at-risk province is in its at-risk list.
+    let civil = &summary.report.datasets[0];
+    assert_eq!(civil.dataset, "civil_status");
+    let listed: BTreeSet<String> = civil.classes[&tiendo::report::Class::AtRisk]
+        .iter()
+        .chain(&civil.classes[&tiendo::report::Class::NotStarted])
+        .map(|e| e.code.clone())
+        .collect();
+    assert!(at_risk.is_subset(&listed), "{listed:?}");
+}
