@@ -518,6 +518,19 @@ impl Settings {
             if let Some(key) = missing {
                 return invalid(format!("alerts.receivers.{name}.{key} must be set"));
             }
+            let url = rcv.url.expose();
+            if !url.is_empty() && !(url.starts_with("https://") || url.starts_with("http://")) {
+                return invalid(format!(
+                    "alerts.receivers.{name}.url must be an http:// or https:// URL"
+                ));
+            }
+            if rcv.max_chars.is_some_and(|m| !(300..=40_000).contains(&m))
+                || (rcv.kind == ReceiverKind::Telegram && rcv.max_chars.is_some_and(|m| m > 4096))
+            {
+                return invalid(format!(
+                    "alerts.receivers.{name}.max_chars lies between 300 and 4096 (Telegram) or 40000"
+                ));
+            }
         }
         Ok(())
     }

@@ -199,14 +199,23 @@ impl Row {
 }
 
 /// The line a CSV record starts on, from its byte offset: a record's position includes the
-/// blank lines skipped before it, so those are stepped over first.
+/// blank and comment lines skipped before it, so those are stepped over first.
 fn line_at(text: &str, p: &csv::Position) -> u64 {
-    let start = (p.byte() as usize).min(text.len());
-    let skipped = text.as_bytes()[start..]
-        .iter()
-        .take_while(|b| b.is_ascii_whitespace())
-        .count();
-    let end = start + skipped;
+    let bytes = text.as_bytes();
+    let mut end = (p.byte() as usize).min(text.len());
+    loop {
+        while end < bytes.len() && bytes[end].is_ascii_whitespace() {
+            end += 1;
+        }
+        if end < bytes.len() && bytes[end] == b'#' {
+            end += bytes[end..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .unwrap_or(bytes.len() - end);
+            continue;
+        }
+        break;
+    }
     text.as_bytes()[..end]
         .iter()
         .filter(|b| **b == b'\n')
@@ -278,6 +287,7 @@ pub fn read(
                 .collect()
         }
         FileFormat::Jsonl => text
+            .trim_start_matches('\u{feff}')
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
@@ -413,7 +423,7 @@ mod tests {
                     01,civil_status,10,2024-11-19\n\
                     99,civil_status,10,2024-11-19\n\
                     01,weather,10,2024-11-19\n\
-                    \n\
+                    # a comment between rows\n\
                     01,civil_status,0,2024-11-19\n\
                     01,civil_status,10,yesterday\n";
         let f = file(text, ".csv");

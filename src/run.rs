@@ -147,7 +147,15 @@ pub async fn spawn_dispatchers(
     }
     if kafka {
         let sink = Sink::Kafka {
-            producer: crate::source::producer(&settings.kafka)?,
+            producer: {
+                // Give up on a send before the outbox lock (30 s) could lapse under it.
+                let mut kafka = settings.kafka.clone();
+                kafka
+                    .producer_properties
+                    .entry("message.timeout.ms".into())
+                    .or_insert_with(|| crate::config::Secret::new("20000"));
+                crate::source::producer(&kafka)?
+            },
             topic: settings.kafka.topics.alerts.clone(),
         };
         let d = Dispatcher::new(ledger, KAFKA_OUTBOX, sink, alerts.max_backoff);

@@ -131,7 +131,9 @@ impl ClientContext for Context {
     }
 
     /// librdkafka's statistics (every `statistics.interval.ms`): lag per assigned partition,
-    /// from the broker's high watermark and the position this consumer has reached.
+    /// from the broker's high watermark and the position this consumer has reached. Its own
+    /// `consumer_lag` counts from Kafka-committed offsets, which tiendo never writes (offsets
+    /// live in Redis), so the lag is computed from the application's position instead.
     fn stats(&self, stats: rdkafka::Statistics) {
         let assigned = self.assignment.partitions();
         for (topic, t) in &stats.topics {
@@ -139,13 +141,18 @@ impl ClientContext for Context {
                 if *id < 0 || !assigned.contains_key(&(topic.clone(), *id)) {
                     continue;
                 }
-                if p.consumer_lag >= 0 {
+                let position = if p.app_offset >= 0 {
+                    p.app_offset
+                } else {
+                    p.next_offset
+                };
+                if position >= 0 && p.hi_offset >= 0 {
                     metrics::gauge!(
                         telemetry::CONSUMER_LAG,
                         "topic" => topic.clone(),
                         "partition" => id.to_string()
                     )
-                    .set(p.consumer_lag as f64);
+                    .set((p.hi_offset - position).max(0) as f64);
                 }
             }
         }

@@ -91,4 +91,50 @@ async fn counts_are_exact_on_a_redis_cluster() {
         nodes_with_keys >= 2,
         "keys on {nodes_with_keys} node(s) only"
     );
+
+    // The alert ledger's scripts run there too: an evaluation commits, two evaluators at once
+    // commit once, and a digest is delivered out of the outbox.
+    let mut settings = env.settings.clone();
+    settings.alerts.rules.pending_for = Duration::ZERO;
+    settings.alerts.receivers.insert(
+        "ops".into(),
+        tiendo::config::ReceiverSettings {
+            kind: tiendo::config::ReceiverKind::Webhook,
+            url: Secret::new("http://127.0.0.1:9/hook"),
+            token: Secret::default(),
+            chat_id: String::new(),
+            language: None,
+            max_chars: None,
+        },
+    );
+    let targets = tiendo::targets::Targets::parse(
+        include_str!("../deploy/targets.example.csv"),
+        &settings.validation.datasets,
+    )
+    .unwrap();
+    let clock: tiendo::clock::SharedClock = std::sync::Arc::new(tiendo::clock::SystemClock);
+    let e1 = tiendo::run::evaluator(&settings, targets.clone(), clock.clone())
+        .await
+        .unwrap();
+    let e2 = tiendo::run::evaluator(&settings, targets, clock)
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(e1.evaluate_once(), e2.evaluate_once());
+    let (a, b) = (a.unwrap().notices.len(), b.unwrap().notices.len());
+    assert!(a + b > 0 && (a == 0 || b == 0), "committed {a} and {b}");
+    let ledger = tiendo::rules::ledger::Ledger::new(
+        tiendo::store::connect(&settings.redis).await.unwrap(),
+        &settings.redis.key_prefix,
+    );
+    assert_eq!(ledger.pending("ops").await.unwrap(), 1);
+    let lock = ledger
+        .lock("ops", "t", 30_000)
+        .await
+        .unwrap()
+        .expect("lock");
+    let head = ledger.head("ops").await.unwrap().expect("a digest");
+    assert!(ledger.sent_parts(&lock, &head.digest.id, 1).await.unwrap());
+    assert_eq!(ledger.head("ops").await.unwrap().unwrap().parts_sent, 1);
+    assert!(ledger.delivered(&lock, &head.digest.id).await.unwrap());
+    assert_eq!(ledger.pending("ops").await.unwrap(), 0);
 }

@@ -32,6 +32,11 @@ async fn serve(env: &Env) -> Served {
     seed_stalls(env, now).await;
     let mut settings = env.settings.clone();
     settings.alerts.rules.pending_for = Duration::ZERO;
+    // Statistics (and so the lag gauge) every half second instead of every 15.
+    settings.kafka.consumer_properties.insert(
+        "statistics.interval.ms".into(),
+        tiendo::config::Secret::new("500"),
+    );
     let targets = stall_targets(now, &settings.validation.datasets);
     let clock: SharedClock = Arc::new(SystemClock);
     let conn = store::connect(&settings.redis).await.unwrap();
@@ -144,6 +149,23 @@ async fn probes_metrics_and_the_provinces_api() {
         "tiendo_assigned_partitions",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+
+    // Consumer lag per assigned partition, from librdkafka's statistics.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = get(&format!("{}/metrics", s.base)).await;
+        let lags: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("tiendo_consumer_lag_messages{"))
+            .collect();
+        if lags.len() == common::RECORD_PARTITIONS as usize + common::PROCEDURE_PARTITIONS as usize
+        {
+            assert!(lags.iter().all(|l| l.ends_with(" 0")), "{lags:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag gauges: {lags:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Redis gone: not ready, still alive.

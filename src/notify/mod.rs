@@ -12,14 +12,28 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::rules::ledger::{Ledger, LedgerError};
+use crate::rules::ledger::{Ledger, LedgerError, Lock};
 use crate::telemetry;
 pub use receivers::{SendError, Sink};
 
 /// How long a delivery lock lasts unless extended; extended before every request, and
-/// longer than the HTTP timeout, so a request never runs without the lock.
+/// longer than the HTTP timeout and the alerts producer's message timeout, so a request never
+/// runs without the lock.
 const LOCK_TTL_MS: u64 = 30_000;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// How often a lock is extended while waiting out a Retry-After.
+const LOCK_RENEW: Duration = Duration::from_secs(10);
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A digest left the outbox (delivered, or refused for good).
+    Delivered,
+    /// Nothing to send here now: the outbox is empty or another replica holds it.
+    Idle,
+    /// The receiver failed; try again after this long.
+    Retry(Duration),
+}
 
 pub struct Dispatcher {
     ledger: Ledger,
@@ -63,12 +77,19 @@ impl Dispatcher {
             if shutdown.is_cancelled() {
                 return;
             }
-            let wait = match self.deliver_one(shutdown).await {
-                Ok(true) => {
+            let wait = match self.deliver_one(backoff).await {
+                Ok(Step::Delivered) => {
                     backoff = FIRST_BACKOFF;
                     continue;
                 }
-                Ok(false) => self.poll,
+                Ok(Step::Idle) => self.poll,
+                Ok(Step::Retry(wait)) => {
+                    backoff = (backoff * 2).min(self.max_backoff);
+                    // Keep the outbox meanwhile, so other replicas do not hammer a receiver
+                    // that asked us to wait; whoever sends next re-reads what was sent.
+                    self.hold(wait, shutdown).await;
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(outbox = self.outbox, %error, "alert ledger unreachable; retrying");
                     backoff = (backoff * 2).min(self.max_backoff);
@@ -82,39 +103,61 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers the oldest waiting digest. `Ok(false)` when there was none, or another
-    /// replica holds the outbox.
-    pub async fn deliver_one(&self, shutdown: &CancellationToken) -> Result<bool, LedgerError> {
+    /// Waits `wait`, extending the outbox lock as it goes.
+    async fn hold(&self, wait: Duration, shutdown: &CancellationToken) {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(left.min(LOCK_RENEW)) => {}
+            }
+            if !matches!(
+                self.ledger
+                    .lock(&self.outbox, &self.token, LOCK_TTL_MS)
+                    .await,
+                Ok(Some(_))
+            ) {
+                return;
+            }
+        }
+    }
+
+    /// Sends what is left of the oldest waiting digest, reading afresh how much of it was
+    /// sent (by this replica or another). Stops at the first failure: a retry starts over.
+    pub async fn deliver_one(&self, backoff: Duration) -> Result<Step, LedgerError> {
         let name = self.outbox.as_str();
         let Some(lock) = self.ledger.lock(name, &self.token, LOCK_TTL_MS).await? else {
-            return Ok(false);
+            return Ok(Step::Idle);
         };
         let Some(pending) = self.ledger.head(name).await? else {
             metrics::gauge!(telemetry::NOTIFICATIONS_PENDING, "receiver" => self.outbox.clone())
                 .set(0.0);
-            return Ok(false);
+            return Ok(Step::Idle);
         };
         let id = pending.digest.id.as_str();
         let requests = self.sink.prepare(&pending.digest);
-        let mut part = pending.parts_sent;
-        let mut backoff = FIRST_BACKOFF;
-        while part < requests.len() {
-            if self
-                .ledger
-                .lock(name, &self.token, LOCK_TTL_MS)
-                .await?
-                .is_none()
+        for (part, request) in requests.iter().enumerate().skip(pending.parts_sent) {
+            // Between parts the lock must have stayed ours all along; if it lapsed, start over
+            // from what the ledger says was sent.
+            if part > pending.parts_sent
+                && !self
+                    .ledger
+                    .lock(name, &self.token, LOCK_TTL_MS)
+                    .await?
+                    .is_some_and(|l| !l.fresh)
             {
-                return Ok(false);
+                return Ok(Step::Idle);
             }
-            match self.sink.send(&requests[part], id).await {
+            match self.sink.send(request, id).await {
                 Ok(()) => {
                     metrics::counter!(telemetry::NOTIFICATIONS_SENT, "receiver" => self.outbox.clone())
                         .increment(1);
-                    part += 1;
-                    backoff = FIRST_BACKOFF;
-                    if !self.ledger.sent_parts(&lock, id, part).await? {
-                        return Ok(false);
+                    if !self.record_sent(&lock, id, part + 1).await? {
+                        return Ok(Step::Idle);
                     }
                 }
                 Err(SendError::Retry { after, reason }) => {
@@ -124,7 +167,7 @@ impl Dispatcher {
                         "outcome" => "retried"
                     )
                     .increment(1);
-                    let wait = after.unwrap_or(backoff);
+                    let wait = after.unwrap_or(backoff).max(FIRST_BACKOFF);
                     tracing::warn!(
                         outbox = name,
                         digest = id,
@@ -132,11 +175,7 @@ impl Dispatcher {
                         retry_in = ?wait,
                         "notification not delivered; will retry"
                     );
-                    backoff = (backoff * 2).min(self.max_backoff);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(false),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+                    return Ok(Step::Retry(wait));
                 }
                 Err(SendError::Rejected(reason)) => {
                     metrics::counter!(
@@ -153,13 +192,30 @@ impl Dispatcher {
                     );
                     self.ledger.failed(&lock, id, &reason).await?;
                     self.gauge_pending().await?;
-                    return Ok(true);
+                    return Ok(Step::Delivered);
                 }
             }
         }
         self.ledger.delivered(&lock, id).await?;
         self.gauge_pending().await?;
-        Ok(true)
+        Ok(Step::Delivered)
+    }
+
+    /// Records a sent part, retrying a failed write a few times first: giving up here would
+    /// resend a part the receiver already has.
+    async fn record_sent(&self, lock: &Lock, id: &str, parts: usize) -> Result<bool, LedgerError> {
+        let mut attempt = 0;
+        loop {
+            match self.ledger.sent_parts(lock, id, parts).await {
+                Ok(ok) => return Ok(ok),
+                Err(error) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(outbox = self.outbox, %error, "cannot record a sent part; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     async fn gauge_pending(&self) -> Result<(), LedgerError> {

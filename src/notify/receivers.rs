@@ -151,10 +151,18 @@ impl Sink {
                     .json(body)
                     .send()
                     .await
-                    .map_err(|e| SendError::Retry {
-                        after: None,
+                    .map_err(|e| {
                         // without_url: a Telegram URL carries the bot token.
-                        reason: e.without_url().to_string(),
+                        let builder = e.is_builder();
+                        let reason = e.without_url().to_string();
+                        if builder {
+                            SendError::Rejected(reason)
+                        } else {
+                            SendError::Retry {
+                                after: None,
+                                reason,
+                            }
+                        }
                     })?;
                 classify(response).await
             }

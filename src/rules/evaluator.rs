@@ -137,6 +137,10 @@ impl Evaluator {
                         "change" => n.change.as_str()
                     )
                     .increment(1);
+                    if n.silenced_by.is_some() {
+                        metrics::counter!(telemetry::NOTIFICATIONS_SILENCED, "rule" => n.rule.as_str())
+                            .increment(1);
+                    }
                 }
                 publish_firing(&firing);
                 return Ok(Outcome {
@@ -204,10 +208,6 @@ impl Evaluator {
                 .iter()
                 .find(|s| s.matches(&notice, now))
                 .map(|s| s.id.clone());
-            if notice.silenced_by.is_some() {
-                metrics::counter!(telemetry::NOTIFICATIONS_SILENCED, "rule" => rule.as_str())
-                    .increment(1);
-            }
             commit.notices.push(notice);
         }
         if !commit.notices.is_empty() {

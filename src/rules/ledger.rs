@@ -172,6 +172,9 @@ impl From<redis::RedisError> for LedgerError {
 pub struct Lock {
     pub outbox: String,
     token: String,
+    /// Taken now rather than extended: someone else may have held it since we last did, so
+    /// what we knew of the outbox is stale.
+    pub fresh: bool,
 }
 
 /// The head of an outbox: a digest and how many of its parts were already sent.
@@ -211,23 +214,35 @@ return redis.call('INCR', KEYS[1])
 
 const PROGRESS: &str = r"
 -- KEYS: lock, outbox, progress. ARGV: token, outbox name, digest id, parts sent or 'done'.
+-- Only for the digest at the head, and progress only ever grows: a stale dispatcher can
+-- neither pop another digest nor make parts look unsent.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head or cjson.decode(head).id ~= ARGV[3] then return 0 end
 if ARGV[4] == 'done' then
-  local head = redis.call('LINDEX', KEYS[2], 0)
-  if head and cjson.decode(head).id == ARGV[3] then redis.call('LPOP', KEYS[2]) end
+  redis.call('LPOP', KEYS[2])
   redis.call('HDEL', KEYS[3], ARGV[2])
-else
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. ARGV[4])
+  return 1
 end
+local p = redis.call('HGET', KEYS[3], ARGV[2])
+if p then
+  local id, n = string.match(p, '^(.*) (%d+)$')
+  if id == ARGV[3] and tonumber(n) >= tonumber(ARGV[4]) then return 1 end
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. ARGV[4])
 return 1
 ";
 
 const LOCK: &str = r"
--- KEYS: lock. ARGV: token, ttl ms. Takes a free lock or extends our own.
+-- KEYS: lock. ARGV: token, ttl ms. Extends our own lock (1) or takes a free one (2).
 local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
+end
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
 end
 return 0
 ";
@@ -337,9 +352,10 @@ impl Ledger {
             .arg(ttl_ms)
             .invoke_async(&mut conn)
             .await?;
-        Ok((got == 1).then(|| Lock {
+        Ok((got > 0).then(|| Lock {
             outbox: outbox.to_string(),
             token: token.to_string(),
+            fresh: got == 2,
         }))
     }
 

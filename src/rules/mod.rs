@@ -216,10 +216,12 @@ fn datasets(row: &ProvinceStatus, now: DateTime<Utc>, rules: &RuleSettings, out:
             .copied()
             .unwrap_or(0) as f64
             / window_days(&rules.projection_window);
-        let projected = (rate > 0.0).then(|| {
-            let at = now + chrono::Duration::seconds((remaining / rate * 86_400.0) as i64);
-            at.with_timezone(&crate::clock::vn_offset()).date_naive()
-        });
+        // A rate so low that the date overflows projects to "never", like no rate at all.
+        let projected = (rate > 0.0)
+            .then(|| chrono::Duration::try_seconds((remaining / rate * 86_400.0).min(1e15) as i64))
+            .flatten()
+            .and_then(|d| now.checked_add_signed(d))
+            .map(|at| at.with_timezone(&crate::clock::vn_offset()).date_naive());
         let pace_needed = (remaining > 0.0).then(|| {
             if days_left > 0.0 {
                 remaining / days_left

@@ -31,6 +31,10 @@ pub struct AlertState {
     pub fired_at: Option<DateTime<Utc>>,
     /// When it was last notified (fired, repeated or changed severity).
     pub notified_at: Option<DateTime<Utc>>,
+    /// A different severity seen while firing, and since when: it is announced only once it
+    /// has held for `pending_for`, so a province at the critical threshold does not flap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_severity: Option<(Severity, DateTime<Utc>)>,
 }
 
 /// What a step announces.
@@ -77,6 +81,7 @@ pub fn step(
         severity,
         fired_at: Some(fired_at),
         notified_at: Some(now),
+        next_severity: None,
     };
     match (prev, finding) {
         (None, None) => (None, None),
@@ -88,6 +93,7 @@ pub fn step(
                 severity: f.severity,
                 fired_at: Some(now),
                 notified_at: Some(now),
+                next_severity: None,
             }),
             Some(Change::Completed),
         ),
@@ -102,6 +108,7 @@ pub fn step(
                 severity: f.severity,
                 fired_at: None,
                 notified_at: None,
+                next_severity: None,
             }),
             None,
         ),
@@ -122,18 +129,32 @@ pub fn step(
         (Some(s), Some(f)) => {
             let fired_at = s.fired_at.unwrap_or(now);
             if f.severity != s.severity {
-                return (
-                    Some(firing(f.severity, fired_at)),
-                    Some(Change::Firing {
-                        previous: Some(s.severity),
-                    }),
-                );
+                let since = match s.next_severity {
+                    Some((sev, since)) if sev == f.severity => since,
+                    _ => now,
+                };
+                if now - since >= t.pending_for {
+                    return (
+                        Some(firing(f.severity, fired_at)),
+                        Some(Change::Firing {
+                            previous: Some(s.severity),
+                        }),
+                    );
+                }
+                let mut s = s.clone();
+                s.next_severity = Some((f.severity, since));
+                if s.phase == Phase::Resolving {
+                    s.phase = Phase::Firing;
+                    s.since = now;
+                }
+                return (Some(s), None);
             }
             let due = s.notified_at.is_none_or(|at| now - at >= t.repeat_interval);
             if due {
                 return (Some(firing(f.severity, fired_at)), Some(Change::Repeated));
             }
             let mut s = s.clone();
+            s.next_severity = None;
             if s.phase == Phase::Resolving {
                 s.phase = Phase::Firing;
                 s.since = now;
@@ -244,20 +265,34 @@ mod tests {
             vec![
                 (15, Change::Firing { previous: None }),
                 (
-                    100,
+                    115,
                     Change::Firing {
                         previous: Some(Severity::Warning)
                     }
                 ),
                 (
-                    200,
+                    215,
                     Change::Firing {
                         previous: Some(Severity::Critical)
                     }
                 ),
-                (200 + 60 * 24, Change::Repeated),
+                (215 + 60 * 24, Change::Repeated),
             ]
         );
+    }
+
+    #[test]
+    fn a_severity_flickering_at_the_threshold_is_not_announced() {
+        // Critical for 10 minutes out of every 20: never long enough to be announced.
+        let holds = |m: i64| {
+            Some(if m > 30 && m % 20 < 10 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            })
+        };
+        let changes = run(holds, 600);
+        assert_eq!(changes, vec![(15, Change::Firing { previous: None })]);
     }
 
     #[test]
