@@ -519,7 +519,7 @@ impl Settings {
                 return invalid(format!("alerts.receivers.{name}.{key} must be set"));
             }
             let url = rcv.url.expose();
-            if !url.is_empty() && !(url.starts_with("https://") || url.starts_with("http://")) {
+            if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
                 return invalid(format!(
                     "alerts.receivers.{name}.url must be an http:// or https:// URL"
                 ));

@@ -143,14 +143,11 @@ impl Dispatcher {
         for (part, request) in requests.iter().enumerate().skip(pending.parts_sent) {
             // Between parts the lock must have stayed ours all along; if it lapsed, start over
             // from what the ledger says was sent.
-            if part > pending.parts_sent
-                && !self
-                    .ledger
-                    .lock(name, &self.token, LOCK_TTL_MS)
-                    .await?
-                    .is_some_and(|l| !l.fresh)
-            {
-                return Ok(Step::Idle);
+            if part > pending.parts_sent {
+                let kept = self.ledger.lock(name, &self.token, LOCK_TTL_MS).await?;
+                if kept.is_none_or(|l| l.fresh) {
+                    return Ok(Step::Idle);
+                }
             }
             match self.sink.send(request, id).await {
                 Ok(()) => {
