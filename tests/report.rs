@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{Duration as Span, Utc};
 
+use common::browser::{chromium, count_color};
 use common::Env;
 use tiendo::events::CodeScheme;
 
@@ -174,41 +175,17 @@ async fn the_html_report_renders_its_chart_in_a_real_browser() {
         ],
     );
     let shot = dir.path().join("report.png");
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=900,700",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("file://{}", html.display()))
-        .output()
-        .expect("chromium runs (scripts/ensure-deps test installs it)");
+    let out = chromium(&[
+        "--window-size=900,700",
+        &format!("--screenshot={}", shot.display()),
+        &format!("file://{}", html.display()),
+    ]);
     assert!(shot.exists(), "{}", String::from_utf8_lossy(&out.stderr));
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let step = info.color_type.samples();
-    let count = |rgb: [u8; 3]| {
-        buf[..info.buffer_size()]
-            .chunks(step)
-            .filter(|p| p[..3] == rgb)
-            .count()
-    };
     // Each class's segment of the stacked bar is painted in its colour; with six provinces
     // the completed segment is two sixths of the bar, the others one sixth each.
-    let completed = count([0x2e, 0x7d, 0x32]);
-    let at_risk = count([0xe5, 0x39, 0x35]);
-    let not_started = count([0x61, 0x61, 0x61]);
+    let (completed, ..) = count_color(&shot, [0x2e, 0x7d, 0x32]);
+    let (at_risk, ..) = count_color(&shot, [0xe5, 0x39, 0x35]);
+    let (not_started, ..) = count_color(&shot, [0x61, 0x61, 0x61]);
     assert!(at_risk > 2_000, "at-risk segment: {at_risk} pixels");
     assert!(
         not_started > 2_000,

@@ -4,13 +4,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DurationRound, Utc};
 use tokio_util::sync::CancellationToken;
 
+use common::browser::{chromium, count_color};
 use common::{seed_stalls, stall_targets, Env};
 use tiendo::clock::{SharedClock, SystemClock};
 use tiendo::pipeline::Pipeline;
@@ -174,42 +174,6 @@ async fn probes_metrics_and_the_provinces_api() {
     assert_eq!(code, 503, "{body}");
     assert_eq!(get(&format!("{}/healthz", s.base)).await.0, 200);
     s.stop.cancel();
-}
-
-fn chromium(args: &[&str]) -> std::process::Output {
-    let profile = tempfile::tempdir().unwrap();
-    Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .output()
-        .expect("chromium runs (scripts/ensure-deps test installs it)")
-}
-
-/// Pixels of exactly `rgb` in an RGB(A) PNG, and its size.
-fn count_color(png_path: &Path, rgb: [u8; 3]) -> (usize, u32, u32) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(png_path).unwrap(),
-    ));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let step = info.color_type.samples();
-    let n = buf[..info.buffer_size()]
-        .chunks(step)
-        .filter(|p| p[..3] == rgb)
-        .count();
-    (n, info.width, info.height)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
