@@ -401,3 +401,106 @@ async fn a_receiver_that_refuses_for_good_does_not_block_the_outbox() {
     assert_eq!(server.accepted().len(), 1);
     assert!(text(&server.accepted()[0]).contains("Cao Bằng"));
 }
+
+/// A long digest with names full of markup characters, through real HTTP servers: Telegram
+/// gets it split below 4,096 characters with balanced HTML and escaped names, in order, each
+/// part once even when a part in the middle is rate-limited; Slack gets it split too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_digests_arrive_split_escaped_and_whole() {
+    use tiendo::rules::ledger::{Commit, Digest, Notice};
+    use tiendo::rules::state::Change;
+    use tiendo::rules::{Facts, Rule, Severity, Subject};
+
+    let env = Env::start();
+    let now = Utc::now();
+    // The third request (a part in the middle) is rate-limited once.
+    let telegram = ChatServer::start(vec![Reply::Ok, Reply::Ok, Reply::TooManyBody(1)]).await;
+    let slack = ChatServer::start(vec![]).await;
+    let a = Alerting::new(
+        &env,
+        now,
+        &[
+            ("tg", receiver(ReceiverKind::Telegram, &telegram.url())),
+            ("sl", receiver(ReceiverKind::Slack, &slack.url())),
+        ],
+    )
+    .await;
+    let notices: Vec<Notice> = (0..150)
+        .map(|i| {
+            let subject = Subject {
+                scheme: "34".into(),
+                code: format!("{:02}", i % 34),
+                name: format!("Tỉnh <b>{i}</b> & *đậm*"),
+                dataset: "civil_status".into(),
+            };
+            Notice {
+                id: format!("n{i}"),
+                alert_key: format!("{}#{i}", subject.alert_key(Rule::BehindPace)),
+                rule: Rule::BehindPace,
+                severity: Severity::Warning,
+                change: Change::Firing { previous: None },
+                subject,
+                facts: Facts {
+                    total: 100,
+                    target: Some(1000),
+                    percent: Some(10.0),
+                    ..Facts::default()
+                },
+                at: now,
+                silenced_by: None,
+            }
+        })
+        .collect();
+    let digest = |outbox: &str| Digest {
+        id: format!("{outbox}-long"),
+        at: now,
+        notices: notices.clone(),
+    };
+    let commit = Commit {
+        digests: vec![("tg".into(), digest("tg")), ("sl".into(), digest("sl"))],
+        ..Commit::default()
+    };
+    assert!(a.ledger.commit(0, &commit).await.unwrap());
+    a.deliver_all().await;
+
+    let parts: Vec<String> = telegram.accepted().iter().map(text).collect();
+    assert!(parts.len() >= 4, "{} parts", parts.len());
+    assert_eq!(
+        telegram.requests().len(),
+        parts.len() + 1,
+        "one retry, no part twice"
+    );
+    let mut seen = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(p.encode_utf16().count() <= 4096, "part {i}: {}", p.len());
+        assert_eq!(p.matches("<b>").count(), p.matches("</b>").count(), "{p}");
+        assert!(p
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(&format!("{}/{}</b>", i + 1, parts.len())));
+        for line in p.lines().skip(1) {
+            let n: usize = line
+                .split("Tỉnh &lt;b&gt;")
+                .nth(1)
+                .and_then(|r| r.split("&lt;/b&gt;").next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("name not escaped: {line}"));
+            assert!(line.contains("&amp; *đậm*"), "{line}");
+            seen.push(n);
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..150).collect::<Vec<_>>(),
+        "every notice exactly once"
+    );
+
+    let slack_parts = slack.accepted();
+    assert!(slack_parts.len() >= 4);
+    assert!(slack_parts
+        .iter()
+        .all(|r| text(r).encode_utf16().count() <= 3500));
+    assert!(text(&slack_parts[0]).contains("*Tỉnh &lt;b&gt;"));
+}
