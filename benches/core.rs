@@ -67,10 +67,11 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    // The pipeline's default batch size unless BATCH says otherwise.
     let batch_size: usize = std::env::var("BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+        .unwrap_or(Settings::default().pipeline.batch_max_messages);
     // AOF on (everysec), as exactness across Redis crashes needs; AOF=no to compare.
     let aof = std::env::var("AOF").unwrap_or_else(|_| "yes".into());
     let redis = RedisServer::start_with(&["--appendonly", &aof]).expect("redis-server");
