@@ -328,6 +328,14 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
         "{}",
         text(&tg[2])
     );
+
+    // Ended silences are pruned; live ones stay.
+    assert_eq!(a.ledger.prune_silences(now).await.unwrap(), 0);
+    assert_eq!(
+        a.ledger.prune_silences(now + Span::days(8)).await.unwrap(),
+        1
+    );
+    assert!(a.ledger.silences().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

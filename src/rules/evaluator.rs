@@ -83,6 +83,9 @@ impl Evaluator {
             match self.evaluate_once().await {
                 Ok(out) => {
                     backoff = Duration::from_millis(200);
+                    if let Err(error) = self.ledger.prune_silences(self.clock.now()).await {
+                        tracing::debug!(%error, "ended silences not pruned");
+                    }
                     for n in &out.notices {
                         tracing::info!(
                             alert = n.alert_key,

@@ -308,6 +308,22 @@ impl Ledger {
         })
     }
 
+    /// Removes silences that have ended; returns how many.
+    pub async fn prune_silences(&self, now: DateTime<Utc>) -> Result<usize, LedgerError> {
+        let ended: Vec<String> = self
+            .silences()
+            .await?
+            .into_iter()
+            .filter(|s| s.until <= now)
+            .map(|s| s.id)
+            .collect();
+        if !ended.is_empty() {
+            let mut conn = self.conn.clone();
+            let _: i64 = conn.hdel(self.key("silences"), &ended).await?;
+        }
+        Ok(ended.len())
+    }
+
     /// Commits `c` if nobody committed since generation `expected` was read. `Ok(false)` when
     /// someone did: read again and re-evaluate.
     pub async fn commit(&self, expected: i64, c: &Commit) -> Result<bool, LedgerError> {

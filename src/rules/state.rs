@@ -2,7 +2,7 @@
 //! that holds goes pending, fires once it has held for `pending_for`, is repeated every
 //! `repeat_interval` while firing, resolves once it has been clear for `clear_for`. A province
 //! hovering at a threshold therefore neither floods the chat nor flaps. `completed` fires at
-//! once and stays done. Pure: the evaluator persists [`AlertState`] in the ledger.
+//! once and stays done while the target stays reached. Pure: the evaluator persists [`AlertState`] in the ledger.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,11 @@ pub struct AlertState {
     /// has held for `pending_for`, so a province at the critical threshold does not flap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_severity: Option<(Severity, DateTime<Utc>)>,
+    /// Done, but the target not reached since then (raised or removed): after `clear_for` the
+    /// state is dropped quietly, so a new completion is news. A glimpse of lower figures (a
+    /// recount after Redis lost data) does not last that long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absent_since: Option<DateTime<Utc>>,
 }
 
 /// What a step announces.
@@ -82,10 +87,25 @@ pub fn step(
         fired_at: Some(fired_at),
         notified_at: Some(now),
         next_severity: None,
+        absent_since: None,
     };
     match (prev, finding) {
         (None, None) => (None, None),
-        (Some(s), _) if s.phase == Phase::Done => (Some(s.clone()), None),
+        (Some(s), Some(_)) if s.phase == Phase::Done => {
+            let mut s = s.clone();
+            s.absent_since = None;
+            (Some(s), None)
+        }
+        (Some(s), None) if s.phase == Phase::Done => {
+            let since = s.absent_since.unwrap_or(now);
+            if now - since >= t.clear_for {
+                (None, None)
+            } else {
+                let mut s = s.clone();
+                s.absent_since = Some(since);
+                (Some(s), None)
+            }
+        }
         (None, Some(f)) if f.rule == Rule::Completed => (
             Some(AlertState {
                 phase: Phase::Done,
@@ -94,6 +114,7 @@ pub fn step(
                 fired_at: Some(now),
                 notified_at: Some(now),
                 next_severity: None,
+                absent_since: None,
             }),
             Some(Change::Completed),
         ),
@@ -109,6 +130,7 @@ pub fn step(
                 fired_at: None,
                 notified_at: None,
                 next_severity: None,
+                absent_since: None,
             }),
             None,
         ),
@@ -306,5 +328,21 @@ mod tests {
             changes.extend(change);
         }
         assert_eq!(changes, vec![Change::Completed]);
+    }
+
+    #[test]
+    fn a_raised_target_reached_again_is_announced_again() {
+        let done = finding(Rule::Completed, Severity::Info);
+        let (s, c) = step(None, Some(&done), at(0), &T);
+        assert_eq!(c, Some(Change::Completed));
+        // The target is raised: no longer complete; after clear_for the state goes without a
+        // word...
+        let (s, c) = step(s.as_ref(), None, at(1), &T);
+        assert!(s.is_some() && c.is_none());
+        let (s, c) = step(s.as_ref(), None, at(31), &T);
+        assert_eq!((s.clone(), c), (None, None));
+        // ...and reaching the new target is news.
+        let (_, c) = step(s.as_ref(), Some(&done), at(40), &T);
+        assert_eq!(c, Some(Change::Completed));
     }
 }
