@@ -58,10 +58,13 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
     let mut expected = Expected::default();
     for (sig, said) in [("TERM", "SIGTERM: stopping"), ("INT", "Ctrl-C: stopping")] {
         let mut cmd = env.process_command();
-        cmd.env("TIENDO_LOG__FILTER", "info,librdkafka=off")
-            .env("RUST_LOG", "info,librdkafka=off")
-            .env("TIENDO_LOG__FORMAT", "json")
-            .stderr(Stdio::piped());
+        cmd.env(
+            "TIENDO_LOG__FILTER",
+            "info,librdkafka=off,tiendo::pipeline=debug",
+        )
+        .env("RUST_LOG", "info,librdkafka=off,tiendo::pipeline=debug")
+        .env("TIENDO_LOG__FORMAT", "json")
+        .stderr(Stdio::piped());
         let mut child = Proc(cmd.spawn().expect("tiendo starts"));
         let part = events(&mut g, 3000);
         expected.add_all(&part);
@@ -81,11 +84,23 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
             .read_to_string(&mut log)
             .unwrap();
         // JSON logs: one object per line, in order.
-        let messages: Vec<String> = log
+        let lines: Vec<serde_json::Value> = log
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect();
+        let messages: Vec<String> = lines
+            .iter()
             .filter_map(|v| v["fields"]["message"].as_str().map(String::from))
             .collect();
+        // A stored batch is logged inside its span, which names partitions and offsets:
+        // `(topic, partition, first offset, next offset)`.
+        let batch = lines
+            .iter()
+            .find(|v| v["fields"]["message"] == "batch stored")
+            .unwrap_or_else(|| panic!("no batch logged: {messages:?}"));
+        assert_eq!(batch["span"]["name"], "batch", "{batch}");
+        let partitions = batch["span"]["partitions"].as_str().unwrap_or_default();
+        assert!(partitions.contains("(\"tiendo."), "{batch}");
         let at = |m: &str| {
             messages
                 .iter()

@@ -396,6 +396,9 @@ impl Storer {
                 tracing::debug!(%error, "kafka commit (informational) failed");
             }
         }
+        // Inside the batch span: with `tiendo::pipeline=debug` every batch is logged with the
+        // partitions and offsets it covered.
+        tracing::debug!(partitions = commit.count(), "batch stored");
         Some(())
     }
 
