@@ -31,8 +31,6 @@ pub struct Evaluator {
     datasets: Vec<String>,
     settings: AlertSettings,
     clock: SharedClock,
-    /// Chat outboxes; each gets a digest of every unsilenced notice.
-    chats: Vec<String>,
     /// Whether the Kafka alerts topic gets every notice, silenced ones included.
     kafka: bool,
 }
@@ -42,8 +40,6 @@ pub struct Evaluator {
 pub struct Outcome {
     /// Notices this evaluator committed (empty if another replica got there first).
     pub notices: Vec<Notice>,
-    /// Alerts firing after it, by rule and severity.
-    pub firing: BTreeMap<(Rule, Severity), u64>,
 }
 
 impl Evaluator {
@@ -57,7 +53,6 @@ impl Evaluator {
         clock: SharedClock,
         kafka: bool,
     ) -> Evaluator {
-        let chats = settings.receivers.keys().cloned().collect();
         Evaluator {
             store,
             ledger,
@@ -65,7 +60,6 @@ impl Evaluator {
             datasets,
             settings,
             clock,
-            chats,
             kafka,
         }
     }
@@ -127,7 +121,6 @@ impl Evaluator {
                 publish_firing(&firing);
                 return Ok(Outcome {
                     notices: Vec::new(),
-                    firing,
                 });
             }
             if self.ledger.commit(read.generation, &commit).await? {
@@ -148,7 +141,6 @@ impl Evaluator {
                 publish_firing(&firing);
                 return Ok(Outcome {
                     notices: commit.notices,
-                    firing,
                 });
             }
             metrics::counter!(telemetry::ALERT_EVALUATIONS, "outcome" => "conflict").increment(1);
@@ -222,7 +214,8 @@ impl Evaluator {
                 .cloned()
                 .collect();
             if !loud.is_empty() {
-                for outbox in &self.chats {
+                // Each chat receiver gets a digest of every unsilenced notice.
+                for outbox in self.settings.receivers.keys() {
                     let digest = Digest {
                         id: format!("{outbox}-{id}"),
                         at: now,
