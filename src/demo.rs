@@ -1,9 +1,13 @@
 //! `tiendo demo`: the whole service on one machine with nothing installed by hand but
 //! `redis-server`, replaying a time-compressed autumn 2024 across the 63 provinces of the
 //! time ([`crate::scenario`]): an in-process Kafka (librdkafka's mock cluster), a private
-//! Redis, the real pipeline on a simulated clock, stall alerts printed as they fire (and sent
-//! to any chat receiver configured), the status page and metrics, and at the end the task
-//! force's report and a check of the counts against what was published.
+//! Redis, the real pipeline on a simulated clock, stall alerts printed as chat would get them
+//! (and sent to any chat receiver configured), the status page and metrics, and at the end
+//! the task force's report, a check of the counts against what was published, and how much
+//! the chat was told ([`Noise`]).
+//!
+//! It starts cold, as a new deployment does: the history is in Kafka before anything is
+//! counted, and the rules start at once, held until the figures are current.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,8 @@ use crate::clock::{vn_offset, SharedClock, SimulatedClock};
 use crate::config::{Language, Settings};
 use crate::embedded::{MockKafka, RedisServer};
 use crate::generator::{publish, Generated, Generator};
-use crate::notify::message::{render, Markup};
+use crate::notify::message::{render, Markup, Style};
+use crate::notify::receivers::TELEGRAM_MAX;
 use crate::pipeline::Pipeline;
 use crate::report::Report;
 use crate::rules::ledger::{Digest, Notice};
@@ -43,12 +48,36 @@ pub struct DemoOptions {
 /// What a demo run saw, for the caller (and the tests) to check.
 #[derive(Debug)]
 pub struct DemoSummary {
+    /// Every transition committed.
     pub notices: Vec<Notice>,
+    /// What chat receivers were sent, one digest per evaluation with news.
+    pub digests: Vec<Digest>,
+    /// Firing notices from the cold start that the caught-up figures did not support.
+    pub false_alerts: Vec<String>,
+    /// Simulated days the season ran.
+    pub days: f64,
     pub published_records: i64,
     pub counted_records: i64,
     pub published_procedures: i64,
     pub counted_procedures: i64,
     pub report: Report,
+    pub group_at: usize,
+}
+
+/// How much the chat was told, and how much of it was noise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Noise {
+    pub notices: usize,
+    pub notices_per_day: f64,
+    /// Telegram messages sent (a digest split in parts counts each).
+    pub messages: usize,
+    pub messages_per_day: f64,
+    /// Alerts that fired, resolved and fired again within 7 days.
+    pub flaps: usize,
+    /// The largest digest: lines, and Telegram messages.
+    pub largest_lines: usize,
+    pub largest_messages: usize,
+    pub false_alerts: usize,
 }
 
 impl DemoSummary {
@@ -56,6 +85,77 @@ impl DemoSummary {
         self.published_records == self.counted_records
             && self.published_procedures == self.counted_procedures
     }
+
+    pub fn noise(&self) -> Noise {
+        let telegram = Style {
+            language: Language::Vi,
+            markup: Markup::TelegramHtml,
+            max_chars: TELEGRAM_MAX,
+            group_at: self.group_at,
+            link: None,
+        };
+        let rendered: Vec<Vec<String>> =
+            self.digests.iter().map(|d| render(d, &telegram)).collect();
+        let lines = |parts: &Vec<String>| -> usize {
+            parts
+                .iter()
+                .map(|p| p.lines().count().saturating_sub(1))
+                .sum()
+        };
+        let messages: usize = rendered.iter().map(Vec::len).sum();
+        let days = self.days.max(1.0);
+        Noise {
+            notices: self.notices.len(),
+            notices_per_day: self.notices.len() as f64 / days,
+            messages,
+            messages_per_day: messages as f64 / days,
+            flaps: flaps(&self.notices, chrono::Duration::days(7)),
+            largest_lines: rendered.iter().map(lines).max().unwrap_or(0),
+            largest_messages: rendered.iter().map(Vec::len).max().unwrap_or(0),
+            false_alerts: self.false_alerts.len(),
+        }
+    }
+}
+
+impl std::fmt::Display for Noise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "notices: {} ({:.1} a day) · chat: {} Telegram messages ({:.1} a day) · flaps: {} · \
+             largest digest: {} lines in {} message(s) · false alerts after the cold start: {}",
+            self.notices,
+            self.notices_per_day,
+            self.messages,
+            self.messages_per_day,
+            self.flaps,
+            self.largest_lines,
+            self.largest_messages,
+            self.false_alerts
+        )
+    }
+}
+
+/// Alerts that fired again within `window` of resolving.
+pub fn flaps(notices: &[Notice], window: chrono::Duration) -> usize {
+    let mut resolved: std::collections::HashMap<&str, chrono::DateTime<chrono::Utc>> =
+        Default::default();
+    let mut n = 0;
+    for notice in notices {
+        match notice.change {
+            Change::Resolved => {
+                resolved.insert(&notice.alert_key, notice.at);
+            }
+            Change::Firing { previous: None }
+                if resolved
+                    .get(notice.alert_key.as_str())
+                    .is_some_and(|at| notice.at - *at <= window) =>
+            {
+                n += 1;
+            }
+            _ => {}
+        }
+    }
+    n
 }
 
 /// Runs the demo. `base` brings the operator's settings that matter here: chat receivers and
@@ -98,7 +198,9 @@ pub async fn demo(
     let mut scenario = Scenario::autumn_2024(0.01);
     let datasets = settings.validation.datasets.clone();
     let targets = Targets::parse(&scenario.targets_csv(), &datasets)?;
-    let clock: SharedClock = SimulatedClock::new(scenario.start, options.speed);
+    // Time stands at the start of the season until the cold start is over.
+    let simulated = SimulatedClock::stopped(scenario.start, options.speed);
+    let clock: SharedClock = simulated.clone();
     say(format!(
         "tiendo demo: autumn 2024, 63 provinces, {:.0}× real time. Kafka (in-process) at {}, Redis at {}. Ctrl-C stops.",
         options.speed,
@@ -140,31 +242,44 @@ pub async fn demo(
     let history = scenario.history(&mut generator);
     tally(&history, &mut records, &mut procedures);
     publish(&producer, &settings.kafka.topics, &history).await?;
-    // Rules start once the history is counted: judged on half-loaded figures, every province
-    // would look stalled.
-    let loaded = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tokio::time::Instant::now() < loaded {
-        let snap = reader.snapshot(clock.now()).await?;
+    // A cold start: the rules run from now on, held by the evaluator until the figures are
+    // current. The demo notes what the rules say once the history is counted, to tell false
+    // alerts from true ones.
+    let digests: Committed = Arc::default();
+    let evaluator = crate::run::evaluator(&settings, targets.clone(), clock.clone()).await?;
+    let evaluating = tokio::spawn(evaluate(
+        evaluator,
+        digests.clone(),
+        settings.alerts.language,
+        options.verbose,
+        stop.clone(),
+    ));
+    let loaded = tokio::time::Instant::now() + Duration::from_secs(120);
+    let reference = loop {
+        let now = clock.now();
+        let snap = reader.snapshot(now).await?;
         let counted: i64 = snap
             .counts
             .iter()
             .filter(|(k, _)| k.contains("|r."))
             .map(|(_, c)| c.total)
             .sum();
-        if counted >= records {
-            break;
+        if counted >= records || tokio::time::Instant::now() > loaded {
+            let status = Status::build(&snap, &targets, &datasets, settings.alerts.view);
+            let eval = crate::rules::evaluate(&status, now, &settings.alerts.rules);
+            break eval
+                .findings
+                .into_iter()
+                .map(|f| f.key)
+                .collect::<std::collections::BTreeSet<String>>();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The season starts once the rules have spoken on the history.
+    while digests.lock().expect("digests").is_empty() && tokio::time::Instant::now() < loaded {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let notices: Arc<Mutex<Vec<Notice>>> = Arc::default();
-    let evaluator = crate::run::evaluator(&settings, targets.clone(), clock.clone()).await?;
-    let evaluating = tokio::spawn(evaluate(
-        evaluator,
-        notices.clone(),
-        settings.alerts.language,
-        options.verbose,
-        stop.clone(),
-    ));
+    simulated.run();
 
     let started = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
@@ -187,8 +302,13 @@ pub async fn demo(
             last_line = tokio::time::Instant::now();
             if let Ok(snap) = reader.snapshot(now).await {
                 let status = Status::build(&snap, &targets, &datasets, options.view);
-                let firing = notices.lock().expect("notices").len();
-                println!("{}", progress_line(&status, firing));
+                let told: usize = digests
+                    .lock()
+                    .expect("digests")
+                    .iter()
+                    .map(|(_, n)| n.len())
+                    .sum();
+                println!("{}", progress_line(&status, told));
             }
         }
     }
@@ -226,8 +346,25 @@ pub async fn demo(
         settings.report.basically_done,
         settings.alerts.language,
     );
+    let committed = std::mem::take(&mut *digests.lock().expect("digests"));
+    // The cold start's alerts: the first evaluation's, held until the figures were current.
+    let false_alerts = committed
+        .iter()
+        .take(1)
+        .flat_map(|(_, notices)| notices)
+        .filter(|n| matches!(n.change, Change::Firing { .. }) && !reference.contains(&n.alert_key))
+        .map(|n| n.alert_key.clone())
+        .collect();
     let summary = DemoSummary {
-        notices: std::mem::take(&mut *notices.lock().expect("notices")),
+        notices: committed.iter().flat_map(|(_, n)| n.clone()).collect(),
+        digests: committed
+            .into_iter()
+            .map(|(d, _)| d)
+            .filter(|d| !d.id.is_empty())
+            .collect(),
+        false_alerts,
+        days: (now.min(scenario.end) - scenario.start).num_seconds() as f64 / 86_400.0,
+        group_at: settings.alerts.group_at,
         published_records: records,
         counted_records: status.national.datasets.values().map(|d| d.total).sum(),
         published_procedures: procedures,
@@ -235,6 +372,7 @@ pub async fn demo(
         report,
     };
     say(summary.report.table());
+    say(format!("what the chat was told: {}", summary.noise()));
     say(format!(
         "published {} records and {} dossiers; counted {} and {}: {}",
         summary.published_records,
@@ -263,15 +401,20 @@ fn tally(ms: &[Generated], records: &mut i64, procedures: &mut i64) {
     }
 }
 
-/// Evaluates every second of real time and prints each transition as it is committed.
+/// Each committed evaluation: its chat digest (an empty id: none) and its notices.
+type Committed = Arc<Mutex<Vec<(Digest, Vec<Notice>)>>>;
+
+/// Evaluates every second of real time and prints what chat receivers get, as they get it.
+/// Each evaluation's notices are kept, with its chat digest (an empty id: none).
 async fn evaluate(
     evaluator: crate::rules::evaluator::Evaluator,
-    notices: Arc<Mutex<Vec<Notice>>>,
+    digests: Committed,
     lang: Language,
     verbose: bool,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut held = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -280,31 +423,40 @@ async fn evaluate(
         let Ok(out) = evaluator.evaluate_once().await else {
             continue;
         };
-        if out.notices.is_empty() {
+        if let Some(c) = &out.held {
+            if verbose && !held {
+                println!(
+                    "  (alerts held: figures catching up, {} messages behind)",
+                    c.behind
+                );
+            }
+            held = true;
             continue;
         }
-        // Reminders of what is still firing would drown the console; chat receivers get them.
-        let fresh: Vec<Notice> = out
-            .notices
-            .iter()
-            .filter(|n| n.change != Change::Repeated)
-            .cloned()
-            .collect();
-        if verbose && !fresh.is_empty() {
-            let digest = Digest {
-                id: String::new(),
-                at: fresh[0].at,
-                notices: fresh,
-            };
-            for line in render(&digest, lang, Markup::Plain, usize::MAX / 2)
-                .join("\n")
-                .lines()
-                .skip(1)
-            {
-                println!("  {line}");
-            }
+        held = false;
+        if out.notices.is_empty() && out.chat.is_none() {
+            continue;
         }
-        notices.lock().expect("notices").extend(out.notices);
+        let chat = match out.chat {
+            Some(d) => {
+                if verbose {
+                    for line in render(&d, &Style::plain(lang)).join("\n").lines() {
+                        println!("  {line}");
+                    }
+                }
+                Digest {
+                    id: "chat".into(),
+                    ..d
+                }
+            }
+            None => Digest {
+                id: String::new(),
+                at: out.notices[0].at,
+                notices: Vec::new(),
+                summary: None,
+            },
+        };
+        digests.lock().expect("digests").push((chat, out.notices));
     }
 }
 
@@ -324,7 +476,7 @@ fn progress_line(status: &Status, notices: usize) -> String {
             })
         })
         .collect();
-    let line = format!("── {day} · {} · {notices} thông báo", parts.join(" · "));
+    let line = format!("── {day} · {} · {notices} thay đổi", parts.join(" · "));
     if std::io::stdout().is_terminal() {
         format!("\x1b[1m{line}\x1b[0m")
     } else {

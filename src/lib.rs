@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod buckets;
+pub mod catchup;
 pub mod clock;
 pub mod config;
 pub mod deadletter;

@@ -193,7 +193,17 @@ async fn main() -> anyhow::Result<()> {
         } => report(&settings, view, format, lang, output).await,
         Command::Check => {
             let targets = run::load_targets(&settings)?;
+            let env = tiendo::config::env::EnvOverrides::from_env()?;
             println!("{settings:#?}");
+            println!(
+                "file: {}",
+                cli.config
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none (defaults)".into())
+            );
+            println!("environment: {}", names(&env.applied));
+            println!("not configuration (ignored): {}", names(&env.ignored));
             println!(
                 "configuration ok: {} targets, {} receivers",
                 targets.by_unit.len(),
@@ -203,6 +213,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Silence { action } => silence(&settings, action).await,
         Command::Alerts { limit, format } => alerts(&settings, limit, format).await,
+    }
+}
+
+fn names(list: &[String]) -> String {
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(" ")
     }
 }
 

@@ -62,6 +62,37 @@ pub fn switch_over() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// Which unit table figures are read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+pub enum View {
+    /// The 34 units in force since 1 July 2025.
+    #[value(name = "34")]
+    #[serde(rename = "34")]
+    Current34,
+    /// The 63 units of before; events reported with 34-unit codes get rows of their own.
+    #[value(name = "63")]
+    #[serde(rename = "63")]
+    Legacy63,
+}
+
+impl View {
+    /// The code table of this view.
+    pub fn scheme(self) -> Scheme {
+        match self {
+            View::Current34 => Scheme::Current34,
+            View::Legacy63 => Scheme::Legacy63,
+        }
+    }
+
+    /// "34" or "63": how the view is named in settings, alert keys and the API.
+    pub fn tag(self) -> &'static str {
+        match self {
+            View::Current34 => "34",
+            View::Legacy63 => "63",
+        }
+    }
+}
+
 /// A provincial unit as reported: a code and the table it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Unit {

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::catchup::Watch;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::Settings;
+use crate::config::{Settings, KAFKA_OUTBOX};
 use crate::notify::{Dispatcher, Sink};
 use crate::pipeline::Pipeline;
-use crate::rules::evaluator::{Evaluator, KAFKA_OUTBOX};
+use crate::rules::evaluator::Evaluator;
 use crate::rules::ledger::Ledger;
 use crate::serve::{self, AppState};
 use crate::store::{self, Store};
@@ -104,7 +105,7 @@ pub async fn spawn_alerting(
     Ok(tasks)
 }
 
-/// The stall-rule evaluator as configured.
+/// The stall-rule evaluator as configured, held while the figures are catching up.
 pub async fn evaluator(
     settings: &Settings,
     targets: Targets,
@@ -117,6 +118,7 @@ pub async fn evaluator(
         settings.validation.datasets.clone(),
         1,
     );
+    let watch = Watch::new(settings, reader.clone())?;
     Ok(Evaluator::new(
         reader,
         Ledger::new(conn, &settings.redis.key_prefix),
@@ -125,7 +127,8 @@ pub async fn evaluator(
         settings.alerts.clone(),
         clock,
         !settings.kafka.topics.alerts.is_empty(),
-    ))
+    )
+    .with_watch(watch))
 }
 
 /// One dispatcher per chat receiver, and one for the Kafka alerts topic if it is set.
@@ -141,7 +144,7 @@ pub async fn spawn_dispatchers(
     let kafka = !settings.kafka.topics.alerts.is_empty();
     let mut tasks = Vec::new();
     for (name, receiver) in &alerts.receivers {
-        let sink = Sink::http(receiver, alerts.language);
+        let sink = Sink::http(receiver, alerts, &settings.http.public_url);
         let d = Dispatcher::new(ledger.clone(), name, sink, alerts.max_backoff);
         tasks.push(tokio::spawn(d.run(shutdown.clone())));
     }

@@ -49,6 +49,8 @@ pub struct Scenario {
     sent: Vec<u64>,
     /// Fractional dossiers carried between ticks, per province.
     carry: Vec<f64>,
+    /// Online end-to-end dossiers owed, per province: channels are dealt by quota.
+    online_credit: Vec<f64>,
     /// Share of real dossier volume generated (the in-process broker is slow).
     procedure_scale: f64,
 }
@@ -81,6 +83,7 @@ impl Scenario {
             end: vn_midnight(2025, 1, 1),
             sent: vec![0; series.len()],
             carry: vec![0.0; procedures.len()],
+            online_credit: vec![0.0; procedures.len()],
             series,
             procedures,
             procedure_scale,
@@ -149,7 +152,12 @@ impl Scenario {
             while self.carry[i] >= 1.0 {
                 self.carry[i] -= 1.0;
                 let at = from + Duration::milliseconds(rng.i64(0..=(to - from).num_milliseconds()));
-                let channel = if rng.f64() < p.online_share {
+                // Dealt by quota, not by dice: a week of a 1% sample is a few dozen dossiers,
+                // whose random share would stray by ±6 points where the full volume strays by
+                // less than one. The quota keeps each province's share as the reports give it.
+                self.online_credit[i] += p.online_share;
+                let channel = if self.online_credit[i] >= 1.0 {
+                    self.online_credit[i] -= 1.0;
                     Channel::OnlineEndToEnd
                 } else if rng.bool() {
                     Channel::PartlyOnline

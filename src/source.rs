@@ -245,7 +245,8 @@ impl ConsumerContext for Context {
 
 pub type EventConsumer = StreamConsumer<Context>;
 
-fn base_config(kafka: &KafkaSettings) -> ClientConfig {
+/// Brokers and the operator's common properties (security, timeouts): every client starts here.
+pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);
     for (key, value) in &kafka.properties {
@@ -266,7 +267,7 @@ pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Ass
             keys: Keys::new(&settings.redis.key_prefix),
         },
     };
-    let mut config = base_config(kafka);
+    let mut config = client_config(kafka);
     config
         .set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
@@ -295,7 +296,7 @@ pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Ass
 
 /// A producer for the dead-letter topic: idempotent, waits for all replicas.
 pub fn producer(kafka: &KafkaSettings) -> KafkaResult<FutureProducer> {
-    let mut config = base_config(kafka);
+    let mut config = client_config(kafka);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")

@@ -11,22 +11,10 @@ use serde::Serialize;
 
 use crate::buckets::WINDOWS;
 use crate::events::{channel_name, CHANNELS};
+pub use crate::provinces::View;
 use crate::provinces::{provinces, Scheme, Unit};
 use crate::store::{Counts, Snapshot};
 use crate::targets::Targets;
-
-/// Which unit table figures are read in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
-pub enum View {
-    /// The 34 units in force since 1 July 2025.
-    #[value(name = "34")]
-    #[serde(rename = "34")]
-    Current34,
-    /// The 63 units of before; events reported with 34-unit codes get rows of their own.
-    #[value(name = "63")]
-    #[serde(rename = "63")]
-    Legacy63,
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DatasetStatus {
@@ -86,10 +74,7 @@ impl Status {
     pub fn build(snap: &Snapshot, targets: &Targets, datasets: &[String], view: View) -> Status {
         let table = provinces();
         let mut rows: BTreeMap<Unit, ProvinceStatus> = BTreeMap::new();
-        let scheme = match view {
-            View::Current34 => Scheme::Current34,
-            View::Legacy63 => Scheme::Legacy63,
-        };
+        let scheme = view.scheme();
         for (unit, _) in table.units(scheme) {
             rows.insert(unit, empty_row(unit, datasets));
         }
@@ -141,10 +126,7 @@ impl Status {
         let mut national = ProvinceStatus {
             code: "VN".into(),
             name: "Toàn quốc".into(),
-            scheme: match view {
-                View::Current34 => "34",
-                View::Legacy63 => "63",
-            },
+            scheme: view.tag(),
             ..empty_row(Unit { scheme, code: 1 }, datasets)
         };
         for row in rows.values() {

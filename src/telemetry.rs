@@ -19,6 +19,9 @@ pub const FENCED: &str = "tiendo_fenced_batches_total";
 pub const REBALANCES: &str = "tiendo_rebalances_total";
 pub const ASSIGNED: &str = "tiendo_assigned_partitions";
 pub const CONSUMER_LAG: &str = "tiendo_consumer_lag_messages";
+pub const FIGURES_CURRENT: &str = "tiendo_figures_current";
+pub const FIGURES_BEHIND: &str = "tiendo_figures_behind_messages";
+pub const MAX_LAG: &str = "tiendo_alerts_max_lag_messages";
 pub const PROGRESS: &str = "tiendo_province_progress_ratio";
 pub const PACE: &str = "tiendo_province_pace_7d_records_per_day";
 pub const NEEDED_PACE: &str = "tiendo_province_needed_pace_records_per_day";
@@ -47,6 +50,10 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (ASSIGNED, "gauge", "", "Partitions currently assigned to this consumer."),
     (CONSUMER_LAG, "gauge", "topic, partition",
      "Messages behind the partition's end, per assigned partition (librdkafka statistics)."),
+    (FIGURES_CURRENT, "gauge", "",
+     "1 while Redis holds every event in the topics up to alerts.max_lag messages (rules may fire and resolve), 0 while catching up or unable to tell."),
+    (FIGURES_BEHIND, "gauge", "", "Messages in the event topics not yet counted in Redis, at the last check."),
+    (MAX_LAG, "gauge", "", "alerts.max_lag: the most uncounted messages with which figures are still current."),
     (PROGRESS, "gauge", "province, name, dataset", "Records done over target, per province (alerts.view) and dataset with a target."),
     (PACE, "gauge", "province, name, dataset", "Records per day over the trailing 7 days."),
     (NEEDED_PACE, "gauge", "province, name, dataset", "Records per day needed from now to reach the target by the deadline."),

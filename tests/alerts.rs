@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use common::chat::{ChatServer, Reply};
 use common::{seed_stalls, stall_targets, Env};
-use tiendo::clock::{ManualClock, SharedClock};
-use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings};
+use tiendo::clock::{Clock, ManualClock, SharedClock};
+use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings, KAFKA_OUTBOX};
 use tiendo::events::{v1, CodeScheme};
 use tiendo::notify::{Dispatcher, Sink};
-use tiendo::rules::evaluator::{Evaluator, KAFKA_OUTBOX};
-use tiendo::rules::ledger::{Ledger, Silence};
+use tiendo::rules::evaluator::Evaluator;
+use tiendo::rules::ledger::{Commit, Ledger, Silence, STARTED};
 use tiendo::status::View;
 use tiendo::store;
 use tiendo::targets::Targets;
@@ -69,6 +69,16 @@ impl Alerting {
         }
     }
 
+    /// Marks the deployment as running for a while: its first evaluation, which sums up
+    /// instead of announcing each alert, is behind it.
+    async fn started(&self) {
+        let commit = Commit {
+            meta: vec![(STARTED, Some(self.clock.now().to_rfc3339()))],
+            ..Commit::default()
+        };
+        assert!(self.ledger.commit(0, &commit).await.unwrap());
+    }
+
     async fn evaluator(&self) -> Evaluator {
         let s = &self.settings;
         let conn = store::connect(&s.redis).await.unwrap();
@@ -92,7 +102,7 @@ impl Alerting {
                 topic: self.settings.kafka.topics.alerts.clone(),
             }
         } else {
-            Sink::http(&a.receivers[outbox], a.language)
+            Sink::http(&a.receivers[outbox], a, "")
         };
         Dispatcher::new(self.ledger.clone(), outbox, sink, a.max_backoff)
             .with_poll(Duration::from_millis(50))
@@ -184,6 +194,7 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
         ],
     )
     .await;
+    a.started().await;
     let (e1, e2) = (a.evaluator().await, a.evaluator().await);
 
     // t = 0: the completed target is announced at once; the stalls are only pending.
@@ -338,6 +349,66 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
     assert!(a.ledger.silences().await.unwrap().is_empty());
 }
 
+/// A new deployment's first evaluation: everything that holds fires at once (the figures are
+/// complete, there is nothing to wait out), and the chat gets one summary, not a line per
+/// alert; silenced alerts are left out of it. Later evaluations announce changes line by line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_evaluation_sums_up_instead_of_a_line_per_alert() {
+    let env = Env::start();
+    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
+    seed_stalls(&env, now).await;
+    let telegram = ChatServer::start(vec![]).await;
+    let a = Alerting::new(
+        &env,
+        now,
+        &[("tg", receiver(ReceiverKind::Telegram, &telegram.url()))],
+    )
+    .await;
+    let silence = Silence::build(
+        View::Current34,
+        "04",
+        Some("civil_status"),
+        Some("projected_miss"),
+        now + Span::days(7),
+        "đang đối soát",
+        now,
+        &a.settings.validation.datasets,
+    )
+    .unwrap();
+    a.ledger.add_silence(&silence).await.unwrap();
+    let e = a.evaluator().await;
+    let first = e.evaluate_once().await.unwrap();
+    let mut keys: Vec<&str> = first.notices.iter().map(|n| n.alert_key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "34:01:civil_status:silent",
+            "34:04:civil_status:behind_pace",
+            "34:04:civil_status:projected_miss",
+            "34:08:civil_status:completed",
+        ]
+    );
+    a.clock.advance(Span::minutes(20));
+    assert!(e.evaluate_once().await.unwrap().notices.is_empty());
+    a.deliver_all().await;
+    let got = telegram.accepted();
+    assert_eq!(got.len(), 1);
+    let at = now
+        .with_timezone(&tiendo::clock::vn_offset())
+        .format("%d/%m/%Y %H:%M");
+    assert_eq!(
+        text(&got[0]),
+        format!(
+            "<b>tiendo · bắt đầu theo dõi · {at} (giờ VN)</b>\n\
+             2 tỉnh/thành đang có cảnh báo:\n\
+             🟠 Hộ tịch — không có dữ liệu mới: 1 tỉnh\n\
+             🟠 Hộ tịch — chậm tiến độ: 1 tỉnh\n\
+             ✅ Hộ tịch — hoàn thành chỉ tiêu: 1 tỉnh"
+        )
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_waits_for_a_receiver_that_is_down_across_a_restart() {
     let env = Env::start();
@@ -352,7 +423,7 @@ async fn a_notification_waits_for_a_receiver_that_is_down_across_a_restart() {
     let url = format!("http://127.0.0.1:{port}/hook");
     let a = Alerting::new(&env, now, &[("ops", receiver(ReceiverKind::Webhook, &url))]).await;
     let notices = a.evaluator().await.evaluate_once().await.unwrap().notices;
-    assert_eq!(notices.len(), 1);
+    assert_eq!(notices.len(), 4);
 
     // The first replica tries for a while and is stopped (a restart) without delivering.
     let stop = CancellationToken::new();
@@ -373,11 +444,18 @@ async fn a_notification_waits_for_a_receiver_that_is_down_across_a_restart() {
     assert_eq!(got.len(), 1, "{got:?}");
     let body = &got[0].body;
     assert_eq!(body["schema"], "tiendo.alerts.v1");
+    // The first evaluation sums up in its text; the webhook still gets every notice.
+    assert_eq!(body["summary"]["occasion"], "started");
+    assert!(
+        body["text"].as_str().unwrap().contains("bắt đầu theo dõi"),
+        "{body}"
+    );
+    assert_eq!(body["notices"].as_array().unwrap().len(), 4);
     assert_eq!(
-        body["notices"][0]["alert_key"],
+        body["notices"][3]["alert_key"],
         "34:08:civil_status:completed"
     );
-    assert_eq!(body["notices"][0]["facts"]["target"], 200_000);
+    assert_eq!(body["notices"][3]["facts"]["target"], 200_000);
     assert_eq!(
         got[0].idempotency_key.as_deref(),
         body["digest_id"].as_str()
@@ -398,6 +476,7 @@ async fn a_receiver_that_refuses_for_good_does_not_block_the_outbox() {
         &[("tg", receiver(ReceiverKind::Telegram, &server.url()))],
     )
     .await;
+    a.started().await;
     let e = a.evaluator().await;
     e.evaluate_once().await.unwrap();
     a.clock.advance(Span::minutes(16));
@@ -415,7 +494,7 @@ async fn a_receiver_that_refuses_for_good_does_not_block_the_outbox() {
 /// part once even when a part in the middle is rate-limited; Slack gets it split too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_digests_arrive_split_escaped_and_whole() {
-    use tiendo::rules::ledger::{Commit, Digest, Notice};
+    use tiendo::rules::ledger::{Digest, Notice};
     use tiendo::rules::state::Change;
     use tiendo::rules::{Facts, Rule, Severity, Subject};
 
@@ -433,20 +512,40 @@ async fn long_digests_arrive_split_escaped_and_whole() {
         ],
     )
     .await;
+    // No two notices of one rule, dataset and change, so grouping cannot shorten it.
+    let datasets = ["civil_status", "land", "health_book", "labor", "other"];
+    let rules = [
+        Rule::Silent,
+        Rule::BehindPace,
+        Rule::ProjectedMiss,
+        Rule::OnlineShareLow,
+        Rule::ProceduresSilent,
+    ];
+    let changes = [
+        Change::Firing { previous: None },
+        Change::Firing {
+            previous: Some(Severity::Critical),
+        },
+        Change::Repeated,
+        Change::Flapping,
+        Change::Resolved,
+        Change::Completed,
+    ];
     let notices: Vec<Notice> = (0..150)
         .map(|i| {
             let subject = Subject {
                 scheme: "34".into(),
                 code: format!("{:02}", i % 34),
                 name: format!("Tỉnh <b>{i}</b> & *đậm*"),
-                dataset: "civil_status".into(),
+                dataset: datasets[i % 5].into(),
             };
+            let rule = rules[(i / 5) % 5];
             Notice {
                 id: format!("n{i}"),
-                alert_key: format!("{}#{i}", subject.alert_key(Rule::BehindPace)),
-                rule: Rule::BehindPace,
+                alert_key: format!("{}#{i}", subject.alert_key(rule)),
+                rule,
                 severity: Severity::Warning,
-                change: Change::Firing { previous: None },
+                change: changes[i / 25],
                 subject,
                 facts: Facts {
                     total: 100,
@@ -463,6 +562,7 @@ async fn long_digests_arrive_split_escaped_and_whole() {
         id: format!("{outbox}-long"),
         at: now,
         notices: notices.clone(),
+        summary: None,
     };
     let commit = Commit {
         digests: vec![("tg".into(), digest("tg")), ("sl".into(), digest("sl"))],

@@ -2,11 +2,13 @@
 //! receiver's markup; split before the receiver's length limit at line boundaries, so no
 //! markup is ever cut in half. Every line of a message is self-contained markup.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::clock::vn_offset;
 use crate::config::Language;
-use crate::rules::ledger::{Digest, Notice};
+use crate::rules::ledger::{Digest, Notice, Occasion, Summary, Tally};
 use crate::rules::state::Change;
 use crate::rules::{Rule, Severity};
 
@@ -48,19 +50,95 @@ pub fn length(s: &str) -> usize {
     s.encode_utf16().count()
 }
 
-/// Renders `digest` as messages of at most `max_chars` each.
-pub fn render(digest: &Digest, lang: Language, markup: Markup, max_chars: usize) -> Vec<String> {
-    let mut notices: Vec<&Notice> = digest.notices.iter().collect();
-    notices.sort_by_key(|n| (order(n), n.subject.name.clone(), n.subject.dataset.clone()));
-    let lines: Vec<String> = notices
-        .iter()
-        .map(|n| line(n, lang, markup))
-        .map(|l| fit(l, max_chars.saturating_sub(120)))
-        .collect();
+/// How one receiver wants its messages.
+#[derive(Debug, Clone)]
+pub struct Style {
+    pub language: Language,
+    pub markup: Markup,
+    /// Longest message; a digest is split only when grouping cannot make it fit.
+    pub max_chars: usize,
+    /// Notices of one rule, dataset and change that share one line from this many on.
+    pub group_at: usize,
+    /// The status page, linked at the end of every message.
+    pub link: Option<String>,
+}
+
+impl Style {
+    /// No markup, no limit: the generic webhook's `text`, the demo's console.
+    pub fn plain(language: Language) -> Style {
+        Style {
+            language,
+            markup: Markup::Plain,
+            max_chars: usize::MAX / 2,
+            group_at: 5,
+            link: None,
+        }
+    }
+}
+
+/// Room kept in each message for the header and the link.
+const FRAME: usize = 120;
+/// Names shown on a grouped line, at most, tried in turn until the digest fits.
+const NAMES: [usize; 4] = [5, 3, 1, 0];
+
+/// Renders `digest` as messages of at most `style.max_chars` each: one whenever it can be.
+/// Many notices of one rule, dataset and change share a line; if the digest is still too
+/// long, smaller groups are joined too, then fewer names are shown; only then is it split.
+pub fn render(digest: &Digest, style: &Style) -> Vec<String> {
+    if let Some(summary) = &digest.summary {
+        return frame(digest, style, summary_lines(digest, summary, style));
+    }
+    let groups = groups(&digest.notices);
+    let budget = style.max_chars.saturating_sub(FRAME).max(1);
+    let mut threshold = style.group_at.max(2);
+    let mut names = 0;
+    let lines = loop {
+        let lines: Vec<String> = groups
+            .iter()
+            .flat_map(|g| {
+                if g.len() >= threshold {
+                    vec![group_line(g, style, NAMES[names])]
+                } else {
+                    g.iter()
+                        .map(|n| line(n, style.language, style.markup))
+                        .collect()
+                }
+            })
+            .map(|l| fit(l, budget))
+            .collect();
+        let size: usize = lines.iter().map(|l| length(l) + 1).sum();
+        if size <= budget {
+            break lines;
+        }
+        // Join the largest group still listed line by line, else show fewer names.
+        match groups
+            .iter()
+            .map(Vec::len)
+            .filter(|n| *n < threshold && *n >= 2)
+            .max()
+        {
+            Some(largest) => threshold = largest,
+            None if names + 1 < NAMES.len() => names += 1,
+            None => break lines,
+        }
+    };
+    frame(digest, style, lines)
+}
+
+/// Plain text of the whole digest, unsplit (the generic webhook's `text`).
+pub fn plain(digest: &Digest, lang: Language, link: Option<&str>) -> String {
+    let style = Style {
+        link: link.map(String::from),
+        ..Style::plain(lang)
+    };
+    render(digest, &style).join("\n")
+}
+
+/// Header, lines and link, split into messages below the limit at line boundaries.
+fn frame(digest: &Digest, style: &Style, lines: Vec<String>) -> Vec<String> {
+    let budget = style.max_chars.saturating_sub(FRAME).max(1);
     let mut parts: Vec<Vec<String>> = vec![Vec::new()];
     let mut size = 0;
-    // Room for the header, which is added once the number of parts is known.
-    let budget = max_chars.saturating_sub(120).max(1);
     for l in lines {
         let n = length(&l) + 1;
         if size + n > budget && !parts.last().expect("one part").is_empty() {
@@ -71,23 +149,189 @@ pub fn render(digest: &Digest, lang: Language, markup: Markup, max_chars: usize)
         parts.last_mut().expect("one part").push(l);
     }
     let count = parts.len();
+    let link = style.link.as_deref().map(|url| {
+        let m = style.markup;
+        match style.language {
+            Language::Vi => format!("Chi tiết: {}", m.escape(url)),
+            Language::En => format!("Details: {}", m.escape(url)),
+        }
+    });
     parts
         .into_iter()
         .enumerate()
         .map(|(i, lines)| {
-            let mut text = header(digest, lang, markup, i + 1, count);
-            for l in lines {
+            let mut text = header(digest, style.language, style.markup, i + 1, count);
+            for l in lines.iter().chain(link.iter().filter(|_| i + 1 == count)) {
                 text.push('\n');
-                text.push_str(&l);
+                text.push_str(l);
             }
             text
         })
         .collect()
 }
 
-/// Plain text of the whole digest, unsplit (the generic webhook's `text`).
-pub fn plain(digest: &Digest, lang: Language) -> String {
-    render(digest, lang, Markup::Plain, usize::MAX / 2).join("\n")
+/// Notices in message order, those of one rule, dataset and change together, worst first.
+fn groups(notices: &[Notice]) -> Vec<Vec<&Notice>> {
+    let mut by: BTreeMap<(u8, Rule, &str, Option<Severity>), Vec<&Notice>> = BTreeMap::new();
+    for n in notices {
+        let previous = match n.change {
+            Change::Firing { previous } => previous,
+            _ => None,
+        };
+        by.entry((order(n), n.rule, n.subject.dataset.as_str(), previous))
+            .or_default()
+            .push(n);
+    }
+    by.into_values()
+        .map(|mut g| {
+            g.sort_by(|a, b| {
+                worst(a)
+                    .total_cmp(&worst(b))
+                    .then_with(|| a.subject.name.cmp(&b.subject.name))
+            });
+            g
+        })
+        .collect()
+}
+
+/// Lower is worse: what a grouped line ranks its provinces by.
+fn worst(n: &Notice) -> f64 {
+    let f = &n.facts;
+    match (n.change, n.rule) {
+        (Change::Resolved | Change::Completed, _) => 0.0,
+        (_, Rule::Silent | Rule::ProceduresSilent) => {
+            f.last_event.map_or(f64::MIN, |at| at.timestamp() as f64)
+        }
+        (_, Rule::OnlineShareLow) => f.online_share.unwrap_or(0.0),
+        _ => f.percent.unwrap_or(0.0),
+    }
+}
+
+/// One line for a whole group: the count and its worst provinces with the figure that
+/// ranks them.
+fn group_line(group: &[&Notice], style: &Style, names: usize) -> String {
+    let (lang, m) = (style.language, style.markup);
+    let vi = lang == Language::Vi;
+    let n = group[0];
+    let shown: Vec<String> = group
+        .iter()
+        .take(names)
+        .map(|n| {
+            let figure = match (n.change, n.rule) {
+                (Change::Resolved | Change::Completed, _) => None,
+                (_, Rule::Silent | Rule::ProceduresSilent) => Some(match n.facts.last_event {
+                    Some(at) => day(at),
+                    None if vi => "chưa có dữ liệu".into(),
+                    None => "never reported".into(),
+                }),
+                (_, Rule::OnlineShareLow) => n.facts.online_share.map(|s| percent(s * 100.0, lang)),
+                _ => n.facts.percent.map(|p| percent(p, lang)),
+            };
+            let name = m.bold(&n.subject.name);
+            match figure {
+                Some(f) => format!("{name} {}", m.escape(&f)),
+                None => name,
+            }
+        })
+        .collect();
+    let ranked = match (n.change, n.rule, vi) {
+        (Change::Resolved | Change::Completed, ..) => "",
+        (_, Rule::Silent | Rule::ProceduresSilent, true) => "lâu nhất ",
+        (_, Rule::Silent | Rule::ProceduresSilent, false) => "longest ",
+        (.., true) => "thấp nhất ",
+        (.., false) => "lowest ",
+    };
+    let count = if vi {
+        format!("{} tỉnh", group.len())
+    } else {
+        format!("{} provinces", group.len())
+    };
+    let mut text = format!(
+        "{} {} — {} [{}]: {}",
+        icon(n),
+        m.escape(&dataset_name(&n.subject.dataset, lang)),
+        m.escape(rule_text(n.rule, lang)),
+        m.escape(&change_text(n, lang)),
+        count
+    );
+    if !shown.is_empty() {
+        text.push_str(" — ");
+        text.push_str(ranked);
+        text.push_str(&shown.join(", "));
+        if shown.len() < group.len() {
+            text.push_str(", …");
+        }
+    }
+    text
+}
+
+/// What a summary says: how many provinces have alerts, and how many alerts of each rule
+/// and dataset fire, by severity.
+fn summary_lines(digest: &Digest, summary: &Summary, style: &Style) -> Vec<String> {
+    let (lang, m) = (style.language, style.markup);
+    let vi = lang == Language::Vi;
+    let mut lines = vec![match (summary.provinces, vi) {
+        (0, true) => "Không có cảnh báo nào.".to_string(),
+        (0, false) => "No alerts.".to_string(),
+        (n, true) => format!("{n} tỉnh/thành đang có cảnh báo:"),
+        (n, false) => format!("{n} provinces with alerts:"),
+    }];
+    let mut by: Vec<((Rule, &str), Vec<&Tally>)> = Vec::new();
+    for t in &summary.tallies {
+        match by
+            .iter_mut()
+            .find(|(k, _)| *k == (t.rule, t.dataset.as_str()))
+        {
+            Some((_, v)) => v.push(t),
+            None => by.push(((t.rule, t.dataset.as_str()), vec![t])),
+        }
+    }
+    for ((rule, dataset), tallies) in by {
+        let total: usize = tallies.iter().map(|t| t.count).sum();
+        let worst = tallies
+            .iter()
+            .map(|t| t.severity)
+            .max()
+            .unwrap_or(Severity::Info);
+        let icon = match (rule, worst) {
+            (Rule::Completed, _) => "✅",
+            (_, Severity::Critical) => "🔴",
+            (_, Severity::Warning) => "🟠",
+            (_, Severity::Info) => "🔵",
+        };
+        let count = if vi {
+            format!("{total} tỉnh")
+        } else {
+            format!("{total} provinces")
+        };
+        let split = if tallies.len() > 1 {
+            let parts: Vec<String> = tallies
+                .iter()
+                .map(|t| format!("{} {}", t.count, severity_text(t.severity, lang)))
+                .collect();
+            format!(" ({})", parts.join(", "))
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "{icon} {} — {}: {}{}",
+            m.escape(&dataset_name(dataset, lang)),
+            m.escape(rule_text(rule, lang)),
+            count,
+            split
+        ));
+    }
+    if summary.occasion == Occasion::Resumed {
+        let count = |f: fn(&Change) -> bool| digest.notices.iter().filter(|n| f(&n.change)).count();
+        let new = count(|c| matches!(c, Change::Firing { previous: None }));
+        let gone = count(|c| matches!(c, Change::Resolved));
+        lines.push(if vi {
+            format!("Thay đổi trong lúc chờ số liệu: {new} cảnh báo mới, {gone} đã hết.")
+        } else {
+            format!("While figures were catching up: {new} new alerts, {gone} resolved.")
+        });
+    }
+    lines
 }
 
 /// A line longer than a whole message is cut, without markup, at a character boundary.
@@ -133,17 +377,30 @@ fn order(n: &Notice) -> u8 {
         (Change::Firing { .. }, _) => 1,
         (Change::Repeated, Severity::Critical) => 2,
         (Change::Repeated, _) => 3,
-        (Change::Resolved, _) => 4,
-        (Change::Completed, _) => 5,
+        (Change::Flapping, _) => 4,
+        (Change::Resolved, _) => 5,
+        (Change::Completed, _) => 6,
     }
 }
 
 fn header(d: &Digest, lang: Language, m: Markup, part: usize, parts: usize) -> String {
     let at = d.at.with_timezone(&vn_offset()).format("%d/%m/%Y %H:%M");
     let n = d.notices.len();
-    let title = match lang {
-        Language::Vi => format!("tiendo · {n} thay đổi · {at} (giờ VN)"),
-        Language::En => format!(
+    let title = match (d.summary.as_ref().map(|s| s.occasion), lang) {
+        (Some(Occasion::Started), Language::Vi) => {
+            format!("tiendo · bắt đầu theo dõi · {at} (giờ VN)")
+        }
+        (Some(Occasion::Started), Language::En) => {
+            format!("tiendo · now watching · {at} (Vietnam time)")
+        }
+        (Some(Occasion::Resumed), Language::Vi) => {
+            format!("tiendo · số liệu đã cập nhật đầy đủ · {at} (giờ VN)")
+        }
+        (Some(Occasion::Resumed), Language::En) => {
+            format!("tiendo · figures complete again · {at} (Vietnam time)")
+        }
+        (None, Language::Vi) => format!("tiendo · {n} thay đổi · {at} (giờ VN)"),
+        (None, Language::En) => format!(
             "tiendo · {n} change{} · {at} (Vietnam time)",
             if n == 1 { "" } else { "s" }
         ),
@@ -159,6 +416,7 @@ fn header(d: &Digest, lang: Language, m: Markup, part: usize, parts: usize) -> S
 fn icon(n: &Notice) -> &'static str {
     match (n.change, n.severity) {
         (Change::Resolved, _) => "🟢",
+        (Change::Flapping, _) => "🟡",
         (Change::Completed, _) => "✅",
         (_, Severity::Critical) => "🔴",
         (_, Severity::Warning) => "🟠",
@@ -228,6 +486,8 @@ fn change_text(n: &Notice, lang: Language) -> String {
         (Change::Resolved, Language::En) => "resolved".into(),
         (Change::Completed, Language::Vi) => "hoàn thành".into(),
         (Change::Completed, Language::En) => "done".into(),
+        (Change::Flapping, Language::Vi) => "dao động, giữ cảnh báo".into(),
+        (Change::Flapping, Language::En) => "flapping, held firing".into(),
     }
 }
 
@@ -260,6 +520,10 @@ fn percent(v: f64, lang: Language) -> String {
 
 fn date(d: NaiveDate) -> String {
     d.format("%d/%m/%Y").to_string()
+}
+
+fn day(at: DateTime<Utc>) -> String {
+    at.with_timezone(&vn_offset()).format("%d/%m").to_string()
 }
 
 fn time(at: DateTime<Utc>) -> String {
@@ -408,12 +672,41 @@ mod tests {
         }
     }
 
+    /// `n` provinces behind pace on `dataset`, the i-th at 10+i percent.
+    fn behind(n: usize, dataset: &str, change: Change) -> Vec<Notice> {
+        (0..n)
+            .map(|i| {
+                let mut x = notice(&format!("Tỉnh {i:02}"), Rule::BehindPace, change);
+                x.subject.code = format!("{i:02}");
+                x.subject.dataset = dataset.into();
+                x.alert_key = x.subject.alert_key(Rule::BehindPace);
+                x.facts.percent = Some(10.0 + i as f64);
+                x
+            })
+            .collect()
+    }
+
     fn digest(notices: Vec<Notice>) -> Digest {
         Digest {
             id: "d1".into(),
             at: "2024-11-20T03:00:00Z".parse().unwrap(),
             notices,
+            summary: None,
         }
+    }
+
+    fn style(language: Language, markup: Markup, max_chars: usize) -> Style {
+        Style {
+            language,
+            markup,
+            max_chars,
+            group_at: 5,
+            link: None,
+        }
+    }
+
+    fn telegram(max_chars: usize) -> Style {
+        style(Language::Vi, Markup::TelegramHtml, max_chars)
     }
 
     #[test]
@@ -423,7 +716,7 @@ mod tests {
             Rule::BehindPace,
             Change::Firing { previous: None },
         )]);
-        let text = render(&d, Language::Vi, Markup::TelegramHtml, 4096).join("\n");
+        let text = render(&d, &telegram(4096)).join("\n");
         assert_eq!(
             text,
             "<b>tiendo · 1 thay đổi · 20/11/2024 10:00 (giờ VN)</b>\n\
@@ -431,7 +724,7 @@ mod tests {
              tốc độ 7 ngày 2.857/ngày, cần 20.160/ngày; còn 41 ngày (hạn 31/12/2024); \
              dự kiến xong 02/06/2025"
         );
-        let en = render(&d, Language::En, Markup::Plain, 4096).join("\n");
+        let en = render(&d, &style(Language::En, Markup::Plain, 4096)).join("\n");
         assert!(
             en.contains("Civil status — behind pace [new]: 16.0% done (160,000/1,000,000)"),
             "{en}"
@@ -441,58 +734,164 @@ mod tests {
     #[test]
     fn names_with_markup_characters_are_escaped_for_each_receiver() {
         let d = digest(vec![notice("A<b>&*_x", Rule::Silent, Change::Resolved)]);
-        let tg = render(&d, Language::Vi, Markup::TelegramHtml, 4096).join("\n");
+        let tg = render(&d, &telegram(4096)).join("\n");
         assert!(tg.contains("<b>A&lt;b&gt;&amp;*_x</b>"), "{tg}");
         assert!(!tg.contains("<b>A<b>"));
-        let slack = render(&d, Language::Vi, Markup::Slack, 4096).join("\n");
+        let slack = render(&d, &style(Language::Vi, Markup::Slack, 4096)).join("\n");
         assert!(slack.contains("*A&lt;b&gt;&amp;∗_x*"), "{slack}");
         assert!(tg.contains("dữ liệu mới nhất 15/11/2024 09:00"), "{tg}");
     }
 
-    /// Each message within the limit, every line whole, tags balanced, nothing lost.
     #[test]
-    fn long_digests_split_at_line_boundaries_under_the_limit() {
-        let notices: Vec<Notice> = (0..200)
-            .map(|i| {
-                let mut n = notice(&format!("Tỉnh <{i}>"), Rule::BehindPace, Change::Repeated);
-                n.subject.code = format!("{i:03}");
-                n
-            })
-            .collect();
+    fn many_notices_of_one_rule_and_dataset_become_one_line_with_the_worst() {
+        let mut notices = behind(61, "health_book", Change::Firing { previous: None });
+        notices.push(notice(
+            "Ninh Thuận",
+            Rule::Silent,
+            Change::Firing { previous: None },
+        ));
         let d = digest(notices);
-        let parts = render(&d, Language::Vi, Markup::TelegramHtml, 4096);
-        assert!(parts.len() > 5, "{}", parts.len());
-        let mut seen = 0;
+        let parts = render(&d, &telegram(4096));
+        assert_eq!(parts.len(), 1);
+        let lines: Vec<&str> = parts[0].lines().collect();
+        assert_eq!(lines.len(), 3, "{}", parts[0]);
+        // Rules in their order (silent first), each group worst first.
+        assert!(lines[1].starts_with("🔴 <b>Ninh Thuận</b> · Hộ tịch — không có dữ liệu mới"));
+        assert_eq!(
+            lines[2],
+            "🔴 Sổ sức khỏe điện tử — chậm tiến độ [mới]: 61 tỉnh — thấp nhất \
+             <b>Tỉnh 00</b> 10,0%, <b>Tỉnh 01</b> 11,0%, <b>Tỉnh 02</b> 12,0%, \
+             <b>Tỉnh 03</b> 13,0%, <b>Tỉnh 04</b> 14,0%, …"
+        );
+        // Below the threshold, each province keeps its own line.
+        let d = digest(behind(4, "land", Change::Resolved));
+        assert_eq!(render(&d, &telegram(4096))[0].lines().count(), 5);
+        let en = render(&d, &style(Language::En, Markup::Plain, 4096)).join("\n");
+        assert!(en.contains("Land — behind pace [resolved]"), "{en}");
+    }
+
+    #[test]
+    fn a_digest_is_grouped_further_rather_than_split() {
+        // Three severity changes on each of five datasets and three rules: fifteen groups of
+        // three, too long line by line for 2,000 characters.
+        let mut notices = Vec::new();
+        for dataset in ["civil_status", "land", "health_book", "labor", "other"] {
+            for rule in [Rule::BehindPace, Rule::ProjectedMiss, Rule::Silent] {
+                for mut n in behind(
+                    3,
+                    dataset,
+                    Change::Firing {
+                        previous: Some(Severity::Warning),
+                    },
+                ) {
+                    n.rule = rule;
+                    n.alert_key = n.subject.alert_key(rule);
+                    notices.push(n);
+                }
+            }
+        }
+        let d = digest(notices);
+        let loose = style(Language::Vi, Markup::TelegramHtml, 40_000);
+        assert_eq!(render(&d, &loose)[0].lines().count(), 46);
+        let parts = render(&d, &telegram(2_000));
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        assert!(length(&parts[0]) <= 2_000);
+        assert!(parts[0].lines().count() < 46, "{}", parts[0]);
+        assert!(
+            parts[0].contains("[cảnh báo → nghiêm trọng]: 3 tỉnh"),
+            "{}",
+            parts[0]
+        );
+    }
+
+    /// When even grouped lines do not fit, the digest is split: each message within the limit,
+    /// every line whole, tags balanced, nothing lost.
+    #[test]
+    fn what_grouping_cannot_shorten_is_split_at_line_boundaries() {
+        let mut notices = Vec::new();
+        for dataset in ["civil_status", "land", "health_book", "labor", "other"] {
+            for change in [
+                Change::Firing { previous: None },
+                Change::Repeated,
+                Change::Resolved,
+            ] {
+                notices.extend(behind(6, dataset, change));
+            }
+        }
+        let d = digest(notices);
+        let parts = render(&d, &telegram(400));
+        assert!(parts.len() > 1, "{}", parts.len());
+        let mut lines = 0;
         for (i, p) in parts.iter().enumerate() {
-            assert!(length(p) <= 4096, "part {i} has {}", length(p));
+            assert!(length(p) <= 400, "part {i} has {}", length(p));
             assert_eq!(p.matches("<b>").count(), p.matches("</b>").count());
-            assert!(p.starts_with("<b>tiendo · 200 thay đổi"), "{p}");
+            assert!(p.starts_with("<b>tiendo · 90 thay đổi"), "{p}");
             assert!(p
                 .lines()
                 .next()
                 .unwrap()
                 .ends_with(&format!("{}/{}</b>", i + 1, parts.len())));
-            seen += p.lines().skip(1).count();
+            lines += p.lines().skip(1).count();
         }
-        assert_eq!(seen, 200);
-        for i in 0..200 {
-            assert!(parts
-                .iter()
-                .any(|p| p.contains(&format!("Tỉnh &lt;{i}&gt;</b>"))));
-        }
+        assert_eq!(lines, 15, "one line per dataset and change");
     }
 
     #[test]
     fn a_single_overlong_line_is_cut_without_breaking_markup() {
         let name = "&".repeat(300);
         let d = digest(vec![notice(&name, Rule::Silent, Change::Resolved)]);
-        let parts = render(&d, Language::Vi, Markup::TelegramHtml, 400);
+        let parts = render(&d, &telegram(400));
         assert_eq!(parts.len(), 1);
         let p = &parts[0];
         assert!(length(p) <= 400, "{}", length(p));
         let body = p.lines().nth(1).unwrap();
         assert!(!body.contains('<'), "{body}");
         assert!(body.ends_with("&amp;…"), "{body}");
+    }
+
+    #[test]
+    fn a_summary_counts_provinces_per_rule_and_severity_and_links_the_page() {
+        let tally = |rule, dataset: &str, severity, count| Tally {
+            rule,
+            dataset: dataset.into(),
+            severity,
+            count,
+        };
+        let mut d = digest(behind(
+            10,
+            "civil_status",
+            Change::Firing { previous: None },
+        ));
+        d.summary = Some(Summary {
+            occasion: Occasion::Started,
+            provinces: 12,
+            tallies: vec![
+                tally(Rule::BehindPace, "civil_status", Severity::Critical, 6),
+                tally(Rule::BehindPace, "civil_status", Severity::Warning, 4),
+                tally(Rule::OnlineShareLow, "", Severity::Warning, 3),
+                tally(Rule::Completed, "civil_status", Severity::Info, 14),
+            ],
+        });
+        let mut s = telegram(4096);
+        s.link = Some("https://tiendo.example/?a=1&b=2".into());
+        let parts = render(&d, &s);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(
+            parts[0],
+            "<b>tiendo · bắt đầu theo dõi · 20/11/2024 10:00 (giờ VN)</b>\n\
+             12 tỉnh/thành đang có cảnh báo:\n\
+             🔴 Hộ tịch — chậm tiến độ: 10 tỉnh (6 nghiêm trọng, 4 cảnh báo)\n\
+             🟠 Thủ tục hành chính — tỷ lệ trực tuyến toàn trình thấp: 3 tỉnh\n\
+             ✅ Hộ tịch — hoàn thành chỉ tiêu: 14 tỉnh\n\
+             Chi tiết: https://tiendo.example/?a=1&amp;b=2"
+        );
+        d.summary.as_mut().unwrap().occasion = Occasion::Resumed;
+        let en = render(&d, &style(Language::En, Markup::Plain, 4096)).join("\n");
+        assert!(en.starts_with("tiendo · figures complete again"), "{en}");
+        assert!(
+            en.ends_with("While figures were catching up: 10 new alerts, 0 resolved."),
+            "{en}"
+        );
     }
 
     #[test]

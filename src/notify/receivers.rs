@@ -10,8 +10,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::message::{plain, render, Markup};
-use crate::config::{Language, ReceiverKind, ReceiverSettings};
+use super::message::{plain, render, Markup, Style};
+use crate::config::{AlertSettings, ReceiverKind, ReceiverSettings};
 use crate::events::v1;
 use crate::rules::ledger::{Digest, Notice};
 use crate::rules::state::Change;
@@ -52,8 +52,7 @@ pub enum Sink {
         /// Full endpoint; for Telegram it holds the token, so it is never logged.
         endpoint: String,
         chat_id: String,
-        language: Language,
-        max_chars: usize,
+        style: Style,
     },
     Kafka {
         producer: FutureProducer,
@@ -62,7 +61,8 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub fn http(r: &ReceiverSettings, default_language: Language) -> Sink {
+    /// A chat or webhook receiver; messages link to `public_url` when it is set.
+    pub fn http(r: &ReceiverSettings, alerts: &AlertSettings, public_url: &str) -> Sink {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("tiendo/", env!("CARGO_PKG_VERSION")))
@@ -88,13 +88,23 @@ impl Sink {
             ReceiverKind::Slack => SLACK_MAX,
             ReceiverKind::Webhook => usize::MAX / 2,
         });
+        let style = Style {
+            language: r.language.unwrap_or(alerts.language),
+            markup: match r.kind {
+                ReceiverKind::Telegram => Markup::TelegramHtml,
+                ReceiverKind::Slack => Markup::Slack,
+                ReceiverKind::Webhook => Markup::Plain,
+            },
+            max_chars,
+            group_at: alerts.group_at,
+            link: (!public_url.is_empty()).then(|| public_url.to_string()),
+        };
         Sink::Http {
             kind: r.kind,
             client,
             endpoint,
             chat_id: r.chat_id.clone(),
-            language: r.language.unwrap_or(default_language),
-            max_chars,
+            style,
         }
     }
 
@@ -104,28 +114,25 @@ impl Sink {
             Sink::Http {
                 kind,
                 chat_id,
-                language,
-                max_chars,
+                style,
                 ..
             } => match kind {
-                ReceiverKind::Telegram => {
-                    render(digest, *language, Markup::TelegramHtml, *max_chars)
-                        .into_iter()
-                        .map(|text| {
-                            Prepared::Http(json!({
-                                "chat_id": chat_id,
-                                "text": text,
-                                "parse_mode": "HTML",
-                                "disable_web_page_preview": true,
-                            }))
-                        })
-                        .collect()
-                }
-                ReceiverKind::Slack => render(digest, *language, Markup::Slack, *max_chars)
+                ReceiverKind::Telegram => render(digest, style)
+                    .into_iter()
+                    .map(|text| {
+                        Prepared::Http(json!({
+                            "chat_id": chat_id,
+                            "text": text,
+                            "parse_mode": "HTML",
+                            "disable_web_page_preview": true,
+                        }))
+                    })
+                    .collect(),
+                ReceiverKind::Slack => render(digest, style)
                     .into_iter()
                     .map(|text| Prepared::Http(json!({ "text": text, "mrkdwn": true })))
                     .collect(),
-                ReceiverKind::Webhook => vec![Prepared::Http(webhook_body(digest, *language))],
+                ReceiverKind::Webhook => vec![Prepared::Http(webhook_body(digest, style))],
             },
             Sink::Kafka { .. } => vec![Prepared::Kafka(
                 digest
@@ -217,16 +224,21 @@ async fn classify(response: reqwest::Response) -> Result<(), SendError> {
     }
 }
 
-/// The generic webhook's body; its schema is documented in the README.
-pub fn webhook_body(digest: &Digest, language: Language) -> serde_json::Value {
-    json!({
+/// The generic webhook's body; its schema is documented in the README. It carries every
+/// notice, whatever the text groups or sums up.
+pub fn webhook_body(digest: &Digest, style: &Style) -> serde_json::Value {
+    let mut body = json!({
         "schema": "tiendo.alerts.v1",
         "digest_id": digest.id,
         "at": digest.at,
-        "language": language,
-        "text": plain(digest, language),
+        "language": style.language,
+        "text": plain(digest, style.language, style.link.as_deref()),
         "notices": digest.notices,
-    })
+    });
+    if let Some(summary) = &digest.summary {
+        body["summary"] = json!(summary);
+    }
+    body
 }
 
 /// A notice as the protobuf `Alert` of the alerts topic.
@@ -244,6 +256,7 @@ pub fn alert(n: &Notice) -> v1::Alert {
             Change::Repeated => v1::Transition::Repeated,
             Change::Resolved => v1::Transition::Resolved,
             Change::Completed => v1::Transition::Completed,
+            Change::Flapping => v1::Transition::Flapping,
         } as i32,
         rule: match n.rule {
             Rule::Silent => v1::Rule::Silent,

@@ -1,6 +1,13 @@
-//! The periodic evaluation: read the figures, find what holds, step every alert's state, and
-//! commit the new states with the digests to send, all against the ledger's generation (see
-//! [`super::ledger`]). Any number of replicas may run it; time comes from the injected clock.
+//! The periodic evaluation: check that the figures are current, read them, find what holds,
+//! step every alert's state, and commit the new states with the digests to send, all against
+//! the ledger's generation (see [`super::ledger`]). Any number of replicas may run it; time
+//! comes from the injected clock.
+//!
+//! While the figures are catching up ([`crate::catchup`]) nothing is evaluated: no alert
+//! fires or resolves, states hold. The first evaluation of a deployment, and the first after
+//! figures were catching up, tell chat receivers the whole picture in one summary instead of
+//! a line per alert; at the first, rules that hold fire at once (the figures are complete, so
+//! there is nothing to wait out).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -8,18 +15,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::ledger::{Commit, Digest, Ledger, LedgerError, Notice};
-use super::state::{step, Change, Phase, Timing};
-use super::{evaluate, Evaluation, Rule, Severity};
+use super::ledger::{
+    Commit, Digest, Ledger, LedgerError, Notice, Occasion, Read, Summary, Tally, HELD, STARTED,
+};
+use super::state::{step, AlertState, Change, Phase, Timing};
+use super::{evaluate_holding, Evaluation, Rule, Severity};
+use crate::catchup::{Currency, Watch};
 use crate::clock::SharedClock;
-use crate::config::AlertSettings;
+use crate::config::{AlertSettings, KAFKA_OUTBOX};
 use crate::status::Status;
 use crate::store::Store;
 use crate::targets::Targets;
 use crate::telemetry;
-
-/// Name of the outbox the Kafka alerts topic is fed from.
-pub const KAFKA_OUTBOX: &str = "kafka";
 
 /// Commit attempts before an evaluation gives up until the next tick.
 const ATTEMPTS: usize = 5;
@@ -33,6 +40,9 @@ pub struct Evaluator {
     clock: SharedClock,
     /// Whether the Kafka alerts topic gets every notice, silenced ones included.
     kafka: bool,
+    /// Whether the figures are current; without one they are taken to be (tests that feed
+    /// Redis directly).
+    watch: Option<Watch>,
 }
 
 /// What one evaluation did.
@@ -40,6 +50,10 @@ pub struct Evaluator {
 pub struct Outcome {
     /// Notices this evaluator committed (empty if another replica got there first).
     pub notices: Vec<Notice>,
+    /// The digest every chat receiver gets from this evaluation, if any.
+    pub chat: Option<Digest>,
+    /// Set when the figures were not current, so nothing was evaluated.
+    pub held: Option<Currency>,
 }
 
 impl Evaluator {
@@ -61,7 +75,14 @@ impl Evaluator {
             settings,
             clock,
             kafka,
+            watch: None,
         }
+    }
+
+    /// Evaluates only while `watch` says the figures are current.
+    pub fn with_watch(mut self, watch: Watch) -> Evaluator {
+        self.watch = Some(watch);
+        self
     }
 
     /// Evaluates every `alerts.interval` until `shutdown`.
@@ -69,6 +90,7 @@ impl Evaluator {
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(200);
+        let mut was_held = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -80,6 +102,17 @@ impl Evaluator {
                     if let Err(error) = self.ledger.prune_silences(self.clock.now()).await {
                         tracing::debug!(%error, "ended silences not pruned");
                     }
+                    match (&out.held, was_held) {
+                        (Some(c), false) => tracing::warn!(
+                            behind = c.behind,
+                            unknown = c.unknown,
+                            reason = c.reason.as_deref().unwrap_or(""),
+                            "figures not current: alerts held"
+                        ),
+                        (None, true) => tracing::info!("figures current: alerts evaluated again"),
+                        _ => {}
+                    }
+                    was_held = out.held.is_some();
                     for n in &out.notices {
                         tracing::info!(
                             alert = n.alert_key,
@@ -109,19 +142,52 @@ impl Evaluator {
         for _ in 0..ATTEMPTS {
             let now = self.clock.now();
             let read = self.ledger.read().await?;
+            if let Some(watch) = &self.watch {
+                let currency = watch.check(now).await;
+                if !currency.current {
+                    // Remember the hold, so that the next evaluation sums up.
+                    if !read.held {
+                        let hold = Commit {
+                            meta: vec![(HELD, Some(now.to_rfc3339()))],
+                            ..Commit::default()
+                        };
+                        if !self.ledger.commit(read.generation, &hold).await? {
+                            continue;
+                        }
+                    }
+                    metrics::counter!(telemetry::ALERT_EVALUATIONS, "outcome" => "held")
+                        .increment(1);
+                    publish_firing(&firing(&read.states, &Commit::default()));
+                    return Ok(Outcome {
+                        held: Some(currency),
+                        ..Outcome::default()
+                    });
+                }
+            }
             let snap = self.store.snapshot(now).await?;
             let status = Status::build(&snap, &self.targets, &self.datasets, self.settings.view);
-            let eval = evaluate(&status, now, &self.settings.rules);
+            let active: BTreeMap<String, Severity> = read
+                .states
+                .iter()
+                .filter(|(_, s)| s.phase.active())
+                .map(|(k, s)| (k.clone(), s.severity))
+                .collect();
+            let eval = evaluate_holding(&status, now, &self.settings.rules, &active);
             publish_figures(&eval);
-            let commit = self.plan(&read, &eval, now);
+            let occasion = if !read.started {
+                Some(Occasion::Started)
+            } else if read.held {
+                Some(Occasion::Resumed)
+            } else {
+                None
+            };
+            let (commit, chat) = self.plan(&read, &eval, now, occasion);
             let firing = firing(&read.states, &commit);
-            if commit.states.is_empty() && commit.notices.is_empty() {
+            if commit.is_empty() {
                 metrics::counter!(telemetry::ALERT_EVALUATIONS, "outcome" => "unchanged")
                     .increment(1);
                 publish_firing(&firing);
-                return Ok(Outcome {
-                    notices: Vec::new(),
-                });
+                return Ok(Outcome::default());
             }
             if self.ledger.commit(read.generation, &commit).await? {
                 metrics::counter!(telemetry::ALERT_EVALUATIONS, "outcome" => "committed")
@@ -141,6 +207,8 @@ impl Evaluator {
                 publish_firing(&firing);
                 return Ok(Outcome {
                     notices: commit.notices,
+                    chat,
+                    held: None,
                 });
             }
             metrics::counter!(telemetry::ALERT_EVALUATIONS, "outcome" => "conflict").increment(1);
@@ -148,16 +216,33 @@ impl Evaluator {
         Ok(Outcome::default())
     }
 
-    /// New states and notices from what held at `now`.
-    fn plan(&self, read: &super::ledger::Read, eval: &Evaluation, now: DateTime<Utc>) -> Commit {
-        let timing = Timing {
-            pending_for: chrono::Duration::from_std(self.settings.rules.pending_for)
-                .unwrap_or_default(),
-            clear_for: chrono::Duration::from_std(self.settings.rules.clear_for)
-                .unwrap_or_default(),
-            repeat_interval: chrono::Duration::from_std(self.settings.repeat_interval)
-                .unwrap_or_default(),
-        };
+    fn timing(&self, occasion: Option<Occasion>) -> Timing {
+        let d = |d: Duration| chrono::Duration::from_std(d).unwrap_or_default();
+        let rules = &self.settings.rules;
+        Timing {
+            // At the start, what holds on complete figures is established: fire at once.
+            pending_for: if occasion == Some(Occasion::Started) {
+                chrono::Duration::zero()
+            } else {
+                d(rules.pending_for)
+            },
+            clear_for: d(rules.clear_for),
+            repeat_interval: d(self.settings.repeat_interval),
+            flap_max: rules.flap_max,
+            flap_window: d(rules.flap_window),
+            flap_clear_for: d(rules.flap_clear_for),
+        }
+    }
+
+    /// New states, notices and digests from what held at `now`, and the digest chat gets.
+    fn plan(
+        &self,
+        read: &Read,
+        eval: &Evaluation,
+        now: DateTime<Utc>,
+        occasion: Option<Occasion>,
+    ) -> (Commit, Option<Digest>) {
+        let timing = self.timing(occasion);
         let found: BTreeMap<&str, &super::Finding> =
             eval.findings.iter().map(|f| (f.key.as_str(), f)).collect();
         let keys: BTreeSet<&str> = found
@@ -184,7 +269,9 @@ impl Evaluator {
                 .or_else(|| key.rsplit(':').next().and_then(Rule::parse))
                 .unwrap_or(Rule::Silent);
             let severity = match change {
-                Change::Resolved => prev.map(|p| p.severity).unwrap_or(Severity::Info),
+                Change::Resolved | Change::Flapping => {
+                    prev.map(|p| p.severity).unwrap_or(Severity::Info)
+                }
                 _ => next.as_ref().map(|s| s.severity).unwrap_or(Severity::Info),
             };
             let mut notice = Notice {
@@ -205,54 +292,141 @@ impl Evaluator {
                 .map(|s| s.id.clone());
             commit.notices.push(notice);
         }
-        if !commit.notices.is_empty() {
-            let id = format!("{}-{}", read.generation + 1, now.timestamp_millis());
-            let loud: Vec<Notice> = commit
-                .notices
-                .iter()
-                .filter(|n| n.silenced_by.is_none())
-                .cloned()
-                .collect();
-            if !loud.is_empty() {
-                // Each chat receiver gets a digest of every unsilenced notice.
-                for outbox in self.settings.receivers.keys() {
-                    let digest = Digest {
-                        id: format!("{outbox}-{id}"),
-                        at: now,
-                        notices: loud.clone(),
-                    };
-                    commit.digests.push((outbox.clone(), digest));
-                }
-            }
-            if self.kafka {
+        if occasion == Some(Occasion::Started) {
+            commit.meta.push((STARTED, Some(now.to_rfc3339())));
+        }
+        if read.held {
+            commit.meta.push((HELD, None));
+        }
+        let id = format!("{}-{}", read.generation + 1, now.timestamp_millis());
+        let loud: Vec<Notice> = commit
+            .notices
+            .iter()
+            .filter(|n| n.silenced_by.is_none())
+            .cloned()
+            .collect();
+        // The start is always announced; a return from catching up only with news.
+        let summary = match occasion {
+            Some(Occasion::Started) => Some(Occasion::Started),
+            Some(Occasion::Resumed) if !loud.is_empty() => Some(Occasion::Resumed),
+            _ => None,
+        }
+        .map(|occasion| summarize(occasion, read, &commit, now));
+        let chat = (summary.is_some() || !loud.is_empty()).then(|| Digest {
+            id: String::new(),
+            at: now,
+            notices: loud,
+            summary,
+        });
+        if let Some(chat) = &chat {
+            // Each chat receiver gets the same digest.
+            for outbox in self.settings.receivers.keys() {
                 let digest = Digest {
-                    id: format!("{KAFKA_OUTBOX}-{id}"),
-                    at: now,
-                    notices: commit.notices.clone(),
+                    id: format!("{outbox}-{id}"),
+                    ..chat.clone()
                 };
-                commit.digests.push((KAFKA_OUTBOX.to_string(), digest));
+                commit.digests.push((outbox.clone(), digest));
             }
         }
-        commit
+        if self.kafka && !commit.notices.is_empty() {
+            let digest = Digest {
+                id: format!("{KAFKA_OUTBOX}-{id}"),
+                at: now,
+                notices: commit.notices.clone(),
+                summary: None,
+            };
+            commit.digests.push((KAFKA_OUTBOX.to_string(), digest));
+        }
+        (commit, chat)
+    }
+}
+
+/// Every state after `commit`.
+fn after<'a>(
+    before: &'a BTreeMap<String, AlertState>,
+    commit: &'a Commit,
+) -> impl Iterator<Item = (&'a str, &'a AlertState)> {
+    before
+        .iter()
+        .filter(|(k, _)| !commit.states.contains_key(*k))
+        .map(|(k, s)| (k.as_str(), s))
+        .chain(
+            commit
+                .states
+                .iter()
+                .filter_map(|(k, s)| Some((k.as_str(), s.as_ref()?))),
+        )
+}
+
+/// The parts of an alert key: scheme, code, dataset (empty for procedures), rule.
+fn parse_key(key: &str) -> Option<(&str, &str, &str, Rule)> {
+    let mut parts = key.split(':');
+    let (scheme, code, what, rule) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let dataset = if what == "procedures" { "" } else { what };
+    Some((scheme, code, dataset, Rule::parse(rule)?))
+}
+
+/// How many alerts are active after `commit`, per rule, dataset and severity; silenced ones
+/// are held back from chat, so from its summary too.
+fn summarize(occasion: Occasion, read: &Read, commit: &Commit, now: DateTime<Utc>) -> Summary {
+    let mut tallies: BTreeMap<(Rule, String, Severity), usize> = BTreeMap::new();
+    let mut provinces = BTreeSet::new();
+    for (key, state) in after(&read.states, commit) {
+        let Some((scheme, code, dataset, rule)) = parse_key(key) else {
+            continue;
+        };
+        if read
+            .silences
+            .iter()
+            .any(|s| s.covers(scheme, code, dataset, rule, now))
+        {
+            continue;
+        }
+        if state.phase.active() {
+            provinces.insert((scheme, code));
+        } else if state.phase != Phase::Done {
+            continue;
+        }
+        *tallies
+            .entry((rule, dataset.to_string(), state.severity))
+            .or_default() += 1;
+    }
+    let mut tallies: Vec<Tally> = tallies
+        .into_iter()
+        .map(|((rule, dataset, severity), count)| Tally {
+            rule,
+            dataset,
+            severity,
+            count,
+        })
+        .collect();
+    // Most severe first, then the most widespread; targets reached last.
+    tallies.sort_by_key(|t| {
+        (
+            t.rule == Rule::Completed,
+            std::cmp::Reverse(t.severity),
+            std::cmp::Reverse(t.count),
+            t.rule,
+            t.dataset.clone(),
+        )
+    });
+    Summary {
+        occasion,
+        provinces: provinces.len(),
+        tallies,
     }
 }
 
 fn firing(
-    before: &BTreeMap<String, super::state::AlertState>,
+    before: &BTreeMap<String, AlertState>,
     commit: &Commit,
 ) -> BTreeMap<(Rule, Severity), u64> {
     let mut out = BTreeMap::new();
-    let after = before
-        .iter()
-        .filter(|(k, _)| !commit.states.contains_key(*k))
-        .map(|(k, s)| (k.as_str(), Some(s)))
-        .chain(commit.states.iter().map(|(k, s)| (k.as_str(), s.as_ref())));
-    for (key, state) in after {
-        let Some(state) = state else { continue };
-        if !matches!(state.phase, Phase::Firing | Phase::Resolving) {
+    for (key, state) in after(before, commit) {
+        if !state.phase.active() {
             continue;
         }
-        if let Some(rule) = key.rsplit(':').next().and_then(Rule::parse) {
+        if let Some((.., rule)) = parse_key(key) {
             *out.entry((rule, state.severity)).or_default() += 1;
         }
     }

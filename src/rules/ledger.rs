@@ -48,6 +48,40 @@ pub struct Digest {
     pub id: String,
     pub at: DateTime<Utc>,
     pub notices: Vec<Notice>,
+    /// Chat shows this instead of a line per notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+}
+
+/// Why a digest is a summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Occasion {
+    /// The first evaluation of this deployment (or since Redis lost the ledger).
+    Started,
+    /// The first evaluation after the figures were catching up.
+    Resumed,
+}
+
+/// How many alerts of one rule, dataset and severity are active.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Tally {
+    pub rule: Rule,
+    /// Empty for procedure rules.
+    pub dataset: String,
+    pub severity: Severity,
+    pub count: usize,
+}
+
+/// The picture as a whole, for the moments when a line per notice would flood the chat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub occasion: Occasion,
+    /// Provinces with at least one alert firing.
+    pub provinces: usize,
+    /// Alerts firing after this evaluation, most severe first; targets reached as
+    /// `completed`.
+    pub tallies: Vec<Tally>,
 }
 
 /// A rule held back from chat for a while. Empty `dataset` or `rule` match any.
@@ -83,7 +117,7 @@ impl Silence {
     /// A silence of `province` (a code in `view`'s table), checked against what exists.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
-        view: crate::status::View,
+        view: crate::provinces::View,
         province: &str,
         dataset: Option<&str>,
         rule: Option<&str>,
@@ -92,13 +126,9 @@ impl Silence {
         now: DateTime<Utc>,
         datasets: &[String],
     ) -> Result<Silence, SilenceError> {
-        use crate::provinces::{provinces, Scheme};
-        let (scheme, tag) = match view {
-            crate::status::View::Current34 => (Scheme::Current34, "34"),
-            crate::status::View::Legacy63 => (Scheme::Legacy63, "63"),
-        };
-        let unit = provinces()
-            .resolve(scheme, province)
+        let tag = view.tag();
+        let unit = crate::provinces::provinces()
+            .resolve(view.scheme(), province)
             .ok_or_else(|| SilenceError::Province(province.to_string(), tag))?;
         let dataset = dataset.unwrap_or_default();
         if !dataset.is_empty() && !datasets.iter().any(|d| d == dataset) {
@@ -127,11 +157,29 @@ impl Silence {
     }
 
     pub fn matches(&self, n: &Notice, now: DateTime<Utc>) -> bool {
+        self.covers(
+            &n.subject.scheme,
+            &n.subject.code,
+            &n.subject.dataset,
+            n.rule,
+            now,
+        )
+    }
+
+    /// Whether this silence holds back `rule` on that subject at `now`.
+    pub fn covers(
+        &self,
+        scheme: &str,
+        code: &str,
+        dataset: &str,
+        rule: Rule,
+        now: DateTime<Utc>,
+    ) -> bool {
         now < self.until
-            && self.scheme == n.subject.scheme
-            && self.province == n.subject.code
-            && (self.dataset.is_empty() || self.dataset == n.subject.dataset)
-            && self.rule.is_none_or(|r| r == n.rule)
+            && self.scheme == scheme
+            && self.province == code
+            && (self.dataset.is_empty() || self.dataset == dataset)
+            && self.rule.is_none_or(|r| r == rule)
     }
 }
 
@@ -141,7 +189,15 @@ pub struct Read {
     pub generation: i64,
     pub states: BTreeMap<String, AlertState>,
     pub silences: Vec<Silence>,
+    /// An evaluation has committed in this ledger (the deployment has started).
+    pub started: bool,
+    /// Evaluations were held because the figures were catching up.
+    pub held: bool,
 }
+
+/// Fields of the ledger's `meta` hash.
+pub const STARTED: &str = "started";
+pub const HELD: &str = "held";
 
 /// An evaluation's outcome, ready to commit.
 #[derive(Debug, Default)]
@@ -151,6 +207,14 @@ pub struct Commit {
     pub notices: Vec<Notice>,
     /// Digests by outbox name.
     pub digests: Vec<(String, Digest)>,
+    /// Fields of the `meta` hash to set (`Some`) or delete (`None`).
+    pub meta: Vec<(&'static str, Option<String>)>,
+}
+
+impl Commit {
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty() && self.notices.is_empty() && self.meta.is_empty()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,9 +256,10 @@ pub struct Ledger {
 }
 
 const COMMIT: &str = r"
--- KEYS: generation, states, history, outbox...
+-- KEYS: generation, states, history, meta, outbox...
 -- ARGV: expected generation, #states, (field, json or '' to delete)..., #notices,
---       notice..., history length, then one digest (or '') per outbox
+--       notice..., history length, #meta, (field, value or '' to delete)..., then one
+--       digest (or '') per outbox
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
 local i = 3
 for _ = 1, tonumber(ARGV[2]) do
@@ -205,7 +270,13 @@ end
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('LPUSH', KEYS[3], ARGV[i]); i = i + 1 end
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[i]) - 1); i = i + 1
-for k = 4, #KEYS do
+for _ = 1, tonumber(ARGV[i]) do
+  if ARGV[i + 2] == '' then redis.call('HDEL', KEYS[4], ARGV[i + 1])
+  else redis.call('HSET', KEYS[4], ARGV[i + 1], ARGV[i + 2]) end
+  i = i + 2
+end
+i = i + 1
+for k = 5, #KEYS do
   if ARGV[i] ~= '' then redis.call('RPUSH', KEYS[k], ARGV[i]) end
   i = i + 1
 end
@@ -282,21 +353,21 @@ impl Ledger {
         self.key(&format!("outbox:{outbox}"))
     }
 
-    /// Generation, states and silences, in one round trip.
+    /// Generation, states, silences and meta, in one round trip.
     pub async fn read(&self) -> Result<Read, LedgerError> {
         let mut conn = self.conn.clone();
-        let (generation, states, silences): (
-            Option<i64>,
-            BTreeMap<String, String>,
-            BTreeMap<String, String>,
-        ) = redis::pipe()
+        type Hash = BTreeMap<String, String>;
+        let (generation, states, silences, meta): (Option<i64>, Hash, Hash, Hash) = redis::pipe()
             .get(self.key("generation"))
             .hgetall(self.key("states"))
             .hgetall(self.key("silences"))
+            .hgetall(self.key("meta"))
             .query_async(&mut conn)
             .await?;
         Ok(Read {
             generation: generation.unwrap_or(0),
+            started: meta.contains_key(STARTED),
+            held: meta.contains_key(HELD),
             states: states
                 .into_iter()
                 .map(|(k, v)| Ok((k, serde_json::from_str(&v)?)))
@@ -331,7 +402,8 @@ impl Ledger {
         let mut inv = script.prepare_invoke();
         inv.key(self.key("generation"))
             .key(self.key("states"))
-            .key(self.key("history"));
+            .key(self.key("history"))
+            .key(self.key("meta"));
         inv.arg(expected).arg(c.states.len());
         for (k, v) in &c.states {
             let json = match v {
@@ -345,6 +417,10 @@ impl Ledger {
             inv.arg(serde_json::to_string(n)?);
         }
         inv.arg(HISTORY);
+        inv.arg(c.meta.len());
+        for (field, value) in &c.meta {
+            inv.arg(*field).arg(value.as_deref().unwrap_or(""));
+        }
         for (outbox, digest) in &c.digests {
             inv.key(self.outbox_key(outbox));
             inv.arg(serde_json::to_string(digest)?);

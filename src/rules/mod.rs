@@ -172,12 +172,25 @@ pub fn deadline_end(day: NaiveDate) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// Which rules hold for every province of `status` at `now`.
+/// Which rules hold for every province of `status` at `now`, for an alert that is not firing.
 pub fn evaluate(status: &Status, now: DateTime<Utc>, rules: &RuleSettings) -> Evaluation {
+    evaluate_holding(status, now, rules, &BTreeMap::new())
+}
+
+/// Which rules hold, where `active` holds the alerts firing now (key → severity): those keep
+/// holding until their value is past the resolve margin beyond the threshold they fired at,
+/// and a critical one stays critical until past the margin beyond the critical line. So a
+/// value wavering around a threshold fires once and stays fired.
+pub fn evaluate_holding(
+    status: &Status,
+    now: DateTime<Utc>,
+    rules: &RuleSettings,
+    active: &BTreeMap<String, Severity>,
+) -> Evaluation {
     let mut out = Evaluation::default();
     for row in &status.provinces {
-        datasets(row, now, rules, &mut out);
-        procedures(row, now, rules, &mut out);
+        datasets(row, now, rules, active, &mut out);
+        procedures(row, now, rules, active, &mut out);
     }
     out
 }
@@ -200,7 +213,13 @@ fn find(out: &mut Evaluation, subject: &Subject, rule: Rule, severity: Severity)
     });
 }
 
-fn datasets(row: &ProvinceStatus, now: DateTime<Utc>, rules: &RuleSettings, out: &mut Evaluation) {
+fn datasets(
+    row: &ProvinceStatus,
+    now: DateTime<Utc>,
+    rules: &RuleSettings,
+    active: &BTreeMap<String, Severity>,
+    out: &mut Evaluation,
+) {
     let silent_after = chrono::Duration::from_std(rules.silent_after).unwrap_or_default();
     for (name, d) in &row.datasets {
         let (Some(target), Some(deadline)) = (d.target, d.deadline) else {
@@ -253,8 +272,22 @@ fn datasets(row: &ProvinceStatus, now: DateTime<Utc>, rules: &RuleSettings, out:
             find(out, &subject, Rule::Silent, Severity::Warning);
         }
         if let Some(needed) = pace_needed {
-            if pace_7d < needed {
-                let severity = if pace_7d < needed * rules.critical_pace_ratio {
+            let was = active.get(&subject.alert_key(Rule::BehindPace));
+            let margin = 1.0 + rules.pace_resolve_margin;
+            let line = if was.is_some() {
+                needed * margin
+            } else {
+                needed
+            };
+            if pace_7d < line {
+                let critical_line = needed
+                    * rules.critical_pace_ratio
+                    * if was == Some(&Severity::Critical) {
+                        margin
+                    } else {
+                        1.0
+                    };
+                let severity = if pace_7d < critical_line {
                     Severity::Critical
                 } else {
                     Severity::Warning
@@ -262,7 +295,15 @@ fn datasets(row: &ProvinceStatus, now: DateTime<Utc>, rules: &RuleSettings, out:
                 find(out, &subject, Rule::BehindPace, severity);
             }
         }
-        if projected.is_none_or(|p| p > deadline) {
+        let margin = if active.contains_key(&subject.alert_key(Rule::ProjectedMiss)) {
+            chrono::Duration::from_std(rules.projection_resolve_margin).unwrap_or_default()
+        } else {
+            chrono::Duration::zero()
+        };
+        let latest = deadline
+            .checked_sub_signed(margin)
+            .unwrap_or(NaiveDate::MIN);
+        if projected.is_none_or(|p| p > latest) {
             find(out, &subject, Rule::ProjectedMiss, Severity::Warning);
         }
     }
@@ -272,6 +313,7 @@ fn procedures(
     row: &ProvinceStatus,
     now: DateTime<Utc>,
     rules: &RuleSettings,
+    active: &BTreeMap<String, Severity>,
     out: &mut Evaluation,
 ) {
     let p = &row.procedures;
@@ -298,7 +340,12 @@ fn procedures(
         find(out, &subject, Rule::ProceduresSilent, Severity::Warning);
     }
     if let Some(share) = online_share {
-        if dossiers >= rules.online_min_dossiers as i64 && share < rules.online_share_min {
+        let line = if active.contains_key(&subject.alert_key(Rule::OnlineShareLow)) {
+            rules.online_share_min + rules.online_share_resolve_margin
+        } else {
+            rules.online_share_min
+        };
+        if dossiers >= rules.online_min_dossiers as i64 && share < line {
             find(out, &subject, Rule::OnlineShareLow, Severity::Warning);
         }
     }

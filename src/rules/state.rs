@@ -1,8 +1,12 @@
 //! An alert's life over time, like Prometheus' `for:` with a clear time on the way out: a rule
 //! that holds goes pending, fires once it has held for `pending_for`, is repeated every
 //! `repeat_interval` while firing, resolves once it has been clear for `clear_for`. A province
-//! hovering at a threshold therefore neither floods the chat nor flaps. `completed` fires at
-//! once and stays done while the target stays reached. Pure: the evaluator persists [`AlertState`] in the ledger.
+//! hovering at a threshold therefore neither floods the chat nor flaps; the rules add a value
+//! margin on the way out too (see [`super::evaluate_holding`]). What still flaps is damped, as
+//! in Nagios: an alert that would resolve for the (`flap_max`+1)th time within `flap_window`
+//! is held firing instead, with one notice saying so, until it has been clear for
+//! `flap_clear_for`. `completed` fires at once and stays done while the target stays reached.
+//! Pure: the evaluator persists [`AlertState`] in the ledger.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,6 +23,15 @@ pub enum Phase {
     Resolving,
     /// A target reached: notified once, kept so it is never notified again.
     Done,
+    /// Not active: kept only to remember recent resolutions, for flap damping.
+    Resolved,
+}
+
+impl Phase {
+    /// Firing, or firing and clearing: what people are told is wrong now.
+    pub fn active(self) -> bool {
+        matches!(self, Phase::Firing | Phase::Resolving)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +53,12 @@ pub struct AlertState {
     /// recount after Redis lost data) does not last that long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub absent_since: Option<DateTime<Utc>>,
+    /// When it resolved within the last `flap_window`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolutions: Vec<DateTime<Utc>>,
+    /// Held firing because it flapped; resolves only after `flap_clear_for` clear.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flapping: bool,
 }
 
 /// What a step announces.
@@ -53,6 +72,8 @@ pub enum Change {
     Repeated,
     Resolved,
     Completed,
+    /// Would have resolved again, too often: held firing from now on, until clear for long.
+    Flapping,
 }
 
 impl Change {
@@ -62,6 +83,7 @@ impl Change {
             Change::Repeated => "repeated",
             Change::Resolved => "resolved",
             Change::Completed => "completed",
+            Change::Flapping => "flapping",
         }
     }
 }
@@ -71,6 +93,41 @@ pub struct Timing {
     pub pending_for: Duration,
     pub clear_for: Duration,
     pub repeat_interval: Duration,
+    /// Resolutions within `flap_window` after which the next one is held; 0: no damping.
+    pub flap_max: usize,
+    pub flap_window: Duration,
+    pub flap_clear_for: Duration,
+}
+
+impl AlertState {
+    fn new(phase: Phase, severity: Severity, now: DateTime<Utc>) -> AlertState {
+        AlertState {
+            phase,
+            since: now,
+            severity,
+            fired_at: None,
+            notified_at: None,
+            next_severity: None,
+            absent_since: None,
+            resolutions: Vec::new(),
+            flapping: false,
+        }
+    }
+
+    /// Firing from `now`, notified now, first fired at `fired_at`.
+    fn firing(&self, severity: Severity, fired_at: DateTime<Utc>, now: DateTime<Utc>) -> Self {
+        AlertState {
+            phase: Phase::Firing,
+            since: now,
+            severity,
+            fired_at: Some(fired_at),
+            notified_at: Some(now),
+            next_severity: None,
+            absent_since: None,
+            resolutions: self.resolutions.clone(),
+            flapping: self.flapping,
+        }
+    }
 }
 
 /// The next state of one alert given what holds now (`finding`), and what to announce.
@@ -80,14 +137,32 @@ pub fn step(
     now: DateTime<Utc>,
     t: &Timing,
 ) -> (Option<AlertState>, Option<Change>) {
-    let firing = |severity, fired_at| AlertState {
-        phase: Phase::Firing,
-        since: now,
-        severity,
-        fired_at: Some(fired_at),
-        notified_at: Some(now),
-        next_severity: None,
-        absent_since: None,
+    let mut prev = prev.cloned();
+    if let Some(s) = prev.as_mut() {
+        s.resolutions.retain(|at| now - *at < t.flap_window);
+    }
+    // An alert that is not active starts afresh, keeping only its resolutions.
+    let fresh = |f: &Finding, resolutions: Vec<DateTime<Utc>>| {
+        let mut s = AlertState::new(Phase::Pending, f.severity, now);
+        s.resolutions = resolutions;
+        if t.pending_for <= Duration::zero() {
+            (
+                Some(s.firing(f.severity, now, now)),
+                Some(Change::Firing { previous: None }),
+            )
+        } else {
+            (Some(s), None)
+        }
+    };
+    // Gone quiet: remembered while it has recent resolutions.
+    let quiet = |resolutions: Vec<DateTime<Utc>>| {
+        if resolutions.is_empty() {
+            None
+        } else {
+            let mut s = AlertState::new(Phase::Resolved, Severity::Info, now);
+            s.resolutions = resolutions;
+            Some(s)
+        }
     };
     match (prev, finding) {
         (None, None) => (None, None),
@@ -106,38 +181,22 @@ pub fn step(
                 (Some(s), None)
             }
         }
-        (None, Some(f)) if f.rule == Rule::Completed => (
-            Some(AlertState {
-                phase: Phase::Done,
-                since: now,
-                severity: f.severity,
-                fired_at: Some(now),
-                notified_at: Some(now),
-                next_severity: None,
-                absent_since: None,
-            }),
-            Some(Change::Completed),
-        ),
-        (None, Some(f)) if t.pending_for <= Duration::zero() => (
-            Some(firing(f.severity, now)),
-            Some(Change::Firing { previous: None }),
-        ),
-        (None, Some(f)) => (
-            Some(AlertState {
-                phase: Phase::Pending,
-                since: now,
-                severity: f.severity,
-                fired_at: None,
-                notified_at: None,
-                next_severity: None,
-                absent_since: None,
-            }),
-            None,
-        ),
+        (None, Some(f)) if f.rule == Rule::Completed => {
+            let mut s = AlertState::new(Phase::Done, f.severity, now);
+            s.fired_at = Some(now);
+            s.notified_at = Some(now);
+            (Some(s), Some(Change::Completed))
+        }
+        (None, Some(f)) => fresh(f, Vec::new()),
+        (Some(s), Some(f)) if s.phase == Phase::Resolved => fresh(f, s.resolutions),
+        (Some(s), None) if s.phase == Phase::Resolved => {
+            let next = quiet(s.resolutions);
+            (next, None)
+        }
         (Some(s), Some(f)) if s.phase == Phase::Pending => {
             if now - s.since >= t.pending_for {
                 (
-                    Some(firing(f.severity, now)),
+                    Some(s.firing(f.severity, now, now)),
                     Some(Change::Firing { previous: None }),
                 )
             } else {
@@ -146,7 +205,7 @@ pub fn step(
                 (Some(s), None)
             }
         }
-        (Some(s), None) if s.phase == Phase::Pending => (None, None),
+        (Some(s), None) if s.phase == Phase::Pending => (quiet(s.resolutions), None),
         // Firing, or resolving and back: still the same alert.
         (Some(s), Some(f)) => {
             let fired_at = s.fired_at.unwrap_or(now);
@@ -157,7 +216,7 @@ pub fn step(
                 };
                 if now - since >= t.pending_for {
                     return (
-                        Some(firing(f.severity, fired_at)),
+                        Some(s.firing(f.severity, fired_at, now)),
                         Some(Change::Firing {
                             previous: Some(s.severity),
                         }),
@@ -173,7 +232,10 @@ pub fn step(
             }
             let due = s.notified_at.is_none_or(|at| now - at >= t.repeat_interval);
             if due {
-                return (Some(firing(f.severity, fired_at)), Some(Change::Repeated));
+                return (
+                    Some(s.firing(f.severity, fired_at, now)),
+                    Some(Change::Repeated),
+                );
             }
             let mut s = s.clone();
             s.next_severity = None;
@@ -189,14 +251,24 @@ pub fn step(
             } else {
                 now
             };
-            if now - clear_since >= t.clear_for {
-                (None, Some(Change::Resolved))
+            let clear_for = if s.flapping {
+                t.flap_clear_for
             } else {
-                let mut s = s.clone();
-                s.phase = Phase::Resolving;
-                s.since = clear_since;
-                (Some(s), None)
+                t.clear_for
+            };
+            let mut s = s.clone();
+            s.phase = Phase::Resolving;
+            s.since = clear_since;
+            if now - clear_since < clear_for {
+                return (Some(s), None);
             }
+            if !s.flapping && t.flap_max > 0 && s.resolutions.len() >= t.flap_max {
+                s.flapping = true;
+                return (Some(s), Some(Change::Flapping));
+            }
+            let mut resolutions = s.resolutions;
+            resolutions.push(now);
+            (quiet(resolutions), Some(Change::Resolved))
         }
     }
 }
@@ -229,6 +301,9 @@ mod tests {
         pending_for: Duration::minutes(15),
         clear_for: Duration::minutes(30),
         repeat_interval: Duration::hours(24),
+        flap_max: 2,
+        flap_window: Duration::days(7),
+        flap_clear_for: Duration::days(2),
     };
 
     /// Runs `holds` (minute → does the rule hold) and returns the announced changes by minute.
@@ -344,5 +419,27 @@ mod tests {
         // ...and reaching the new target is news.
         let (_, c) = step(s.as_ref(), Some(&done), at(40), &T);
         assert_eq!(c, Some(Change::Completed));
+    }
+
+    #[test]
+    fn an_alert_that_keeps_resolving_is_held_firing_with_one_notice() {
+        // An hour on, an hour off, for a day; then clear for good.
+        let holds = |m: i64| (m < 1440 && m % 120 < 60).then_some(Severity::Warning);
+        let changes = run(holds, 5000);
+        let fired = Change::Firing { previous: None };
+        assert_eq!(
+            changes,
+            vec![
+                (15, fired),
+                (90, Change::Resolved),
+                (135, fired),
+                (210, Change::Resolved),
+                (255, fired),
+                // The third resolution within the week is held: one notice, then quiet...
+                (330, Change::Flapping),
+                // ...until it has been clear for flap_clear_for (2 days after 13:00).
+                (1380 + 2 * 1440, Change::Resolved),
+            ]
+        );
     }
 }

@@ -209,3 +209,87 @@ fn procedure_rules_need_history_and_volume() {
     let f = &e.about("34:48:procedures:online_share_low").unwrap().1;
     assert_eq!((f.online_share, f.dossiers), (Some(0.5), 60));
 }
+
+/// Figures near each threshold: an alert that is not firing does not fire inside the margin,
+/// one that is firing does not resolve inside it.
+#[test]
+fn thresholds_resolve_only_past_their_margin() {
+    let targets = Targets::parse(
+        "province,dataset,target,deadline\n01,civil_status,1000000,2024-12-31\n",
+        &datasets(),
+    )
+    .unwrap();
+    let days_left = 41.0 + 14.0 / 24.0;
+    let needed = 500_000.0 / days_left;
+    // Evaluates Hà Nội at half its target with a 7-day pace of `pace` × needed, completion
+    // projected `early` days before the deadline, and an online share of `share`.
+    let eval = |pace: f64, early: f64, share: f64, active: &[(Rule, Severity)]| {
+        let mut snap = Snapshot::default();
+        let rate = 500_000.0 / (days_left - early);
+        let week = (pace * needed * 7.0) as i64;
+        let month = (rate * 30.0) as i64;
+        put(
+            &mut snap,
+            "n01|r.civil_status",
+            500_000,
+            [0, 0, week, month],
+            Some(Duration::hours(1)),
+        );
+        let online = (share * 1000.0) as i64;
+        put(
+            &mut snap,
+            "n01|p.online.n",
+            online,
+            [0, 0, online, online],
+            Some(Duration::hours(1)),
+        );
+        put(
+            &mut snap,
+            "n01|p.in_person.n",
+            1000 - online,
+            [0, 0, 1000 - online, 1000 - online],
+            None,
+        );
+        let status = crate::status::Status::build(&snap, &targets, &datasets(), View::Current34);
+        let subject = |rule: Rule| {
+            let what = if rule == Rule::OnlineShareLow {
+                "procedures"
+            } else {
+                "civil_status"
+            };
+            format!("34:01:{what}:{}", rule.as_str())
+        };
+        let active: BTreeMap<String, Severity> =
+            active.iter().map(|(r, s)| (subject(*r), *s)).collect();
+        let e = evaluate_holding(&status, now(), &RuleSettings::default(), &active);
+        let mut found: Vec<(Rule, Severity)> =
+            e.findings.iter().map(|f| (f.rule, f.severity)).collect();
+        found.sort();
+        found
+    };
+    let (warn, crit) = (Severity::Warning, Severity::Critical);
+    // Clear of every threshold by more than its margin: nothing, firing or not.
+    let all = [
+        (Rule::BehindPace, warn),
+        (Rule::ProjectedMiss, warn),
+        (Rule::OnlineShareLow, warn),
+    ];
+    assert_eq!(eval(1.2, 10.0, 0.85, &[]), vec![]);
+    assert_eq!(eval(1.2, 10.0, 0.85, &all), vec![]);
+    // Inside every margin (pace 5% above need, 3 days early, 81% online): nothing new fires,
+    // and what fires keeps firing.
+    assert_eq!(eval(1.05, 3.0, 0.81, &[]), vec![]);
+    assert_eq!(eval(1.05, 3.0, 0.81, &all), all.to_vec());
+    // Below the thresholds: fires either way.
+    assert_eq!(eval(0.9, -3.0, 0.79, &[]), all.to_vec());
+    // The critical line (half the needed pace) has a margin too.
+    assert_eq!(eval(0.52, 10.0, 0.9, &[]), vec![(Rule::BehindPace, warn)]);
+    assert_eq!(
+        eval(0.52, 10.0, 0.9, &[(Rule::BehindPace, crit)]),
+        vec![(Rule::BehindPace, crit)]
+    );
+    assert_eq!(
+        eval(0.56, 10.0, 0.9, &[(Rule::BehindPace, crit)]),
+        vec![(Rule::BehindPace, warn)]
+    );
+}

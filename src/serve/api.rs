@@ -60,10 +60,7 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
     let status = Status::build(&snap, &s.targets, &s.datasets, view);
     let eval = evaluate(&status, now, &s.alerts.rules);
     let read = s.ledger.read().await?;
-    let tag = match view {
-        View::Current34 => "34",
-        View::Legacy63 => "63",
-    };
+    let tag = view.tag();
     let mut alerts: BTreeMap<String, Vec<AlertView>> = BTreeMap::new();
     for (key, state) in &read.states {
         let mut parts = key.split(':');

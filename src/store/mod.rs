@@ -67,6 +67,7 @@ pub struct Claim<'a> {
     pub at: i64,
 }
 
+#[derive(Clone)]
 pub struct Store {
     conn: RedisConn,
     keys: Keys,

@@ -1,9 +1,12 @@
 //! Every setting tiendo has: its type, its default and its environment variable.
 //!
-//! Settings are layered: built-in defaults, then the TOML file given with `--config`, then
-//! environment variables `TIENDO_<SECTION>__<KEY>` (double underscore between levels, e.g.
-//! `TIENDO_REDIS__URL`, `TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD`). They are validated once,
-//! at start. Values that can hold credentials are wrapped in [`Secret`] so they never print.
+//! Settings are layered: built-in defaults, then the TOML file given with `--config` (or
+//! `TIENDO_CONFIG`), then environment variables `TIENDO_<SECTION>__<KEY>` (double underscore
+//! between levels, e.g. `TIENDO_REDIS__URL`, `TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD`; see
+//! [`env`]). They are validated once, at start. Values that can hold credentials are wrapped
+//! in [`Secret`] so they never print.
+
+pub mod env;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
@@ -20,25 +23,30 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct Secret(String);
 
-/// Accepts numbers and booleans too: environment variables such as
-/// `TIENDO_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS=6000` arrive typed, librdkafka wants text.
+/// Accepts numbers and booleans too: librdkafka wants text, and a TOML file may well say
+/// `"session.timeout.ms" = 6000`.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Scalar {
-            Text(String),
-            Int(i64),
-            Float(f64),
-            Bool(bool),
-        }
-        Ok(Secret(match Scalar::deserialize(d)? {
-            Scalar::Text(s) => s,
-            Scalar::Int(i) => i.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Bool(b) => b.to_string(),
-        }))
+        text(d).map(Secret)
     }
+}
+
+/// A scalar read as text: `chat_id = -1001234567890` is as good as `chat_id = "-100…"`.
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Text(s) => s,
+        Scalar::Int(i) => i.to_string(),
+        Scalar::Float(f) => f.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    })
 }
 
 impl Secret {
@@ -55,6 +63,9 @@ impl fmt::Debug for Secret {
         f.write_str("[redacted]")
     }
 }
+
+/// Name of the outbox that feeds the Kafka alerts topic; no chat receiver may take it.
+pub const KAFKA_OUTBOX: &str = "kafka";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -180,6 +191,9 @@ pub struct HttpSettings {
     /// Address of the HTTP server: /metrics, /healthz, /readyz, /api/v1/provinces and the
     /// status page; empty to serve none.
     pub listen: String,
+    /// Where people reach the status page (`https://tiendo.example.gov.vn/`): chat messages
+    /// link to it. Empty for no link.
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -208,7 +222,7 @@ pub struct AlertSettings {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Unit table the rules run over (and targets are read in): `34` or `63`.
-    pub view: crate::status::View,
+    pub view: crate::provinces::View,
     /// Language of chat messages: `vi` or `en` (receivers may override).
     pub language: Language,
     /// A firing alert is repeated this long after it was last notified.
@@ -217,6 +231,13 @@ pub struct AlertSettings {
     /// Longest wait between delivery retries to a receiver that is down.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Figures are current, and rules may fire or resolve, only while the event topics hold
+    /// at most this many messages that Redis has not counted yet.
+    pub max_lag: u64,
+    /// In a digest, this many notices of one rule, dataset and change become one line (the
+    /// count and the worst provinces); fewer are listed one by one, unless the digest would
+    /// not fit one message.
+    pub group_at: usize,
     pub rules: RuleSettings,
     /// Chat receivers by name; every receiver gets every digest.
     pub receivers: BTreeMap<String, ReceiverSettings>,
@@ -247,6 +268,23 @@ pub struct RuleSettings {
     /// `procedures_silent`: a province that has reported procedures sends none for this long.
     #[serde(with = "humantime_serde")]
     pub procedures_silent_after: Duration,
+    /// A firing `behind_pace` resolves only once the 7-day pace is this share above the pace
+    /// needed (and a critical one turns warning only this share above the critical line).
+    pub pace_resolve_margin: f64,
+    /// A firing `projected_miss` resolves only once completion is projected this long before
+    /// the deadline.
+    #[serde(with = "humantime_serde")]
+    pub projection_resolve_margin: Duration,
+    /// A firing `online_share_low` resolves only at `online_share_min` plus this (0..1).
+    pub online_share_resolve_margin: f64,
+    /// An alert that would resolve for the (`flap_max`+1)th time within `flap_window` is held
+    /// firing instead, with one notice saying so...
+    pub flap_max: usize,
+    #[serde(with = "humantime_serde")]
+    pub flap_window: Duration,
+    /// ...and then resolves only once it has been clear this long.
+    #[serde(with = "humantime_serde")]
+    pub flap_clear_for: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -280,7 +318,7 @@ pub struct ReceiverSettings {
     #[serde(default)]
     pub token: Secret,
     /// Telegram chat id (a number, or `@channel`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub chat_id: String,
     /// Overrides `alerts.language` for this receiver.
     #[serde(default)]
@@ -295,10 +333,12 @@ impl Default for AlertSettings {
         AlertSettings {
             enabled: true,
             interval: Duration::from_secs(60),
-            view: crate::status::View::Current34,
+            view: crate::provinces::View::Current34,
             language: Language::Vi,
             repeat_interval: Duration::from_secs(24 * 3600),
             max_backoff: Duration::from_secs(600),
+            max_lag: 10_000,
+            group_at: 5,
             rules: RuleSettings::default(),
             receivers: BTreeMap::new(),
         }
@@ -317,6 +357,12 @@ impl Default for RuleSettings {
             online_share_window: "7d".into(),
             online_min_dossiers: 50,
             procedures_silent_after: Duration::from_secs(48 * 3600),
+            pace_resolve_margin: 0.1,
+            projection_resolve_margin: Duration::from_secs(7 * 86_400),
+            online_share_resolve_margin: 0.02,
+            flap_max: 2,
+            flap_window: Duration::from_secs(7 * 86_400),
+            flap_clear_for: Duration::from_secs(2 * 86_400),
         }
     }
 }
@@ -384,6 +430,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: "0.0.0.0:9464".into(),
+            public_url: String::new(),
         }
     }
 }
@@ -400,6 +447,11 @@ impl Default for LogSettings {
 impl Settings {
     /// Defaults, then `file` if given, then `TIENDO_*` environment variables; validated.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_with(file, env::EnvOverrides::from_env()?)
+    }
+
+    /// Defaults, then `file` if given, then `env`; validated.
+    pub fn load_with(file: Option<&Path>, env: env::EnvOverrides) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
             if !file.exists() {
@@ -410,7 +462,7 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("TIENDO_").split("__"));
+        figment = figment.merge(env);
         let settings: Settings = figment.extract().map_err(Box::new)?;
         settings.validated()
     }
@@ -477,6 +529,13 @@ impl Settings {
         if a.interval.is_zero() {
             return invalid("alerts.interval must be positive".into());
         }
+        if a.group_at < 2 {
+            return invalid("alerts.group_at must be at least 2".into());
+        }
+        let url = &self.http.public_url;
+        if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+            return invalid("http.public_url must be an http:// or https:// URL".into());
+        }
         for (key, w) in [
             ("projection_window", &r.projection_window),
             ("online_share_window", &r.online_share_window),
@@ -487,12 +546,12 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&r.online_share_min)
             || !(0.0..=1.0).contains(&r.critical_pace_ratio)
+            || !(0.0..=1.0).contains(&r.online_share_resolve_margin)
+            || !(0.0..=1.0).contains(&r.pace_resolve_margin)
         {
             return invalid("alerts.rules ratios lie between 0 and 1".into());
         }
-        if a.receivers
-            .contains_key(crate::rules::evaluator::KAFKA_OUTBOX)
-        {
+        if a.receivers.contains_key(KAFKA_OUTBOX) {
             return invalid(
                 "alerts.receivers: the name `kafka` is taken by the alerts topic".into(),
             );
