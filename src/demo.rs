@@ -209,6 +209,7 @@ pub async fn demo(
     ));
 
     let pipeline = Pipeline::new(&settings, clock.clone()).await?;
+    let watch = crate::run::watch(&settings).await?;
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     if !options.http_listen.is_empty() {
@@ -218,6 +219,7 @@ pub async fn demo(
             clock.clone(),
             metrics,
             Some(pipeline.assignment()),
+            Some(watch.clone()),
         )
         .await?;
         let (addr, task) = crate::serve::serve(&options.http_listen, state, stop.clone()).await?;
@@ -246,7 +248,8 @@ pub async fn demo(
     // current. The demo notes what the rules say once the history is counted, to tell false
     // alerts from true ones.
     let digests: Committed = Arc::default();
-    let evaluator = crate::run::evaluator(&settings, targets.clone(), clock.clone()).await?;
+    let evaluator =
+        crate::run::evaluator(&settings, targets.clone(), clock.clone(), watch.clone()).await?;
     let evaluating = tokio::spawn(evaluate(
         evaluator,
         digests.clone(),

@@ -32,6 +32,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let targets = load_targets(&settings)?;
     let pipeline = Pipeline::new(&settings, clock.clone()).await?;
+    let watch = watch(&settings).await?;
     let mut tasks = Vec::new();
     if !settings.http.listen.is_empty() {
         let state = app_state(
@@ -40,13 +41,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             clock.clone(),
             Some(metrics),
             Some(pipeline.assignment()),
+            Some(watch.clone()),
         )
         .await?;
         let (_, task) = serve::serve(&settings.http.listen, state, shutdown.clone()).await?;
         tasks.push(task);
     }
     if settings.alerts.enabled {
-        tasks.extend(spawn_alerting(&settings, targets, clock, shutdown.clone()).await?);
+        tasks.extend(spawn_alerting(&settings, targets, clock, watch, shutdown.clone()).await?);
     }
     pipeline.run(shutdown.clone()).await;
     shutdown.cancel();
@@ -64,6 +66,7 @@ pub async fn app_state(
     clock: SharedClock,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     assignment: Option<Arc<crate::source::Assignment>>,
+    watch: Option<Watch>,
 ) -> anyhow::Result<AppState> {
     let conn = store::connect(&settings.redis).await?;
     Ok(AppState {
@@ -81,7 +84,20 @@ pub async fn app_state(
         clock,
         metrics,
         assignment,
+        watch,
     })
+}
+
+/// Whether the figures are current: one per process, shared by the evaluator and the API.
+pub async fn watch(settings: &Settings) -> anyhow::Result<Watch> {
+    let conn = store::connect(&settings.redis).await?;
+    let reader = Store::new(
+        conn,
+        &settings.redis.key_prefix,
+        settings.validation.datasets.clone(),
+        1,
+    );
+    Ok(Watch::new(settings, reader)?)
 }
 
 /// The configured targets (none without `targets.file`).
@@ -97,9 +113,10 @@ pub async fn spawn_alerting(
     settings: &Settings,
     targets: Targets,
     clock: SharedClock,
+    watch: Watch,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    let evaluator = evaluator(settings, targets, clock).await?;
+    let evaluator = evaluator(settings, targets, clock, watch).await?;
     let mut tasks = vec![tokio::spawn(evaluator.run(shutdown.clone()))];
     tasks.extend(spawn_dispatchers(settings, shutdown).await?);
     Ok(tasks)
@@ -110,6 +127,7 @@ pub async fn evaluator(
     settings: &Settings,
     targets: Targets,
     clock: SharedClock,
+    watch: Watch,
 ) -> anyhow::Result<Evaluator> {
     let conn = store::connect(&settings.redis).await?;
     let reader = Store::new(
@@ -118,7 +136,6 @@ pub async fn evaluator(
         settings.validation.datasets.clone(),
         1,
     );
-    let watch = Watch::new(settings, reader.clone())?;
     Ok(Evaluator::new(
         reader,
         Ledger::new(conn, &settings.redis.key_prefix),

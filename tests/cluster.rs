@@ -113,10 +113,12 @@ async fn counts_are_exact_on_a_redis_cluster() {
     )
     .unwrap();
     let clock: tiendo::clock::SharedClock = std::sync::Arc::new(tiendo::clock::SystemClock);
-    let e1 = tiendo::run::evaluator(&settings, targets.clone(), clock.clone())
+    // Each with its own catch-up check, reading stored offsets across the cluster's nodes.
+    let watch = || async { tiendo::run::watch(&settings).await.unwrap() };
+    let e1 = tiendo::run::evaluator(&settings, targets.clone(), clock.clone(), watch().await)
         .await
         .unwrap();
-    let e2 = tiendo::run::evaluator(&settings, targets, clock)
+    let e2 = tiendo::run::evaluator(&settings, targets, clock, watch().await)
         .await
         .unwrap();
     let (a, b) = tokio::join!(e1.evaluate_once(), e2.evaluate_once());

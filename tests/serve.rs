@@ -64,6 +64,7 @@ async fn serve(env: &Env) -> Served {
         clock,
         Some(metrics),
         Some(pipeline.assignment()),
+        Some(tiendo::run::watch(&settings).await.unwrap()),
     )
     .await
     .unwrap();
@@ -131,10 +132,33 @@ async fn probes_metrics_and_the_provinces_api() {
     assert!(healthy["alerts"].as_array().unwrap().is_empty());
     assert_eq!(api["firing"]["warning"], 2);
 
+    assert_eq!(api["figures"]["current"], true, "{}", api["figures"]);
+    assert_eq!(api["figures"]["behind"], 0);
+
+    // The 63-unit view shows the alerts of the 34-unit unit each row belongs to, marked so:
+    // Hà Giang (02) is now part of Tuyên Quang (08), Bắc Kạn (06) of Thái Nguyên (19).
     let (code, body) = get(&format!("{}/api/v1/provinces?view=63", s.base)).await;
     assert_eq!(code, 200);
     let api63: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(api63["provinces"].as_array().unwrap().len() >= 63);
+    let rows63 = api63["provinces"].as_array().unwrap();
+    assert!(rows63.len() >= 63);
+    let ha_noi = rows63
+        .iter()
+        .find(|r| r["code"] == "01" && r["scheme"] == "63")
+        .unwrap();
+    let inherited: Vec<(&str, &str)> = ha_noi["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap(),
+                a["via"]["unit"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(inherited, vec![("silent", "34:01")]);
+    assert_eq!(api63["firing"]["warning"], 2, "Hà Nội and Cao Bằng");
     assert_eq!(
         get(&format!("{}/api/v1/provinces?view=99", s.base)).await.0,
         400
@@ -174,6 +198,48 @@ async fn probes_metrics_and_the_provinces_api() {
     assert_eq!(code, 503, "{body}");
     assert_eq!(get(&format!("{}/healthz", s.base)).await.0, 200);
     s.stop.cancel();
+}
+
+/// Events in Kafka that Redis has not counted: the API and the page say the figures are
+/// catching up and by how much, as the task force would see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_says_when_figures_are_catching_up() {
+    let env = Env::start();
+    let mut g = env.generator(9);
+    env.publish(&common::events(&mut g, 500)).await;
+    let settings = env.settings.clone();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let state = tiendo::run::app_state(
+        &settings,
+        stall_targets(Utc::now(), &settings.validation.datasets),
+        clock,
+        None,
+        None,
+        Some(tiendo::run::watch(&settings).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let (addr, _) = tiendo::serve::serve("127.0.0.1:0", state, stop.clone())
+        .await
+        .unwrap();
+    let (_, body) = get(&format!("http://{addr}/api/v1/provinces")).await;
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(api["figures"]["current"], false, "{}", api["figures"]);
+    assert_eq!(api["figures"]["behind"], 500);
+    assert_eq!(api["figures"]["reason"], "catching up");
+    let url = format!("http://{addr}/");
+    let out = tokio::task::spawn_blocking(move || {
+        chromium(&["--virtual-time-budget=10000", "--dump-dom", &url])
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("Đang cập nhật số liệu (còn 500 sự kiện chưa tính)"),
+        "{dom}"
+    );
+    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,11 @@
 //! `/api/v1/provinces`: each province's figures and targets (a [`Status`] row), the pace and
-//! projection the rules see, and its alert states, sorted by risk (most at risk first).
+//! projection the rules see, and its alert states, sorted by risk (most at risk first), with
+//! whether the figures are current.
+//!
+//! Alerts live in the table of `alerts.view`. A row of the other table shows the alerts of the
+//! unit it belongs to (a 63-unit row, those of the 34-unit unit that absorbed it; a 34-unit
+//! row, those of the 63-unit units it absorbed), marked with where they come from, so neither
+//! view is silent while alerts fire.
 
 use std::collections::BTreeMap;
 
@@ -7,6 +13,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use super::AppState;
+use crate::catchup::Currency;
+use crate::provinces::{provinces, Scheme};
 use crate::rules::ledger::LedgerError;
 use crate::rules::state::Phase;
 use crate::rules::{evaluate, Rule, Severity};
@@ -16,8 +24,11 @@ use crate::status::{ProvinceStatus, Status, View};
 pub struct Provinces {
     pub as_of: DateTime<Utc>,
     pub view: View,
+    /// Whether Redis holds what the event topics hold; while not, alerts are held. `None`
+    /// where this process cannot tell (no Kafka to ask).
+    pub figures: Option<Currency>,
     pub datasets: Vec<String>,
-    /// Provinces with a firing alert, by their worst severity.
+    /// Units of `alerts.view`'s table with a firing alert, by their worst severity.
     pub firing: BTreeMap<&'static str, usize>,
     pub provinces: Vec<ProvinceView>,
     pub national: ProvinceStatus,
@@ -43,7 +54,7 @@ pub struct Pace {
     pub projected: Option<NaiveDate>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AlertView {
     pub key: String,
     pub rule: Rule,
@@ -52,6 +63,18 @@ pub struct AlertView {
     pub severity: Severity,
     pub phase: Phase,
     pub since: DateTime<Utc>,
+    /// Held firing because it flapped.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub flapping: bool,
+    /// For an alert of another unit table: that unit, as `scheme:code`, and its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Via {
+    pub unit: String,
+    pub name: String,
 }
 
 pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
@@ -60,8 +83,12 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
     let status = Status::build(&snap, &s.targets, &s.datasets, view);
     let eval = evaluate(&status, now, &s.alerts.rules);
     let read = s.ledger.read().await?;
-    let tag = view.tag();
-    let mut alerts: BTreeMap<String, Vec<AlertView>> = BTreeMap::new();
+    let figures = match &s.watch {
+        Some(w) => Some(w.recent(std::time::Duration::from_secs(10), now).await),
+        None => None,
+    };
+    // Alert states by unit, in the table of `alerts.view`.
+    let mut by_unit: BTreeMap<(String, String), Vec<AlertView>> = BTreeMap::new();
     for (key, state) in &read.states {
         let mut parts = key.split(':');
         let (Some(scheme), Some(code), Some(what), Some(rule)) =
@@ -72,23 +99,72 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
         let Some(rule) = Rule::parse(rule) else {
             continue;
         };
-        if scheme != tag {
-            continue;
+        if state.phase == Phase::Resolved {
+            continue; // kept only for flap damping
         }
-        alerts.entry(code.to_string()).or_default().push(AlertView {
-            key: key.clone(),
-            rule,
-            dataset: if what == "procedures" {
-                String::new()
-            } else {
-                what.to_string()
-            },
-            severity: state.severity,
-            phase: state.phase,
-            since: state.since,
-        });
+        by_unit
+            .entry((scheme.to_string(), code.to_string()))
+            .or_default()
+            .push(AlertView {
+                key: key.clone(),
+                rule,
+                dataset: if what == "procedures" {
+                    String::new()
+                } else {
+                    what.to_string()
+                },
+                severity: state.severity,
+                phase: state.phase,
+                since: state.since,
+                flapping: state.flapping,
+                via: None,
+            });
     }
-    let mut firing: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let alerts_of = |scheme: &str, code: &str| -> Vec<AlertView> {
+        if scheme == s.alerts.view.tag() {
+            return by_unit
+                .get(&(scheme.to_string(), code.to_string()))
+                .cloned()
+                .unwrap_or_default();
+        }
+        let table = provinces();
+        let Ok(code) = code.parse::<u8>() else {
+            return Vec::new();
+        };
+        // The units of the alerts' table this row belongs to.
+        let units: Vec<u8> = match s.alerts.view.scheme() {
+            Scheme::Current34 => table
+                .get(Scheme::Legacy63, code)
+                .map(|p| vec![p.current_code])
+                .unwrap_or_default(),
+            Scheme::Legacy63 => table.members(code).collect(),
+        };
+        let tag = s.alerts.view.tag();
+        units
+            .into_iter()
+            .flat_map(|u| {
+                let unit = format!("{u:02}");
+                let via = Via {
+                    unit: format!("{tag}:{unit}"),
+                    name: table
+                        .get(s.alerts.view.scheme(), u)
+                        .map(|p| p.name_vi.clone())
+                        .unwrap_or_default(),
+                };
+                by_unit
+                    .get(&(tag.to_string(), unit))
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |mut a| {
+                        a.via = Some(via.clone());
+                        a
+                    })
+            })
+            .collect()
+    };
+    // Worst firing severity per unit of the alerts' table (a unit may show on several rows).
+    let mut worst_by_unit: BTreeMap<String, Severity> = BTreeMap::new();
     let mut provinces: Vec<ProvinceView> = status
         .provinces
         .into_iter()
@@ -108,15 +184,20 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
                     );
                 }
             }
-            let alerts = alerts.remove(&row.code).unwrap_or_default();
+            let alerts = alerts_of(row.scheme, &row.code);
+            for a in alerts.iter().filter(|a| a.phase.active()) {
+                let unit = a.via.as_ref().map_or_else(
+                    || format!("{}:{}", row.scheme, row.code),
+                    |v| v.unit.clone(),
+                );
+                let w = worst_by_unit.entry(unit).or_insert(a.severity);
+                *w = (*w).max(a.severity);
+            }
             let worst = alerts
                 .iter()
-                .filter(|a| matches!(a.phase, Phase::Firing | Phase::Resolving))
+                .filter(|a| a.phase.active())
                 .map(|a| a.severity)
                 .max();
-            if let Some(w) = worst {
-                *firing.entry(w.as_str()).or_default() += 1;
-            }
             let behind = row
                 .datasets
                 .values()
@@ -136,6 +217,10 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
             }
         })
         .collect();
+    let mut firing: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for w in worst_by_unit.values() {
+        *firing.entry(w.as_str()).or_default() += 1;
+    }
     provinces.sort_by(|a, b| {
         b.risk
             .total_cmp(&a.risk)
@@ -144,6 +229,7 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
     Ok(Provinces {
         as_of: now,
         view,
+        figures,
         datasets: status.datasets,
         firing,
         provinces,

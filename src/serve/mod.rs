@@ -45,6 +45,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The consumer's partitions; `None` where no consumer runs (then readiness is Redis only).
     pub assignment: Option<Arc<Assignment>>,
+    /// Whether the figures are current (shared with the evaluator); `None` without Kafka.
+    pub watch: Option<crate::catchup::Watch>,
 }
 
 #[derive(Debug, thiserror::Error)]
