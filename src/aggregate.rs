@@ -146,6 +146,7 @@ mod tests {
 
     fn ev(code: u8, at: i64, count: u64) -> Event {
         Event {
+            inferred: false,
             id: format!("e{at}"),
             unit: Unit {
                 scheme: Scheme::Legacy63,

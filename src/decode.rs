@@ -100,6 +100,9 @@ pub enum Payload {
 pub struct Event {
     pub id: String,
     pub unit: Unit,
+    /// The code table was inferred: a code only the 63-unit table has, sent without
+    /// `code_scheme` after the switch-over (counted as `legacy_code_inferred`).
+    pub inferred: bool,
     /// Event time, unix seconds.
     pub at: i64,
     pub payload: Payload,
@@ -150,7 +153,7 @@ impl Validator {
             .or_else(|e| reject(Reason::Undecodable, e.to_string()))?;
         check_id(&m.event_id)?;
         let at = self.time(m.occurred_at.as_ref(), now)?;
-        let unit = unit(&m.province_code, m.code_scheme, at)?;
+        let (unit, inferred) = unit(&m.province_code, m.code_scheme, at)?;
         let Some(dataset) = self.datasets.iter().position(|d| *d == m.dataset) else {
             return reject(Reason::UnknownDataset, truncate(&m.dataset));
         };
@@ -166,6 +169,7 @@ impl Validator {
         Ok(Event {
             id: m.event_id,
             unit,
+            inferred,
             at,
             payload: Payload::Records {
                 dataset: dataset as u8,
@@ -179,7 +183,7 @@ impl Validator {
             .or_else(|e| reject(Reason::Undecodable, e.to_string()))?;
         check_id(&m.event_id)?;
         let at = self.time(m.completed_at.as_ref(), now)?;
-        let unit = unit(&m.province_code, m.code_scheme, at)?;
+        let (unit, inferred) = unit(&m.province_code, m.code_scheme, at)?;
         let channel = match Channel::try_from(m.channel) {
             Ok(Channel::Unspecified) | Err(_) => {
                 return reject(Reason::UnknownChannel, format!("channel {}", m.channel))
@@ -189,6 +193,7 @@ impl Validator {
         Ok(Event {
             id: m.event_id,
             unit,
+            inferred,
             at,
             payload: Payload::Procedure {
                 channel,
@@ -228,19 +233,32 @@ fn check_id(id: &str) -> Result<(), Rejected> {
     Ok(())
 }
 
-fn unit(code: &str, scheme: i32, at: i64) -> Result<Unit, Rejected> {
+/// The unit a code names, and whether its table had to be inferred.
+///
+/// Without `code_scheme`, a code is read in the table in force at the event's time. After the
+/// switch-over, a code that only the 63-unit table has is unambiguous (many upstream systems
+/// still send the old codes): it counts toward its legacy unit, and the inference is noted.
+fn unit(code: &str, scheme: i32, at: i64) -> Result<(Unit, bool), Rejected> {
+    let table = provinces();
     let scheme = match CodeScheme::try_from(scheme) {
         Ok(CodeScheme::Provinces63) => Scheme::Legacy63,
         Ok(CodeScheme::Provinces34) => Scheme::Current34,
         Ok(CodeScheme::Unspecified) => {
-            Scheme::in_force_at(DateTime::from_timestamp(at, 0).unwrap_or_default())
+            let in_force = Scheme::in_force_at(DateTime::from_timestamp(at, 0).unwrap_or_default());
+            if in_force == Scheme::Current34 && table.resolve(Scheme::Current34, code).is_none() {
+                if let Some(legacy) = table.resolve(Scheme::Legacy63, code) {
+                    return Ok((legacy, true));
+                }
+            }
+            in_force
         }
         Err(_) => return reject(Reason::UnknownCodeScheme, format!("code_scheme {scheme}")),
     };
-    provinces().resolve(scheme, code).ok_or_else(|| Rejected {
+    let unit = table.resolve(scheme, code).ok_or_else(|| Rejected {
         reason: Reason::UnknownProvince,
         detail: format!("{:?} is not a code of the {scheme:?} table", truncate(code)),
-    })
+    })?;
+    Ok((unit, false))
 }
 
 fn truncate(s: &str) -> String {
@@ -355,6 +373,41 @@ mod tests {
             reason(&record(|m| m.occurred_at.as_mut().unwrap().seconds = 0)),
             Reason::BeforeProgramme
         );
+    }
+
+    #[test]
+    fn a_legacy_only_code_after_the_switch_over_is_inferred_not_rejected() {
+        let august_2025 = "2025-08-01T03:00:00Z"
+            .parse::<DateTime<Utc>>()
+            .unwrap()
+            .timestamp();
+        let at = |code: &str| {
+            record(|m| {
+                m.province_code = code.into();
+                m.occurred_at.as_mut().unwrap().seconds = august_2025;
+            })
+        };
+        // Sóc Trăng (94) exists only in the 63-unit table: counted toward it, noted.
+        let e = v().decode(Kind::Records, &at("94"), august_2025).unwrap();
+        assert_eq!(
+            (e.unit, e.inferred),
+            (
+                Unit {
+                    scheme: Scheme::Legacy63,
+                    code: 94
+                },
+                true
+            )
+        );
+        assert_eq!(e.unit.current_code(), 92);
+        // "15" is in both tables: the table in force says Lào Cai (34), as before.
+        let e = v().decode(Kind::Records, &at("15"), august_2025).unwrap();
+        assert_eq!((e.unit.scheme, e.inferred), (Scheme::Current34, false));
+        // A code in neither table is still unknown.
+        let bad = v()
+            .decode(Kind::Records, &at("03"), august_2025)
+            .unwrap_err();
+        assert_eq!(bad.reason, Reason::UnknownProvince);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::config::{LogFormat, LogSettings};
 
 pub const EVENTS: &str = "tiendo_events_total";
 pub const DEAD_LETTERS: &str = "tiendo_dead_letters_total";
+pub const INFERRED: &str = "tiendo_events_inferred_total";
 pub const BATCH_MESSAGES: &str = "tiendo_batch_messages";
 pub const BATCH_SECONDS: &str = "tiendo_batch_duration_seconds";
 pub const FLUSH_SECONDS: &str = "tiendo_redis_flush_duration_seconds";
@@ -40,6 +41,8 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (EVENTS, "counter", "topic, outcome",
      "Messages consumed, by outcome: counted, duplicate, dead_letter, replayed (already stored, skipped)."),
     (DEAD_LETTERS, "counter", "reason", "Messages sent to the dead-letter topic, by reason."),
+    (INFERRED, "counter", "reason",
+     "Events counted with something inferred, by reason: legacy_code_inferred (a code only the 63-unit table has, sent without code_scheme after 1 July 2025)."),
     (BATCH_MESSAGES, "histogram", "", "Messages per processed batch."),
     (BATCH_SECONDS, "histogram", "", "Time to process one batch, from decode to stored offsets."),
     (FLUSH_SECONDS, "histogram", "", "Time of the Redis round trips of one batch (claims and apply)."),

@@ -354,6 +354,11 @@ impl Storer {
                         .increment(events - outcome.counted);
                     metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "dead_letter")
                         .increment(part.dead.len() as u64);
+                    let inferred = part.events.iter().filter(|(e, _)| e.inferred).count();
+                    if inferred > 0 {
+                        metrics::counter!(telemetry::INFERRED, "reason" => "legacy_code_inferred")
+                            .increment(inferred as u64);
+                    }
                     if let Some(c) = self.cursors.get_mut(&key) {
                         c.stored = Some(part.next);
                     }
