@@ -225,3 +225,28 @@ async fn redis_losing_its_data_is_detected_and_everything_recounted_from_the_log
     running.shutdown().await;
     expected.assert_matches(&snap);
 }
+
+/// The same loss with nothing published afterwards: no batch runs the fence, yet the pipeline
+/// notices within seconds (it checks its stored offsets) and recounts every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_data_is_noticed_on_idle_partitions_too() {
+    let env = Env::start();
+    let mut g = env.generator(11);
+    let mut expected = Expected::default();
+    let running = env.spawn().await;
+    let first = events(&mut g, 1000);
+    expected.add_all(&first);
+    env.publish(&first).await;
+    env.wait_consumed(SETTLE).await;
+
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+
+    let snap = env.wait_consumed(SETTLE).await;
+    running.shutdown().await;
+    expected.assert_matches(&snap);
+}

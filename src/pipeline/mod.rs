@@ -39,6 +39,9 @@ use crate::source::{self, Assignment, EventConsumer, Start};
 use crate::store::{self, Applied, Store, StoreError};
 use crate::telemetry;
 
+/// How often the storer checks that Redis still holds the offsets it stored.
+const VERIFY_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("kafka: {0}")]
@@ -225,7 +228,19 @@ struct Storer {
 
 impl Storer {
     async fn run(mut self, mut rx: mpsc::Receiver<Batch>, shutdown: CancellationToken) {
-        while let Some(batch) = rx.recv().await {
+        let mut check = tokio::time::interval(VERIFY_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let batch = tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(b) => b,
+                    None => break,
+                },
+                _ = check.tick() => {
+                    self.verify_stored().await;
+                    continue;
+                }
+            };
             let started = Instant::now();
             let messages = batch.len();
             let span = tracing::info_span!("batch", partitions = ?batch.parts().map(|p| (p.topic.as_str(), p.partition, p.start, p.next)).collect::<Vec<_>>());
@@ -239,6 +254,56 @@ impl Storer {
             }
             metrics::histogram!(telemetry::BATCH_MESSAGES).record(messages as f64);
             metrics::histogram!(telemetry::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Checks that Redis still holds the offsets this consumer stored. A partition that gets no
+    /// message runs no fenced batch script, so without this it would never notice that Redis
+    /// lost its data (and its figures, which the catch-up check would then wait on forever).
+    /// Behind: fetch again from what Redis holds. Ahead: another consumer stored more (a
+    /// rebalance under way); take its offset, the fence does the rest.
+    async fn verify_stored(&mut self) {
+        self.sync_cursors();
+        let known: Vec<((usize, i32), i64)> = self
+            .cursors
+            .iter()
+            .filter(|(_, c)| !c.unverified && c.rewinding.is_none())
+            .filter_map(|(k, c)| Some((*k, c.stored?)))
+            .collect();
+        if known.is_empty() {
+            return;
+        }
+        let parts: Vec<(&str, i32)> = known
+            .iter()
+            .map(|((t, p), _)| (self.topics[*t].as_str(), *p))
+            .collect();
+        let stored = match self.store.offsets(&parts).await {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::debug!(%error, "stored offsets not checked");
+                return;
+            }
+        };
+        for (((t, p), ours), theirs) in known.into_iter().zip(stored) {
+            if theirs == Some(ours) {
+                continue;
+            }
+            let Some(c) = self.cursors.get_mut(&(t, p)) else {
+                continue;
+            };
+            c.stored = theirs;
+            if theirs.is_none_or(|s| s < ours) {
+                metrics::counter!(telemetry::FENCED).increment(1);
+                tracing::warn!(
+                    topic = self.topics[t],
+                    partition = p,
+                    ours,
+                    ?theirs,
+                    "redis lost stored offsets: counting again from what it holds"
+                );
+                c.rewinding = Some(ours);
+                self.seek(t, p, theirs);
+            }
         }
     }
 
