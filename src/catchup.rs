@@ -12,11 +12,11 @@
 //! from weeks of history in a few bulk events.
 //!
 //! The check compares, per partition, the offset Redis has stored with the end of the log, and
-//! asks the log itself: a probe consumer (no group, one per topic, since librdkafka names only
-//! the partition of an end-of-partition event) is assigned every partition at its stored
-//! offset and waits for the first answer of each fetch: a message there means "behind", an
-//! end-of-partition event means "at the end". How far behind comes from the high watermark of
-//! that same fetch response. Broker offset queries are not used: some Kafka-compatible
+//! asks the log itself: a probe consumer (it never joins the group) is assigned every
+//! partition at its stored offset and waits for the first answer of each partition's fetch,
+//! each on a queue of its own: a message there means "behind", an end-of-partition event
+//! means "at the end". How far behind comes from the high watermark of that same fetch
+//! response. Broker offset queries are not used: some Kafka-compatible
 //! brokers (Tansu) answer them low, while fetch responses are right on every broker here.
 //!
 //! The answer holds for the whole deployment, whichever replica asks: it reads only Redis and
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::Settings;
@@ -86,6 +86,55 @@ enum Phase {
     Current,
 }
 
+/// One partition, as a check saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    AtEnd,
+    Behind { stored: i64, end: i64 },
+    Unknown,
+}
+
+impl Phase {
+    /// Where a check that saw `seen` leaves things.
+    fn next(self, seen: &BTreeMap<(usize, i32), Seen>, max_lag: u64) -> Phase {
+        let complete = !seen.is_empty() && seen.values().all(|s| *s != Seen::Unknown);
+        let ends = || -> BTreeMap<(usize, i32), i64> {
+            seen.iter()
+                .filter_map(|(k, s)| match s {
+                    Seen::Behind { end, .. } => Some((*k, *end)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let behind: u64 = seen
+            .values()
+            .map(|s| match s {
+                Seen::Behind { stored, end } => (end - stored) as u64,
+                _ => 0,
+            })
+            .sum();
+        let mut phase = match self {
+            // Ends are noted once, from a check where every partition answered.
+            Phase::Unset if !complete => return Phase::Unset,
+            Phase::Unset => Phase::CatchingUp(ends()),
+            Phase::Current if behind > max_lag => Phase::CatchingUp(ends()),
+            other => other,
+        };
+        if let Phase::CatchingUp(targets) = &mut phase {
+            // A partition is done once at its end, or stored up to the end noted.
+            targets.retain(|key, end| match seen.get(key) {
+                Some(Seen::AtEnd) => false,
+                Some(Seen::Behind { stored, .. }) => stored < end,
+                Some(Seen::Unknown) | None => true,
+            });
+            if targets.is_empty() && complete {
+                return Phase::Current;
+            }
+        }
+        phase
+    }
+}
+
 /// One partition's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -123,7 +172,7 @@ impl ConsumerContext for ProbeContext {}
 type Probe = BaseConsumer<ProbeContext>;
 
 struct Inner {
-    probes: Mutex<[Probe; 2]>,
+    probe: Mutex<Arc<Probe>>,
     topics: [String; 2],
     store: Store,
     max_lag: u64,
@@ -160,7 +209,7 @@ impl Watch {
         let t = &settings.kafka.topics;
         Ok(Watch {
             inner: Arc::new(Inner {
-                probes: Mutex::new([probe()?, probe()?]),
+                probe: Mutex::new(Arc::new(probe()?)),
                 topics: [t.records.clone(), t.procedures.clone()],
                 store,
                 max_lag: settings.alerts.max_lag,
@@ -216,41 +265,33 @@ impl Watch {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("kafka unreachable: {e}"))?;
-        let mut behind = 0u64;
-        let mut unknown = 0;
-        let mut ends = BTreeMap::new();
-        for (key, stored) in &wanted {
-            match answers.get(key) {
-                None => unknown += 1,
-                Some(Answer::AtEnd) => {}
-                Some(Answer::Behind { end }) => {
-                    let from = stored.unwrap_or(0);
-                    let end = end.unwrap_or(from + 1).max(from + 1);
-                    behind += (end - from) as u64;
-                    ends.insert(*key, end);
-                }
-            }
-        }
+        let seen: BTreeMap<(usize, i32), Seen> = wanted
+            .iter()
+            .map(|(key, stored)| {
+                let from = stored.unwrap_or(0);
+                let seen = match answers.get(key) {
+                    None => Seen::Unknown,
+                    Some(Answer::AtEnd) => Seen::AtEnd,
+                    // A message at the stored offset: at least one behind.
+                    Some(Answer::Behind { end }) => Seen::Behind {
+                        stored: from,
+                        end: end.unwrap_or(from + 1).max(from + 1),
+                    },
+                };
+                (*key, seen)
+            })
+            .collect();
+        let behind: u64 = seen
+            .values()
+            .map(|s| match s {
+                Seen::Behind { stored, end } => (end - stored) as u64,
+                _ => 0,
+            })
+            .sum();
+        let unknown = seen.values().filter(|s| **s == Seen::Unknown).count();
         let caught_up = {
             let mut phase = self.inner.phase.lock().expect("lock");
-            let stored: BTreeMap<(usize, i32), i64> =
-                wanted.iter().map(|(k, s)| (*k, s.unwrap_or(0))).collect();
-            *phase = match std::mem::replace(&mut *phase, Phase::Unset) {
-                // Ends are noted once, from a check where every partition answered.
-                Phase::Unset if unknown > 0 => Phase::Unset,
-                Phase::Unset => Phase::CatchingUp(ends.clone()),
-                Phase::Current if behind > self.inner.max_lag => Phase::CatchingUp(ends.clone()),
-                other => other,
-            };
-            if let Phase::CatchingUp(targets) = &mut *phase {
-                // Done: at its end now, or stored up to the end noted.
-                targets.retain(|key, end| {
-                    ends.contains_key(key) && stored.get(key).is_some_and(|s| s < end)
-                });
-                if targets.is_empty() && unknown == 0 {
-                    *phase = Phase::Current;
-                }
-            }
+            *phase = std::mem::replace(&mut *phase, Phase::Unset).next(&seen, self.inner.max_lag);
             *phase == Phase::Current
         };
         let current = caught_up && unknown == 0;
@@ -273,10 +314,10 @@ impl Watch {
 impl Inner {
     /// Every partition of both event topics, from the broker's metadata.
     fn partitions(&self) -> Result<Vec<(usize, i32)>, KafkaError> {
-        let probes = self.probes.lock().expect("probe lock");
+        let probe = self.probe.lock().expect("probe lock");
         let mut out = Vec::new();
         for (t, topic) in self.topics.iter().enumerate() {
-            let meta = probes[t].fetch_metadata(Some(topic), Duration::from_secs(5))?;
+            let meta = probe.fetch_metadata(Some(topic), Duration::from_secs(5))?;
             for m in meta.topics() {
                 if let Some(error) = m.error() {
                     return Err(KafkaError::MetadataFetch(error.into()));
@@ -287,41 +328,64 @@ impl Inner {
         Ok(out)
     }
 
-    /// Assigns every partition at its stored offset and collects the first answer of each.
+    /// Assigns every partition at its stored offset and collects the first answer of each,
+    /// each partition on its own queue so that one partition's backlog does not hide another's
+    /// answer.
     fn probe(
         &self,
         wanted: &[((usize, i32), Option<i64>)],
     ) -> Result<BTreeMap<(usize, i32), Answer>, KafkaError> {
-        let probes = self.probes.lock().expect("probe lock");
-        for (t, probe) in probes.iter().enumerate() {
-            let mut tpl = TopicPartitionList::new();
-            for ((_, p), stored) in wanted.iter().filter(|((pt, _), _)| *pt == t) {
-                let at = stored.map(Offset::Offset).unwrap_or(Offset::Beginning);
-                tpl.add_partition_offset(&self.topics[t], *p, at)?;
-            }
-            probe.assign(&tpl)?;
+        let probe = self.probe.lock().expect("probe lock");
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), stored) in wanted {
+            let at = stored.map(Offset::Offset).unwrap_or(Offset::Beginning);
+            tpl.add_partition_offset(&self.topics[*t], *p, at)?;
         }
+        probe.assign(&tpl)?;
+        // Queues are split after `assign`, which undoes earlier splits.
+        let queues: Vec<((usize, i32), _)> = wanted
+            .iter()
+            .filter_map(|((t, p), _)| {
+                Some(((*t, *p), probe.split_partition_queue(&self.topics[*t], *p)?))
+            })
+            .collect();
         let mut answers = BTreeMap::new();
         let deadline = Instant::now() + PROBE_TIMEOUT;
         while answers.len() < wanted.len() && Instant::now() < deadline {
-            for (t, probe) in probes.iter().enumerate() {
-                match probe.poll(Duration::from_millis(20)) {
-                    None => {}
-                    Some(Ok(m)) => {
-                        let key = (t, rdkafka::Message::partition(&m));
-                        let end = high_watermark(probe, &self.topics[t], key.1);
-                        answers.entry(key).or_insert(Answer::Behind { end });
-                    }
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        answers.entry((t, p)).or_insert(Answer::AtEnd);
-                    }
-                    Some(Err(error)) => tracing::debug!(%error, "catch-up probe"),
+            let mut heard = false;
+            // Serves callbacks; a message fetched before the split may arrive here.
+            if let Some(Ok(m)) = probe.poll(Duration::ZERO) {
+                if let Some(t) = self.topics.iter().position(|t| t == m.topic()) {
+                    let key = (t, m.partition());
+                    let end = high_watermark(&probe, &self.topics[t], key.1);
+                    answers.entry(key).or_insert(Answer::Behind { end });
+                    heard = true;
                 }
             }
+            for (key, queue) in &queues {
+                if answers.contains_key(key) {
+                    continue;
+                }
+                let answer = match queue.poll(Duration::ZERO) {
+                    None => continue,
+                    Some(Ok(_)) => Answer::Behind {
+                        end: high_watermark(&probe, &self.topics[key.0], key.1),
+                    },
+                    Some(Err(KafkaError::PartitionEOF(_))) => Answer::AtEnd,
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "catch-up probe");
+                        continue;
+                    }
+                };
+                answers.insert(*key, answer);
+                heard = true;
+            }
+            if !heard {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
-        for probe in probes.iter() {
-            probe.unassign()?;
-        }
+        drop(queues);
+        probe.unassign()?;
         Ok(answers)
     }
 }
@@ -344,4 +408,55 @@ fn high_watermark(consumer: &Probe, topic: &str, partition: i32) -> Option<i64> 
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(parts: &[Seen]) -> BTreeMap<(usize, i32), Seen> {
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((0, i as i32), *s))
+            .collect()
+    }
+
+    const fn behind(stored: i64, end: i64) -> Seen {
+        Seen::Behind { stored, end }
+    }
+
+    #[test]
+    fn catching_up_ends_at_the_ends_noted_when_it_began() {
+        // First check: two partitions behind; their ends are noted.
+        let p = Phase::Unset.next(&seen(&[behind(0, 500), Seen::AtEnd]), 10_000);
+        assert_eq!(p, Phase::CatchingUp(BTreeMap::from([((0, 0), 500)])));
+        // New messages keep arriving, but reaching the noted end is enough.
+        let p = p.next(&seen(&[behind(300, 700), behind(0, 10)]), 10_000);
+        assert!(matches!(p, Phase::CatchingUp(_)));
+        let p = p.next(&seen(&[behind(500, 900), behind(0, 20)]), 10_000);
+        assert_eq!(p, Phase::Current);
+        // Current while the lag is within the bound, catching up again beyond it.
+        let p = p.next(&seen(&[behind(900, 9_000), behind(20, 40)]), 10_000);
+        assert_eq!(p, Phase::Current);
+        let p = p.next(&seen(&[behind(900, 20_000), Seen::AtEnd]), 10_000);
+        assert_eq!(p, Phase::CatchingUp(BTreeMap::from([((0, 0), 20_000)])));
+    }
+
+    #[test]
+    fn a_partition_that_does_not_answer_is_never_taken_as_done() {
+        // Nothing is noted from an incomplete first check.
+        let p = Phase::Unset.next(&seen(&[Seen::AtEnd, Seen::Unknown]), 10);
+        assert_eq!(p, Phase::Unset);
+        let p = Phase::Unset.next(&seen(&[behind(0, 50), Seen::AtEnd]), 10);
+        // A noted partition that goes silent stays to be done; nothing is current meanwhile.
+        let p = p.next(&seen(&[Seen::Unknown, Seen::AtEnd]), 10);
+        assert!(matches!(p, Phase::CatchingUp(ref t) if t.len() == 1));
+        assert_eq!(
+            p.next(&seen(&[Seen::AtEnd, Seen::AtEnd]), 10),
+            Phase::Current
+        );
+        // No partitions at all tells nothing.
+        assert_eq!(Phase::Unset.next(&BTreeMap::new(), 10), Phase::Unset);
+    }
 }

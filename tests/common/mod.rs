@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod chat;
+pub mod tansu;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -30,8 +31,25 @@ use tiendo::store::{self, Snapshot, Store};
 pub const RECORD_PARTITIONS: i32 = 4;
 pub const PROCEDURE_PARTITIONS: i32 = 2;
 
+/// The Kafka-protocol broker a test runs against.
+pub enum Broker {
+    /// librdkafka's in-process mock cluster (expires sessions; slow fetches).
+    Mock(MockKafka),
+    /// Tansu, an independent broker, as a child process.
+    Tansu(tansu::Tansu),
+}
+
+impl Broker {
+    pub fn bootstrap_servers(&self) -> String {
+        match self {
+            Broker::Mock(m) => m.bootstrap_servers(),
+            Broker::Tansu(t) => t.bootstrap_servers(),
+        }
+    }
+}
+
 pub struct Env {
-    pub kafka: MockKafka,
+    pub kafka: Broker,
     pub redis: RedisServer,
     pub settings: Settings,
     producer: FutureProducer,
@@ -54,7 +72,17 @@ impl Running {
 }
 
 impl Env {
+    /// On librdkafka's mock cluster.
     pub fn start() -> Env {
+        Env::start_with(|topics| Broker::Mock(MockKafka::start(topics).expect("mock kafka starts")))
+    }
+
+    /// On Tansu.
+    pub fn start_tansu() -> Env {
+        Env::start_with(|topics| Broker::Tansu(tansu::Tansu::start(topics)))
+    }
+
+    fn start_with(broker: impl FnOnce(&[(&str, i32)]) -> Broker) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -65,13 +93,12 @@ impl Env {
         let redis = RedisServer::start().expect("redis-server starts (is it installed?)");
         let mut settings = Settings::default();
         let topics = settings.kafka.topics.clone();
-        let kafka = MockKafka::start(&[
+        let kafka = broker(&[
             (&topics.records, RECORD_PARTITIONS),
             (&topics.procedures, PROCEDURE_PARTITIONS),
             (&topics.dead_letter, 1),
             (&topics.alerts, 1),
-        ])
-        .expect("mock kafka starts");
+        ]);
         settings.kafka.brokers = kafka.bootstrap_servers();
         settings.kafka.group_id = "tiendo-test".into();
         // Short sessions so a killed member's partitions move on quickly.
@@ -228,6 +255,9 @@ impl Env {
     /// Waits until Redis's stored offsets reach every partition's end, then returns the
     /// figures. Panics after `timeout`.
     pub async fn wait_consumed(&self, timeout: Duration) -> Snapshot {
+        if let Broker::Tansu(_) = self.kafka {
+            return self.wait_counted(timeout).await;
+        }
         let marks = self.watermarks();
         let reader = self.reader().await;
         let deadline = Instant::now() + timeout;
@@ -248,6 +278,24 @@ impl Env {
             } else if Instant::now() > deadline {
                 panic!("redis unreadable for {timeout:?}");
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Like `wait_consumed`, for brokers whose offset queries answer low (Tansu): the end of
+    /// each partition is found by fetching from the stored offset, as the catch-up check does.
+    pub async fn wait_counted(&self, timeout: Duration) -> Snapshot {
+        let watch = tiendo::catchup::Watch::new(&self.settings, self.reader().await).unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = watch.check(Utc::now()).await;
+            if c.behind == 0 && c.unknown == 0 && c.partitions > 0 {
+                return self.snapshot().await;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not counted in {timeout:?}: {c:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
