@@ -475,3 +475,41 @@ pub fn events(g: &mut Generator, n: usize) -> Vec<Generated> {
         })
         .collect()
 }
+
+/// The autumn-2024 season up to 20 November (records only, history included), moved in time
+/// so that its last day is today, with its civil-status targets, deadlines moved alike: what a
+/// deployment meets when it starts on a topic that already holds weeks of events.
+pub fn season_until_now(now: DateTime<Utc>, datasets: &[String]) -> (Vec<Generated>, String) {
+    use tiendo::scenario::Scenario;
+    let mut scenario = Scenario::autumn_2024(0.0);
+    let season_now = scenario.start + Span::days(50);
+    let shift = Span::days((now - season_now).num_days());
+    let mut g = Generator::new(5, "season", datasets);
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut events = scenario.history(&mut g);
+    let mut day = scenario.start;
+    while day < season_now {
+        events.extend(scenario.between(&mut g, &mut rng, day, day + Span::days(1)));
+        day += Span::days(1);
+    }
+    for e in &mut events {
+        if let Generated::Record(r) = e {
+            if let Some(t) = r.occurred_at.as_mut() {
+                t.seconds += shift.num_seconds();
+            }
+        }
+    }
+    let mut targets = String::from("province,dataset,target,deadline,scheme\n");
+    for s in scenario
+        .series
+        .iter()
+        .filter(|s| s.dataset == "civil_status")
+    {
+        let deadline = s.deadline + shift;
+        targets.push_str(&format!(
+            "{},{},{},{deadline},63\n",
+            s.code, s.dataset, s.target
+        ));
+    }
+    (events, targets)
+}
