@@ -87,62 +87,82 @@ fn the_readme_lists_every_metric_and_no_other() {
     assert_eq!(listed, declared);
 }
 
-/// `tiendo check` on a configuration file, with the environment a deployment adds.
-fn check(config: &Path, env: &[(&str, &str)]) -> String {
+/// `tiendo check` with these arguments and environment (and nothing else of this process's
+/// environment): its standard output, or its error.
+fn check(args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiendo"))
-        .arg("--config")
-        .arg(config)
+        .args(args)
         .arg("check")
-        .env("TIENDO_TARGETS__FILE", "deploy/targets.example.csv")
+        .env_clear()
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{} refused: {}",
-        config.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
 }
 
+/// Every way the README gives to configure tiendo, through the binary: the file by flag or by
+/// `TIENDO_CONFIG`, environment variables over it, a whole receiver and its secrets from the
+/// environment (never printed), variables that are not configuration left alone, and a
+/// misspelt one refused by name.
 #[test]
-fn the_deployment_configurations_are_accepted_by_tiendo_itself() {
-    let out = check(Path::new("deploy/compose/tiendo.toml"), &[]);
-    assert!(
-        out.contains("configuration ok: 102 targets, 0 receivers"),
-        "{out}"
-    );
-
-    // The ConfigMap's tiendo.toml, as Kubernetes mounts it, with the Secret's variables.
-    let yaml = std::fs::read_to_string("deploy/k8s/configmap.yaml").unwrap();
-    let start = yaml
-        .find("  tiendo.toml: |\n")
-        .expect("tiendo.toml in the ConfigMap")
-        + 17;
-    let toml: String = yaml[start..]
-        .lines()
-        .take_while(|l| l.is_empty() || l.starts_with("    "))
-        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or("")))
-        .collect();
+fn every_documented_way_to_configure_tiendo() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tiendo.toml");
-    std::fs::write(&file, toml).unwrap();
-    let out = check(
+    std::fs::write(
         &file,
+        "[kafka]\ngroup_id = \"from-file\"\n[redis]\nkey_prefix = \"file\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let by_flag = check(&["--config", file], &[]).unwrap();
+    assert!(by_flag.contains("group_id: \"from-file\""), "{by_flag}");
+    assert!(by_flag.contains(&format!("file: {file}")), "{by_flag}");
+    let by_env = check(&[], &[("TIENDO_CONFIG", file)]).unwrap();
+    assert!(by_env.contains("group_id: \"from-file\""), "{by_env}");
+    assert!(by_env.contains("not configuration (ignored): TIENDO_CONFIG"));
+
+    let out = check(
+        &["--config", file],
         &[
-            ("TIENDO_REDIS__URL", "rediss://tiendo:pw@redis:6380"),
-            ("TIENDO_ALERTS__RECEIVERS__TASKFORCE__TOKEN", "123:abc"),
-            ("TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2"),
+            ("TIENDO_KAFKA__GROUP_ID", "from-env"),
+            ("TIENDO_PIPELINE__BATCH_LINGER", "250ms"),
+            ("TIENDO_REDIS__URL", "rediss://tiendo:redis-pw@redis:6380"),
+            ("TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD", "kafka-pw"),
+            ("TIENDO_ALERTS__RECEIVERS__TASKFORCE__KIND", "telegram"),
+            (
+                "TIENDO_ALERTS__RECEIVERS__TASKFORCE__TOKEN",
+                "123:bot-token",
+            ),
+            (
+                "TIENDO_ALERTS__RECEIVERS__TASKFORCE__CHAT_ID",
+                "-1001234567890",
+            ),
+            ("TIENDO_PORT", "tcp://10.0.0.1:9464"),
+            ("TIENDO_SERVICE_HOST", "10.0.0.1"),
         ],
-    );
-    assert!(
-        out.contains("configuration ok: 102 targets, 1 receivers"),
-        "{out}"
-    );
-    assert!(
-        !out.contains("hunter2") && !out.contains("123:abc") && !out.contains(":pw@"),
-        "{out}"
-    );
+    )
+    .unwrap();
+    for shown in [
+        "group_id: \"from-env\"",
+        "key_prefix: \"file\"",
+        "batch_linger: 250ms",
+        "chat_id: \"-1001234567890\"",
+        "kind: Telegram",
+        "configuration ok: 0 targets, 1 receivers",
+        "not configuration (ignored): TIENDO_PORT TIENDO_SERVICE_HOST",
+    ] {
+        assert!(out.contains(shown), "{shown} missing from:\n{out}");
+    }
+    for secret in ["redis-pw", "kafka-pw", "bot-token"] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+
+    let err = check(&[], &[("TIENDO_REDIS__URLL", "redis://x")]).unwrap_err();
+    assert!(err.contains("TIENDO_REDIS__URLL"), "{err}");
+    let err = check(&["--config", "/nonexistent.toml"], &[]).unwrap_err();
+    assert!(err.contains("/nonexistent.toml does not exist"), "{err}");
 }
