@@ -16,8 +16,8 @@
 //! partition at its stored offset and waits for the first answer of each partition's fetch,
 //! each on a queue of its own: a message there means "behind", an end-of-partition event
 //! means "at the end". How far behind comes from the high watermark of that same fetch
-//! response. Broker offset queries are not used: some Kafka-compatible
-//! brokers (Tansu) answer them low, while fetch responses are right on every broker here.
+//! response. Broker offset queries are not used: some Kafka-compatible brokers (Tansu) answer
+//! them low, while fetch responses are right on every broker here.
 //!
 //! The answer holds for the whole deployment, whichever replica asks: it reads only Redis and
 //! the log, so a replica that consumes nothing (a standby) knows as much as the others.
@@ -106,18 +106,11 @@ impl Phase {
                 })
                 .collect()
         };
-        let behind: u64 = seen
-            .values()
-            .map(|s| match s {
-                Seen::Behind { stored, end } => (end - stored) as u64,
-                _ => 0,
-            })
-            .sum();
         let mut phase = match self {
             // Ends are noted once, from a check where every partition answered.
             Phase::Unset if !complete => return Phase::Unset,
             Phase::Unset => Phase::CatchingUp(ends()),
-            Phase::Current if behind > max_lag => Phase::CatchingUp(ends()),
+            Phase::Current if behind(seen) > max_lag => Phase::CatchingUp(ends()),
             other => other,
         };
         if let Phase::CatchingUp(targets) = &mut phase {
@@ -133,6 +126,16 @@ impl Phase {
         }
         phase
     }
+}
+
+/// Messages not counted yet, over the partitions that answered.
+fn behind(seen: &BTreeMap<(usize, i32), Seen>) -> u64 {
+    seen.values()
+        .map(|s| match s {
+            Seen::Behind { stored, end } => (end - stored) as u64,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// One partition's answer.
@@ -281,13 +284,7 @@ impl Watch {
                 (*key, seen)
             })
             .collect();
-        let behind: u64 = seen
-            .values()
-            .map(|s| match s {
-                Seen::Behind { stored, end } => (end - stored) as u64,
-                _ => 0,
-            })
-            .sum();
+        let behind = behind(&seen);
         let unknown = seen.values().filter(|s| **s == Seen::Unknown).count();
         let caught_up = {
             let mut phase = self.inner.phase.lock().expect("lock");

@@ -69,9 +69,10 @@ pub struct DemoSummary {
 pub struct Noise {
     pub notices: usize,
     pub notices_per_day: f64,
-    /// Telegram messages sent (a digest split in parts counts each).
+    /// Telegram messages sent (a digest split in parts counts each), and their lines.
     pub messages: usize,
     pub messages_per_day: f64,
+    pub lines: usize,
     /// Alerts that fired, resolved and fired again within 7 days.
     pub flaps: usize,
     /// The largest digest: lines, and Telegram messages.
@@ -109,6 +110,7 @@ impl DemoSummary {
             notices_per_day: self.notices.len() as f64 / days,
             messages,
             messages_per_day: messages as f64 / days,
+            lines: rendered.iter().map(lines).sum(),
             flaps: flaps(&self.notices, chrono::Duration::days(7)),
             largest_lines: rendered.iter().map(lines).max().unwrap_or(0),
             largest_messages: rendered.iter().map(Vec::len).max().unwrap_or(0),
@@ -121,12 +123,14 @@ impl std::fmt::Display for Noise {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "notices: {} ({:.1} a day) · chat: {} Telegram messages ({:.1} a day) · flaps: {} · \
-             largest digest: {} lines in {} message(s) · false alerts after the cold start: {}",
+            "notices: {} ({:.1} a day) · chat: {} Telegram messages ({:.1} a day), {} lines · \
+             flaps: {} · largest digest: {} lines in {} message(s) · \
+             false alerts after the cold start: {}",
             self.notices,
             self.notices_per_day,
             self.messages,
             self.messages_per_day,
+            self.lines,
             self.flaps,
             self.largest_lines,
             self.largest_messages,

@@ -189,9 +189,9 @@ pub fn step(
         }
         (None, Some(f)) => fresh(f, Vec::new()),
         (Some(s), Some(f)) if s.phase == Phase::Resolved => fresh(f, s.resolutions),
+        // Unchanged while it remembers a resolution, so it costs no write.
         (Some(s), None) if s.phase == Phase::Resolved => {
-            let next = quiet(s.resolutions);
-            (next, None)
+            ((!s.resolutions.is_empty()).then_some(s), None)
         }
         (Some(s), Some(f)) if s.phase == Phase::Pending => {
             if now - s.since >= t.pending_for {
@@ -441,5 +441,23 @@ mod tests {
                 (1380 + 2 * 1440, Change::Resolved),
             ]
         );
+    }
+
+    #[test]
+    fn a_resolved_alert_is_remembered_unchanged_for_the_flap_window_then_forgotten() {
+        let f = finding(Rule::BehindPace, Severity::Warning);
+        let (s, _) = step(None, Some(&f), at(0), &T);
+        let (s, _) = step(s.as_ref(), Some(&f), at(15), &T);
+        let (s, _) = step(s.as_ref(), None, at(20), &T);
+        let (s, c) = step(s.as_ref(), None, at(50), &T);
+        assert_eq!(c, Some(Change::Resolved));
+        let remembered = s.clone().unwrap();
+        assert_eq!(remembered.phase, Phase::Resolved);
+        // Evaluations without the rule holding leave it as it is (no write)...
+        let (later, c) = step(s.as_ref(), None, at(60 * 24), &T);
+        assert_eq!((later, c), (Some(remembered), None));
+        // ...until its resolution is older than the window.
+        let (gone, _) = step(s.as_ref(), None, at(50 + 7 * 24 * 60), &T);
+        assert_eq!(gone, None);
     }
 }
