@@ -79,6 +79,22 @@ impl Alerting {
         assert!(self.ledger.commit(0, &commit).await.unwrap());
     }
 
+    /// Silences Cao Bằng's civil-status projection for a week, as the task force would.
+    async fn silence_projection(&self, now: DateTime<Utc>) {
+        let silence = Silence::build(
+            View::Current34,
+            "04",
+            Some("civil_status"),
+            Some("projected_miss"),
+            now + Span::days(7),
+            "số liệu đang được đối soát",
+            now,
+            &self.settings.validation.datasets,
+        )
+        .unwrap();
+        self.ledger.add_silence(&silence).await.unwrap();
+    }
+
     async fn evaluator(&self) -> Evaluator {
         let s = &self.settings;
         let conn = store::connect(&s.redis).await.unwrap();
@@ -203,18 +219,7 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
     assert_eq!(keys, vec!["34:08:civil_status:completed"]);
 
     // The task force silences Cao Bằng's projection for a week.
-    let silence = Silence::build(
-        View::Current34,
-        "04",
-        Some("civil_status"),
-        Some("projected_miss"),
-        now + Span::days(7),
-        "số liệu đang được đối soát",
-        now,
-        &a.settings.validation.datasets,
-    )
-    .unwrap();
-    a.ledger.add_silence(&silence).await.unwrap();
+    a.silence_projection(now).await;
 
     // t = 16 min: past `pending_for`. Two evaluators at once commit the transitions once.
     a.clock.advance(Span::minutes(16));
@@ -364,18 +369,7 @@ async fn the_first_evaluation_sums_up_instead_of_a_line_per_alert() {
         &[("tg", receiver(ReceiverKind::Telegram, &telegram.url()))],
     )
     .await;
-    let silence = Silence::build(
-        View::Current34,
-        "04",
-        Some("civil_status"),
-        Some("projected_miss"),
-        now + Span::days(7),
-        "đang đối soát",
-        now,
-        &a.settings.validation.datasets,
-    )
-    .unwrap();
-    a.ledger.add_silence(&silence).await.unwrap();
+    a.silence_projection(now).await;
     let e = a.evaluator().await;
     let first = e.evaluate_once().await.unwrap();
     let mut keys: Vec<&str> = first.notices.iter().map(|n| n.alert_key.as_str()).collect();

@@ -54,17 +54,37 @@ async fn serve(env: &Env) -> Served {
         clock.clone(),
         false,
     );
+    // The recorder first, so that the evaluation's gauges are recorded.
+    let metrics = tiendo::telemetry::install_prometheus().unwrap();
     assert!(!evaluator.evaluate_once().await.unwrap().notices.is_empty());
 
-    let metrics = tiendo::telemetry::install_prometheus().unwrap();
     let pipeline = Pipeline::new(&settings, clock.clone()).await.unwrap();
-    let state = tiendo::run::app_state(
+    let served = http(
         &settings,
         targets,
-        clock,
         Some(metrics),
         Some(pipeline.assignment()),
-        Some(tiendo::run::watch(&settings).await.unwrap()),
+    )
+    .await;
+    tokio::spawn(pipeline.run(served.stop.clone()));
+    served
+}
+
+/// The HTTP server alone, reading what the settings point at.
+async fn http(
+    settings: &tiendo::config::Settings,
+    targets: tiendo::targets::Targets,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    assignment: Option<Arc<tiendo::source::Assignment>>,
+) -> Served {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let state = tiendo::run::app_state(
+        settings,
+        targets,
+        clock,
+        metrics,
+        assignment,
+        Some(tiendo::run::watch(settings).await.unwrap()),
     )
     .await
     .unwrap();
@@ -72,7 +92,6 @@ async fn serve(env: &Env) -> Served {
     let (addr, _) = tiendo::serve::serve("127.0.0.1:0", state, stop.clone())
         .await
         .unwrap();
-    tokio::spawn(pipeline.run(stop.clone()));
     Served {
         base: format!("http://{addr}"),
         stop,
@@ -207,28 +226,14 @@ async fn the_page_says_when_figures_are_catching_up() {
     let env = Env::start();
     let mut g = env.generator(9);
     env.publish(&common::events(&mut g, 500)).await;
-    let settings = env.settings.clone();
-    let clock: SharedClock = Arc::new(SystemClock);
-    let state = tiendo::run::app_state(
-        &settings,
-        stall_targets(Utc::now(), &settings.validation.datasets),
-        clock,
-        None,
-        None,
-        Some(tiendo::run::watch(&settings).await.unwrap()),
-    )
-    .await
-    .unwrap();
-    let stop = CancellationToken::new();
-    let (addr, _) = tiendo::serve::serve("127.0.0.1:0", state, stop.clone())
-        .await
-        .unwrap();
-    let (_, body) = get(&format!("http://{addr}/api/v1/provinces")).await;
+    let targets = stall_targets(Utc::now(), &env.settings.validation.datasets);
+    let s = http(&env.settings, targets, None, None).await;
+    let (_, body) = get(&format!("{}/api/v1/provinces", s.base)).await;
     let api: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(api["figures"]["current"], false, "{}", api["figures"]);
     assert_eq!(api["figures"]["behind"], 500);
     assert_eq!(api["figures"]["reason"], "catching up");
-    let url = format!("http://{addr}/");
+    let url = format!("{}/", s.base);
     let out = tokio::task::spawn_blocking(move || {
         chromium(&["--virtual-time-budget=10000", "--dump-dom", &url])
     })
@@ -239,7 +244,7 @@ async fn the_page_says_when_figures_are_catching_up() {
         dom.contains("Đang cập nhật số liệu (còn 500 sự kiện chưa tính)"),
         "{dom}"
     );
-    stop.cancel();
+    s.stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
