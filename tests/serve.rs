@@ -219,6 +219,79 @@ async fn probes_metrics_and_the_provinces_api() {
     s.stop.cancel();
 }
 
+/// With alerts kept in the 63-unit table (as the demo does), the default 34-unit view shows
+/// them on the unit that absorbed each province: Ninh Thuận's on Khánh Hòa, marked so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_of_the_63_unit_table_show_in_the_34_unit_view() {
+    let env = Env::start();
+    let mut settings = env.settings.clone();
+    settings.alerts.view = tiendo::status::View::Legacy63;
+    let targets = tiendo::targets::Targets::parse(
+        "province,dataset,target,deadline,scheme\n58,civil_status,1000000,2030-12-31,63\n",
+        &settings.validation.datasets,
+    )
+    .unwrap();
+    let conn = store::connect(&settings.redis).await.unwrap();
+    let evaluator = Evaluator::new(
+        store::Store::new(
+            conn.clone(),
+            "tiendo",
+            settings.validation.datasets.clone(),
+            1,
+        ),
+        Ledger::new(conn, "tiendo"),
+        targets.clone(),
+        settings.validation.datasets.clone(),
+        settings.alerts.clone(),
+        Arc::new(SystemClock),
+        false,
+    );
+    // Never reported: silent and projected to miss, at once (a first evaluation).
+    let fired = evaluator.evaluate_once().await.unwrap().notices;
+    assert!(fired
+        .iter()
+        .any(|n| n.alert_key == "63:58:civil_status:silent"));
+
+    let s = http(&settings, targets, None, None).await;
+    let (_, body) = get(&format!("{}/api/v1/provinces", s.base)).await;
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let khanh_hoa = api["provinces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == "56")
+        .unwrap();
+    let alerts = khanh_hoa["alerts"].as_array().unwrap();
+    assert!(!alerts.is_empty(), "{khanh_hoa}");
+    assert!(alerts
+        .iter()
+        .all(|a| a["via"]["unit"] == "63:58" && a["via"]["name"] == "Ninh Thuận"));
+    assert_eq!(
+        api["firing"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        1
+    );
+    // In its own table it is Ninh Thuận's, unmarked.
+    let (_, body) = get(&format!("{}/api/v1/provinces?view=63", s.base)).await;
+    let api63: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ninh_thuan = api63["provinces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == "58" && r["scheme"] == "63")
+        .unwrap();
+    assert!(ninh_thuan["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["via"].is_null()));
+    s.stop.cancel();
+}
+
 /// Events in Kafka that Redis has not counted: the API and the page say the figures are
 /// catching up and by how much, as the task force would see it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
