@@ -20,6 +20,7 @@ pub mod demo;
 pub mod embedded;
 pub mod events;
 pub mod generator;
+pub mod history;
 pub mod notify;
 pub mod pipeline;
 pub mod provinces;

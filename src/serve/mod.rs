@@ -5,6 +5,7 @@
 //! targets and alert states) and `/`, a status page a phone can read.
 
 mod api;
+mod history;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/provinces", get(provinces))
+        .route("/api/v1/provinces/{code}/history", get(history::handler))
         .with_state(state)
 }
 
@@ -140,17 +142,22 @@ struct ViewQuery {
     view: Option<String>,
 }
 
+/// `?view=`: 34 (the default) or 63; else the 400 to answer.
+fn parse_view(view: Option<&str>) -> Result<View, (StatusCode, String)> {
+    match view {
+        None | Some("34") => Ok(View::Current34),
+        Some("63") => Ok(View::Legacy63),
+        Some(other) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("view must be 34 or 63, not {other}\n"),
+        )),
+    }
+}
+
 async fn provinces(State(s): State<Arc<AppState>>, Query(q): Query<ViewQuery>) -> Response {
-    let view = match q.view.as_deref() {
-        None | Some("34") => View::Current34,
-        Some("63") => View::Legacy63,
-        Some(other) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("view must be 34 or 63, not {other}\n"),
-            )
-                .into_response()
-        }
+    let view = match parse_view(q.view.as_deref()) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
     };
     match api::build(&s, view).await {
         Ok(p) => Json(p).into_response(),

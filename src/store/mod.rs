@@ -18,7 +18,7 @@ use redis::Script;
 
 pub use conn::{connect, RedisConn};
 pub use keys::{Keys, PartitionKeys, DEDUP_SHARDS};
-pub use read::{Counts, Snapshot};
+pub use read::{Counts, Daily, Snapshot};
 
 use crate::aggregate::{Aggregate, Slot};
 use crate::buckets::Tier;

@@ -106,3 +106,109 @@ impl Store {
         Ok(snap)
     }
 }
+
+/// Counts per Vietnam calendar day, from the day buckets, summed over partitions: what the
+/// figures were at the end of any past day, and what each day added.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Daily {
+    /// Day bucket number of `days[0]`.
+    pub first: i64,
+    /// Per day, oldest first, the counts of each field that day.
+    pub days: Vec<HashMap<String, i64>>,
+}
+
+impl Daily {
+    /// Day bucket number of the last day held.
+    pub fn last(&self) -> i64 {
+        self.first + self.days.len() as i64 - 1
+    }
+
+    fn day(&self, d: i64) -> Option<&HashMap<String, i64>> {
+        usize::try_from(d - self.first)
+            .ok()
+            .and_then(|i| self.days.get(i))
+    }
+
+    /// Sum of `field` over days `from..=to`.
+    fn sum(&self, field: &str, from: i64, to: i64) -> i64 {
+        (from..=to).filter_map(|d| self.day(d)?.get(field)).sum()
+    }
+}
+
+impl Snapshot {
+    /// The figures as they stood at the end of day `day` (Vietnam time): totals less what
+    /// later days added; the 24 h, 7 d and 30 d windows as that day and the days before it
+    /// (the 1 h window is not kept that long, so it reads 0). The newest event times are kept
+    /// only where they are not later than that.
+    pub fn at_end_of(&self, daily: &Daily, day: i64) -> Snapshot {
+        let end = Tier::Day.start(day + 1);
+        let mut counts = BTreeMap::new();
+        for (field, c) in &self.counts {
+            let later = daily.sum(field, day + 1, daily.last());
+            let mut windows = [0; WINDOWS.len()];
+            for (i, w) in WINDOWS.iter().enumerate() {
+                let days = w.seconds / Tier::Day.seconds();
+                if days >= 1 {
+                    windows[i] = daily.sum(field, day + 1 - days, day);
+                }
+            }
+            counts.insert(
+                field.clone(),
+                Counts {
+                    total: c.total - later,
+                    windows,
+                },
+            );
+        }
+        Snapshot {
+            as_of: DateTime::from_timestamp(end, 0).unwrap_or(self.as_of),
+            counts,
+            latest: self
+                .latest
+                .iter()
+                .filter(|(_, at)| **at < end)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            dead: self.dead.clone(),
+            offsets: self.offsets.clone(),
+        }
+    }
+}
+
+impl Store {
+    /// The day buckets of the last `days` days up to and including tomorrow (an event may be
+    /// dated a little ahead), one pipeline per partition, all at once.
+    pub async fn daily(&self, now: DateTime<Utc>, days: usize) -> Result<Daily, StoreError> {
+        let mut conn = self.conn.clone();
+        let tags: BTreeSet<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.directory())
+            .query_async(&mut conn)
+            .await?;
+        let last = Tier::Day.bucket(now.timestamp()) + 1;
+        let first = last - days as i64;
+        let reads = tags.iter().map(|tag| {
+            let keys = self.keys.tagged(tag);
+            let mut pipe = redis::pipe();
+            for d in first..=last {
+                pipe.hgetall(keys.bucket(Tier::Day, d));
+            }
+            let mut conn = self.conn.clone();
+            async move {
+                let values: Vec<Raw> = pipe.query_async(&mut conn).await?;
+                Ok::<_, StoreError>(values.into_iter().map(counters).collect::<Vec<Hash>>())
+            }
+        });
+        let mut daily = Daily {
+            first,
+            days: vec![HashMap::new(); days + 1],
+        };
+        for partition in try_join_all(reads).await? {
+            for (i, day) in partition.into_iter().enumerate() {
+                for (field, v) in day {
+                    *daily.days[i].entry(field).or_default() += v;
+                }
+            }
+        }
+        Ok(daily)
+    }
+}

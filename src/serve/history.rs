@@ -1,0 +1,90 @@
+//! `/api/v1/provinces/{code}/history?dataset=…&days=…&view=34|63`: a province's daily series
+//! (records done by the end of each day, records that day, percent of target), from the day
+//! buckets, in either unit view. Without `dataset`, every dataset the province has.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{parse_view, AppState};
+use crate::history::{self, Series, MAX_DAYS};
+use crate::provinces::View;
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    view: Option<String>,
+    dataset: Option<String>,
+    days: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct History {
+    view: View,
+    code: String,
+    name: String,
+    days: usize,
+    series: Vec<Series>,
+}
+
+pub async fn handler(
+    State(s): State<Arc<AppState>>,
+    Path(code): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let view = match parse_view(q.view.as_deref()) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let days = q.days.unwrap_or(56);
+    if days == 0 || days > MAX_DAYS {
+        let msg = format!("days lies between 1 and {MAX_DAYS}\n");
+        return (StatusCode::BAD_REQUEST, msg).into_response();
+    }
+    let datasets: Vec<String> = match &q.dataset {
+        Some(d) if !s.datasets.contains(d) => {
+            let msg = format!(
+                "unknown dataset {d}; datasets are {}\n",
+                s.datasets.join(", ")
+            );
+            return (StatusCode::BAD_REQUEST, msg).into_response();
+        }
+        Some(d) => vec![d.clone()],
+        None => s.datasets.clone(),
+    };
+    let now = s.clock.now();
+    let read = async {
+        let snap = s.store.snapshot(now).await?;
+        let daily = s.store.daily(now, days).await?;
+        Ok::<_, crate::store::StoreError>((snap, daily))
+    };
+    let (snap, daily) = match read.await {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read history");
+            let msg = format!("figures unavailable: {error}\n");
+            return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+        }
+    };
+    let statuses = history::statuses(&snap, &daily, &s.targets, &s.datasets, view, days);
+    let Some(row) = statuses.last().and_then(|(_, st)| history::row(st, &code)) else {
+        let msg = format!("no province {code} in the {}-unit table\n", view.tag());
+        return (StatusCode::NOT_FOUND, msg).into_response();
+    };
+    let (name, code) = (row.name.clone(), row.code.clone());
+    let series = datasets
+        .iter()
+        .filter_map(|d| history::series(&statuses, &code, d))
+        .collect();
+    Json(History {
+        view,
+        code,
+        name,
+        days,
+        series,
+    })
+    .into_response()
+}
