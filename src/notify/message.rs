@@ -24,7 +24,7 @@ pub enum Markup {
 }
 
 impl Markup {
-    fn escape(self, text: &str) -> String {
+    pub fn escape(self, text: &str) -> String {
         match self {
             Markup::Plain => text.to_string(),
             Markup::TelegramHtml | Markup::Slack => text
@@ -34,7 +34,7 @@ impl Markup {
         }
     }
 
-    fn bold(self, text: &str) -> String {
+    pub fn bold(self, text: &str) -> String {
         let t = self.escape(text);
         match self {
             Markup::TelegramHtml => format!("<b>{t}</b>"),

@@ -3,7 +3,10 @@
 //! of missing its deadline (with percent done and projected date), or not started; with counts,
 //! lists and national totals, for the 34 current or the 63 legacy units. Rendered as a
 //! terminal table, Markdown, HTML with a chart (inline SVG, no external assets) or JSON, in
-//! Vietnamese or English.
+//! Vietnamese or English. Each report also compares every province with one week earlier
+//! ([`weekly`]): the change in points, the class moves, the top movers and the stalled.
+
+pub mod weekly;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,7 +15,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::config::Language;
-use crate::notify::message::{dataset_name, number};
+use crate::notify::message::{dataset_name, number, Markup};
 use crate::rules::Evaluation;
 use crate::status::{Status, View};
 
@@ -92,6 +95,9 @@ pub struct Report {
     /// Share of target from which a province counts as basically completed.
     pub basically_done: f64,
     pub datasets: Vec<DatasetReport>,
+    /// The week before, when the day figures reach back that far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub week: Option<weekly::Week>,
 }
 
 impl Report {
@@ -159,6 +165,7 @@ impl Report {
             language: lang,
             basically_done,
             datasets,
+            week: None,
         }
     }
 
@@ -230,6 +237,9 @@ impl Report {
                 ]);
             }
             let _ = write!(out, "\n{t}\n");
+            for line in self.week_lines(&d.dataset, Markup::Plain) {
+                let _ = writeln!(out, "{line}");
+            }
         }
         out
     }
@@ -259,8 +269,144 @@ impl Report {
                     names.join(", ")
                 );
             }
+            let week = self.week_lines(&d.dataset, Markup::Plain);
+            if !week.is_empty() {
+                out.push('\n');
+            }
+            for line in week {
+                let _ = writeln!(out, "- {}", line.replace('|', "\\|"));
+            }
         }
         out
+    }
+
+    /// The dataset's week, a line each: national change, class moves, top movers, stalled.
+    fn week_lines(&self, dataset: &str, m: Markup) -> Vec<String> {
+        let Some(week) = &self.week else {
+            return Vec::new();
+        };
+        let Some(w) = week.datasets.iter().find(|d| d.dataset == dataset) else {
+            return Vec::new();
+        };
+        let lang = self.language;
+        let vi = lang == Language::Vi;
+        let pts = |p: f64| {
+            let s = format!("{p:+.1}");
+            if vi {
+                s.replace('.', ",")
+            } else {
+                s
+            }
+        };
+        let since = week.since.format("%d/%m/%Y");
+        let mut lines = vec![if vi {
+            format!(
+                "Trong tuần (so với hết ngày {since}): {} → {} ({} điểm)",
+                percent(w.percent_then, lang),
+                percent(w.percent_now, lang),
+                pts(w.percent_now - w.percent_then)
+            )
+        } else {
+            format!(
+                "This week (since the end of {since}): {} → {} ({} points)",
+                percent(w.percent_then, lang),
+                percent(w.percent_now, lang),
+                pts(w.percent_now - w.percent_then)
+            )
+        }];
+        let moved = w.moved();
+        if !moved.is_empty() {
+            let list = weekly::names(&moved, |p| {
+                format!(
+                    "{}: {} → {}",
+                    m.bold(&p.name),
+                    m.escape(&p.class_then.label(lang).to_lowercase()),
+                    m.escape(&p.class_now.label(lang).to_lowercase())
+                )
+            });
+            lines.push(if vi {
+                format!("Chuyển nhóm: {list}")
+            } else {
+                format!("Moved: {list}")
+            });
+        }
+        let top = w.top(5);
+        if !top.is_empty() {
+            let list = weekly::names(&top, |p| format!("{} {}", m.bold(&p.name), pts(p.points)));
+            lines.push(if vi {
+                format!("Tăng nhiều nhất: {list}")
+            } else {
+                format!("Top movers: {list}")
+            });
+        }
+        let stalled = w.stalled();
+        if !stalled.is_empty() {
+            let list = weekly::names(&stalled, |p| {
+                format!("{} {}", m.bold(&p.name), percent(p.percent_now, lang))
+            });
+            lines.push(if vi {
+                format!("Đứng yên: {list}")
+            } else {
+                format!("Stalled: {list}")
+            });
+        }
+        lines
+    }
+
+    /// The report as a chat message: per dataset the classes, the at-risk provinces and the
+    /// week; `late` says when a scheduled report should have gone out.
+    pub fn chat(&self, m: Markup, late: Option<DateTime<Utc>>) -> String {
+        let lang = self.language;
+        let vi = lang == Language::Vi;
+        let mut lines = vec![m.bold(&if vi {
+            format!("Báo cáo tuần · {}", self.title())
+        } else {
+            format!("Weekly report · {}", self.title())
+        })];
+        if let Some(due) = late {
+            let due = due
+                .with_timezone(&crate::clock::vn_offset())
+                .format("%H:%M %d/%m/%Y");
+            lines.push(if vi {
+                format!("(gửi muộn: theo lịch lúc {due})")
+            } else {
+                format!("(late: scheduled for {due})")
+            });
+        }
+        for d in &self.datasets {
+            lines.push(String::new());
+            lines.push(format!(
+                "{}: {}",
+                m.bold(&d.name),
+                m.escape(&self.national(d))
+            ));
+            let counts: Vec<String> = d
+                .classes
+                .iter()
+                .map(|(c, list)| format!("{} {}", m.escape(c.label(lang)), list.len()))
+                .collect();
+            lines.push(counts.join(" · "));
+            let at_risk = &d.classes[&Class::AtRisk];
+            if !at_risk.is_empty() {
+                let shown: Vec<String> = at_risk
+                    .iter()
+                    .take(5)
+                    .map(|e| format!("{} {}", m.bold(&e.name), percent(e.percent, lang)))
+                    .collect();
+                let more = if at_risk.len() > 5 {
+                    format!(", +{}", at_risk.len() - 5)
+                } else {
+                    String::new()
+                };
+                lines.push(format!(
+                    "{}: {}{more}",
+                    m.escape(Class::AtRisk.label(lang)),
+                    shown.join(", ")
+                ));
+            }
+            lines.extend(self.week_lines(&d.dataset, m));
+        }
+        lines.join("\n")
     }
 
     /// A self-contained page: per dataset a stacked bar of the classes (SVG) and the lists.
@@ -289,7 +435,17 @@ impl Report {
                     esc(&names.join(", "))
                 );
             }
-            body.push_str("</dl></section>");
+            body.push_str("</dl>");
+            let week = self.week_lines(&d.dataset, Markup::TelegramHtml);
+            if !week.is_empty() {
+                body.push_str("<ul class=\"week\">");
+                for line in week {
+                    let _ = write!(body, "<li>{line}</li>");
+                }
+                body.push_str("</ul>");
+            }
+            body.push_str(&self.trends(&d.dataset));
+            body.push_str("</section>");
         }
         format!(
             "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
@@ -299,13 +455,17 @@ impl Report {
              h1{{font-size:20px}}h2{{font-size:17px;margin-top:28px}}\
              svg{{width:100%;height:auto}}dt{{font-weight:600;margin-top:8px}}dd{{margin:2px 0 0 20px}}\
              .key{{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:6px}}\
+             table.trend{{border-collapse:collapse;margin-top:8px}}\
+             table.trend td{{padding:2px 8px 2px 0;vertical-align:middle}}\
+             svg.spark{{width:120px;height:28px}}\
              </style></head><body><h1>{title}</h1>{body}</body></html>\n",
             title = esc(&self.title()),
         )
     }
 }
 
-/// The report of the figures in Redis at `now`, with the targets of `settings`.
+/// The report of the figures in Redis at `now`, with the targets of `settings`, compared
+/// with a week earlier.
 pub async fn read(
     settings: &crate::config::Settings,
     view: View,
@@ -316,15 +476,99 @@ pub async fn read(
     let targets = crate::run::load_targets(settings)?;
     let conn = crate::store::connect(&settings.redis).await?;
     let store = crate::store::Store::new(conn, &settings.redis.key_prefix, datasets.clone(), 1);
+    Ok(build(&store, &targets, settings, view, lang, now).await?)
+}
+
+/// The report at `now`, with its week: reads the figures and the day buckets behind them.
+pub async fn build(
+    store: &crate::store::Store,
+    targets: &crate::targets::Targets,
+    settings: &crate::config::Settings,
+    view: View,
+    lang: Language,
+    now: DateTime<Utc>,
+) -> Result<Report, crate::store::StoreError> {
+    let datasets = &settings.validation.datasets;
     let snap = store.snapshot(now).await?;
-    let status = Status::build(&snap, &targets, &datasets, view);
-    let eval = crate::rules::evaluate(&status, now, &settings.alerts.rules);
-    Ok(Report::build(
-        &status,
-        &eval,
-        settings.report.basically_done,
-        lang,
-    ))
+    // The trend's weeks, and for the oldest of them its 30-day rate.
+    let days = 7 * weekly::TREND_WEEKS + 31;
+    let daily = store.daily(now, days).await?;
+    let at = |snap: &crate::store::Snapshot, when: DateTime<Utc>| {
+        let status = Status::build(snap, targets, datasets, view);
+        let eval = crate::rules::evaluate(&status, when, &settings.alerts.rules);
+        Report::build(&status, &eval, settings.report.basically_done, lang)
+    };
+    let mut report = at(&snap, now);
+    let since = weekly::week_before(now);
+    let end_of = |day: i64| {
+        let past = snap.at_end_of(&daily, day);
+        let when = past.as_of;
+        at(&past, when)
+    };
+    // Week ends, oldest first; the last is "a week earlier".
+    let trend: Vec<Report> = (0..weekly::TREND_WEEKS as i64 - 1)
+        .rev()
+        .map(|w| end_of(since - 7 * w))
+        .collect();
+    let then = trend.last().expect("at least one week");
+    report.week = Some(weekly::compare(&report, then, since, &trend));
+    Ok(report)
+}
+
+impl Report {
+    /// The at-risk provinces of a dataset, each with its percent, the week's change and an
+    /// eight-week sparkline (inline SVG).
+    fn trends(&self, dataset: &str) -> String {
+        let Some(w) = self
+            .week
+            .as_ref()
+            .and_then(|w| w.datasets.iter().find(|d| d.dataset == dataset))
+        else {
+            return String::new();
+        };
+        let at_risk: Vec<&weekly::ProvinceWeek> = w
+            .provinces
+            .iter()
+            .filter(|p| p.class_now == Class::AtRisk)
+            .collect();
+        if at_risk.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from("<table class=\"trend\">");
+        for p in at_risk {
+            let _ = write!(
+                out,
+                "<tr data-code=\"{}\"><td>{}</td><td>{}</td><td>{:+.1}</td><td>{}</td></tr>",
+                esc(&p.code),
+                esc(&p.name),
+                percent(p.percent_now, self.language),
+                p.points,
+                sparkline(&p.trend)
+            );
+        }
+        out.push_str("</table>");
+        out
+    }
+}
+
+/// A small line of percents (0–100), oldest left.
+pub fn sparkline(values: &[f64]) -> String {
+    let (w, h) = (120.0, 28.0);
+    let n = values.len().max(2) - 1;
+    let points: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let x = w * i as f64 / n as f64;
+            let y = h - 2.0 - (h - 4.0) * v.clamp(0.0, 100.0) / 100.0;
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    format!(
+        "<svg class=\"spark\" viewBox=\"0 0 {w} {h}\" role=\"img\"><polyline fill=\"none\" \
+         stroke=\"#e53935\" stroke-width=\"2\" points=\"{}\"/></svg>",
+        points.join(" ")
+    )
 }
 
 /// A horizontal stacked bar of province counts per class, labelled.

@@ -1,0 +1,174 @@
+//! The week in the report: each province against itself one week earlier (percent then and
+//! now, the change in points, its class then and now), the provinces that moved between
+//! classes, the week's top movers and the ones that stalled, and an eight-week trend.
+//!
+//! "A week earlier" is the end of the Vietnam calendar day before the same moment a week ago,
+//! read from the day buckets (see [`crate::history`]), so it is exact to the day.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::Serialize;
+
+use super::{Class, Report};
+use crate::buckets::Tier;
+use crate::history::date;
+
+/// Weeks of trend kept per province.
+pub const TREND_WEEKS: usize = 8;
+/// Below this many points in a week, a province that is not done counts as stalled.
+const STALLED_POINTS: f64 = 0.1;
+/// Names listed per kind in chat.
+const LISTED: usize = 5;
+
+/// One province's week on one dataset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProvinceWeek {
+    pub code: String,
+    pub name: String,
+    pub percent_then: f64,
+    pub percent_now: f64,
+    /// Percentage points gained in the week.
+    pub points: f64,
+    pub class_then: Class,
+    pub class_now: Class,
+    /// Percent at the end of each of the last weeks, oldest first, now last.
+    pub trend: Vec<f64>,
+}
+
+/// One dataset's week.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetWeek {
+    pub dataset: String,
+    /// National percent then and now.
+    pub percent_then: f64,
+    pub percent_now: f64,
+    /// Every province with a target, by code.
+    pub provinces: Vec<ProvinceWeek>,
+}
+
+/// The week before a report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Week {
+    /// The figures compared with are those at the end of this day.
+    pub since: NaiveDate,
+    pub datasets: Vec<DatasetWeek>,
+}
+
+/// The day whose end is "a week earlier" than `now`.
+pub fn week_before(now: DateTime<Utc>) -> i64 {
+    Tier::Day.bucket((now - Duration::days(7)).timestamp()) - 1
+}
+
+impl DatasetWeek {
+    /// Provinces that changed class, most improved first.
+    pub fn moved(&self) -> Vec<&ProvinceWeek> {
+        let mut m: Vec<&ProvinceWeek> = self
+            .provinces
+            .iter()
+            .filter(|p| p.class_then != p.class_now)
+            .collect();
+        m.sort_by(|a, b| b.points.total_cmp(&a.points).then(a.name.cmp(&b.name)));
+        m
+    }
+
+    /// The largest gains of the week, largest first.
+    pub fn top(&self, n: usize) -> Vec<&ProvinceWeek> {
+        let mut t: Vec<&ProvinceWeek> = self
+            .provinces
+            .iter()
+            .filter(|p| p.points >= STALLED_POINTS)
+            .collect();
+        t.sort_by(|a, b| b.points.total_cmp(&a.points).then(a.name.cmp(&b.name)));
+        t.truncate(n);
+        t
+    }
+
+    /// Not done, and next to no progress in the week, lowest first.
+    pub fn stalled(&self) -> Vec<&ProvinceWeek> {
+        let mut s: Vec<&ProvinceWeek> = self
+            .provinces
+            .iter()
+            .filter(|p| p.class_now != Class::Completed && p.points < STALLED_POINTS)
+            .collect();
+        s.sort_by(|a, b| {
+            a.percent_now
+                .total_cmp(&b.percent_now)
+                .then(a.name.cmp(&b.name))
+        });
+        s
+    }
+}
+
+/// Compares `now` with `then` (the report of a week earlier); `weekly` are the reports at
+/// the end of each of the last weeks, oldest first, for the trend.
+pub fn compare(now: &Report, then: &Report, since: i64, weekly: &[Report]) -> Week {
+    let entries = |r: &Report, dataset: &str| -> BTreeMap<String, (f64, Class)> {
+        r.datasets
+            .iter()
+            .filter(|d| d.dataset == dataset)
+            .flat_map(|d| d.classes.iter())
+            .flat_map(|(class, list)| list.iter().map(|e| (e.code.clone(), (e.percent, *class))))
+            .collect()
+    };
+    let datasets = now
+        .datasets
+        .iter()
+        .map(|d| {
+            let before = entries(then, &d.dataset);
+            let trends: Vec<BTreeMap<String, (f64, Class)>> =
+                weekly.iter().map(|r| entries(r, &d.dataset)).collect();
+            let mut provinces: Vec<ProvinceWeek> = d
+                .classes
+                .iter()
+                .flat_map(|(class, list)| list.iter().map(move |e| (class, e)))
+                .map(|(class, e)| {
+                    let (percent_then, class_then) = before
+                        .get(&e.code)
+                        .copied()
+                        .unwrap_or((0.0, Class::NotStarted));
+                    let mut trend: Vec<f64> = trends
+                        .iter()
+                        .map(|t| t.get(&e.code).map_or(0.0, |(p, _)| *p))
+                        .collect();
+                    trend.push(e.percent);
+                    ProvinceWeek {
+                        code: e.code.clone(),
+                        name: e.name.clone(),
+                        percent_then,
+                        percent_now: e.percent,
+                        points: e.percent - percent_then,
+                        class_then,
+                        class_now: *class,
+                        trend,
+                    }
+                })
+                .collect();
+            provinces.sort_by(|a, b| a.code.cmp(&b.code));
+            let percent_then = then
+                .datasets
+                .iter()
+                .find(|t| t.dataset == d.dataset)
+                .map_or(0.0, |t| t.percent);
+            DatasetWeek {
+                dataset: d.dataset.clone(),
+                percent_then,
+                percent_now: d.percent,
+                provinces,
+            }
+        })
+        .collect();
+    Week {
+        since: date(since),
+        datasets,
+    }
+}
+
+/// The names of a list, as chat shows them: at most a few, then how many more.
+pub fn names(list: &[&ProvinceWeek], show: impl Fn(&ProvinceWeek) -> String) -> String {
+    let mut out: Vec<String> = list.iter().take(LISTED).map(|p| show(p)).collect();
+    if list.len() > LISTED {
+        out.push(format!("+{}", list.len() - LISTED));
+    }
+    out.join(", ")
+}

@@ -1,0 +1,268 @@
+//! Progress over time, checked against a season whose daily and weekly totals the test computes
+//! itself: the history API's daily series in both unit views, and `tiendo report`'s week
+//! (percent then and now, the change in points, class moves) as the binary prints it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as Span, NaiveDate, TimeZone, Utc};
+use tokio_util::sync::CancellationToken;
+
+use common::Env;
+use tiendo::clock::{vn_offset, SharedClock, SystemClock};
+use tiendo::events::CodeScheme;
+use tiendo::generator::Generated;
+
+/// The start of the Vietnam day `ago` days before today.
+fn day_start(now: DateTime<Utc>, ago: i64) -> DateTime<Utc> {
+    let day = (now.with_timezone(&vn_offset()) - Span::days(ago)).date_naive();
+    vn_offset()
+        .from_local_datetime(&day.and_hms_opt(0, 0, 0).unwrap())
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// Records per Vietnam day, per (scheme tag, code).
+type PerDay = BTreeMap<(char, String), BTreeMap<NaiveDate, i64>>;
+
+fn vn_day(at: DateTime<Utc>) -> NaiveDate {
+    at.with_timezone(&vn_offset()).date_naive()
+}
+
+/// Three weeks of civil-status records: Ninh Thuận (63:58) and Khánh Hòa (63:56) by their old
+/// codes, and the merged Khánh Hòa (34:56) by its new one, a different amount each day; and
+/// per (scheme, code) the records of each Vietnam day.
+fn season(env: &Env, now: DateTime<Utc>) -> (Vec<Generated>, PerDay) {
+    let mut g = env.generator(41);
+    let mut events = Vec::new();
+    let mut days = PerDay::new();
+    for ago in 0..21i64 {
+        // Within the day, and never ahead of now.
+        let at = (day_start(now, ago) + Span::minutes(30)).min(now - Span::seconds(5));
+        for (tag, code, scheme, n) in [
+            ('o', "58", CodeScheme::Provinces63, 100 + ago as u64),
+            ('o', "56", CodeScheme::Provinces63, 10 * ago as u64 + 1),
+            ('n', "56", CodeScheme::Provinces34, 5),
+        ] {
+            events.push(g.record_for(code, scheme, "civil_status", n, at));
+            *days
+                .entry((tag, code.to_string()))
+                .or_default()
+                .entry(vn_day(at))
+                .or_default() += n as i64;
+        }
+    }
+    (events, days)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_history_in_both_views_matches_the_season() {
+    let env = Env::start();
+    let now = Utc::now();
+    let (events, days) = season(&env, now);
+    env.publish(&events).await;
+    let running = env.spawn().await;
+    env.wait_consumed(Duration::from_secs(90)).await;
+    running.shutdown().await;
+
+    let targets = tiendo::targets::Targets::parse(
+        "province,dataset,target,deadline,scheme\n58,civil_status,10000,2030-12-31,63\n56,civil_status,5000,2030-12-31,63\n",
+        &env.settings.validation.datasets,
+    )
+    .unwrap();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let state = tiendo::run::app_state(&env.settings, targets, clock, None, None, None)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let (addr, _) = tiendo::serve::serve("127.0.0.1:0", state, stop.clone())
+        .await
+        .unwrap();
+    let get = |path: String| async move {
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.text().await.unwrap())
+    };
+
+    // What the test expects: per day, what was added and the total by its end.
+    let expect = |units: &[(char, &str)], target: f64| -> Vec<(NaiveDate, i64, i64, f64)> {
+        let mut per_day: BTreeMap<NaiveDate, i64> = BTreeMap::new();
+        for u in units {
+            for (d, n) in &days[&(u.0, u.1.to_string())] {
+                *per_day.entry(*d).or_default() += n;
+            }
+        }
+        let mut total = 0;
+        per_day
+            .into_iter()
+            .map(|(d, n)| {
+                total += n;
+                (d, n, total, total as f64 * 100.0 / target)
+            })
+            .collect()
+    };
+    let points = |body: &str| -> Vec<(NaiveDate, i64, i64, f64)> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["series"][0]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["day"].as_str().unwrap().parse().unwrap(),
+                    p["added"].as_i64().unwrap(),
+                    p["total"].as_i64().unwrap(),
+                    p["percent"].as_f64().unwrap_or(f64::NAN),
+                )
+            })
+            .collect()
+    };
+    let close = |got: Vec<(NaiveDate, i64, i64, f64)>, want: Vec<(NaiveDate, i64, i64, f64)>| {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((g.0, g.1, g.2), (w.0, w.1, w.2));
+            assert!((g.3 - w.3).abs() < 1e-9, "{g:?} {w:?}");
+        }
+    };
+
+    // The 34-unit Khánh Hòa: its own code and the two it absorbed; its target is theirs.
+    let (code, body) =
+        get("/api/v1/provinces/56/history?dataset=civil_status&days=21".into()).await;
+    assert_eq!(code, 200, "{body}");
+    close(
+        points(&body),
+        expect(&[('o', "58"), ('o', "56"), ('n', "56")], 15_000.0),
+    );
+    // The 63-unit Ninh Thuận alone, and the old Khánh Hòa without the new code's records.
+    let (_, body) =
+        get("/api/v1/provinces/58/history?dataset=civil_status&days=21&view=63".into()).await;
+    close(points(&body), expect(&[('o', "58")], 10_000.0));
+    let (_, body) =
+        get("/api/v1/provinces/56/history?dataset=civil_status&days=21&view=63".into()).await;
+    close(points(&body), expect(&[('o', "56")], 5_000.0));
+    // A shorter series ends today with the same totals.
+    let (_, body) =
+        get("/api/v1/provinces/58/history?dataset=civil_status&days=7&view=63".into()).await;
+    let week = points(&body);
+    assert_eq!(week.len(), 7);
+    assert_eq!(week.last().unwrap().0, vn_day(now));
+    assert_eq!(
+        week.last().unwrap().2,
+        days[&('o', "58".to_string())].values().sum::<i64>()
+    );
+
+    assert_eq!(get("/api/v1/provinces/99/history".into()).await.0, 404);
+    assert_eq!(
+        get("/api/v1/provinces/58/history?dataset=cats".into())
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        get("/api/v1/provinces/58/history?days=401".into()).await.0,
+        400
+    );
+    stop.cancel();
+}
+
+/// `tiendo report --format json` as the task force's Monday report would be: each province
+/// against the end of the day before the same moment a week ago.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_compares_each_province_with_a_week_earlier() {
+    let env = Env::start();
+    let now = Utc::now();
+    let (mut events, days) = season(&env, now);
+    // Hà Nội (63:01) finishes this week: 900 of 1,000 before, 200 more three days ago.
+    let mut g = env.generator(42);
+    events.push(g.record_for(
+        "01",
+        CodeScheme::Provinces63,
+        "civil_status",
+        900,
+        now - Span::days(20),
+    ));
+    events.push(g.record_for(
+        "01",
+        CodeScheme::Provinces63,
+        "civil_status",
+        200,
+        now - Span::days(3),
+    ));
+    env.publish(&events).await;
+    let running = env.spawn().await;
+    env.wait_consumed(Duration::from_secs(90)).await;
+    running.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let targets = dir.path().join("targets.csv");
+    std::fs::write(
+        &targets,
+        "province,dataset,target,deadline,scheme\n58,civil_status,10000,2030-12-31,63\n01,civil_status,1000,2030-12-31,63\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .args(["report", "--view", "63", "--format", "json"])
+        .env("TIENDO_REDIS__URL", env.settings.redis.url.expose())
+        .env("TIENDO_TARGETS__FILE", &targets)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let week = &report["week"];
+    // The end of the day before the same moment a week ago.
+    let since = vn_day(now - Span::days(7)) - Span::days(1);
+    assert_eq!(week["since"], since.to_string());
+    let civil = week["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dataset"] == "civil_status")
+        .unwrap();
+    let province = |code: &str| {
+        civil["provinces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["code"] == code)
+            .unwrap()
+            .clone()
+    };
+    let ninh_thuan = province("58");
+    let all: i64 = days[&('o', "58".to_string())].values().sum();
+    let before: i64 = days[&('o', "58".to_string())]
+        .iter()
+        .filter(|(d, _)| **d <= since)
+        .map(|(_, n)| n)
+        .sum();
+    let near = |v: &serde_json::Value, want: f64| {
+        assert!((v.as_f64().unwrap() - want).abs() < 1e-9, "{v} != {want}");
+    };
+    near(&ninh_thuan["percent_now"], all as f64 / 100.0);
+    near(&ninh_thuan["percent_then"], before as f64 / 100.0);
+    near(&ninh_thuan["points"], (all - before) as f64 / 100.0);
+    assert_eq!(ninh_thuan["trend"].as_array().unwrap().len(), 8);
+    // Hà Nội moved to completed this week.
+    let ha_noi = province("01");
+    near(&ha_noi["percent_then"], 90.0);
+    near(&ha_noi["percent_now"], 110.0);
+    assert_eq!(ha_noi["class_now"], "completed");
+    assert_ne!(ha_noi["class_then"], "completed");
+
+    // The table says so too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .args(["report", "--view", "63"])
+        .env("TIENDO_REDIS__URL", env.settings.redis.url.expose())
+        .env("TIENDO_TARGETS__FILE", &targets)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("Chuyển nhóm: Hà Nội: "), "{table}");
+    assert!(table.contains("→ đã hoàn thành"), "{table}");
+}
