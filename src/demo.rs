@@ -461,6 +461,7 @@ async fn evaluate(
                 at: out.notices[0].at,
                 notices: Vec::new(),
                 summary: None,
+                ..Digest::default()
             },
         };
         digests.lock().expect("digests").push((chat, out.notices));

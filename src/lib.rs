@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod buckets;
 pub mod catchup;
+pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod deadletter;

@@ -8,10 +8,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::catchup::Watch;
+use crate::chat::telegram::{reply_outbox, Poller};
+use crate::chat::Conversation;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Settings, KAFKA_OUTBOX};
 use crate::notify::{Dispatcher, Sink};
 use crate::pipeline::Pipeline;
+use crate::report::schedule::Poster;
 use crate::rules::evaluator::Evaluator;
 use crate::rules::ledger::Ledger;
 use crate::serve::{self, AppState};
@@ -69,13 +72,21 @@ pub async fn app_state(
     watch: Option<Watch>,
 ) -> anyhow::Result<AppState> {
     let conn = store::connect(&settings.redis).await?;
+    let store = Store::new(
+        conn.clone(),
+        &settings.redis.key_prefix,
+        settings.validation.datasets.clone(),
+        1,
+    );
+    let chat = Arc::new(Conversation::new(
+        store.clone(),
+        Ledger::new(conn.clone(), &settings.redis.key_prefix),
+        targets.clone(),
+        Arc::new(settings.clone()),
+        clock.clone(),
+    ));
     Ok(AppState {
-        store: Store::new(
-            conn.clone(),
-            &settings.redis.key_prefix,
-            settings.validation.datasets.clone(),
-            1,
-        ),
+        store,
         ledger: Ledger::new(conn.clone(), &settings.redis.key_prefix),
         conn,
         targets,
@@ -85,6 +96,7 @@ pub async fn app_state(
         metrics,
         assignment,
         watch,
+        chat: Some(chat),
     })
 }
 
@@ -108,7 +120,8 @@ pub fn load_targets(settings: &Settings) -> anyhow::Result<Targets> {
     })
 }
 
-/// Starts the evaluator and one dispatcher per receiver (and one for the Kafka alerts topic).
+/// Starts the evaluator, one dispatcher per receiver (and one for the Kafka alerts topic),
+/// the scheduled report and the Telegram command poller when they are configured.
 pub async fn spawn_alerting(
     settings: &Settings,
     targets: Targets,
@@ -116,9 +129,73 @@ pub async fn spawn_alerting(
     watch: Watch,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    let evaluator = evaluator(settings, targets, clock, watch).await?;
+    let evaluator = evaluator(settings, targets.clone(), clock.clone(), watch.clone()).await?;
     let mut tasks = vec![tokio::spawn(evaluator.run(shutdown.clone()))];
-    tasks.extend(spawn_dispatchers(settings, shutdown).await?);
+    tasks.extend(spawn_dispatchers(settings, shutdown.clone()).await?);
+    tasks.extend(spawn_chat(settings, targets, clock, Some(watch), shutdown).await?);
+    Ok(tasks)
+}
+
+/// The scheduled report (with `report.schedule`) and the Telegram command poller (with
+/// `commands.telegram`).
+pub async fn spawn_chat(
+    settings: &Settings,
+    targets: Targets,
+    clock: SharedClock,
+    watch: Option<Watch>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let conn = store::connect(&settings.redis).await?;
+    let prefix = &settings.redis.key_prefix;
+    let store = Store::new(
+        conn.clone(),
+        prefix,
+        settings.validation.datasets.clone(),
+        1,
+    );
+    let ledger = Ledger::new(conn, prefix);
+    let shared = Arc::new(settings.clone());
+    let mut tasks = Vec::new();
+    if !settings.report.schedule.is_empty() {
+        let mut poster = Poster::new(
+            store.clone(),
+            ledger.clone(),
+            targets.clone(),
+            shared.clone(),
+            clock.clone(),
+        );
+        if let Some(w) = watch {
+            poster = poster.with_watch(w);
+        }
+        let every = settings
+            .alerts
+            .interval
+            .min(std::time::Duration::from_secs(60));
+        tasks.push(tokio::spawn(poster.run(every, shutdown.clone())));
+        tracing::info!(schedule = ?settings.report.schedule, "report schedule started");
+    }
+    let name = &settings.commands.telegram;
+    if let Some(receiver) = settings.alerts.receivers.get(name) {
+        let chat = Arc::new(Conversation::new(
+            store,
+            ledger.clone(),
+            targets,
+            shared,
+            clock,
+        ));
+        let poller = Poller::new(ledger.clone(), chat, name, receiver);
+        tasks.push(tokio::spawn(poller.run(shutdown.clone())));
+        let sink = Sink::http(receiver, &settings.alerts, &settings.http.public_url);
+        let replies = Dispatcher::new(
+            ledger,
+            &reply_outbox(name),
+            sink,
+            settings.alerts.max_backoff,
+        )
+        .with_poll(std::time::Duration::from_millis(200));
+        tasks.push(tokio::spawn(replies.run(shutdown)));
+        tracing::info!(receiver = name, "chat commands: polling Telegram");
+    }
     Ok(tasks)
 }
 

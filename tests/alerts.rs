@@ -557,6 +557,7 @@ async fn long_digests_arrive_split_escaped_and_whole() {
         at: now,
         notices: notices.clone(),
         summary: None,
+        ..Digest::default()
     };
     let commit = Commit {
         digests: vec![("tg".into(), digest("tg")), ("sl".into(), digest("sl"))],

@@ -87,6 +87,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub alerts: AlertSettings,
     pub report: ReportSettings,
+    pub commands: CommandSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,14 +96,72 @@ pub struct ReportSettings {
     /// A province at or above this share of its target (but below it) is "basically
     /// completed" in `tiendo report`.
     pub basically_done: f64,
+    /// When the report is posted to chat, in Vietnam time: `"Mon 08:00"`, `"daily 17:30"`.
+    /// Empty: never.
+    pub schedule: Vec<String>,
+    /// The receivers it is posted to; empty: every receiver in `alerts.receivers`.
+    pub receivers: Vec<String>,
+    /// A report sent this long after its time (every replica was down) says it is late.
+    #[serde(with = "humantime_serde")]
+    pub late_after: Duration,
 }
 
 impl Default for ReportSettings {
     fn default() -> Self {
         ReportSettings {
             basically_done: 0.95,
+            schedule: Vec::new(),
+            receivers: Vec::new(),
+            late_after: Duration::from_secs(15 * 60),
         }
     }
+}
+
+/// Questions from chat: Telegram commands read by long polling, Slack and Mattermost slash
+/// commands at `/slack/commands`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandSettings {
+    /// The Telegram receiver (in `alerts.receivers`) whose bot answers commands; empty: none.
+    pub telegram: String,
+    /// Chats answered: Telegram chat ids, Slack or Mattermost channel ids. Empty: the chat of
+    /// the `telegram` receiver only.
+    #[serde(deserialize_with = "texts")]
+    pub chats: Vec<String>,
+    /// Who may silence and unsilence: Telegram user ids, Slack or Mattermost user ids.
+    #[serde(deserialize_with = "texts")]
+    pub silencers: Vec<String>,
+    /// How long one `getUpdates` call waits for news.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// Slack's signing secret; `/slack/commands` answers Slack only when set.
+    pub slack_signing_secret: Secret,
+    /// The token of a Mattermost slash command; `/slack/commands` answers Mattermost only when
+    /// set.
+    pub mattermost_token: Secret,
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        CommandSettings {
+            telegram: String::new(),
+            chats: Vec::new(),
+            silencers: Vec::new(),
+            poll_timeout: Duration::from_secs(25),
+            slack_signing_secret: Secret::default(),
+            mattermost_token: Secret::default(),
+        }
+    }
+}
+
+/// A list of scalars read as text: `chats = [-1001234567890]`.
+fn texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text(#[serde(deserialize_with = "text")] String);
+    Ok(Vec::<Text>::deserialize(d)?
+        .into_iter()
+        .map(|t| t.0)
+        .collect())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -470,6 +529,7 @@ impl Settings {
     /// Checks what types cannot, and normalises Kafka property keys (`_` → `.`).
     pub fn validated(mut self) -> Result<Settings, ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        self.validate_chat()?;
         if self.validation.datasets.is_empty() {
             return invalid("validation.datasets must name at least one dataset");
         }
@@ -516,6 +576,38 @@ impl Settings {
                 .collect();
         }
         Ok(self)
+    }
+
+    fn validate_chat(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for when in &self.report.schedule {
+            if let Err(e) = crate::report::schedule::Slot::parse(when) {
+                return invalid(format!("report.schedule: {e}"));
+            }
+        }
+        for name in &self.report.receivers {
+            if !self.alerts.receivers.contains_key(name) {
+                return invalid(format!(
+                    "report.receivers: {name:?} is not in alerts.receivers"
+                ));
+            }
+        }
+        let c = &self.commands;
+        if !c.telegram.is_empty() {
+            match self.alerts.receivers.get(&c.telegram) {
+                Some(r) if r.kind == ReceiverKind::Telegram => {}
+                _ => {
+                    return invalid(format!(
+                        "commands.telegram: {:?} is not a telegram receiver in alerts.receivers",
+                        c.telegram
+                    ))
+                }
+            }
+        }
+        if c.poll_timeout.is_zero() || c.poll_timeout > Duration::from_secs(50) {
+            return invalid("commands.poll_timeout lies between 1s and 50s".into());
+        }
+        Ok(())
     }
 
     fn validate_alerts(&self) -> Result<(), ConfigError> {

@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::clock::vn_offset;
 use crate::config::Language;
-use crate::rules::ledger::{Digest, Notice, Occasion, Summary, Tally};
+use crate::rules::ledger::{Digest, Kind, Notice, Occasion, Summary, Tally};
 use crate::rules::state::Change;
 use crate::rules::{Rule, Severity};
 
@@ -132,6 +132,25 @@ pub fn plain(digest: &Digest, lang: Language, link: Option<&str>) -> String {
         ..Style::plain(lang)
     };
     render(digest, &style).join("\n")
+}
+
+/// Text rendered ahead (a report, a reply) as messages of at most `max` characters, split at
+/// line boundaries; a line longer than a whole message is cut.
+pub fn split(text: &str, max: usize) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    for line in text.lines() {
+        let line = fit(line.to_string(), max);
+        let last = parts.last_mut().expect("one part");
+        if !last.is_empty() && length(last) + 1 + length(&line) > max {
+            parts.push(line);
+        } else {
+            if !last.is_empty() {
+                last.push('\n');
+            }
+            last.push_str(&line);
+        }
+    }
+    parts
 }
 
 /// Header, lines and link, split into messages below the limit at line boundaries.
@@ -387,6 +406,13 @@ fn header(d: &Digest, lang: Language, m: Markup, part: usize, parts: usize) -> S
     let at = d.at.with_timezone(&vn_offset()).format("%d/%m/%Y %H:%M");
     let n = d.notices.len();
     let title = match (d.summary.as_ref().map(|s| s.occasion), lang) {
+        _ if d.kind == Kind::Firing => match lang {
+            Language::Vi => format!("tiendo · {n} cảnh báo đang bật · {at} (giờ VN)"),
+            Language::En => format!(
+                "tiendo · {n} alert{} firing · {at} (Vietnam time)",
+                if n == 1 { "" } else { "s" }
+            ),
+        },
         (Some(Occasion::Started), Language::Vi) => {
             format!("tiendo · bắt đầu theo dõi · {at} (giờ VN)")
         }
@@ -413,7 +439,7 @@ fn header(d: &Digest, lang: Language, m: Markup, part: usize, parts: usize) -> S
     m.bold(&title)
 }
 
-fn icon(n: &Notice) -> &'static str {
+pub(crate) fn icon(n: &Notice) -> &'static str {
     match (n.change, n.severity) {
         (Change::Resolved, _) => "🟢",
         (Change::Flapping, _) => "🟡",
@@ -443,7 +469,7 @@ pub fn dataset_name(dataset: &str, lang: Language) -> String {
     name.to_string()
 }
 
-fn rule_text(rule: Rule, lang: Language) -> &'static str {
+pub(crate) fn rule_text(rule: Rule, lang: Language) -> &'static str {
     match (rule, lang) {
         (Rule::Silent, Language::Vi) => "không có dữ liệu mới",
         (Rule::BehindPace, Language::Vi) => "chậm tiến độ",
@@ -460,7 +486,7 @@ fn rule_text(rule: Rule, lang: Language) -> &'static str {
     }
 }
 
-fn severity_text(s: Severity, lang: Language) -> &'static str {
+pub(crate) fn severity_text(s: Severity, lang: Language) -> &'static str {
     match (s, lang) {
         (Severity::Info, Language::Vi) => "thông tin",
         (Severity::Warning, Language::Vi) => "cảnh báo",
@@ -509,7 +535,7 @@ pub fn number(v: f64, lang: Language) -> String {
     out
 }
 
-fn percent(v: f64, lang: Language) -> String {
+pub(crate) fn percent(v: f64, lang: Language) -> String {
     let s = format!("{v:.1}");
     if lang == Language::Vi {
         format!("{}%", s.replace('.', ","))
@@ -518,7 +544,7 @@ fn percent(v: f64, lang: Language) -> String {
     }
 }
 
-fn date(d: NaiveDate) -> String {
+pub(crate) fn date(d: NaiveDate) -> String {
     d.format("%d/%m/%Y").to_string()
 }
 
@@ -526,7 +552,7 @@ fn day(at: DateTime<Utc>) -> String {
     at.with_timezone(&vn_offset()).format("%d/%m").to_string()
 }
 
-fn time(at: DateTime<Utc>) -> String {
+pub(crate) fn time(at: DateTime<Utc>) -> String {
     at.with_timezone(&vn_offset())
         .format("%d/%m/%Y %H:%M")
         .to_string()
@@ -692,6 +718,7 @@ mod tests {
             at: "2024-11-20T03:00:00Z".parse().unwrap(),
             notices,
             summary: None,
+            ..Digest::default()
         }
     }
 

@@ -10,10 +10,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::message::{plain, render, Markup, Style};
+use super::message::{plain, render, split, Markup, Style};
 use crate::config::{AlertSettings, ReceiverKind, ReceiverSettings};
 use crate::events::v1;
-use crate::rules::ledger::{Digest, Notice};
+use crate::rules::ledger::{Digest, Document, Notice};
 use crate::rules::state::Change;
 use crate::rules::{Rule, Severity};
 
@@ -42,6 +42,11 @@ pub enum SendError {
 #[derive(Debug, Clone)]
 pub enum Prepared {
     Http(serde_json::Value),
+    /// Telegram `sendDocument`: a file to a chat.
+    Document {
+        chat_id: String,
+        document: Document,
+    },
     Kafka(Vec<(String, Vec<u8>)>),
 }
 
@@ -49,7 +54,8 @@ pub enum Sink {
     Http {
         kind: ReceiverKind,
         client: reqwest::Client,
-        /// Full endpoint; for Telegram it holds the token, so it is never logged.
+        /// Full endpoint; for Telegram the bot's API root (`…/bot<token>`), to which the
+        /// method is added. It holds the token, so it is never logged.
         endpoint: String,
         chat_id: String,
         style: Style,
@@ -75,11 +81,7 @@ impl Sink {
                 } else {
                     r.url.expose()
                 };
-                format!(
-                    "{}/bot{}/sendMessage",
-                    base.trim_end_matches('/'),
-                    r.token.expose()
-                )
+                format!("{}/bot{}", base.trim_end_matches('/'), r.token.expose())
             }
             ReceiverKind::Slack | ReceiverKind::Webhook => r.url.expose().to_string(),
         };
@@ -110,6 +112,9 @@ impl Sink {
 
     /// The requests that deliver `digest`, in order.
     pub fn prepare(&self, digest: &Digest) -> Vec<Prepared> {
+        if !digest.texts.is_empty() || digest.document.is_some() {
+            return self.prepare_texts(digest);
+        }
         match self {
             Sink::Http {
                 kind,
@@ -144,16 +149,81 @@ impl Sink {
         }
     }
 
+    /// Text rendered ahead: each text as a message (split if the receiver needs it), to the
+    /// recipient if there is one, then the document.
+    fn prepare_texts(&self, digest: &Digest) -> Vec<Prepared> {
+        let Sink::Http {
+            kind,
+            chat_id,
+            style,
+            ..
+        } = self
+        else {
+            return Vec::new();
+        };
+        let chat = digest
+            .to
+            .as_ref()
+            .map_or(chat_id.as_str(), |t| t.chat_id.as_str());
+        let reply_to = digest.to.as_ref().and_then(|t| t.reply_to);
+        let texts = digest
+            .texts
+            .iter()
+            .flat_map(|t| split(t, style.max_chars.max(1)));
+        let mut out: Vec<Prepared> = match kind {
+            ReceiverKind::Telegram => texts
+                .map(|text| {
+                    let mut body = json!({
+                        "chat_id": chat,
+                        "text": text,
+                        "parse_mode": "HTML",
+                        "disable_web_page_preview": true,
+                    });
+                    if let Some(id) = reply_to {
+                        body["reply_parameters"] =
+                            json!({ "message_id": id, "allow_sending_without_reply": true });
+                    }
+                    Prepared::Http(body)
+                })
+                .collect(),
+            ReceiverKind::Slack => texts
+                .map(|text| Prepared::Http(json!({ "text": text, "mrkdwn": true })))
+                .collect(),
+            ReceiverKind::Webhook => vec![Prepared::Http(json!({
+                "schema": "tiendo.message.v1",
+                "digest_id": digest.id,
+                "at": digest.at,
+                "kind": digest.kind,
+                "language": style.language,
+                "text": digest.texts.join("\n\n"),
+            }))],
+        };
+        if let (ReceiverKind::Telegram, Some(document)) = (kind, &digest.document) {
+            out.push(Prepared::Document {
+                chat_id: chat.to_string(),
+                document: document.clone(),
+            });
+        }
+        out
+    }
+
     pub async fn send(&self, request: &Prepared, digest_id: &str) -> Result<(), SendError> {
         match (self, request) {
             (
                 Sink::Http {
-                    client, endpoint, ..
+                    client,
+                    endpoint,
+                    kind,
+                    ..
                 },
                 Prepared::Http(body),
             ) => {
+                let url = match kind {
+                    ReceiverKind::Telegram => format!("{endpoint}/sendMessage"),
+                    _ => endpoint.clone(),
+                };
                 let response = client
-                    .post(endpoint)
+                    .post(url)
                     .header("Idempotency-Key", digest_id)
                     .json(body)
                     .send()
@@ -170,6 +240,33 @@ impl Sink {
                                 reason,
                             }
                         }
+                    })?;
+                classify(response).await
+            }
+            (
+                Sink::Http {
+                    client, endpoint, ..
+                },
+                Prepared::Document { chat_id, document },
+            ) => {
+                let file = reqwest::multipart::Part::text(document.content.clone())
+                    .file_name(document.file_name.clone())
+                    .mime_str("text/html; charset=utf-8")
+                    .map_err(|e| SendError::Rejected(e.to_string()))?;
+                let form = reqwest::multipart::Form::new()
+                    .text("chat_id", chat_id.clone())
+                    .text("caption", document.caption.clone())
+                    .text("parse_mode", "HTML")
+                    .part("document", file);
+                let response = client
+                    .post(format!("{endpoint}/sendDocument"))
+                    .header("Idempotency-Key", digest_id)
+                    .multipart(form)
+                    .send()
+                    .await
+                    .map_err(|e| SendError::Retry {
+                        after: None,
+                        reason: e.without_url().to_string(),
                     })?;
                 classify(response).await
             }

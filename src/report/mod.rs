@@ -6,6 +6,7 @@
 //! Vietnamese or English. Each report also compares every province with one week earlier
 //! ([`weekly`]): the change in points, the class moves, the top movers and the stalled.
 
+pub mod schedule;
 pub mod weekly;
 
 use std::collections::BTreeMap;
@@ -178,7 +179,7 @@ impl Report {
         }
     }
 
-    fn title(&self) -> String {
+    pub fn title(&self) -> String {
         let at = self
             .as_of
             .with_timezone(&crate::clock::vn_offset())

@@ -317,6 +317,7 @@ impl Evaluator {
             at: now,
             notices: loud,
             summary,
+            ..Digest::default()
         });
         if let Some(chat) = &chat {
             // Each chat receiver gets the same digest.
@@ -334,6 +335,7 @@ impl Evaluator {
                 at: now,
                 notices: commit.notices.clone(),
                 summary: None,
+                ..Digest::default()
             };
             commit.digests.push((KAFKA_OUTBOX.to_string(), digest));
         }

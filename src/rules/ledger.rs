@@ -41,8 +41,9 @@ pub struct Notice {
     pub silenced_by: Option<String>,
 }
 
-/// What one evaluation sends one receiver.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What one receiver is sent in one go: an evaluation's notices, or text rendered ahead (a
+/// scheduled report, a reply to a chat command).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Digest {
     /// Stable across retries and replicas; webhooks may deduplicate on it.
     pub id: String,
@@ -51,6 +52,53 @@ pub struct Digest {
     /// Chat shows this instead of a line per notice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
+    #[serde(default, skip_serializing_if = "Kind::is_changes")]
+    pub kind: Kind,
+    /// Messages already rendered for this receiver's markup; sent as they are, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub texts: Vec<String>,
+    /// Another chat than the receiver's (a reply), and the message replied to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Recipient>,
+    /// A file sent after the texts (Telegram `sendDocument`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<Document>,
+}
+
+/// What a digest carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An evaluation's transitions.
+    #[default]
+    Changes,
+    /// The alerts firing now, as `/canhbao` lists them.
+    Firing,
+    /// A scheduled report.
+    Report,
+    /// The answer to a chat command.
+    Reply,
+}
+
+impl Kind {
+    fn is_changes(&self) -> bool {
+        *self == Kind::Changes
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub chat_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub file_name: String,
+    pub caption: String,
+    /// The file's text (an HTML report).
+    pub content: String,
 }
 
 /// Why a digest is a summary.
@@ -193,6 +241,8 @@ pub struct Read {
     pub started: bool,
     /// Evaluations were held because the figures were catching up.
     pub held: bool,
+    /// The whole `meta` hash.
+    pub meta: BTreeMap<String, String>,
 }
 
 /// Fields of the ledger's `meta` hash.
@@ -337,6 +387,40 @@ redis.call('HDEL', KEYS[3], ARGV[2])
 return 1
 ";
 
+const ANSWERED: &str = r"
+-- KEYS: lock, poll offsets, reply outbox, silences.
+-- ARGV: token, poller name, next offset, reply or '', silence op ('', 'add', 'del'), silence
+--       id, silence json, lock ttl ms.
+-- Moves the offset past one update together with what answering it did, once: a replica
+-- that lost the lock, or an update already answered, changes nothing. Extends the lock.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+if cur >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[4]) end
+if ARGV[5] == 'add' then redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
+elseif ARGV[5] == 'del' then redis.call('HDEL', KEYS[4], ARGV[6]) end
+return 1
+";
+
+/// A change to the silences that answering a chat command makes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SilenceChange {
+    Add(Silence),
+    Remove(String),
+}
+
+/// Whether an update's answer was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Recorded,
+    /// Already answered (by this replica before a restart, or another).
+    Before,
+    /// The poll lock was lost: stop and let the holder answer.
+    LockLost,
+}
+
 impl Ledger {
     pub fn new(conn: RedisConn, prefix: &str) -> Ledger {
         Ledger {
@@ -376,6 +460,7 @@ impl Ledger {
                 .values()
                 .map(|v| serde_json::from_str(v))
                 .collect::<Result<_, _>>()?,
+            meta,
         })
     }
 
@@ -554,6 +639,51 @@ impl Ledger {
             .iter()
             .map(|r| serde_json::from_str(r))
             .collect::<Result<_, _>>()?)
+    }
+
+    /// The next update id poller `name` asks for (0: none seen yet).
+    pub async fn poll_offset(&self, name: &str) -> Result<i64, LedgerError> {
+        let mut conn = self.conn.clone();
+        let v: Option<i64> = conn.hget(self.key("poll"), name).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Records that poller `name` (holding `lock`) answered every update before `next`: the
+    /// reply goes to `reply_outbox` and the silence change is made, in the same step, and the
+    /// lock is extended by `ttl_ms`.
+    pub async fn answered(
+        &self,
+        lock: &Lock,
+        name: &str,
+        next: i64,
+        reply: Option<(&str, &Digest)>,
+        change: Option<&SilenceChange>,
+        ttl_ms: u64,
+    ) -> Result<Answered, LedgerError> {
+        let script = Script::new(ANSWERED);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&format!("lock:{}", lock.outbox)))
+            .key(self.key("poll"))
+            .key(self.outbox_key(reply.map_or("none", |(o, _)| o)))
+            .key(self.key("silences"));
+        inv.arg(&lock.token).arg(name).arg(next);
+        match reply {
+            Some((_, d)) => inv.arg(serde_json::to_string(d)?),
+            None => inv.arg(""),
+        };
+        match change {
+            None => inv.arg("").arg("").arg(""),
+            Some(SilenceChange::Add(s)) => inv.arg("add").arg(&s.id).arg(serde_json::to_string(s)?),
+            Some(SilenceChange::Remove(id)) => inv.arg("del").arg(id).arg(""),
+        };
+        inv.arg(ttl_ms);
+        let mut conn = self.conn.clone();
+        let got: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(match got {
+            1 => Answered::Recorded,
+            0 => Answered::Before,
+            _ => Answered::LockLost,
+        })
     }
 
     pub async fn add_silence(&self, s: &Silence) -> Result<(), LedgerError> {

@@ -2,10 +2,13 @@
 //! (Prometheus), `/healthz` (the process answers), `/readyz` (the consumer group has assigned
 //! this replica its partitions, none for a standby, and Redis answers: fit for Kubernetes
 //! probes), `/api/v1/provinces` (every province's figures,
-//! targets and alert states) and `/`, a status page a phone can read.
+//! targets and alert states), `/api/v1/provinces/{code}/history` (its daily series),
+//! `/slack/commands` (chat commands from Slack and Mattermost) and `/`, a status page a phone
+//! can read.
 
 mod api;
 mod history;
+pub mod slack;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +51,8 @@ pub struct AppState {
     pub assignment: Option<Arc<Assignment>>,
     /// Whether the figures are current (shared with the evaluator); `None` without Kafka.
     pub watch: Option<crate::catchup::Watch>,
+    /// Answers slash commands at `/slack/commands`; `None` where no chat is configured.
+    pub chat: Option<Arc<crate::chat::Conversation>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +95,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/provinces", get(provinces))
         .route("/api/v1/provinces/{code}/history", get(history::handler))
+        .route("/slack/commands", axum::routing::post(slack::handler))
+        .route("/report", get(report))
         .with_state(state)
 }
 
@@ -151,6 +158,40 @@ fn parse_view(view: Option<&str>) -> Result<View, (StatusCode, String)> {
             StatusCode::BAD_REQUEST,
             format!("view must be 34 or 63, not {other}\n"),
         )),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ReportQuery {
+    view: Option<String>,
+    lang: Option<crate::config::Language>,
+}
+
+/// `/report`: the report as a page (what Slack's scheduled report links to).
+async fn report(State(s): State<Arc<AppState>>, Query(q): Query<ReportQuery>) -> Response {
+    let Some(chat) = &s.chat else {
+        return (StatusCode::NOT_FOUND, "no report here\n").into_response();
+    };
+    let settings = chat.settings();
+    let view = match q.view.as_deref() {
+        None => settings.alerts.view,
+        Some(v) => match parse_view(Some(v)) {
+            Ok(v) => v,
+            Err(r) => return r.into_response(),
+        },
+    };
+    let lang = q.lang.unwrap_or(settings.alerts.language);
+    let now = s.clock.now();
+    match crate::report::build(&s.store, &s.targets, settings, view, lang, now).await {
+        Ok(r) => Html(r.html()).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read figures for the report");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("figures unavailable: {error}\n"),
+            )
+                .into_response()
+        }
     }
 }
 

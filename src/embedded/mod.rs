@@ -1,6 +1,8 @@
 //! Private infrastructure for the demo and the tests: a `redis-server` child process on a
-//! free port, and librdkafka's in-process mock Kafka cluster. Nothing here is used by
-//! `tiendo run`.
+//! free port, librdkafka's in-process mock Kafka cluster, and a stand-in for Telegram's Bot
+//! API ([`telegram`]). Nothing here is used by `tiendo run`.
+
+pub mod telegram;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,289 @@
+//! Telegram commands by long polling `getUpdates`: no public endpoint needed.
+//!
+//! One replica polls at a time, under a lock in Redis like the outboxes' (Telegram itself
+//! refuses two concurrent pollers of one bot). The next update id to ask for lives in Redis.
+//! Each update is answered by one ledger step that moves that offset past it, queues the reply
+//! in the bot's reply outbox and makes the silence change the command asked for: a crash
+//! before the step leaves the update unconfirmed, so Telegram hands it out again and it is
+//! answered then; a crash after it leaves the reply queued for the dispatcher. No update is
+//! answered twice or lost, across restarts and failovers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{Asker, Conversation, Via};
+use crate::config::ReceiverSettings;
+use crate::notify::message::Markup;
+use crate::rules::ledger::{Answered, Digest, Kind, Ledger, LedgerError, Lock, Recipient};
+use crate::telemetry;
+
+const TELEGRAM_API: &str = "https://api.telegram.org";
+
+/// The outbox replies of the bot of receiver `name` wait in; delivered like digests.
+pub fn reply_outbox(name: &str) -> String {
+    format!("replies:{name}")
+}
+
+#[derive(Debug, Deserialize)]
+struct Response<T> {
+    ok: bool,
+    result: Option<T>,
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Update {
+    pub update_id: i64,
+    pub message: Option<Message>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub message_id: i64,
+    pub from: Option<User>,
+    pub chat: Chat,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct User {
+    pub id: i64,
+    #[serde(default)]
+    pub first_name: String,
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Chat {
+    pub id: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("getUpdates failed: {0}")]
+    Telegram(String),
+}
+
+/// Reads the bot's updates and answers them, on whichever replica holds the poll lock.
+pub struct Poller {
+    ledger: Ledger,
+    conversation: Arc<Conversation>,
+    /// The receiver whose bot this is.
+    name: String,
+    /// `…/bot<token>`: never logged.
+    api: String,
+    client: reqwest::Client,
+    timeout: Duration,
+    language: crate::config::Language,
+    token: String,
+}
+
+impl Poller {
+    pub fn new(
+        ledger: Ledger,
+        conversation: Arc<Conversation>,
+        name: &str,
+        receiver: &ReceiverSettings,
+    ) -> Poller {
+        let settings = conversation.settings();
+        let timeout = settings.commands.poll_timeout;
+        let base = if receiver.url.expose().is_empty() {
+            TELEGRAM_API
+        } else {
+            receiver.url.expose()
+        };
+        Poller {
+            ledger,
+            name: name.to_string(),
+            api: format!(
+                "{}/bot{}",
+                base.trim_end_matches('/'),
+                receiver.token.expose()
+            ),
+            client: reqwest::Client::builder()
+                .timeout(timeout + Duration::from_secs(10))
+                .user_agent(concat!("tiendo/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("a TLS backend is compiled in"),
+            timeout,
+            language: receiver.language.unwrap_or(settings.alerts.language),
+            token: format!("{}-poll-{}", std::process::id(), fastrand::u64(..)),
+            conversation,
+        }
+    }
+
+    fn lock_name(&self) -> String {
+        format!("poll:{}", self.name)
+    }
+
+    /// The lock outlives one long poll; each answer extends it. A crashed poller's lock
+    /// lapses after this long and another replica takes over.
+    fn lock_ttl_ms(&self) -> u64 {
+        (self.timeout * 2 + Duration::from_secs(5)).as_millis() as u64
+    }
+
+    /// Polls until `shutdown`, then lets go of the lock.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let bot = self.username().await;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let wait = match self.poll_once(bot.as_deref(), &shutdown).await {
+                Ok(true) => {
+                    backoff = Duration::from_secs(1);
+                    continue;
+                }
+                // Another replica polls: stand by.
+                Ok(false) => Duration::from_secs(2),
+                Err(error) => {
+                    metrics::counter!(telemetry::CHAT_POLLS, "outcome" => "error").increment(1);
+                    tracing::warn!(receiver = self.name, %error, "chat commands: polling failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        if let Err(error) = self.ledger.unlock(&self.lock_name(), &self.token).await {
+            tracing::debug!(%error, "poll lock left to expire");
+        }
+    }
+
+    /// The bot's username, so commands addressed to other bots in a group are left alone.
+    async fn username(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Me {
+            username: Option<String>,
+        }
+        let r = self
+            .client
+            .get(format!("{}/getMe", self.api))
+            .send()
+            .await
+            .ok()?;
+        r.json::<Response<Me>>().await.ok()?.result?.username
+    }
+
+    /// One long poll and the answers to what it brought, if this replica holds the lock.
+    /// `Ok(false)`: another replica does.
+    pub async fn poll_once(
+        &self,
+        bot: Option<&str>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PollError> {
+        let Some(lock) = self
+            .ledger
+            .lock(&self.lock_name(), &self.token, self.lock_ttl_ms())
+            .await?
+        else {
+            return Ok(false);
+        };
+        let offset = self.ledger.poll_offset(&self.name).await?;
+        let request = self
+            .client
+            .post(format!("{}/getUpdates", self.api))
+            .json(&serde_json::json!({
+                "offset": offset,
+                "timeout": self.timeout.as_secs(),
+                "allowed_updates": ["message"],
+            }))
+            .send();
+        let response = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(true),
+            r = request => r.map_err(|e| PollError::Telegram(e.without_url().to_string()))?,
+        };
+        let status = response.status();
+        let body: Response<Vec<Update>> = response
+            .json()
+            .await
+            .map_err(|e| PollError::Telegram(format!("HTTP {status}: {}", e.without_url())))?;
+        let updates = match (body.ok, body.result) {
+            (true, Some(u)) => u,
+            _ => {
+                return Err(PollError::Telegram(format!(
+                    "HTTP {status}: {}",
+                    body.description.unwrap_or_default()
+                )))
+            }
+        };
+        metrics::counter!(telemetry::CHAT_POLLS, "outcome" => "ok").increment(1);
+        for update in updates {
+            if update.update_id < offset {
+                continue;
+            }
+            if !self.answer(&lock, &update, bot).await? {
+                break;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Answers one update and records it; `false` if the lock was lost meanwhile.
+    async fn answer(
+        &self,
+        lock: &Lock,
+        update: &Update,
+        bot: Option<&str>,
+    ) -> Result<bool, PollError> {
+        let next = update.update_id + 1;
+        let asked = update.message.as_ref().and_then(|m| {
+            let text = m.text.as_deref()?;
+            let from = m.from.as_ref()?;
+            Some((m, text, from))
+        });
+        let answer = match asked {
+            None => None,
+            Some((m, text, from)) => {
+                let asker = Asker {
+                    via: Via::Telegram,
+                    chat: m.chat.id.to_string(),
+                    user: from.id.to_string(),
+                    name: from
+                        .username
+                        .clone()
+                        .map(|u| format!("@{u}"))
+                        .unwrap_or_else(|| from.first_name.clone()),
+                };
+                self.conversation
+                    .answer(text, &asker, bot, self.language, Markup::TelegramHtml)
+                    .await?
+                    .map(|a| (a, m.chat.id, m.message_id))
+            }
+        };
+        let outbox = reply_outbox(&self.name);
+        let reply = answer.as_ref().map(|(a, chat, message)| Digest {
+            id: format!("{}-u{}", self.name, update.update_id),
+            at: chrono::Utc::now(),
+            kind: Kind::Reply,
+            texts: a.texts.clone(),
+            to: Some(Recipient {
+                chat_id: chat.to_string(),
+                reply_to: Some(*message),
+            }),
+            ..Digest::default()
+        });
+        let change = answer.as_ref().and_then(|(a, _, _)| a.change.as_ref());
+        let recorded = self
+            .ledger
+            .answered(
+                lock,
+                &self.name,
+                next,
+                reply.as_ref().map(|d| (outbox.as_str(), d)),
+                change,
+                self.lock_ttl_ms(),
+            )
+            .await?;
+        Ok(recorded != Answered::LockLost)
+    }
+}

@@ -1,0 +1,267 @@
+//! The weekly rhythm: `report.schedule` posts the report to chat by itself, once per
+//! scheduled time across every replica.
+//!
+//! The ledger's `meta` hash remembers the last scheduled time dealt with (`report_due`). A
+//! replica that finds a later time due commits the report's digests and the new marker in one
+//! ledger commit, against the generation it read: of two replicas at once, one commits and the
+//! other finds the marker moved. A time missed while every replica was down is sent when one
+//! comes back, marked late; only the latest of several missed times is sent. While the figures
+//! are catching up the report waits (it would show a province at 0%). A deployment that has
+//! never posted starts from the latest time passed, silently: a new schedule does not post
+//! last Monday's report at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc, Weekday};
+use tokio_util::sync::CancellationToken;
+
+use super::Report;
+use crate::catchup::Watch;
+use crate::clock::{vn_offset, SharedClock};
+use crate::config::{ReceiverKind, Settings};
+use crate::notify::message::{split, Markup};
+use crate::notify::receivers::{SLACK_MAX, TELEGRAM_MAX};
+use crate::rules::ledger::{Commit, Digest, Document, Kind, Ledger, LedgerError};
+use crate::store::Store;
+use crate::targets::Targets;
+use crate::telemetry;
+
+/// Field of the ledger's `meta` hash: the last scheduled time dealt with (RFC 3339).
+pub const REPORT_DUE: &str = "report_due";
+
+/// One line of `report.schedule`: a weekday (or every day) and a time, Vietnam time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// `None`: every day.
+    pub day: Option<Weekday>,
+    pub time: NaiveTime,
+}
+
+impl Slot {
+    /// `"Mon 08:00"`, `"monday 8:00"`, `"daily 17:30"`.
+    pub fn parse(text: &str) -> Result<Slot, String> {
+        let bad = || format!("{text:?} is not \"<weekday or daily> HH:MM\" (e.g. \"Mon 08:00\")");
+        let mut words = text.split_whitespace();
+        let (Some(day), Some(time), None) = (words.next(), words.next(), words.next()) else {
+            return Err(bad());
+        };
+        let day = match day.to_ascii_lowercase().as_str() {
+            "daily" | "everyday" => None,
+            d => Some(d.parse::<Weekday>().map_err(|_| bad())?),
+        };
+        let time = NaiveTime::parse_from_str(time, "%H:%M").map_err(|_| bad())?;
+        Ok(Slot { day, time })
+    }
+
+    /// The latest instant of this slot at or before `now`.
+    pub fn latest(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let local = now.with_timezone(&vn_offset());
+        (0..8)
+            .map(|back| local.date_naive() - chrono::Duration::days(back))
+            .filter(|d| self.day.is_none_or(|w| d.weekday() == w))
+            .map(|d| {
+                vn_offset()
+                    .from_local_datetime(&d.and_time(self.time))
+                    .single()
+                    .expect("fixed offset")
+                    .with_timezone(&Utc)
+            })
+            .find(|at| *at <= now)
+            .expect("every slot recurs within a week")
+    }
+}
+
+/// The latest scheduled time at or before `now`, of all slots.
+pub fn latest(slots: &[Slot], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    slots.iter().map(|s| s.latest(now)).max()
+}
+
+/// What one look at the schedule did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    /// Nothing due.
+    Nothing,
+    /// First look in this deployment: the marker was set to this time, nothing sent.
+    Started(DateTime<Utc>),
+    /// Due, but the figures are catching up.
+    Held(DateTime<Utc>),
+    /// The report of this scheduled time was queued for every receiver; `late` if sent past
+    /// `report.late_after`.
+    Sent { due: DateTime<Utc>, late: bool },
+}
+
+/// Posts the scheduled report. Any number of replicas may run one.
+pub struct Poster {
+    store: Store,
+    ledger: Ledger,
+    targets: Targets,
+    settings: Arc<Settings>,
+    clock: SharedClock,
+    slots: Vec<Slot>,
+    watch: Option<Watch>,
+}
+
+impl Poster {
+    pub fn new(
+        store: Store,
+        ledger: Ledger,
+        targets: Targets,
+        settings: Arc<Settings>,
+        clock: SharedClock,
+    ) -> Poster {
+        let slots = settings
+            .report
+            .schedule
+            .iter()
+            .map(|s| Slot::parse(s).expect("validated at load"))
+            .collect();
+        Poster {
+            store,
+            ledger,
+            targets,
+            settings,
+            clock,
+            slots,
+            watch: None,
+        }
+    }
+
+    /// Waits while `watch` says the figures are catching up.
+    pub fn with_watch(mut self, watch: Watch) -> Poster {
+        self.watch = Some(watch);
+        self
+    }
+
+    /// Looks at the schedule every `every` until `shutdown`.
+    pub async fn run(self, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.post_once().await {
+                Ok(Posted::Sent { due, late }) => {
+                    tracing::info!(%due, late, "scheduled report queued for chat")
+                }
+                Ok(Posted::Started(due)) => {
+                    tracing::info!(%due, "report schedule started; the next time will be posted")
+                }
+                Ok(Posted::Held(due)) => {
+                    tracing::debug!(%due, "scheduled report waits for current figures")
+                }
+                Ok(Posted::Nothing) => {}
+                Err(error) => tracing::warn!(%error, "scheduled report not posted; retrying"),
+            }
+        }
+    }
+
+    /// One look: posts the report if a scheduled time passed since the last one posted.
+    pub async fn post_once(&self) -> Result<Posted, LedgerError> {
+        for _ in 0..5 {
+            let now = self.clock.now();
+            let Some(due) = latest(&self.slots, now) else {
+                return Ok(Posted::Nothing);
+            };
+            let read = self.ledger.read().await?;
+            let done = read
+                .meta
+                .get(REPORT_DUE)
+                .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+                .map(|d| d.with_timezone(&Utc));
+            let marker = vec![(REPORT_DUE, Some(due.to_rfc3339()))];
+            match done {
+                Some(done) if done >= due => return Ok(Posted::Nothing),
+                Some(_) => {}
+                None => {
+                    let commit = Commit {
+                        meta: marker,
+                        ..Commit::default()
+                    };
+                    if self.ledger.commit(read.generation, &commit).await? {
+                        return Ok(Posted::Started(due));
+                    }
+                    continue;
+                }
+            }
+            if let Some(watch) = &self.watch {
+                if !watch.check(now).await.current {
+                    return Ok(Posted::Held(due));
+                }
+            }
+            let late = now - due
+                > chrono::Duration::from_std(self.settings.report.late_after).unwrap_or_default();
+            let digests = self.digests(due, now, late).await?;
+            let commit = Commit {
+                meta: marker,
+                digests,
+                ..Commit::default()
+            };
+            if self.ledger.commit(read.generation, &commit).await? {
+                metrics::counter!(telemetry::REPORTS_POSTED, "late" => late.to_string())
+                    .increment(1);
+                return Ok(Posted::Sent { due, late });
+            }
+        }
+        Ok(Posted::Nothing)
+    }
+
+    /// The report for each receiver, in its language and markup.
+    async fn digests(
+        &self,
+        due: DateTime<Utc>,
+        now: DateTime<Utc>,
+        late: bool,
+    ) -> Result<Vec<(String, Digest)>, LedgerError> {
+        let s = &self.settings;
+        let names: Vec<&String> = if s.report.receivers.is_empty() {
+            s.alerts.receivers.keys().collect()
+        } else {
+            s.report.receivers.iter().collect()
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let r = &s.alerts.receivers[name];
+            let lang = r.language.unwrap_or(s.alerts.language);
+            let report =
+                super::build(&self.store, &self.targets, s, s.alerts.view, lang, now).await?;
+            let (markup, max) = match r.kind {
+                ReceiverKind::Telegram => (Markup::TelegramHtml, TELEGRAM_MAX),
+                ReceiverKind::Slack => (Markup::Slack, SLACK_MAX),
+                ReceiverKind::Webhook => (Markup::Plain, usize::MAX / 2),
+            };
+            let mut text = report.chat(markup, late.then_some(due));
+            let link = s.http.public_url.trim_end_matches('/');
+            if r.kind == ReceiverKind::Slack && !link.is_empty() {
+                text.push_str(&format!("\n{}", markup.escape(&format!("{link}/report"))));
+            }
+            let stamp = due.with_timezone(&vn_offset()).format("%Y-%m-%d");
+            let document = (r.kind == ReceiverKind::Telegram).then(|| Document {
+                file_name: format!("tiendo-{}-{stamp}.html", file_word(&report)),
+                caption: markup.escape(&report.title()),
+                content: report.html(),
+            });
+            out.push((
+                name.clone(),
+                Digest {
+                    id: format!("{name}-report-{}", due.timestamp()),
+                    at: now,
+                    kind: Kind::Report,
+                    texts: split(&text, r.max_chars.unwrap_or(max)),
+                    document,
+                    ..Digest::default()
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn file_word(report: &Report) -> &'static str {
+    match report.language {
+        crate::config::Language::Vi => "bao-cao",
+        crate::config::Language::En => "report",
+    }
+}

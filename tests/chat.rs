@@ -1,0 +1,448 @@
+//! The chat, both ways: Telegram commands read by long polling from a Bot API stand-in (two
+//! users in two chats, one chat not allowed, one user not allowed to silence), a silence made
+//! from chat honoured by the next evaluation, a poller crashing mid-stream without losing or
+//! repeating an update, and Slack and Mattermost slash commands with signatures checked.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use common::{seed_stalls, stall_targets, Env};
+use tiendo::clock::{ManualClock, SharedClock};
+use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings};
+use tiendo::embedded::telegram::{BotApi, Sent};
+use tiendo::rules::evaluator::Evaluator;
+use tiendo::rules::ledger::{Commit, Ledger, STARTED};
+use tiendo::status::View;
+use tiendo::store;
+
+const TASKFORCE: i64 = -100_111;
+const PROVINCES: i64 = -100_222;
+const STRANGERS: i64 = -100_333;
+const LAN: i64 = 501; // may silence
+const MINH: i64 = 502; // may not
+
+fn settings(env: &Env, bot: &BotApi) -> Settings {
+    let mut s = env.settings.clone();
+    s.alerts.view = View::Current34;
+    s.alerts.receivers.insert(
+        "tg".into(),
+        ReceiverSettings {
+            kind: ReceiverKind::Telegram,
+            url: Secret::new(bot.url()),
+            token: Secret::new("123:SECRET"),
+            chat_id: TASKFORCE.to_string(),
+            language: None,
+            max_chars: None,
+        },
+    );
+    s.alerts.rules.pending_for = Duration::ZERO;
+    s.commands.telegram = "tg".into();
+    s.commands.chats = vec![TASKFORCE.to_string(), PROVINCES.to_string()];
+    s.commands.silencers = vec![LAN.to_string()];
+    s.commands.poll_timeout = Duration::from_secs(1);
+    s.validated().unwrap()
+}
+
+async fn evaluator(s: &Settings, clock: SharedClock, now: DateTime<Utc>) -> Evaluator {
+    let conn = store::connect(&s.redis).await.unwrap();
+    Evaluator::new(
+        store::Store::new(
+            conn.clone(),
+            &s.redis.key_prefix,
+            s.validation.datasets.clone(),
+            1,
+        ),
+        Ledger::new(conn, &s.redis.key_prefix),
+        stall_targets(now, &s.validation.datasets),
+        s.validation.datasets.clone(),
+        s.alerts.clone(),
+        clock,
+        false,
+    )
+}
+
+/// The reply to the message of update `id`.
+fn reply_to(sent: &[Sent], id: i64) -> &Sent {
+    let found: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.reply_to == Some(id * 10))
+        .collect();
+    assert_eq!(found.len(), 1, "one reply to update {id}: {sent:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_from_two_users_in_two_chats_are_answered_and_strangers_refused() {
+    let env = Env::start();
+    let now = Utc::now();
+    seed_stalls(&env, now).await;
+    let bot = BotApi::start().await.unwrap();
+    let s = settings(&env, &bot);
+    let clock: SharedClock = ManualClock::new(now);
+    let targets = stall_targets(now, &s.validation.datasets);
+    let stop = CancellationToken::new();
+    let tasks = tiendo::run::spawn_chat(&s, targets, clock.clone(), None, stop.clone())
+        .await
+        .unwrap();
+    let conn = store::connect(&s.redis).await.unwrap();
+    let ledger = Ledger::new(conn, &s.redis.key_prefix);
+    // The deployment has run before: its first evaluation is behind it.
+    let commit = Commit {
+        meta: vec![(STARTED, Some(now.to_rfc3339()))],
+        ..Commit::default()
+    };
+    assert!(ledger.commit(0, &commit).await.unwrap());
+
+    // Lan silences Cao Bằng's civil-status alerts from chat, before the evaluation.
+    let silence = bot.say(
+        TASKFORCE,
+        LAN,
+        "lan",
+        "/imlang cao bang civil_status 2d đang đối soát số liệu",
+    );
+    let sent = bot.wait_sent(1, Duration::from_secs(30)).await;
+    let r = reply_to(&sent, silence);
+    assert_eq!(r.chat_id, TASKFORCE.to_string());
+    let stored = ledger.silences().await.unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let id = stored[0].id.clone();
+    assert_eq!(
+        (stored[0].scheme.as_str(), stored[0].province.as_str()),
+        ("34", "04")
+    );
+    assert_eq!(stored[0].dataset, "civil_status");
+    assert_eq!(stored[0].reason, "đang đối soát số liệu — @lan (501)");
+    assert!(
+        r.text
+            .starts_with("🔕 Đã tạm im cảnh báo về Hộ tịch của <b>Cao Bằng</b> đến ")
+            && r.text
+                .ends_with(&format!("(giờ VN). Mã: {id}. Bỏ im: /boimlang {id}")),
+        "{}",
+        r.text
+    );
+
+    // The next evaluation honours it: Cao Bằng's alerts fire, silenced, and chat is not told.
+    let out = evaluator(&s, clock.clone(), now)
+        .await
+        .evaluate_once()
+        .await
+        .unwrap();
+    let cao_bang: Vec<_> = out
+        .notices
+        .iter()
+        .filter(|n| n.subject.code == "04")
+        .collect();
+    assert!(!cao_bang.is_empty(), "{:?}", out.notices);
+    assert!(cao_bang
+        .iter()
+        .all(|n| n.silenced_by.as_deref() == Some(id.as_str())));
+    let chat = out.chat.expect("a digest for chat");
+    assert!(
+        chat.notices.iter().all(|n| n.subject.code != "04"),
+        "{chat:?}"
+    );
+    assert!(chat.notices.iter().any(|n| n.subject.code == "01"));
+
+    // Everyone else.
+    let asks = [
+        (PROVINCES, MINH, "minh", "/tinh Hà Nội"),
+        (TASKFORCE, LAN, "lan", "/province ha noi"),
+        (PROVINCES, MINH, "minh", "/canhbao"),
+        (STRANGERS, 777, "khach", "/tinh 01"),
+        (PROVINCES, MINH, "minh", "/imlang ha noi 2d thử"),
+        (PROVINCES, MINH, "minh", "/tinh <b>Hà</b> & co"),
+        (TASKFORCE, LAN, "lan", "/imlang"),
+        (TASKFORCE, LAN, "lan", "/xoa"),
+        (TASKFORCE, LAN, "lan", "/trogiup"),
+        (TASKFORCE, LAN, "lan", "/baocao"),
+        (TASKFORCE, LAN, "lan", "/tinh ninh thuan"),
+        (TASKFORCE, LAN, "lan", "chào cả nhà"),
+        (TASKFORCE, LAN, "lan", "/tinh@other_bot 01"),
+        (TASKFORCE, LAN, "lan", &format!("/boimlang {id}")),
+        (TASKFORCE, LAN, "lan", "/boimlang s1-0000"),
+    ];
+    let ids: Vec<i64> = asks
+        .iter()
+        .map(|(chat, user, name, text)| bot.say(*chat, *user, name, text))
+        .collect();
+    // Two messages are not for the bot; every other one gets exactly one reply.
+    let sent = bot
+        .wait_sent(1 + asks.len() - 2, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = {
+        let again = bot.sent();
+        assert_eq!(again.len(), sent.len(), "no reply to chatter: {again:#?}");
+        again
+    };
+    let text = |i: usize| reply_to(&sent, ids[i]).text.clone();
+
+    // /tinh from the provinces' chat, and its English alias in the task force's.
+    for i in [0, 1] {
+        let t = text(i);
+        assert_eq!(reply_to(&sent, ids[i]).chat_id, asks[i].0.to_string());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "<b>Hà Nội</b>", "{t}");
+        assert!(
+            lines[1].starts_with("mã 01 (bảng 34 tỉnh) · số liệu lúc "),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "<b>Hộ tịch</b>: 50,0% (500.000/1.000.000) · 7 ngày: 71.429/ngày, cần "
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("\n<b>Cảnh báo</b>\n🟠 Hộ tịch: không có dữ liệu mới (cảnh báo) từ "),
+            "{t}"
+        );
+    }
+    // /canhbao: grouped like a digest, the silenced alert marked, the silence listed.
+    let t = text(2);
+    assert!(t.starts_with("<b>tiendo · "), "{t}");
+    assert!(t.contains(" cảnh báo đang bật · "), "{t}");
+    assert!(t.contains("Hà Nội"), "{t}");
+    assert!(
+        t.contains("Cao Bằng") && t.contains("(đang tạm tắt)"),
+        "{t}"
+    );
+    assert!(t.contains("<b>Đang tạm im</b>") && t.contains(&id), "{t}");
+    // A chat that is not configured.
+    let r = reply_to(&sent, ids[3]);
+    assert_eq!(r.chat_id, STRANGERS.to_string());
+    assert_eq!(
+        r.text,
+        "Xin lỗi, tiendo chỉ trả lời các nhóm đã được cấu hình. Nhờ quản trị viên thêm nhóm này (mã -100333) vào commands.chats."
+    );
+    // A user who may not silence.
+    assert_eq!(
+        text(4),
+        "Xin lỗi, bạn chưa có quyền tạm im hay bỏ im cảnh báo. Nhờ quản trị viên thêm mã người dùng của bạn vào commands.silencers."
+    );
+    // Markup in a name is escaped.
+    assert_eq!(
+        text(5),
+        "Không tìm thấy tỉnh “&lt;b&gt;Hà&lt;/b&gt; &amp; co”. Gõ tên (có hoặc không dấu) hoặc mã, ví dụ /tinh ninh thuan hoặc /tinh 58."
+    );
+    // Usage, unknown commands, help.
+    assert!(
+        text(6).starts_with(
+            "/imlang &lt;tỉnh&gt; [dữ liệu] [quy tắc] &lt;thời hạn&gt; &lt;lý do&gt; (/silence): "
+        ),
+        "{}",
+        text(6)
+    );
+    assert_eq!(text(7), "Lệnh không có. Gõ /trogiup để xem các lệnh.");
+    let help = text(8);
+    assert!(
+        help.starts_with("<b>tiendo · các lệnh</b>\n/tinh &lt;tên hoặc mã&gt; (/province): "),
+        "{help}"
+    );
+    for c in [
+        "/canhbao",
+        "/baocao",
+        "/imlang",
+        "/boimlang",
+        "/trogiup",
+        "/alerts",
+        "/unsilence",
+    ] {
+        assert!(help.contains(c), "{c}: {help}");
+    }
+    // The classification.
+    let t = text(9);
+    assert!(t.starts_with("<b>Báo cáo tuần · "), "{t}");
+    assert!(
+        t.contains("<b>Hộ tịch</b>: ") && t.contains("Đã hoàn thành 1"),
+        "{t}"
+    );
+    // A 63-unit name in the 34-unit view: shown as it was, and where it went.
+    let t = text(10);
+    assert!(
+        t.starts_with("<b>Ninh Thuận</b>\nmã 58 (bảng 63 tỉnh), nay thuộc Khánh Hòa (56) · "),
+        "{t}"
+    );
+    // Lifting the silence, and one that does not exist.
+    assert_eq!(text(13), format!("🔔 Đã bỏ im lặng {id}."));
+    assert!(ledger.silences().await.unwrap().is_empty());
+    assert_eq!(
+        text(14),
+        "Không có im lặng mã s1-0000. Xem các mã bằng /canhbao."
+    );
+    assert_eq!(bot.most_polling(), 1);
+    assert_eq!(bot.unconfirmed(), 0);
+
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_crashing_mid_stream_loses_and_repeats_no_update() {
+    let env = Env::start();
+    let bot = BotApi::start().await.unwrap();
+    let s = settings(&env, &bot);
+    let now = Utc::now();
+    let clock: SharedClock = ManualClock::new(now);
+    let targets = stall_targets(now, &s.validation.datasets);
+    let spawn = || {
+        tiendo::run::spawn_chat(
+            &s,
+            targets.clone(),
+            clock.clone(),
+            None,
+            CancellationToken::new(),
+        )
+    };
+    // Two replicas: whichever takes the poll lock answers, the other stands by.
+    let a = spawn().await.unwrap();
+    let b = spawn().await.unwrap();
+    let codes: Vec<String> = (1..=40)
+        .map(|i| format!("{:02}", [1, 4, 8, 11, 12, 14, 15, 19][i % 8]))
+        .collect();
+    let mut ids = Vec::new();
+    for (i, code) in codes.iter().enumerate() {
+        ids.push(bot.say(TASKFORCE, LAN, "lan", &format!("/tinh {code}")));
+        if i == 15 {
+            // Crash both tasks of the first replica mid-stream; the other takes over once
+            // its lock lapses.
+            for t in &a {
+                t.abort();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = bot.wait_sent(ids.len(), Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent_after = bot.sent();
+    assert_eq!(sent_after.len(), sent.len());
+    let mut replies: BTreeMap<i64, usize> = BTreeMap::new();
+    for r in &sent_after {
+        *replies.entry(r.reply_to.unwrap() / 10).or_default() += 1;
+    }
+    let expected: BTreeMap<i64, usize> = ids.iter().map(|i| (*i, 1)).collect();
+    assert_eq!(replies, expected, "every update answered exactly once");
+    assert_eq!(bot.unconfirmed(), 0);
+    assert!(bot.most_polling() <= 1);
+    for t in b {
+        t.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_and_mattermost_slash_commands_are_verified_and_answered() {
+    let env = Env::start();
+    let now = Utc::now();
+    seed_stalls(&env, now).await;
+    let mut s = env.settings.clone();
+    s.commands.chats = vec!["C123".into()];
+    s.commands.silencers = vec!["U1".into()];
+    s.commands.slack_signing_secret = Secret::new("slack-s3cret");
+    s.commands.mattermost_token = Secret::new("mm-token");
+    let s = s.validated().unwrap();
+    let clock: SharedClock = ManualClock::new(now);
+    let targets = stall_targets(now, &s.validation.datasets);
+    let state = tiendo::run::app_state(&s, targets, clock, None, None, None)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let (addr, _) = tiendo::serve::serve("127.0.0.1:0", state, stop.clone())
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let post = |body: String, headers: Vec<(&'static str, String)>| {
+        let client = client.clone();
+        async move {
+            let mut r = client
+                .post(format!("http://{addr}/slack/commands"))
+                .header("content-type", "application/x-www-form-urlencoded");
+            for (k, v) in headers {
+                r = r.header(k, v);
+            }
+            let r = r.body(body).send().await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap())
+        }
+    };
+    let form = |user: &str, channel: &str, command: &str, text: &str| {
+        serde_urlencoded::to_string([
+            ("token", "mm-token"),
+            ("channel_id", channel),
+            ("user_id", user),
+            ("user_name", "lan"),
+            ("command", command),
+            ("text", text),
+        ])
+        .unwrap()
+    };
+    let unix = Utc::now().timestamp();
+    let signed = |body: &str, at: i64| {
+        vec![
+            ("x-slack-request-timestamp", at.to_string()),
+            (
+                "x-slack-signature",
+                tiendo::serve::slack::sign("slack-s3cret", at, body.as_bytes()),
+            ),
+        ]
+    };
+    let json = |t: &str| -> serde_json::Value { serde_json::from_str(t).unwrap() };
+
+    // Slack, signed: `/tinh` itself, and one `/tiendo` command for all.
+    let body = form("U2", "C123", "/tinh", "ha noi");
+    let (code, text) = post(body.clone(), signed(&body, unix)).await;
+    assert_eq!(code, 200, "{text}");
+    let v = json(&text);
+    assert_eq!(v["response_type"], "in_channel");
+    let t = v["text"].as_str().unwrap();
+    assert!(t.starts_with("*Hà Nội*\nmã 01 (bảng 34 tỉnh)"), "{t}");
+    let body = form("U2", "C123", "/tiendo", "canhbao");
+    let (_, text) = post(body.clone(), signed(&body, unix)).await;
+    assert_eq!(json(&text)["text"], "Không có cảnh báo nào đang bật.");
+    // A bad signature, a replayed old request, a missing secret: 401.
+    let body = form("U2", "C123", "/tinh", "01");
+    let mut bad = signed(&body, unix);
+    bad[1].1 = tiendo::serve::slack::sign("guess", unix, body.as_bytes());
+    assert_eq!(post(body.clone(), bad).await.0, 401);
+    assert_eq!(post(body.clone(), signed(&body, unix - 301)).await.0, 401);
+    let tampered = form("U2", "C123", "/imlang", "01 2d x");
+    assert_eq!(post(tampered, signed(&body, unix)).await.0, 401);
+    // A channel that is not configured: refused, to the asker only.
+    let body = form("U2", "C999", "/tinh", "01");
+    let v = json(&post(body.clone(), signed(&body, unix)).await.1);
+    assert_eq!(v["response_type"], "ephemeral");
+    assert!(v["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Xin lỗi, tiendo chỉ trả lời"));
+    // Mattermost, by its token; a silence by an allowed user is stored.
+    let (code, text) = post(
+        form("U1", "C123", "/imlang", "dien bien 1d kiểm tra"),
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        json(&text)["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("🔕 Đã tạm im mọi cảnh báo của *Điện Biên* đến "),
+        "{text}"
+    );
+    let conn = store::connect(&s.redis).await.unwrap();
+    let silences = Ledger::new(conn, &s.redis.key_prefix)
+        .silences()
+        .await
+        .unwrap();
+    assert_eq!(silences.len(), 1);
+    assert_eq!(silences[0].province, "11");
+    let wrong = form("U1", "C123", "/tinh", "01").replace("mm-token", "nope");
+    assert_eq!(post(wrong, vec![]).await.0, 401);
+    stop.cancel();
+}
