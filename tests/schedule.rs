@@ -1,0 +1,161 @@
+//! The weekly report arrives by itself: on the manual clock, two replicas look at the schedule
+//! at once and the report is sent once, on time, to Telegram (text and the HTML as a document)
+//! and to Slack (text with a link to the page); with every replica down at the scheduled time,
+//! it arrives when one comes back, marked late, and only once.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{Datelike, Duration as Span, NaiveDate, TimeZone, Utc, Weekday};
+use tokio_util::sync::CancellationToken;
+
+use common::chat::ChatServer;
+use common::{seed_stalls, stall_targets, Env};
+use tiendo::clock::{vn_offset, ManualClock, SharedClock};
+use tiendo::config::{ReceiverKind, ReceiverSettings, Secret};
+use tiendo::embedded::telegram::BotApi;
+use tiendo::report::schedule::{Posted, Poster};
+use tiendo::rules::ledger::Ledger;
+use tiendo::status::View;
+use tiendo::store;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_report_arrives_once_on_time_and_late_when_missed() {
+    let env = Env::start();
+    // The coming Monday, 07:59 Vietnam time, with figures from the days before.
+    let now = Utc::now();
+    let today = now.with_timezone(&vn_offset()).date_naive();
+    let monday = (1..=7)
+        .map(|d| today + Span::days(d))
+        .find(|d| d.weekday() == Weekday::Mon)
+        .unwrap();
+    let at = |day: NaiveDate, h: u32, m: u32| {
+        vn_offset()
+            .from_local_datetime(&day.and_hms_opt(h, m, 0).unwrap())
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    let start = at(monday, 7, 59);
+    seed_stalls(&env, now).await;
+    let bot = BotApi::start().await.unwrap();
+    let slack = ChatServer::start(vec![]).await;
+    let mut s = env.settings.clone();
+    s.alerts.view = View::Current34;
+    s.http.public_url = "https://tiendo.example.gov.vn".into();
+    s.report.schedule = vec!["Mon 08:00".into()];
+    for (name, kind, url) in [
+        ("tg", ReceiverKind::Telegram, bot.url()),
+        ("sl", ReceiverKind::Slack, slack.url()),
+    ] {
+        s.alerts.receivers.insert(
+            name.into(),
+            ReceiverSettings {
+                kind,
+                url: Secret::new(url),
+                token: Secret::new("123:SECRET"),
+                chat_id: "-100111".into(),
+                language: None,
+                max_chars: None,
+            },
+        );
+    }
+    let s = std::sync::Arc::new(s.validated().unwrap());
+    let clock = ManualClock::new(start);
+    let shared: SharedClock = clock.clone();
+    let targets = stall_targets(now, &s.validation.datasets);
+    let replica = || async {
+        let conn = store::connect(&s.redis).await.unwrap();
+        Poster::new(
+            store::Store::new(
+                conn.clone(),
+                &s.redis.key_prefix,
+                s.validation.datasets.clone(),
+                1,
+            ),
+            Ledger::new(conn, &s.redis.key_prefix),
+            targets.clone(),
+            s.clone(),
+            shared.clone(),
+        )
+    };
+    let (a, b) = (replica().await, replica().await);
+    let stop = CancellationToken::new();
+    let dispatchers = tiendo::run::spawn_dispatchers(&s, stop.clone())
+        .await
+        .unwrap();
+
+    // First look of a new deployment: last Monday's time is remembered, nothing is sent.
+    let due = at(monday, 8, 0);
+    let last_monday = due - Span::days(7);
+    assert_eq!(a.post_once().await.unwrap(), Posted::Started(last_monday));
+    assert_eq!(b.post_once().await.unwrap(), Posted::Nothing);
+
+    // 08:00:30: both replicas look at once; one sends.
+    clock.set(due + Span::seconds(30));
+    let (x, y) = tokio::join!(a.post_once(), b.post_once());
+    let mut outcomes = vec![x.unwrap(), y.unwrap()];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(
+        outcomes,
+        vec![Posted::Nothing, Posted::Sent { due, late: false }]
+    );
+    for _ in 0..3 {
+        assert_eq!(a.post_once().await.unwrap(), Posted::Nothing);
+        assert_eq!(b.post_once().await.unwrap(), Posted::Nothing);
+    }
+    let sent = bot.wait_sent(2, Duration::from_secs(30)).await;
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert_eq!(sent[0].method, "sendMessage");
+    assert_eq!(sent[0].chat_id, "-100111");
+    let text = &sent[0].text;
+    assert!(text.starts_with("<b>Báo cáo tuần · "), "{text}");
+    assert!(!text.contains("gửi muộn"), "{text}");
+    assert!(text.contains("<b>Hộ tịch</b>: "), "{text}");
+    assert_eq!(sent[1].method, "sendDocument");
+    let file = |d: NaiveDate| format!("tiendo-bao-cao-{}.html", d.format("%Y-%m-%d"));
+    assert_eq!(sent[1].file_name, Some(file(monday)));
+    let html = sent[1].document.as_deref().unwrap();
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("<svg"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
+    let sl = slack.wait_accepted(1, Duration::from_secs(30)).await;
+    let slack_text = sl[0].body["text"].as_str().unwrap();
+    assert!(slack_text.starts_with("*Báo cáo tuần · "), "{slack_text}");
+    assert!(
+        slack_text.ends_with("\nhttps://tiendo.example.gov.vn/report"),
+        "{slack_text}"
+    );
+
+    // Every replica down over next Monday's time; one comes back at 11:10.
+    let next = due + Span::days(7);
+    clock.set(next + Span::minutes(190));
+    assert_eq!(
+        b.post_once().await.unwrap(),
+        Posted::Sent {
+            due: next,
+            late: true
+        }
+    );
+    assert_eq!(a.post_once().await.unwrap(), Posted::Nothing);
+    let sent = bot.wait_sent(4, Duration::from_secs(30)).await;
+    assert_eq!(sent.len(), 4, "{sent:#?}");
+    let late = format!(
+        "\n(gửi muộn: theo lịch lúc 08:00 {})\n",
+        (monday + Span::days(7)).format("%d/%m/%Y")
+    );
+    assert!(sent[2].text.contains(&late), "{}", sent[2].text);
+    assert_eq!(sent[3].file_name, Some(file(monday + Span::days(7))));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bot.sent().len(), 4, "each report once");
+    assert_eq!(slack.accepted().len(), 2);
+    stop.cancel();
+    for d in dispatchers {
+        d.await.unwrap();
+    }
+}
