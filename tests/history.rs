@@ -5,12 +5,14 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, NaiveDate, TimeZone, Utc};
 use tokio_util::sync::CancellationToken;
 
+use common::browser::{chromium, count_color};
 use common::Env;
 use tiendo::clock::{vn_offset, SharedClock, SystemClock};
 use tiendo::events::CodeScheme;
@@ -165,6 +167,84 @@ async fn daily_history_in_both_views_matches_the_season() {
         get("/api/v1/provinces/58/history?days=401".into()).await.0,
         400
     );
+
+    // The status page's sparklines: records of each of the last 8 weeks (ending today),
+    // in both views, as a real browser draws them.
+    let today = vn_day(now);
+    let weekly = |units: &[(char, &str)]| -> String {
+        (0..8i64)
+            .rev()
+            .map(|w| {
+                let (from, to) = (today - Span::days(7 * w + 7), today - Span::days(7 * w));
+                units
+                    .iter()
+                    .flat_map(|u| days[&(u.0, u.1.to_string())].iter())
+                    .filter(|(d, _)| **d > from && **d <= to)
+                    .map(|(_, n)| n)
+                    .sum::<i64>()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let dom = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                chromium(&["--virtual-time-budget=10000", "--dump-dom", &url])
+            })
+            .await
+            .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        }
+    };
+    let spark = |dom: &str, code: &str| -> String {
+        let card = dom
+            .find(&format!("data-code=\"{code}\""))
+            .unwrap_or_else(|| panic!("no card {code}: {dom}"));
+        let rest = &dom[card..];
+        let at = rest.find("data-weeks=\"").expect("a sparkline") + "data-weeks=\"".len();
+        rest[at..at + rest[at..].find('"').unwrap()].to_string()
+    };
+    let page = dom("/?view=63").await;
+    assert!(page.contains("data-loaded=\"1\""), "{page}");
+    assert_eq!(spark(&page, "58"), weekly(&[('o', "58")]));
+    assert!(page.contains("href=\"province/58?view=63\""), "{page}");
+    let page = dom("/").await;
+    assert_eq!(
+        spark(&page, "56"),
+        weekly(&[('o', "58"), ('o', "56"), ('n', "56")])
+    );
+
+    // The province page: the series as a line, the target as a dashed line, drawn on the
+    // server and painted by the browser.
+    let page = dom("/province/56?view=34&days=21").await;
+    assert!(page.contains("<h1>Khánh Hòa</h1>"), "{page}");
+    assert!(
+        page.contains("class=\"total\" data-points=\"21\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("class=\"target\" data-target=\"15000\""),
+        "{page}"
+    );
+    assert!(page.contains("Chỉ tiêu 15.000 · hạn 31/12/2030"), "{page}");
+    let shot = std::env::temp_dir().join(format!("tiendo-province-{}.png", std::process::id()));
+    let url = format!("http://{addr}/province/56?view=34&days=21");
+    let arg = format!("--screenshot={}", shot.display());
+    tokio::task::spawn_blocking(move || chromium(&["--window-size=760,700", &arg, &url]))
+        .await
+        .unwrap();
+    let (line, ..) = count_color(&shot, [0x15, 0x65, 0xc0]);
+    let (target, ..) = count_color(&shot, [0xc6, 0x28, 0x28]);
+    assert!(line > 300, "series painted on {line} pixels");
+    assert!(target > 200, "target line painted on {target} pixels");
+    let _ = std::fs::copy(
+        &shot,
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("province-page.png"),
+    );
+    let _ = std::fs::remove_file(&shot);
+    assert_eq!(get("/province/99".into()).await.0, 404);
     stop.cancel();
 }
 

@@ -43,6 +43,9 @@ pub struct ProvinceView {
     pub risk: f64,
     /// What the rules see per dataset with a target.
     pub pace: BTreeMap<String, Pace>,
+    /// Records added in each of the last [`WEEKS`] weeks (oldest first, the week to now
+    /// last), per dataset with figures: the page's sparklines.
+    pub weeks: BTreeMap<String, Vec<i64>>,
     pub alerts: Vec<AlertView>,
 }
 
@@ -77,10 +80,34 @@ pub struct Via {
     pub name: String,
 }
 
+/// Weeks of sparkline.
+pub const WEEKS: usize = 8;
+
 pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
     let now = s.clock.now();
     let snap = s.store.snapshot(now).await?;
     let status = Status::build(&snap, &s.targets, &s.datasets, view);
+    // Totals at the end of today and of the same weekday in each of the weeks before.
+    let daily = s.store.daily(now, 7 * WEEKS + 1).await?;
+    let today = daily.last() - 1;
+    let ends: Vec<BTreeMap<(&'static str, String), BTreeMap<String, i64>>> = (0..=WEEKS as i64)
+        .rev()
+        .map(|w| {
+            let past = snap.at_end_of(&daily, today - 7 * w);
+            Status::build(&past, &s.targets, &s.datasets, view)
+                .provinces
+                .into_iter()
+                .map(|r| {
+                    let totals = r
+                        .datasets
+                        .iter()
+                        .map(|(d, f)| (d.clone(), f.total))
+                        .collect();
+                    ((r.scheme, r.code), totals)
+                })
+                .collect()
+        })
+        .collect();
     let eval = evaluate(&status, now, &s.alerts.rules);
     let read = s.ledger.read().await?;
     let figures = match &s.watch {
@@ -184,6 +211,22 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
                     );
                 }
             }
+            let key = (row.scheme, row.code.clone());
+            let weeks = row
+                .datasets
+                .iter()
+                .filter(|(_, d)| d.total > 0 || d.target.is_some())
+                .map(|(name, _)| {
+                    let at = |end: &BTreeMap<(&'static str, String), BTreeMap<String, i64>>| {
+                        end.get(&key)
+                            .and_then(|t| t.get(name))
+                            .copied()
+                            .unwrap_or(0)
+                    };
+                    let added = ends.windows(2).map(|w| at(&w[1]) - at(&w[0])).collect();
+                    (name.clone(), added)
+                })
+                .collect();
             let alerts = alerts_of(row.scheme, &row.code);
             for a in alerts.iter().filter(|a| a.phase.active()) {
                 let unit = a.via.as_ref().map_or_else(
@@ -213,6 +256,7 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
                 risk: rank * 1000.0 + behind,
                 status: row,
                 pace,
+                weeks,
                 alerts,
             }
         })

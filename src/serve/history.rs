@@ -16,9 +16,9 @@ use crate::provinces::View;
 
 #[derive(Deserialize)]
 pub struct HistoryQuery {
-    view: Option<String>,
-    dataset: Option<String>,
-    days: Option<usize>,
+    pub view: Option<String>,
+    pub dataset: Option<String>,
+    pub days: Option<usize>,
 }
 
 #[derive(Serialize)]

@@ -3,11 +3,12 @@
 //! this replica its partitions, none for a standby, and Redis answers: fit for Kubernetes
 //! probes), `/api/v1/provinces` (every province's figures,
 //! targets and alert states), `/api/v1/provinces/{code}/history` (its daily series),
-//! `/slack/commands` (chat commands from Slack and Mattermost) and `/`, a status page a phone
-//! can read.
+//! `/slack/commands` (chat commands from Slack and Mattermost), `/report` (the report as a
+//! page), `/province/{code}` (its history as a chart) and `/`, a status page a phone can read.
 
 mod api;
 mod history;
+mod province;
 pub mod slack;
 
 use std::net::SocketAddr;
@@ -97,6 +98,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/provinces/{code}/history", get(history::handler))
         .route("/slack/commands", axum::routing::post(slack::handler))
         .route("/report", get(report))
+        .route("/province/{code}", get(province::handler))
         .with_state(state)
 }
 
