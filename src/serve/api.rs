@@ -83,6 +83,9 @@ pub struct Via {
 /// Weeks of sparkline.
 pub const WEEKS: usize = 8;
 
+/// Each row's total per dataset, by (scheme, code).
+type Totals = BTreeMap<(&'static str, String), BTreeMap<String, i64>>;
+
 pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
     let now = s.clock.now();
     let snap = s.store.snapshot(now).await?;
@@ -90,7 +93,7 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
     // Totals at the end of today and of the same weekday in each of the weeks before.
     let daily = s.store.daily(now, 7 * WEEKS + 1).await?;
     let today = daily.last() - 1;
-    let ends: Vec<BTreeMap<(&'static str, String), BTreeMap<String, i64>>> = (0..=WEEKS as i64)
+    let ends: Vec<Totals> = (0..=WEEKS as i64)
         .rev()
         .map(|w| {
             let past = snap.at_end_of(&daily, today - 7 * w);
@@ -217,7 +220,7 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
                 .iter()
                 .filter(|(_, d)| d.total > 0 || d.target.is_some())
                 .map(|(name, _)| {
-                    let at = |end: &BTreeMap<(&'static str, String), BTreeMap<String, i64>>| {
+                    let at = |end: &Totals| {
                         end.get(&key)
                             .and_then(|t| t.get(name))
                             .copied()
