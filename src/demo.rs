@@ -8,6 +8,10 @@
 //!
 //! It starts cold, as a new deployment does: the history is in Kafka before anything is
 //! counted, and the rules start at once, held until the figures are current.
+//!
+//! The chat runs both ways against a Telegram stand-in ([`BotApi`]): the weekly report is
+//! scheduled for Monday 08:00 and printed as it arrives, and a task-force member asks a few
+//! questions from chat (`/tinh`, `/canhbao`, `/imlang`) whose answers are printed too.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -17,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{vn_offset, SharedClock, SimulatedClock};
 use crate::config::{Language, Settings};
+use crate::embedded::telegram::{BotApi, Sent};
 use crate::embedded::{MockKafka, RedisServer};
 use crate::generator::{publish, Generated, Generator};
 use crate::notify::message::{render, Markup, Style};
@@ -62,7 +67,24 @@ pub struct DemoSummary {
     pub counted_procedures: i64,
     pub report: Report,
     pub group_at: usize,
+    /// The weekly reports the chat received (plain text), one per Monday.
+    pub weekly_reports: Vec<String>,
+    /// Questions asked from chat and their answers (plain text).
+    pub answers: Vec<(String, String)>,
 }
+
+/// The demo's chat, its task-force member, and what they ask on which day of the season.
+const DEMO_RECEIVER: &str = "demo-bot";
+const DEMO_CHAT: i64 = -1_000_000_000_006;
+const DEMO_USER: i64 = 606;
+const ASKS: [(i64, &str); 3] = [
+    (8, "/tinh ninh thuan"),
+    (15, "/canhbao"),
+    (
+        22,
+        "/imlang quang nam 3d đang đối soát số liệu với Sở Tư pháp",
+    ),
+];
 
 /// How much the chat was told, and how much of it was noise.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +218,27 @@ pub async fn demo(
     settings.alerts.rules.clear_for = Duration::from_secs(24 * 3600);
     settings.alerts.repeat_interval = Duration::from_secs(30 * 86_400);
     settings.alerts.rules.online_min_dossiers = 5;
+    // The chat, both ways, against a Telegram stand-in.
+    let bot = BotApi::start().await?;
+    settings.alerts.receivers.insert(
+        DEMO_RECEIVER.into(),
+        crate::config::ReceiverSettings {
+            kind: crate::config::ReceiverKind::Telegram,
+            url: crate::config::Secret::new(bot.url()),
+            token: crate::config::Secret::new("606:demo"),
+            chat_id: DEMO_CHAT.to_string(),
+            language: None,
+            max_chars: None,
+        },
+    );
+    settings.report.schedule = vec!["Mon 08:00".into()];
+    settings.report.receivers = vec![DEMO_RECEIVER.into()];
+    // The schedule is looked at every real second, hours of simulated time.
+    settings.report.late_after = Duration::from_secs(2 * 86_400);
+    settings.commands.telegram = DEMO_RECEIVER.into();
+    settings.commands.chats = vec![DEMO_CHAT.to_string()];
+    settings.commands.silencers = vec![DEMO_USER.to_string()];
+    settings.commands.poll_timeout = Duration::from_secs(1);
     let settings = settings.validated()?;
     let metrics = telemetry::install_prometheus().ok();
 
@@ -233,6 +276,26 @@ pub async fn demo(
         tasks.push(task);
     }
     tasks.extend(crate::run::spawn_dispatchers(&settings, stop.clone()).await?);
+    tasks.extend(
+        crate::run::spawn_chat(
+            &settings,
+            targets.clone(),
+            clock.clone(),
+            Some(watch.clone()),
+            stop.clone(),
+        )
+        .await?,
+    );
+    let bot = Arc::new(bot);
+    let asked: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
+    let heard: Heard = Arc::default();
+    tasks.push(tokio::spawn(listen(
+        bot.clone(),
+        asked.clone(),
+        heard.clone(),
+        options.verbose,
+        stop.clone(),
+    )));
     let consumer = tokio::spawn(pipeline.run(stop.clone()));
 
     let producer = crate::source::producer(&settings.kafka)?;
@@ -301,6 +364,16 @@ pub async fn demo(
             break;
         }
         let now = clock.now().min(scenario.end);
+        for (day, question) in ASKS {
+            let when = scenario.start + chrono::Duration::days(day);
+            if last < when && now >= when {
+                let id = bot.say(DEMO_CHAT, DEMO_USER, "thanh_vien_to_cong_tac", question);
+                asked
+                    .lock()
+                    .expect("asked")
+                    .push((id, question.to_string()));
+            }
+        }
         let batch = scenario.between(&mut generator, &mut rng, last, now);
         last = now;
         tally(&batch, &mut records, &mut procedures);
@@ -321,6 +394,13 @@ pub async fn demo(
     }
 
     say("stopping: waiting for the pipeline to count everything published…".into());
+    // Answers to the last questions, and the last report, still on their way.
+    let quiet = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < quiet
+        && heard.lock().expect("heard").answers.len() < asked.lock().expect("asked").len()
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let settle = tokio::time::Instant::now() + Duration::from_secs(90);
     let status = loop {
         let snap = reader.snapshot(clock.now()).await?;
@@ -362,6 +442,7 @@ pub async fn demo(
         .filter(|n| matches!(n.change, Change::Firing { .. }) && !reference.contains(&n.alert_key))
         .map(|n| n.alert_key.clone())
         .collect();
+    let chat = std::mem::take(&mut *heard.lock().expect("heard"));
     let summary = DemoSummary {
         notices: committed.iter().flat_map(|(_, n)| n.clone()).collect(),
         digests: committed
@@ -377,6 +458,8 @@ pub async fn demo(
         published_procedures: procedures,
         counted_procedures: status.national.procedures.completed,
         report,
+        weekly_reports: chat.reports,
+        answers: chat.answers,
     };
     say(summary.report.table());
     say(format!("what the chat was told: {}", summary.noise()));
@@ -396,6 +479,83 @@ pub async fn demo(
     drop(kafka);
     drop(redis);
     Ok(summary)
+}
+
+/// What the demo's chat received besides alerts: weekly reports, and answers to questions.
+#[derive(Default)]
+struct Chat {
+    reports: Vec<String>,
+    answers: Vec<(String, String)>,
+}
+
+type Heard = Arc<Mutex<Chat>>;
+
+/// Prints what the Telegram stand-in receives besides alert digests (printed as they are
+/// committed): the weekly reports and the answers to questions, as plain text.
+async fn listen(
+    bot: Arc<BotApi>,
+    asked: Arc<Mutex<Vec<(i64, String)>>>,
+    heard: Heard,
+    verbose: bool,
+    stop: CancellationToken,
+) {
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let sent: Vec<Sent> = bot.sent();
+        for m in &sent[seen..] {
+            let text = untag(&m.text);
+            let mut chat = heard.lock().expect("heard");
+            if let Some(reply_to) = m.reply_to {
+                let question = asked
+                    .lock()
+                    .expect("asked")
+                    .iter()
+                    .find(|(id, _)| id * 10 == reply_to)
+                    .map(|(_, q)| q.clone())
+                    .unwrap_or_default();
+                if verbose {
+                    println!("  💬 {question}");
+                    for line in text.lines() {
+                        println!("     {line}");
+                    }
+                }
+                chat.answers.push((question, text));
+            } else if m.method == "sendDocument" {
+                if verbose {
+                    let size = m.document.as_ref().map_or(0, String::len);
+                    let name = m.file_name.as_deref().unwrap_or("");
+                    println!("  📎 {name} ({} kB)", size / 1024);
+                }
+            } else if !m.text.starts_with("<b>tiendo") {
+                // A report, or the next part of a long one.
+                if verbose {
+                    for line in text.lines() {
+                        println!("  │ {line}");
+                    }
+                }
+                if m.text.starts_with("<b>Báo cáo tuần") || m.text.starts_with("<b>Weekly") {
+                    chat.reports.push(text);
+                } else if let Some(last) = chat.reports.last_mut() {
+                    last.push('\n');
+                    last.push_str(&text);
+                }
+            }
+        }
+        seen = sent.len();
+    }
+}
+
+/// Telegram HTML as plain text.
+fn untag(html: &str) -> String {
+    html.replace("<b>", "")
+        .replace("</b>", "")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
 }
 
 fn tally(ms: &[Generated], records: &mut i64, procedures: &mut i64) {

@@ -167,10 +167,11 @@ pub async fn spawn_chat(
         if let Some(w) = watch {
             poster = poster.with_watch(w);
         }
-        let every = settings
-            .alerts
-            .interval
-            .min(std::time::Duration::from_secs(60));
+        // A few looks per evaluation: cheap (one ledger read), and on time within seconds.
+        let every = (settings.alerts.interval / 4).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(60),
+        );
         tasks.push(tokio::spawn(poster.run(every, shutdown.clone())));
         tracing::info!(schedule = ?settings.report.schedule, "report schedule started");
     }
