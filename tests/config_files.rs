@@ -143,6 +143,11 @@ fn every_documented_way_to_configure_tiendo() {
             ),
             ("TIENDO_PORT", "tcp://10.0.0.1:9464"),
             ("TIENDO_SERVICE_HOST", "10.0.0.1"),
+            ("TIENDO_REPORT__SCHEDULE", "Mon 08:00,daily 17:30"),
+            ("TIENDO_COMMANDS__TELEGRAM", "taskforce"),
+            ("TIENDO_COMMANDS__CHATS", "-1001234567890,-1009876543210"),
+            ("TIENDO_COMMANDS__SILENCERS", "123456789"),
+            ("TIENDO_COMMANDS__SLACK_SIGNING_SECRET", "slack-signing"),
         ],
     )
     .unwrap();
@@ -154,12 +159,29 @@ fn every_documented_way_to_configure_tiendo() {
         "kind: Telegram",
         "configuration ok: 0 targets, 1 receivers",
         "not configuration (ignored): TIENDO_PORT TIENDO_SERVICE_HOST",
+        "\"Mon 08:00\",",
+        "\"daily 17:30\",",
+        "telegram: \"taskforce\"",
+        "\"-1009876543210\",",
+        "\"123456789\",",
     ] {
         assert!(out.contains(shown), "{shown} missing from:\n{out}");
     }
-    for secret in ["redis-pw", "kafka-pw", "bot-token"] {
+    for secret in ["redis-pw", "kafka-pw", "bot-token", "slack-signing"] {
         assert!(!out.contains(secret), "{secret} printed:\n{out}");
     }
+
+    // A schedule and a command receiver that cannot work are refused at start.
+    let err = check(&[], &[("TIENDO_REPORT__SCHEDULE", "Monday at eight")]).unwrap_err();
+    assert!(
+        err.contains("report.schedule: \"Monday at eight\" is not"),
+        "{err}"
+    );
+    let err = check(&[], &[("TIENDO_COMMANDS__TELEGRAM", "nobody")]).unwrap_err();
+    assert!(
+        err.contains("commands.telegram: \"nobody\" is not a telegram receiver"),
+        "{err}"
+    );
 
     let err = check(&[], &[("TIENDO_REDIS__URLL", "redis://x")]).unwrap_err();
     assert!(err.contains("TIENDO_REDIS__URLL"), "{err}");
