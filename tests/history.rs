@@ -257,20 +257,10 @@ async fn the_report_compares_each_province_with_a_week_earlier() {
     let (mut events, days) = season(&env, now);
     // Hà Nội (63:01) finishes this week: 900 of 1,000 before, 200 more three days ago.
     let mut g = env.generator(42);
-    events.push(g.record_for(
-        "01",
-        CodeScheme::Provinces63,
-        "civil_status",
-        900,
-        now - Span::days(20),
-    ));
-    events.push(g.record_for(
-        "01",
-        CodeScheme::Provinces63,
-        "civil_status",
-        200,
-        now - Span::days(3),
-    ));
+    for (n, ago) in [(900, 20), (200, 3)] {
+        let at = now - Span::days(ago);
+        events.push(g.record_for("01", CodeScheme::Provinces63, "civil_status", n, at));
+    }
     env.publish(&events).await;
     let running = env.spawn().await;
     env.wait_consumed(Duration::from_secs(90)).await;

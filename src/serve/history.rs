@@ -55,24 +55,12 @@ pub async fn handler(
         Some(d) => vec![d.clone()],
         None => s.datasets.clone(),
     };
-    let now = s.clock.now();
-    let read = async {
-        let snap = s.store.snapshot(now).await?;
-        let daily = s.store.daily(now, days).await?;
-        Ok::<_, crate::store::StoreError>((snap, daily))
+    let statuses = match statuses(&s, view, days).await {
+        Ok(st) => st,
+        Err(r) => return r,
     };
-    let (snap, daily) = match read.await {
-        Ok(r) => r,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read history");
-            let msg = format!("figures unavailable: {error}\n");
-            return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
-        }
-    };
-    let statuses = history::statuses(&snap, &daily, &s.targets, &s.datasets, view, days);
     let Some(row) = statuses.last().and_then(|(_, st)| history::row(st, &code)) else {
-        let msg = format!("no province {code} in the {}-unit table\n", view.tag());
-        return (StatusCode::NOT_FOUND, msg).into_response();
+        return no_province(&code, view);
     };
     let (name, code) = (row.name.clone(), row.code.clone());
     let series = datasets
@@ -87,4 +75,39 @@ pub async fn handler(
         series,
     })
     .into_response()
+}
+
+/// What the figures were at the end of each of the last `days` days, in `view`; else the
+/// answer to give.
+pub(super) async fn statuses(
+    s: &AppState,
+    view: View,
+    days: usize,
+) -> Result<Vec<(i64, crate::status::Status)>, Response> {
+    let now = s.clock.now();
+    let read = async {
+        let snap = s.store.snapshot(now).await?;
+        let daily = s.store.daily(now, days).await?;
+        Ok::<_, crate::store::StoreError>((snap, daily))
+    };
+    match read.await {
+        Ok((snap, daily)) => Ok(history::statuses(
+            &snap,
+            &daily,
+            &s.targets,
+            &s.datasets,
+            view,
+            days,
+        )),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read history");
+            let msg = format!("figures unavailable: {error}\n");
+            Err((StatusCode::SERVICE_UNAVAILABLE, msg).into_response())
+        }
+    }
+}
+
+pub(super) fn no_province(code: &str, view: View) -> Response {
+    let msg = format!("no province {code} in the {}-unit table\n", view.tag());
+    (StatusCode::NOT_FOUND, msg).into_response()
 }

@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
 use super::history::HistoryQuery;
@@ -33,23 +32,12 @@ pub async fn handler(
         Err(r) => return r.into_response(),
     };
     let days = q.days.unwrap_or(DEFAULT_DAYS).clamp(2, MAX_DAYS);
-    let now = s.clock.now();
-    let read = async {
-        let snap = s.store.snapshot(now).await?;
-        let daily = s.store.daily(now, days).await?;
-        Ok::<_, crate::store::StoreError>((snap, daily))
+    let statuses = match super::history::statuses(&s, view, days).await {
+        Ok(st) => st,
+        Err(r) => return r,
     };
-    let (snap, daily) = match read.await {
-        Ok(r) => r,
-        Err(error) => {
-            let msg = format!("figures unavailable: {error}\n");
-            return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
-        }
-    };
-    let statuses = history::statuses(&snap, &daily, &s.targets, &s.datasets, view, days);
     let Some(row) = statuses.last().and_then(|(_, st)| history::row(st, &code)) else {
-        let msg = format!("no province {code} in the {}-unit table\n", view.tag());
-        return (StatusCode::NOT_FOUND, msg).into_response();
+        return super::history::no_province(&code, view);
     };
     let (name, code) = (row.name.clone(), row.code.clone());
     let mut body = String::new();
