@@ -2,6 +2,8 @@
 //! same `Batch` code the pipeline runs, into a private redis-server, with dedup on.
 //! Prints events per second against the 300,000/s target and the Redis memory each event
 //! costs (its dedup claim). Run: `cargo bench --bench core` (EVENTS=… to change the size).
+//! Exits non-zero when Redis does not hold exactly what was stored: a fast wrong answer is
+//! no result.
 
 use std::time::Instant;
 
@@ -10,8 +12,11 @@ use tiendo::config::Settings;
 use tiendo::decode::Validator;
 use tiendo::embedded::RedisServer;
 use tiendo::events::Kind;
+use tiendo::generator::Generated;
 use tiendo::pipeline::{Batch, Origin};
+use tiendo::status::{Status, View};
 use tiendo::store::{self, Applied, Store};
+use tiendo::targets::Targets;
 
 const TARGET: f64 = 300_000.0;
 const PARTITIONS: i32 = 6;
@@ -89,6 +94,8 @@ async fn main() {
     // Pre-encode: records and procedures for every province, spread over partitions.
     let mut g = tiendo::generator::Generator::new(7, "bench", &datasets);
     let now = Utc::now();
+    // What Redis must hold afterwards, from the events themselves (every id is new).
+    let (mut expected_records, mut expected_procedures) = (0i64, 0i64);
     let messages: Vec<(Kind, i32, Vec<u8>)> = (0..events)
         .map(|i| {
             let m = if i % 5 == 4 {
@@ -96,6 +103,11 @@ async fn main() {
             } else {
                 g.record(now)
             };
+            match &m {
+                Generated::Record(r) => expected_records += r.record_count as i64,
+                Generated::Procedure(_) => expected_procedures += 1,
+                Generated::Poison { .. } => {}
+            }
             // Partitioned by key (the province code), as producers do.
             let key = m.key();
             let partition = key
@@ -175,6 +187,11 @@ async fn main() {
             .unwrap();
         println!("{stats}");
     }
+    let snap = store.snapshot(Utc::now()).await.unwrap();
+    let status = Status::build(&snap, &Targets::default(), &datasets, View::Current34);
+    let got_records: i64 = status.national.datasets.values().map(|d| d.total).sum();
+    let got_procedures = status.national.procedures.completed;
+    let exact = (got_records, got_procedures) == (expected_records, expected_procedures);
     let rate = events as f64 / elapsed;
     println!("tiendo core benchmark (decode + aggregate + Redis, dedup on, batch {batch_size})");
     println!(
@@ -197,4 +214,12 @@ async fn main() {
         (after - before) as f64 / 1048576.0,
         (after - before) as f64 / events as f64
     );
+    println!(
+        "  exact             {} (records {got_records} of {expected_records}, procedures {got_procedures} of {expected_procedures})",
+        if exact { "yes" } else { "NO" }
+    );
+    if !exact {
+        eprintln!("core benchmark: the counts are wrong; its figures mean nothing");
+        std::process::exit(1);
+    }
 }

@@ -2,7 +2,7 @@
 //! publish pre-encoded events, then time a consume-only baseline and the tiendo pipeline on
 //! the same broker and data, in the same run. Completion is checked by counting (Tansu's high
 //! watermarks under-report): the baseline counts messages, tiendo's Redis totals must equal
-//! what was published. Needs TIENDO_BENCH_BROKERS=host:port.
+//! what was published, or the benchmark exits non-zero. Needs TIENDO_BENCH_BROKERS=host:port.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,4 +175,8 @@ async fn main() {
         "  exact             {} (records {got_records} of {records}, procedures {got_procedures} of {procedures})",
         if (got_records, got_procedures) == (records, procedures) { "yes" } else { "NO" }
     );
+    if (got_records, got_procedures) != (records, procedures) {
+        eprintln!("end-to-end benchmark: the counts are wrong; its figures mean nothing");
+        std::process::exit(1);
+    }
 }

@@ -2,11 +2,16 @@
 //! headers, payload untouched. Delivery is awaited before the batch's offsets are stored, so a
 //! dead letter is never lost; after a crash it may be sent again, and the origin headers
 //! (topic, partition, offset) identify such a repeat. Exact counts by reason live in Redis.
+//!
+//! A letter too large for the dead-letter topic (its payload near the source topic's limit,
+//! plus the headers; or a dead-letter topic with a lower limit) would be refused for good and
+//! hold its partition forever: it is sent again with the payload cut to [`TRUNCATED_TO`] bytes
+//! and a `tiendo.payload.truncated` header giving the original size.
 
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -29,6 +34,9 @@ pub const DETAIL_HEADER: &str = "tiendo.detail";
 pub const TOPIC_HEADER: &str = "tiendo.source.topic";
 pub const PARTITION_HEADER: &str = "tiendo.source.partition";
 pub const OFFSET_HEADER: &str = "tiendo.source.offset";
+pub const TRUNCATED_HEADER: &str = "tiendo.payload.truncated";
+/// What is kept of a payload too large for the dead-letter topic.
+pub const TRUNCATED_TO: usize = 64 * 1024;
 
 pub struct DeadLetters {
     producer: FutureProducer,
@@ -43,43 +51,84 @@ impl DeadLetters {
         }
     }
 
-    /// Sends every letter and waits until Kafka has acknowledged all of them.
+    /// Sends every letter and waits until Kafka has acknowledged all of them; a letter too
+    /// large for the topic goes with its payload cut.
     pub async fn send(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
-        let sends = letters.iter().map(|l| {
-            let partition = l.partition.to_string();
-            let offset = l.offset.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: REASON_HEADER,
-                    value: Some(l.reason.as_str()),
-                })
-                .insert(Header {
-                    key: DETAIL_HEADER,
-                    value: Some(l.detail.as_str()),
-                })
-                .insert(Header {
-                    key: TOPIC_HEADER,
-                    value: Some(l.topic.as_str()),
-                })
-                .insert(Header {
-                    key: PARTITION_HEADER,
-                    value: Some(partition.as_str()),
-                })
-                .insert(Header {
-                    key: OFFSET_HEADER,
-                    value: Some(offset.as_str()),
-                });
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
-                .payload(&l.payload)
-                .headers(headers);
-            if let Some(key) = &l.key {
-                record = record.key(key);
+        let sends = letters.iter().map(|l| self.send_one(l, None));
+        let mut too_large = Vec::new();
+        for (l, result) in letters.iter().zip(join_all(sends).await) {
+            match result {
+                Ok(()) => {}
+                Err(e) if is_too_large(&e) && l.payload.len() > TRUNCATED_TO => too_large.push(l),
+                Err(e) => return Err(e),
             }
-            self.producer.send(record, Duration::from_secs(30))
-        });
-        for result in join_all(sends).await {
-            result.map_err(|(e, _)| e)?;
+        }
+        for l in too_large {
+            tracing::warn!(
+                topic = l.topic,
+                partition = l.partition,
+                offset = l.offset,
+                bytes = l.payload.len(),
+                "dead letter too large for its topic: payload cut to {TRUNCATED_TO} bytes"
+            );
+            self.send_one(l, Some(TRUNCATED_TO)).await?;
         }
         Ok(())
     }
+
+    async fn send_one(&self, l: &DeadLetter, cut: Option<usize>) -> Result<(), KafkaError> {
+        let partition = l.partition.to_string();
+        let offset = l.offset.to_string();
+        let size = l.payload.len().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: REASON_HEADER,
+                value: Some(l.reason.as_str()),
+            })
+            .insert(Header {
+                key: DETAIL_HEADER,
+                value: Some(l.detail.as_str()),
+            })
+            .insert(Header {
+                key: TOPIC_HEADER,
+                value: Some(l.topic.as_str()),
+            })
+            .insert(Header {
+                key: PARTITION_HEADER,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: OFFSET_HEADER,
+                value: Some(offset.as_str()),
+            });
+        let payload = match cut {
+            Some(n) => {
+                headers = headers.insert(Header {
+                    key: TRUNCATED_HEADER,
+                    value: Some(size.as_str()),
+                });
+                &l.payload[..n.min(l.payload.len())]
+            }
+            None => &l.payload[..],
+        };
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .payload(payload)
+            .headers(headers);
+        if let Some(key) = &l.key {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
+
+/// Refused for its size, by the producer or the broker: no retry will help.
+fn is_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
 }

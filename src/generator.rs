@@ -186,6 +186,70 @@ impl Generator {
     }
 }
 
+impl Generator {
+    /// Bad input of `reason` on the topic of `kind`, or `None` where that topic cannot have
+    /// it (datasets and record counts are records' alone, channels procedures').
+    pub fn poison_of(
+        &mut self,
+        kind: Kind,
+        reason: Reason,
+        at: DateTime<Utc>,
+    ) -> Option<Generated> {
+        let good = match kind {
+            Kind::Records => self.record(at),
+            Kind::Procedures => self.procedure(at),
+        };
+        let poison = |bytes: Vec<u8>| {
+            Some(Generated::Poison {
+                kind,
+                bytes,
+                reason,
+            })
+        };
+        if reason == Reason::Undecodable {
+            return poison(vec![0xff, 0xff, 0xff, 0x01]);
+        }
+        let later = timestamp(at + chrono::Duration::days(30));
+        let ancient = Some(prost_types::Timestamp {
+            seconds: 0,
+            nanos: 0,
+        });
+        match good {
+            Generated::Record(mut r) => {
+                match reason {
+                    Reason::MissingEventId => r.event_id.clear(),
+                    Reason::MalformedEventId => r.event_id = "id with spaces".into(),
+                    Reason::UnknownProvince => r.province_code = "99".into(),
+                    Reason::UnknownCodeScheme => r.code_scheme = 9,
+                    Reason::UnknownDataset => r.dataset = "weather".into(),
+                    Reason::ZeroRecordCount => r.record_count = 0,
+                    Reason::RecordCountTooLarge => r.record_count = u64::MAX,
+                    Reason::MissingTime => r.occurred_at = None,
+                    Reason::FutureTime => r.occurred_at = later,
+                    Reason::BeforeProgramme => r.occurred_at = ancient,
+                    Reason::UnknownChannel | Reason::Undecodable => return None,
+                }
+                poison(r.encode_to_vec())
+            }
+            Generated::Procedure(mut p) => {
+                match reason {
+                    Reason::MissingEventId => p.event_id.clear(),
+                    Reason::MalformedEventId => p.event_id = "id with spaces".into(),
+                    Reason::UnknownProvince => p.province_code = "99".into(),
+                    Reason::UnknownCodeScheme => p.code_scheme = 9,
+                    Reason::UnknownChannel => p.channel = 42,
+                    Reason::MissingTime => p.completed_at = None,
+                    Reason::FutureTime => p.completed_at = later,
+                    Reason::BeforeProgramme => p.completed_at = ancient,
+                    _ => return None,
+                }
+                poison(p.encode_to_vec())
+            }
+            Generated::Poison { .. } => None,
+        }
+    }
+}
+
 /// Publishes messages and waits until Kafka has all of them.
 pub async fn publish(
     producer: &FutureProducer,

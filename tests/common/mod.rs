@@ -302,6 +302,14 @@ impl Env {
 
     /// Every message in the dead-letter topic: (reason, source partition, source offset).
     pub fn dead_letters(&self) -> Vec<(String, String, String)> {
+        self.letters()
+            .into_iter()
+            .map(|l| (l.reason, l.partition, l.offset))
+            .collect()
+    }
+
+    /// Every message in the dead-letter topic, with what its headers say.
+    pub fn letters(&self) -> Vec<Letter> {
         let topic = &self.settings.kafka.topics.dead_letter;
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.settings.kafka.brokers)
@@ -326,15 +334,30 @@ impl Env {
                         .map(|v| String::from_utf8_lossy(v).to_string())
                         .unwrap_or_default()
                 };
-                out.push((
-                    header("tiendo.reason"),
-                    header("tiendo.source.partition"),
-                    header("tiendo.source.offset"),
-                ));
+                out.push(Letter {
+                    reason: header("tiendo.reason"),
+                    topic: header("tiendo.source.topic"),
+                    partition: header("tiendo.source.partition"),
+                    offset: header("tiendo.source.offset"),
+                    truncated: header("tiendo.payload.truncated"),
+                    bytes: m.payload().map_or(0, <[u8]>::len),
+                });
             }
         }
         out
     }
+}
+
+/// One message of the dead-letter topic: its headers, and its payload's size.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    pub reason: String,
+    pub topic: String,
+    pub partition: String,
+    pub offset: String,
+    /// The original size, when the payload was cut to fit the topic.
+    pub truncated: String,
+    pub bytes: usize,
 }
 
 /// Targets 40 days out for four provinces of the 34-unit table.

@@ -1,0 +1,103 @@
+//! Hostile input at a high rate: 10,000 poison messages of every reason on both topics,
+//! among valid events, and messages of 1 MiB that are too large for the dead-letter topic.
+//! Every valid event is counted exactly, every poison message lands in the dead-letter topic
+//! with its reason (the huge ones with their payload cut and their size in a header), and no
+//! partition is held.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Env, Expected};
+use tiendo::config::Secret;
+use tiendo::decode::Reason;
+use tiendo::events::Kind;
+use tiendo::generator::{publish, Generated};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_poison_messages_of_every_reason_and_huge_ones_on_both_topics() {
+    let env = Env::start();
+    let mut g = env.generator(12);
+    let now = chrono::Utc::now();
+    let kinds = [Kind::Records, Kind::Procedures];
+    let mut combos = Vec::new();
+    for kind in kinds {
+        for reason in Reason::ALL {
+            if g.poison_of(kind, reason, now).is_some() {
+                combos.push((kind, reason));
+            }
+        }
+    }
+    assert_eq!(
+        combos.len(),
+        20,
+        "every reason on the topics that can have it"
+    );
+    let mut stream = Vec::new();
+    let mut i = 0;
+    while stream.len() < 10_000 + 2_000 {
+        let (kind, reason) = combos[i % combos.len()];
+        stream.push(g.poison_of(kind, reason, now).unwrap());
+        if i % 5 == 0 {
+            stream.push(if i % 2 == 0 {
+                g.record(now)
+            } else {
+                g.procedure(now)
+            });
+        }
+        i += 1;
+    }
+    // 1 MiB of garbage on each topic: larger than the dead-letter producer takes here.
+    for kind in kinds {
+        stream.push(Generated::Poison {
+            kind,
+            bytes: vec![0xff; 1 << 20],
+            reason: Reason::Undecodable,
+        });
+    }
+    let mut expected = Expected::default();
+    expected.add_all(&stream);
+    assert_eq!(expected.dead.values().sum::<i64>(), 10_002);
+    let mut big = env.settings.kafka.clone();
+    big.producer_properties
+        .insert("message.max.bytes".into(), Secret::new("4000000"));
+    let producer = tiendo::source::producer(&big).unwrap();
+    for chunk in stream.chunks(2000) {
+        publish(&producer, &env.settings.kafka.topics, chunk)
+            .await
+            .unwrap();
+    }
+
+    // The dead-letter topic takes less than the event topics do.
+    let mut settings = env.settings.clone();
+    settings
+        .kafka
+        .producer_properties
+        .insert("message.max.bytes".into(), Secret::new("500000"));
+    let running = env.spawn_with(settings).await;
+    let snap = env.wait_consumed(Duration::from_secs(120)).await;
+    running.shutdown().await;
+    expected.assert_matches(&snap);
+
+    let letters = env.letters();
+    let mut by_reason: BTreeMap<String, i64> = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &letters {
+        // A letter sent twice (a batch retried) is one: the origin headers tell.
+        if seen.insert((l.topic.clone(), l.partition.clone(), l.offset.clone())) {
+            *by_reason.entry(l.reason.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(by_reason, expected.dead);
+    let huge: Vec<_> = letters.iter().filter(|l| !l.truncated.is_empty()).collect();
+    assert_eq!(huge.len(), 2, "{huge:?}");
+    for l in huge {
+        assert_eq!(l.truncated, (1 << 20).to_string());
+        assert_eq!(l.bytes, tiendo::deadletter::TRUNCATED_TO);
+        assert_eq!(l.reason, "undecodable");
+    }
+    assert!(letters
+        .iter()
+        .all(|l| l.truncated.is_empty() == (l.bytes < tiendo::deadletter::TRUNCATED_TO)));
+}
