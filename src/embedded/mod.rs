@@ -139,4 +139,9 @@ impl MockKafka {
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()
     }
+
+    /// The cluster itself, for fault injection (a broker down, requests failing).
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
 }
