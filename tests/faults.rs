@@ -1,7 +1,7 @@
 //! Faults of the parts around tiendo, on librdkafka's mock cluster (which can take its broker
-//! down and fail requests on cue): the Kafka broker down for 30 s mid-stream, and the
-//! dead-letter topic refusing writes for a while. Counts stay exact; no poison is lost; good
-//! events wait no longer than the outage.
+//! down and fail requests on cue): the Kafka broker down for 30 s mid-stream, the dead-letter
+//! topic refusing writes for a while, and Redis crashing with the tail of its AOF cut off.
+//! Counts stay exact; no poison is lost.
 
 mod common;
 
@@ -89,4 +89,59 @@ async fn the_dead_letter_topic_refusing_writes_for_a_while_loses_no_poison_and_c
     assert_eq!(by_reason, expected.dead);
     assert!(letters.len() >= unique.len());
     println!("counted in {took:?} with 40 refused dead-letter writes");
+}
+
+/// Redis killed mid-stream with the end of its AOF cut off, mid-command, the way a crash
+/// during a write leaves it; repaired with `redis-check-aof --fix` and started again. Its
+/// offsets and counters roll back together (one script wrote both), and the pipeline, still
+/// running, counts again from what Redis holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_the_tail_of_its_aof_counts_again_from_what_it_kept() {
+    let mut env = Env::start();
+    let mut g = env.generator(23);
+    let mut expected = Expected::default();
+    let running = env.spawn().await;
+    for round in 0..3 {
+        let part = events(&mut g, 1500);
+        expected.add_all(&part);
+        let before = env.progress().await;
+        env.publish(&part).await;
+        env.wait_progress(before, Duration::from_secs(60)).await;
+        // Let some writes reach the AOF, then crash.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        env.redis.kill();
+        let dir = env.redis.dir().join("appendonlydir");
+        let incr = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".incr.aof"))
+            .max()
+            .expect("an incremental AOF");
+        let len = std::fs::metadata(&incr).unwrap().len();
+        // A third of what the last file holds, at most 64 KiB, ending mid-command.
+        let cut = (len / 3).min(64 << 10) + 7;
+        let file = std::fs::OpenOptions::new().write(true).open(&incr).unwrap();
+        file.set_len(len.saturating_sub(cut)).unwrap();
+        drop(file);
+        let manifest = dir.join("appendonly.aof.manifest");
+        let mut fix = std::process::Command::new("redis-check-aof")
+            .arg("--fix")
+            .arg(&manifest)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-check-aof (redis-tools)");
+        use std::io::Write as _;
+        fix.stdin.take().unwrap().write_all(b"y\n").unwrap();
+        let out = fix.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "round {round}: {said}");
+        assert!(said.contains("Successfully truncated AOF"), "round {round}: {said}");
+        env.redis
+            .restart()
+            .expect("redis restarts on the repaired AOF");
+    }
+    let snap = env.wait_consumed(Duration::from_secs(120)).await;
+    running.shutdown().await;
+    expected.assert_matches(&snap);
 }

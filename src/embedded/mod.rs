@@ -65,6 +65,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The data directory (the AOF lives in its `appendonlydir`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Kills the server at once, as a crash would (what was fsynced survives).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
