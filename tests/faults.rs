@@ -136,7 +136,10 @@ async fn redis_losing_the_tail_of_its_aof_counts_again_from_what_it_kept() {
         let out = fix.wait_with_output().unwrap();
         let said = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "round {round}: {said}");
-        assert!(said.contains("Successfully truncated AOF"), "round {round}: {said}");
+        assert!(
+            said.contains("Successfully truncated AOF"),
+            "round {round}: {said}"
+        );
         env.redis
             .restart()
             .expect("redis restarts on the repaired AOF");

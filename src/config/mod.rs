@@ -204,6 +204,13 @@ pub struct RedisSettings {
     pub cluster_urls: Vec<Secret>,
     /// Prefix of every key tiendo writes, so several deployments can share one Redis.
     pub key_prefix: String,
+    /// For `rediss://`: the CA (PEM) that signed Redis's certificate, when it is not a public
+    /// one (an internal CA); default: the public roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// For `rediss://` with client certificates (`tls-auth-clients yes`): tiendo's certificate
+    /// and key (PEM).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -457,6 +464,9 @@ impl Default for RedisSettings {
             url: Secret::new("redis://127.0.0.1:6379"),
             cluster_urls: Vec::new(),
             key_prefix: "tiendo".into(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -552,6 +562,9 @@ impl Settings {
         }
         if self.validation.max_record_count == 0 {
             return invalid("validation.max_record_count must be at least 1");
+        }
+        if self.redis.tls_cert_file.is_some() != self.redis.tls_key_file.is_some() {
+            return invalid("redis.tls_cert_file and redis.tls_key_file go together");
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return invalid("redis.key_prefix must be non-empty and free of { }");

@@ -4,7 +4,7 @@
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{ClientTlsConfig, Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
 use std::time::Duration;
 
 use crate::config::RedisSettings;
@@ -15,10 +15,41 @@ pub enum RedisConn {
     Cluster(ClusterConnection),
 }
 
+/// The certificates `rediss://` connections use, when configured (else the public roots).
+fn certificates(settings: &RedisSettings) -> redis::RedisResult<Option<TlsCertificates>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "cannot read a Redis TLS file",
+                format!("{}: {e}", path.display()),
+            ))
+        })
+    };
+    let client_tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = settings.tls_ca_file.as_deref().map(read).transpose()?;
+    Ok(
+        (client_tls.is_some() || root_cert.is_some()).then_some(TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
+}
+
 /// Connects as configured: cluster seeds if given, else the single URL.
 pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> {
+    let certs = certificates(settings)?;
     if settings.cluster_urls.is_empty() {
-        let client = redis::Client::open(settings.url.expose())?;
+        let client = match certs {
+            Some(certs) => redis::Client::build_with_tls(settings.url.expose(), certs)?,
+            None => redis::Client::open(settings.url.expose())?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -30,10 +61,13 @@ pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> 
         )?))
     } else {
         let seeds: Vec<&str> = settings.cluster_urls.iter().map(|u| u.expose()).collect();
-        let client = ClusterClient::builder(seeds)
+        let mut builder = ClusterClient::builder(seeds)
             .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(10))
-            .build()?;
+            .response_timeout(Duration::from_secs(10));
+        if let Some(certs) = certs {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build()?;
         Ok(RedisConn::Cluster(client.get_async_connection().await?))
     }
 }

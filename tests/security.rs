@@ -1,0 +1,223 @@
+//! Security in a run: `tiendo run` against a Redis that wants a password and TLS with client
+//! certificates from a private CA (generated here with openssl), configured through the
+//! environment as a deployment would. Counts are exact, and no secret appears in any log line,
+//! at `debug` level.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{events, Env, Expected};
+use tiendo::config::{RedisSettings, Secret};
+use tiendo::store::{self, Store};
+
+const PASSWORD: &str = "r3dis-pa55word-never-logged";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for localhost and a client certificate, in `dir`.
+fn certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tiendo test CA",
+        ],
+    );
+    // Version 3 certificates, as rustls requires: each with its extensions.
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+        ];
+        args.extend(["-extfile", ext]);
+        openssl(dir, &args);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() {
+    let env = Env::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d);
+    let port = tiendo::embedded::free_port().unwrap();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "yes"])
+        .args([
+            "--requirepass",
+            PASSWORD,
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
+        .arg("--dir")
+        .arg(d)
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    let url = format!("rediss://:{PASSWORD}@localhost:{port}");
+    let path = |f: &str| d.join(f).to_string_lossy().to_string();
+    let settings = RedisSettings {
+        url: Secret::new(url.clone()),
+        tls_ca_file: Some(d.join("ca.pem")),
+        tls_cert_file: Some(d.join("client.pem")),
+        tls_key_file: Some(d.join("client.key")),
+        ..RedisSettings::default()
+    };
+    // Plain TCP, or TLS without the client certificate, gets nowhere.
+    let no_client_cert = RedisSettings {
+        tls_cert_file: None,
+        tls_key_file: None,
+        ..settings.clone()
+    };
+    let reader = Store::new(
+        store::connect(&settings).await.unwrap(),
+        "tiendo",
+        env.settings.validation.datasets.clone(),
+        1,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = reader.snapshot(chrono::Utc::now()).await {
+        assert!(Instant::now() < deadline, "TLS Redis never answered: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = Store::new(
+        store::connect(&no_client_cert).await.unwrap(),
+        "tiendo",
+        vec!["land".into()],
+        1,
+    );
+    assert!(refused.snapshot(chrono::Utc::now()).await.is_err());
+
+    let mut g = env.generator(31);
+    let stream = events(&mut g, 2000);
+    let mut expected = Expected::default();
+    expected.add_all(&stream);
+    env.publish(&stream).await;
+
+    let log = d.join("tiendo.log");
+    let mut tiendo = env
+        .process_command()
+        .env("TIENDO_REDIS__URL", &url)
+        .env("TIENDO_REDIS__TLS_CA_FILE", path("ca.pem"))
+        .env("TIENDO_REDIS__TLS_CERT_FILE", path("client.pem"))
+        .env("TIENDO_REDIS__TLS_KEY_FILE", path("client.key"))
+        .env("TIENDO_LOG__FILTER", "debug")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let marks = env.watermarks();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let snap = loop {
+        if let Ok(snap) = reader.snapshot(chrono::Utc::now()).await {
+            if marks
+                .iter()
+                .all(|(tag, high)| snap.offsets.get(tag).is_some_and(|o| o >= high))
+            {
+                break snap;
+            }
+        }
+        assert!(Instant::now() < deadline, "not counted through TLS");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    send_signal(tiendo.id(), "TERM");
+    let _ = tiendo.wait();
+    let _ = redis.kill();
+    expected.assert_matches(&snap);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("DEBUG"), "debug logging was on:\n{text}");
+    assert!(text.contains("tiendo starting"), "{text}");
+    assert!(
+        text.contains("rediss://***@localhost"),
+        "the URL shows redacted:\n{text}"
+    );
+    assert!(!text.contains(PASSWORD), "the Redis password was logged");
+}
+
+/// Sends a signal by name with kill(1).
+fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
+}
