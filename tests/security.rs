@@ -103,7 +103,7 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
     let d = dir.path();
     certificates(d);
     let port = tiendo::embedded::free_port().unwrap();
-    let mut redis = Command::new("redis-server")
+    let redis = Command::new("redis-server")
         .args([
             "--port",
             "0",
@@ -133,6 +133,7 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server with TLS");
+    let _redis = KillOnDrop(redis);
     let url = format!("rediss://:{PASSWORD}@localhost:{port}");
     let path = |f: &str| d.join(f).to_string_lossy().to_string();
     let settings = RedisSettings {
@@ -202,7 +203,6 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
     };
     send_signal(tiendo.id(), "TERM");
     let _ = tiendo.wait();
-    let _ = redis.kill();
     expected.assert_matches(&snap);
 
     let text = std::fs::read_to_string(&log).unwrap();
@@ -220,4 +220,14 @@ fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
         .status();
+}
+
+/// Stops a child process when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
