@@ -262,6 +262,20 @@ pub fn read(
         path: path.display().to_string(),
         source,
     })?;
+    parse(&text, kind, format, validator, now).map_err(|rows| PublishError::BadRows {
+        path: path.display().to_string(),
+        rows,
+    })
+}
+
+/// Reads and validates every row of a file's text: all the events, or every bad row.
+pub fn parse(
+    text: &str,
+    kind: FileKind,
+    format: FileFormat,
+    validator: &Validator,
+    now: DateTime<Utc>,
+) -> Result<Vec<Generated>, Vec<BadRow>> {
     let rows: Vec<(u64, Result<Row, String>)> = match format {
         FileFormat::Csv => {
             let mut reader = csv::ReaderBuilder::new()
@@ -273,14 +287,14 @@ pub fn read(
                 .records()
                 .map(|r| match r {
                     Ok(record) => {
-                        let line = record.position().map(|p| line_at(&text, p)).unwrap_or(0);
+                        let line = record.position().map(|p| line_at(text, p)).unwrap_or(0);
                         let row = record
                             .deserialize::<Row>(Some(&headers))
                             .map_err(|e| e.to_string());
                         (line, row)
                     }
                     Err(e) => (
-                        e.position().map(|p| line_at(&text, p)).unwrap_or(0),
+                        e.position().map(|p| line_at(text, p)).unwrap_or(0),
                         Err(e.to_string()),
                     ),
                 })
@@ -325,10 +339,7 @@ pub fn read(
         }
     }
     if !bad.is_empty() {
-        return Err(PublishError::BadRows {
-            path: path.display().to_string(),
-            rows: bad,
-        });
+        return Err(bad);
     }
     Ok(events)
 }

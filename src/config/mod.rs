@@ -536,6 +536,15 @@ impl Settings {
         settings.validated()
     }
 
+    /// Defaults, then a TOML document (no environment); validated.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        settings.validated()
+    }
+
     /// Checks what types cannot, and normalises Kafka property keys (`_` → `.`).
     pub fn validated(mut self) -> Result<Settings, ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
