@@ -1,0 +1,425 @@
+//! The fuzzer behind `scripts/fuzz`: a mutation fuzzer on the stable toolchain (no coverage
+//! feedback), seeded from the project's own valid inputs. Each target must never panic, and
+//! the chat text builders must always produce what their receiver accepts.
+//!
+//! Targets:
+//! - `decode`: protobuf decoding and validation of both topics' messages;
+//! - `publish`: `tiendo publish`'s CSV and JSON Lines readers;
+//! - `config`: the TOML configuration loader;
+//! - `text`: Telegram HTML and Slack mrkdwn digests, from notices with any names and figures.
+//!
+//! `cargo run --release --example fuzz -- [TARGET|all] [INPUTS] [SEED]`. A crash writes the
+//! input to `target/fuzz-crashes/` and exits 1; make it a regression test.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use tiendo::config::{Language, Settings};
+use tiendo::decode::Validator;
+use tiendo::events::Kind;
+use tiendo::generator::Generator;
+use tiendo::notify::message::{length, render, Markup, Style};
+use tiendo::publish::{FileFormat, FileKind};
+use tiendo::rules::ledger::{Digest, Notice};
+use tiendo::rules::state::Change;
+use tiendo::rules::{Facts, Rule, Severity, Subject};
+
+/// xorshift64*: fast, and the same run from the same seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Tokens that tend to matter to parsers and markup.
+const TOKENS: &[&[u8]] = &[
+    b"<",
+    b">",
+    b"&",
+    b"&amp;",
+    b"*",
+    b"_",
+    b"`",
+    b"\"",
+    b"'",
+    b",",
+    b"\n",
+    b"\r\n",
+    b"\0",
+    b"\xff",
+    b"\xc3",
+    "Đ".as_bytes(),
+    "ệ".as_bytes(),
+    "🟢".as_bytes(),
+    b"<b>",
+    b"</b>",
+    b"-1",
+    b"99999999999999999999",
+    b"1e308",
+    b"NaN",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"=",
+    b"#",
+    b"\\u0000",
+    b"2024-13-45 25:61",
+    b"\x08\x96\x01",
+    b"\x12\xff\xff\xff\xff\x0f",
+];
+
+fn mutate(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = corpus[rng.below(corpus.len())].clone();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(v.len() + 1);
+        match rng.below(8) {
+            0 if !v.is_empty() => {
+                let i = rng.below(v.len());
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 if !v.is_empty() => {
+                let i = rng.below(v.len());
+                v[i] = rng.next() as u8;
+            }
+            2 => {
+                let t = TOKENS[rng.below(TOKENS.len())];
+                v.splice(at..at, t.iter().copied());
+            }
+            3 if !v.is_empty() => {
+                let end = (at + 1 + rng.below(16)).min(v.len());
+                v.drain(at.min(end)..end);
+            }
+            4 if !v.is_empty() => {
+                let start = rng.below(v.len());
+                let end = (start + 1 + rng.below(32)).min(v.len());
+                let chunk: Vec<u8> = v[start..end].to_vec();
+                for _ in 0..1 + rng.below(3) {
+                    v.splice(at..at, chunk.iter().copied());
+                }
+            }
+            5 => {
+                let other = &corpus[rng.below(corpus.len())];
+                let from = rng.below(other.len() + 1);
+                v.truncate(at);
+                v.extend_from_slice(&other[from..]);
+            }
+            6 => v.truncate(at),
+            _ => {
+                let n = rng.below(8);
+                v.splice(at..at, (0..n).map(|_| rng.next() as u8));
+            }
+        }
+    }
+    v
+}
+
+/// What a target does with one input; an error is an invalid output.
+type Check = Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
+/// One target: its seeds and its check.
+struct Target {
+    name: &'static str,
+    seeds: Vec<Vec<u8>>,
+    run: Check,
+}
+
+fn targets() -> Vec<Target> {
+    let settings = Settings::default();
+    let datasets = settings.validation.datasets.clone();
+    let validator = Validator::new(&settings.validation);
+    let now = Utc::now();
+    let mut g = Generator::new(1, "fuzz", &datasets);
+    let mut events: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..20 {
+        for m in [g.record(now), g.procedure(now), g.poison(now)] {
+            let kind = m.kind() as u8;
+            let mut bytes = vec![kind];
+            bytes.extend(m.encode());
+            events.push(bytes);
+        }
+    }
+    let decode = {
+        let validator = validator.clone();
+        Box::new(move |input: &[u8]| {
+            let (kind, bytes) = input.split_first().unwrap_or((&0, &[]));
+            let kind = if kind % 2 == 0 {
+                Kind::Records
+            } else {
+                Kind::Procedures
+            };
+            let _ = validator.decode(kind, bytes, now.timestamp());
+            Ok(())
+        })
+    };
+    let day = now.format("%Y-%m-%d");
+    let publish_seeds = vec![
+        format!("c# a comment\nevent_id,province_code,code_scheme,dataset,record_count,occurred_at\n,58,63,civil_status,1200,{day} 09:00\nnt-1,49,63,land,30,{day}T11:00:00+07:00\n"),
+        format!("j{{\"event_id\":\"a\",\"province_code\":\"01\",\"code_scheme\":\"34\",\"dataset\":\"land\",\"record_count\":\"5\",\"occurred_at\":\"{day} 10:00\"}}\n"),
+        format!("J{{\"province_code\":\"48\",\"code_scheme\":\"34\",\"procedure_code\":\"1.001\",\"channel\":\"online\",\"completed_at\":\"{day} 15:00\",\"on_time\":\"true\"}}\n"),
+        format!("Cprovince_code,code_scheme,procedure_code,channel,submitted_at,completed_at,on_time\n79,34,2.1,in_person,{day} 08:00,{day} 15:00,false\n"),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    let publish = {
+        let validator = validator.clone();
+        Box::new(move |input: &[u8]| {
+            let (how, text) = input.split_first().unwrap_or((&b'c', &[]));
+            let text = String::from_utf8_lossy(text);
+            let kind = if how.is_ascii_lowercase() {
+                FileKind::Records
+            } else {
+                FileKind::Procedures
+            };
+            let format = if how.eq_ignore_ascii_case(&b'j') {
+                FileFormat::Jsonl
+            } else {
+                FileFormat::Csv
+            };
+            let _ = tiendo::publish::parse(&text, kind, format, &validator, now);
+            Ok(())
+        })
+    };
+    let config_seeds = vec![
+        include_bytes!("../deploy/tiendo.example.toml").to_vec(),
+        b"[alerts.receivers.tg]\nkind = \"telegram\"\ntoken = \"1:x\"\nchat_id = -100123\n[commands]\ntelegram = \"tg\"\nchats = [-100123]\n[report]\nschedule = [\"Mon 08:00\"]\n".to_vec(),
+        b"[kafka.properties]\n\"sasl.password\" = 5\n[redis]\ncluster_urls = [\"redis://a:1\"]\n".to_vec(),
+    ];
+    let config = Box::new(|input: &[u8]| {
+        let _ = Settings::from_toml(&String::from_utf8_lossy(input));
+        Ok(())
+    });
+    let names: Vec<Vec<u8>> = [
+        "Hà Nội",
+        "Bà Rịa - Vũng Tàu",
+        "<b>Ninh Thuận</b> & *Quảng Nam*",
+        "a&amp;b <i>x</i> `code` _u_",
+        "🟢🔴 Đắk Lắk",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let text = Box::new(|input: &[u8]| {
+        let digest = digest(input);
+        for (markup, max) in [(Markup::TelegramHtml, 4096), (Markup::Slack, 3500)] {
+            let style = Style {
+                language: if input.len() % 2 == 0 {
+                    Language::Vi
+                } else {
+                    Language::En
+                },
+                markup,
+                max_chars: max,
+                group_at: 2 + input.len() % 5,
+                link: Some("https://tiendo.example/?a=1&b=<2>".into()),
+            };
+            for message in render(&digest, &style) {
+                if length(&message) > max {
+                    return Err(format!(
+                        "{markup:?} message of {} > {max}",
+                        length(&message)
+                    ));
+                }
+                valid(&message, markup)?;
+            }
+        }
+        Ok(())
+    });
+    vec![
+        Target {
+            name: "decode",
+            seeds: events,
+            run: decode,
+        },
+        Target {
+            name: "publish",
+            seeds: publish_seeds,
+            run: publish,
+        },
+        Target {
+            name: "config",
+            seeds: config_seeds,
+            run: config,
+        },
+        Target {
+            name: "text",
+            seeds: names,
+            run: text,
+        },
+    ]
+}
+
+/// Notices about subjects named by pieces of `input`, with figures from its bytes.
+fn digest(input: &[u8]) -> Digest {
+    let text = String::from_utf8_lossy(input);
+    let pieces: Vec<&str> = text.split('|').collect();
+    let at: DateTime<Utc> = "2026-11-20T03:00:00Z".parse().expect("valid time");
+    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+    let notices = (0..1 + byte(0) % 24)
+        .map(|i| {
+            let name = pieces[i % pieces.len()].to_string();
+            let rule = Rule::ALL[(byte(i) + i) % Rule::ALL.len()];
+            let severity = [Severity::Info, Severity::Warning, Severity::Critical][byte(i + 1) % 3];
+            let change = match byte(i + 2) % 6 {
+                0 => Change::Firing { previous: None },
+                1 => Change::Firing {
+                    previous: Some(Severity::Warning),
+                },
+                2 => Change::Repeated,
+                3 => Change::Resolved,
+                4 => Change::Completed,
+                _ => Change::Flapping,
+            };
+            let subject = Subject {
+                scheme: "34".into(),
+                code: format!("{:02}", i % 100),
+                name,
+                dataset: ["civil_status", "", "land", "weird<data>"][byte(i + 3) % 4].into(),
+            };
+            let facts = Facts {
+                total: byte(i + 4) as i64 * 1_000_003 - 7,
+                target: (byte(i + 5) % 2 == 0).then_some(byte(i + 5) as u64 * 10_000),
+                deadline: NaiveDate::from_ymd_opt(2025, 1 + (byte(i) % 12) as u32, 1),
+                percent: Some(byte(i + 6) as f64 * 0.7),
+                pace_7d: byte(i + 7) as f64 * 3.3,
+                pace_needed: Some(byte(i + 8) as f64 * 1e9),
+                days_left: Some(byte(i + 9) as f64 - 100.5),
+                projected: NaiveDate::from_ymd_opt(2030, 6, 1),
+                last_event: (byte(i) % 3 == 0).then_some(at),
+                online_share: Some(byte(i + 10) as f64 / 255.0),
+                dossiers: byte(i + 11) as i64,
+            };
+            Notice {
+                id: format!("n{i}"),
+                alert_key: subject.alert_key(rule),
+                rule,
+                severity,
+                change,
+                subject,
+                facts,
+                at,
+                silenced_by: (byte(i) % 7 == 0).then(|| "s1".into()),
+            }
+        })
+        .collect();
+    Digest {
+        id: "d".into(),
+        at,
+        notices,
+        ..Digest::default()
+    }
+}
+
+/// What Telegram's HTML parser and Slack's mrkdwn accept: only `<b>`…`</b>` as tags
+/// (Telegram), no other `<` or `>`, and `&` only as one of the entities both know.
+fn valid(message: &str, markup: Markup) -> Result<(), String> {
+    let mut rest = message;
+    let mut open = false;
+    while let Some(i) = rest.find(['<', '>', '&']) {
+        let tail = &rest[i..];
+        let step = if tail.starts_with('&') {
+            ["&amp;", "&lt;", "&gt;"]
+                .iter()
+                .find(|e| tail.starts_with(*e))
+                .map(|e| e.len())
+                .ok_or_else(|| format!("{markup:?}: a bare & in {message:?}"))?
+        } else if markup == Markup::TelegramHtml && tail.starts_with("<b>") && !open {
+            open = true;
+            3
+        } else if markup == Markup::TelegramHtml && tail.starts_with("</b>") && open {
+            open = false;
+            4
+        } else {
+            return Err(format!(
+                "{markup:?}: unexpected markup at {tail:.40?} in {message:?}"
+            ));
+        };
+        rest = &tail[step..];
+    }
+    if open {
+        return Err(format!("{markup:?}: unclosed <b> in {message:?}"));
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let which = args.first().map_or("all", String::as_str).to_string();
+    let inputs: u64 = args
+        .get(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000_000);
+    let seed: u64 = args
+        .get(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0x7de0_5eed);
+    // Panics are caught and reported with their input; the default hook would only repeat them.
+    std::panic::set_hook(Box::new(|_| {}));
+    // Targets run side by side, one thread each.
+    let chosen: Vec<Target> = targets()
+        .into_iter()
+        .filter(|t| which == "all" || which == t.name)
+        .collect();
+    if chosen.is_empty() {
+        eprintln!("no target {which}; targets: decode, publish, config, text, all");
+        std::process::exit(2);
+    }
+    let failed = std::thread::scope(|scope| {
+        let runs: Vec<_> = chosen
+            .iter()
+            .map(|target| scope.spawn(move || fuzz(target, inputs, seed)))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().unwrap_or(true))
+            .collect::<Vec<bool>>()
+            .contains(&true)
+    });
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+/// Runs `inputs` mutated inputs through `target`; `true` if one failed (saved and reported).
+fn fuzz(target: &Target, inputs: u64, seed: u64) -> bool {
+    let mut rng = Rng((seed ^ (target.name.len() as u64 * 0x9e37_79b9)) | 1);
+    let started = Instant::now();
+    for n in 0..inputs {
+        let input = mutate(&mut rng, &target.seeds);
+        let outcome = catch_unwind(AssertUnwindSafe(|| (target.run)(&input)));
+        let problem = match outcome {
+            Ok(Ok(())) => continue,
+            Ok(Err(invalid)) => invalid,
+            Err(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into()),
+        };
+        let dir = std::path::Path::new("target/fuzz-crashes");
+        let _ = std::fs::create_dir_all(dir);
+        let file = dir.join(format!("{}-{n}.bin", target.name));
+        let _ = std::fs::write(&file, &input);
+        println!(
+            "{}: input {n} failed ({problem}); saved to {}",
+            target.name,
+            file.display()
+        );
+        return true;
+    }
+    println!(
+        "{:8} {inputs} inputs, no failure, {:.1} s",
+        target.name,
+        started.elapsed().as_secs_f64()
+    );
+    false
+}
