@@ -20,8 +20,6 @@ use crate::notify::message::Markup;
 use crate::rules::ledger::{Answered, Digest, Kind, Ledger, LedgerError, Lock, Recipient};
 use crate::telemetry;
 
-const TELEGRAM_API: &str = "https://api.telegram.org";
-
 /// The outbox replies of the bot of receiver `name` wait in; delivered like digests.
 pub fn reply_outbox(name: &str) -> String {
     format!("replies:{name}")
@@ -92,19 +90,10 @@ impl Poller {
     ) -> Poller {
         let settings = conversation.settings();
         let timeout = settings.commands.poll_timeout;
-        let base = if receiver.url.expose().is_empty() {
-            TELEGRAM_API
-        } else {
-            receiver.url.expose()
-        };
         Poller {
             ledger,
             name: name.to_string(),
-            api: format!(
-                "{}/bot{}",
-                base.trim_end_matches('/'),
-                receiver.token.expose()
-            ),
+            api: crate::notify::receivers::telegram_bot(receiver),
             client: reqwest::Client::builder()
                 .timeout(timeout + Duration::from_secs(10))
                 .user_agent(concat!("tiendo/", env!("CARGO_PKG_VERSION")))

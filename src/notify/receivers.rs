@@ -75,14 +75,7 @@ impl Sink {
             .build()
             .expect("a TLS backend is compiled in");
         let endpoint = match r.kind {
-            ReceiverKind::Telegram => {
-                let base = if r.url.expose().is_empty() {
-                    TELEGRAM_API
-                } else {
-                    r.url.expose()
-                };
-                format!("{}/bot{}", base.trim_end_matches('/'), r.token.expose())
-            }
+            ReceiverKind::Telegram => telegram_bot(r),
             ReceiverKind::Slack | ReceiverKind::Webhook => r.url.expose().to_string(),
         };
         let max_chars = r.max_chars.unwrap_or(match r.kind {
@@ -288,6 +281,17 @@ impl Sink {
             _ => Err(SendError::Rejected("request of another receiver".into())),
         }
     }
+}
+
+/// The Bot API root of a Telegram receiver's bot (`…/bot<token>`), to which methods are
+/// added. It holds the token: never log it.
+pub fn telegram_bot(r: &ReceiverSettings) -> String {
+    let base = if r.url.expose().is_empty() {
+        TELEGRAM_API
+    } else {
+        r.url.expose()
+    };
+    format!("{}/bot{}", base.trim_end_matches('/'), r.token.expose())
 }
 
 /// 2xx delivered; 429 and 5xx retried (after Retry-After, or Telegram's `retry_after`);
