@@ -221,12 +221,19 @@ impl Poster {
         } else {
             s.report.receivers.iter().collect()
         };
+        // Built once per language, not once per receiver: each build reads weeks of buckets.
+        let mut reports: std::collections::BTreeMap<crate::config::Language, Report> =
+            Default::default();
         let mut out = Vec::new();
         for name in names {
             let r = &s.alerts.receivers[name];
             let lang = r.language.unwrap_or(s.alerts.language);
-            let report =
-                super::build(&self.store, &self.targets, s, s.alerts.view, lang, now).await?;
+            if let std::collections::btree_map::Entry::Vacant(slot) = reports.entry(lang) {
+                let built =
+                    super::build(&self.store, &self.targets, s, s.alerts.view, lang, now).await?;
+                slot.insert(built);
+            }
+            let report = &reports[&lang];
             let (markup, max) = match r.kind {
                 ReceiverKind::Telegram => (Markup::TelegramHtml, TELEGRAM_MAX),
                 ReceiverKind::Slack => (Markup::Slack, SLACK_MAX),
@@ -239,7 +246,7 @@ impl Poster {
             }
             let stamp = due.with_timezone(&vn_offset()).format("%Y-%m-%d");
             let document = (r.kind == ReceiverKind::Telegram).then(|| Document {
-                file_name: format!("tiendo-{}-{stamp}.html", file_word(&report)),
+                file_name: format!("tiendo-{}-{stamp}.html", file_word(report)),
                 caption: markup.escape(&report.title()),
                 content: report.html(),
             });
