@@ -145,9 +145,10 @@ def main() -> int:
         check(y, "YAML parses", lambda p=y: [] if yaml.safe_load(p.read_text()) else ["empty"])
 
     # Read by what runs them: tests/deploy.rs (tiendo's config, targets, the kustomization's
-    # manifests, the example Secret), and the docs.
+    # manifests, the example Secret, the Compose Redis's start script), and the docs.
     run_by_tests = ["compose/tiendo.toml", "tiendo.example.toml", "targets.example.csv",
-                    "k8s/kustomization.yaml", "k8s/README.md", "Dockerfile.dockerignore"]
+                    "k8s/kustomization.yaml", "k8s/README.md", "Dockerfile.dockerignore",
+                    "redis/start.sh"]
     checked.update((DEPLOY / f).resolve() for f in run_by_tests)
     global failures
     for f in sorted(DEPLOY.rglob("*")):

@@ -3,6 +3,7 @@
 //! to run the pipeline in this process or as a `tiendo run` child process that can be killed.
 #![allow(dead_code)]
 
+pub mod aof;
 pub mod browser;
 pub mod chat;
 pub mod tansu;
