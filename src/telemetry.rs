@@ -76,7 +76,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (NOTIFICATIONS_SILENCED, "counter", "rule", "Transitions recorded but not sent to chat because a silence matched."),
     (REPORTS_POSTED, "counter", "late", "Scheduled reports queued for chat, by whether they went out late (every replica was down at the time)."),
     (CHAT_COMMANDS, "counter", "via, command, outcome",
-     "Chat commands by where they came from (telegram, slack, mattermost), command and outcome: answered, usage (could not be parsed), refused (chat or user not allowed), unauthenticated (a slash command without a valid signature or token)."),
+     "Chat commands by where they came from (telegram, slack, mattermost), command and outcome: answered, usage (could not be parsed), refused (chat or user not allowed), unauthenticated (a slash command without a valid signature or token), stale (a Telegram message over 10 minutes old when read: not answered)."),
     (CHAT_POLLS, "counter", "outcome", "Telegram getUpdates calls by outcome: ok, error."),
 ];
 

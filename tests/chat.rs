@@ -446,3 +446,52 @@ async fn slack_and_mattermost_slash_commands_are_verified_and_answered() {
     assert_eq!(post(wrong, vec![]).await.0, 401);
     stop.cancel();
 }
+
+/// A message written long before it is read (tiendo was down, or a new bot's backlog) is not
+/// answered; one written now is, and both are confirmed to Telegram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_hours_old_when_read_is_not_answered() {
+    let env = Env::start();
+    let bot = BotApi::start().await.unwrap();
+    let s = settings(&env, &bot);
+    let now = Utc::now();
+    let clock: SharedClock = ManualClock::new(now);
+    let old = bot.say_at(
+        TASKFORCE,
+        LAN,
+        "lan",
+        "/imlang cao bang civil_status 2d đối soát",
+        (now - chrono::Duration::hours(3)).timestamp(),
+    );
+    let fresh = bot.say(TASKFORCE, LAN, "lan", "/tinh ninh thuan");
+    let stop = CancellationToken::new();
+    let tasks = tiendo::run::spawn_chat(
+        &s,
+        stall_targets(now, &s.validation.datasets),
+        clock,
+        None,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let sent = bot.wait_sent(1, Duration::from_secs(30)).await;
+    reply_to(&sent, fresh);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = bot.sent();
+    assert!(
+        sent.iter().all(|m| m.reply_to != Some(old * 10)),
+        "{sent:#?}"
+    );
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(bot.unconfirmed(), 0);
+    let conn = store::connect(&s.redis).await.unwrap();
+    let silences = Ledger::new(conn, &s.redis.key_prefix)
+        .silences()
+        .await
+        .unwrap();
+    assert!(silences.is_empty(), "{silences:?}");
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

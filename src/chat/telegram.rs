@@ -20,6 +20,16 @@ use crate::notify::message::Markup;
 use crate::rules::ledger::{Answered, Digest, Kind, Ledger, LedgerError, Lock, Recipient};
 use crate::telemetry;
 
+/// A message older than this when first read is not answered: it waited while tiendo was down,
+/// or in the backlog of a bot just set up (Telegram keeps 24 hours), and an answer now, with
+/// today's figures or a silence set hours late, would come out of context.
+pub const STALE_AFTER_SECONDS: i64 = 600;
+
+/// Whether a message written at `date` is too old to answer at `now` (0: date unknown).
+fn stale(date: i64, now: i64) -> bool {
+    date > 0 && now - date > STALE_AFTER_SECONDS
+}
+
 /// The outbox replies of the bot of receiver `name` wait in; delivered like digests.
 pub fn reply_outbox(name: &str) -> String {
     format!("replies:{name}")
@@ -41,6 +51,9 @@ pub struct Update {
 #[derive(Debug, Deserialize)]
 pub struct Message {
     pub message_id: i64,
+    /// When it was written (unix seconds; 0 if not said).
+    #[serde(default)]
+    pub date: i64,
     pub from: Option<User>,
     pub chat: Chat,
     pub text: Option<String>,
@@ -232,6 +245,21 @@ impl Poller {
         });
         let answer = match asked {
             None => None,
+            Some((m, _, _)) if stale(m.date, chrono::Utc::now().timestamp()) => {
+                metrics::counter!(
+                    telemetry::CHAT_COMMANDS,
+                    "via" => "telegram",
+                    "command" => "any",
+                    "outcome" => "stale"
+                )
+                .increment(1);
+                tracing::info!(
+                    update = update.update_id,
+                    written = m.date,
+                    "chat message too old to answer: skipped"
+                );
+                None
+            }
             Some((m, text, from)) => {
                 let asker = Asker {
                     via: Via::Telegram,

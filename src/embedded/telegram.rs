@@ -75,8 +75,13 @@ impl BotApi {
         format!("http://{}", self.addr)
     }
 
-    /// `user` (with `username`) writes `text` in `chat`; returns the update id.
+    /// `user` (with `username`) writes `text` in `chat` now; returns the update id.
     pub fn say(&self, chat: i64, user: i64, username: &str, text: &str) -> i64 {
+        self.say_at(chat, user, username, text, chrono::Utc::now().timestamp())
+    }
+
+    /// Like [`BotApi::say`], written at unix time `date`.
+    pub fn say_at(&self, chat: i64, user: i64, username: &str, text: &str, date: i64) -> i64 {
         let (lock, notify) = &*self.shared;
         let mut s = lock.lock().expect("stand-in state");
         let id = s.next_id;
@@ -87,7 +92,7 @@ impl BotApi {
                 "message_id": id * 10,
                 "from": {"id": user, "is_bot": false, "first_name": username, "username": username},
                 "chat": {"id": chat, "type": if chat < 0 { "supergroup" } else { "private" }},
-                "date": 0,
+                "date": date,
                 "text": text,
             }
         }));
