@@ -76,6 +76,8 @@ enum Outcome {
     Answered,
     Usage,
     Refused,
+    /// Read too late to answer (see `telegram::STALE_AFTER_SECONDS`).
+    Stale,
 }
 
 pub struct Conversation {
@@ -655,6 +657,7 @@ fn count(via: Via, command: &'static str, outcome: Outcome) {
         Outcome::Answered => "answered",
         Outcome::Usage => "usage",
         Outcome::Refused => "refused",
+        Outcome::Stale => "stale",
     };
     metrics::counter!(
         telemetry::CHAT_COMMANDS,

@@ -246,13 +246,7 @@ impl Poller {
         let answer = match asked {
             None => None,
             Some((m, _, _)) if stale(m.date, chrono::Utc::now().timestamp()) => {
-                metrics::counter!(
-                    telemetry::CHAT_COMMANDS,
-                    "via" => "telegram",
-                    "command" => "any",
-                    "outcome" => "stale"
-                )
-                .increment(1);
+                super::count(Via::Telegram, "any", super::Outcome::Stale);
                 tracing::info!(
                     update = update.update_id,
                     written = m.date,
