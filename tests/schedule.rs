@@ -1,10 +1,13 @@
 //! The weekly report arrives by itself: on the manual clock, two replicas look at the schedule
 //! at once and the report is sent once, on time, to Telegram (text and the HTML as a document)
 //! and to Slack (text with a link to the page); with every replica down at the scheduled time,
-//! it arrives when one comes back, marked late, and only once.
+//! it arrives when one comes back, marked late, and only once. An evaluator committing all
+//! the time does not keep the report from going out.
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Datelike, Duration as Span, NaiveDate, TimeZone, Utc, Weekday};
@@ -13,19 +16,20 @@ use tokio_util::sync::CancellationToken;
 use common::chat::ChatServer;
 use common::{seed_stalls, stall_targets, Env};
 use tiendo::clock::{vn_offset, ManualClock, SharedClock};
-use tiendo::config::{ReceiverKind, ReceiverSettings, Secret};
+use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings};
 use tiendo::embedded::telegram::BotApi;
 use tiendo::report::schedule::{Posted, Poster};
-use tiendo::rules::ledger::Ledger;
+use tiendo::rules::ledger::{Commit, Ledger};
 use tiendo::status::View;
 use tiendo::store;
+use tiendo::targets::Targets;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_scheduled_report_arrives_once_on_time_and_late_when_missed() {
-    let env = Env::start();
-    // The coming Monday, 07:59 Vietnam time, with figures from the days before.
-    let now = Utc::now();
-    let today = now.with_timezone(&vn_offset()).date_naive();
+/// The coming Monday in Vietnam, and a time of it.
+fn coming_monday() -> (
+    NaiveDate,
+    impl Fn(NaiveDate, u32, u32) -> chrono::DateTime<Utc>,
+) {
+    let today = Utc::now().with_timezone(&vn_offset()).date_naive();
     let monday = (1..=7)
         .map(|d| today + Span::days(d))
         .find(|d| d.weekday() == Weekday::Mon)
@@ -36,6 +40,43 @@ async fn the_scheduled_report_arrives_once_on_time_and_late_when_missed() {
             .unwrap()
             .with_timezone(&Utc)
     };
+    (monday, at)
+}
+
+/// A replica's poster, on its own Redis connection.
+async fn poster(s: &Arc<Settings>, targets: &Targets, clock: &SharedClock) -> Poster {
+    let conn = store::connect(&s.redis).await.unwrap();
+    Poster::new(
+        store::Store::new(
+            conn.clone(),
+            &s.redis.key_prefix,
+            s.validation.datasets.clone(),
+            1,
+        ),
+        Ledger::new(conn, &s.redis.key_prefix),
+        targets.clone(),
+        s.clone(),
+        clock.clone(),
+    )
+}
+
+fn telegram(url: String) -> ReceiverSettings {
+    ReceiverSettings {
+        kind: ReceiverKind::Telegram,
+        url: Secret::new(url),
+        token: Secret::new("123:SECRET"),
+        chat_id: "-100111".into(),
+        language: None,
+        max_chars: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_report_arrives_once_on_time_and_late_when_missed() {
+    let env = Env::start();
+    // The coming Monday, 07:59 Vietnam time, with figures from the days before.
+    let now = Utc::now();
+    let (monday, at) = coming_monday();
     let start = at(monday, 7, 59);
     seed_stalls(&env, now).await;
     let bot = BotApi::start().await.unwrap();
@@ -44,42 +85,22 @@ async fn the_scheduled_report_arrives_once_on_time_and_late_when_missed() {
     s.alerts.view = View::Current34;
     s.http.public_url = "https://tiendo.example.gov.vn".into();
     s.report.schedule = vec!["Mon 08:00".into()];
-    for (name, kind, url) in [
-        ("tg", ReceiverKind::Telegram, bot.url()),
-        ("sl", ReceiverKind::Slack, slack.url()),
-    ] {
-        s.alerts.receivers.insert(
-            name.into(),
-            ReceiverSettings {
-                kind,
-                url: Secret::new(url),
-                token: Secret::new("123:SECRET"),
-                chat_id: "-100111".into(),
-                language: None,
-                max_chars: None,
-            },
-        );
-    }
-    let s = std::sync::Arc::new(s.validated().unwrap());
+    s.alerts.receivers.insert("tg".into(), telegram(bot.url()));
+    s.alerts.receivers.insert(
+        "sl".into(),
+        ReceiverSettings {
+            kind: ReceiverKind::Slack,
+            ..telegram(slack.url())
+        },
+    );
+    let s = Arc::new(s.validated().unwrap());
     let clock = ManualClock::new(start);
     let shared: SharedClock = clock.clone();
     let targets = stall_targets(now, &s.validation.datasets);
-    let replica = || async {
-        let conn = store::connect(&s.redis).await.unwrap();
-        Poster::new(
-            store::Store::new(
-                conn.clone(),
-                &s.redis.key_prefix,
-                s.validation.datasets.clone(),
-                1,
-            ),
-            Ledger::new(conn, &s.redis.key_prefix),
-            targets.clone(),
-            s.clone(),
-            shared.clone(),
-        )
-    };
-    let (a, b) = (replica().await, replica().await);
+    let (a, b) = (
+        poster(&s, &targets, &shared).await,
+        poster(&s, &targets, &shared).await,
+    );
     let stop = CancellationToken::new();
     let dispatchers = tiendo::run::spawn_dispatchers(&s, stop.clone())
         .await
@@ -158,4 +179,74 @@ async fn the_scheduled_report_arrives_once_on_time_and_late_when_missed() {
     for d in dispatchers {
         d.await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_goes_out_while_evaluations_commit_all_the_time() {
+    let env = Env::start();
+    let now = Utc::now();
+    let (monday, at) = coming_monday();
+    seed_stalls(&env, now).await;
+    let bot = BotApi::start().await.unwrap();
+    let mut s = env.settings.clone();
+    s.report.schedule = vec!["Mon 08:00".into()];
+    s.alerts.receivers.insert("tg".into(), telegram(bot.url()));
+    let s = Arc::new(s.validated().unwrap());
+    let clock = ManualClock::new(at(monday, 7, 59));
+    let shared: SharedClock = clock.clone();
+    let targets = stall_targets(now, &s.validation.datasets);
+    // It waits for current figures, as `tiendo run` does: the check takes a fetch round.
+    let replica = poster(&s, &targets, &shared)
+        .await
+        .with_watch(tiendo::run::watch(&s).await.unwrap());
+    assert!(matches!(
+        replica.post_once().await.unwrap(),
+        Posted::Started(_)
+    ));
+
+    // An evaluator of a busy deployment commits every 2 ms, much more often than a report
+    // takes to check and build.
+    let conn = store::connect(&s.redis).await.unwrap();
+    let ledger = Ledger::new(conn, &s.redis.key_prefix);
+    let stop = CancellationToken::new();
+    let commits = Arc::new(AtomicU64::new(0));
+    let busy = tokio::spawn({
+        let (stop, commits) = (stop.clone(), commits.clone());
+        async move {
+            while !stop.is_cancelled() {
+                let read = ledger.read().await.unwrap();
+                let n = commits.load(Ordering::SeqCst);
+                let commit = Commit {
+                    meta: vec![("test_busy", Some(n.to_string()))],
+                    ..Commit::default()
+                };
+                if ledger.commit(read.generation, &commit).await.unwrap() {
+                    commits.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    while commits.load(Ordering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = commits.load(Ordering::SeqCst);
+    let due = at(monday, 8, 0);
+    clock.set(due + Span::seconds(30));
+    let mut looks = Vec::new();
+    for _ in 0..3 {
+        looks.push(replica.post_once().await.unwrap());
+    }
+    let commits = commits.load(Ordering::SeqCst) - before;
+    stop.cancel();
+    busy.await.unwrap();
+    assert_eq!(
+        looks,
+        vec![
+            Posted::Sent { due, late: false },
+            Posted::Nothing,
+            Posted::Nothing
+        ],
+        "the first look sends the report; {commits} evaluations committed meanwhile"
+    );
 }

@@ -30,6 +30,13 @@ use crate::telemetry;
 /// Field of the ledger's `meta` hash: the last scheduled time dealt with (RFC 3339).
 pub const REPORT_DUE: &str = "report_due";
 
+/// The `report_due` marker of the ledger's `meta` hash.
+fn marker(meta: &std::collections::BTreeMap<String, String>) -> Option<DateTime<Utc>> {
+    meta.get(REPORT_DUE)
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|d| d.with_timezone(&Utc))
+}
+
 /// One line of `report.schedule`: a weekday (or every day) and a time, Vietnam time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
@@ -160,52 +167,68 @@ impl Poster {
 
     /// One look: posts the report if a scheduled time passed since the last one posted.
     pub async fn post_once(&self) -> Result<Posted, LedgerError> {
-        for _ in 0..5 {
-            let now = self.clock.now();
-            let Some(due) = latest(&self.slots, now) else {
-                return Ok(Posted::Nothing);
-            };
-            let read = self.ledger.read().await?;
-            let done = read
-                .meta
-                .get(REPORT_DUE)
-                .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
-                .map(|d| d.with_timezone(&Utc));
-            let marker = vec![(REPORT_DUE, Some(due.to_rfc3339()))];
-            match done {
-                Some(done) if done >= due => return Ok(Posted::Nothing),
-                Some(_) => {}
-                None => {
-                    let commit = Commit {
-                        meta: marker,
-                        ..Commit::default()
-                    };
-                    if self.ledger.commit(read.generation, &commit).await? {
-                        return Ok(Posted::Started(due));
-                    }
-                    continue;
-                }
-            }
-            if let Some(watch) = &self.watch {
-                if !watch.check(now).await.current {
-                    return Ok(Posted::Held(due));
-                }
-            }
-            let late = now - due
-                > chrono::Duration::from_std(self.settings.report.late_after).unwrap_or_default();
-            let digests = self.digests(due, now, late).await?;
-            let commit = Commit {
-                meta: marker,
-                digests,
-                ..Commit::default()
-            };
-            if self.ledger.commit(read.generation, &commit).await? {
-                metrics::counter!(telemetry::REPORTS_POSTED, "late" => late.to_string())
-                    .increment(1);
-                return Ok(Posted::Sent { due, late });
+        let now = self.clock.now();
+        let Some(due) = latest(&self.slots, now) else {
+            return Ok(Posted::Nothing);
+        };
+        match self.dealt_with().await? {
+            Some(done) if done >= due => return Ok(Posted::Nothing),
+            Some(_) => {}
+            None => {
+                let marked = self.mark(due, Vec::new()).await?;
+                return Ok(if marked {
+                    Posted::Started(due)
+                } else {
+                    Posted::Nothing
+                });
             }
         }
-        Ok(Posted::Nothing)
+        if let Some(watch) = &self.watch {
+            if !watch.check(now).await.current {
+                return Ok(Posted::Held(due));
+            }
+        }
+        let late = now - due
+            > chrono::Duration::from_std(self.settings.report.late_after).unwrap_or_default();
+        let digests = self.digests(due, now, late).await?;
+        if !self.mark(due, digests).await? {
+            return Ok(Posted::Nothing);
+        }
+        metrics::counter!(telemetry::REPORTS_POSTED, "late" => late.to_string()).increment(1);
+        Ok(Posted::Sent { due, late })
+    }
+
+    /// The last scheduled time dealt with, if any.
+    async fn dealt_with(&self) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        Ok(marker(&self.ledger.read().await?.meta))
+    }
+
+    /// Commits `due` as dealt with, with its digests. The report is built before, not between
+    /// the read and the commit: a build takes seconds, in which an evaluator commits too, and
+    /// a report rebuilt after every lost race would never be posted. `false` if another
+    /// replica dealt with `due` first, or the ledger stayed too busy (the next look tries
+    /// again).
+    async fn mark(
+        &self,
+        due: DateTime<Utc>,
+        digests: Vec<(String, Digest)>,
+    ) -> Result<bool, LedgerError> {
+        let commit = Commit {
+            meta: vec![(REPORT_DUE, Some(due.to_rfc3339()))],
+            digests,
+            ..Commit::default()
+        };
+        for _ in 0..5 {
+            let read = self.ledger.read().await?;
+            if marker(&read.meta).is_some_and(|done| done >= due) {
+                return Ok(false);
+            }
+            if self.ledger.commit(read.generation, &commit).await? {
+                return Ok(true);
+            }
+        }
+        tracing::debug!(%due, "ledger busy; the scheduled report is tried again");
+        Ok(false)
     }
 
     /// The report for each receiver, in its language and markup.
