@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::{DateTime, FixedOffset, Utc};
 
@@ -57,48 +56,6 @@ impl Clock for ManualClock {
     }
 }
 
-/// Simulated time that starts at `start` and runs `speed` times faster than the wall clock:
-/// the demo replays weeks of a season in minutes. It may be created stopped at `start`, to
-/// wait for something before time runs.
-#[derive(Debug)]
-pub struct SimulatedClock {
-    start: DateTime<Utc>,
-    started: std::sync::OnceLock<Instant>,
-    speed: f64,
-}
-
-impl SimulatedClock {
-    pub fn new(start: DateTime<Utc>, speed: f64) -> Arc<SimulatedClock> {
-        let clock = SimulatedClock::stopped(start, speed);
-        clock.run();
-        clock
-    }
-
-    /// Stands at `start` until [`SimulatedClock::run`].
-    pub fn stopped(start: DateTime<Utc>, speed: f64) -> Arc<SimulatedClock> {
-        Arc::new(SimulatedClock {
-            start,
-            started: std::sync::OnceLock::new(),
-            speed,
-        })
-    }
-
-    /// Lets time run from now on (once; later calls change nothing).
-    pub fn run(&self) {
-        let _ = self.started.set(Instant::now());
-    }
-}
-
-impl Clock for SimulatedClock {
-    fn now(&self) -> DateTime<Utc> {
-        let Some(started) = self.started.get() else {
-            return self.start;
-        };
-        let elapsed = started.elapsed().as_secs_f64() * self.speed;
-        self.start + chrono::Duration::milliseconds((elapsed * 1000.0) as i64)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,24 +67,5 @@ mod tests {
         assert_eq!(clock.now(), start);
         clock.advance(chrono::Duration::hours(48));
         assert_eq!(clock.now(), start + chrono::Duration::hours(48));
-    }
-
-    #[test]
-    fn a_stopped_clock_waits_to_run() {
-        let start: DateTime<Utc> = "2024-10-01T00:00:00Z".parse().unwrap();
-        let clock = SimulatedClock::stopped(start, 86_400.0);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        assert_eq!(clock.now(), start);
-        clock.run();
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        assert!(clock.now() > start);
-    }
-
-    #[test]
-    fn simulated_time_runs_faster() {
-        let start: DateTime<Utc> = "2024-10-01T00:00:00Z".parse().unwrap();
-        let clock = SimulatedClock::new(start, 86_400.0);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(clock.now() - start >= chrono::Duration::minutes(20));
     }
 }

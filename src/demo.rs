@@ -6,6 +6,10 @@
 //! the task force's report, a check of the counts against what was published, and how much
 //! the chat was told ([`Noise`]).
 //!
+//! Simulated time moves in steps of `speed` × 250 ms, each once the step before is counted:
+//! a machine too slow for the speed runs the same season more slowly, instead of judging
+//! provinces on figures that lag the clock by days.
+//!
 //! It starts cold, as a new deployment does: the history is in Kafka before anything is
 //! counted, and the rules start at once, held until the figures are current.
 //!
@@ -19,11 +23,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{vn_offset, SharedClock, SimulatedClock};
+use crate::clock::{vn_offset, ManualClock, SharedClock};
 use crate::config::{Language, Settings};
 use crate::embedded::telegram::{BotApi, Sent};
 use crate::embedded::{MockKafka, RedisServer};
-use crate::generator::{publish, Generated, Generator};
+use crate::generator::{publish, Generated, Generator, LogEnds};
 use crate::notify::message::{render, Markup, Style};
 use crate::notify::receivers::TELEGRAM_MAX;
 use crate::pipeline::Pipeline;
@@ -38,10 +42,13 @@ use crate::telemetry;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Simulated seconds per real second (21,600: a day every 4 s, the autumn in 6 min).
+    /// Simulated seconds per real second, at most (21,600: a day every 4 s, the autumn in
+    /// 6 min); time waits while the pipeline counts.
     pub speed: f64,
     /// Stop after this long (real time); `None` runs to 1 January 2025 or Ctrl-C.
     pub duration: Option<Duration>,
+    /// Stop after this many simulated days (whichever of the two comes first).
+    pub days: Option<f64>,
     /// Units of the progress line and the final report.
     pub view: View,
     /// Status page, API and metrics; empty for none.
@@ -184,6 +191,19 @@ pub fn flaps(notices: &[Notice], window: chrono::Duration) -> usize {
     n
 }
 
+/// How often simulated time moves a step (of `speed` times this).
+const TICK: Duration = Duration::from_millis(250);
+
+/// Whether Redis has counted every message before `ends`.
+async fn counted(reader: &Store, ends: &LogEnds) -> Result<bool, crate::store::StoreError> {
+    let parts: Vec<(&str, i32)> = ends.keys().map(|(t, p)| (t.as_str(), *p)).collect();
+    let stored = reader.offsets(&parts).await?;
+    Ok(ends
+        .values()
+        .zip(stored)
+        .all(|(end, at)| at.is_some_and(|at| at >= *end)))
+}
+
 /// Runs the demo. `base` brings the operator's settings that matter here: chat receivers and
 /// the alerts language.
 pub async fn demo(
@@ -209,7 +229,7 @@ pub async fn demo(
     settings.redis.url = crate::config::Secret::new(redis.url());
     settings.pipeline.batch_linger = Duration::from_millis(200);
     // Alerts on simulated time: a rule must hold half a day, be clear a day; figures lag the
-    // simulated clock by the pipeline's latency times the speed, so silence needs 2 days.
+    // simulated clock by up to a step (`speed` × 250 ms), so silence needs 2 days.
     settings.alerts.view = View::Legacy63;
     settings.alerts.language = base.alerts.language;
     settings.alerts.receivers = base.alerts.receivers.clone();
@@ -246,7 +266,7 @@ pub async fn demo(
     let datasets = settings.validation.datasets.clone();
     let targets = Targets::parse(&scenario.targets_csv(), &datasets)?;
     // Time stands at the start of the season until the cold start is over.
-    let simulated = SimulatedClock::stopped(scenario.start, options.speed);
+    let simulated = ManualClock::new(scenario.start);
     let clock: SharedClock = simulated.clone();
     say(format!(
         "tiendo demo: autumn 2024, 63 provinces, {:.0}× real time. Kafka (in-process) at {}, Redis at {}. Ctrl-C stops.",
@@ -310,7 +330,7 @@ pub async fn demo(
     let (mut records, mut procedures) = (0i64, 0i64);
     let history = scenario.history(&mut generator);
     tally(&history, &mut records, &mut procedures);
-    publish(&producer, &settings.kafka.topics, &history).await?;
+    let mut ends = publish(&producer, &settings.kafka.topics, &history).await?;
     // A cold start: the rules run from now on, held by the evaluator until the figures are
     // current. The demo notes what the rules say once the history is counted, to tell false
     // alerts from true ones.
@@ -349,10 +369,15 @@ pub async fn demo(
     while digests.lock().expect("digests").is_empty() && tokio::time::Instant::now() < loaded {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    simulated.run();
+    let end = options
+        .days
+        .map(|d| scenario.start + chrono::Duration::seconds((d * 86_400.0) as i64))
+        .map_or(scenario.end, |e| e.min(scenario.end));
 
     let started = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let step = chrono::Duration::milliseconds((options.speed * TICK.as_secs_f64() * 1e3) as i64);
     let mut last = scenario.start;
     let mut last_line = tokio::time::Instant::now();
     loop {
@@ -360,10 +385,17 @@ pub async fn demo(
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        if options.duration.is_some_and(|d| started.elapsed() >= d) || last >= scenario.end {
+        if options.duration.is_some_and(|d| started.elapsed() >= d) || last >= end {
             break;
         }
-        let now = clock.now().min(scenario.end);
+        // Time moves a step only once the last step's events are counted: the season never
+        // outruns the counting, so the rules judge figures at most one step behind the clock,
+        // and a slow machine shows the same alerts and reports, later.
+        if !counted(&reader, &ends).await? {
+            continue;
+        }
+        let now = (last + step).min(end);
+        simulated.set(now);
         for (day, question) in ASKS {
             let when = scenario.start + chrono::Duration::days(day);
             if last < when && now >= when {
@@ -377,7 +409,9 @@ pub async fn demo(
         let batch = scenario.between(&mut generator, &mut rng, last, now);
         last = now;
         tally(&batch, &mut records, &mut procedures);
-        publish(&producer, &settings.kafka.topics, &batch).await?;
+        for (partition, at) in publish(&producer, &settings.kafka.topics, &batch).await? {
+            ends.insert(partition, at);
+        }
         if options.verbose && last_line.elapsed() >= Duration::from_secs(3) {
             last_line = tokio::time::Instant::now();
             if let Ok(snap) = reader.snapshot(now).await {
@@ -451,7 +485,7 @@ pub async fn demo(
             .filter(|d| !d.id.is_empty())
             .collect(),
         false_alerts,
-        days: (now.min(scenario.end) - scenario.start).num_seconds() as f64 / 86_400.0,
+        days: (now.min(end) - scenario.start).num_seconds() as f64 / 86_400.0,
         group_at: settings.alerts.group_at,
         published_records: records,
         counted_records: status.national.datasets.values().map(|d| d.total).sum(),

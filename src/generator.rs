@@ -250,12 +250,13 @@ impl Generator {
     }
 }
 
-/// Publishes messages and waits until Kafka has all of them.
+/// Publishes messages and waits until Kafka has all of them; returns where they ended in each
+/// partition.
 pub async fn publish(
     producer: &FutureProducer,
     topics: &TopicSettings,
     messages: &[Generated],
-) -> Result<(), KafkaError> {
+) -> Result<LogEnds, KafkaError> {
     let sends = messages.iter().map(|m| {
         let topic = match m.kind() {
             Kind::Records => &topics.records,
@@ -265,12 +266,21 @@ pub async fn publish(
         let payload = m.encode();
         async move {
             let record = FutureRecord::to(topic).key(&key).payload(&payload);
-            producer
+            let delivered = producer
                 .send(record, std::time::Duration::from_secs(30))
                 .await
-                .map_err(|(e, _)| e)
+                .map_err(|(e, _)| e)?;
+            Ok::<_, KafkaError>(((topic.clone(), delivered.partition), delivered.offset + 1))
         }
     });
-    try_join_all(sends).await?;
-    Ok(())
+    let mut ends = LogEnds::new();
+    for (partition, end) in try_join_all(sends).await? {
+        let at = ends.entry(partition).or_default();
+        *at = (*at).max(end);
+    }
+    Ok(ends)
 }
+
+/// Per topic and partition, the offset after the last message published: where a consumer
+/// that has counted them all stands.
+pub type LogEnds = std::collections::BTreeMap<(String, i32), i64>;

@@ -34,7 +34,8 @@ enum Command {
     /// Replay autumn 2024 across the 63 provinces on this machine (in-process Kafka, private
     /// Redis, simulated clock): alerts as they fire, status page, and the report at the end.
     Demo {
-        /// Simulated seconds per real second (21600: a day every 4 s, the season in ~6 min).
+        /// Simulated seconds per real second, at most: time waits while the pipeline counts
+        /// (21600: a day every 4 s, the season in ~6 min).
         #[arg(long, default_value_t = 21_600.0)]
         speed: f64,
         /// Stop after this many real seconds (default: at 1 January 2025, or Ctrl-C).
@@ -167,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
             let options = demo::DemoOptions {
                 speed,
                 duration: duration.map(Duration::from_secs),
+                days: None,
                 view,
                 http_listen,
                 verbose: true,
