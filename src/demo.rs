@@ -6,9 +6,9 @@
 //! the task force's report, a check of the counts against what was published, and how much
 //! the chat was told ([`Noise`]).
 //!
-//! Simulated time moves in steps of `speed` × 250 ms, each once the step before is counted:
-//! a machine too slow for the speed runs the same season more slowly, instead of judging
-//! provinces on figures that lag the clock by days.
+//! Simulated time moves in steps of `speed` × 250 ms, and waits whenever the counted figures
+//! lag it by more than 6 simulated hours: a machine too slow for the speed runs the same
+//! season more slowly, instead of judging provinces on figures days behind the clock.
 //!
 //! It starts cold, as a new deployment does: the history is in Kafka before anything is
 //! counted, and the rules start at once, held until the figures are current.
@@ -194,6 +194,11 @@ pub fn flaps(notices: &[Notice], window: chrono::Duration) -> usize {
 /// How often simulated time moves a step (of `speed` times this).
 const TICK: Duration = Duration::from_millis(250);
 
+/// How far in simulated time the counted figures may lag the clock before time waits: well
+/// within the rules' pending and clear times, and more than the pipeline's latency at the
+/// default speed, which then never waits.
+const LAG: chrono::Duration = chrono::Duration::hours(6);
+
 /// Whether Redis has counted every message before `ends`.
 async fn counted(reader: &Store, ends: &LogEnds) -> Result<bool, crate::store::StoreError> {
     let parts: Vec<(&str, i32)> = ends.keys().map(|(t, p)| (t.as_str(), *p)).collect();
@@ -227,9 +232,9 @@ pub async fn demo(
     ])?;
     settings.kafka.brokers = kafka.bootstrap_servers();
     settings.redis.url = crate::config::Secret::new(redis.url());
-    settings.pipeline.batch_linger = Duration::from_millis(200);
+    settings.pipeline.batch_linger = Duration::from_millis(50);
     // Alerts on simulated time: a rule must hold half a day, be clear a day; figures lag the
-    // simulated clock by up to a step (`speed` × 250 ms), so silence needs 2 days.
+    // simulated clock by at most 6 hours and a step (`speed` × 250 ms), so silence needs 2 days.
     settings.alerts.view = View::Legacy63;
     settings.alerts.language = base.alerts.language;
     settings.alerts.receivers = base.alerts.receivers.clone();
@@ -330,7 +335,11 @@ pub async fn demo(
     let (mut records, mut procedures) = (0i64, 0i64);
     let history = scenario.history(&mut generator);
     tally(&history, &mut records, &mut procedures);
-    let mut ends = publish(&producer, &settings.kafka.topics, &history).await?;
+    // Where each step's messages ended in the log, oldest first, and the newest ends the
+    // figures must have reached before time moves on.
+    let mut required = publish(&producer, &settings.kafka.topics, &history).await?;
+    let mut sent: std::collections::VecDeque<(chrono::DateTime<chrono::Utc>, LogEnds)> =
+        Default::default();
     // A cold start: the rules run from now on, held by the evaluator until the figures are
     // current. The demo notes what the rules say once the history is counted, to tell false
     // alerts from true ones.
@@ -388,11 +397,17 @@ pub async fn demo(
         if options.duration.is_some_and(|d| started.elapsed() >= d) || last >= end {
             break;
         }
-        // Time moves a step only once the last step's events are counted: the season never
-        // outruns the counting, so the rules judge figures at most one step behind the clock,
-        // and a slow machine shows the same alerts and reports, later.
-        if !counted(&reader, &ends).await? {
-            continue;
+        // Time moves on only while the figures are at most LAG behind it: the season never
+        // outruns the counting, so the rules judge current figures, and a slow machine shows
+        // the same alerts and reports, later.
+        while sent.front().is_some_and(|(at, _)| *at <= last - LAG) {
+            required = sent.pop_front().expect("looked at").1;
+        }
+        while !counted(&reader, &required).await? {
+            if shutdown.is_cancelled() || options.duration.is_some_and(|d| started.elapsed() >= d) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let now = (last + step).min(end);
         simulated.set(now);
@@ -409,9 +424,11 @@ pub async fn demo(
         let batch = scenario.between(&mut generator, &mut rng, last, now);
         last = now;
         tally(&batch, &mut records, &mut procedures);
-        for (partition, at) in publish(&producer, &settings.kafka.topics, &batch).await? {
-            ends.insert(partition, at);
-        }
+        let mut ends = sent
+            .back()
+            .map_or_else(|| required.clone(), |(_, e)| e.clone());
+        ends.extend(publish(&producer, &settings.kafka.topics, &batch).await?);
+        sent.push_back((now, ends));
         if options.verbose && last_line.elapsed() >= Duration::from_secs(3) {
             last_line = tokio::time::Instant::now();
             if let Ok(snap) = reader.snapshot(now).await {
