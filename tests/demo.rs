@@ -2,9 +2,11 @@
 //! risk get at-risk alerts, the ones that had finished get none, the one that never started is
 //! reported silent, and every record and dossier published is counted exactly. The chat is
 //! told little and nothing false: no alert from the cold start that the caught-up figures do
-//! not support, no flaps, no digest over one Telegram message.
+//! not support, no flaps, no digest over one Telegram message. The `tiendo demo` command
+//! itself ends with the counts exact.
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -132,4 +134,35 @@ async fn the_2024_season_alerts_on_the_slow_provinces_and_not_the_finished_ones(
         .map(|e| e.code.clone())
         .collect();
     assert!(at_risk.is_subset(&listed), "{listed:?}");
+}
+
+/// `tiendo demo` as the quick start runs it (`scripts/demo` runs the release binary), for a
+/// few seconds: it serves the status page, tells what the chat got, and ends exact.
+#[test]
+fn the_demo_command_ends_with_the_counts_exact() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .args(["demo", "--speed", "86400", "--duration", "8"])
+        .args(["--http-listen", "127.0.0.1:0"])
+        .output()
+        .expect("tiendo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("status page: http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\nwhat the chat was told: notices: "),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("published ") && l.ends_with(": exact")),
+        "{stdout}"
+    );
 }
