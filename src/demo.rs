@@ -343,11 +343,12 @@ pub async fn demo(
     let (mut records, mut procedures) = (0i64, 0i64);
     let history = scenario.history(&mut generator);
     tally(&history, &mut records, &mut procedures);
-    // Where each step's messages ended in the log, oldest first, and the newest ends the
-    // figures must have reached before time moves on.
-    let mut required = publish(&producer, &settings.kafka.topics, &history).await?;
+    // Where the log ends after everything published so far; the same after each step, oldest
+    // first; and the ends the figures must have reached before time moves on.
+    let mut published = publish(&producer, &settings.kafka.topics, &history).await?;
     let mut sent: std::collections::VecDeque<(chrono::DateTime<chrono::Utc>, LogEnds)> =
         Default::default();
+    let mut required = published.clone();
     // A cold start: the rules run from now on, held by the evaluator until the figures are
     // current. The demo notes what the rules say once the history is counted, to tell false
     // alerts from true ones.
@@ -392,6 +393,8 @@ pub async fn demo(
         .map_or(scenario.end, |e| e.min(scenario.end));
 
     let started = tokio::time::Instant::now();
+    let over =
+        || shutdown.is_cancelled() || options.duration.is_some_and(|d| started.elapsed() >= d);
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = scenario.start;
@@ -401,7 +404,7 @@ pub async fn demo(
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        if options.duration.is_some_and(|d| started.elapsed() >= d) || last >= end {
+        if over() || last >= end {
             break;
         }
         // Time moves on only while the figures are at most LAG behind it: the season never
@@ -410,11 +413,11 @@ pub async fn demo(
         while sent.front().is_some_and(|(at, _)| *at <= last - LAG) {
             required = sent.pop_front().expect("looked at").1;
         }
-        while !counted(&reader, &required).await? {
-            if shutdown.is_cancelled() || options.duration.is_some_and(|d| started.elapsed() >= d) {
-                break;
-            }
+        while !counted(&reader, &required).await? && !over() {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if over() {
+            break;
         }
         let now = (last + step).min(end);
         simulated.set(now);
@@ -431,11 +434,8 @@ pub async fn demo(
         let batch = scenario.between(&mut generator, &mut rng, last, now);
         last = now;
         tally(&batch, &mut records, &mut procedures);
-        let mut ends = sent
-            .back()
-            .map_or_else(|| required.clone(), |(_, e)| e.clone());
-        ends.extend(publish(&producer, &settings.kafka.topics, &batch).await?);
-        sent.push_back((now, ends));
+        published.extend(publish(&producer, &settings.kafka.topics, &batch).await?);
+        sent.push_back((now, published.clone()));
         if options.verbose && last_line.elapsed() >= Duration::from_secs(3) {
             last_line = tokio::time::Instant::now();
             if let Ok(snap) = reader.snapshot(now).await {
