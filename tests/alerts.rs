@@ -15,9 +15,9 @@ use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use common::chat::{ChatServer, Reply};
-use common::{seed_stalls, stall_targets, Env};
+use common::{receiver, seed_stalls, stall_targets, Env};
 use tiendo::clock::{Clock, ManualClock, SharedClock};
-use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings, KAFKA_OUTBOX};
+use tiendo::config::{ReceiverKind, ReceiverSettings, Settings, KAFKA_OUTBOX};
 use tiendo::events::{v1, CodeScheme};
 use tiendo::notify::{Dispatcher, Sink};
 use tiendo::rules::evaluator::Evaluator;
@@ -25,17 +25,6 @@ use tiendo::rules::ledger::{Commit, Ledger, Silence, STARTED};
 use tiendo::status::View;
 use tiendo::store;
 use tiendo::targets::Targets;
-
-fn receiver(kind: ReceiverKind, url: &str) -> ReceiverSettings {
-    ReceiverSettings {
-        kind,
-        url: Secret::new(url),
-        token: Secret::new("123:SECRET"),
-        chat_id: "-100042".into(),
-        language: None,
-        max_chars: None,
-    }
-}
 
 struct Alerting {
     ledger: Ledger,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use common::{seed_stalls, stall_targets, Env};
+use common::{receiver, seed_stalls, stall_targets, store_and_ledger, Env};
 use tiendo::clock::{ManualClock, SharedClock};
 use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings};
 use tiendo::embedded::telegram::{BotApi, Sent};
@@ -32,12 +32,8 @@ fn settings(env: &Env, bot: &BotApi) -> Settings {
     s.alerts.receivers.insert(
         "tg".into(),
         ReceiverSettings {
-            kind: ReceiverKind::Telegram,
-            url: Secret::new(bot.url()),
-            token: Secret::new("123:SECRET"),
             chat_id: TASKFORCE.to_string(),
-            language: None,
-            max_chars: None,
+            ..receiver(ReceiverKind::Telegram, &bot.url())
         },
     );
     s.alerts.rules.pending_for = Duration::ZERO;
@@ -49,15 +45,10 @@ fn settings(env: &Env, bot: &BotApi) -> Settings {
 }
 
 async fn evaluator(s: &Settings, clock: SharedClock, now: DateTime<Utc>) -> Evaluator {
-    let conn = store::connect(&s.redis).await.unwrap();
+    let (store, ledger) = store_and_ledger(s).await;
     Evaluator::new(
-        store::Store::new(
-            conn.clone(),
-            &s.redis.key_prefix,
-            s.validation.datasets.clone(),
-            1,
-        ),
-        Ledger::new(conn, &s.redis.key_prefix),
+        store,
+        ledger,
         stall_targets(now, &s.validation.datasets),
         s.validation.datasets.clone(),
         s.alerts.clone(),

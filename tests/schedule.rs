@@ -14,14 +14,13 @@ use chrono::{Datelike, Duration as Span, NaiveDate, TimeZone, Utc, Weekday};
 use tokio_util::sync::CancellationToken;
 
 use common::chat::ChatServer;
-use common::{seed_stalls, stall_targets, Env};
+use common::{receiver, seed_stalls, stall_targets, store_and_ledger, Env};
 use tiendo::clock::{vn_offset, ManualClock, SharedClock};
-use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings};
+use tiendo::config::{ReceiverKind, ReceiverSettings, Settings};
 use tiendo::embedded::telegram::BotApi;
 use tiendo::report::schedule::{Posted, Poster};
-use tiendo::rules::ledger::{Commit, Ledger};
+use tiendo::rules::ledger::Commit;
 use tiendo::status::View;
-use tiendo::store;
 use tiendo::targets::Targets;
 
 /// The coming Monday in Vietnam, and a time of it.
@@ -45,29 +44,15 @@ fn coming_monday() -> (
 
 /// A replica's poster, on its own Redis connection.
 async fn poster(s: &Arc<Settings>, targets: &Targets, clock: &SharedClock) -> Poster {
-    let conn = store::connect(&s.redis).await.unwrap();
-    Poster::new(
-        store::Store::new(
-            conn.clone(),
-            &s.redis.key_prefix,
-            s.validation.datasets.clone(),
-            1,
-        ),
-        Ledger::new(conn, &s.redis.key_prefix),
-        targets.clone(),
-        s.clone(),
-        clock.clone(),
-    )
+    let (store, ledger) = store_and_ledger(s).await;
+    Poster::new(store, ledger, targets.clone(), s.clone(), clock.clone())
 }
 
-fn telegram(url: String) -> ReceiverSettings {
+/// The receivers here share a chat id the test checks.
+fn receiver_in(kind: ReceiverKind, url: &str) -> ReceiverSettings {
     ReceiverSettings {
-        kind: ReceiverKind::Telegram,
-        url: Secret::new(url),
-        token: Secret::new("123:SECRET"),
         chat_id: "-100111".into(),
-        language: None,
-        max_chars: None,
+        ..receiver(kind, url)
     }
 }
 
@@ -85,14 +70,12 @@ async fn the_scheduled_report_arrives_once_on_time_and_late_when_missed() {
     s.alerts.view = View::Current34;
     s.http.public_url = "https://tiendo.example.gov.vn".into();
     s.report.schedule = vec!["Mon 08:00".into()];
-    s.alerts.receivers.insert("tg".into(), telegram(bot.url()));
-    s.alerts.receivers.insert(
-        "sl".into(),
-        ReceiverSettings {
-            kind: ReceiverKind::Slack,
-            ..telegram(slack.url())
-        },
-    );
+    s.alerts
+        .receivers
+        .insert("tg".into(), receiver_in(ReceiverKind::Telegram, &bot.url()));
+    s.alerts
+        .receivers
+        .insert("sl".into(), receiver_in(ReceiverKind::Slack, &slack.url()));
     let s = Arc::new(s.validated().unwrap());
     let clock = ManualClock::new(start);
     let shared: SharedClock = clock.clone();
@@ -190,7 +173,9 @@ async fn the_report_goes_out_while_evaluations_commit_all_the_time() {
     let bot = BotApi::start().await.unwrap();
     let mut s = env.settings.clone();
     s.report.schedule = vec!["Mon 08:00".into()];
-    s.alerts.receivers.insert("tg".into(), telegram(bot.url()));
+    s.alerts
+        .receivers
+        .insert("tg".into(), receiver_in(ReceiverKind::Telegram, &bot.url()));
     let s = Arc::new(s.validated().unwrap());
     let clock = ManualClock::new(at(monday, 7, 59));
     let shared: SharedClock = clock.clone();
@@ -206,8 +191,7 @@ async fn the_report_goes_out_while_evaluations_commit_all_the_time() {
 
     // An evaluator of a busy deployment commits every 2 ms, much more often than a report
     // takes to check and build.
-    let conn = store::connect(&s.redis).await.unwrap();
-    let ledger = Ledger::new(conn, &s.redis.key_prefix);
+    let (_, ledger) = store_and_ledger(&s).await;
     let stop = CancellationToken::new();
     let commits = Arc::new(AtomicU64::new(0));
     let busy = tokio::spawn({

@@ -22,11 +22,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use tiendo::clock::{SharedClock, SystemClock};
-use tiendo::config::{Secret, Settings};
+use tiendo::config::{ReceiverKind, ReceiverSettings, Secret, Settings};
 use tiendo::embedded::{MockKafka, RedisServer};
 use tiendo::events::{channel_name, Channel, CodeScheme};
 use tiendo::generator::{publish, Generated, Generator};
 use tiendo::pipeline::Pipeline;
+use tiendo::rules::ledger::Ledger;
 use tiendo::store::{self, Snapshot, Store};
 
 pub const RECORD_PARTITIONS: i32 = 4;
@@ -359,6 +360,30 @@ pub struct Letter {
     /// The original size, when the payload was cut to fit the topic.
     pub truncated: String,
     pub bytes: usize,
+}
+
+/// A chat or webhook receiver at `url`, as the tests configure one.
+pub fn receiver(kind: ReceiverKind, url: &str) -> ReceiverSettings {
+    ReceiverSettings {
+        kind,
+        url: Secret::new(url),
+        token: Secret::new("123:SECRET"),
+        chat_id: "-100042".into(),
+        language: None,
+        max_chars: None,
+    }
+}
+
+/// A replica's store and alert ledger, on a Redis connection of their own.
+pub async fn store_and_ledger(s: &Settings) -> (Store, Ledger) {
+    let conn = store::connect(&s.redis).await.expect("redis");
+    let store = Store::new(
+        conn.clone(),
+        &s.redis.key_prefix,
+        s.validation.datasets.clone(),
+        1,
+    );
+    (store, Ledger::new(conn, &s.redis.key_prefix))
 }
 
 /// Targets 40 days out for four provinces of the 34-unit table.
