@@ -1,49 +1,91 @@
--- Applies one partition batch atomically: counter deltas, newest event times, dead-letter
--- counts and the partition's next offset, all or nothing.
+-- Applies partition batches: for each, its counter deltas, newest event times, dead-letter
+-- counts and next offset, all or nothing. One call carries every partition of a batch on a
+-- single Redis (one fsync under `appendfsync always`), or one partition on Redis Cluster.
 --
--- The offset is a compare-and-set fence: the caller says which offset it believes is stored
--- (-1 for none). If another consumer stored further (a zombie after a rebalance), or Redis
--- lost its last writes in a crash and holds an older offset, nothing is written and the
--- stored offset is returned so the caller resumes from it.
+-- Each partition's offset is a compare-and-set fence: the caller says which offset it believes
+-- is stored (-1 for none). If another consumer stored further (a zombie after a rebalance), or
+-- Redis lost its last writes in a crash and holds an older offset, nothing of that partition
+-- is written and the stored offset is returned so the caller resumes from it.
 --
--- KEYS[1] next offset, KEYS[2] totals, KEYS[3] newest times, KEYS[4] dead letters,
--- KEYS[5..] time buckets.
--- ARGV: expected stored offset, next, then n and n triples (key index, field, delta), then m and m pairs
--- (field, unix time), then k and k pairs (key index, ttl seconds).
-local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if stored ~= tonumber(ARGV[1]) then
-  return {0, stored}
-end
+-- ARGV[1]: the number of partitions. ARGV[2]: 1 when KEYS[1] is the directory of partition
+-- tags to add each partition's tag to, else 0. Then per partition: its key count, its tag
+-- (only with a directory), expected stored offset, next, then n and n triples (key index,
+-- field, delta), then m and m pairs (field, unix time), then k and k pairs (key index, unix
+-- time it expires at). A partition's keys follow the previous partition's: next offset, totals, newest
+-- times, dead letters, then time buckets; key indexes count from its first key, from 1.
+-- Returns a flat array of (1 stored | 0 fenced, offset) per partition.
+--
 -- New hashes get one long field so Redis stores them as hash tables at once: these hashes
 -- grow to hundreds of fields, and as listpacks (the default up to 512 fields) every update
 -- would scan them. Readers skip fields starting with '~'.
 local pin = string.rep('~', 80)
-for k = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[k]) == 0 then
-    redis.call('HSET', KEYS[k], '~', pin)
-  end
-end
+local partitions = tonumber(ARGV[1])
+local directory = ARGV[2] == '1'
+local base = directory and 1 or 0 -- KEYS before this partition's
 local i = 3
-local n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  redis.call('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
-  i = i + 3
-end
-n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  local current = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
-  if tonumber(ARGV[i + 1]) > current then
-    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+local out = {}
+for _ = 1, partitions do
+  local nkeys = tonumber(ARGV[i])
+  i = i + 1
+  if directory then
+    redis.call('SADD', KEYS[1], ARGV[i])
+    i = i + 1
   end
+  local keys = {} -- this partition's keys, by the indexes the arguments use
+  for k = 1, nkeys do
+    keys[tostring(k)] = KEYS[base + k]
+    keys[k] = KEYS[base + k]
+  end
+  local expected, next = tonumber(ARGV[i]), ARGV[i + 1]
   i = i + 2
+  local stored = tonumber(redis.call('GET', keys[1]) or '-1')
+  local apply = stored == expected
+  local created = {}
+  if apply then
+    for k = 2, nkeys do
+      if redis.call('EXISTS', keys[k]) == 0 then
+        redis.call('HSET', keys[k], '~', pin)
+        created[k] = true
+      end
+    end
+  end
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  if apply then
+    for j = i, i + 3 * (n - 1), 3 do
+      redis.call('HINCRBY', keys[ARGV[j]], ARGV[j + 1], ARGV[j + 2])
+    end
+  end
+  i = i + 3 * n
+  n = tonumber(ARGV[i])
+  i = i + 1
+  if apply then
+    local latest = keys[3]
+    for j = i, i + 2 * (n - 1), 2 do
+      local current = tonumber(redis.call('HGET', latest, ARGV[j]) or '0')
+      if tonumber(ARGV[j + 1]) > current then
+        redis.call('HSET', latest, ARGV[j], ARGV[j + 1])
+      end
+    end
+  end
+  i = i + 2 * n
+  n = tonumber(ARGV[i])
+  i = i + 1
+  if apply then
+    for j = i, i + 2 * (n - 1), 2 do
+      -- A bucket's end of life is fixed by its time, so it is set once, when it is made.
+      if created[tonumber(ARGV[j])] then
+        redis.call('EXPIREAT', keys[ARGV[j]], ARGV[j + 1])
+      end
+    end
+    redis.call('SET', keys[1], next)
+    out[#out + 1] = 1
+    out[#out + 1] = tonumber(next)
+  else
+    out[#out + 1] = 0
+    out[#out + 1] = stored
+  end
+  i = i + 2 * n
+  base = base + nkeys
 end
-n = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, n do
-  redis.call('EXPIRE', KEYS[tonumber(ARGV[i])], ARGV[i + 1])
-  i = i + 2
-end
-redis.call('SET', KEYS[1], ARGV[2])
-return {1, tonumber(ARGV[2])}
+return out

@@ -72,6 +72,13 @@ pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> 
     }
 }
 
+impl RedisConn {
+    /// A cluster takes one slot per script call; a single Redis takes a whole batch in one.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

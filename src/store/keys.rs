@@ -10,6 +10,33 @@ use crate::events::Kind;
 /// How many hash tags dedup claims are spread over.
 pub const DEDUP_SHARDS: u64 = 16;
 
+/// Bytes of a claim's field: an event id's digest.
+pub const CLAIM_ID_SIZE: usize = 14;
+
+/// Bytes of one packed claim sent to claim.lua: the id's digest, then the claimant's partition
+/// (4 bytes) and offset (8 bytes), big-endian.
+pub const CLAIM_SIZE: usize = CLAIM_ID_SIZE + 4 + 8;
+
+/// The week an event's claim is kept in: Vietnam days since the epoch, by seven. A week, not
+/// a day, so a batch of events spread over two months touches about 9 buckets per shard and
+/// kind rather than 60: each bucket costs a few Redis commands per batch.
+pub fn claim_week(at: i64) -> i64 {
+    Tier::Day.bucket(at).div_euclid(7)
+}
+
+/// The field an event id is claimed under: the first 14 bytes of its SHA-256. Ids are up to
+/// 128 characters, so a fixed short field keeps claims small: Redis stores a string under 32
+/// bytes with a 1-byte header and a terminator, so 14 bytes fill a 16-byte allocation. A
+/// cryptographic hash means no publisher can craft two ids that collide and so hide an event
+/// as a re-send; 112 bits make an accidental collision unlikely until about 10^16 events.
+pub fn claim_id(id: &str) -> [u8; CLAIM_ID_SIZE] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let mut out = [0u8; CLAIM_ID_SIZE];
+    out.copy_from_slice(&digest[..CLAIM_ID_SIZE]);
+    out
+}
+
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -76,9 +103,9 @@ impl Keys {
         fnv1a(id.as_bytes()) % DEDUP_SHARDS
     }
 
-    /// The claim bucket of one shard, kind and day (of the event's time).
-    pub fn dedup(&self, shard: u64, kind: Kind, day: i64) -> String {
-        format!("{}:{{dd{}}}:{}:{}", self.prefix, shard, kind.letter(), day)
+    /// The claim bucket of one shard, kind and week (of the event's time, see `claim_week`).
+    pub fn dedup(&self, shard: u64, kind: Kind, week: i64) -> String {
+        format!("{}:{{dd{}}}:{}w{}", self.prefix, shard, kind.letter(), week)
     }
 }
 
@@ -112,8 +139,17 @@ mod tests {
         // Changing the hash would split claims made before an upgrade from those after it.
         assert_eq!(Keys::dedup_shard("abc"), 0xe71fa2190541574b % DEDUP_SHARDS);
         assert_eq!(
-            Keys::new("t").dedup(3, Kind::Records, 20000),
-            "t:{dd3}:r:20000"
+            Keys::new("t").dedup(3, Kind::Records, 2857),
+            "t:{dd3}:rw2857"
+        );
+    }
+
+    #[test]
+    fn claim_id_is_stable() {
+        // Changing the digest would make claims made before an upgrade unrecognisable.
+        assert_eq!(
+            claim_id("e-1"),
+            *b"\xb9\x4f\x52\x31\x96\xaa\xac\xd8\xbd\xb9\xef\x0d\x8c\xf2"
         );
     }
 }

@@ -1,8 +1,11 @@
 //! Stage 4: Redis. Counter deltas are stored atomically with the Kafka offsets that produced
-//! them, one script call per partition batch; re-sent events are caught by dedup claims.
+//! them, per partition batch; re-sent events are caught by dedup claims. A batch costs two
+//! round trips and, on a single Redis, two script calls (claims, then counters): under
+//! `appendfsync always` Redis pays an fsync per event-loop pass that writes, so the number of
+//! calls, not only of commands, sets the speed. On a cluster, calls are per slot.
 //!
 //! Dedup claims are written before the counters, in their own round trip, and carry the
-//! claimant's coordinates (`partition:offset`). If the process dies between the claim and the
+//! claimant's coordinates (partition and offset). If the process dies between the claim and the
 //! counters, the replayed event finds its own claim and is counted; an event re-sent upstream
 //! finds someone else's claim and is not. So claims need no atomicity with the counters and
 //! may live in any slot, which lets dedup work across partitions.
@@ -17,7 +20,7 @@ use futures::future::try_join_all;
 use redis::Script;
 
 pub use conn::{connect, RedisConn};
-pub use keys::{Keys, PartitionKeys, DEDUP_SHARDS};
+pub use keys::{Keys, PartitionKeys, CLAIM_SIZE, DEDUP_SHARDS};
 pub use read::{Counts, Daily, Snapshot};
 
 use crate::aggregate::{Aggregate, Slot};
@@ -107,35 +110,49 @@ impl Store {
     /// Claims each event id; `true` where the event is new (or is this very message replayed),
     /// `false` where another message already claimed the id within the horizon.
     ///
-    /// A claim is a field (the event id) in a hash per shard and day of the event's time,
-    /// valued with the claimant's `partition:offset`: the same message replayed after a crash
-    /// finds its own value and is new again; a re-send (another offset) finds another value.
-    /// One script call per shard (see claim.lua), all sent together.
+    /// A claim is a field (the event id's digest) in a hash per shard and week of the event's
+    /// time, valued with the claimant's partition and offset: the same message replayed after a
+    /// crash finds its own value and is new again; a re-send (another offset) finds another
+    /// value. One script call (see claim.lua) on a single Redis; on a cluster, one per shard,
+    /// all sent together.
     pub async fn claim(&self, claims: &[Claim<'_>]) -> Result<Vec<bool>, StoreError> {
-        // shard → bucket (kind, day) → claims, with their positions in `claims`.
-        type Buckets<'a> = BTreeMap<(Kind, i64), Vec<(usize, &'a Claim<'a>)>>;
+        // shard → bucket (kind, week) → claims, with their positions in `claims`.
+        type Members<'a> = Vec<(usize, &'a Claim<'a>)>;
+        type Buckets<'a> = BTreeMap<(Kind, i64), Members<'a>>;
         let mut shards: BTreeMap<u64, Buckets<'_>> = BTreeMap::new();
         for (position, c) in claims.iter().enumerate() {
             shards
                 .entry(Keys::dedup_shard(c.id))
                 .or_default()
-                .entry((c.kind, Tier::Day.bucket(c.at)))
+                .entry((c.kind, keys::claim_week(c.at)))
                 .or_default()
                 .push((position, c));
         }
-        let calls = shards.into_iter().map(|(shard, buckets)| {
+        // Calls, each a list of (key, claims): every bucket in one call, or one call per
+        // shard's slot on a cluster.
+        let mut calls: Vec<Vec<(String, &Members<'_>)>> = Vec::new();
+        for (shard, buckets) in &shards {
+            if calls.is_empty() || self.conn.is_cluster() {
+                calls.push(Vec::new());
+            }
+            let call = calls.last_mut().expect("one call at least");
+            for ((kind, week), members) in buckets {
+                call.push((self.keys.dedup(*shard, *kind, *week), members));
+            }
+        }
+        let calls = calls.into_iter().map(|buckets| {
             let mut invocation = self.claim_script.prepare_invoke();
             invocation.arg(self.dedup_ttl);
             let mut positions = Vec::new();
-            for ((kind, day), members) in &buckets {
-                invocation.key(self.keys.dedup(shard, *kind, *day));
-                invocation.arg(members.len());
+            for (key, members) in buckets {
+                let mut packed = Vec::with_capacity(members.len() * CLAIM_SIZE);
                 for (position, c) in members {
-                    invocation
-                        .arg(c.id)
-                        .arg(format!("{}:{}", c.partition, c.offset));
+                    packed.extend_from_slice(&keys::claim_id(c.id));
+                    packed.extend_from_slice(&(c.partition as u32).to_be_bytes());
+                    packed.extend_from_slice(&c.offset.to_be_bytes());
                     positions.push(*position);
                 }
+                invocation.key(key).arg(packed);
             }
             let mut conn = self.conn.clone();
             async move {
@@ -159,8 +176,9 @@ impl Store {
         Ok(fresh)
     }
 
-    /// Applies each partition batch atomically with its offsets; one script call each, all
-    /// sent together.
+    /// Applies each partition batch atomically with its offsets: one script call for them all
+    /// on a single Redis, which also lists the partitions in the directory; on a cluster, one
+    /// call per partition and a directory update, all sent together.
     pub async fn apply(
         &self,
         batches: &[PartitionBatch<'_>],
@@ -175,39 +193,84 @@ impl Store {
             .iter()
             .map(|b| format!("{}/{}", b.topic, b.partition))
             .collect();
-        let mut conn = self.conn.clone();
-        let directory = self.keys.directory();
-        let listed = async move {
+        let calls: Vec<redis::ScriptInvocation<'_>> = if self.conn.is_cluster() {
+            batches
+                .iter()
+                .map(|b| self.invocation(&[b], None, now))
+                .collect()
+        } else {
+            let all: Vec<&PartitionBatch<'_>> = batches.iter().collect();
+            vec![self.invocation(&all, Some(&tags), now)]
+        };
+        let listed = async {
+            if !self.conn.is_cluster() {
+                return Ok(());
+            }
+            let mut conn = self.conn.clone();
             redis::cmd("SADD")
-                .arg(directory)
+                .arg(self.keys.directory())
                 .arg(&tags)
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(StoreError::from)
         };
-        let calls = batches.iter().map(|b| {
-            let invocation = self.invocation(b, now);
+        let calls = calls.into_iter().map(|invocation| {
             let mut conn = self.conn.clone();
             async move {
-                let (ok, offset): (i64, i64) = invocation.invoke_async(&mut conn).await?;
-                Ok::<_, StoreError>(if ok == 1 {
-                    Applied::Stored
-                } else {
-                    Applied::Fenced { stored: offset }
-                })
+                let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+                Ok::<_, StoreError>(reply)
             }
         });
-        let (_, applied) = futures::try_join!(listed, try_join_all(calls))?;
-        Ok(applied)
+        let (_, replies) = futures::try_join!(listed, try_join_all(calls))?;
+        let reply: Vec<i64> = replies.into_iter().flatten().collect();
+        if reply.len() != 2 * batches.len() {
+            return Err(StoreError::Reply(format!(
+                "{} values for {} partition batches",
+                reply.len(),
+                batches.len()
+            )));
+        }
+        Ok(reply
+            .chunks(2)
+            .map(|r| {
+                if r[0] == 1 {
+                    Applied::Stored
+                } else {
+                    Applied::Fenced { stored: r[1] }
+                }
+            })
+            .collect())
     }
 
-    fn invocation(&self, b: &PartitionBatch<'_>, now: i64) -> redis::ScriptInvocation<'_> {
-        let keys = self.keys.partition(b.topic, b.partition);
+    /// One apply.lua call for these partition batches; with `directory`, the call also adds
+    /// these tags (one per batch) to the partition directory.
+    fn invocation(
+        &self,
+        batches: &[&PartitionBatch<'_>],
+        directory: Option<&[String]>,
+        now: i64,
+    ) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
-        inv.key(keys.offset())
-            .key(keys.totals())
-            .key(keys.latest())
-            .key(keys.dead());
+        inv.arg(batches.len()).arg(u8::from(directory.is_some()));
+        if directory.is_some() {
+            inv.key(self.keys.directory());
+        }
+        for (n, b) in batches.iter().enumerate() {
+            self.section(&mut inv, b, directory.map(|tags| tags[n].as_str()), now);
+        }
+        inv
+    }
+
+    /// One partition's keys and arguments in an apply.lua call (see its header).
+    fn section(
+        &self,
+        inv: &mut redis::ScriptInvocation<'_>,
+        b: &PartitionBatch<'_>,
+        tag: Option<&str>,
+        now: i64,
+    ) {
+        let keys = self.keys.partition(b.topic, b.partition);
+        let mut own = vec![keys.offset(), keys.totals(), keys.latest(), keys.dead()];
         // Bucket keys are numbered after the four fixed ones (Lua indexes from 1).
         let mut bucket_index: HashMap<(Tier, i64), usize> = HashMap::new();
         let mut expiries: Vec<(usize, i64)> = Vec::new();
@@ -216,16 +279,22 @@ impl Store {
             let idx = match slot {
                 Slot::Total => 2,
                 Slot::Bucket(tier, n) => *bucket_index.entry((*tier, *n)).or_insert_with(|| {
-                    let idx = 5 + expiries.len();
-                    inv.key(keys.bucket(*tier, *n));
-                    expiries.push((idx, tier.ttl(*n, now).unwrap_or(1)));
-                    idx
+                    own.push(keys.bucket(*tier, *n));
+                    expiries.push((own.len(), now + tier.ttl(*n, now).unwrap_or(1)));
+                    own.len()
                 }),
             };
             incr.push((idx, field.render(&self.datasets), *delta));
         }
         for (reason, n) in &b.aggregate.dead {
             incr.push((4, reason.as_str().to_string(), *n));
+        }
+        inv.arg(own.len());
+        if let Some(tag) = tag {
+            inv.arg(tag);
+        }
+        for key in own {
+            inv.key(key);
         }
         inv.arg(b.expected).arg(b.next).arg(incr.len());
         for (idx, field, delta) in incr {
@@ -236,9 +305,8 @@ impl Store {
             inv.arg(field.render(&self.datasets)).arg(*at);
         }
         inv.arg(expiries.len());
-        for (idx, ttl) in expiries {
-            inv.arg(idx).arg(ttl);
+        for (idx, at) in expiries {
+            inv.arg(idx).arg(at);
         }
-        inv
     }
 }

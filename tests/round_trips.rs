@@ -1,0 +1,131 @@
+//! A batch's Redis writes cost two commands on a single Redis, whatever the batch holds: one
+//! script call for every dedup claim, then one for every partition's counters and offset.
+//! Under `appendfsync always` Redis pays an fsync per event-loop pass that writes, so this is
+//! what keeps strict durability fast. Counted with MONITOR, which shows each client command
+//! once and each command a script runs as coming from `lua`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use tiendo::config::{Secret, Settings};
+use tiendo::decode::Validator;
+use tiendo::embedded::RedisServer;
+use tiendo::generator::{Generated, Generator};
+use tiendo::pipeline::{Batch, Origin};
+use tiendo::store::{self, Applied, Store};
+
+const PARTITIONS: i32 = 4;
+const TOPICS: [&str; 2] = ["records", "procedures"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_two_commands_on_a_single_redis() {
+    let redis = RedisServer::start_with(&["--appendfsync", "always"]).expect("redis-server");
+    let mut settings = Settings::default();
+    settings.redis.url = Secret::new(redis.url());
+    let datasets = settings.validation.datasets.clone();
+    let validator = Validator::new(&settings.validation);
+    let store = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        "rt",
+        datasets.clone(),
+        3600,
+    );
+    let mut g = Generator::new(5, "rt", &datasets);
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut offsets = [[0i64; PARTITIONS as usize]; 2];
+    let mut stored: [[Option<i64>; PARTITIONS as usize]; 2] = [[None; PARTITIONS as usize]; 2];
+    // Events over 60 days on both topics and every partition, with re-sends among them: many
+    // claim buckets and many counter keys per batch.
+    let mut batch = || {
+        let now = Utc::now();
+        let mut batch = Batch::default();
+        let mut sent: Vec<Generated> = Vec::new();
+        for i in 0..2000 {
+            let at = now - chrono::Duration::seconds(rng.i64(0..60 * 86_400));
+            let m = if i % 10 == 0 && !sent.is_empty() {
+                sent[rng.usize(0..sent.len())].clone()
+            } else if i % 5 == 4 {
+                g.procedure(at)
+            } else {
+                g.record(at)
+            };
+            let t = m.kind() as usize;
+            let partition = rng.i32(0..PARTITIONS);
+            let offset = offsets[t][partition as usize];
+            offsets[t][partition as usize] += 1;
+            let from = Origin {
+                t,
+                kind: m.kind(),
+                topic: TOPICS[t],
+                partition,
+                offset,
+            };
+            batch.push(from, None, &m.encode(), &validator, now.timestamp());
+            sent.push(m);
+        }
+        batch
+    };
+    // The first batch loads the scripts (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
+    store_batch(&store, batch(), &mut stored).await;
+
+    let mut monitor = Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "monitor"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "OK");
+    for _ in 0..3 {
+        store_batch(&store, batch(), &mut stored).await;
+    }
+    // A marker, so the monitor is read up to here and no further.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("ECHO")
+        .arg("end-of-batches")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut from_client = Vec::new();
+    let mut from_scripts = 0;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("end-of-batches") {
+            break;
+        }
+        if line.contains(" lua] ") {
+            from_scripts += 1;
+        } else {
+            from_client.push(line.split('"').nth(1).unwrap_or_default().to_string());
+        }
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    assert_eq!(
+        from_client, ["EVALSHA"; 6],
+        "3 batches, each one claim call and one apply call"
+    );
+    assert!(
+        from_scripts > 3 * 2000,
+        "{from_scripts} commands from scripts"
+    );
+}
+
+/// Stores a batch as the pipeline does, fenced on the offsets stored before.
+async fn store_batch(
+    store: &Store,
+    mut batch: Batch,
+    stored: &mut [[Option<i64>; PARTITIONS as usize]; 2],
+) {
+    batch.retain_parts(|p| {
+        p.expected = stored[p.t][p.partition as usize];
+        true
+    });
+    for (part, outcome) in batch.store(store, Utc::now().timestamp()).await.unwrap() {
+        assert_eq!(outcome.applied, Applied::Stored);
+        stored[part.t][part.partition as usize] = Some(part.next);
+    }
+}
