@@ -79,7 +79,10 @@ async fn main() {
         .unwrap_or(Settings::default().pipeline.batch_max_messages);
     // AOF on (everysec), as exactness across Redis crashes needs; AOF=no to compare.
     let aof = std::env::var("AOF").unwrap_or_else(|_| "yes".into());
-    let redis = RedisServer::start_with(&["--appendonly", &aof]).expect("redis-server");
+    // FSYNC=always for the strictest durability (one fsync per event-loop pass that writes).
+    let fsync = std::env::var("FSYNC").unwrap_or_else(|_| "everysec".into());
+    let redis = RedisServer::start_with(&["--appendonly", &aof, "--appendfsync", &fsync])
+        .expect("redis-server");
     let mut settings = Settings::default();
     settings.redis.url = tiendo::config::Secret::new(redis.url());
     let datasets = settings.validation.datasets.clone();
@@ -96,12 +99,19 @@ async fn main() {
     let now = Utc::now();
     // What Redis must hold afterwards, from the events themselves (every id is new).
     let (mut expected_records, mut expected_procedures) = (0i64, 0i64);
+    // SPREAD_DAYS=60 spreads event times over that many days back, as a backfill would.
+    let spread_days: i64 = std::env::var("SPREAD_DAYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut rng = fastrand::Rng::with_seed(17);
     let messages: Vec<(Kind, i32, Vec<u8>)> = (0..events)
         .map(|i| {
+            let at = now - chrono::Duration::seconds(rng.i64(0..=spread_days * 86_400));
             let m = if i % 5 == 4 {
-                g.procedure(now)
+                g.procedure(at)
             } else {
-                g.record(now)
+                g.record(at)
             };
             match &m {
                 Generated::Record(r) => expected_records += r.record_count as i64,
@@ -193,7 +203,7 @@ async fn main() {
     let got_procedures = status.national.procedures.completed;
     let exact = (got_records, got_procedures) == (expected_records, expected_procedures);
     let rate = events as f64 / elapsed;
-    println!("tiendo core benchmark (decode + aggregate + Redis, dedup on, batch {batch_size})");
+    println!("tiendo core benchmark (decode + aggregate + Redis, dedup on, batch {batch_size}, appendonly {aof}, appendfsync {fsync}, event times over {spread_days} days)");
     println!(
         "  events            {events} ({:.1} MiB encoded, {PARTITIONS} partitions x 2 topics)",
         bytes as f64 / 1048576.0

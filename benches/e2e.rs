@@ -1,8 +1,13 @@
-//! End-to-end benchmark through a real Kafka-protocol broker (Tansu; see `scripts/bench`):
-//! publish pre-encoded events, then time a consume-only baseline and the tiendo pipeline on
-//! the same broker and data, in the same run. Completion is checked by counting (Tansu's high
-//! watermarks under-report): the baseline counts messages, tiendo's Redis totals must equal
-//! what was published, or the benchmark exits non-zero. Needs TIENDO_BENCH_BROKERS=host:port.
+//! End-to-end benchmark through a real Kafka-protocol broker (Tansu; see `scripts/bench`).
+//! Two data sets are published, both with 3% re-sends: events of today, and events spread over
+//! 60 days. On each, in one run: a consume-only baseline, then `tiendo run` (the release
+//! binary, configured by environment) on a fresh Redis with `appendfsync everysec`, then with
+//! `always`, each printed against its goal with Redis memory per event and tiendo's resident
+//! memory. Then the event-to-Redis latency at half the first measured rate. Completion is
+//! checked by counting (Tansu's high watermarks under-report): the baseline counts messages,
+//! tiendo's Redis totals must equal what was published less the re-sends, or the benchmark
+//! exits non-zero. Needs TIENDO_BENCH_BROKERS=host:port; EVENTS and DATA (today or spread)
+//! change the size and the data sets.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,18 +16,34 @@ use chrono::Utc;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use tokio_util::sync::CancellationToken;
 
-use tiendo::clock::SystemClock;
-use tiendo::config::{Secret, Settings};
+use tiendo::config::{Secret, Settings, TopicSettings};
 use tiendo::embedded::RedisServer;
 use tiendo::generator::{publish, Generated, Generator};
-use tiendo::pipeline::Pipeline;
 use tiendo::status::{Status, View};
 use tiendo::store::{self, Store};
 use tiendo::targets::Targets;
 
-const TARGET_RATIO: f64 = 0.8;
+/// Goals, as shares of the consume-only baseline, per Redis `appendfsync`.
+const GOALS: [(&str, f64); 2] = [("everysec", 0.95), ("always", 0.85)];
+/// Share of messages that are re-sends of an earlier one (same payload, so same event id).
+const RESENDS: f64 = 0.03;
+/// Event times of the spread data go back this many days.
+const SPREAD_DAYS: i64 = 60;
+/// tiendo's resident memory must stay below this, flat over the run.
+const RSS_GOAL_MIB: u32 = 150;
+/// How long the latency run publishes.
+const LATENCY_SECS: f64 = 10.0;
+
+/// What was published to one pair of topics, and what tiendo must count from it.
+struct Data {
+    name: &'static str,
+    topics: TopicSettings,
+    messages: usize,
+    events: usize,
+    records: i64,
+    procedures: i64,
+}
 
 #[tokio::main]
 async fn main() {
@@ -35,20 +56,103 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
     let run = format!("b{}", std::process::id());
-    let redis = RedisServer::start().expect("redis-server");
-    let mut settings = Settings::default();
-    settings.kafka.brokers = brokers.clone();
-    settings.kafka.group_id = format!("{run}-tiendo");
-    settings.kafka.topics.records = format!("{run}.records");
-    settings.kafka.topics.procedures = format!("{run}.procedures");
-    settings.kafka.topics.dead_letter = format!("{run}.dlq");
-    settings.redis.url = Secret::new(redis.url());
-    settings.http.listen = String::new();
-    let settings = settings.validated().unwrap();
-    let topics = settings.kafka.topics.clone();
+    let mut base = Settings::default();
+    base.kafka.brokers = brokers.clone();
+    base.http.listen = String::new();
+    println!(
+        "tiendo end-to-end benchmark through Tansu at {brokers}: {events} events per data set, \
+         9 partitions, batch {}",
+        base.pipeline.batch_max_messages
+    );
+    // DATA=today or DATA=spread runs one data set (for long runs such as EVENTS=10000000).
+    let only = std::env::var("DATA").unwrap_or_default();
+    let mut failed = false;
+    let mut max_rate: Option<f64> = None;
+    for (name, spread) in [("today", false), ("spread", true)] {
+        if !only.is_empty() && only != name {
+            continue;
+        }
+        let data = publish_data(&base, &run, name, spread, events).await;
+        let baseline = baseline(&brokers, &run, &data).await;
+        println!(
+            "  {name}: {} messages ({} re-sent), event times {}",
+            data.messages,
+            data.messages - data.events,
+            if spread {
+                format!("over {SPREAD_DAYS} days")
+            } else {
+                "now".into()
+            }
+        );
+        println!("    consume only          {baseline:>8.0} msg/s");
+        for (fsync, goal) in GOALS {
+            let outcome = tiendo(&base, &run, &data, fsync).await;
+            let rate = data.messages as f64 / outcome.secs;
+            max_rate.get_or_insert(rate);
+            println!(
+                "    tiendo, {fsync:<9}     {rate:>8.0} msg/s  ratio {:.2} (goal {goal:.2})  \
+                 redis {:.0} bytes/event  exact {}",
+                rate / baseline,
+                outcome.bytes_per_event,
+                if outcome.exact { "yes" } else { "NO" }
+            );
+            println!(
+                "      tiendo RSS {:.0} MiB at a quarter of the run, {:.0} MiB at its end, \
+                 {:.0} MiB at most (goal: flat, below {RSS_GOAL_MIB} MiB)",
+                outcome.rss.quarter, outcome.rss.end, outcome.rss.max
+            );
+            failed |= !outcome.exact;
+        }
+    }
+    if let Some(rate) = max_rate {
+        let half = rate / 2.0;
+        let (from_send, from_ack) = latency(&base, &run, half, LATENCY_SECS).await;
+        let q = |lat: &[f64], q: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+                .map_or(f64::NAN, |s| s * 1e3)
+        };
+        if from_send.is_empty() {
+            eprintln!("latency run: no message reached Redis");
+            failed = true;
+        } else {
+            println!(
+                "  latency at half the maximum rate ({half:.0} msg/s for {LATENCY_SECS} s, {} \
+                 messages, appendfsync everysec, batch linger {} ms):",
+                from_send.len(),
+                base.pipeline.batch_linger.as_millis()
+            );
+            for (name, lat) in [("from send", &from_send), ("from broker ack", &from_ack)] {
+                println!(
+                    "    {name:<16} to Redis: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                    q(lat, 0.5),
+                    q(lat, 0.99),
+                    q(lat, 1.0)
+                );
+            }
+        }
+    }
+    if failed {
+        eprintln!("end-to-end benchmark: the counts are wrong; its figures mean nothing");
+        std::process::exit(1);
+    }
+}
 
+/// Publishes `events` distinct events plus re-sends to fresh topics.
+async fn publish_data(
+    base: &Settings,
+    run: &str,
+    name: &'static str,
+    spread: bool,
+    events: usize,
+) -> Data {
+    let topics = TopicSettings {
+        records: format!("{run}.{name}.records"),
+        procedures: format!("{run}.{name}.procedures"),
+        dead_letter: format!("{run}.{name}.dlq"),
+        alerts: String::new(),
+    };
     let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", &base.kafka.brokers)
         .create()
         .unwrap();
     let new = [
@@ -63,78 +167,102 @@ async fn main() {
     {
         r.expect("topic created");
     }
-
-    // Publish: what was sent is what must be counted.
-    let datasets = settings.validation.datasets.clone();
-    let mut g = Generator::new(11, &run, &datasets);
+    let datasets = base.validation.datasets.clone();
+    let mut g = Generator::new(11, &format!("{run}{name}"), &datasets);
+    let mut rng = fastrand::Rng::with_seed(17);
     let now = Utc::now();
-    let messages: Vec<Generated> = (0..events)
-        .map(|i| {
-            if i % 5 == 4 {
-                g.procedure(now)
-            } else {
-                g.record(now)
+    let mut messages: Vec<Generated> = Vec::with_capacity(events + events / 30);
+    let (mut records, mut procedures) = (0i64, 0i64);
+    for i in 0..events {
+        let at = if spread {
+            now - chrono::Duration::seconds(rng.i64(0..SPREAD_DAYS * 86_400))
+        } else {
+            now
+        };
+        let m = if i % 5 == 4 {
+            procedures += 1;
+            g.procedure(at)
+        } else {
+            let m = g.record(at);
+            if let Generated::Record(r) = &m {
+                records += r.record_count as i64;
             }
-        })
-        .collect();
-    let records: i64 = messages
-        .iter()
-        .map(|m| match m {
-            Generated::Record(r) => r.record_count as i64,
-            _ => 0,
-        })
-        .sum();
-    let procedures = messages
-        .iter()
-        .filter(|m| matches!(m, Generated::Procedure(_)))
-        .count() as i64;
-    let producer = tiendo::source::producer(&settings.kafka).unwrap();
-    let t = Instant::now();
+            m
+        };
+        messages.push(m);
+        if !messages.is_empty() && rng.f64() < RESENDS {
+            let earlier = messages[rng.usize(0..messages.len())].clone();
+            messages.push(earlier);
+        }
+    }
+    let producer = tiendo::source::producer(&base.kafka).unwrap();
     for chunk in messages.chunks(10_000) {
         publish(&producer, &topics, chunk).await.expect("publish");
     }
-    let publish_secs = t.elapsed().as_secs_f64();
-    drop(messages);
+    Data {
+        name,
+        topics,
+        messages: messages.len(),
+        events,
+        records,
+        procedures,
+    }
+}
 
-    // Baseline: consume only, count messages.
+/// Messages per second a plain consumer reads, counting them (Tansu's watermarks under-report).
+async fn baseline(brokers: &str, run: &str, data: &Data) -> f64 {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{run}-baseline"))
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{run}-{}-baseline", data.name))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
     consumer
-        .subscribe(&[&topics.records, &topics.procedures])
+        .subscribe(&[&data.topics.records, &data.topics.procedures])
         .unwrap();
     let t = Instant::now();
     let mut seen = 0usize;
-    while seen < events {
+    while seen < data.messages {
         match tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await {
             Ok(Ok(_)) => seen += 1,
             Ok(Err(e)) => eprintln!("baseline consume error: {e}"),
-            Err(_) => panic!("baseline stalled at {seen} of {events}"),
+            Err(_) => panic!("baseline stalled at {seen} of {}", data.messages),
         }
     }
-    let baseline_secs = t.elapsed().as_secs_f64();
-    drop(consumer);
+    data.messages as f64 / t.elapsed().as_secs_f64()
+}
 
-    // tiendo: the real pipeline, until Redis holds exactly what was published.
+struct Outcome {
+    secs: f64,
+    exact: bool,
+    bytes_per_event: f64,
+    rss: Rss,
+}
+
+/// `tiendo run`, the release binary, on a fresh Redis with this `appendfsync`, until Redis
+/// holds exactly what was published (or 10 minutes pass). Its resident memory is sampled.
+async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome {
+    let redis = RedisServer::start_with(&["--appendfsync", fsync]).expect("redis-server");
+    let mut settings = base.clone();
+    settings.kafka.topics = data.topics.clone();
+    settings.redis.url = Secret::new(redis.url());
+    let datasets = settings.validation.datasets.clone();
     let reader = Store::new(
         store::connect(&settings.redis).await.unwrap(),
         &settings.redis.key_prefix,
         datasets.clone(),
         1,
     );
-    let pipeline = Pipeline::new(&settings, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let stop = CancellationToken::new();
+    let before = used_memory(&redis.url()).await;
     let t = Instant::now();
-    let task = tokio::spawn(pipeline.run(stop.clone()));
+    let child = Tiendo::start(&settings, &format!("{run}-{}-{fsync}", data.name));
+    let mut rss = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(600);
-    let (got_records, got_procedures) = loop {
+    let want = (data.records, data.procedures);
+    let got = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        rss.push(child.rss());
         let snap = reader.snapshot(Utc::now()).await.unwrap();
         let status = Status::build(&snap, &Targets::default(), &datasets, View::Current34);
         let got = (
@@ -146,37 +274,229 @@ async fn main() {
                 .sum::<i64>(),
             status.national.procedures.completed,
         );
-        if got == (records, procedures) || Instant::now() > deadline {
+        if got == want || Instant::now() > deadline {
             break got;
         }
     };
-    let tiendo_secs = t.elapsed().as_secs_f64();
-    stop.cancel();
-    let _ = task.await;
-
-    let baseline = events as f64 / baseline_secs;
-    let tiendo = events as f64 / tiendo_secs;
-    println!(
-        "tiendo end-to-end benchmark through Tansu at {brokers} ({events} events, 9 partitions)"
-    );
-    println!(
-        "  publish           {:.0} events/s",
-        events as f64 / publish_secs
-    );
-    println!(
-        "  consume only      {baseline:.0} events/s ({baseline_secs:.2} s, group join included)"
-    );
-    println!("  tiendo            {tiendo:.0} events/s ({tiendo_secs:.2} s, group join included)");
-    println!(
-        "  ratio             {:.2} (target {TARGET_RATIO})",
-        tiendo / baseline
-    );
-    println!(
-        "  exact             {} (records {got_records} of {records}, procedures {got_procedures} of {procedures})",
-        if (got_records, got_procedures) == (records, procedures) { "yes" } else { "NO" }
-    );
-    if (got_records, got_procedures) != (records, procedures) {
-        eprintln!("end-to-end benchmark: the counts are wrong; its figures mean nothing");
-        std::process::exit(1);
+    let secs = t.elapsed().as_secs_f64();
+    drop(child);
+    let after = used_memory(&redis.url()).await;
+    if got != want {
+        eprintln!("{} {fsync}: counted {got:?}, published {want:?}", data.name);
     }
+    Outcome {
+        secs,
+        exact: got == want,
+        bytes_per_event: (after - before) as f64 / data.events as f64,
+        rss: Rss::of(&rss),
+    }
+}
+
+/// Resident memory of tiendo over a run, in MiB: at a quarter of the run, at its end, and
+/// the most. Flat means the end is no higher than the quarter.
+struct Rss {
+    quarter: f64,
+    end: f64,
+    max: f64,
+}
+
+impl Rss {
+    fn of(samples: &[f64]) -> Rss {
+        Rss {
+            quarter: samples.get(samples.len() / 4).copied().unwrap_or(0.0),
+            end: samples.last().copied().unwrap_or(0.0),
+            max: samples.iter().copied().fold(0.0, f64::max),
+        }
+    }
+}
+
+/// A `tiendo run` child, configured through the environment as a deployment would be;
+/// killed when dropped.
+struct Tiendo(std::process::Child);
+
+impl Tiendo {
+    fn start(s: &Settings, group: &str) -> Tiendo {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tiendo"))
+            .arg("run")
+            .env("TIENDO_KAFKA__BROKERS", &s.kafka.brokers)
+            .env("TIENDO_KAFKA__GROUP_ID", group)
+            .env("TIENDO_KAFKA__TOPICS__RECORDS", &s.kafka.topics.records)
+            .env(
+                "TIENDO_KAFKA__TOPICS__PROCEDURES",
+                &s.kafka.topics.procedures,
+            )
+            .env(
+                "TIENDO_KAFKA__TOPICS__DEAD_LETTER",
+                &s.kafka.topics.dead_letter,
+            )
+            .env("TIENDO_REDIS__URL", s.redis.url.expose())
+            .env("TIENDO_HTTP__LISTEN", "")
+            .env("TIENDO_LOG__FILTER", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("tiendo binary starts");
+        Tiendo(child)
+    }
+
+    /// Resident set size in MiB.
+    fn rss(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Tiendo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Event-to-Redis latency at `rate` messages per second for `secs`: each message from the
+/// moment it is handed to the producer until Redis's stored offset for its partition passes
+/// it (offsets read every 5 ms), and from the broker's acknowledgement of it. Returns both
+/// lists of latencies in seconds, sorted.
+async fn latency(base: &Settings, run: &str, rate: f64, secs: f64) -> (Vec<f64>, Vec<f64>) {
+    let data = publish_data(base, run, "latency", false, 0).await;
+    let redis = RedisServer::start().expect("redis-server");
+    let mut settings = base.clone();
+    settings.kafka.topics = data.topics.clone();
+    settings.redis.url = Secret::new(redis.url());
+    let reader = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        &settings.redis.key_prefix,
+        settings.validation.datasets.clone(),
+        1,
+    );
+    let _child = Tiendo::start(&settings, &format!("{run}-latency"));
+    let producer = tiendo::source::producer(&base.kafka).unwrap();
+    let mut g = Generator::new(13, &format!("{run}lat"), &base.validation.datasets);
+    let parts: Vec<(String, i32)> = (0..6)
+        .map(|p| (data.topics.records.clone(), p))
+        .chain((0..3).map(|p| (data.topics.procedures.clone(), p)))
+        .collect();
+    let refs: Vec<(&str, i32)> = parts.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    // Wait until tiendo has joined and counts: one message, counted.
+    let warm = publish(&producer, &data.topics, &[g.record(Utc::now())])
+        .await
+        .expect("publish");
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = reader.offsets(&refs).await.unwrap();
+        let done = warm.iter().all(|((t, p), end)| {
+            let i = parts.iter().position(|x| x.0 == *t && x.1 == *p).unwrap();
+            stored[i].unwrap_or(0) >= *end
+        });
+        if done || Instant::now() > warm_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Publish at the rate in 10 ms ticks; note each message's (partition, offset, sent).
+    let sent = Arc::new(std::sync::Mutex::new(
+        Vec::<(usize, i64, Instant, Instant)>::new(),
+    ));
+    let ticks = (secs * 100.0) as usize;
+    let per_tick = (rate / 100.0).max(1.0) as usize;
+    let publisher = {
+        let sent = sent.clone();
+        let topics = data.topics.clone();
+        let parts = parts.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(10));
+            let mut sends = Vec::new();
+            for _ in 0..ticks {
+                interval.tick().await;
+                for i in 0..per_tick {
+                    let m = if i % 5 == 4 {
+                        g.procedure(Utc::now())
+                    } else {
+                        g.record(Utc::now())
+                    };
+                    let (topic, key, payload) = (
+                        match m.kind() {
+                            tiendo::events::Kind::Records => topics.records.clone(),
+                            tiendo::events::Kind::Procedures => topics.procedures.clone(),
+                        },
+                        m.key(),
+                        m.encode(),
+                    );
+                    let producer = producer.clone();
+                    let sent = sent.clone();
+                    let parts = parts.clone();
+                    let at = Instant::now();
+                    sends.push(tokio::spawn(async move {
+                        let record = rdkafka::producer::FutureRecord::to(&topic)
+                            .key(&key)
+                            .payload(&payload);
+                        let d = producer
+                            .send(record, Duration::from_secs(30))
+                            .await
+                            .expect("delivered");
+                        let i = parts
+                            .iter()
+                            .position(|x| x.0 == topic && x.1 == d.partition)
+                            .unwrap();
+                        sent.lock().unwrap().push((i, d.offset, at, Instant::now()));
+                    }));
+                }
+            }
+            for s in sends {
+                s.await.unwrap();
+            }
+        })
+    };
+    // Watch the stored offsets; a message is in Redis once its partition's offset passes it.
+    let mut reached: Vec<Vec<Instant>> = vec![Vec::new(); parts.len()];
+    let mut last = vec![0i64; parts.len()];
+    let deadline = Instant::now() + Duration::from_secs_f64(secs + 60.0);
+    loop {
+        let stored = reader.offsets(&refs).await.unwrap();
+        let now = Instant::now();
+        for (i, s) in stored.iter().enumerate() {
+            let s = s.unwrap_or(0);
+            while last[i] < s {
+                reached[i].push(now);
+                last[i] += 1;
+            }
+        }
+        let published = sent.lock().unwrap().len();
+        if (publisher.is_finished() && published + warm.len() <= reached.iter().map(Vec::len).sum())
+            || now > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (mut from_send, mut from_ack) = (Vec::new(), Vec::new());
+    for (i, offset, at, acked) in sent.lock().unwrap().iter() {
+        if let Some(r) = reached[*i].get(*offset as usize) {
+            from_send.push(r.saturating_duration_since(*at).as_secs_f64());
+            from_ack.push(r.saturating_duration_since(*acked).as_secs_f64());
+        }
+    }
+    from_send.sort_by(f64::total_cmp);
+    from_ack.sort_by(f64::total_cmp);
+    (from_send, from_ack)
+}
+
+async fn used_memory(url: &str) -> i64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
