@@ -52,20 +52,6 @@ fn own_cpu() -> f64 {
     ticks / 100.0
 }
 
-async fn used_memory(url: &str) -> i64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::main]
 async fn main() {
     let events: usize = std::env::var("EVENTS")
@@ -130,7 +116,7 @@ async fn main() {
         .collect();
     let bytes: usize = messages.iter().map(|m| m.2.len()).sum();
     let topics = ["records", "procedures"];
-    let before = used_memory(&redis.url()).await;
+    let before = redis.used_memory().unwrap();
 
     let (redis_cpu_before, own_cpu_before) = (redis_cpu(&redis.url()).await, own_cpu());
     let started = Instant::now();
@@ -185,7 +171,7 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let redis_cpu = redis_cpu(&redis.url()).await - redis_cpu_before;
     let own_cpu = own_cpu() - own_cpu_before;
-    let after = used_memory(&redis.url()).await;
+    let after = redis.used_memory().unwrap();
 
     if std::env::var("COMMANDSTATS").is_ok() {
         let client = redis::Client::open(redis.url()).unwrap();

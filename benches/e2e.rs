@@ -254,7 +254,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         datasets.clone(),
         1,
     );
-    let before = used_memory(&redis.url()).await;
+    let before = redis.used_memory().unwrap();
     let t = Instant::now();
     let child = Tiendo::start(&settings, &format!("{run}-{}-{fsync}", data.name));
     let mut rss = Vec::new();
@@ -280,7 +280,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
     };
     let secs = t.elapsed().as_secs_f64();
     drop(child);
-    let after = used_memory(&redis.url()).await;
+    let after = redis.used_memory().unwrap();
     if got != want {
         eprintln!("{} {fsync}: counted {got:?}, published {want:?}", data.name);
     }
@@ -485,18 +485,4 @@ async fn latency(base: &Settings, run: &str, rate: f64, secs: f64) -> (Vec<f64>,
     from_send.sort_by(f64::total_cmp);
     from_ack.sort_by(f64::total_cmp);
     (from_send, from_ack)
-}
-
-async fn used_memory(url: &str) -> i64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }

@@ -69,6 +69,18 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Bytes Redis has allocated (`used_memory`), for benchmarks' memory per event.
+    pub fn used_memory(&self) -> redis::RedisResult<i64> {
+        let mut conn = redis::Client::open(self.url())?.get_connection()?;
+        let info: String = redis::cmd("INFO").arg("memory").query(&mut conn)?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "no used_memory"))
+            })
+    }
+
     /// The data directory (the AOF lives in its `appendonlydir`).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
