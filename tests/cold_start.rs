@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use common::chat::ChatServer;
-use common::{season_until_now, Env};
+use common::{season_until_now, signal, Env};
 use tiendo::rules::{evaluate, Rule};
 use tiendo::status::{Status, View};
 use tiendo::targets::Targets;
@@ -22,11 +22,7 @@ use tiendo::targets::Targets;
 /// SIGTERM to each replica, as Kubernetes stops a pod; each must leave cleanly.
 fn stop(children: Vec<Child>) {
     for child in &children {
-        let sent = std::process::Command::new("kill")
-            .args(["-s", "TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
+        signal(child, "TERM");
     }
     for mut child in children {
         let status = child.wait().unwrap();

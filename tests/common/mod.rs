@@ -511,6 +511,15 @@ impl Expected {
     }
 }
 
+/// Sends a signal (`TERM`, `STOP`, `CONT`…) to a child process, as `kill -s` would.
+pub fn signal(child: &std::process::Child, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args(["-s", name, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -s {name} failed");
+}
+
 /// A mixed stream of `n` valid events at the current time: mostly records, some procedures.
 pub fn events(g: &mut Generator, n: usize) -> Vec<Generated> {
     let now = Utc::now();

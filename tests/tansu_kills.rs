@@ -1,0 +1,224 @@
+//! The real-broker suite: `tiendo run` replicas on Tansu, an independent Kafka-protocol broker.
+//! Kill tests use static membership (`group.instance.id`; Tansu never expires a member that
+//! died, so a restarted replica takes its partitions back under the same id); scaling uses
+//! dynamic members, which leave the group when stopped. Events are published by a
+//! plain rdkafka producer built here, not tiendo's own publishing code, and the expected
+//! figures are computed here from what was sent, per unit, dataset, channel and window.
+
+mod common;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use common::{signal, Env, Expected};
+use tiendo::config::TopicSettings;
+use tiendo::events::Kind;
+use tiendo::generator::Generated;
+use tiendo::store::Snapshot;
+
+const EVENTS: usize = 1_000_000;
+const KILLS: usize = 20;
+/// Re-sends among the published messages, by one in this many.
+const RESEND_EVERY: usize = 33;
+
+/// A replica with a fixed instance id, as a StatefulSet pod would have.
+fn replica(env: &Env, id: usize) -> Child {
+    member(env)
+        .env("TIENDO_KAFKA__GROUP_INSTANCE_ID", format!("replica-{id}"))
+        .spawn()
+        .expect("tiendo starts")
+}
+
+/// A replica without an instance id: a dynamic member, which leaves the group when stopped.
+/// Scaling down needs these: a static member does not leave (its partitions wait for the
+/// session to expire, which Tansu never does).
+fn dynamic_replica(env: &Env) -> Child {
+    member(env).spawn().expect("tiendo starts")
+}
+
+/// `tiendo run` with Kafka's default group timeouts. A static member's first join takes about
+/// 6 s on Tansu: with the test env's 6 s session timeout the group never settled (every
+/// partition revoked half a second after assignment, for minutes).
+fn member(env: &Env) -> std::process::Command {
+    let mut cmd = env.process_command();
+    cmd.env(
+        "TIENDO_KAFKA__CONSUMER_PROPERTIES__SESSION_TIMEOUT_MS",
+        "45000",
+    )
+    .env(
+        "TIENDO_KAFKA__CONSUMER_PROPERTIES__HEARTBEAT_INTERVAL_MS",
+        "3000",
+    )
+    .env(
+        "TIENDO_KAFKA__CONSUMER_PROPERTIES__MAX_POLL_INTERVAL_MS",
+        "300000",
+    )
+    .env("TIENDO_PIPELINE__BATCH_MAX_MESSAGES", "5000");
+    cmd
+}
+
+/// A producer that shares no code with tiendo.
+fn independent_producer(env: &Env) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", env.settings.kafka.brokers.as_str())
+        .set("linger.ms", "20")
+        .set("acks", "all")
+        .create()
+        .expect("producer")
+}
+
+async fn send_all(producer: &FutureProducer, topics: &TopicSettings, messages: &[Generated]) {
+    let sends = messages.iter().map(|m| {
+        let topic = match m.kind() {
+            Kind::Records => &topics.records,
+            Kind::Procedures => &topics.procedures,
+        };
+        let (key, payload) = (m.key(), m.encode());
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&payload),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
+    });
+    futures::future::join_all(sends).await;
+}
+
+/// Waits until Redis holds as many records and procedures as were sent (counted, since
+/// Tansu's watermarks answer low), then returns the figures.
+async fn wait_for(env: &Env, expected: &Expected, timeout: Duration) -> Snapshot {
+    let want_records = expected.records();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let snap = env.snapshot().await;
+        let records: i64 = snap
+            .counts
+            .iter()
+            .filter(|(k, _)| k.contains("|r."))
+            .map(|(_, c)| c.total)
+            .sum();
+        if records >= want_records || Instant::now() > deadline {
+            // A little longer, so anything counted twice would show.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return env.snapshot().await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every event was sent just now, so every window holds the whole total.
+fn assert_exact(expected: &Expected, snap: &Snapshot) {
+    expected.assert_matches(snap);
+    for (field, counts) in &snap.counts {
+        assert_eq!(counts.windows, [counts.total; 4], "windows of {field}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sigkills_among_three_replicas_count_a_million_events_exactly() {
+    let env = Env::start_tansu();
+    let mut g = env.generator(31);
+    let mut expected = Expected::default();
+    let now = chrono::Utc::now();
+    let mut messages: Vec<Generated> = Vec::with_capacity(EVENTS + EVENTS / RESEND_EVERY + 1);
+    for i in 0..EVENTS {
+        let m = if i % 5 == 4 {
+            g.procedure(now)
+        } else {
+            g.record(now)
+        };
+        messages.push(m);
+        if i % RESEND_EVERY == 7 {
+            messages.push(messages[i / 2].clone());
+        }
+    }
+    expected.add_all(&messages);
+
+    let mut replicas: Vec<Child> = (0..3).map(|i| replica(&env, i)).collect();
+    // Publish over about a minute, in steps, while replicas are killed.
+    let producer = independent_producer(&env);
+    let publisher = {
+        let topics = env.settings.kafka.topics.clone();
+        let messages = std::mem::take(&mut messages);
+        tokio::spawn(async move {
+            for chunk in messages.chunks(10_000) {
+                let started = Instant::now();
+                send_all(&producer, &topics, chunk).await;
+                let pause = Duration::from_millis(550).saturating_sub(started.elapsed());
+                tokio::time::sleep(pause).await;
+            }
+        })
+    };
+
+    let mut rng = fastrand::Rng::with_seed(31);
+    let mut mid_stream = 0;
+    for _ in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(rng.u64(1000..4000))).await;
+        let victim = rng.usize(0..replicas.len());
+        let progress = env.progress().await;
+        replicas[victim].kill().expect("SIGKILL");
+        replicas[victim].wait().expect("reaped");
+        if !publisher.is_finished() || progress < env.progress().await {
+            mid_stream += 1;
+        }
+        replicas[victim] = replica(&env, victim);
+    }
+    publisher.await.expect("published");
+    let snap = wait_for(&env, &expected, Duration::from_secs(300)).await;
+    for mut r in replicas {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+    assert_exact(&expected, &snap);
+    assert!(
+        mid_stream >= KILLS / 2,
+        "only {mid_stream} of {KILLS} kills came while events were flowing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_one_to_three_to_one_replica_while_publishing_counts_exactly() {
+    let env = Env::start_tansu();
+    let producer = independent_producer(&env);
+    let topics = &env.settings.kafka.topics;
+    let mut g = env.generator(32);
+    let mut expected = Expected::default();
+    let mut publish_for = |n: usize| {
+        let part = common::events(&mut g, n);
+        expected.add_all(&part);
+        part
+    };
+    let mut replicas = vec![dynamic_replica(&env)];
+    let first = publish_for(20_000);
+    send_all(&producer, topics, &first).await;
+    // Two more join while events keep coming.
+    for _ in 1..3 {
+        replicas.push(dynamic_replica(&env));
+        let part = publish_for(20_000);
+        send_all(&producer, topics, &part).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // And leave again (SIGTERM: a clean leave), while events keep coming.
+    for _ in 1..3 {
+        let mut r = replicas.pop().expect("a replica");
+        signal(&r, "TERM");
+        let part = publish_for(20_000);
+        send_all(&producer, topics, &part).await;
+        assert!(r.wait().unwrap().success(), "a replica left uncleanly");
+    }
+    let last = publish_for(20_000);
+    send_all(&producer, topics, &last).await;
+    let snap = wait_for(&env, &expected, Duration::from_secs(240)).await;
+    for mut r in replicas {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+    assert_exact(&expected, &snap);
+}
