@@ -1,12 +1,13 @@
 //! Exact counts from Kafka into Redis: after a normal run, re-sent events, poison messages,
-//! a consumer killed mid-stream (several times), a rebalance between two consumers, and Redis
-//! killed and restarted mid-stream. Every test compares every counter with what was published.
+//! a consumer killed mid-stream (several times), a rebalance between two consumers, a zombie
+//! paused past its session timeout, and Redis killed and restarted mid-stream. Every test
+//! compares every counter with what was published.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{events, Env, Expected};
+use common::{events, signal, Env, Expected};
 use tiendo::generator::Generated;
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -172,6 +173,81 @@ async fn a_rebalance_between_two_consumers_loses_and_repeats_nothing() {
     let snap = env.wait_consumed(SETTLE).await;
     second.shutdown().await;
     expected.assert_matches(&snap);
+}
+
+/// A zombie: a replica paused (SIGSTOP) with batches in hand, past the session timeout, while
+/// the group gives its partitions to the other replica, which stores further offsets. Resumed
+/// (SIGCONT), the zombie writes its stale batch: Redis refuses it on the offset fence
+/// (`tiendo_fenced_batches_total` rises) and nothing is counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
+    let env = Env::start();
+    let mut g = env.generator(8);
+    // Events keep coming until the zombie was fenced, so each replica always has a batch in
+    // hand. The publisher returns what it sent.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = {
+        let producer = tiendo::source::producer(&env.settings.kafka).expect("producer");
+        let topics = env.settings.kafka.topics.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            while !stop.is_cancelled() {
+                let chunk = events(&mut g, 1_000);
+                tiendo::generator::publish(&producer, &topics, &chunk)
+                    .await
+                    .expect("published");
+                sent.extend(chunk);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            sent
+        })
+    };
+    let port = tiendo::embedded::free_port().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut zombie = env
+        .process_command()
+        .env("TIENDO_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .spawn()
+        .expect("tiendo starts");
+    let mut other = env.spawn_process();
+    let metric = |name: &'static str| {
+        let base = base.clone();
+        async move { common::scrape(&base, name).await.unwrap_or(0.0) }
+    };
+    let mut fenced = 0.0;
+    let mut pauses = 0;
+    // A pause fences a batch only if the zombie reaches Redis before it hears that it lost
+    // its partitions (then it drops the batch instead): try a few times.
+    while fenced == 0.0 && pauses < 8 {
+        // Paused right after it stored a batch, so the next is in hand.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let before = metric("tiendo_events_total").await;
+        while metric("tiendo_events_total").await == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        signal(&zombie, "STOP");
+        pauses += 1;
+        // Past the 6 s session timeout, and time for the other to store on its new partitions.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        signal(&zombie, "CONT");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        fenced = metric("tiendo_fenced_batches_total").await;
+    }
+    stop.cancel();
+    let mut expected = Expected::default();
+    expected.add_all(&publisher.await.expect("published"));
+    let snap = env.wait_consumed(SETTLE).await;
+    for child in [&mut zombie, &mut other] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    expected.assert_matches(&snap);
+    assert!(
+        fenced > 0.0,
+        "no batch of the zombie was fenced in {pauses} pauses"
+    );
+    eprintln!("{fenced} partition batches of the zombie fenced after {pauses} pause(s)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -520,6 +520,32 @@ pub fn signal(child: &std::process::Child, name: &str) {
     assert!(sent.success(), "kill -s {name} failed");
 }
 
+/// One counter or gauge from a Prometheus `/metrics` page, summed over its label sets;
+/// `None` while the server does not answer.
+pub async fn scrape(base: &str, name: &str) -> Option<f64> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    let page = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        page.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
 /// A mixed stream of `n` valid events at the current time: mostly records, some procedures.
 pub fn events(g: &mut Generator, n: usize) -> Vec<Generated> {
     let now = Utc::now();
