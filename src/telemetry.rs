@@ -17,6 +17,7 @@ pub const FLUSH_SECONDS: &str = "tiendo_redis_flush_duration_seconds";
 pub const REDIS_ERRORS: &str = "tiendo_redis_errors_total";
 pub const KAFKA_ERRORS: &str = "tiendo_kafka_errors_total";
 pub const FENCED: &str = "tiendo_fenced_batches_total";
+pub const REFETCHED: &str = "tiendo_refetched_batches_total";
 pub const REBALANCES: &str = "tiendo_rebalances_total";
 pub const ASSIGNED: &str = "tiendo_assigned_partitions";
 pub const CONSUMER_LAG: &str = "tiendo_consumer_lag_messages";
@@ -52,6 +53,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (REDIS_ERRORS, "counter", "", "Failed Redis calls; each is retried with backoff."),
     (KAFKA_ERRORS, "counter", "", "Kafka consume or dead-letter produce errors."),
     (FENCED, "counter", "", "Partition batches refused because another consumer had stored further offsets."),
+    (REFETCHED, "counter", "", "Partition batches dropped and fetched again because they began beyond the stored offset (left over from an earlier assignment)."),
     (REBALANCES, "counter", "kind", "Consumer group rebalances seen, by kind (assign, revoke)."),
     (ASSIGNED, "gauge", "", "Partitions currently assigned to this consumer."),
     (CONSUMER_LAG, "gauge", "topic, partition",

@@ -196,6 +196,30 @@ struct Cursor {
     /// After a seek back: parts starting at or beyond this offset were fetched before the
     /// seek and are dropped until the re-fetched messages arrive.
     rewinding: Option<i64>,
+    /// A part began at this offset, beyond `stored`, and was fetched again from this many
+    /// messages before `stored` (see [`refetch_from`]).
+    gap: Option<(i64, i64)>,
+}
+
+/// How far before the stored offset to fetch again when a part begins beyond it, or `None`
+/// to count the part: the log has nothing in between.
+///
+/// A part that begins beyond the stored offset would skip the messages in between for good.
+/// Most often it was fetched under an earlier assignment and the messages before it were
+/// dropped with that assignment: fetching again from the stored offset mends it. Some brokers
+/// (Tansu 0.6) answer a fetch that starts inside a record batch with the next batch, so the
+/// same start comes back: then fetch from further back, twice as far each time, and trim what
+/// is already stored. Only a fetch from the start of the log that still begins here proves a
+/// hole (compaction, transaction markers).
+fn refetch_from(gap: Option<(i64, i64)>, start: i64, stored: i64) -> Option<i64> {
+    /// The first step back: about a producer's record batch.
+    const STEP: i64 = 1024;
+    match gap {
+        Some((at, back)) if at == start => {
+            (back < stored).then(|| (back * 2).max(STEP).min(stored))
+        }
+        _ => Some(0),
+    }
 }
 
 impl Cursor {
@@ -209,6 +233,7 @@ impl Cursor {
             stored,
             unverified,
             rewinding: None,
+            gap: None,
         }
     }
 }
@@ -342,14 +367,41 @@ impl Storer {
             };
             if let Some(limit) = cursor.rewinding {
                 if part.start >= limit {
-                    // Still ahead of the seek: repeat it, in case the first one failed.
-                    reseek.push((part.t, part.partition, cursor.stored));
+                    // Still ahead of the seek: repeat it, in case the first one failed (as
+                    // far back as the last one, while mending a gap).
+                    let back = cursor.gap.map_or(0, |(_, back)| back);
+                    reseek.push((part.t, part.partition, cursor.stored.map(|s| s - back)));
                     return false;
                 }
                 cursor.rewinding = None;
             }
             if !cursor.unverified {
                 if let Some(stored) = cursor.stored {
+                    if part.start > stored {
+                        if let Some(back) = refetch_from(cursor.gap, part.start, stored) {
+                            metrics::counter!(telemetry::REFETCHED).increment(1);
+                            tracing::info!(
+                                topic = part.topic,
+                                partition = part.partition,
+                                stored,
+                                start = part.start,
+                                from = stored - back,
+                                "batch starts beyond the stored offset: fetching again"
+                            );
+                            cursor.gap = Some((part.start, back));
+                            cursor.rewinding = Some(part.start + 1);
+                            reseek.push((part.t, part.partition, Some(stored - back)));
+                            return false;
+                        }
+                        tracing::info!(
+                            topic = part.topic,
+                            partition = part.partition,
+                            stored,
+                            start = part.start,
+                            "the log holds no messages between the stored offset and this batch"
+                        );
+                    }
+                    cursor.gap = None;
                     replayed[part.t] += part.trim_below(stored);
                 }
                 part.expected = cursor.stored;
@@ -500,6 +552,7 @@ impl Storer {
                 stored,
                 unverified: false,
                 rewinding: None,
+                gap: None,
             };
             part.expected = stored;
             if stored.is_none_or(|s| part.start > s) {
@@ -572,5 +625,26 @@ impl Classify for StoreError {
 impl Classify for rdkafka::error::KafkaError {
     fn count(&self) {
         metrics::counter!(telemetry::KAFKA_ERRORS).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refetch_from;
+
+    #[test]
+    fn a_part_beyond_the_stored_offset_is_fetched_again_from_further_back_each_time() {
+        // First time: from the stored offset itself.
+        assert_eq!(refetch_from(None, 5000, 4200), Some(0));
+        // The same start again: a broker skipping to the next record batch; step back.
+        assert_eq!(refetch_from(Some((5000, 0)), 5000, 4200), Some(1024));
+        assert_eq!(refetch_from(Some((5000, 1024)), 5000, 4200), Some(2048));
+        assert_eq!(refetch_from(Some((5000, 2048)), 5000, 4200), Some(4096));
+        // Never before the start of the log...
+        assert_eq!(refetch_from(Some((5000, 4096)), 5000, 4200), Some(4200));
+        // ...and from there, the same start is a real hole: count it.
+        assert_eq!(refetch_from(Some((5000, 4200)), 5000, 4200), None);
+        // Another start is another gap.
+        assert_eq!(refetch_from(Some((5000, 1024)), 6000, 4200), Some(0));
     }
 }
