@@ -7,15 +7,20 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use prost::Message as _;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 
 use common::{signal, Env, Expected};
 use tiendo::config::TopicSettings;
-use tiendo::events::Kind;
+use tiendo::events::{Kind, RecordDigitized};
 use tiendo::generator::Generated;
 use tiendo::store::Snapshot;
 
@@ -24,12 +29,83 @@ const KILLS: usize = 20;
 /// Re-sends among the published messages, by one in this many.
 const RESEND_EVERY: usize = 33;
 
-/// A replica with a fixed instance id, as a StatefulSet pod would have.
-fn replica(env: &Env, id: usize) -> Child {
+/// A replica with a fixed instance id, as a StatefulSet pod would have. Its log (partition
+/// assignments included) is appended to `replica-{id}.log` in `logs`, across restarts.
+fn replica(env: &Env, id: usize, logs: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("replica-{id}.log")))
+        .expect("log file");
     member(env)
         .env("TIENDO_KAFKA__GROUP_INSTANCE_ID", format!("replica-{id}"))
+        .env("TIENDO_LOG__FILTER", "info,librdkafka=warn")
+        .env("TIENDO_LOG__FORMAT", "text")
+        .stderr(log)
         .spawn()
         .expect("tiendo starts")
+}
+
+/// What a stalled run needs explained: each partition's offset in Redis, and each replica's
+/// last word on its assignment.
+async fn explain_stall(env: &Env, logs: &Path) {
+    let topics = &env.settings.kafka.topics;
+    let parts: Vec<(&str, i32)> = (0..common::RECORD_PARTITIONS)
+        .map(|p| (topics.records.as_str(), p))
+        .chain((0..common::PROCEDURE_PARTITIONS).map(|p| (topics.procedures.as_str(), p)))
+        .collect();
+    let stored = env.reader().await.offsets(&parts).await;
+    eprintln!(
+        "stored offsets: {:?}",
+        parts
+            .iter()
+            .zip(stored.unwrap_or_default())
+            .collect::<Vec<_>>()
+    );
+    // What the broker holds: every record message read back from the beginning.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", env.settings.kafka.brokers.as_str())
+        .set("group.id", "tiendo-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..common::RECORD_PARTITIONS {
+        tpl.add_partition_offset(&topics.records, p, Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&tpl).expect("assign");
+    let (mut messages, mut records) = (0u64, 0u64);
+    let mut ids = std::collections::HashSet::new();
+    let mut per_partition = [0u64; common::RECORD_PARTITIONS as usize];
+    while let Some(m) = reader.poll(Duration::from_secs(5)) {
+        let m = m.expect("message");
+        messages += 1;
+        per_partition[m.partition() as usize] += 1;
+        let event = RecordDigitized::decode(m.payload().unwrap_or_default()).expect("decodes");
+        if ids.insert(event.event_id) {
+            records += event.record_count;
+        }
+    }
+    eprintln!(
+        "the broker holds {messages} record messages ({per_partition:?} by partition), \
+         {} distinct events, {records} records",
+        ids.len()
+    );
+    for id in 0..3 {
+        let text =
+            std::fs::read_to_string(logs.join(format!("replica-{id}.log"))).unwrap_or_default();
+        let last: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("partitions") || l.contains("ERROR") || l.contains("WARN"))
+            .collect();
+        let _ = std::fs::create_dir_all("target/tansu-kills-logs");
+        let _ = std::fs::write(format!("target/tansu-kills-logs/replica-{id}.log"), &text);
+        eprintln!(
+            "replica-{id}: {}",
+            last[last.len().saturating_sub(8)..].join("\n  ")
+        );
+    }
 }
 
 /// A replica without an instance id: a dynamic member, which leaves the group when stopped.
@@ -98,19 +174,22 @@ async fn wait_for(env: &Env, expected: &Expected, timeout: Duration) -> Snapshot
     let deadline = Instant::now() + timeout;
     loop {
         let snap = env.snapshot().await;
-        let records: i64 = snap
-            .counts
-            .iter()
-            .filter(|(k, _)| k.contains("|r."))
-            .map(|(_, c)| c.total)
-            .sum();
-        if records >= want_records || Instant::now() > deadline {
+        if records(&snap) >= want_records || Instant::now() > deadline {
             // A little longer, so anything counted twice would show.
             tokio::time::sleep(Duration::from_secs(2)).await;
             return env.snapshot().await;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Records counted, over every unit and dataset.
+fn records(snap: &Snapshot) -> i64 {
+    snap.counts
+        .iter()
+        .filter(|(k, _)| k.contains("|r."))
+        .map(|(_, c)| c.total)
+        .sum()
 }
 
 /// Every event was sent just now, so every window holds the whole total.
@@ -121,10 +200,11 @@ fn assert_exact(expected: &Expected, snap: &Snapshot) {
     }
 }
 
-// Passed alone here (about 4 min); in the full suite under CI load it stalled at 99.7% of
-// the records for 300 s, counting nothing twice. Ignored until that stall is understood:
-// `cargo test --release --test tansu_kills -- --ignored` runs it.
-#[ignore = "stalls under load on Tansu: see the comment above"]
+// This test found two ways to skip messages, both mended in the pipeline (`refetch_from`): a
+// replica counting a part left over from an earlier assignment, and Tansu 0.6 answering a fetch
+// that starts inside a record batch with the next batch (a replica restarted at 42,067 was
+// served from 43,044, so 977 messages were never counted). A batch now never starts beyond the
+// stored offset; the replicas' logs say how often one was fetched again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sigkills_among_three_replicas_count_a_million_events_exactly() {
     let env = Env::start_tansu();
@@ -145,7 +225,8 @@ async fn twenty_sigkills_among_three_replicas_count_a_million_events_exactly() {
     }
     expected.add_all(&messages);
 
-    let mut replicas: Vec<Child> = (0..3).map(|i| replica(&env, i)).collect();
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut replicas: Vec<Child> = (0..3).map(|i| replica(&env, i, logs.path())).collect();
     // Publish over about a minute, in steps, while replicas are killed.
     let producer = independent_producer(&env);
     let publisher = {
@@ -172,10 +253,22 @@ async fn twenty_sigkills_among_three_replicas_count_a_million_events_exactly() {
         if !publisher.is_finished() || progress < env.progress().await {
             mid_stream += 1;
         }
-        replicas[victim] = replica(&env, victim);
+        replicas[victim] = replica(&env, victim, logs.path());
     }
     publisher.await.expect("published");
     let snap = wait_for(&env, &expected, Duration::from_secs(300)).await;
+    if records(&snap) < expected.records() {
+        explain_stall(&env, logs.path()).await;
+    }
+    for id in 0..3 {
+        let text = std::fs::read_to_string(logs.path().join(format!("replica-{id}.log")))
+            .unwrap_or_default();
+        let refetches = text
+            .lines()
+            .filter(|l| l.contains("fetching again"))
+            .count();
+        eprintln!("replica-{id}: {refetches} batches fetched again");
+    }
     for mut r in replicas {
         let _ = r.kill();
         let _ = r.wait();
