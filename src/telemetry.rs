@@ -53,7 +53,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (REDIS_ERRORS, "counter", "", "Failed Redis calls; each is retried with backoff."),
     (KAFKA_ERRORS, "counter", "", "Kafka consume or dead-letter produce errors."),
     (FENCED, "counter", "", "Partition batches refused because another consumer had stored further offsets."),
-    (REFETCHED, "counter", "", "Partition batches dropped and fetched again because they began beyond the stored offset (left over from an earlier assignment)."),
+    (REFETCHED, "counter", "", "Partition batches dropped and fetched again because they began beyond the stored offset (a leftover of an earlier assignment, or a broker skipping to its next record batch)."),
     (REBALANCES, "counter", "kind", "Consumer group rebalances seen, by kind (assign, revoke)."),
     (ASSIGNED, "gauge", "", "Partitions currently assigned to this consumer."),
     (CONSUMER_LAG, "gauge", "topic, partition",

@@ -193,30 +193,30 @@ struct Cursor {
     stored: Option<i64>,
     /// Redis could not be read at assignment: check before counting.
     unverified: bool,
-    /// After a seek back: parts starting at or beyond this offset were fetched before the
-    /// seek and are dropped until the re-fetched messages arrive.
+    /// After a seek back: parts starting at or beyond this offset are taken for leftovers
+    /// fetched before the seek and dropped until the re-fetched messages arrive.
     rewinding: Option<i64>,
     /// A part began at this offset, beyond `stored`, and was fetched again from this many
-    /// messages before `stored` (see [`refetch_from`]).
+    /// messages before `stored` (see [`refetch_from`]). Forgotten on a rebalance, whose
+    /// assignment fetches from Redis's offset again.
     gap: Option<(i64, i64)>,
 }
 
-/// How far before the stored offset to fetch again when a part begins beyond it, or `None`
-/// to count the part: the log has nothing in between.
+/// How many messages before the stored offset to fetch again from, when a part begins at
+/// `start`, beyond it; `None` when even offset 0 was asked for and the log still begins there.
 ///
-/// A part that begins beyond the stored offset would skip the messages in between for good.
-/// Most often it was fetched under an earlier assignment and the messages before it were
-/// dropped with that assignment: fetching again from the stored offset mends it. Some brokers
-/// (Tansu 0.6) answer a fetch that starts inside a record batch with the next batch, so the
-/// same start comes back: then fetch from further back, twice as far each time, and trim what
-/// is already stored. Only a fetch from the start of the log that still begins here proves a
-/// hole (compaction, transaction markers).
+/// Counting such a part would skip the messages in between for good. Most often it was
+/// fetched under an earlier assignment and the messages before it were dropped with it:
+/// fetching again from the stored offset mends that. Some brokers (Tansu 0.6) answer a fetch
+/// that starts inside a record batch with the next batch, so the same start comes back: then
+/// fetch from further back, 16 messages, then four times as far each time; what is already
+/// stored is trimmed. A fetch from before the stored offset also shows a real hole (a
+/// transaction marker, compaction) as a gap inside a part, which is counted.
 fn refetch_from(gap: Option<(i64, i64)>, start: i64, stored: i64) -> Option<i64> {
-    /// The first step back: about a producer's record batch.
-    const STEP: i64 = 1024;
+    const FIRST: i64 = 16;
     match gap {
         Some((at, back)) if at == start => {
-            (back < stored).then(|| (back * 2).max(STEP).min(stored))
+            (back < stored).then(|| (back * 4).max(FIRST).min(stored))
         }
         _ => Some(0),
     }
@@ -349,14 +349,18 @@ impl Storer {
             .collect();
         self.cursors.retain(|k, _| assigned.contains_key(k));
         for (key, start) in assigned {
-            // A partition we already had keeps its cursor: ours is at least as new.
+            // A partition we already had keeps its cursor: ours is at least as new. Its gap
+            // does not: the assignment fetches from Redis's offset, not from where the last
+            // step back went.
             self.cursors
                 .entry(key)
+                .and_modify(|c| c.gap = None)
                 .or_insert_with(|| Cursor::from_start(start));
         }
     }
 
-    /// Drops what is not ours or already stored, and sets each part's fence.
+    /// Drops what is not ours or already stored, and what begins beyond the stored offset
+    /// (fetched again, see [`refetch_from`]), and sets each part's fence.
     fn prepare(&mut self, batch: &mut Batch) {
         self.sync_cursors();
         let mut replayed = [0u64; 2];
@@ -367,11 +371,29 @@ impl Storer {
             };
             if let Some(limit) = cursor.rewinding {
                 if part.start >= limit {
-                    // Still ahead of the seek: repeat it, in case the first one failed (as
-                    // far back as the last one, while mending a gap).
-                    let back = cursor.gap.map_or(0, |(_, back)| back);
-                    reseek.push((part.t, part.partition, cursor.stored.map(|s| s - back)));
-                    return false;
+                    // Still ahead of the seek: a leftover, or the answer of a broker that
+                    // skipped to its next record batch. Fetch again, further back each time
+                    // the same start comes back.
+                    let Some(stored) = cursor.stored else {
+                        reseek.push((part.t, part.partition, None));
+                        return false;
+                    };
+                    let back = match cursor.gap {
+                        // The same start again: step further back.
+                        Some((at, _)) if at == part.start => {
+                            refetch_from(cursor.gap, part.start, stored)
+                        }
+                        // A leftover of the fetch before the seek: repeat the seek.
+                        Some((_, back)) => Some(back),
+                        None => Some(0),
+                    };
+                    if let Some(back) = back {
+                        let at = cursor.gap.map_or(part.start, |(at, _)| at);
+                        cursor.gap = Some((at, back));
+                        reseek.push((part.t, part.partition, Some(stored - back)));
+                        return false;
+                    }
+                    // Even offset 0 begins here: go on to the gap check below.
                 }
                 cursor.rewinding = None;
             }
@@ -393,12 +415,13 @@ impl Storer {
                             reseek.push((part.t, part.partition, Some(stored - back)));
                             return false;
                         }
-                        tracing::info!(
+                        tracing::warn!(
                             topic = part.topic,
                             partition = part.partition,
                             stored,
                             start = part.start,
-                            "the log holds no messages between the stored offset and this batch"
+                            "the log begins beyond the stored offset: the messages in between \
+                             were deleted before they were counted"
                         );
                     }
                     cursor.gap = None;
@@ -636,13 +659,13 @@ mod tests {
     fn a_part_beyond_the_stored_offset_is_fetched_again_from_further_back_each_time() {
         // First time: from the stored offset itself.
         assert_eq!(refetch_from(None, 5000, 4200), Some(0));
-        // The same start again: a broker skipping to the next record batch; step back.
-        assert_eq!(refetch_from(Some((5000, 0)), 5000, 4200), Some(1024));
-        assert_eq!(refetch_from(Some((5000, 1024)), 5000, 4200), Some(2048));
-        assert_eq!(refetch_from(Some((5000, 2048)), 5000, 4200), Some(4096));
-        // Never before the start of the log...
+        // The same start again: a broker skipping to its next record batch; step back.
+        assert_eq!(refetch_from(Some((5000, 0)), 5000, 4200), Some(16));
+        assert_eq!(refetch_from(Some((5000, 16)), 5000, 4200), Some(64));
+        assert_eq!(refetch_from(Some((5000, 1024)), 5000, 4200), Some(4096));
+        // Never before offset 0...
         assert_eq!(refetch_from(Some((5000, 4096)), 5000, 4200), Some(4200));
-        // ...and from there, the same start is a real hole: count it.
+        // ...and from there, the same start means the log begins there.
         assert_eq!(refetch_from(Some((5000, 4200)), 5000, 4200), None);
         // Another start is another gap.
         assert_eq!(refetch_from(Some((5000, 1024)), 6000, 4200), Some(0));
