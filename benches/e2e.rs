@@ -150,6 +150,7 @@ async fn publish_data(
         procedures: format!("{run}.{name}.procedures"),
         dead_letter: format!("{run}.{name}.dlq"),
         alerts: String::new(),
+        ..TopicSettings::default()
     };
     let admin: AdminClient<_> = ClientConfig::new()
         .set("bootstrap.servers", &base.kafka.brokers)

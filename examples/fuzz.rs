@@ -24,6 +24,7 @@ use tiendo::publish::{FileFormat, FileKind};
 use tiendo::rules::ledger::{Digest, Notice};
 use tiendo::rules::state::Change;
 use tiendo::rules::{Facts, Rule, Severity, Subject};
+use tiendo::wire;
 
 /// xorshift64*: fast, and the same run from the same seed.
 struct Rng(u64);
@@ -143,9 +144,15 @@ fn targets() -> Vec<Target> {
     for _ in 0..20 {
         for m in [g.record(now), g.procedure(now), g.poison(now)] {
             let kind = m.kind() as u8;
-            let mut bytes = vec![kind];
-            bytes.extend(m.encode());
-            events.push(bytes);
+            let plain = m.encode();
+            // Each message also framed for the Schema Registry and as JSON, where it decodes.
+            let mut encodings = vec![plain.clone(), wire::frame(m.kind(), 1, &plain)];
+            encodings.extend(wire::to_json(m.kind(), &plain).ok());
+            for encoded in encodings {
+                let mut bytes = vec![kind];
+                bytes.extend(encoded);
+                events.push(bytes);
+            }
         }
     }
     let decode = {

@@ -10,6 +10,7 @@ use crate::clock::vn_offset;
 use crate::config::ValidationSettings;
 use crate::events::{Channel, CodeScheme, Kind, ProcedureCompleted, RecordDigitized};
 use crate::provinces::{provinces, Scheme, Unit};
+use crate::wire::{self, Body, Encoding};
 
 /// Why a message was dead-lettered. The string forms are metric labels and header values:
 /// a closed set, so bad input can never grow the number of series.
@@ -27,10 +28,18 @@ pub enum Reason {
     MissingTime,
     FutureTime,
     BeforeProgramme,
+    /// A Schema Registry frame too short or with a malformed message-index array.
+    BadFrame,
+    /// A frame naming a message that is neither of tiendo's.
+    WrongMessageIndex,
+    /// A frame or JSON object of the other topic's message.
+    WrongTopic,
+    /// Not the proto3 JSON mapping of the topic's message.
+    InvalidJson,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Undecodable,
         Reason::MissingEventId,
         Reason::MalformedEventId,
@@ -43,6 +52,10 @@ impl Reason {
         Reason::MissingTime,
         Reason::FutureTime,
         Reason::BeforeProgramme,
+        Reason::BadFrame,
+        Reason::WrongMessageIndex,
+        Reason::WrongTopic,
+        Reason::InvalidJson,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +72,10 @@ impl Reason {
             Reason::MissingTime => "missing_time",
             Reason::FutureTime => "future_time",
             Reason::BeforeProgramme => "before_programme",
+            Reason::BadFrame => "bad_frame",
+            Reason::WrongMessageIndex => "wrong_message_index",
+            Reason::WrongTopic => "wrong_topic",
+            Reason::InvalidJson => "invalid_json",
         }
     }
 
@@ -115,6 +132,8 @@ pub struct Validator {
     max_record_count: u64,
     max_future_skew: i64,
     programme_start: i64,
+    /// Per topic kind: records, procedures.
+    encodings: [Encoding; 2],
 }
 
 impl Validator {
@@ -133,7 +152,14 @@ impl Validator {
             max_record_count: settings.max_record_count,
             max_future_skew: settings.max_future_skew.as_secs() as i64,
             programme_start,
+            encodings: [Encoding::Auto; 2],
         }
+    }
+
+    /// How each topic's messages are encoded (default: detected per message).
+    pub fn with_encodings(mut self, records: Encoding, procedures: Encoding) -> Validator {
+        self.encodings = [records, procedures];
+        self
     }
 
     pub fn datasets(&self) -> &[String] {
@@ -142,15 +168,18 @@ impl Validator {
 
     /// Decodes and validates one message of `kind` at wall time `now`.
     pub fn decode(&self, kind: Kind, bytes: &[u8], now: i64) -> Result<Event, Rejected> {
+        let encoding = match kind {
+            Kind::Records => self.encodings[0],
+            Kind::Procedures => self.encodings[1],
+        };
+        let body = wire::unwrap(kind, encoding, bytes)?;
         match kind {
-            Kind::Records => self.record(bytes, now),
-            Kind::Procedures => self.procedure(bytes, now),
+            Kind::Records => self.record(message(kind, body)?, now),
+            Kind::Procedures => self.procedure(message(kind, body)?, now),
         }
     }
 
-    fn record(&self, bytes: &[u8], now: i64) -> Result<Event, Rejected> {
-        let m = RecordDigitized::decode(bytes)
-            .or_else(|e| reject(Reason::Undecodable, e.to_string()))?;
+    fn record(&self, m: RecordDigitized, now: i64) -> Result<Event, Rejected> {
         check_id(&m.event_id)?;
         let at = self.time(m.occurred_at.as_ref(), now)?;
         let (unit, inferred) = unit(&m.province_code, m.code_scheme, at)?;
@@ -178,9 +207,7 @@ impl Validator {
         })
     }
 
-    fn procedure(&self, bytes: &[u8], now: i64) -> Result<Event, Rejected> {
-        let m = ProcedureCompleted::decode(bytes)
-            .or_else(|e| reject(Reason::Undecodable, e.to_string()))?;
+    fn procedure(&self, m: ProcedureCompleted, now: i64) -> Result<Event, Rejected> {
         check_id(&m.event_id)?;
         let at = self.time(m.completed_at.as_ref(), now)?;
         let (unit, inferred) = unit(&m.province_code, m.code_scheme, at)?;
@@ -217,6 +244,16 @@ impl Validator {
             );
         }
         Ok(at)
+    }
+}
+
+/// The message in `body`, whichever its encoding.
+fn message<M: Message + Default>(kind: Kind, body: Body<'_>) -> Result<M, Rejected> {
+    match body {
+        Body::Protobuf(bytes) => {
+            M::decode(bytes).or_else(|e| reject(Reason::Undecodable, e.to_string()))
+        }
+        Body::Json(bytes) => wire::from_json(kind, bytes),
     }
 }
 

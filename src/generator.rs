@@ -12,6 +12,7 @@ use crate::config::TopicSettings;
 use crate::decode::Reason;
 use crate::events::{Channel, CodeScheme, Kind, ProcedureCompleted, RecordDigitized};
 use crate::provinces::{provinces, Scheme};
+use crate::wire;
 
 /// One generated message.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,8 +207,18 @@ impl Generator {
                 reason,
             })
         };
-        if reason == Reason::Undecodable {
-            return poison(vec![0xff, 0xff, 0xff, 0x01]);
+        let other = match kind {
+            Kind::Records => Kind::Procedures,
+            Kind::Procedures => Kind::Records,
+        };
+        match reason {
+            Reason::Undecodable => return poison(vec![0xff, 0xff, 0xff, 0x01]),
+            Reason::BadFrame => return poison(vec![0, 0, 0]),
+            // A Schema Registry frame naming message [2], which events.proto does not have.
+            Reason::WrongMessageIndex => return poison(vec![0, 0, 0, 0, 1, 2, 4, 0x0a, 0]),
+            Reason::WrongTopic => return poison(wire::frame(other, 1, &[0x0a, 1, b'x'])),
+            Reason::InvalidJson => return poison(br#"{"eventId": "cut off"#.to_vec()),
+            _ => {}
         }
         let later = timestamp(at + chrono::Duration::days(30));
         let ancient = Some(prost_types::Timestamp {
@@ -227,7 +238,7 @@ impl Generator {
                     Reason::MissingTime => r.occurred_at = None,
                     Reason::FutureTime => r.occurred_at = later,
                     Reason::BeforeProgramme => r.occurred_at = ancient,
-                    Reason::UnknownChannel | Reason::Undecodable => return None,
+                    _ => return None,
                 }
                 poison(r.encode_to_vec())
             }

@@ -1,7 +1,7 @@
 //! tiendo: live, exact progress of Vietnam's provinces on Đề án 06.
 //!
 //! The pipeline, one module a stage, data flowing one way:
-//! [`source`] (Kafka) → [`decode`] (protobuf, validation; bad input to [`deadletter`]) →
+//! [`source`] (Kafka) → [`wire`] (plain, framed or JSON) → [`decode`] (validation; bad input to [`deadletter`]) →
 //! [`aggregate`] (per batch, in memory) → [`store`] (Redis, atomically with offsets) →
 //! [`rules`] (stall detection, alert states in a Redis ledger) → [`notify`] (chat, Kafka) →
 //! [`serve`] (metrics, health, the API and the status page).
@@ -36,3 +36,4 @@ pub mod status;
 pub mod store;
 pub mod targets;
 pub mod telemetry;
+pub mod wire;

@@ -31,7 +31,7 @@ async fn ten_thousand_poison_messages_of_every_reason_and_huge_ones_on_both_topi
     }
     assert_eq!(
         combos.len(),
-        20,
+        28,
         "every reason on the topics that can have it"
     );
     let mut stream = Vec::new();

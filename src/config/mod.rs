@@ -18,6 +18,8 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::wire::Encoding;
+
 /// A value that must not appear in logs or debug output.
 #[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -193,6 +195,10 @@ pub struct TopicSettings {
     pub dead_letter: String,
     /// Alert transitions, one protobuf `tiendo.v1.Alert` each; empty to publish none.
     pub alerts: String,
+    /// How each topic's messages are encoded: `auto` (recognised per message: Confluent
+    /// Schema Registry frame, JSON or plain protobuf), `protobuf` or `json`.
+    pub records_encoding: Encoding,
+    pub procedures_encoding: Encoding,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -454,6 +460,8 @@ impl Default for TopicSettings {
             procedures: "tiendo.procedure-completed.v1".into(),
             dead_letter: "tiendo.dead-letter.v1".into(),
             alerts: "tiendo.alerts.v1".into(),
+            records_encoding: Encoding::Auto,
+            procedures_encoding: Encoding::Auto,
         }
     }
 }

@@ -75,7 +75,10 @@ impl Pipeline {
         Ok(Pipeline {
             collector: Collector {
                 consumer: consumer.clone(),
-                validator: Validator::new(&settings.validation),
+                validator: Validator::new(&settings.validation).with_encodings(
+                    settings.kafka.topics.records_encoding,
+                    settings.kafka.topics.procedures_encoding,
+                ),
                 clock: clock.clone(),
                 settings: settings.pipeline.clone(),
                 topics: topics.clone(),
