@@ -1,0 +1,253 @@
+//! Upstream registries publish three ways (docs/publishing.md): plain protobuf, protobuf in
+//! Confluent's Schema Registry frame, and the proto3 JSON mapping. Mixed on both topics, each
+//! is counted exactly, a re-send in another encoding is counted once, and bad frames and bad
+//! JSON land in the dead-letter topic with their reasons. The publishing guide's Python and
+//! Rust examples are run against the test broker the same way.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Env, Expected};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tiendo::decode::Reason;
+use tiendo::events::Kind;
+use tiendo::generator::Generated;
+use tiendo::wire;
+
+/// A plain producer, built here rather than taken from tiendo.
+fn producer(env: &Env) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", env.kafka.bootstrap_servers())
+        .create()
+        .expect("producer")
+}
+
+async fn send(p: &FutureProducer, env: &Env, kind: Kind, key: &str, value: &[u8]) {
+    let topics = &env.settings.kafka.topics;
+    let topic = match kind {
+        Kind::Records => &topics.records,
+        Kind::Procedures => &topics.procedures,
+    };
+    p.send(
+        FutureRecord::to(topic).key(key).payload(value),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("delivered");
+}
+
+/// The three encodings of one message, by number.
+fn encode(kind: Kind, plain: &[u8], encoding: usize) -> Vec<u8> {
+    match encoding % 3 {
+        0 => plain.to_vec(),
+        1 => wire::frame(kind, 42, plain),
+        _ => wire::to_json(kind, plain).expect("protobuf the generator wrote"),
+    }
+}
+
+fn letters_by_reason(env: &Env) -> BTreeMap<String, i64> {
+    let mut by_reason = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for l in env.letters() {
+        // A letter sent twice (a batch retried) is one: the origin headers tell.
+        if seen.insert((l.topic.clone(), l.partition.clone(), l.offset.clone())) {
+            *by_reason.entry(l.reason.clone()).or_default() += 1;
+        }
+    }
+    by_reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_encodings_mixed_on_both_topics_are_counted_exactly() {
+    let env = Env::start();
+    let mut g = env.generator(13);
+    let now = chrono::Utc::now();
+    let events = common::events(&mut g, 3000);
+    let mut poison = Vec::new();
+    for kind in [Kind::Records, Kind::Procedures] {
+        for reason in Reason::ALL {
+            for _ in 0..10 {
+                poison.extend(g.poison_of(kind, reason, now));
+            }
+        }
+    }
+    let mut expected = Expected::default();
+    expected.add_all(&events);
+    expected.add_all(&poison);
+    for reason in [
+        "bad_frame",
+        "wrong_message_index",
+        "wrong_topic",
+        "invalid_json",
+    ] {
+        assert_eq!(expected.dead[reason], 20, "{reason} on both topics");
+    }
+
+    let p = producer(&env);
+    for (i, m) in events.iter().enumerate() {
+        let plain = m.encode();
+        send(&p, &env, m.kind(), &m.key(), &encode(m.kind(), &plain, i)).await;
+        // Every tenth event is sent again in the next encoding: the same id, counted once.
+        if i % 10 == 0 {
+            send(
+                &p,
+                &env,
+                m.kind(),
+                &m.key(),
+                &encode(m.kind(), &plain, i + 1),
+            )
+            .await;
+        }
+    }
+    for (i, m) in poison.iter().enumerate() {
+        let Generated::Poison { kind, bytes, .. } = m else {
+            unreachable!()
+        };
+        // A message that fails validation fails it in every encoding; malformed bytes stay
+        // as they are.
+        let decodes = tiendo::decode::Validator::new(&env.settings.validation)
+            .with_encodings(wire::Encoding::Protobuf, wire::Encoding::Protobuf)
+            .decode(*kind, bytes, now.timestamp())
+            .is_err_and(|r| {
+                !matches!(
+                    r.reason,
+                    Reason::Undecodable
+                        | Reason::BadFrame
+                        | Reason::WrongMessageIndex
+                        | Reason::WrongTopic
+                        | Reason::InvalidJson
+                )
+            });
+        let value = if decodes {
+            encode(*kind, bytes, i)
+        } else {
+            bytes.clone()
+        };
+        send(&p, &env, *kind, "poison", &value).await;
+    }
+    // JSON as a registry writes it by hand: numbers as numbers, the time with its offset.
+    let by_hand = format!(
+        r#"{{"eventId":"by-hand-1","provinceCode":"56","codeScheme":"CODE_SCHEME_PROVINCES_34",
+           "dataset":"land","recordCount":7,"occurredAt":"{}","sourceSystem":"dat-dai-kh"}}"#,
+        (now - chrono::Duration::hours(1))
+            .with_timezone(&tiendo::clock::vn_offset())
+            .to_rfc3339()
+    );
+    send(&p, &env, Kind::Records, "56", by_hand.as_bytes()).await;
+    *expected.totals.entry("n56|r.land".into()).or_default() += 7;
+
+    let running = env.spawn().await;
+    let snap = env.wait_consumed(Duration::from_secs(120)).await;
+    running.shutdown().await;
+    expected.assert_matches(&snap);
+    assert_eq!(letters_by_reason(&env), expected.dead);
+}
+
+/// Where cargo put the examples of this build: beside the test binaries' directory.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("example starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publishing_guides_python_and_rust_examples_are_counted_exactly() {
+    let env = Env::start();
+    let brokers = env.kafka.bootstrap_servers();
+    let topics = env.settings.kafka.topics.clone();
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/python-examples");
+    let n = 40;
+    for (kind, topic) in [
+        ("records", &topics.records),
+        ("procedures", &topics.procedures),
+    ] {
+        for encoding in ["protobuf", "confluent", "json"] {
+            run(Command::new(python).args([
+                "--brokers",
+                &brokers,
+                "--topic",
+                topic,
+                "--kind",
+                kind,
+                "--encoding",
+                encoding,
+                "--count",
+                &n.to_string(),
+                "--id-prefix",
+                &format!("py-{encoding}"),
+            ]));
+        }
+        // The same events again, as JSON this time: counted once.
+        run(Command::new(python).args([
+            "--brokers",
+            &brokers,
+            "--topic",
+            topic,
+            "--kind",
+            kind,
+            "--encoding",
+            "json",
+            "--count",
+            &n.to_string(),
+            "--id-prefix",
+            "py-protobuf",
+        ]));
+        for encoding in ["protobuf", "confluent"] {
+            run(Command::new(example("publish")).args([
+                "--brokers",
+                &brokers,
+                "--topic",
+                topic,
+                "--kind",
+                kind,
+                "--encoding",
+                encoding,
+                "--count",
+                &n.to_string(),
+                "--id-prefix",
+                &format!("rs-{encoding}"),
+            ]));
+        }
+    }
+
+    let running = env.spawn().await;
+    let snap = env.wait_consumed(Duration::from_secs(120)).await;
+    running.shutdown().await;
+    let got: BTreeMap<String, i64> = snap
+        .counts
+        .iter()
+        .filter(|(_, c)| c.total != 0)
+        .map(|(k, c)| (k.clone(), c.total))
+        .collect();
+    let each = 5 * n; // three Python encodings and two Rust ones
+    let want: BTreeMap<String, i64> = [
+        ("n56|r.civil_status", each),
+        ("n56|p.online.n", each),
+        ("n56|p.online.ot", each),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(got, want);
+    assert!(snap.dead.is_empty(), "{:?}", snap.dead);
+}
