@@ -22,6 +22,7 @@ pub mod embedded;
 pub mod events;
 pub mod generator;
 pub mod history;
+pub mod jsonschema;
 pub mod notify;
 pub mod pipeline;
 pub mod provinces;

@@ -251,3 +251,26 @@ async fn the_publishing_guides_python_and_rust_examples_are_counted_exactly() {
     assert_eq!(got, want);
     assert!(snap.dead.is_empty(), "{:?}", snap.dead);
 }
+
+/// The JSON Schema files registries validate against are what the descriptors say today.
+/// `TIENDO_WRITE_SCHEMAS=1 cargo test --release --test encodings json_schema` rewrites them.
+#[test]
+fn the_json_schema_files_are_generated_from_the_proto() {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema"));
+    for kind in [Kind::Records, Kind::Procedures] {
+        let path = dir.join(tiendo::jsonschema::file_name(kind));
+        let generated =
+            serde_json::to_string_pretty(&tiendo::jsonschema::schema(kind)).unwrap() + "\n";
+        if std::env::var_os("TIENDO_WRITE_SCHEMAS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            committed,
+            generated,
+            "{} is not what proto/ generates: run with TIENDO_WRITE_SCHEMAS=1",
+            path.display()
+        );
+    }
+}

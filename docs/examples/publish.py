@@ -17,6 +17,8 @@ The key is the province code, so one province's events stay in order on one part
 """
 
 import argparse
+import json
+import pathlib
 import sys
 
 from confluent_kafka import Producer
@@ -25,8 +27,12 @@ from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from jsonschema import Draft202012Validator
 
 from tiendo.v1 import events_pb2
+
+
+SCHEMAS = pathlib.Path(__file__).resolve().parent.parent / "schema"
 
 
 def record(args, event_id, now):
@@ -58,7 +64,18 @@ def encoder(args, message_type):
     if args.encoding == "protobuf":
         return lambda msg: msg.SerializeToString()
     if args.encoding == "json":
-        return lambda msg: json_format.MessageToJson(msg, indent=None).encode("utf-8")
+        # Checked against tiendo's JSON Schema before sending: a bad event fails here, at the
+        # source, rather than in tiendo's dead-letter topic.
+        name = message_type.DESCRIPTOR.full_name
+        schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
+        validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+        def to_json(msg):
+            text = json_format.MessageToJson(msg, indent=None)
+            validator.validate(json.loads(text))
+            return text.encode("utf-8")
+
+        return to_json
     # confluent: "mock://" is an in-process registry (no server), which hands out schema ids
     # starting at 1; give --schema-registry to register the schema with a real one.
     registry = SchemaRegistryClient.new_client({"url": args.schema_registry})
