@@ -7,9 +7,11 @@
 use std::collections::HashMap;
 
 use crate::buckets::Tier;
+use crate::deadletter::DeadLetter;
 use crate::decode::{Event, Payload, Reason};
 use crate::events::{channel_name, Channel};
 use crate::provinces::Unit;
+use crate::sources::Source;
 
 /// Where a delta goes: the running total, or one time bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,12 +70,37 @@ pub struct Aggregate {
     pub dead: HashMap<Reason, i64>,
     /// Events that added to the counters.
     pub counted: u64,
+    /// What each source sent in this batch.
+    pub sources: HashMap<Source, SourceDelta>,
 }
+
+/// One source's share of a batch: counted events and their records, re-sends, rejects by
+/// reason with the newest few examples, and the newest event time.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SourceDelta {
+    pub events: i64,
+    pub records: i64,
+    pub duplicates: i64,
+    pub rejects: HashMap<Reason, i64>,
+    /// Per reason, up to [`EXAMPLES_KEPT`] rejects, newest first: `topic/partition@offset`
+    /// and the detail.
+    pub examples: HashMap<Reason, Vec<(String, String)>>,
+    pub last_event: i64,
+}
+
+/// Examples kept per source and reason (in each partition).
+pub const EXAMPLES_KEPT: usize = 3;
 
 impl Aggregate {
     /// Adds a new (not duplicate) event.
     pub fn add(&mut self, event: &Event) {
         self.counted += 1;
+        let source = self.sources.entry(event.source.clone()).or_default();
+        source.events += 1;
+        source.last_event = source.last_event.max(event.at);
+        if let Payload::Records { count, .. } = event.payload {
+            source.records += count as i64;
+        }
         match event.payload {
             Payload::Records { dataset, count } => {
                 let field = Field {
@@ -105,8 +132,22 @@ impl Aggregate {
         }
     }
 
-    pub fn dead_letter(&mut self, reason: Reason) {
-        *self.dead.entry(reason).or_default() += 1;
+    /// An event already counted (a re-send).
+    pub fn duplicate(&mut self, event: &Event) {
+        self.sources
+            .entry(event.source.clone())
+            .or_default()
+            .duplicates += 1;
+    }
+
+    pub fn dead_letter(&mut self, letter: &DeadLetter) {
+        *self.dead.entry(letter.reason).or_default() += 1;
+        let source = self.sources.entry(letter.source.clone()).or_default();
+        *source.rejects.entry(letter.reason).or_default() += 1;
+        let examples = source.examples.entry(letter.reason).or_default();
+        let origin = format!("{}/{}@{}", letter.topic, letter.partition, letter.offset);
+        examples.insert(0, (origin, letter.detail.clone()));
+        examples.truncate(EXAMPLES_KEPT);
     }
 
     fn add_counter(&mut self, field: Field, at: i64, amount: i64) {
@@ -154,6 +195,7 @@ mod tests {
             },
             at,
             payload: Payload::Records { dataset: 1, count },
+            source: crate::sources::Labels::default().other(),
         }
     }
 

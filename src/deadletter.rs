@@ -16,6 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::decode::Reason;
+use crate::sources::Source;
 
 /// A rejected message on its way to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     pub reason: Reason,
     pub detail: String,
+    /// Who sent it, as far as it could be read.
+    pub source: Source,
 }
 
 pub const REASON_HEADER: &str = "tiendo.reason";

@@ -10,6 +10,7 @@ use crate::clock::vn_offset;
 use crate::config::ValidationSettings;
 use crate::events::{Channel, CodeScheme, Kind, ProcedureCompleted, RecordDigitized};
 use crate::provinces::{provinces, Scheme, Unit};
+use crate::sources::{Labels, Source};
 use crate::wire::{self, Body, Encoding};
 
 /// Why a message was dead-lettered. The string forms are metric labels and header values:
@@ -89,12 +90,15 @@ impl Reason {
 pub struct Rejected {
     pub reason: Reason,
     pub detail: String,
+    /// The sender's label, when the message could be read far enough to name it.
+    pub source: Option<Source>,
 }
 
 fn reject<T>(reason: Reason, detail: impl Into<String>) -> Result<T, Rejected> {
     Err(Rejected {
         reason,
         detail: detail.into(),
+        source: None,
     })
 }
 
@@ -123,6 +127,8 @@ pub struct Event {
     /// Event time, unix seconds.
     pub at: i64,
     pub payload: Payload,
+    /// Who sent it (`source_system`, as a bounded label).
+    pub source: Source,
 }
 
 /// Validation rules, built once from settings.
@@ -134,6 +140,7 @@ pub struct Validator {
     programme_start: i64,
     /// Per topic kind: records, procedures.
     encodings: [Encoding; 2],
+    sources: Labels,
 }
 
 impl Validator {
@@ -153,6 +160,7 @@ impl Validator {
             max_future_skew: settings.max_future_skew.as_secs() as i64,
             programme_start,
             encodings: [Encoding::Auto; 2],
+            sources: Labels::default(),
         }
     }
 
@@ -166,6 +174,12 @@ impl Validator {
         &self.datasets
     }
 
+    /// The upstream systems counted under their own name (`sources.known`).
+    pub fn with_sources(mut self, known: &[String]) -> Validator {
+        self.sources = Labels::new(known);
+        self
+    }
+
     /// Decodes and validates one message of `kind` at wall time `now`.
     pub fn decode(&self, kind: Kind, bytes: &[u8], now: i64) -> Result<Event, Rejected> {
         let encoding = match kind {
@@ -173,13 +187,33 @@ impl Validator {
             Kind::Procedures => self.encodings[1],
         };
         let body = wire::unwrap(kind, encoding, bytes)?;
+        let named = |source: Source| {
+            move |mut r: Rejected| {
+                r.source = Some(source);
+                r
+            }
+        };
         match kind {
-            Kind::Records => self.record(message(kind, body)?, now),
-            Kind::Procedures => self.procedure(message(kind, body)?, now),
+            Kind::Records => {
+                let m: RecordDigitized = message(kind, body)?;
+                let source = self.sources.of(&m.source_system);
+                self.record(m, now, source.clone()).map_err(named(source))
+            }
+            Kind::Procedures => {
+                let m: ProcedureCompleted = message(kind, body)?;
+                let source = self.sources.of(&m.source_system);
+                self.procedure(m, now, source.clone())
+                    .map_err(named(source))
+            }
         }
     }
 
-    fn record(&self, m: RecordDigitized, now: i64) -> Result<Event, Rejected> {
+    /// The label of messages that name no known source.
+    pub fn other_source(&self) -> Source {
+        self.sources.other()
+    }
+
+    fn record(&self, m: RecordDigitized, now: i64, source: Source) -> Result<Event, Rejected> {
         check_id(&m.event_id)?;
         let at = self.time(m.occurred_at.as_ref(), now)?;
         let (unit, inferred) = unit(&m.province_code, m.code_scheme, at)?;
@@ -204,10 +238,16 @@ impl Validator {
                 dataset: dataset as u8,
                 count: m.record_count,
             },
+            source,
         })
     }
 
-    fn procedure(&self, m: ProcedureCompleted, now: i64) -> Result<Event, Rejected> {
+    fn procedure(
+        &self,
+        m: ProcedureCompleted,
+        now: i64,
+        source: Source,
+    ) -> Result<Event, Rejected> {
         check_id(&m.event_id)?;
         let at = self.time(m.completed_at.as_ref(), now)?;
         let (unit, inferred) = unit(&m.province_code, m.code_scheme, at)?;
@@ -226,6 +266,7 @@ impl Validator {
                 channel,
                 on_time: m.on_time,
             },
+            source,
         })
     }
 
@@ -292,6 +333,7 @@ fn unit(code: &str, scheme: i32, at: i64) -> Result<(Unit, bool), Rejected> {
         Err(_) => return reject(Reason::UnknownCodeScheme, format!("code_scheme {scheme}")),
     };
     let unit = table.resolve(scheme, code).ok_or_else(|| Rejected {
+        source: None,
         reason: Reason::UnknownProvince,
         detail: format!("{:?} is not a code of the {scheme:?} table", truncate(code)),
     })?;

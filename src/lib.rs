@@ -33,6 +33,7 @@ pub mod run;
 pub mod scenario;
 pub mod serve;
 pub mod source;
+pub mod sources;
 pub mod status;
 pub mod store;
 pub mod targets;

@@ -99,6 +99,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Each upstream system's feed: last message, events and records over 24 h and 7 d,
+    /// rejects by reason with recent examples, and whether it has gone quiet.
+    Sources {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -181,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { view, format } => status(&settings, view, format).await,
+        Command::Sources { format } => sources(&settings, format).await,
         Command::Publish {
             kind,
             format,
@@ -363,6 +370,23 @@ async fn alerts(settings: &Settings, limit: usize, format: Format) -> anyhow::Re
                 );
             }
         }
+    }
+    Ok(())
+}
+
+async fn sources(settings: &Settings, format: Format) -> anyhow::Result<()> {
+    let conn = store::connect(&settings.redis).await?;
+    let reader = store::Store::new(conn, &settings.redis.key_prefix, Vec::new(), 1);
+    let now = chrono::Utc::now();
+    let stored = reader
+        .sources(now)
+        .await
+        .with_context(|| format!("reading sources from {}", settings.redis_display()))?;
+    let s = &settings.sources;
+    let views = tiendo::sources::view(&s.known, &stored, s.quiet_after, now);
+    match format {
+        Format::Table => print!("{}", tiendo::sources::table(&views, now)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&views)?),
     }
     Ok(())
 }

@@ -47,8 +47,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             Some(watch.clone()),
         )
         .await?;
+        let sources = crate::sources::publish_every(
+            state.store.clone(),
+            settings.sources.clone(),
+            clock.clone(),
+            settings.alerts.interval,
+            shutdown.clone(),
+        );
         let (_, task) = serve::serve(&settings.http.listen, state, shutdown.clone()).await?;
         tasks.push(task);
+        tasks.push(tokio::spawn(sources));
     }
     if settings.alerts.enabled {
         tasks.extend(spawn_alerting(&settings, targets, clock, watch, shutdown.clone()).await?);
@@ -97,6 +105,7 @@ pub async fn app_state(
         assignment,
         watch,
         chat: Some(chat),
+        sources: settings.sources.clone(),
     })
 }
 

@@ -10,6 +10,11 @@ use crate::config::{LogFormat, LogSettings};
 
 pub const EVENTS: &str = "tiendo_events_total";
 pub const DEAD_LETTERS: &str = "tiendo_dead_letters_total";
+pub const SOURCE_EVENTS: &str = "tiendo_source_events_total";
+pub const SOURCE_LAST_MESSAGE: &str = "tiendo_source_last_message_timestamp_seconds";
+pub const SOURCE_QUIET: &str = "tiendo_source_quiet";
+pub const SOURCE_MESSAGES_24H: &str = "tiendo_source_messages_24h";
+pub const SOURCE_REJECT_RATIO_24H: &str = "tiendo_source_reject_ratio_24h";
 pub const INFERRED: &str = "tiendo_events_inferred_total";
 pub const BATCH_MESSAGES: &str = "tiendo_batch_messages";
 pub const BATCH_SECONDS: &str = "tiendo_batch_duration_seconds";
@@ -44,7 +49,18 @@ pub const CHAT_POLLS: &str = "tiendo_chat_polls_total";
 pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (EVENTS, "counter", "topic, outcome",
      "Messages consumed, by outcome: counted, duplicate, dead_letter, replayed (already stored, skipped)."),
-    (DEAD_LETTERS, "counter", "reason", "Messages sent to the dead-letter topic, by reason."),
+    (DEAD_LETTERS, "counter", "reason, source",
+     "Messages sent to the dead-letter topic, by reason and source system (a configured name in sources.known, else other)."),
+    (SOURCE_EVENTS, "counter", "topic, source",
+     "Valid events received (counted or re-sent), by source system (a configured name in sources.known, else other)."),
+    (SOURCE_LAST_MESSAGE, "gauge", "source",
+     "When a message of the source last arrived (unix seconds), from Redis: every replica reports the same."),
+    (SOURCE_QUIET, "gauge", "source",
+     "1 when a configured source has sent nothing for sources.quiet_after."),
+    (SOURCE_MESSAGES_24H, "gauge", "source",
+     "Messages of the source in the last 24 hours: counted, re-sent and rejected."),
+    (SOURCE_REJECT_RATIO_24H, "gauge", "source",
+     "Share of the source's messages of the last 24 hours that were dead-lettered."),
     (INFERRED, "counter", "reason",
      "Events counted with something inferred, by reason: legacy_code_inferred (a code only the 63-unit table has, sent without code_scheme after 1 July 2025)."),
     (BATCH_MESSAGES, "histogram", "", "Messages per processed batch."),

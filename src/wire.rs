@@ -75,6 +75,7 @@ fn reject<T>(reason: Reason, detail: impl Into<String>) -> Result<T, Rejected> {
     Err(Rejected {
         reason,
         detail: detail.into(),
+        source: None,
     })
 }
 
@@ -144,6 +145,7 @@ fn unframe(kind: Kind, bytes: &[u8]) -> Result<Body<'_>, Rejected> {
 /// Reads the message-index array; `[0]` may be written as the single count 0.
 fn read_indexes(rest: &mut &[u8]) -> Result<Vec<i64>, Rejected> {
     let bad = |what: &str| Rejected {
+        source: None,
         reason: Reason::BadFrame,
         detail: format!("message-index array: {what}"),
     };

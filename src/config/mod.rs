@@ -90,6 +90,28 @@ pub struct Settings {
     pub alerts: AlertSettings,
     pub report: ReportSettings,
     pub commands: CommandSettings,
+    pub sources: SourceSettings,
+}
+
+/// The upstream systems that publish events, known by their `source_system` field.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSettings {
+    /// Their names. Events and rejects are counted per known source; any other name (and a
+    /// message too broken to say) counts as `other`, so hostile input adds no series or keys.
+    pub known: Vec<String>,
+    /// A known source with no message for this long is quiet.
+    #[serde(with = "humantime_serde")]
+    pub quiet_after: Duration,
+}
+
+impl Default for SourceSettings {
+    fn default() -> Self {
+        SourceSettings {
+            known: Vec::new(),
+            quiet_after: Duration::from_secs(6 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -570,6 +592,21 @@ impl Settings {
             .any(|d| d.is_empty() || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         {
             return invalid("dataset names are letters, digits and _ only");
+        }
+        if self.sources.known.len() > 64 {
+            return invalid("sources.known may name at most 64 sources");
+        }
+        if self.sources.known.iter().any(|n| {
+            n.is_empty()
+                || n.len() > 64
+                || n == crate::sources::OTHER
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        }) {
+            return invalid(
+                "sources.known: names are 1-64 letters, digits, '-', '_' or '.', and not 'other'",
+            );
         }
         if self.pipeline.batch_max_messages == 0 {
             return invalid("pipeline.batch_max_messages must be at least 1");

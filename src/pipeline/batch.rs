@@ -121,6 +121,7 @@ impl Batch {
                 payload: payload.to_vec(),
                 reason: rejected.reason,
                 detail: rejected.detail,
+                source: rejected.source.unwrap_or_else(|| validator.other_source()),
             }),
         }
     }
@@ -173,10 +174,12 @@ impl Batch {
                 for (event, _) in &p.events {
                     if fresh.next().unwrap_or(true) {
                         agg.add(event);
+                    } else {
+                        agg.duplicate(event);
                     }
                 }
                 for l in &p.dead {
-                    agg.dead_letter(l.reason);
+                    agg.dead_letter(l);
                 }
                 agg
             })

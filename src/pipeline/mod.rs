@@ -75,10 +75,12 @@ impl Pipeline {
         Ok(Pipeline {
             collector: Collector {
                 consumer: consumer.clone(),
-                validator: Validator::new(&settings.validation).with_encodings(
-                    settings.kafka.topics.records_encoding,
-                    settings.kafka.topics.procedures_encoding,
-                ),
+                validator: Validator::new(&settings.validation)
+                    .with_encodings(
+                        settings.kafka.topics.records_encoding,
+                        settings.kafka.topics.procedures_encoding,
+                    )
+                    .with_sources(&settings.sources.known),
                 clock: clock.clone(),
                 settings: settings.pipeline.clone(),
                 topics: topics.clone(),
@@ -464,8 +466,12 @@ impl Storer {
             )
             .await?;
             for l in &letters {
-                metrics::counter!(telemetry::DEAD_LETTERS, "reason" => l.reason.as_str())
-                    .increment(1);
+                metrics::counter!(
+                    telemetry::DEAD_LETTERS,
+                    "reason" => l.reason.as_str(),
+                    "source" => l.source.as_str().to_string()
+                )
+                .increment(1);
             }
         }
 
@@ -497,6 +503,14 @@ impl Storer {
                         .increment(events - outcome.counted);
                     metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "dead_letter")
                         .increment(part.dead.len() as u64);
+                    let mut by_source: HashMap<&str, u64> = HashMap::new();
+                    for (e, _) in &part.events {
+                        *by_source.entry(e.source.as_str()).or_default() += 1;
+                    }
+                    for (source, n) in by_source {
+                        metrics::counter!(telemetry::SOURCE_EVENTS, "topic" => kind, "source" => source.to_string())
+                            .increment(n);
+                    }
                     let inferred = part.events.iter().filter(|(e, _)| e.inferred).count();
                     if inferred > 0 {
                         metrics::counter!(telemetry::INFERRED, "reason" => "legacy_code_inferred")

@@ -54,6 +54,7 @@ pub struct AppState {
     pub watch: Option<crate::catchup::Watch>,
     /// Answers slash commands at `/slack/commands`; `None` where no chat is configured.
     pub chat: Option<Arc<crate::chat::Conversation>>,
+    pub sources: crate::config::SourceSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/provinces", get(provinces))
+        .route("/api/v1/sources", get(sources))
         .route("/api/v1/provinces/{code}/history", get(history::handler))
         .route("/slack/commands", axum::routing::post(slack::handler))
         .route("/report", get(report))
@@ -191,6 +193,27 @@ async fn report(State(s): State<Arc<AppState>>, Query(q): Query<ReportQuery>) ->
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("figures unavailable: {error}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn sources(State(s): State<Arc<AppState>>) -> Response {
+    let now = s.clock.now();
+    match s.store.sources(now).await {
+        Ok(stored) => Json(crate::sources::view(
+            &s.sources.known,
+            &stored,
+            s.sources.quiet_after,
+            now,
+        ))
+        .into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read sources for the API");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("sources unavailable: {error}\n"),
             )
                 .into_response()
         }

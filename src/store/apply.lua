@@ -10,9 +10,11 @@
 -- ARGV[1]: the number of partitions. ARGV[2]: 1 when KEYS[1] is the directory of partition
 -- tags to add each partition's tag to, else 0. Then per partition: its key count, its tag
 -- (only with a directory), expected stored offset, next, then n and n triples (key index,
--- field, delta), then m and m pairs (field, unix time), then k and k pairs (key index, unix
--- time it expires at). A partition's keys follow the previous partition's: next offset, totals, newest
--- times, dead letters, then time buckets; key indexes count from its first key, from 1.
+-- field, delta) to add, then m and m triples (key index, field, unix time) to raise to, then
+-- s and s triples (key index, field, text) to set, then k and k pairs (key index, unix time
+-- it expires at). A partition's keys follow the previous partition's: next offset, totals,
+-- newest times, dead letters, then the others (time buckets, per-source counters); key
+-- indexes count from its first key, from 1.
 -- Returns a flat array of (1 stored | 0 fenced, offset) per partition.
 --
 -- New hashes get one long field so Redis stores them as hash tables at once: these hashes
@@ -60,15 +62,23 @@ for _ = 1, partitions do
   n = tonumber(ARGV[i])
   i = i + 1
   if apply then
-    local latest = keys[3]
-    for j = i, i + 2 * (n - 1), 2 do
-      local current = tonumber(redis.call('HGET', latest, ARGV[j]) or '0')
-      if tonumber(ARGV[j + 1]) > current then
-        redis.call('HSET', latest, ARGV[j], ARGV[j + 1])
+    for j = i, i + 3 * (n - 1), 3 do
+      local key = keys[ARGV[j]]
+      local current = tonumber(redis.call('HGET', key, ARGV[j + 1]) or '0')
+      if tonumber(ARGV[j + 2]) > current then
+        redis.call('HSET', key, ARGV[j + 1], ARGV[j + 2])
       end
     end
   end
-  i = i + 2 * n
+  i = i + 3 * n
+  n = tonumber(ARGV[i])
+  i = i + 1
+  if apply then
+    for j = i, i + 3 * (n - 1), 3 do
+      redis.call('HSET', keys[ARGV[j]], ARGV[j + 1], ARGV[j + 2])
+    end
+  end
+  i = i + 3 * n
   n = tonumber(ARGV[i])
   i = i + 1
   if apply then

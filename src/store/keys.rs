@@ -66,6 +66,18 @@ impl PartitionKeys {
     pub fn bucket(&self, tier: Tier, b: i64) -> String {
         format!("{}:{}{}", self.base, tier.letter(), b)
     }
+    /// Per source, all time: `<source>|e`, `|r`, `|d`, `|x.<reason>`, `|seen`, `|at`.
+    pub fn sources(&self) -> String {
+        format!("{}:src", self.base)
+    }
+    /// Per source, what arrived in one hour (bucket number of arrival time).
+    pub fn source_hour(&self, hour: i64) -> String {
+        format!("{}:srch{}", self.base, hour)
+    }
+    /// Recent rejects per source and reason: `<source>|<reason>|<slot>`.
+    pub fn source_examples(&self) -> String {
+        format!("{}:srcx", self.base)
+    }
 }
 
 impl Keys {

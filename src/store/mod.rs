@@ -26,6 +26,7 @@ pub use read::{Counts, Daily, Snapshot};
 use crate::aggregate::{Aggregate, Slot};
 use crate::buckets::Tier;
 use crate::events::Kind;
+use crate::sources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -289,6 +290,49 @@ impl Store {
         for (reason, n) in &b.aggregate.dead {
             incr.push((4, reason.as_str().to_string(), *n));
         }
+        let mut raise: Vec<(usize, String, i64)> = b
+            .aggregate
+            .latest
+            .iter()
+            .map(|(field, at)| (3, field.render(&self.datasets), *at))
+            .collect();
+        let mut set: Vec<(usize, String, String)> = Vec::new();
+        if !b.aggregate.sources.is_empty() {
+            own.push(keys.sources());
+            let all_time = own.len();
+            let hour = Tier::Hour.bucket(now);
+            own.push(keys.source_hour(hour));
+            let hourly = own.len();
+            expiries.push((hourly, Tier::Hour.start(hour + sources::HOURS_KEPT)));
+            own.push(keys.source_examples());
+            let examples = own.len();
+            for (source, d) in &b.aggregate.sources {
+                let name = source.as_str();
+                let reasons = d
+                    .rejects
+                    .iter()
+                    .map(|(r, n)| (format!("x.{}", r.as_str()), *n));
+                let counters = [("e", d.events), ("r", d.records), ("d", d.duplicates)]
+                    .into_iter()
+                    .map(|(c, n)| (c.to_string(), n))
+                    .chain(reasons)
+                    .filter(|(_, n)| *n != 0);
+                for (counter, n) in counters {
+                    incr.push((all_time, format!("{name}|{counter}"), n));
+                    incr.push((hourly, format!("{name}|{counter}"), n));
+                }
+                raise.push((all_time, format!("{name}|seen"), now));
+                if d.last_event > 0 {
+                    raise.push((all_time, format!("{name}|at"), d.last_event));
+                }
+                for (reason, list) in &d.examples {
+                    for (slot, (origin, detail)) in list.iter().enumerate() {
+                        let field = format!("{name}|{}|{slot}", reason.as_str());
+                        set.push((examples, field, format!("{now}\t{origin}\t{detail}")));
+                    }
+                }
+            }
+        }
         inv.arg(own.len());
         if let Some(tag) = tag {
             inv.arg(tag);
@@ -300,9 +344,13 @@ impl Store {
         for (idx, field, delta) in incr {
             inv.arg(idx).arg(field).arg(delta);
         }
-        inv.arg(b.aggregate.latest.len());
-        for (field, at) in &b.aggregate.latest {
-            inv.arg(field.render(&self.datasets)).arg(*at);
+        inv.arg(raise.len());
+        for (idx, field, at) in raise {
+            inv.arg(idx).arg(field).arg(at);
+        }
+        inv.arg(set.len());
+        for (idx, field, text) in set {
+            inv.arg(idx).arg(field).arg(text);
         }
         inv.arg(expiries.len());
         for (idx, at) in expiries {

@@ -8,6 +8,7 @@ use futures::future::try_join_all;
 
 use super::{Store, StoreError};
 use crate::buckets::{Tier, WINDOWS};
+use crate::sources;
 
 /// A counter's total and its sums over each of [`WINDOWS`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -210,5 +211,83 @@ impl Store {
             }
         }
         Ok(daily)
+    }
+}
+
+impl Store {
+    /// Every source's figures (see [`crate::sources`]), summed over partitions: one pipeline
+    /// per partition, all at once.
+    pub async fn sources(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, sources::Stored>, StoreError> {
+        let mut conn = self.conn.clone();
+        let tags: BTreeSet<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.directory())
+            .query_async(&mut conn)
+            .await?;
+        let hour = Tier::Hour.bucket(now.timestamp());
+        let hours: Vec<i64> = (hour - sources::HOURS_KEPT + 1..=hour).collect();
+        let reads = tags.iter().map(|tag| {
+            let keys = self.keys.tagged(tag);
+            let mut pipe = redis::pipe();
+            pipe.hgetall(keys.sources()).hgetall(keys.source_examples());
+            for h in &hours {
+                pipe.hgetall(keys.source_hour(*h));
+            }
+            let mut conn = self.conn.clone();
+            async move {
+                let values: Vec<Raw> = pipe.query_async(&mut conn).await?;
+                Ok::<_, StoreError>(values)
+            }
+        });
+        let mut out: BTreeMap<String, sources::Stored> = BTreeMap::new();
+        for values in try_join_all(reads).await? {
+            let mut values = values.into_iter();
+            let all_time = values.next().unwrap_or_default();
+            let examples = values.next().unwrap_or_default();
+            for (field, v) in counters(all_time) {
+                let Some((name, counter)) = field.split_once('|') else {
+                    continue;
+                };
+                let s = out.entry(name.to_string()).or_default();
+                match counter {
+                    "seen" => s.last_seen = s.last_seen.max(Some(v)),
+                    "at" => s.last_event = s.last_event.max(Some(v)),
+                    _ => s.total.add(counter, v),
+                }
+            }
+            for (field, text) in examples {
+                let mut f = field.split('|');
+                let (Some(name), Some(reason)) = (f.next(), f.next()) else {
+                    continue; // the '~' pin
+                };
+                let mut t = text.splitn(3, '\t');
+                let (Some(at), Some(origin), Some(detail)) = (t.next(), t.next(), t.next()) else {
+                    continue;
+                };
+                let Some(at) = at.parse().ok().and_then(|t| DateTime::from_timestamp(t, 0)) else {
+                    continue;
+                };
+                out.entry(name.to_string())
+                    .or_default()
+                    .examples
+                    .push(sources::Example {
+                        at,
+                        reason: reason.to_string(),
+                        origin: origin.to_string(),
+                        detail: detail.to_string(),
+                    });
+            }
+            for (h, raw) in hours.iter().zip(values) {
+                for (field, v) in counters(raw) {
+                    if let Some((name, counter)) = field.split_once('|') {
+                        let s = out.entry(name.to_string()).or_default();
+                        s.hours.entry(*h).or_default().add(counter, v);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
