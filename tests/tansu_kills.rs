@@ -319,3 +319,86 @@ async fn scaling_one_to_three_to_one_replica_while_publishing_counts_exactly() {
     }
     assert_exact(&expected, &snap);
 }
+
+/// Tansu 0.6 answers a fetch that starts inside a record batch with the next batch. A replica
+/// resuming at a stored offset in the middle of one (where another replica stopped) must
+/// count from exactly there: the first fetch skips ahead, so it is dropped and fetched again
+/// from further back, and what lies below the stored offset is trimmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_inside_a_record_batch_counts_from_exactly_the_stored_offset() {
+    let env = Env::start_tansu();
+    let topic = env.settings.kafka.topics.records.clone();
+    let mut g = env.generator(21);
+    let now = chrono::Utc::now();
+    let events: Vec<Generated> = (0..1000).map(|_| g.record(now)).collect();
+    // Record batches of 100 on partition 0: each chunk is sent at once and waited for.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env.settings.kafka.brokers.as_str())
+        .set("linger.ms", "500")
+        .set("batch.num.messages", "100")
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    for chunk in events.chunks(100) {
+        let sends = chunk.iter().map(|m| {
+            let payload = m.encode();
+            let producer = &producer;
+            let topic = &topic;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(topic)
+                            .partition(0)
+                            .key("k")
+                            .payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("delivered")
+            }
+        });
+        let offsets: Vec<i64> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|d| d.offset)
+            .collect();
+        assert_eq!(offsets.len(), 100);
+    }
+
+    // Redis holds the first 150 as counted, as a replica that stopped there would leave it.
+    let stored = 150;
+    let key = tiendo::store::Keys::new(&env.settings.redis.key_prefix)
+        .partition(&topic, 0)
+        .offset();
+    let client = redis::Client::open(env.settings.redis.url.expose()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SET")
+        .arg(&key)
+        .arg(stored)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut expected = Expected::default();
+    expected.add_all(&events[stored..]);
+
+    let port = tiendo::embedded::free_port().unwrap();
+    let mut child = member(&env)
+        .env("TIENDO_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .spawn()
+        .expect("tiendo starts");
+    let snap = wait_for(&env, &expected, Duration::from_secs(120)).await;
+    let refetched = common::scrape(
+        &format!("http://127.0.0.1:{port}"),
+        "tiendo_refetched_batches_total",
+    )
+    .await;
+    signal(&child, "TERM");
+    child.wait().unwrap();
+    assert_exact(&expected, &snap);
+    assert_eq!(snap.offsets.get(&format!("{topic}/0")), Some(&1000));
+    assert!(
+        refetched.unwrap_or(0.0) >= 1.0,
+        "the broker skipped ahead and the batch was fetched again ({refetched:?})"
+    );
+}
