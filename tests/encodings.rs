@@ -177,28 +177,9 @@ async fn the_publishing_guides_python_and_rust_examples_are_counted_exactly() {
     let topics = env.settings.kafka.topics.clone();
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/python-examples");
     let n = 40;
-    for (kind, topic) in [
-        ("records", &topics.records),
-        ("procedures", &topics.procedures),
-    ] {
-        for encoding in ["protobuf", "confluent", "json"] {
-            run(Command::new(python).args([
-                "--brokers",
-                &brokers,
-                "--topic",
-                topic,
-                "--kind",
-                kind,
-                "--encoding",
-                encoding,
-                "--count",
-                &n.to_string(),
-                "--id-prefix",
-                &format!("py-{encoding}"),
-            ]));
-        }
-        // The same events again, as JSON this time: counted once.
-        run(Command::new(python).args([
+    let publish = |program: &str, kind: &str, topic: &str, encoding: &str, prefix: &str| {
+        let count = n.to_string();
+        let args = [
             "--brokers",
             &brokers,
             "--topic",
@@ -206,39 +187,34 @@ async fn the_publishing_guides_python_and_rust_examples_are_counted_exactly() {
             "--kind",
             kind,
             "--encoding",
-            "json",
+            encoding,
             "--count",
-            &n.to_string(),
+            &count,
             "--id-prefix",
-            "py-protobuf",
-        ]));
+            prefix,
+        ];
+        run(Command::new(program).args(args));
+    };
+    let rust = example("publish");
+    let rust = rust.to_str().unwrap();
+    for (kind, topic) in [
+        ("records", &topics.records),
+        ("procedures", &topics.procedures),
+    ] {
+        for encoding in ["protobuf", "confluent", "json"] {
+            publish(python, kind, topic, encoding, &format!("py-{encoding}"));
+        }
+        // The same events again, as JSON this time: counted once.
+        publish(python, kind, topic, "json", "py-protobuf");
         for encoding in ["protobuf", "confluent"] {
-            run(Command::new(example("publish")).args([
-                "--brokers",
-                &brokers,
-                "--topic",
-                topic,
-                "--kind",
-                kind,
-                "--encoding",
-                encoding,
-                "--count",
-                &n.to_string(),
-                "--id-prefix",
-                &format!("rs-{encoding}"),
-            ]));
+            publish(rust, kind, topic, encoding, &format!("rs-{encoding}"));
         }
     }
 
     let running = env.spawn().await;
     let snap = env.wait_consumed(Duration::from_secs(120)).await;
     running.shutdown().await;
-    let got: BTreeMap<String, i64> = snap
-        .counts
-        .iter()
-        .filter(|(_, c)| c.total != 0)
-        .map(|(k, c)| (k.clone(), c.total))
-        .collect();
+    let got = common::totals(&snap);
     let each = 5 * n; // three Python encodings and two Rust ones
     let want: BTreeMap<String, i64> = [
         ("n56|r.civil_status", each),

@@ -494,12 +494,7 @@ impl Expected {
 
     /// Asserts the snapshot's totals are exactly these, field by field.
     pub fn assert_matches(&self, snap: &Snapshot) {
-        let got: BTreeMap<String, i64> = snap
-            .counts
-            .iter()
-            .filter(|(_, c)| c.total != 0)
-            .map(|(k, c)| (k.clone(), c.total))
-            .collect();
+        let got = totals(snap);
         let got_sum: i64 = got
             .iter()
             .filter(|(k, _)| k.contains("|r."))
@@ -509,6 +504,15 @@ impl Expected {
         assert_eq!(got, self.totals, "per-field totals");
         assert_eq!(snap.dead, self.dead, "dead letters by reason");
     }
+}
+
+/// Every counter's total that is not zero, by field (`n56|r.land`).
+pub fn totals(snap: &Snapshot) -> BTreeMap<String, i64> {
+    snap.counts
+        .iter()
+        .filter(|(_, c)| c.total != 0)
+        .map(|(k, c)| (k.clone(), c.total))
+        .collect()
 }
 
 /// Sends a signal (`TERM`, `STOP`, `CONT`…) to a child process, as `kill -s` would.
