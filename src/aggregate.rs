@@ -146,7 +146,14 @@ impl Aggregate {
         *source.rejects.entry(letter.reason).or_default() += 1;
         let examples = source.examples.entry(letter.reason).or_default();
         let origin = format!("{}/{}@{}", letter.topic, letter.partition, letter.offset);
-        examples.insert(0, (origin, letter.detail.clone()));
+        // Details quote what was sent (a dataset name, a JSON error): shown on terminals and
+        // pages, so no control characters.
+        let detail = letter
+            .detail
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        examples.insert(0, (origin, detail));
         examples.truncate(EXAMPLES_KEPT);
     }
 

@@ -15,7 +15,7 @@
 use std::sync::OnceLock;
 
 use prost::Message;
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{Reason, Rejected};
@@ -205,37 +205,47 @@ pub fn descriptor(kind: Kind) -> MessageDescriptor {
 
 /// Reads the proto3 JSON mapping of `kind`'s message. Fields unknown to this build are
 /// ignored, as protobuf ignores them, so a registry may send a newer schema's fields first;
-/// but a message whose fields are the other kind's is named for what it is.
+/// but an unknown enum name is refused (ignoring it would read `codeScheme` as unset, and a
+/// code in the wrong table), and a message whose fields are the other kind's is named for
+/// what it is.
 pub fn from_json<M: Message + Default>(kind: Kind, bytes: &[u8]) -> Result<M, Rejected> {
-    let parse = |kind: Kind, strict: bool| {
-        let options = DeserializeOptions::new().deny_unknown_fields(strict);
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let m = DynamicMessage::deserialize_with_options(descriptor(kind), &mut de, &options)?;
-        de.end()?;
-        Ok::<_, serde_json::Error>(m)
+    let strict = |kind: Kind, value: &serde_json::Value| {
+        DynamicMessage::deserialize(descriptor(kind), value)
     };
-    let message = match parse(kind, true) {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .or_else(|e| reject(Reason::InvalidJson, truncate(&e.to_string())))?;
+    let message = match strict(kind, &value) {
         Ok(m) => m,
-        Err(strict) => {
-            if parse(other(kind), true).is_ok() {
-                return reject(
-                    Reason::WrongTopic,
-                    format!(
-                        "JSON fields of {}, which belongs on the {} topic",
-                        message_name(other(kind)),
-                        other(kind).as_str()
-                    ),
-                );
-            }
-            match parse(kind, false) {
-                Ok(m) => m,
-                Err(_) => return reject(Reason::InvalidJson, truncate(&strict.to_string())),
-            }
+        Err(_) if strict(other(kind), &value).is_ok() => {
+            return reject(
+                Reason::WrongTopic,
+                format!(
+                    "JSON fields of {}, which belongs on the {} topic",
+                    message_name(other(kind)),
+                    other(kind).as_str()
+                ),
+            )
         }
+        Err(_) => strict(kind, &known_fields(kind, value))
+            .or_else(|e| reject(Reason::InvalidJson, truncate(&e.to_string())))?,
     };
     message
         .transcode_to::<M>()
         .or_else(|e| reject(Reason::InvalidJson, e.to_string()))
+}
+
+/// The object without the keys `kind`'s message has no field for (by JSON or proto name).
+fn known_fields(kind: Kind, value: serde_json::Value) -> serde_json::Value {
+    let desc = descriptor(kind);
+    match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter(|(k, _)| {
+                desc.get_field_by_json_name(k).is_some() || desc.get_field_by_name(k).is_some()
+            })
+            .collect(),
+        other => other,
+    }
 }
 
 fn truncate(s: &str) -> String {
