@@ -24,6 +24,14 @@ impl Kind {
         }
     }
 
+    /// The other topic's kind.
+    pub fn other(self) -> Kind {
+        match self {
+            Kind::Records => Kind::Procedures,
+            Kind::Procedures => Kind::Records,
+        }
+    }
+
     /// Short form used in Redis keys.
     pub fn letter(self) -> char {
         match self {

@@ -207,16 +207,12 @@ impl Generator {
                 reason,
             })
         };
-        let other = match kind {
-            Kind::Records => Kind::Procedures,
-            Kind::Procedures => Kind::Records,
-        };
         match reason {
             Reason::Undecodable => return poison(vec![0xff, 0xff, 0xff, 0x01]),
             Reason::BadFrame => return poison(vec![0, 0, 0]),
             // A Schema Registry frame naming message [2], which events.proto does not have.
             Reason::WrongMessageIndex => return poison(vec![0, 0, 0, 0, 1, 2, 4, 0x0a, 0]),
-            Reason::WrongTopic => return poison(wire::frame(other, 1, &[0x0a, 1, b'x'])),
+            Reason::WrongTopic => return poison(wire::frame(kind.other(), 1, &[0x0a, 1, b'x'])),
             Reason::InvalidJson => return poison(br#"{"eventId": "cut off"#.to_vec()),
             _ => {}
         }

@@ -89,10 +89,8 @@ fn rules(name: &str, property: &mut Map<String, Value>, required: &mut Vec<Strin
             required.push(json.into());
         }
         "dataset" => {
-            set(
-                "examples",
-                json!(["civil_status", "land", "health_book", "labor", "other"]),
-            );
+            let defaults = crate::config::ValidationSettings::default().datasets;
+            set("examples", json!(defaults));
             required.push(json.into());
         }
         "record_count" => {

@@ -64,13 +64,6 @@ fn message_name(kind: Kind) -> &'static str {
     }
 }
 
-fn other(kind: Kind) -> Kind {
-    match kind {
-        Kind::Records => Kind::Procedures,
-        Kind::Procedures => Kind::Records,
-    }
-}
-
 fn reject<T>(reason: Reason, detail: impl Into<String>) -> Result<T, Rejected> {
     Err(Rejected {
         reason,
@@ -119,7 +112,7 @@ fn unframe(kind: Kind, bytes: &[u8]) -> Result<Body<'_>, Rejected> {
     if indexes == [message_index(kind)] {
         return Ok(Body::Protobuf(rest));
     }
-    let other = other(kind);
+    let other = kind.other();
     if indexes == [message_index(other)] {
         return reject(
             Reason::WrongTopic,
@@ -216,13 +209,13 @@ pub fn from_json<M: Message + Default>(kind: Kind, bytes: &[u8]) -> Result<M, Re
         .or_else(|e| reject(Reason::InvalidJson, truncate(&e.to_string())))?;
     let message = match strict(kind, &value) {
         Ok(m) => m,
-        Err(_) if strict(other(kind), &value).is_ok() => {
+        Err(_) if strict(kind.other(), &value).is_ok() => {
             return reject(
                 Reason::WrongTopic,
                 format!(
                     "JSON fields of {}, which belongs on the {} topic",
-                    message_name(other(kind)),
-                    other(kind).as_str()
+                    message_name(kind.other()),
+                    kind.other().as_str()
                 ),
             )
         }

@@ -41,13 +41,18 @@ fn counters(raw: Raw) -> Hash {
 }
 
 impl Store {
-    /// Reads every partition's figures at `now`, one pipeline per partition, all at once.
-    pub async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, StoreError> {
+    /// The tags of every partition that ever stored data.
+    async fn tags(&self) -> Result<BTreeSet<String>, StoreError> {
         let mut conn = self.conn.clone();
-        let tags: BTreeSet<String> = redis::cmd("SMEMBERS")
+        Ok(redis::cmd("SMEMBERS")
             .arg(self.keys.directory())
             .query_async(&mut conn)
-            .await?;
+            .await?)
+    }
+
+    /// Reads every partition's figures at `now`, one pipeline per partition, all at once.
+    pub async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, StoreError> {
+        let tags = self.tags().await?;
         let plans: Vec<Vec<(Tier, i64)>> = WINDOWS.iter().map(|w| w.plan(now)).collect();
         let buckets: BTreeSet<(Tier, i64)> = plans.iter().flatten().copied().collect();
         let buckets: Vec<(Tier, i64)> = buckets.into_iter().collect();
@@ -180,11 +185,7 @@ impl Store {
     /// The day buckets of the last `days` days up to and including tomorrow (an event may be
     /// dated a little ahead), one pipeline per partition, all at once.
     pub async fn daily(&self, now: DateTime<Utc>, days: usize) -> Result<Daily, StoreError> {
-        let mut conn = self.conn.clone();
-        let tags: BTreeSet<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.directory())
-            .query_async(&mut conn)
-            .await?;
+        let tags = self.tags().await?;
         let last = Tier::Day.bucket(now.timestamp()) + 1;
         let first = last - days as i64;
         let reads = tags.iter().map(|tag| {
@@ -221,11 +222,7 @@ impl Store {
         &self,
         now: DateTime<Utc>,
     ) -> Result<BTreeMap<String, sources::Stored>, StoreError> {
-        let mut conn = self.conn.clone();
-        let tags: BTreeSet<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.directory())
-            .query_async(&mut conn)
-            .await?;
+        let tags = self.tags().await?;
         let hour = Tier::Hour.bucket(now.timestamp());
         let hours: Vec<i64> = (hour - sources::HOURS_KEPT + 1..=hour).collect();
         let reads = tags.iter().map(|tag| {
