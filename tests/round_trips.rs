@@ -129,3 +129,55 @@ async fn store_batch(
         stored[part.t][part.partition as usize] = Some(part.next);
     }
 }
+
+/// The demo's clock runs in autumn 2024. Time buckets live for a span of that clock, not
+/// until a wall time: a bucket made on a clock in the past must not expire at once (every
+/// window read 0 in the demo, so every province looked stalled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_written_on_a_clock_in_the_past_keep_their_windows() {
+    let redis = RedisServer::start().expect("redis-server");
+    let mut settings = Settings::default();
+    settings.redis.url = Secret::new(redis.url());
+    settings.sources.known = vec!["hotich".into()];
+    let datasets = settings.validation.datasets.clone();
+    let validator = Validator::new(&settings.validation).with_sources(&settings.sources.known);
+    let store = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        "past",
+        datasets.clone(),
+        3600,
+    );
+    let now: chrono::DateTime<Utc> = "2024-10-01T03:00:00Z".parse().unwrap();
+    let mut g = Generator::new(6, "past", &datasets);
+    let mut batch = Batch::default();
+    for offset in 0..100 {
+        let mut m = g.record(now - chrono::Duration::hours(2));
+        if let Generated::Record(r) = &mut m {
+            r.source_system = "hotich".into();
+        }
+        let from = Origin {
+            t: 0,
+            kind: m.kind(),
+            topic: "records",
+            partition: 0,
+            offset,
+        };
+        batch.push(from, None, &m.encode(), &validator, now.timestamp());
+    }
+    let stored = batch.store(&store, now.timestamp()).await.unwrap();
+    assert_eq!(stored[0].1.applied, Applied::Stored);
+
+    let snap = store.snapshot(now).await.unwrap();
+    assert!(!snap.counts.is_empty());
+    for (field, counts) in &snap.counts {
+        assert_eq!(
+            counts.windows[1..],
+            [counts.total; 3],
+            "24h, 7d, 30d of {field}"
+        );
+    }
+    let sources = store.sources(now).await.unwrap();
+    assert_eq!(sources["hotich"].total.events, 100);
+    let in_hours: i64 = sources["hotich"].hours.values().map(|t| t.events).sum();
+    assert_eq!(in_hours, 100, "the arrival hour's bucket is kept");
+}

@@ -11,8 +11,8 @@
 -- tags to add each partition's tag to, else 0. Then per partition: its key count, its tag
 -- (only with a directory), expected stored offset, next, then n and n triples (key index,
 -- field, delta) to add, then m and m triples (key index, field, unix time) to raise to, then
--- s and s triples (key index, field, text) to set, then k and k pairs (key index, unix time
--- it expires at). A partition's keys follow the previous partition's: next offset, totals,
+-- s and s triples (key index, field, text) to set, then k and k pairs (key index, seconds
+-- it lives: relative to the caller's clock, which in the demo runs in the past)). A partition's keys follow the previous partition's: next offset, totals,
 -- newest times, dead letters, then the others (time buckets, per-source counters); key
 -- indexes count from its first key, from 1.
 -- Returns a flat array of (1 stored | 0 fenced, offset) per partition.
@@ -85,7 +85,7 @@ for _ = 1, partitions do
     for j = i, i + 2 * (n - 1), 2 do
       -- A bucket's end of life is fixed by its time, so it is set once, when it is made.
       if created[tonumber(ARGV[j])] then
-        redis.call('EXPIREAT', keys[ARGV[j]], ARGV[j + 1])
+        redis.call('EXPIRE', keys[ARGV[j]], ARGV[j + 1])
       end
     end
     redis.call('SET', keys[1], next)

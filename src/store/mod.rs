@@ -281,7 +281,7 @@ impl Store {
                 Slot::Total => 2,
                 Slot::Bucket(tier, n) => *bucket_index.entry((*tier, *n)).or_insert_with(|| {
                     own.push(keys.bucket(*tier, *n));
-                    expiries.push((own.len(), now + tier.ttl(*n, now).unwrap_or(1)));
+                    expiries.push((own.len(), tier.ttl(*n, now).unwrap_or(1)));
                     own.len()
                 }),
             };
@@ -303,7 +303,7 @@ impl Store {
             let hour = Tier::Hour.bucket(now);
             own.push(keys.source_hour(hour));
             let hourly = own.len();
-            expiries.push((hourly, Tier::Hour.start(hour + sources::HOURS_KEPT)));
+            expiries.push((hourly, Tier::Hour.start(hour + sources::HOURS_KEPT) - now));
             own.push(keys.source_examples());
             let examples = own.len();
             for (source, d) in &b.aggregate.sources {
