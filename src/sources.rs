@@ -117,6 +117,9 @@ pub struct Example {
     /// `topic/partition@offset`.
     pub origin: String,
     pub detail: String,
+    /// Its place in its partition's list, 0 the newest: orders examples of one batch.
+    #[serde(skip)]
+    pub slot: u8,
 }
 
 /// One source's figures as the store holds them, summed over partitions.
@@ -199,7 +202,7 @@ pub fn view(
                 && s.last_seen
                     .is_none_or(|t| now.timestamp() - t >= quiet_after.as_secs() as i64);
             let mut examples = s.examples.clone();
-            examples.sort_by_key(|e| std::cmp::Reverse(e.at));
+            examples.sort_by_key(|e| (std::cmp::Reverse(e.at), e.slot));
             examples.truncate(EXAMPLES_SHOWN);
             SourceView {
                 name: name.to_string(),

@@ -181,3 +181,60 @@ async fn buckets_written_on_a_clock_in_the_past_keep_their_windows() {
     let in_hours: i64 = sources["hotich"].hours.values().map(|t| t.events).sum();
     assert_eq!(in_hours, 100, "the arrival hour's bucket is kept");
 }
+
+/// A source's recent rejects are the newest few, newest first, across batches: a batch with
+/// one example pushes the older ones down rather than overwriting the newest of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_rejects_are_the_newest_across_batches() {
+    let redis = RedisServer::start().expect("redis-server");
+    let mut settings = Settings::default();
+    settings.redis.url = Secret::new(redis.url());
+    settings.sources.known = vec!["hotich".into()];
+    let datasets = settings.validation.datasets.clone();
+    let validator = Validator::new(&settings.validation).with_sources(&settings.sources.known);
+    let store = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        "examples",
+        datasets.clone(),
+        3600,
+    );
+    let start = Utc::now();
+    let mut g = Generator::new(7, "examples", &datasets);
+    let mut offset = 0;
+    let mut stored = [[None; PARTITIONS as usize]; 2];
+    // Batch 1 rejects datasets w1, w2, w3; batch 2, a minute later, w4.
+    for (minute, names) in [(0, &["w1", "w2", "w3"][..]), (1, &["w4"][..])] {
+        let now = start + chrono::Duration::minutes(minute);
+        let mut batch = Batch::default();
+        for name in names {
+            let mut m = g.record(now);
+            if let Generated::Record(r) = &mut m {
+                r.source_system = "hotich".into();
+                r.dataset = name.to_string();
+            }
+            let from = Origin {
+                t: 0,
+                kind: m.kind(),
+                topic: "records",
+                partition: 0,
+                offset,
+            };
+            offset += 1;
+            batch.push(from, None, &m.encode(), &validator, now.timestamp());
+        }
+        store_batch(&store, batch, &mut stored).await;
+    }
+    let now = start + chrono::Duration::minutes(2);
+    let views = tiendo::sources::view(
+        &settings.sources.known,
+        &store.sources(now).await.unwrap(),
+        settings.sources.quiet_after,
+        now,
+    );
+    let details: Vec<&str> = views[0]
+        .examples
+        .iter()
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert_eq!(details, ["w4", "w3", "w2"]);
+}

@@ -8,11 +8,13 @@
 -- is written and the stored offset is returned so the caller resumes from it.
 --
 -- ARGV[1]: the number of partitions. ARGV[2]: 1 when KEYS[1] is the directory of partition
--- tags to add each partition's tag to, else 0. Then per partition: its key count, its tag
--- (only with a directory), expected stored offset, next, then n and n triples (key index,
--- field, delta) to add, then m and m triples (key index, field, unix time) to raise to, then
--- s and s triples (key index, field, text) to set, then k and k pairs (key index, seconds
--- it lives: relative to the caller's clock, which in the demo runs in the past)). A partition's keys follow the previous partition's: next offset, totals,
+-- tags to add each partition's tag to, else 0. ARGV[3]: how many texts a list keeps. Then per
+-- partition: its key count, its tag (only with a directory), expected stored offset, next,
+-- then n and n triples (key index, field, delta) to add, then m and m triples (key index,
+-- field, unix time) to raise to, then s and s triples (key index, list, text) to push, oldest
+-- first, onto lists kept as fields `<list>|0` (newest) to `<list>|<keep - 1>`, then k and k
+-- pairs (key index, seconds it lives: relative to the caller's clock, which in the demo runs
+-- in the past). A partition's keys follow the previous partition's: next offset, totals,
 -- newest times, dead letters, then the others (time buckets, per-source counters); key
 -- indexes count from its first key, from 1.
 -- Returns a flat array of (1 stored | 0 fenced, offset) per partition.
@@ -23,8 +25,9 @@
 local pin = string.rep('~', 80)
 local partitions = tonumber(ARGV[1])
 local directory = ARGV[2] == '1'
+local keep = tonumber(ARGV[3])
 local base = directory and 1 or 0 -- KEYS before this partition's
-local i = 3
+local i = 4
 local out = {}
 for _ = 1, partitions do
   local nkeys = tonumber(ARGV[i])
@@ -75,7 +78,14 @@ for _ = 1, partitions do
   i = i + 1
   if apply then
     for j = i, i + 3 * (n - 1), 3 do
-      redis.call('HSET', keys[ARGV[j]], ARGV[j + 1], ARGV[j + 2])
+      local key, list = keys[ARGV[j]], ARGV[j + 1]
+      for slot = keep - 1, 1, -1 do
+        local older = redis.call('HGET', key, list .. '|' .. (slot - 1))
+        if older then
+          redis.call('HSET', key, list .. '|' .. slot, older)
+        end
+      end
+      redis.call('HSET', key, list .. '|0', ARGV[j + 2])
     end
   end
   i = i + 3 * n

@@ -252,7 +252,9 @@ impl Store {
         now: i64,
     ) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
-        inv.arg(batches.len()).arg(u8::from(directory.is_some()));
+        inv.arg(batches.len())
+            .arg(u8::from(directory.is_some()))
+            .arg(crate::aggregate::EXAMPLES_KEPT);
         if directory.is_some() {
             inv.key(self.keys.directory());
         }
@@ -296,7 +298,7 @@ impl Store {
             .iter()
             .map(|(field, at)| (3, field.render(&self.datasets), *at))
             .collect();
-        let mut set: Vec<(usize, String, String)> = Vec::new();
+        let mut push: Vec<(usize, String, String)> = Vec::new();
         if !b.aggregate.sources.is_empty() {
             own.push(keys.sources());
             let all_time = own.len();
@@ -325,10 +327,12 @@ impl Store {
                 if d.last_event > 0 {
                     raise.push((all_time, format!("{name}|at"), d.last_event));
                 }
+                // Pushed oldest first, so the newest ends first and older batches' examples
+                // move down rather than being overwritten out of order.
                 for (reason, list) in &d.examples {
-                    for (slot, (origin, detail)) in list.iter().enumerate() {
-                        let field = format!("{name}|{}|{slot}", reason.as_str());
-                        set.push((examples, field, format!("{now}\t{origin}\t{detail}")));
+                    for (origin, detail) in list.iter().rev() {
+                        let field = format!("{name}|{}", reason.as_str());
+                        push.push((examples, field, format!("{now}\t{origin}\t{detail}")));
                     }
                 }
             }
@@ -348,8 +352,8 @@ impl Store {
         for (idx, field, at) in raise {
             inv.arg(idx).arg(field).arg(at);
         }
-        inv.arg(set.len());
-        for (idx, field, text) in set {
+        inv.arg(push.len());
+        for (idx, field, text) in push {
             inv.arg(idx).arg(field).arg(text);
         }
         inv.arg(expiries.len());

@@ -256,7 +256,7 @@ impl Store {
             }
             for (field, text) in examples {
                 let mut f = field.split('|');
-                let (Some(name), Some(reason)) = (f.next(), f.next()) else {
+                let (Some(name), Some(reason), Some(slot)) = (f.next(), f.next(), f.next()) else {
                     continue; // the '~' pin
                 };
                 let mut t = text.splitn(3, '\t');
@@ -274,6 +274,7 @@ impl Store {
                         reason: reason.to_string(),
                         origin: origin.to_string(),
                         detail: detail.to_string(),
+                        slot: slot.parse().unwrap_or(u8::MAX),
                     });
             }
             for (h, raw) in hours.iter().zip(values) {
