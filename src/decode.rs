@@ -37,10 +37,13 @@ pub enum Reason {
     WrongTopic,
     /// Not the proto3 JSON mapping of the topic's message.
     InvalidJson,
+    /// A frame whose schema id the Schema Registry does not know, or knows as a schema of
+    /// another type or message (only with `kafka.schema_registry.url`).
+    UnknownSchemaId,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Undecodable,
         Reason::MissingEventId,
         Reason::MalformedEventId,
@@ -57,6 +60,7 @@ impl Reason {
         Reason::WrongMessageIndex,
         Reason::WrongTopic,
         Reason::InvalidJson,
+        Reason::UnknownSchemaId,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Reason {
             Reason::WrongMessageIndex => "wrong_message_index",
             Reason::WrongTopic => "wrong_topic",
             Reason::InvalidJson => "invalid_json",
+            Reason::UnknownSchemaId => "unknown_schema_id",
         }
     }
 
@@ -141,6 +146,8 @@ pub struct Validator {
     /// Per topic kind: records, procedures.
     encodings: [Encoding; 2],
     sources: Labels,
+    /// Schema ids checked against the Schema Registry, when one is configured.
+    schemas: Option<std::sync::Arc<crate::registry::Registry>>,
 }
 
 impl Validator {
@@ -161,7 +168,21 @@ impl Validator {
             programme_start,
             encodings: [Encoding::Auto; 2],
             sources: Labels::default(),
+            schemas: None,
         }
+    }
+
+    /// Checks frames' schema ids against what `registry` says (see [`crate::registry`]).
+    pub fn with_registry(
+        mut self,
+        registry: std::sync::Arc<crate::registry::Registry>,
+    ) -> Validator {
+        self.schemas = Some(registry);
+        self
+    }
+
+    pub fn registry(&self) -> Option<&crate::registry::Registry> {
+        self.schemas.as_deref()
     }
 
     /// How each topic's messages are encoded (default: detected per message).
@@ -186,7 +207,7 @@ impl Validator {
             Kind::Records => self.encodings[0],
             Kind::Procedures => self.encodings[1],
         };
-        let body = wire::unwrap(kind, encoding, bytes)?;
+        let body = wire::unwrap(kind, encoding, bytes, self.registry())?;
         let named = |source: Source| {
             move |mut r: Rejected| {
                 r.source = Some(source);

@@ -214,6 +214,8 @@ impl Generator {
             Reason::WrongMessageIndex => return poison(vec![0, 0, 0, 0, 1, 2, 4, 0x0a, 0]),
             Reason::WrongTopic => return poison(wire::frame(kind.other(), 1, &[0x0a, 1, b'x'])),
             Reason::InvalidJson => return poison(br#"{"eventId": "cut off"#.to_vec()),
+            // Poison only where a Schema Registry is configured and does not know the id.
+            Reason::UnknownSchemaId => return None,
             _ => {}
         }
         let later = timestamp(at + chrono::Duration::days(30));

@@ -27,6 +27,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod provinces;
 pub mod publish;
+pub mod registry;
 pub mod report;
 pub mod rules;
 pub mod run;

@@ -21,6 +21,7 @@ pub const BATCH_SECONDS: &str = "tiendo_batch_duration_seconds";
 pub const FLUSH_SECONDS: &str = "tiendo_redis_flush_duration_seconds";
 pub const REDIS_ERRORS: &str = "tiendo_redis_errors_total";
 pub const KAFKA_ERRORS: &str = "tiendo_kafka_errors_total";
+pub const SCHEMA_LOOKUPS: &str = "tiendo_schema_registry_lookups_total";
 pub const FENCED: &str = "tiendo_fenced_batches_total";
 pub const REFETCHED: &str = "tiendo_refetched_batches_total";
 pub const REBALANCES: &str = "tiendo_rebalances_total";
@@ -68,6 +69,8 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (FLUSH_SECONDS, "histogram", "", "Time of the Redis round trips of one batch (claims and apply)."),
     (REDIS_ERRORS, "counter", "", "Failed Redis calls; each is retried with backoff."),
     (KAFKA_ERRORS, "counter", "", "Kafka consume or dead-letter produce errors."),
+    (SCHEMA_LOOKUPS, "counter", "outcome",
+     "Schema ids looked up in the Schema Registry: known, refused, or error (not reached)."),
     (FENCED, "counter", "", "Partition batches refused because another consumer had stored further offsets."),
     (REFETCHED, "counter", "", "Partition batches dropped and fetched again because they began beyond the stored offset (a leftover of an earlier assignment, or a broker skipping to its next record batch)."),
     (REBALANCES, "counter", "kind", "Consumer group rebalances seen, by kind (assign, revoke)."),

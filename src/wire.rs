@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{Reason, Rejected};
 use crate::events::Kind;
+use crate::registry::{Registry, Verdict};
 
 /// How a topic's messages are encoded (`kafka.topics.records_encoding`, `procedures_encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -73,9 +74,14 @@ fn reject<T>(reason: Reason, detail: impl Into<String>) -> Result<T, Rejected> {
 }
 
 /// Takes any frame off `bytes`, checking it names the message `kind`'s topic carries.
-pub fn unwrap(kind: Kind, encoding: Encoding, bytes: &[u8]) -> Result<Body<'_>, Rejected> {
+pub fn unwrap<'a>(
+    kind: Kind,
+    encoding: Encoding,
+    bytes: &'a [u8],
+    registry: Option<&Registry>,
+) -> Result<Body<'a>, Rejected> {
     let body = match bytes.first() {
-        Some(&MAGIC) => unframe(kind, bytes)?,
+        Some(&MAGIC) => unframe(kind, bytes, registry)?,
         Some(b'{') => Body::Json(bytes),
         _ if encoding == Encoding::Json => Body::Json(bytes),
         _ => Body::Protobuf(bytes),
@@ -93,7 +99,19 @@ pub fn unwrap(kind: Kind, encoding: Encoding, bytes: &[u8]) -> Result<Body<'_>, 
     }
 }
 
-fn unframe(kind: Kind, bytes: &[u8]) -> Result<Body<'_>, Rejected> {
+/// The schema id of a Schema Registry frame, if `bytes` is one.
+pub fn schema_id(bytes: &[u8]) -> Option<u32> {
+    match bytes {
+        [MAGIC, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+fn unframe<'a>(
+    kind: Kind,
+    bytes: &'a [u8],
+    registry: Option<&Registry>,
+) -> Result<Body<'a>, Rejected> {
     if bytes.len() < HEADER {
         return reject(
             Reason::BadFrame,
@@ -104,11 +122,67 @@ fn unframe(kind: Kind, bytes: &[u8]) -> Result<Body<'_>, Rejected> {
         );
     }
     let mut rest = &bytes[HEADER..];
+    let verdict = registry.and_then(|r| r.verdict(schema_id(bytes).expect("a whole header")));
     if rest.first() == Some(&b'{') {
-        return Ok(Body::Json(rest));
+        return match verdict {
+            Some(Verdict::Refused(why)) => reject(Reason::UnknownSchemaId, why),
+            Some(Verdict::Known { json: false, .. }) => reject(
+                Reason::UnknownSchemaId,
+                "JSON framed with the id of a protobuf schema",
+            ),
+            _ => Ok(Body::Json(rest)),
+        };
     }
     let indexes = read_indexes(&mut rest)?;
     let path = |i: &[i64]| format!("{i:?}");
+    // With the registry's word, the index means what the registered schema says; without
+    // it, what events.proto says.
+    match verdict {
+        Some(Verdict::Refused(why)) => return reject(Reason::UnknownSchemaId, why),
+        Some(Verdict::Known { json: true, .. }) => {
+            return reject(
+                Reason::UnknownSchemaId,
+                "protobuf framed with the id of a JSON schema",
+            )
+        }
+        Some(Verdict::Known { messages, .. }) => {
+            let id = schema_id(bytes).unwrap_or_default();
+            let named = match indexes[..] {
+                [i] => usize::try_from(i)
+                    .ok()
+                    .and_then(|i| messages.get(i))
+                    .map(|m| m.rsplit('.').next().unwrap_or(m)),
+                _ => None,
+            };
+            let other = kind.other();
+            // By its simple name: a registry may hold the schema under another package.
+            let simple = |k: Kind| message_name(k).rsplit('.').next().unwrap_or_default();
+            return match named {
+                Some(n) if n == simple(kind) => Ok(Body::Protobuf(rest)),
+                Some(n) if n == simple(other) => reject(
+                    Reason::WrongTopic,
+                    format!(
+                        "schema id {id} message {} is {n}, which belongs on the {} topic",
+                        path(&indexes),
+                        other.as_str()
+                    ),
+                ),
+                Some(n) => reject(
+                    Reason::UnknownSchemaId,
+                    format!(
+                        "schema id {id} message {} is {n}, not {}",
+                        path(&indexes),
+                        message_name(kind)
+                    ),
+                ),
+                None => reject(
+                    Reason::WrongMessageIndex,
+                    format!("schema id {id} has no top-level message {}", path(&indexes)),
+                ),
+            };
+        }
+        None => {}
+    }
     if indexes == [message_index(kind)] {
         return Ok(Body::Protobuf(rest));
     }
@@ -249,25 +323,26 @@ fn truncate(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::events::{ProcedureCompleted, RecordDigitized};
+    use crate::registry::top_level_messages;
 
     #[test]
     fn frames_are_read_from_the_documented_bytes() {
         // magic, schema id 7, index [0] as the single byte 0, then protobuf.
         let records = [0, 0, 0, 0, 7, 0, 0x0a, 0x01, b'x'];
         assert_eq!(
-            unwrap(Kind::Records, Encoding::Auto, &records),
+            unwrap(Kind::Records, Encoding::Auto, &records, None),
             Ok(Body::Protobuf(&[0x0a, 0x01, b'x'][..]))
         );
         // index [1]: count 1 (zig-zag 2), index 1 (zig-zag 2).
         let procedures = [0, 0, 0, 1, 0, 2, 2, 0x0a, 0x01, b'y'];
         assert_eq!(
-            unwrap(Kind::Procedures, Encoding::Auto, &procedures),
+            unwrap(Kind::Procedures, Encoding::Auto, &procedures, None),
             Ok(Body::Protobuf(&[0x0a, 0x01, b'y'][..]))
         );
         // The long form of [0] (count 1, index 0) is the same message.
         let long = [0, 0, 0, 0, 7, 2, 0, 0x0a, 0x01, b'x'];
         assert_eq!(
-            unwrap(Kind::Records, Encoding::Auto, &long),
+            unwrap(Kind::Records, Encoding::Auto, &long, None),
             Ok(Body::Protobuf(&[0x0a, 0x01, b'x'][..]))
         );
         assert_eq!(frame(Kind::Records, 7, &[0x0a, 0x01, b'x']), records);
@@ -278,7 +353,7 @@ mod tests {
     }
 
     fn reason(kind: Kind, encoding: Encoding, bytes: &[u8]) -> Reason {
-        unwrap(kind, encoding, bytes).unwrap_err().reason
+        unwrap(kind, encoding, bytes, None).unwrap_err().reason
     }
 
     #[test]
@@ -324,17 +399,17 @@ mod tests {
     fn json_is_recognised_and_chosen_encodings_hold() {
         let json = br#"{"eventId":"a"}"#;
         assert_eq!(
-            unwrap(Kind::Records, Encoding::Auto, json),
+            unwrap(Kind::Records, Encoding::Auto, json, None),
             Ok(Body::Json(json))
         );
         let framed = [&[0, 0, 0, 0, 3][..], json].concat();
         assert_eq!(
-            unwrap(Kind::Records, Encoding::Auto, &framed),
+            unwrap(Kind::Records, Encoding::Auto, &framed, None),
             Ok(Body::Json(json))
         );
         let spaced = b"  {\"eventId\":\"a\"}";
         assert_eq!(
-            unwrap(Kind::Records, Encoding::Json, spaced),
+            unwrap(Kind::Records, Encoding::Json, spaced, None),
             Ok(Body::Json(spaced))
         );
         assert_eq!(
@@ -343,7 +418,7 @@ mod tests {
         );
         let protobuf = [0x0a, 0x01, b'x'];
         assert_eq!(
-            unwrap(Kind::Records, Encoding::Json, &protobuf),
+            unwrap(Kind::Records, Encoding::Json, &protobuf, None),
             Ok(Body::Json(&protobuf[..]))
         );
         let framed_protobuf = frame(Kind::Records, 1, &protobuf);
@@ -397,5 +472,70 @@ mod tests {
             .reason,
             Reason::WrongTopic
         );
+    }
+
+    #[test]
+    fn the_registry_says_what_a_frames_index_means() {
+        let registry = Registry::new(&crate::config::Secret::new("http://127.0.0.1:1"));
+        let ours = top_level_messages(include_str!("../proto/tiendo/v1/events.proto"));
+        registry.remember(
+            1,
+            Verdict::Known {
+                json: false,
+                messages: ours,
+            },
+        );
+        registry.remember(2, Verdict::Refused("avro".into()));
+        registry.remember(
+            4,
+            Verdict::Known {
+                json: true,
+                messages: Vec::new(),
+            },
+        );
+        let alone = vec!["tiendo.v1.ProcedureCompleted".to_string()];
+        registry.remember(
+            5,
+            Verdict::Known {
+                json: false,
+                messages: alone,
+            },
+        );
+        let framed = |id: u32, indexes: &[u8], body: &[u8]| {
+            let mut v = vec![MAGIC];
+            v.extend_from_slice(&id.to_be_bytes());
+            v.extend_from_slice(indexes);
+            v.extend_from_slice(body);
+            v
+        };
+        let judge =
+            |kind: Kind, bytes: &[u8]| match unwrap(kind, Encoding::Auto, bytes, Some(&registry)) {
+                Ok(Body::Protobuf(_)) => "protobuf".to_string(),
+                Ok(Body::Json(_)) => "json".to_string(),
+                Err(r) => r.reason.as_str().to_string(),
+            };
+        let body = [0x0a, 1, b'x'];
+        assert_eq!(judge(Kind::Records, &framed(1, &[0], &body)), "protobuf");
+        assert_eq!(
+            judge(Kind::Procedures, &framed(1, &[2, 2], &body)),
+            "protobuf"
+        );
+        assert_eq!(judge(Kind::Procedures, &framed(5, &[0], &body)), "protobuf");
+        assert_eq!(judge(Kind::Records, &framed(5, &[0], &body)), "wrong_topic");
+        assert_eq!(judge(Kind::Records, &framed(4, &[], b"{}")), "json");
+        assert_eq!(
+            judge(Kind::Records, &framed(1, &[], b"{}")),
+            "unknown_schema_id"
+        );
+        assert_eq!(
+            judge(Kind::Records, &framed(2, &[0], &body)),
+            "unknown_schema_id"
+        );
+        assert_eq!(
+            judge(Kind::Records, &framed(1, &[2, 4], &body)),
+            "wrong_message_index"
+        );
+        // An id nothing was learnt of is judged by its bytes.
+        assert_eq!(judge(Kind::Records, &framed(9, &[0], &body)), "protobuf");
     }
 }

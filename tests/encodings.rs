@@ -250,3 +250,142 @@ fn the_json_schema_files_are_generated_from_the_proto() {
         );
     }
 }
+
+/// A Schema Registry stand-in: schema ids 1 (events.proto), 2 (an Avro schema), 3 (protobuf
+/// with another message first), 4 (a JSON schema), 5 (only ProcedureCompleted, so its index
+/// `[0]` is that); any other id is not found. Counts the lookups per id.
+async fn registry() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<BTreeMap<u32, usize>>>,
+) {
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    type Asked = std::sync::Arc<std::sync::Mutex<BTreeMap<u32, usize>>>;
+    async fn schema(State(asked): State<Asked>, Path(id): Path<u32>) -> (StatusCode, String) {
+        *asked.lock().unwrap().entry(id).or_default() += 1;
+        let events = include_str!("../proto/tiendo/v1/events.proto");
+        let body = match id {
+            1 => serde_json::json!({"schemaType": "PROTOBUF", "schema": events}),
+            2 => serde_json::json!({"schema": r#"{"type": "record", "name": "R", "fields": []}"#}),
+            3 => serde_json::json!({"schemaType": "PROTOBUF",
+                                     "schema": "syntax = \"proto3\"; message Weather { string s = 1; }"}),
+            4 => serde_json::json!({"schemaType": "JSON", "schema": "{}"}),
+            5 => serde_json::json!({"schemaType": "PROTOBUF",
+                                     "schema": "syntax = \"proto3\"; package tiendo.v1; message ProcedureCompleted {}"}),
+            _ => {
+                let err = serde_json::json!({"error_code": 40403, "message": "Schema not found"});
+                return (StatusCode::NOT_FOUND, err.to_string());
+            }
+        };
+        (StatusCode::OK, body.to_string())
+    }
+    let asked = Asked::default();
+    let app = axum::Router::new()
+        .route("/schemas/ids/{id}", axum::routing::get(schema))
+        .with_state(asked.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, asked)
+}
+
+/// With `kafka.schema_registry.url`, the binary checks each frame's schema id against the
+/// registry, once per id: frames of ids it does not know, of an Avro schema or of a schema
+/// with another message at the frame's index are dead-lettered as `unknown_schema_id`; a
+/// schema registered with ProcedureCompleted alone has it at index `[0]`, and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_checked_against_the_schema_registry_once_per_id() {
+    let env = Env::start();
+    let (url, asked) = registry().await;
+    let mut g = env.generator(16);
+    let p = producer(&env);
+    let mut expected = Expected::default();
+    // (schema id, kind, JSON in the frame, index array, counted or the reason)
+    type Case<'a> = (u32, Kind, bool, &'a [u8], Option<&'a str>);
+    let cases: [Case; 9] = [
+        (1, Kind::Records, false, &[0], None),
+        (1, Kind::Procedures, false, &[2, 2], None),
+        (5, Kind::Procedures, false, &[0], None),
+        (4, Kind::Records, true, &[], None),
+        (2, Kind::Records, false, &[0], Some("unknown_schema_id")),
+        (3, Kind::Records, false, &[0], Some("unknown_schema_id")),
+        (99, Kind::Records, false, &[0], Some("unknown_schema_id")),
+        (1, Kind::Records, true, &[], Some("unknown_schema_id")),
+        (5, Kind::Records, false, &[0], Some("wrong_topic")),
+    ];
+    for (id, kind, json, indexes, outcome) in cases {
+        for _ in 0..20 {
+            let m = match kind {
+                Kind::Records => g.record(chrono::Utc::now()),
+                Kind::Procedures => g.procedure(chrono::Utc::now()),
+            };
+            let plain = m.encode();
+            let mut value = vec![0];
+            value.extend_from_slice(&id.to_be_bytes());
+            if json {
+                value.extend(wire::to_json(kind, &plain).unwrap());
+            } else {
+                value.extend_from_slice(indexes);
+                value.extend_from_slice(&plain);
+            }
+            send(&p, &env, kind, &m.key(), &value).await;
+            match outcome {
+                None => expected.add_all(std::slice::from_ref(&m)),
+                Some(reason) => *expected.dead.entry(reason.to_string()).or_default() += 1,
+            }
+        }
+    }
+
+    let mut child = env
+        .process_command()
+        .env("TIENDO_KAFKA__SCHEMA_REGISTRY__URL", &url)
+        .spawn()
+        .unwrap();
+    let snap = env.wait_consumed(Duration::from_secs(120)).await;
+    common::signal(&child, "TERM");
+    child.wait().unwrap();
+    expected.assert_matches(&snap);
+    assert_eq!(letters_by_reason(&env), expected.dead);
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        BTreeMap::from([(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (99, 1)]),
+        "each id looked up once"
+    );
+}
+
+/// A registry that cannot be reached refuses nothing: frames are judged by their bytes, as
+/// without one, and every event is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_schema_registry_holds_and_refuses_nothing() {
+    let env = Env::start();
+    let closed = tiendo::embedded::free_port().unwrap();
+    let mut g = env.generator(17);
+    let events = common::events(&mut g, 200);
+    let p = producer(&env);
+    for m in &events {
+        send(
+            &p,
+            &env,
+            m.kind(),
+            &m.key(),
+            &wire::frame(m.kind(), 7, &m.encode()),
+        )
+        .await;
+    }
+    let mut expected = Expected::default();
+    expected.add_all(&events);
+    let mut child = env
+        .process_command()
+        .env(
+            "TIENDO_KAFKA__SCHEMA_REGISTRY__URL",
+            format!("http://127.0.0.1:{closed}"),
+        )
+        .spawn()
+        .unwrap();
+    let snap = env.wait_consumed(Duration::from_secs(120)).await;
+    common::signal(&child, "TERM");
+    child.wait().unwrap();
+    expected.assert_matches(&snap);
+    assert!(snap.dead.is_empty(), "{:?}", snap.dead);
+}

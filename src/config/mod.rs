@@ -207,6 +207,15 @@ pub struct KafkaSettings {
     pub consumer_properties: BTreeMap<String, Secret>,
     /// Passed to the dead-letter producer only.
     pub producer_properties: BTreeMap<String, Secret>,
+    pub schema_registry: SchemaRegistrySettings,
+}
+
+/// The Confluent Schema Registry that framed messages' schema ids are checked against.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistrySettings {
+    /// Its base URL (`https://user:password@registry:8081`); empty: ids are not checked.
+    pub url: Secret,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -471,6 +480,7 @@ impl Default for KafkaSettings {
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
+            schema_registry: SchemaRegistrySettings::default(),
         }
     }
 }
@@ -579,6 +589,13 @@ impl Settings {
     pub fn validated(mut self) -> Result<Settings, ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         self.validate_chat()?;
+        let registry = self.kafka.schema_registry.url.expose();
+        if !(registry.is_empty()
+            || registry.starts_with("https://")
+            || registry.starts_with("http://"))
+        {
+            return invalid("kafka.schema_registry.url must be an http:// or https:// URL");
+        }
         if self.validation.datasets.is_empty() {
             return invalid("validation.datasets must name at least one dataset");
         }

@@ -72,15 +72,20 @@ impl Pipeline {
             settings.kafka.topics.records.clone(),
             settings.kafka.topics.procedures.clone(),
         ];
+        let mut validator = Validator::new(&settings.validation)
+            .with_encodings(
+                settings.kafka.topics.records_encoding,
+                settings.kafka.topics.procedures_encoding,
+            )
+            .with_sources(&settings.sources.known);
+        if !settings.kafka.schema_registry.url.expose().is_empty() {
+            let registry = crate::registry::Registry::new(&settings.kafka.schema_registry.url);
+            validator = validator.with_registry(Arc::new(registry));
+        }
         Ok(Pipeline {
             collector: Collector {
                 consumer: consumer.clone(),
-                validator: Validator::new(&settings.validation)
-                    .with_encodings(
-                        settings.kafka.topics.records_encoding,
-                        settings.kafka.topics.procedures_encoding,
-                    )
-                    .with_sources(&settings.sources.known),
+                validator,
                 clock: clock.clone(),
                 settings: settings.pipeline.clone(),
                 topics: topics.clone(),
@@ -183,6 +188,11 @@ impl Collector {
                 offset: message.offset(),
             };
             let payload = message.payload().unwrap_or_default();
+            if let (Some(registry), Some(id)) =
+                (self.validator.registry(), crate::wire::schema_id(payload))
+            {
+                registry.learn(id).await; // once per id: later frames read the cache
+            }
             let now = *now.get_or_insert_with(|| self.clock.now().timestamp());
             batch.push(from, message.key(), payload, &self.validator, now);
         }
