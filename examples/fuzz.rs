@@ -287,12 +287,26 @@ fn digest(input: &[u8]) -> Digest {
                 4 => Change::Completed,
                 _ => Change::Flapping,
             };
-            let subject = Subject {
-                scheme: "34".into(),
-                code: format!("{:02}", i % 100),
-                name,
-                dataset: ["civil_status", "", "land", "weird<data>"][byte(i + 3) % 4].into(),
+            let subject = if rule.route() == tiendo::rules::Route::Ops {
+                Subject::source(&name)
+            } else {
+                Subject {
+                    scheme: "34".into(),
+                    code: format!("{:02}", i % 100),
+                    name,
+                    dataset: ["civil_status", "", "land", "weird<data>"][byte(i + 3) % 4].into(),
+                }
             };
+            // A source's day, its reasons named by the input.
+            let feed = subject.is_source().then(|| tiendo::rules::Feed {
+                messages: byte(i + 12) as i64 * 1000,
+                rejected: byte(i + 13) as i64 * 10,
+                reject_ratio: byte(i + 13) as f64 / 255.0,
+                reasons: vec![(
+                    pieces[(i + 1) % pieces.len()].to_string(),
+                    byte(i + 14) as i64,
+                )],
+            });
             let facts = Facts {
                 total: byte(i + 4) as i64 * 1_000_003 - 7,
                 target: (byte(i + 5) % 2 == 0).then_some(byte(i + 5) as u64 * 10_000),
@@ -305,6 +319,7 @@ fn digest(input: &[u8]) -> Digest {
                 last_event: (byte(i) % 3 == 0).then_some(at),
                 online_share: Some(byte(i + 10) as f64 / 255.0),
                 dossiers: byte(i + 11) as i64,
+                feed,
             };
             Notice {
                 id: format!("n{i}"),

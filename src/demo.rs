@@ -262,6 +262,7 @@ pub async fn demo(
             chat_id: DEMO_CHAT.to_string(),
             language: None,
             max_chars: None,
+            routes: vec![crate::rules::Route::Taskforce],
         },
     );
     settings.report.schedule = vec!["Mon 08:00".into()];

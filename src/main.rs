@@ -109,14 +109,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SilenceAction {
-    /// Silence a province's alerts: all of them, or one dataset's, or one rule's.
+    /// Silence a province's alerts (all of them, or one dataset's, or one rule's), or a
+    /// source system's.
     Add {
         /// Province code, in the table of `alerts.view` (34 units by default).
-        #[arg(long)]
-        province: String,
+        #[arg(long, required_unless_present = "source", conflicts_with = "source")]
+        province: Option<String>,
+        /// A source system (`sources.known`, or `other`): its `source_quiet` and
+        /// `source_rejecting` alerts.
+        #[arg(long, conflicts_with = "dataset")]
+        source: Option<String>,
         #[arg(long)]
         dataset: Option<String>,
-        /// silent, behind_pace, projected_miss, completed, online_share_low, procedures_silent.
+        /// silent, behind_pace, projected_miss, completed, online_share_low, procedures_silent,
+        /// source_quiet, source_rejecting.
         #[arg(long)]
         rule: Option<String>,
         /// How long, e.g. `3d` or `12h`.
@@ -296,22 +302,34 @@ async fn silence(settings: &Settings, action: SilenceAction) -> anyhow::Result<(
     match action {
         SilenceAction::Add {
             province,
+            source,
             dataset,
             rule,
             duration,
             reason,
         } => {
             let until = now + chrono::Duration::from_std(duration)?;
-            let s = Silence::build(
-                settings.alerts.view,
-                &province,
-                dataset.as_deref(),
-                rule.as_deref(),
-                until,
-                &reason,
-                now,
-                &settings.validation.datasets,
-            )?;
+            let s = match (province, source) {
+                (_, Some(source)) => Silence::of_source(
+                    &source,
+                    &settings.sources.known,
+                    rule.as_deref(),
+                    until,
+                    &reason,
+                    now,
+                )?,
+                (Some(province), None) => Silence::build(
+                    settings.alerts.view,
+                    &province,
+                    dataset.as_deref(),
+                    rule.as_deref(),
+                    until,
+                    &reason,
+                    now,
+                    &settings.validation.datasets,
+                )?,
+                (None, None) => anyhow::bail!("--province or --source is needed"),
+            };
             ledger.add_silence(&s).await?;
             println!("{} until {}", s.id, s.until.to_rfc3339());
         }

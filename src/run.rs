@@ -232,6 +232,7 @@ pub async fn evaluator(
         clock,
         !settings.kafka.topics.alerts.is_empty(),
     )
+    .with_sources(settings.sources.clone())
     .with_watch(watch))
 }
 

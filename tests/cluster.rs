@@ -105,6 +105,7 @@ async fn counts_are_exact_on_a_redis_cluster() {
             chat_id: String::new(),
             language: None,
             max_chars: None,
+            routes: vec![tiendo::rules::Route::Taskforce],
         },
     );
     let targets = tiendo::targets::Targets::parse(

@@ -191,3 +191,151 @@ async fn each_source_sees_its_feed_and_unknown_names_add_no_series() {
     assert!(row("quiet-one").contains("never") && row("quiet-one").contains("quiet"));
     assert!(table.contains("dat-dai: recent rejects"), "{table}");
 }
+
+/// Feeds' health reaches ops, never the task force: with one bot in two chats (a receiver of
+/// route `taskforce`, one of route `ops`), a source whose messages are all rejected and then
+/// sources gone quiet are told to the ops chat only, a quiet source that speaks again is
+/// resolved, and the task force's chat hears nothing of feeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_alerts_reach_the_ops_chat_only() {
+    const TASKFORCE: &str = "-1001";
+    const OPS: &str = "-1002";
+    let env = Env::start();
+    let bot = tiendo::embedded::telegram::BotApi::start().await.unwrap();
+    let mut g = env.generator(15);
+    let now = chrono::Utc::now();
+    let mut stream: Vec<Generated> = (0..100).map(|_| named(g.record(now), "hotich")).collect();
+    for _ in 0..30 {
+        let Generated::Record(mut r) = g.record(now) else {
+            unreachable!()
+        };
+        r.occurred_at = Some(prost_types::Timestamp {
+            seconds: (now + chrono::Duration::days(3)).timestamp(),
+            nanos: 0,
+        });
+        r.source_system = "dat-dai".into();
+        stream.push(Generated::Record(r));
+    }
+    env.publish(&stream).await;
+
+    let receiver = |cmd: &mut Command, name: &str, chat: &str, routes: Option<&str>| {
+        let var = |key: &str| format!("TIENDO_ALERTS__RECEIVERS__{name}__{key}");
+        cmd.env(var("KIND"), "telegram")
+            .env(var("URL"), bot.url())
+            .env(var("TOKEN"), "123:secret")
+            .env(var("CHAT_ID"), chat);
+        if let Some(routes) = routes {
+            cmd.env(var("ROUTES"), routes);
+        }
+    };
+    let mut cmd = env.process_command();
+    receiver(&mut cmd, "TASKFORCE", TASKFORCE, None);
+    receiver(&mut cmd, "OPS", OPS, Some("ops"));
+    let quiet_after = Duration::from_secs(10);
+    let child = cmd
+        .env("TIENDO_SOURCES__KNOWN", "hotich,dat-dai,never-sent")
+        .env("TIENDO_SOURCES__QUIET_AFTER", "10s")
+        .env("TIENDO_SOURCES__REJECT_MIN_MESSAGES", "20")
+        .env("TIENDO_ALERTS__INTERVAL", "1s")
+        .env("TIENDO_ALERTS__RULES__PENDING_FOR", "0s")
+        .env("TIENDO_ALERTS__RULES__CLEAR_FOR", "0s")
+        .spawn()
+        .unwrap();
+    // Killed if an assertion fails, so no replica outlives the test.
+    let mut child = common::Killed(child);
+    env.wait_consumed(Duration::from_secs(120)).await;
+    let heard = std::time::Instant::now();
+
+    let to = |chat: &str| -> Vec<String> {
+        bot.sent()
+            .into_iter()
+            .filter(|s| s.chat_id == chat)
+            .map(|s| s.text)
+            .collect()
+    };
+    let bot = &bot;
+    let wait_for = |chat: &'static str, what: &'static str| {
+        let to = &to;
+        async move {
+            for _ in 0..600 {
+                if to(chat).iter().any(|t| t.contains(what)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{what:?} never reached chat {chat}: {:#?}", bot.sent());
+        }
+    };
+    // dat-dai: 30 of 30 messages rejected.
+    wait_for(OPS, "nhiều tin bị từ chối").await;
+    let ops = to(OPS).join("\n");
+    assert!(ops.contains("<b>dat-dai</b> · Nguồn dữ liệu"), "{ops}");
+    assert!(
+        ops.contains("30 tin, 30 bị từ chối (100,0%); lý do: future_time 30"),
+        "{ops}"
+    );
+    assert!(ops.contains("nguồn dữ liệu · 1 thay đổi"), "{ops}");
+    assert!(!ops.contains("hotich"), "hotich rejects nothing: {ops}");
+
+    // Ops know dat-dai is being moved and silence its quiet alert from the command line.
+    let out = Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .args([
+            "silence",
+            "add",
+            "--source",
+            "dat-dai",
+            "--rule",
+            "source_quiet",
+        ])
+        .args(["--for", "1h", "--reason", "moving servers"])
+        .env("TIENDO_REDIS__URL", env.settings.redis.url.expose())
+        .env("TIENDO_SOURCES__KNOWN", "hotich,dat-dai,never-sent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // Then nothing arrives for `quiet_after`: hotich goes quiet; dat-dai too, silenced; the
+    // one never heard from is not alerted (nothing is normal for it yet).
+    wait_for(OPS, "không gửi tin").await;
+    // Arrivals are kept in whole seconds, and `heard` is a little after the last one.
+    assert!(heard.elapsed() + Duration::from_secs(2) >= quiet_after);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let quiet: Vec<String> = to(OPS)
+        .iter()
+        .flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+        .filter(|l| l.contains("không gửi tin"))
+        .collect();
+    assert_eq!(quiet.len(), 1, "hotich, once: {quiet:#?}");
+    assert!(quiet[0].contains("hotich"), "{quiet:#?}");
+
+    // hotich speaks again: its quiet alert resolves.
+    env.publish(&[named(g.record(chrono::Utc::now()), "hotich")])
+        .await;
+    wait_for(OPS, "đã hết").await;
+    let resolved: Vec<String> = to(OPS)
+        .iter()
+        .flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+        .filter(|l| l.contains("đã hết"))
+        .collect();
+    assert_eq!(resolved.len(), 1, "{resolved:#?}");
+    assert!(resolved[0].contains("hotich") && resolved[0].contains("không gửi tin"));
+
+    common::signal(&child.0, "TERM");
+    child.0.wait().unwrap();
+
+    // The task force heard the start, and nothing about feeds.
+    let taskforce = to(TASKFORCE);
+    assert!(!taskforce.is_empty(), "the start is announced");
+    for text in &taskforce {
+        assert!(
+            !text.contains("Nguồn") && !text.contains("hotich") && !text.contains("dat-dai"),
+            "{text}"
+        );
+    }
+    // Ops heard no start summary, only feeds.
+    assert!(
+        to(OPS).iter().all(|t| t.contains("nguồn dữ liệu")),
+        "{:#?}",
+        to(OPS)
+    );
+}

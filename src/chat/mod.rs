@@ -26,7 +26,7 @@ use crate::notify::message::{
 use crate::provinces::{provinces, Scheme, Unit};
 use crate::rules::ledger::{Digest, Kind, Ledger, LedgerError, Notice, Silence, SilenceChange};
 use crate::rules::state::{AlertState, Change};
-use crate::rules::{evaluate, Facts, Rule, Severity, Subject};
+use crate::rules::{evaluate, Facts, Route, Rule, Severity, Subject};
 use crate::status::{Status, View};
 use crate::store::Store;
 use crate::targets::Targets;
@@ -453,8 +453,11 @@ impl Conversation {
             .iter()
             .filter(|(_, st)| st.phase.active())
             .filter_map(|(key, st)| {
-                let (subject, facts) = eval.about(key).cloned().or_else(|| subject_of(key))?;
                 let rule = Rule::parse(key.rsplit(':').next()?)?;
+                if rule.route() != Route::Taskforce {
+                    return None; // feeds are ops' business, not the task force's
+                }
+                let (subject, facts) = eval.about(key).cloned().or_else(|| subject_of(key))?;
                 Some(Notice {
                     id: key.clone(),
                     alert_key: key.clone(),
@@ -500,7 +503,7 @@ impl Conversation {
         let silences: Vec<String> = read
             .silences
             .iter()
-            .filter(|x| x.until > now)
+            .filter(|x| x.until > now && x.scheme != crate::rules::SOURCE_SCHEME)
             .map(|x| silence_line(x, lang, m))
             .collect();
         if !silences.is_empty() {
@@ -914,7 +917,11 @@ fn usage(verb: Verb, lang: Language, m: Markup, settings: &Settings) -> String {
     };
     let mut line = m.escape(&format!("/{name}{args} (/{alias}): {what}"));
     if verb == Verb::Silence {
-        let rules: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
+        let rules: Vec<&str> = Rule::ALL
+            .iter()
+            .filter(|r| r.route() == Route::Taskforce)
+            .map(|r| r.as_str())
+            .collect();
         line.push_str(&m.escape(&format!(
             "\n  {}: {} · {}: {} · {}: 2h, 3d (≤ 30d)",
             if vi { "dữ liệu" } else { "datasets" },

@@ -100,9 +100,17 @@ pub struct SourceSettings {
     /// Their names. Events and rejects are counted per known source; any other name (and a
     /// message too broken to say) counts as `other`, so hostile input adds no series or keys.
     pub known: Vec<String>,
-    /// A known source with no message for this long is quiet.
+    /// A known source with no message for this long is quiet: rule `source_quiet`, for the
+    /// receivers that take route `ops`.
     #[serde(with = "humantime_serde")]
     pub quiet_after: Duration,
+    /// Rule `source_rejecting`: over this share of a source's messages rejected in 24 hours
+    /// (0..1)...
+    pub reject_ratio_max: f64,
+    /// ...with at least this many messages in them (three bad ones out of ten page no one)...
+    pub reject_min_messages: u64,
+    /// ...and, once firing, resolved only below `reject_ratio_max` minus this (0..1).
+    pub reject_resolve_margin: f64,
 }
 
 impl Default for SourceSettings {
@@ -110,6 +118,9 @@ impl Default for SourceSettings {
         SourceSettings {
             known: Vec::new(),
             quiet_after: Duration::from_secs(6 * 3600),
+            reject_ratio_max: 0.05,
+            reject_min_messages: 100,
+            reject_resolve_margin: 0.01,
         }
     }
 }
@@ -342,7 +353,7 @@ pub struct AlertSettings {
     /// not fit one message.
     pub group_at: usize,
     pub rules: RuleSettings,
-    /// Chat receivers by name; every receiver gets every digest.
+    /// Chat receivers by name; each gets the digests of the routes it takes.
     pub receivers: BTreeMap<String, ReceiverSettings>,
 }
 
@@ -429,6 +440,20 @@ pub struct ReceiverSettings {
     /// Longest message; longer digests are split (default 4096 Telegram, 3500 Slack).
     #[serde(default)]
     pub max_chars: Option<usize>,
+    /// What it hears: `taskforce` (provinces' progress, reports, commands) and/or `ops`
+    /// (upstream feeds gone quiet or rejected).
+    #[serde(default = "taskforce_only")]
+    pub routes: Vec<crate::rules::Route>,
+}
+
+fn taskforce_only() -> Vec<crate::rules::Route> {
+    vec![crate::rules::Route::Taskforce]
+}
+
+impl ReceiverSettings {
+    pub fn takes(&self, route: crate::rules::Route) -> bool {
+        self.routes.contains(&route)
+    }
 }
 
 impl Default for AlertSettings {
@@ -625,6 +650,14 @@ impl Settings {
                 "sources.known: names are 1-64 letters, digits, '-', '_' or '.', and not 'other'",
             );
         }
+        if !(0.0..=1.0).contains(&self.sources.reject_ratio_max)
+            || !(0.0..=1.0).contains(&self.sources.reject_resolve_margin)
+        {
+            return invalid("sources ratios lie between 0 and 1");
+        }
+        if self.sources.quiet_after.is_zero() {
+            return invalid("sources.quiet_after must be longer than zero");
+        }
         if self.pipeline.batch_max_messages == 0 {
             return invalid("pipeline.batch_max_messages must be at least 1");
         }
@@ -752,6 +785,11 @@ impl Settings {
             };
             if let Some(key) = missing {
                 return invalid(format!("alerts.receivers.{name}.{key} must be set"));
+            }
+            if rcv.routes.is_empty() {
+                return invalid(format!(
+                    "alerts.receivers.{name}.routes must name `taskforce`, `ops` or both"
+                ));
             }
             let url = rcv.url.expose();
             if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {

@@ -222,6 +222,8 @@ fn worst(n: &Notice) -> f64 {
             f.last_event.map_or(f64::MIN, |at| at.timestamp() as f64)
         }
         (_, Rule::OnlineShareLow) => f.online_share.unwrap_or(0.0),
+        (_, Rule::SourceQuiet) => f.last_event.map_or(f64::MIN, |at| at.timestamp() as f64),
+        (_, Rule::SourceRejecting) => -f.feed.as_ref().map_or(0.0, |x| x.reject_ratio),
         _ => f.percent.unwrap_or(0.0),
     }
 }
@@ -238,11 +240,18 @@ fn group_line(group: &[&Notice], style: &Style, names: usize) -> String {
         .map(|n| {
             let figure = match (n.change, n.rule) {
                 (Change::Resolved | Change::Completed, _) => None,
-                (_, Rule::Silent | Rule::ProceduresSilent) => Some(match n.facts.last_event {
-                    Some(at) => day(at),
-                    None if vi => "chưa có dữ liệu".into(),
-                    None => "never reported".into(),
-                }),
+                (_, Rule::Silent | Rule::ProceduresSilent | Rule::SourceQuiet) => {
+                    Some(match n.facts.last_event {
+                        Some(at) => day(at),
+                        None if vi => "chưa có dữ liệu".into(),
+                        None => "never reported".into(),
+                    })
+                }
+                (_, Rule::SourceRejecting) => n
+                    .facts
+                    .feed
+                    .as_ref()
+                    .map(|x| percent(x.reject_ratio * 100.0, lang)),
                 (_, Rule::OnlineShareLow) => n.facts.online_share.map(|s| percent(s * 100.0, lang)),
                 _ => n.facts.percent.map(|p| percent(p, lang)),
             };
@@ -255,15 +264,18 @@ fn group_line(group: &[&Notice], style: &Style, names: usize) -> String {
         .collect();
     let ranked = match (n.change, n.rule, vi) {
         (Change::Resolved | Change::Completed, ..) => "",
-        (_, Rule::Silent | Rule::ProceduresSilent, true) => "lâu nhất ",
-        (_, Rule::Silent | Rule::ProceduresSilent, false) => "longest ",
+        (_, Rule::Silent | Rule::ProceduresSilent | Rule::SourceQuiet, true) => "lâu nhất ",
+        (_, Rule::Silent | Rule::ProceduresSilent | Rule::SourceQuiet, false) => "longest ",
+        (_, Rule::SourceRejecting, true) => "cao nhất ",
+        (_, Rule::SourceRejecting, false) => "highest ",
         (.., true) => "thấp nhất ",
         (.., false) => "lowest ",
     };
-    let count = if vi {
-        format!("{} tỉnh", group.len())
-    } else {
-        format!("{} provinces", group.len())
+    let count = match (n.subject.is_source(), vi) {
+        (false, true) => format!("{} tỉnh", group.len()),
+        (false, false) => format!("{} provinces", group.len()),
+        (true, true) => format!("{} nguồn", group.len()),
+        (true, false) => format!("{} sources", group.len()),
     };
     let mut text = format!(
         "{} {} — {} [{}]: {}",
@@ -405,6 +417,7 @@ fn order(n: &Notice) -> u8 {
 fn header(d: &Digest, lang: Language, m: Markup, part: usize, parts: usize) -> String {
     let at = d.at.with_timezone(&vn_offset()).format("%d/%m/%Y %H:%M");
     let n = d.notices.len();
+    let feeds = n > 0 && d.notices.iter().all(|n| n.subject.is_source());
     let title = match (d.summary.as_ref().map(|s| s.occasion), lang) {
         _ if d.kind == Kind::Firing => match lang {
             Language::Vi => format!("tiendo · {n} cảnh báo đang bật · {at} (giờ VN)"),
@@ -425,6 +438,14 @@ fn header(d: &Digest, lang: Language, m: Markup, part: usize, parts: usize) -> S
         (Some(Occasion::Resumed), Language::En) => {
             format!("tiendo · figures complete again · {at} (Vietnam time)")
         }
+        // Feeds' notices go to ops; the header says so, in case ops share a chat.
+        (None, Language::Vi) if feeds => {
+            format!("tiendo · nguồn dữ liệu · {n} thay đổi · {at} (giờ VN)")
+        }
+        (None, Language::En) if feeds => format!(
+            "tiendo · source feeds · {n} change{} · {at} (Vietnam time)",
+            if n == 1 { "" } else { "s" }
+        ),
         (None, Language::Vi) => format!("tiendo · {n} thay đổi · {at} (giờ VN)"),
         (None, Language::En) => format!(
             "tiendo · {n} change{} · {at} (Vietnam time)",
@@ -458,12 +479,14 @@ pub fn dataset_name(dataset: &str, lang: Language) -> String {
         ("labor", Language::Vi) => "Lao động",
         ("other", Language::Vi) => "Dữ liệu khác",
         ("", Language::Vi) => "Thủ tục hành chính",
+        (crate::rules::FEED, Language::Vi) => "Nguồn dữ liệu",
         ("civil_status", Language::En) => "Civil status",
         ("land", Language::En) => "Land",
         ("health_book", Language::En) => "Health books",
         ("labor", Language::En) => "Labour",
         ("other", Language::En) => "Other data",
         ("", Language::En) => "Public services",
+        (crate::rules::FEED, Language::En) => "Source feed",
         (other, _) => other,
     };
     name.to_string()
@@ -477,12 +500,16 @@ pub(crate) fn rule_text(rule: Rule, lang: Language) -> &'static str {
         (Rule::Completed, Language::Vi) => "hoàn thành chỉ tiêu",
         (Rule::OnlineShareLow, Language::Vi) => "tỷ lệ trực tuyến toàn trình thấp",
         (Rule::ProceduresSilent, Language::Vi) => "không có hồ sơ mới",
+        (Rule::SourceQuiet, Language::Vi) => "không gửi tin",
+        (Rule::SourceRejecting, Language::Vi) => "nhiều tin bị từ chối",
         (Rule::Silent, Language::En) => "no new data",
         (Rule::BehindPace, Language::En) => "behind pace",
         (Rule::ProjectedMiss, Language::En) => "projected to miss the deadline",
         (Rule::Completed, Language::En) => "target reached",
         (Rule::OnlineShareLow, Language::En) => "low online end-to-end share",
         (Rule::ProceduresSilent, Language::En) => "no new dossiers",
+        (Rule::SourceQuiet, Language::En) => "sending nothing",
+        (Rule::SourceRejecting, Language::En) => "many messages rejected",
     }
 }
 
@@ -558,12 +585,50 @@ pub(crate) fn time(at: DateTime<Utc>) -> String {
         .to_string()
 }
 
+/// A source system's day: messages, rejects and why, and when it was last heard from.
+fn feed_text(feed: &crate::rules::Feed, last: Option<DateTime<Utc>>, lang: Language) -> String {
+    let vi = lang == Language::Vi;
+    let mut out = if vi {
+        format!(
+            "24 giờ qua {} tin, {} bị từ chối ({})",
+            number(feed.messages as f64, lang),
+            number(feed.rejected as f64, lang),
+            percent(feed.reject_ratio * 100.0, lang)
+        )
+    } else {
+        format!(
+            "last 24 hours {} messages, {} rejected ({})",
+            number(feed.messages as f64, lang),
+            number(feed.rejected as f64, lang),
+            percent(feed.reject_ratio * 100.0, lang)
+        )
+    };
+    if !feed.reasons.is_empty() {
+        let reasons: Vec<String> = feed
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{r} {}", number(*n as f64, lang)))
+            .collect();
+        out.push_str(if vi { "; lý do: " } else { "; reasons: " });
+        out.push_str(&reasons.join(", "));
+    }
+    out.push_str(&match (last, vi) {
+        (Some(at), true) => format!("; tin cuối {}", time(at)),
+        (Some(at), false) => format!("; last message {}", time(at)),
+        (None, true) => "; chưa từng gửi tin".into(),
+        (None, false) => "; never sent".into(),
+    });
+    out
+}
+
 /// One notice: who, what, what changed, and the figures that say how bad and what it takes.
 fn line(n: &Notice, lang: Language, m: Markup) -> String {
     let vi = lang == Language::Vi;
     let f = &n.facts;
     let mut parts: Vec<String> = Vec::new();
-    if n.subject.dataset.is_empty() {
+    if let Some(feed) = &f.feed {
+        parts.push(feed_text(feed, f.last_event, lang));
+    } else if n.subject.dataset.is_empty() {
         if let Some(share) = f.online_share {
             parts.push(if vi {
                 format!(

@@ -15,7 +15,7 @@ use crate::config::{AlertSettings, ReceiverKind, ReceiverSettings};
 use crate::events::v1;
 use crate::rules::ledger::{Digest, Document, Notice};
 use crate::rules::state::Change;
-use crate::rules::{Rule, Severity};
+use crate::rules::{Route, Rule, Severity};
 
 /// Telegram's limit on a message's text.
 pub const TELEGRAM_MAX: usize = 4096;
@@ -345,6 +345,10 @@ pub fn webhook_body(digest: &Digest, style: &Style) -> serde_json::Value {
 /// A notice as the protobuf `Alert` of the alerts topic.
 pub fn alert(n: &Notice) -> v1::Alert {
     let f = &n.facts;
+    let feed = f.feed.as_ref();
+    // A source system's subject is no province: its fields stay empty.
+    let source = n.subject.is_source();
+    let province = |v: String| if source { String::new() } else { v };
     let ts = |at: chrono::DateTime<chrono::Utc>| prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: at.timestamp_subsec_nanos() as i32,
@@ -366,20 +370,22 @@ pub fn alert(n: &Notice) -> v1::Alert {
             Rule::Completed => v1::Rule::Completed,
             Rule::OnlineShareLow => v1::Rule::OnlineShareLow,
             Rule::ProceduresSilent => v1::Rule::ProceduresSilent,
+            Rule::SourceQuiet => v1::Rule::SourceQuiet,
+            Rule::SourceRejecting => v1::Rule::SourceRejecting,
         } as i32,
         severity: match n.severity {
             Severity::Info => v1::Severity::Info,
             Severity::Warning => v1::Severity::Warning,
             Severity::Critical => v1::Severity::Critical,
         } as i32,
-        province_code: n.subject.code.clone(),
-        code_scheme: if n.subject.scheme == "63" {
-            v1::CodeScheme::Provinces63
-        } else {
-            v1::CodeScheme::Provinces34
+        province_code: province(n.subject.code.clone()),
+        code_scheme: match n.subject.scheme.as_str() {
+            "63" => v1::CodeScheme::Provinces63,
+            "34" => v1::CodeScheme::Provinces34,
+            _ => v1::CodeScheme::Unspecified,
         } as i32,
-        province_name: n.subject.name.clone(),
-        dataset: n.subject.dataset.clone(),
+        province_name: province(n.subject.name.clone()),
+        dataset: province(n.subject.dataset.clone()),
         evaluated_at: Some(ts(n.at)),
         percent_done: f.percent.unwrap_or(0.0),
         pace_7d: f.pace_7d,
@@ -390,5 +396,16 @@ pub fn alert(n: &Notice) -> v1::Alert {
         online_share: f.online_share.unwrap_or(0.0),
         silenced: n.silenced_by.is_some(),
         deadline: f.deadline.map(|d| d.to_string()).unwrap_or_default(),
+        route: match n.rule.route() {
+            Route::Taskforce => v1::Route::Taskforce,
+            Route::Ops => v1::Route::Ops,
+        } as i32,
+        source_system: if source {
+            n.subject.code.clone()
+        } else {
+            String::new()
+        },
+        source_messages_24h: feed.map_or(0, |x| x.messages.max(0) as u64),
+        source_rejected_24h: feed.map_or(0, |x| x.rejected.max(0) as u64),
     }
 }

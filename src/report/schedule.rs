@@ -240,7 +240,12 @@ impl Poster {
     ) -> Result<Vec<(String, Digest)>, LedgerError> {
         let s = &self.settings;
         let names: Vec<&String> = if s.report.receivers.is_empty() {
-            s.alerts.receivers.keys().collect()
+            s.alerts
+                .receivers
+                .iter()
+                .filter(|(_, r)| r.takes(crate::rules::Route::Taskforce))
+                .map(|(name, _)| name)
+                .collect()
         } else {
             s.report.receivers.iter().collect()
         };

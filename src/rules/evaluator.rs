@@ -19,10 +19,10 @@ use super::ledger::{
     Commit, Digest, Ledger, LedgerError, Notice, Occasion, Read, Summary, Tally, HELD, STARTED,
 };
 use super::state::{step, AlertState, Change, Phase, Timing};
-use super::{evaluate_holding, Evaluation, Rule, Severity};
+use super::{evaluate_holding, evaluate_sources, Evaluation, Route, Rule, Severity};
 use crate::catchup::{Currency, Watch};
 use crate::clock::SharedClock;
-use crate::config::{AlertSettings, KAFKA_OUTBOX};
+use crate::config::{AlertSettings, SourceSettings, KAFKA_OUTBOX};
 use crate::status::Status;
 use crate::store::Store;
 use crate::targets::Targets;
@@ -43,6 +43,8 @@ pub struct Evaluator {
     /// Whether the figures are current; without one they are taken to be (tests that feed
     /// Redis directly).
     watch: Option<Watch>,
+    /// Upstream source systems, watched for route `ops` (see [`super::evaluate_sources`]).
+    sources: Option<SourceSettings>,
 }
 
 /// What one evaluation did.
@@ -50,8 +52,10 @@ pub struct Evaluator {
 pub struct Outcome {
     /// Notices this evaluator committed (empty if another replica got there first).
     pub notices: Vec<Notice>,
-    /// The digest every chat receiver gets from this evaluation, if any.
+    /// The digest every chat receiver of route `taskforce` gets from this evaluation, if any.
     pub chat: Option<Digest>,
+    /// The digest receivers of route `ops` get: source systems' notices.
+    pub ops: Option<Digest>,
     /// Set when the figures were not current, so nothing was evaluated.
     pub held: Option<Currency>,
 }
@@ -76,7 +80,14 @@ impl Evaluator {
             clock,
             kafka,
             watch: None,
+            sources: None,
         }
+    }
+
+    /// Also watches the upstream source systems, for receivers of route `ops`.
+    pub fn with_sources(mut self, settings: SourceSettings) -> Evaluator {
+        self.sources = Some(settings);
+        self
     }
 
     /// Evaluates only while `watch` says the figures are current.
@@ -172,7 +183,12 @@ impl Evaluator {
                 .filter(|(_, s)| s.phase.active())
                 .map(|(k, s)| (k.clone(), s.severity))
                 .collect();
-            let eval = evaluate_holding(&status, now, &self.settings.rules, &active);
+            let mut eval = evaluate_holding(&status, now, &self.settings.rules, &active);
+            if let Some(sources) = &self.sources {
+                let stored = self.store.sources(now).await?;
+                let views = crate::sources::view(&sources.known, &stored, sources.quiet_after, now);
+                evaluate_sources(&views, sources, &active, &mut eval);
+            }
             publish_figures(&eval);
             let occasion = if !read.started {
                 Some(Occasion::Started)
@@ -181,7 +197,7 @@ impl Evaluator {
             } else {
                 None
             };
-            let (commit, chat) = self.plan(&read, &eval, now, occasion);
+            let (commit, chat, ops) = self.plan(&read, &eval, now, occasion);
             let firing = firing(&read.states, &commit);
             if commit.is_empty() {
                 metrics::counter!(telemetry::ALERT_EVALUATIONS, "outcome" => "unchanged")
@@ -208,6 +224,7 @@ impl Evaluator {
                 return Ok(Outcome {
                     notices: commit.notices,
                     chat,
+                    ops,
                     held: None,
                 });
             }
@@ -234,14 +251,15 @@ impl Evaluator {
         }
     }
 
-    /// New states, notices and digests from what held at `now`, and the digest chat gets.
+    /// New states, notices and digests from what held at `now`, and the digests of each
+    /// route (task force, ops).
     fn plan(
         &self,
         read: &Read,
         eval: &Evaluation,
         now: DateTime<Utc>,
         occasion: Option<Occasion>,
-    ) -> (Commit, Option<Digest>) {
+    ) -> (Commit, Option<Digest>, Option<Digest>) {
         let timing = self.timing(occasion);
         let found: BTreeMap<&str, &super::Finding> =
             eval.findings.iter().map(|f| (f.key.as_str(), f)).collect();
@@ -299,13 +317,17 @@ impl Evaluator {
             commit.meta.push((HELD, None));
         }
         let id = format!("{}-{}", read.generation + 1, now.timestamp_millis());
-        let loud: Vec<Notice> = commit
-            .notices
-            .iter()
-            .filter(|n| n.silenced_by.is_none())
-            .cloned()
-            .collect();
-        // The start is always announced; a return from catching up only with news.
+        let loud = |route: Route| -> Vec<Notice> {
+            commit
+                .notices
+                .iter()
+                .filter(|n| n.silenced_by.is_none() && n.rule.route() == route)
+                .cloned()
+                .collect()
+        };
+        let (loud, ops_loud) = (loud(Route::Taskforce), loud(Route::Ops));
+        // The start is always announced; a return from catching up only with news. Feeds'
+        // notices are ops' and stay out of the task force's summary.
         let summary = match occasion {
             Some(Occasion::Started) => Some(Occasion::Started),
             Some(Occasion::Resumed) if !loud.is_empty() => Some(Occasion::Resumed),
@@ -319,14 +341,31 @@ impl Evaluator {
             summary,
             ..Digest::default()
         });
-        if let Some(chat) = &chat {
-            // Each chat receiver gets the same digest.
-            for outbox in self.settings.receivers.keys() {
-                let digest = Digest {
-                    id: format!("{outbox}-{id}"),
-                    ..chat.clone()
-                };
-                commit.digests.push((outbox.clone(), digest));
+        let ops = (!ops_loud.is_empty()).then(|| Digest {
+            id: String::new(),
+            at: now,
+            notices: ops_loud,
+            ..Digest::default()
+        });
+        // Each receiver gets the digest of each route it takes.
+        for (outbox, receiver) in &self.settings.receivers {
+            if let (Some(chat), true) = (&chat, receiver.takes(Route::Taskforce)) {
+                commit.digests.push((
+                    outbox.clone(),
+                    Digest {
+                        id: format!("{outbox}-{id}"),
+                        ..chat.clone()
+                    },
+                ));
+            }
+            if let (Some(ops), true) = (&ops, receiver.takes(Route::Ops)) {
+                commit.digests.push((
+                    outbox.clone(),
+                    Digest {
+                        id: format!("{outbox}-ops-{id}"),
+                        ..ops.clone()
+                    },
+                ));
             }
         }
         if self.kafka && !commit.notices.is_empty() {
@@ -339,7 +378,7 @@ impl Evaluator {
             };
             commit.digests.push((KAFKA_OUTBOX.to_string(), digest));
         }
-        (commit, chat)
+        (commit, chat, ops)
     }
 }
 
@@ -368,8 +407,8 @@ fn parse_key(key: &str) -> Option<(&str, &str, &str, Rule)> {
     Some((scheme, code, dataset, Rule::parse(rule)?))
 }
 
-/// How many alerts are active after `commit`, per rule, dataset and severity; silenced ones
-/// are held back from chat, so from its summary too.
+/// How many of the task force's alerts are active after `commit`, per rule, dataset and
+/// severity; silenced ones are held back from chat, so from its summary too.
 fn summarize(occasion: Occasion, read: &Read, commit: &Commit, now: DateTime<Utc>) -> Summary {
     let mut tallies: BTreeMap<(Rule, String, Severity), usize> = BTreeMap::new();
     let mut provinces = BTreeSet::new();
@@ -377,6 +416,9 @@ fn summarize(occasion: Occasion, read: &Read, commit: &Commit, now: DateTime<Utc
         let Some((scheme, code, dataset, rule)) = parse_key(key) else {
             continue;
         };
+        if rule.route() != Route::Taskforce {
+            continue;
+        }
         if read
             .silences
             .iter()
@@ -474,5 +516,48 @@ fn publish_figures(eval: &Evaluation) {
         if let Some(d) = f.days_left {
             metrics::gauge!(telemetry::DAYS_LEFT, &labels).set(d);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn firing(since: DateTime<Utc>) -> AlertState {
+        AlertState {
+            phase: Phase::Firing,
+            since,
+            severity: Severity::Warning,
+            fired_at: Some(since),
+            notified_at: Some(since),
+            next_severity: None,
+            absent_since: None,
+            resolutions: Vec::new(),
+            flapping: false,
+        }
+    }
+
+    #[test]
+    fn the_task_force_summary_leaves_feeds_out() {
+        let now: DateTime<Utc> = "2025-09-01T03:00:00Z".parse().unwrap();
+        let states = [
+            "34:01:civil_status:silent",
+            "src:hotich:feed:source_quiet",
+            "src:other:feed:source_rejecting",
+        ]
+        .map(|k| (k.to_string(), firing(now)))
+        .into_iter()
+        .collect();
+        let read = Read {
+            states,
+            ..Read::default()
+        };
+        let s = summarize(Occasion::Started, &read, &Commit::default(), now);
+        assert_eq!(s.provinces, 1);
+        let rules: Vec<Rule> = s.tallies.iter().map(|t| t.rule).collect();
+        assert_eq!(rules, [Rule::Silent]);
+        // The firing gauges count every alert, feeds' included.
+        let all = super::firing(&read.states, &Commit::default());
+        assert_eq!(all.get(&(Rule::SourceQuiet, Severity::Warning)), Some(&1));
     }
 }

@@ -136,7 +136,7 @@ pub struct Summary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Silence {
     pub id: String,
-    /// "34" or "63", and the province code in that table.
+    /// "34" or "63", and the province code in that table; or "src" and a source system.
     pub scheme: String,
     pub province: String,
     #[serde(default)]
@@ -159,6 +159,10 @@ pub enum SilenceError {
     Rule(String, String),
     #[error("a silence must end in the future")]
     Past,
+    #[error("unknown source {0}; sources are those of sources.known, and `other`")]
+    Source(String),
+    #[error("rule {0} is no source rule; those are source_quiet and source_rejecting")]
+    NotSourceRule(String),
 }
 
 impl Silence {
@@ -184,10 +188,18 @@ impl Silence {
         }
         let rule = match rule {
             None => None,
-            Some(r) => Some(Rule::parse(r).ok_or_else(|| {
-                let all: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
-                SilenceError::Rule(r.to_string(), all.join(", "))
-            })?),
+            Some(r) => Some(
+                Rule::parse(r)
+                    .filter(|r| r.route() == super::Route::Taskforce)
+                    .ok_or_else(|| {
+                        let all: Vec<&str> = Rule::ALL
+                            .iter()
+                            .filter(|r| r.route() == super::Route::Taskforce)
+                            .map(|r| r.as_str())
+                            .collect();
+                        SilenceError::Rule(r.to_string(), all.join(", "))
+                    })?,
+            ),
         };
         if until <= now {
             return Err(SilenceError::Past);
@@ -197,6 +209,40 @@ impl Silence {
             scheme: tag.to_string(),
             province: format!("{:02}", unit.code),
             dataset: dataset.to_string(),
+            rule,
+            until,
+            reason: reason.to_string(),
+            created_at: now,
+        })
+    }
+
+    /// A silence of a source system's alerts (`known` names, or `other`).
+    pub fn of_source(
+        source: &str,
+        known: &[String],
+        rule: Option<&str>,
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Silence, SilenceError> {
+        if source != crate::sources::OTHER && !known.iter().any(|k| k == source) {
+            return Err(SilenceError::Source(source.to_string()));
+        }
+        let rule = match rule {
+            None => None,
+            Some(r) => match Rule::parse(r) {
+                Some(rule) if rule.route() == super::Route::Ops => Some(rule),
+                _ => return Err(SilenceError::NotSourceRule(r.to_string())),
+            },
+        };
+        if until <= now {
+            return Err(SilenceError::Past);
+        }
+        Ok(Silence {
+            id: format!("s{}-{:04x}", now.timestamp(), fastrand::u16(..)),
+            scheme: super::SOURCE_SCHEME.to_string(),
+            province: source.to_string(),
+            dataset: String::new(),
             rule,
             until,
             reason: reason.to_string(),

@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::buckets::WINDOWS;
-use crate::config::RuleSettings;
+use crate::config::{RuleSettings, SourceSettings};
 use crate::status::{ProvinceStatus, Status};
 
 /// The stall rules. Names are stable: they appear in keys, silences, metrics and messages.
@@ -29,17 +29,49 @@ pub enum Rule {
     Completed,
     OnlineShareLow,
     ProceduresSilent,
+    /// An upstream source system sent nothing for `sources.quiet_after` (ops).
+    SourceQuiet,
+    /// Too many of a source system's messages were rejected over 24 hours (ops).
+    SourceRejecting,
+}
+
+/// Who a rule speaks to. Receivers take one or both routes (`alerts.receivers.*.routes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// The task force: provinces' progress.
+    Taskforce,
+    /// Whoever runs the feeds: upstream systems' health, never the provinces'.
+    Ops,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Taskforce => "taskforce",
+            Route::Ops => "ops",
+        }
+    }
 }
 
 impl Rule {
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 8] = [
         Rule::Silent,
         Rule::BehindPace,
         Rule::ProjectedMiss,
         Rule::Completed,
         Rule::OnlineShareLow,
         Rule::ProceduresSilent,
+        Rule::SourceQuiet,
+        Rule::SourceRejecting,
     ];
+
+    pub fn route(self) -> Route {
+        match self {
+            Rule::SourceQuiet | Rule::SourceRejecting => Route::Ops,
+            _ => Route::Taskforce,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,6 +81,8 @@ impl Rule {
             Rule::Completed => "completed",
             Rule::OnlineShareLow => "online_share_low",
             Rule::ProceduresSilent => "procedures_silent",
+            Rule::SourceQuiet => "source_quiet",
+            Rule::SourceRejecting => "source_rejecting",
         }
     }
 
@@ -75,16 +109,23 @@ impl Severity {
     }
 }
 
-/// What an alert is about: a province's dataset, or its procedure feed (`dataset` empty).
+/// What an alert is about: a province's dataset, or its procedure feed (`dataset` empty), or
+/// an upstream source system (scheme [`SOURCE_SCHEME`], dataset [`FEED`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Subject {
-    /// "34" or "63": the code table of `code`.
+    /// "34" or "63": the code table of `code`; "src" for a source system.
     pub scheme: String,
+    /// A province code, or a source system's label.
     pub code: String,
     pub name: String,
     /// Empty for procedure rules.
     pub dataset: String,
 }
+
+/// The scheme of a source system's subject: `src:hotich:feed:source_quiet`.
+pub const SOURCE_SCHEME: &str = "src";
+/// The dataset of a source system's subject.
+pub const FEED: &str = "feed";
 
 impl Subject {
     /// Stable alert id of `rule` on this subject: `34:01:civil_status:silent`.
@@ -96,10 +137,24 @@ impl Subject {
         };
         format!("{}:{}:{}:{}", self.scheme, self.code, what, rule.as_str())
     }
+
+    pub fn source(name: &str) -> Subject {
+        Subject {
+            scheme: SOURCE_SCHEME.to_string(),
+            code: name.to_string(),
+            name: name.to_string(),
+            dataset: FEED.to_string(),
+        }
+    }
+
+    pub fn is_source(&self) -> bool {
+        self.scheme == SOURCE_SCHEME
+    }
 }
 
 /// The figures a message about a subject shows, computed at evaluation time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Facts {
     pub total: i64,
     pub target: Option<u64>,
@@ -118,6 +173,20 @@ pub struct Facts {
     /// Online end-to-end share of procedures over the rule's window, and how many there were.
     pub online_share: Option<f64>,
     pub dossiers: i64,
+    /// A source system's last 24 hours (source rules only); `last_event` is its last message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<Feed>,
+}
+
+/// What a source system sent over the last 24 hours.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Feed {
+    /// Messages: counted, re-sent and rejected.
+    pub messages: i64,
+    pub rejected: i64,
+    pub reject_ratio: f64,
+    /// The commonest reject reasons, most first, with their counts.
+    pub reasons: Vec<(String, i64)>,
 }
 
 /// A rule that holds now.
@@ -260,6 +329,7 @@ fn datasets(
             last_event: d.last_event,
             online_share: None,
             dossiers: 0,
+            feed: None,
         };
         out.facts
             .insert(subject_key(&subject), (subject.clone(), facts));
@@ -347,6 +417,58 @@ fn procedures(
         };
         if dossiers >= rules.online_min_dossiers as i64 && share < line {
             find(out, &subject, Rule::OnlineShareLow, Severity::Warning);
+        }
+    }
+}
+
+/// Which source rules hold for the feeds in `views` (see [`crate::sources::view`]), where
+/// `active` holds the alerts firing now. `source_quiet` concerns known sources that have been
+/// heard from (one never heard from has nothing normal yet, like `procedures_silent`);
+/// `source_rejecting` any source with enough messages, `other` included. A firing
+/// `source_rejecting` resolves only below the ratio minus `reject_resolve_margin`, so a feed
+/// wavering at the line fires once.
+pub fn evaluate_sources(
+    views: &[crate::sources::SourceView],
+    settings: &SourceSettings,
+    active: &BTreeMap<String, Severity>,
+    out: &mut Evaluation,
+) {
+    for v in views {
+        let subject = Subject::source(&v.name);
+        let w = &v.last_24h;
+        let messages = w.tally.events + w.tally.duplicates + w.rejected;
+        let mut reasons: Vec<(String, i64)> = w
+            .tally
+            .rejects
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| (r.clone(), *n))
+            .collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        reasons.truncate(3);
+        let facts = Facts {
+            total: v.total.events,
+            last_event: v.last_seen,
+            feed: Some(Feed {
+                messages,
+                rejected: w.rejected,
+                reject_ratio: w.reject_ratio,
+                reasons,
+            }),
+            ..Facts::default()
+        };
+        out.facts
+            .insert(subject_key(&subject), (subject.clone(), facts));
+        if v.quiet && v.last_seen.is_some() {
+            find(out, &subject, Rule::SourceQuiet, Severity::Warning);
+        }
+        let line = if active.contains_key(&subject.alert_key(Rule::SourceRejecting)) {
+            settings.reject_ratio_max - settings.reject_resolve_margin
+        } else {
+            settings.reject_ratio_max
+        };
+        if messages >= settings.reject_min_messages as i64 && w.reject_ratio > line {
+            find(out, &subject, Rule::SourceRejecting, Severity::Warning);
         }
     }
 }

@@ -293,3 +293,74 @@ fn thresholds_resolve_only_past_their_margin() {
         vec![(Rule::BehindPace, warn)]
     );
 }
+
+/// A source's view with `events` counted and `rejected` rejects in the last 24 hours, last
+/// heard from `ago` before now (never, if `None`).
+fn feed(
+    name: &str,
+    events: i64,
+    rejected: i64,
+    ago: Option<Duration>,
+) -> crate::sources::SourceView {
+    let mut s = crate::sources::Stored::default();
+    let hour = crate::buckets::Tier::Hour.bucket(now().timestamp());
+    let tally = s.hours.entry(hour).or_default();
+    tally.add("e", events);
+    tally.add("x.future_time", rejected);
+    s.last_seen = ago.map(|a| (now() - a).timestamp());
+    let stored = BTreeMap::from([(name.to_string(), s)]);
+    let known = [name.to_string()];
+    let quiet_after = std::time::Duration::from_secs(6 * 3600);
+    crate::sources::view(&known, &stored, quiet_after, now()).remove(0)
+}
+
+fn sources(views: &[crate::sources::SourceView], active: &[&str]) -> Vec<String> {
+    let active = active
+        .iter()
+        .map(|k| (k.to_string(), Severity::Warning))
+        .collect();
+    let mut out = Evaluation::default();
+    evaluate_sources(views, &SourceSettings::default(), &active, &mut out);
+    out.findings.into_iter().map(|f| f.key).collect()
+}
+
+#[test]
+fn a_source_is_quiet_only_after_it_was_heard_from() {
+    let views = [
+        feed("hotich", 10, 0, Some(Duration::hours(7))),
+        feed("dat-dai", 10, 0, Some(Duration::hours(5))),
+        feed("never", 0, 0, None),
+    ];
+    assert_eq!(sources(&views, &[]), ["src:hotich:feed:source_quiet"]);
+    assert!(views[2].quiet, "shown as quiet, but not alerted");
+}
+
+#[test]
+fn rejecting_needs_enough_messages_and_resolves_below_a_margin() {
+    let recent = Some(Duration::minutes(1));
+    let key = "src:hotich:feed:source_rejecting";
+    // 6 of 100 rejected: over 5%.
+    assert_eq!(sources(&[feed("hotich", 94, 6, recent)], &[]), [key]);
+    // 5 of 100 is not over it; 6 of 60 is too few messages to say.
+    assert!(sources(&[feed("hotich", 95, 5, recent)], &[]).is_empty());
+    assert!(sources(&[feed("hotich", 54, 6, recent)], &[]).is_empty());
+    // Firing, it holds at 4.5% and resolves below 4%.
+    assert_eq!(sources(&[feed("hotich", 955, 45, recent)], &[key]), [key]);
+    assert!(sources(&[feed("hotich", 961, 39, recent)], &[key]).is_empty());
+}
+
+#[test]
+fn feed_facts_name_the_commonest_reasons() {
+    let mut v = feed("hotich", 80, 0, Some(Duration::minutes(1)));
+    for (reason, n) in [("a", 5), ("b", 9), ("c", 1), ("d", 5)] {
+        v.last_24h.tally.rejects.insert(reason.into(), n);
+    }
+    let mut out = Evaluation::default();
+    let active = BTreeMap::new();
+    evaluate_sources(&[v], &SourceSettings::default(), &active, &mut out);
+    let (subject, facts) = out.about("src:hotich:feed:source_rejecting").unwrap();
+    assert!(subject.is_source());
+    let feed = facts.feed.as_ref().unwrap();
+    let reasons: Vec<(&str, i64)> = feed.reasons.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+    assert_eq!(reasons, [("b", 9), ("a", 5), ("d", 5)]);
+}

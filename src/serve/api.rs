@@ -129,6 +129,9 @@ pub async fn build(s: &AppState, view: View) -> Result<Provinces, LedgerError> {
         let Some(rule) = Rule::parse(rule) else {
             continue;
         };
+        if rule.route() != crate::rules::Route::Taskforce {
+            continue; // feeds: `tiendo sources` and /api/v1/sources
+        }
         if state.phase == Phase::Resolved {
             continue; // kept only for flap damping
         }

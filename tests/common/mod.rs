@@ -371,6 +371,7 @@ pub fn receiver(kind: ReceiverKind, url: &str) -> ReceiverSettings {
         chat_id: "-100042".into(),
         language: None,
         max_chars: None,
+        routes: vec![tiendo::rules::Route::Taskforce],
     }
 }
 
@@ -513,6 +514,16 @@ pub fn totals(snap: &Snapshot) -> BTreeMap<String, i64> {
         .filter(|(_, c)| c.total != 0)
         .map(|(k, c)| (k.clone(), c.total))
         .collect()
+}
+
+/// A child process killed when dropped: a failed assertion leaves no replica running.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Sends a signal (`TERM`, `STOP`, `CONT`…) to a child process, as `kill -s` would.
