@@ -289,6 +289,20 @@ async fn registry() -> (
     (url, asked)
 }
 
+/// What `tiendo run` counts of the topics with `kafka.schema_registry.url` set to `registry`.
+async fn counted_by_the_binary(env: &Env, registry: &str) -> tiendo::store::Snapshot {
+    let child = env
+        .process_command()
+        .env("TIENDO_KAFKA__SCHEMA_REGISTRY__URL", registry)
+        .spawn()
+        .unwrap();
+    let mut child = common::Killed(child);
+    let snap = env.wait_consumed(Duration::from_secs(120)).await;
+    common::signal(&child.0, "TERM");
+    child.0.wait().unwrap();
+    snap
+}
+
 /// With `kafka.schema_registry.url`, the binary checks each frame's schema id against the
 /// registry, once per id: frames of ids it does not know, of an Avro schema or of a schema
 /// with another message at the frame's index are dead-lettered as `unknown_schema_id`; a
@@ -336,14 +350,7 @@ async fn frames_are_checked_against_the_schema_registry_once_per_id() {
         }
     }
 
-    let mut child = env
-        .process_command()
-        .env("TIENDO_KAFKA__SCHEMA_REGISTRY__URL", &url)
-        .spawn()
-        .unwrap();
-    let snap = env.wait_consumed(Duration::from_secs(120)).await;
-    common::signal(&child, "TERM");
-    child.wait().unwrap();
+    let snap = counted_by_the_binary(&env, &url).await;
     expected.assert_matches(&snap);
     assert_eq!(letters_by_reason(&env), expected.dead);
     let asked = asked.lock().unwrap().clone();
@@ -375,17 +382,7 @@ async fn an_unreachable_schema_registry_holds_and_refuses_nothing() {
     }
     let mut expected = Expected::default();
     expected.add_all(&events);
-    let mut child = env
-        .process_command()
-        .env(
-            "TIENDO_KAFKA__SCHEMA_REGISTRY__URL",
-            format!("http://127.0.0.1:{closed}"),
-        )
-        .spawn()
-        .unwrap();
-    let snap = env.wait_consumed(Duration::from_secs(120)).await;
-    common::signal(&child, "TERM");
-    child.wait().unwrap();
+    let snap = counted_by_the_binary(&env, &format!("http://127.0.0.1:{closed}")).await;
     expected.assert_matches(&snap);
     assert!(snap.dead.is_empty(), "{:?}", snap.dead);
 }

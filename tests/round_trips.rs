@@ -130,23 +130,30 @@ async fn store_batch(
     }
 }
 
+/// A private Redis, settings that know source `hotich`, its validator, and a store under
+/// `prefix`.
+async fn hotich_store(prefix: &str) -> (RedisServer, Settings, Validator, Store) {
+    let redis = RedisServer::start().expect("redis-server");
+    let mut settings = Settings::default();
+    settings.redis.url = Secret::new(redis.url());
+    settings.sources.known = vec!["hotich".into()];
+    let validator = Validator::new(&settings.validation).with_sources(&settings.sources.known);
+    let store = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        prefix,
+        settings.validation.datasets.clone(),
+        3600,
+    );
+    (redis, settings, validator, store)
+}
+
 /// The demo's clock runs in autumn 2024. Time buckets live for a span of that clock, not
 /// until a wall time: a bucket made on a clock in the past must not expire at once (every
 /// window read 0 in the demo, so every province looked stalled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buckets_written_on_a_clock_in_the_past_keep_their_windows() {
-    let redis = RedisServer::start().expect("redis-server");
-    let mut settings = Settings::default();
-    settings.redis.url = Secret::new(redis.url());
-    settings.sources.known = vec!["hotich".into()];
+    let (_redis, settings, validator, store) = hotich_store("past").await;
     let datasets = settings.validation.datasets.clone();
-    let validator = Validator::new(&settings.validation).with_sources(&settings.sources.known);
-    let store = Store::new(
-        store::connect(&settings.redis).await.unwrap(),
-        "past",
-        datasets.clone(),
-        3600,
-    );
     let now: chrono::DateTime<Utc> = "2024-10-01T03:00:00Z".parse().unwrap();
     let mut g = Generator::new(6, "past", &datasets);
     let mut batch = Batch::default();
@@ -186,18 +193,8 @@ async fn buckets_written_on_a_clock_in_the_past_keep_their_windows() {
 /// one example pushes the older ones down rather than overwriting the newest of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recent_rejects_are_the_newest_across_batches() {
-    let redis = RedisServer::start().expect("redis-server");
-    let mut settings = Settings::default();
-    settings.redis.url = Secret::new(redis.url());
-    settings.sources.known = vec!["hotich".into()];
+    let (_redis, settings, validator, store) = hotich_store("examples").await;
     let datasets = settings.validation.datasets.clone();
-    let validator = Validator::new(&settings.validation).with_sources(&settings.sources.known);
-    let store = Store::new(
-        store::connect(&settings.redis).await.unwrap(),
-        "examples",
-        datasets.clone(),
-        3600,
-    );
     let start = Utc::now();
     let mut g = Generator::new(7, "examples", &datasets);
     let mut offset = 0;

@@ -22,6 +22,23 @@ fn named(mut m: Generated, source: &str) -> Generated {
     m
 }
 
+/// A record of `source` dated three days ahead: rejected as `future_time`.
+fn from_the_future(
+    g: &mut tiendo::generator::Generator,
+    now: chrono::DateTime<chrono::Utc>,
+    source: &str,
+) -> Generated {
+    let Generated::Record(mut r) = g.record(now) else {
+        unreachable!()
+    };
+    r.occurred_at = Some(prost_types::Timestamp {
+        seconds: (now + chrono::Duration::days(3)).timestamp(),
+        nanos: 0,
+    });
+    r.source_system = source.into();
+    Generated::Record(r)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_source_sees_its_feed_and_unknown_names_add_no_series() {
     let env = Env::start();
@@ -47,17 +64,7 @@ async fn each_source_sees_its_feed_and_unknown_names_add_no_series() {
         stream.push(Generated::Record(r));
     }
     // dat-dai sends nothing but rejects: times in the future.
-    for _ in 0..30 {
-        let Generated::Record(mut r) = g.record(now) else {
-            unreachable!()
-        };
-        r.occurred_at = Some(prost_types::Timestamp {
-            seconds: (now + chrono::Duration::days(3)).timestamp(),
-            nanos: 0,
-        });
-        r.source_system = "dat-dai".into();
-        stream.push(Generated::Record(r));
-    }
+    stream.extend((0..30).map(|_| from_the_future(&mut g, now, "dat-dai")));
     // Fifty names nobody configured, and bytes too broken to name a source: all `other`.
     for i in 0..50 {
         stream.push(named(g.procedure(now), &format!("evil-{i}")));
@@ -205,17 +212,7 @@ async fn feed_alerts_reach_the_ops_chat_only() {
     let mut g = env.generator(15);
     let now = chrono::Utc::now();
     let mut stream: Vec<Generated> = (0..100).map(|_| named(g.record(now), "hotich")).collect();
-    for _ in 0..30 {
-        let Generated::Record(mut r) = g.record(now) else {
-            unreachable!()
-        };
-        r.occurred_at = Some(prost_types::Timestamp {
-            seconds: (now + chrono::Duration::days(3)).timestamp(),
-            nanos: 0,
-        });
-        r.source_system = "dat-dai".into();
-        stream.push(Generated::Record(r));
-    }
+    stream.extend((0..30).map(|_| from_the_future(&mut g, now, "dat-dai")));
     env.publish(&stream).await;
 
     let receiver = |cmd: &mut Command, name: &str, chat: &str, routes: Option<&str>| {

@@ -349,23 +349,18 @@ impl Evaluator {
         });
         // Each receiver gets the digest of each route it takes.
         for (outbox, receiver) in &self.settings.receivers {
-            if let (Some(chat), true) = (&chat, receiver.takes(Route::Taskforce)) {
-                commit.digests.push((
-                    outbox.clone(),
-                    Digest {
-                        id: format!("{outbox}-{id}"),
-                        ..chat.clone()
-                    },
-                ));
-            }
-            if let (Some(ops), true) = (&ops, receiver.takes(Route::Ops)) {
-                commit.digests.push((
-                    outbox.clone(),
-                    Digest {
-                        id: format!("{outbox}-ops-{id}"),
-                        ..ops.clone()
-                    },
-                ));
+            for (route, digest, tag) in [(Route::Taskforce, &chat, ""), (Route::Ops, &ops, "ops-")]
+            {
+                if let (Some(digest), true) = (digest, receiver.takes(route)) {
+                    let id = format!("{outbox}-{tag}{id}");
+                    commit.digests.push((
+                        outbox.clone(),
+                        Digest {
+                            id,
+                            ..digest.clone()
+                        },
+                    ));
+                }
             }
         }
         if self.kafka && !commit.notices.is_empty() {
