@@ -10,7 +10,7 @@
 //! registry, and counted in `tiendo_schema_registry_lookups_total{outcome="error"}`.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -54,7 +54,8 @@ struct Schema {
 pub struct Registry {
     client: reqwest::Client,
     base: Secret,
-    verdicts: RwLock<HashMap<u32, Verdict>>,
+    /// Shared, so reading one per message copies no schema.
+    verdicts: RwLock<HashMap<u32, Arc<Verdict>>>,
     /// Set while the registry is taken to be unreachable.
     down_until: RwLock<Option<Instant>>,
 }
@@ -86,7 +87,7 @@ impl Registry {
     }
 
     /// What was learnt of `id`; `None` if nothing (then the frame is judged by its bytes).
-    pub fn verdict(&self, id: u32) -> Option<Verdict> {
+    pub fn verdict(&self, id: u32) -> Option<Arc<Verdict>> {
         self.verdicts.read().expect("verdicts").get(&id).cloned()
     }
 
@@ -96,7 +97,7 @@ impl Registry {
         if verdicts.len() >= MAX_KEPT {
             verdicts.clear();
         }
-        verdicts.insert(id, verdict);
+        verdicts.insert(id, Arc::new(verdict));
     }
 
     /// Looks `id` up unless it is known or the registry is down.

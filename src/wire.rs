@@ -124,8 +124,8 @@ fn unframe<'a>(
     let mut rest = &bytes[HEADER..];
     let verdict = registry.and_then(|r| r.verdict(schema_id(bytes).expect("a whole header")));
     if rest.first() == Some(&b'{') {
-        return match verdict {
-            Some(Verdict::Refused(why)) => reject(Reason::UnknownSchemaId, why),
+        return match verdict.as_deref() {
+            Some(Verdict::Refused(why)) => reject(Reason::UnknownSchemaId, why.as_str()),
             Some(Verdict::Known { json: false, .. }) => reject(
                 Reason::UnknownSchemaId,
                 "JSON framed with the id of a protobuf schema",
@@ -137,8 +137,8 @@ fn unframe<'a>(
     let path = |i: &[i64]| format!("{i:?}");
     // With the registry's word, the index means what the registered schema says; without
     // it, what events.proto says.
-    match verdict {
-        Some(Verdict::Refused(why)) => return reject(Reason::UnknownSchemaId, why),
+    match verdict.as_deref() {
+        Some(Verdict::Refused(why)) => return reject(Reason::UnknownSchemaId, why.as_str()),
         Some(Verdict::Known { json: true, .. }) => {
             return reject(
                 Reason::UnknownSchemaId,
