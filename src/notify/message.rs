@@ -85,11 +85,21 @@ const NAMES: [usize; 4] = [5, 3, 1, 0];
 /// Many notices of one rule, dataset and change share a line; if the digest is still too
 /// long, smaller groups are joined too, then fewer names are shown; only then is it split.
 pub fn render(digest: &Digest, style: &Style) -> Vec<String> {
+    let budget = style.max_chars.saturating_sub(FRAME).max(1);
     if let Some(summary) = &digest.summary {
-        return frame(digest, style, summary_lines(digest, summary, style));
+        // A summary stands for the task force's alerts; feeds' notices (for a receiver of
+        // both routes) follow it, a line each.
+        let mut lines = summary_lines(digest, summary, style);
+        lines.extend(
+            digest
+                .notices
+                .iter()
+                .filter(|n| n.subject.is_source())
+                .map(|n| fit(line(n, style.language, style.markup), budget)),
+        );
+        return frame(digest, style, lines);
     }
     let groups = groups(&digest.notices);
-    let budget = style.max_chars.saturating_sub(FRAME).max(1);
     let mut threshold = style.group_at.max(2);
     let mut names = 0;
     let lines = loop {
@@ -983,6 +993,55 @@ mod tests {
         assert!(
             en.ends_with("While figures were catching up: 10 new alerts, 0 resolved."),
             "{en}"
+        );
+    }
+
+    /// A receiver of both routes gets the task force's start summary and feeds' notices in
+    /// one message: the summary does not swallow the feeds.
+    #[test]
+    fn a_summary_keeps_the_feeds_notices_of_the_same_evaluation() {
+        let mut feed = notice(
+            "hotich",
+            Rule::SourceQuiet,
+            Change::Firing { previous: None },
+        );
+        feed.subject = Subject::source("hotich");
+        feed.alert_key = feed.subject.alert_key(Rule::SourceQuiet);
+        feed.facts.feed = Some(crate::rules::Feed::default());
+        let mut d = digest(vec![
+            notice(
+                "Ninh Thuận",
+                Rule::BehindPace,
+                Change::Firing { previous: None },
+            ),
+            feed,
+        ]);
+        d.summary = Some(Summary {
+            occasion: Occasion::Started,
+            provinces: 1,
+            tallies: vec![Tally {
+                rule: Rule::BehindPace,
+                dataset: "civil_status".into(),
+                severity: Severity::Critical,
+                count: 1,
+            }],
+        });
+        let parts = render(&d, &telegram(4096));
+        assert_eq!(parts.len(), 1, "{parts:#?}");
+        let lines: Vec<&str> = parts[0].lines().collect();
+        assert_eq!(lines[1], "1 tỉnh/thành đang có cảnh báo:");
+        assert!(
+            lines[2].contains("Hộ tịch — chậm tiến độ: 1 tỉnh"),
+            "{lines:#?}"
+        );
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[3].contains("<b>hotich</b> · Nguồn dữ liệu"),
+            "{lines:#?}"
+        );
+        assert!(
+            !parts[0].contains("Ninh Thuận"),
+            "the summary counts provinces"
         );
     }
 

@@ -22,7 +22,7 @@ use super::state::{step, AlertState, Change, Phase, Timing};
 use super::{evaluate_holding, evaluate_sources, Evaluation, Route, Rule, Severity};
 use crate::catchup::{Currency, Watch};
 use crate::clock::SharedClock;
-use crate::config::{AlertSettings, SourceSettings, KAFKA_OUTBOX};
+use crate::config::{AlertSettings, ReceiverSettings, SourceSettings, KAFKA_OUTBOX};
 use crate::status::Status;
 use crate::store::Store;
 use crate::targets::Targets;
@@ -347,22 +347,12 @@ impl Evaluator {
             notices: ops_loud,
             ..Digest::default()
         });
-        // Each receiver gets the digest of each route it takes.
-        for (outbox, receiver) in &self.settings.receivers {
-            for (route, digest, tag) in [(Route::Taskforce, &chat, ""), (Route::Ops, &ops, "ops-")]
-            {
-                if let (Some(digest), true) = (digest, receiver.takes(route)) {
-                    let id = format!("{outbox}-{tag}{id}");
-                    commit.digests.push((
-                        outbox.clone(),
-                        Digest {
-                            id,
-                            ..digest.clone()
-                        },
-                    ));
-                }
-            }
-        }
+        commit.digests.extend(per_receiver(
+            &self.settings.receivers,
+            chat.as_ref(),
+            ops.as_ref(),
+            &id,
+        ));
         if self.kafka && !commit.notices.is_empty() {
             let digest = Digest {
                 id: format!("{KAFKA_OUTBOX}-{id}"),
@@ -375,6 +365,41 @@ impl Evaluator {
         }
         (commit, chat, ops)
     }
+}
+
+/// What each receiver gets of one evaluation: one digest with the notices of every route it
+/// takes. A receiver of both routes gets them in one message, since the budget of one message
+/// per evaluation is the receiver's, not the route's.
+fn per_receiver(
+    receivers: &BTreeMap<String, ReceiverSettings>,
+    chat: Option<&Digest>,
+    ops: Option<&Digest>,
+    id: &str,
+) -> Vec<(String, Digest)> {
+    receivers
+        .iter()
+        .filter_map(|(outbox, receiver)| {
+            let chat = chat.filter(|_| receiver.takes(Route::Taskforce));
+            let ops = ops.filter(|_| receiver.takes(Route::Ops));
+            let digest = match (chat, ops) {
+                (Some(chat), Some(ops)) => Digest {
+                    id: format!("{outbox}-{id}"),
+                    notices: chat.notices.iter().chain(&ops.notices).cloned().collect(),
+                    ..chat.clone()
+                },
+                (Some(chat), None) => Digest {
+                    id: format!("{outbox}-{id}"),
+                    ..chat.clone()
+                },
+                (None, Some(ops)) => Digest {
+                    id: format!("{outbox}-ops-{id}"),
+                    ..ops.clone()
+                },
+                (None, None) => return None,
+            };
+            Some((outbox.clone(), digest))
+        })
+        .collect()
 }
 
 /// Every state after `commit`.
@@ -530,6 +555,72 @@ mod tests {
             resolutions: Vec::new(),
             flapping: false,
         }
+    }
+
+    /// One digest per receiver and evaluation, whatever routes it takes.
+    #[test]
+    fn a_receiver_of_both_routes_gets_one_digest() {
+        let receiver = |routes: Vec<Route>| crate::config::ReceiverSettings {
+            kind: crate::config::ReceiverKind::Webhook,
+            url: Default::default(),
+            token: Default::default(),
+            chat_id: String::new(),
+            language: None,
+            max_chars: None,
+            routes,
+        };
+        let receivers: BTreeMap<String, crate::config::ReceiverSettings> = [
+            ("both", vec![Route::Taskforce, Route::Ops]),
+            ("ops", vec![Route::Ops]),
+            ("taskforce", vec![Route::Taskforce]),
+        ]
+        .into_iter()
+        .map(|(name, routes)| (name.to_string(), receiver(routes)))
+        .collect();
+        let notice = |key: &str| Notice {
+            id: format!("{key}@1"),
+            alert_key: key.into(),
+            rule: Rule::Silent,
+            severity: Severity::Warning,
+            change: Change::Firing { previous: None },
+            subject: super::super::Subject::source("any"),
+            facts: Default::default(),
+            at: DateTime::default(),
+            silenced_by: None,
+        };
+        let chat = Digest {
+            notices: vec![notice("34:01:civil_status:silent")],
+            ..Digest::default()
+        };
+        let ops = Digest {
+            notices: vec![notice("src:hotich:feed:source_quiet")],
+            ..Digest::default()
+        };
+        let got = per_receiver(&receivers, Some(&chat), Some(&ops), "7-1");
+        let keys =
+            |d: &Digest| -> Vec<String> { d.notices.iter().map(|n| n.alert_key.clone()).collect() };
+        let names: Vec<(&str, &str)> = got
+            .iter()
+            .map(|(o, d)| (o.as_str(), d.id.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("both", "both-7-1"),
+                ("ops", "ops-ops-7-1"),
+                ("taskforce", "taskforce-7-1")
+            ]
+        );
+        assert_eq!(
+            keys(&got[0].1),
+            ["34:01:civil_status:silent", "src:hotich:feed:source_quiet"]
+        );
+        assert_eq!(keys(&got[1].1), ["src:hotich:feed:source_quiet"]);
+        assert_eq!(keys(&got[2].1), ["34:01:civil_status:silent"]);
+        // Nothing for the task force: the receiver of both still gets ops' digest, once.
+        let got = per_receiver(&receivers, None, Some(&ops), "7-2");
+        let outboxes: Vec<&str> = got.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(outboxes, ["both", "ops"]);
     }
 
     #[test]
