@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveTime, TimeZone, Utc, Weekday};
 
 /// Vietnam time (UTC+7, no daylight saving): days and the code switch-over are counted in it.
 pub fn vn_offset() -> FixedOffset {
@@ -53,6 +53,48 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(self.millis.load(Ordering::SeqCst)).unwrap_or_default()
+    }
+}
+
+/// One line of `report.schedule`: a weekday (or every day) and a time, Vietnam time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// `None`: every day.
+    pub day: Option<Weekday>,
+    pub time: NaiveTime,
+}
+
+impl Slot {
+    /// `"Mon 08:00"`, `"monday 8:00"`, `"daily 17:30"`.
+    pub fn parse(text: &str) -> Result<Slot, String> {
+        let bad = || format!("{text:?} is not \"<weekday or daily> HH:MM\" (e.g. \"Mon 08:00\")");
+        let mut words = text.split_whitespace();
+        let (Some(day), Some(time), None) = (words.next(), words.next(), words.next()) else {
+            return Err(bad());
+        };
+        let day = match day.to_ascii_lowercase().as_str() {
+            "daily" | "everyday" => None,
+            d => Some(d.parse::<Weekday>().map_err(|_| bad())?),
+        };
+        let time = NaiveTime::parse_from_str(time, "%H:%M").map_err(|_| bad())?;
+        Ok(Slot { day, time })
+    }
+
+    /// The latest instant of this slot at or before `now`.
+    pub fn latest(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let local = now.with_timezone(&vn_offset());
+        (0..8)
+            .map(|back| local.date_naive() - chrono::Duration::days(back))
+            .filter(|d| self.day.is_none_or(|w| d.weekday() == w))
+            .map(|d| {
+                vn_offset()
+                    .from_local_datetime(&d.and_time(self.time))
+                    .single()
+                    .expect("fixed offset")
+                    .with_timezone(&Utc)
+            })
+            .find(|at| *at <= now)
+            .expect("every slot recurs within a week")
     }
 }
 

@@ -11,8 +11,7 @@ use serde::Serialize;
 
 use crate::buckets::Tier;
 
-/// The label of every source not configured, and of messages too broken to name theirs.
-pub const OTHER: &str = "other";
+pub use crate::config::OTHER;
 
 /// A source's label: a configured name or [`OTHER`]. Cheap to clone (one per event).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

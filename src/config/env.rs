@@ -110,7 +110,7 @@ fn shape() -> Shape {
             chat_id: String::new(),
             language: Some(Default::default()),
             max_chars: Some(0),
-            routes: vec![crate::rules::Route::Taskforce],
+            routes: vec![super::Route::Taskforce],
         },
     );
     serde_json::to_value(s).expect("settings serialize")

@@ -69,6 +69,9 @@ impl fmt::Debug for Secret {
 /// Name of the outbox that feeds the Kafka alerts topic; no chat receiver may take it.
 pub const KAFKA_OUTBOX: &str = "kafka";
 
+/// The label of every source not configured, and of messages too broken to name theirs.
+pub const OTHER: &str = "other";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration could not be read: {0}")]
@@ -443,15 +446,34 @@ pub struct ReceiverSettings {
     /// What it hears: `taskforce` (provinces' progress, reports, commands) and/or `ops`
     /// (upstream feeds gone quiet or rejected).
     #[serde(default = "taskforce_only")]
-    pub routes: Vec<crate::rules::Route>,
+    pub routes: Vec<Route>,
 }
 
-fn taskforce_only() -> Vec<crate::rules::Route> {
-    vec![crate::rules::Route::Taskforce]
+/// Who a rule speaks to. Receivers take one or both routes (`alerts.receivers.*.routes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// The task force: provinces' progress.
+    Taskforce,
+    /// Whoever runs the feeds: upstream systems' health, never the provinces'.
+    Ops,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Taskforce => "taskforce",
+            Route::Ops => "ops",
+        }
+    }
+}
+
+fn taskforce_only() -> Vec<Route> {
+    vec![Route::Taskforce]
 }
 
 impl ReceiverSettings {
-    pub fn takes(&self, route: crate::rules::Route) -> bool {
+    pub fn takes(&self, route: Route) -> bool {
         self.routes.contains(&route)
     }
 }
@@ -641,7 +663,7 @@ impl Settings {
         if self.sources.known.iter().any(|n| {
             n.is_empty()
                 || n.len() > 64
-                || n == crate::sources::OTHER
+                || n == OTHER
                 || !n
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -698,7 +720,7 @@ impl Settings {
     fn validate_chat(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         for when in &self.report.schedule {
-            if let Err(e) = crate::report::schedule::Slot::parse(when) {
+            if let Err(e) = crate::clock::Slot::parse(when) {
                 return invalid(format!("report.schedule: {e}"));
             }
         }

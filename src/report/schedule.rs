@@ -13,11 +13,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::Report;
 use crate::catchup::Watch;
+pub use crate::clock::Slot;
 use crate::clock::{vn_offset, SharedClock};
 use crate::config::{ReceiverKind, Settings};
 use crate::notify::message::{split, Markup};
@@ -35,48 +36,6 @@ fn marker(meta: &std::collections::BTreeMap<String, String>) -> Option<DateTime<
     meta.get(REPORT_DUE)
         .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
         .map(|d| d.with_timezone(&Utc))
-}
-
-/// One line of `report.schedule`: a weekday (or every day) and a time, Vietnam time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot {
-    /// `None`: every day.
-    pub day: Option<Weekday>,
-    pub time: NaiveTime,
-}
-
-impl Slot {
-    /// `"Mon 08:00"`, `"monday 8:00"`, `"daily 17:30"`.
-    pub fn parse(text: &str) -> Result<Slot, String> {
-        let bad = || format!("{text:?} is not \"<weekday or daily> HH:MM\" (e.g. \"Mon 08:00\")");
-        let mut words = text.split_whitespace();
-        let (Some(day), Some(time), None) = (words.next(), words.next(), words.next()) else {
-            return Err(bad());
-        };
-        let day = match day.to_ascii_lowercase().as_str() {
-            "daily" | "everyday" => None,
-            d => Some(d.parse::<Weekday>().map_err(|_| bad())?),
-        };
-        let time = NaiveTime::parse_from_str(time, "%H:%M").map_err(|_| bad())?;
-        Ok(Slot { day, time })
-    }
-
-    /// The latest instant of this slot at or before `now`.
-    pub fn latest(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        let local = now.with_timezone(&vn_offset());
-        (0..8)
-            .map(|back| local.date_naive() - chrono::Duration::days(back))
-            .filter(|d| self.day.is_none_or(|w| d.weekday() == w))
-            .map(|d| {
-                vn_offset()
-                    .from_local_datetime(&d.and_time(self.time))
-                    .single()
-                    .expect("fixed offset")
-                    .with_timezone(&Utc)
-            })
-            .find(|at| *at <= now)
-            .expect("every slot recurs within a week")
-    }
 }
 
 /// The latest scheduled time at or before `now`, of all slots.

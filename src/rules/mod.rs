@@ -35,24 +35,7 @@ pub enum Rule {
     SourceRejecting,
 }
 
-/// Who a rule speaks to. Receivers take one or both routes (`alerts.receivers.*.routes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Route {
-    /// The task force: provinces' progress.
-    Taskforce,
-    /// Whoever runs the feeds: upstream systems' health, never the provinces'.
-    Ops,
-}
-
-impl Route {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Route::Taskforce => "taskforce",
-            Route::Ops => "ops",
-        }
-    }
-}
+pub use crate::config::Route;
 
 impl Rule {
     pub const ALL: [Rule; 8] = [
