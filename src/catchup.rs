@@ -96,7 +96,9 @@ enum Seen {
 
 impl Phase {
     /// Where a check that saw `seen` leaves things.
-    fn next(self, seen: &BTreeMap<(usize, i32), Seen>, max_lag: u64) -> Phase {
+    /// `rewound`: Redis stores an earlier offset than at the last check for some partition
+    /// (it lost data and a recount runs).
+    fn next(self, seen: &BTreeMap<(usize, i32), Seen>, max_lag: u64, rewound: bool) -> Phase {
         let complete = !seen.is_empty() && seen.values().all(|s| *s != Seen::Unknown);
         let ends = || -> BTreeMap<(usize, i32), i64> {
             seen.iter()
@@ -110,6 +112,9 @@ impl Phase {
             // Ends are noted once, from a check where every partition answered.
             Phase::Unset if !complete => return Phase::Unset,
             Phase::Unset => Phase::CatchingUp(ends()),
+            // A recount, however short, counts up to today's ends before figures are current.
+            _ if rewound && complete => Phase::CatchingUp(ends()),
+            _ if rewound => return Phase::Unset,
             Phase::Current if behind(seen) > max_lag => Phase::CatchingUp(ends()),
             other => other,
         };
@@ -181,6 +186,8 @@ struct Inner {
     max_lag: u64,
     phase: Mutex<Phase>,
     last: Mutex<Option<(Instant, Currency)>>,
+    /// The offsets Redis stored at the last check, to see them go back.
+    stored: Mutex<BTreeMap<(usize, i32), i64>>,
 }
 
 impl Watch {
@@ -218,6 +225,7 @@ impl Watch {
                 max_lag: settings.alerts.max_lag,
                 phase: Mutex::new(Phase::Unset),
                 last: Mutex::new(None),
+                stored: Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -286,9 +294,28 @@ impl Watch {
             .collect();
         let behind = behind(&seen);
         let unknown = seen.values().filter(|s| **s == Seen::Unknown).count();
+        let rewound = {
+            let mut last = self.inner.stored.lock().expect("lock");
+            let rewound = wanted.iter().any(|(key, stored)| {
+                last.get(key)
+                    .is_some_and(|before| stored.is_none_or(|now| now < *before))
+            });
+            *last = wanted
+                .iter()
+                .filter_map(|(k, s)| Some((*k, (*s)?)))
+                .collect();
+            rewound
+        };
+        if rewound {
+            tracing::warn!("redis holds older offsets than before: figures recounted");
+        }
         let caught_up = {
             let mut phase = self.inner.phase.lock().expect("lock");
-            *phase = std::mem::replace(&mut *phase, Phase::Unset).next(&seen, self.inner.max_lag);
+            *phase = std::mem::replace(&mut *phase, Phase::Unset).next(
+                &seen,
+                self.inner.max_lag,
+                rewound,
+            );
             *phase == Phase::Current
         };
         let current = caught_up && unknown == 0;
@@ -426,34 +453,56 @@ mod tests {
     #[test]
     fn catching_up_ends_at_the_ends_noted_when_it_began() {
         // First check: two partitions behind; their ends are noted.
-        let p = Phase::Unset.next(&seen(&[behind(0, 500), Seen::AtEnd]), 10_000);
+        let p = Phase::Unset.next(&seen(&[behind(0, 500), Seen::AtEnd]), 10_000, false);
         assert_eq!(p, Phase::CatchingUp(BTreeMap::from([((0, 0), 500)])));
         // New messages keep arriving, but reaching the noted end is enough.
-        let p = p.next(&seen(&[behind(300, 700), behind(0, 10)]), 10_000);
+        let p = p.next(&seen(&[behind(300, 700), behind(0, 10)]), 10_000, false);
         assert!(matches!(p, Phase::CatchingUp(_)));
-        let p = p.next(&seen(&[behind(500, 900), behind(0, 20)]), 10_000);
+        let p = p.next(&seen(&[behind(500, 900), behind(0, 20)]), 10_000, false);
         assert_eq!(p, Phase::Current);
         // Current while the lag is within the bound, catching up again beyond it.
-        let p = p.next(&seen(&[behind(900, 9_000), behind(20, 40)]), 10_000);
+        let p = p.next(&seen(&[behind(900, 9_000), behind(20, 40)]), 10_000, false);
         assert_eq!(p, Phase::Current);
-        let p = p.next(&seen(&[behind(900, 20_000), Seen::AtEnd]), 10_000);
+        let p = p.next(&seen(&[behind(900, 20_000), Seen::AtEnd]), 10_000, false);
         assert_eq!(p, Phase::CatchingUp(BTreeMap::from([((0, 0), 20_000)])));
+    }
+
+    #[test]
+    fn a_recount_after_redis_lost_data_is_caught_up_however_small() {
+        let p = Phase::Unset.next(&seen(&[behind(0, 50), Seen::AtEnd]), 10_000, false);
+        let p = p.next(&seen(&[Seen::AtEnd, Seen::AtEnd]), 10_000, false);
+        assert_eq!(p, Phase::Current);
+        // Redis lost its data: 60 messages behind, far within the bound, but a recount.
+        let p = p.next(&seen(&[behind(0, 50), behind(0, 10)]), 10_000, true);
+        assert_eq!(
+            p,
+            Phase::CatchingUp(BTreeMap::from([((0, 0), 50), ((0, 1), 10)]))
+        );
+        let p = p.next(&seen(&[Seen::AtEnd, behind(5, 12)]), 10_000, false);
+        assert!(matches!(p, Phase::CatchingUp(ref t) if t.len() == 1));
+        let p = p.next(&seen(&[Seen::AtEnd, Seen::AtEnd]), 10_000, false);
+        assert_eq!(p, Phase::Current);
+        // Lost data with a partition not answering: nothing can be noted yet.
+        assert_eq!(
+            p.next(&seen(&[Seen::Unknown, behind(0, 10)]), 10_000, true),
+            Phase::Unset
+        );
     }
 
     #[test]
     fn a_partition_that_does_not_answer_is_never_taken_as_done() {
         // Nothing is noted from an incomplete first check.
-        let p = Phase::Unset.next(&seen(&[Seen::AtEnd, Seen::Unknown]), 10);
+        let p = Phase::Unset.next(&seen(&[Seen::AtEnd, Seen::Unknown]), 10, false);
         assert_eq!(p, Phase::Unset);
-        let p = Phase::Unset.next(&seen(&[behind(0, 50), Seen::AtEnd]), 10);
+        let p = Phase::Unset.next(&seen(&[behind(0, 50), Seen::AtEnd]), 10, false);
         // A noted partition that goes silent stays to be done; nothing is current meanwhile.
-        let p = p.next(&seen(&[Seen::Unknown, Seen::AtEnd]), 10);
+        let p = p.next(&seen(&[Seen::Unknown, Seen::AtEnd]), 10, false);
         assert!(matches!(p, Phase::CatchingUp(ref t) if t.len() == 1));
         assert_eq!(
-            p.next(&seen(&[Seen::AtEnd, Seen::AtEnd]), 10),
+            p.next(&seen(&[Seen::AtEnd, Seen::AtEnd]), 10, false),
             Phase::Current
         );
         // No partitions at all tells nothing.
-        assert_eq!(Phase::Unset.next(&BTreeMap::new(), 10), Phase::Unset);
+        assert_eq!(Phase::Unset.next(&BTreeMap::new(), 10, false), Phase::Unset);
     }
 }

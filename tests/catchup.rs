@@ -1,6 +1,7 @@
 //! The figures-current check against real brokers, librdkafka's mock cluster and Tansu (whose
 //! offset queries answer low): it says "catching up", with how far behind, while Redis holds
-//! less than the topics, and "current" once the pipeline has counted what was there.
+//! less than the topics, and "current" once the pipeline has counted what was there, again
+//! after Redis lost its data, however little there is to recount.
 
 mod common;
 
@@ -37,6 +38,34 @@ async fn catching_up_until_counted(env: Env) {
     // Current means everything noted at the first check is counted.
     assert_eq!(env.snapshot().await.offsets.values().sum::<i64>(), 2_000);
     running.shutdown().await;
+
+    // Redis loses everything: 2,000 messages are far within `max_lag`, but the recount must
+    // reach today's ends before the figures are current again.
+    assert!(env.settings.alerts.max_lag > 2_000);
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let c = watch.check(Utc::now()).await;
+    assert!(!c.current, "a recount is catching up: {c:?}");
+    assert_eq!(
+        (c.behind, c.reason.as_deref()),
+        (2_000, Some("catching up"))
+    );
+    let running = env.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let c = loop {
+        let c = watch.check(Utc::now()).await;
+        if c.current || Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(c.current, "{c:?}");
+    assert_eq!(env.snapshot().await.offsets.values().sum::<i64>(), 2_000);
+    running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,4 +76,78 @@ async fn catching_up_until_redis_holds_what_the_topics_held() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catching_up_until_redis_holds_what_the_topics_held_on_tansu() {
     catching_up_until_counted(Env::start_tansu()).await;
+}
+
+/// On Redis Cluster the counters and the alert ledger live on different nodes, so a node
+/// failing over to an empty replica can lose the counters and keep the alerts. While the
+/// recount runs, alerts hold: nothing fires or resolves on partial figures. Once current, the
+/// states are what they were before the loss, and chat is told nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_hold_through_a_recount_and_nothing_is_told() {
+    use tiendo::clock::{ManualClock, SharedClock};
+    use tiendo::rules::evaluator::Evaluator;
+
+    let env = Env::start();
+    let now = Utc::now();
+    common::seed_stalls(&env, now).await;
+    let mut s = env.settings.clone();
+    s.alerts.rules.pending_for = Duration::ZERO;
+    s.alerts.rules.clear_for = Duration::ZERO;
+    let clock: SharedClock = ManualClock::new(now);
+    let (store, ledger) = common::store_and_ledger(&s).await;
+    let watch = Watch::new(&s, env.reader().await).unwrap();
+    let evaluator = Evaluator::new(
+        store,
+        ledger.clone(),
+        common::stall_targets(now, &s.validation.datasets),
+        s.validation.datasets.clone(),
+        s.alerts.clone(),
+        clock,
+        false,
+    )
+    .with_watch(watch);
+    let first = evaluator.evaluate_once().await.unwrap();
+    assert!(first.held.is_none(), "{:?}", first.held);
+    assert!(first.notices.len() >= 3, "{:#?}", first.notices);
+    let before = ledger.read().await.unwrap().states;
+
+    // Every key but the alerts' goes: counters, offsets, claims.
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let lost: Vec<&String> = keys.iter().filter(|k| !k.contains("{alerts}")).collect();
+    assert!(lost.len() > 10, "{keys:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&lost)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let held = evaluator.evaluate_once().await.unwrap();
+    assert!(held.held.is_some(), "the recount is seen");
+    assert!(held.notices.is_empty(), "{:#?}", held.notices);
+    assert_eq!(ledger.read().await.unwrap().states, before);
+
+    let running = env.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let out = loop {
+        let out = evaluator.evaluate_once().await.unwrap();
+        assert!(out.notices.is_empty(), "{:#?}", out.notices);
+        if out.held.is_none() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    running.shutdown().await;
+    assert!(out.held.is_none(), "the recount ends");
+    assert!(
+        out.chat.is_none(),
+        "no news after the recount: {:?}",
+        out.chat
+    );
+    assert_eq!(ledger.read().await.unwrap().states, before);
 }
