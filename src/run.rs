@@ -30,6 +30,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         group = settings.kafka.group_id,
         "tiendo starting"
     );
+    // Kubernetes adds `TIENDO_*` service links; a misspelt name (one underscore) looks the
+    // same, so the names are told once, for whoever wonders why a setting did not take.
+    if let Ok(env) = crate::config::env::EnvOverrides::from_env() {
+        if !env.ignored.is_empty() {
+            tracing::info!(
+                names = env.ignored.join(" "),
+                "TIENDO_ variables without a section (TIENDO_<SECTION>__<KEY>) are not configuration"
+            );
+        }
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let clock: SharedClock = Arc::new(SystemClock);

@@ -549,6 +549,13 @@ async fn the_kubernetes_deployment_runs_as_shipped() {
     for secret in ["s3cret-redis", "s3cret-sasl", "s3cret-token"] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
+    // Kubernetes' service links start nothing wrong, and are named once as not configuration.
+    let links: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("are not configuration"))
+        .collect();
+    assert_eq!(links.len(), 1, "{log}");
+    assert!(links[0].contains("TIENDO_SERVICE_HOST"), "{}", links[0]);
     // The task force's Telegram receiver, configured from the ConfigMap and the Secret, got
     // the deployment's first summary in its group chat.
     let deadline = Instant::now() + Duration::from_secs(30);
