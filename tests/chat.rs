@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -292,8 +292,13 @@ async fn a_poller_crashing_mid_stream_loses_and_repeats_no_update() {
             CancellationToken::new(),
         )
     };
-    // Two replicas: whichever takes the poll lock answers, the other stands by.
+    // Two replicas: the first takes the poll lock and answers, the other stands by.
     let a = spawn().await.unwrap();
+    let polling = Instant::now() + Duration::from_secs(30);
+    while bot.most_polling() == 0 {
+        assert!(Instant::now() < polling, "the first replica never polled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let b = spawn().await.unwrap();
     let codes: Vec<String> = (1..=40)
         .map(|i| format!("{:02}", [1, 4, 8, 11, 12, 14, 15, 19][i % 8]))
@@ -321,7 +326,8 @@ async fn a_poller_crashing_mid_stream_loses_and_repeats_no_update() {
     let expected: BTreeMap<i64, usize> = ids.iter().map(|i| (*i, 1)).collect();
     assert_eq!(replies, expected, "every update answered exactly once");
     assert_eq!(bot.unconfirmed(), 0);
-    assert!(bot.most_polling() <= 1);
+    // Never two pollers at once, not even for a refused call: the lock is the only way in.
+    assert_eq!(bot.most_polling(), 1);
     for t in b {
         t.abort();
     }
@@ -485,4 +491,116 @@ async fn a_question_hours_old_when_read_is_not_answered() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// In English by configuration: a province's every dataset with its percent, pace against
+/// the pace needed, projected date and deadline; help and refusals in English too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn english_replies_show_every_dataset_with_its_projection() {
+    use chrono::Duration as Span;
+    use tiendo::events::CodeScheme;
+    let env = Env::start();
+    let now = Utc::now();
+    // Điện Biên: civil status 100,000 a day and land 5,000 a day, for 6 days back to today.
+    let mut g = env.generator(6);
+    let mut events = Vec::new();
+    for day in 0..6 {
+        let at = now - Span::days(day) - Span::minutes(5);
+        events.push(g.record_for("11", CodeScheme::Provinces34, "civil_status", 100_000, at));
+        events.push(g.record_for("11", CodeScheme::Provinces34, "land", 5_000, at));
+    }
+    env.publish(&events).await;
+    let running = env.spawn().await;
+    env.wait_consumed(Duration::from_secs(60)).await;
+    running.shutdown().await;
+
+    let bot = BotApi::start().await.unwrap();
+    let mut s = settings(&env, &bot);
+    s.alerts.language = tiendo::config::Language::En;
+    assert_eq!(s.alerts.rules.projection_window, "30d");
+    let local = |t: DateTime<Utc>| t.with_timezone(&tiendo::clock::vn_offset()).date_naive();
+    let deadline = local(now) + Span::days(40);
+    let csv = format!(
+        "province,dataset,target,deadline\n\
+         11,civil_status,1000000,{deadline}\n\
+         11,land,100000,{deadline}\n"
+    );
+    let targets = tiendo::targets::Targets::parse(&csv, &s.validation.datasets).unwrap();
+    let clock: SharedClock = ManualClock::new(now);
+    let stop = CancellationToken::new();
+    let _tasks = tiendo::run::spawn_chat(&s, targets, clock, None, stop.clone())
+        .await
+        .unwrap();
+    let asks = [
+        (TASKFORCE, LAN, "lan", "/province dien bien"),
+        (TASKFORCE, LAN, "lan", "/help"),
+        (STRANGERS, 777, "guest", "/alerts"),
+        (PROVINCES, MINH, "minh", "/unsilence s1-0000"),
+    ];
+    let ids: Vec<i64> = asks
+        .iter()
+        .map(|(chat, user, name, text)| bot.say(*chat, *user, name, text))
+        .collect();
+    let sent = bot.wait_sent(asks.len(), Duration::from_secs(60)).await;
+    let text = |i: usize| reply_to(&sent, ids[i]).text.clone();
+
+    let t = text(0);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines[0], "<b>Điện Biên</b>", "{t}");
+    assert!(
+        lines[1].starts_with("code 11 (34-unit table) · figures at "),
+        "{t}"
+    );
+    let check = |line: &str, name: &str, total: f64, target: f64| {
+        let week = total / 7.0;
+        let head = format!(
+            "<b>{name}</b>: {:.1}% ({}/{}) · 7 days: {}/day, needs ",
+            100.0 * total / target,
+            thousands(total),
+            thousands(target),
+            thousands(week)
+        );
+        assert!(line.starts_with(&head), "{line}\nwanted {head}");
+        // Projected at the rate of the projection window (30 days, all of these events).
+        let rate = total / 30.0;
+        let projected = local(now + Span::seconds(((target - total) / rate * 86_400.0) as i64));
+        let projected = format!(" · projected {} · ", projected.format("%d/%m/%Y"));
+        assert!(line.contains(&projected), "{line}\nwanted {projected}");
+        assert!(
+            line.ends_with(&format!(" · deadline {}", deadline.format("%d/%m/%Y"))),
+            "{line}"
+        );
+    };
+    check(lines[2], "Civil status", 600_000.0, 1_000_000.0);
+    check(lines[3], "Land", 30_000.0, 100_000.0);
+    assert_eq!(lines[4], "No alerts.", "{t}");
+
+    let help = text(1);
+    assert!(
+        help.contains("/province") && help.contains("/alerts"),
+        "{help}"
+    );
+    assert!(!help.contains("Xin lỗi"), "{help}");
+    assert_eq!(
+        text(2),
+        "Sorry, tiendo only answers configured chats. Ask an administrator to add this chat (id -100333) to commands.chats."
+    );
+    assert_eq!(
+        text(3),
+        "Sorry, you may not silence or unsilence alerts. Ask an administrator to add your user id to commands.silencers."
+    );
+    stop.cancel();
+}
+
+/// `1234567.8` as English text shows it: `1,234,568`.
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.round());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

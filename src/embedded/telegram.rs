@@ -37,7 +37,7 @@ struct Shared {
     updates: Vec<Value>,
     next_id: i64,
     sent: Vec<Sent>,
-    /// `getUpdates` calls in progress, and the most ever at once.
+    /// `getUpdates` calls in progress, and the most ever at once (refused ones included).
     polling: usize,
     most_polling: usize,
     /// Requests answered with an error on purpose, next first (HTTP status).
@@ -232,6 +232,8 @@ async fn get_updates(shared: Shared2, fields: Value) -> Response {
     let timeout = Duration::from_secs(fields["timeout"].as_u64().unwrap_or(0).min(50));
     {
         let mut s = shared.0.lock().expect("stand-in state");
+        // Counted before refusing, so a second poller shows even though it is refused.
+        s.most_polling = s.most_polling.max(s.polling + 1);
         if s.polling > 0 {
             return error(
                 409,
@@ -239,7 +241,6 @@ async fn get_updates(shared: Shared2, fields: Value) -> Response {
             );
         }
         s.polling += 1;
-        s.most_polling = s.most_polling.max(s.polling);
         s.updates
             .retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
     }
