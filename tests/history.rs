@@ -245,6 +245,23 @@ async fn daily_history_in_both_views_matches_the_season() {
     );
     let _ = std::fs::remove_file(&shot);
     assert_eq!(get("/province/99".into()).await.0, 404);
+    // Everything the pages show is in them: no script, style, font or image from elsewhere.
+    for path in ["/", "/?view=63", "/province/56?view=34&days=21"] {
+        let (code, body) = get(path.into()).await;
+        assert_eq!(code, 200, "{path}");
+        for outside in [
+            "src=\"http",
+            "src=\"//",
+            "href=\"http",
+            "href=\"//",
+            "url(http",
+            "url(//",
+            "@import",
+            "<link rel=\"stylesheet\"",
+        ] {
+            assert!(!body.contains(outside), "{path} loads {outside}");
+        }
+    }
     stop.cancel();
 }
 
@@ -261,6 +278,10 @@ async fn the_report_compares_each_province_with_a_week_earlier() {
         let at = now - Span::days(ago);
         events.push(g.record_for("01", CodeScheme::Provinces63, "civil_status", n, at));
     }
+    // Nghệ An (63:40) stopped at 30% twenty days ago, ten days before its deadline: at risk.
+    let stopped = now - Span::days(20);
+    events.push(g.record_for("40", CodeScheme::Provinces63, "civil_status", 300, stopped));
+    let soon = vn_day(now) + Span::days(10);
     env.publish(&events).await;
     let running = env.spawn().await;
     env.wait_consumed(Duration::from_secs(90)).await;
@@ -270,7 +291,10 @@ async fn the_report_compares_each_province_with_a_week_earlier() {
     let targets = dir.path().join("targets.csv");
     std::fs::write(
         &targets,
-        "province,dataset,target,deadline,scheme\n58,civil_status,10000,2030-12-31,63\n01,civil_status,1000,2030-12-31,63\n",
+        format!(
+            "province,dataset,target,deadline,scheme\n58,civil_status,10000,2030-12-31,63\n\
+             01,civil_status,1000,2030-12-31,63\n40,civil_status,1000,{soon},63\n"
+        ),
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiendo"))
@@ -317,7 +341,26 @@ async fn the_report_compares_each_province_with_a_week_earlier() {
     near(&ninh_thuan["percent_now"], all as f64 / 100.0);
     near(&ninh_thuan["percent_then"], before as f64 / 100.0);
     near(&ninh_thuan["points"], (all - before) as f64 / 100.0);
-    assert_eq!(ninh_thuan["trend"].as_array().unwrap().len(), 8);
+    // The trend: the end of each of the seven weeks up to a week ago, then now.
+    let trend = ninh_thuan["trend"].as_array().unwrap();
+    assert_eq!(trend.len(), 8);
+    for (i, v) in trend[..7].iter().enumerate() {
+        let end = since - Span::days(7 * (6 - i as i64));
+        let upto: i64 = days[&('o', "58".to_string())]
+            .iter()
+            .filter(|(d, _)| **d <= end)
+            .map(|(_, n)| n)
+            .sum();
+        near(v, upto as f64 / 100.0);
+    }
+    near(&trend[7], all as f64 / 100.0);
+    let nghe_an = province("40");
+    assert_eq!(nghe_an["class_now"], "at_risk");
+    near(&nghe_an["points"], 0.0);
+    for (i, v) in nghe_an["trend"].as_array().unwrap()[..7].iter().enumerate() {
+        let end = since - Span::days(7 * (6 - i as i64));
+        near(v, if end >= vn_day(stopped) { 30.0 } else { 0.0 });
+    }
     // Hà Nội moved to completed this week.
     let ha_noi = province("01");
     near(&ha_noi["percent_then"], 90.0);
@@ -335,4 +378,44 @@ async fn the_report_compares_each_province_with_a_week_earlier() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("Chuyển nhóm: Hà Nội: "), "{table}");
     assert!(table.contains("→ đã hoàn thành"), "{table}");
+    // The week's top movers, most points first, and the one that stalled.
+    let line = |head: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(head))
+            .unwrap_or_else(|| panic!("{head} in {table}"))
+            .to_string()
+    };
+    let top = line("Tăng nhiều nhất: ");
+    let points_58 = (all - before) as f64 / 100.0;
+    assert!(points_58 < 20.0, "{points_58}");
+    let (hn, nt) = (top.find("Hà Nội").unwrap(), top.find("Ninh Thuận").unwrap());
+    assert!(hn < nt, "Hà Nội's 20 points first: {top}");
+    assert!(!top.contains("Nghệ An"), "{top}");
+    let stalled = line("Đứng yên: ");
+    assert!(stalled.contains("Nghệ An 30,0%"), "{stalled}");
+    assert!(!stalled.contains("Hà Nội") && !stalled.contains("Ninh Thuận"));
+
+    // The HTML report draws the at-risk province's trend, inline, with no outside asset.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .args(["report", "--view", "63", "--format", "html"])
+        .env("TIENDO_REDIS__URL", env.settings.redis.url.expose())
+        .env("TIENDO_TARGETS__FILE", &targets)
+        .output()
+        .unwrap();
+    let html = String::from_utf8_lossy(&out.stdout);
+    let trends = &html[html.find("<table class=\"trend\">").expect("a trend table")..];
+    let trends = &trends[..trends.find("</table>").unwrap()];
+    assert!(trends.contains("<tr data-code=\"40\"><td>Nghệ An</td><td>30,0%</td><td>+0.0</td>"));
+    let points = trends
+        .split("points=\"")
+        .nth(1)
+        .and_then(|p| p.split('"').next())
+        .unwrap();
+    assert_eq!(points.split(' ').count(), 8, "{points}");
+    assert!(
+        !trends.contains("data-code=\"58\""),
+        "only the at-risk: {trends}"
+    );
+    assert!(!html.contains("http://") && !html.contains("https://"));
 }
