@@ -2,8 +2,9 @@
 //! the 2024 season (moved to end today), Redis is empty, and three `tiendo run` replicas start
 //! at once with alerts firing without delay (`pending_for = 0s`). Whatever reaches the chat
 //! must be what the caught-up figures say: no alert they would not also send, nothing about a
-//! province that is on track, and one summary rather than a line per alert. Run on
-//! librdkafka's mock cluster and on Tansu.
+//! province that is on track, and one summary rather than a line per alert. Prometheus sees
+//! `tiendo_figures_current` at 0 while catching up. Run on librdkafka's mock cluster and on
+//! Tansu.
 
 mod common;
 
@@ -42,9 +43,21 @@ async fn cold_start(env: Env) {
     // Every notice goes to the webhook; the task force's Telegram gets what chat gets.
     let webhook = ChatServer::start(vec![]).await;
     let telegram = ChatServer::start(vec![]).await;
+    // The first replica serves /metrics, as Prometheus scrapes it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let replicas: Vec<Child> = (0..3)
-        .map(|_| {
+        .map(|i| {
+            let listen = if i == 0 {
+                format!("127.0.0.1:{port}")
+            } else {
+                String::new()
+            };
             env.process_command()
+                .env("TIENDO_HTTP__LISTEN", listen)
                 .env("TIENDO_TARGETS__FILE", &targets_file)
                 .env("TIENDO_ALERTS__VIEW", "63")
                 .env("TIENDO_ALERTS__INTERVAL", "1s")
@@ -62,6 +75,41 @@ async fn cold_start(env: Env) {
                 .expect("tiendo run starts")
         })
         .collect();
+
+    // While catching up the gauge says 0, with how far behind; then 1.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while seen.last() != Some(&(1, 0)) {
+        assert!(Instant::now() < deadline, "figures never current: {seen:?}");
+        let gauge = |text: &str, name: &str| -> Option<u64> {
+            let line = text.lines().find(|l| l.starts_with(&format!("{name} ")))?;
+            line.rsplit(' ')
+                .next()?
+                .parse::<f64>()
+                .ok()
+                .map(|v| v as u64)
+        };
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            let text = r.text().await.unwrap_or_default();
+            let current = gauge(&text, "tiendo_figures_current");
+            let behind = gauge(&text, "tiendo_figures_behind_messages");
+            if let (Some(c), Some(b)) = (current, behind) {
+                if seen.last() != Some(&(c, b)) {
+                    seen.push((c, b));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.iter().any(|(c, b)| *c == 0 && *b > 0),
+        "catching up was shown: {seen:?}"
+    );
+    let first_current = seen.iter().position(|(c, _)| *c == 1).unwrap();
+    assert!(
+        seen[first_current..].iter().all(|(c, _)| *c == 1),
+        "{seen:?}"
+    );
 
     // Everything counted, and the first evaluation delivered; then a few more evaluations,
     // which must add nothing.

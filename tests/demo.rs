@@ -137,11 +137,12 @@ async fn the_2024_season_alerts_on_the_slow_provinces_and_not_the_finished_ones(
 }
 
 /// `tiendo demo` as the quick start runs it (`scripts/demo` runs the release binary), for a
-/// few seconds: it serves the status page, tells what the chat got, and ends exact.
+/// few seconds: it serves the status page, prints what the chat got (a weekly report, an
+/// answer) and how noisy it was, and ends exact.
 #[test]
 fn the_demo_command_ends_with_the_counts_exact() {
     let out = Command::new(env!("CARGO_BIN_EXE_tiendo"))
-        .args(["demo", "--speed", "86400", "--duration", "8"])
+        .args(["demo", "--speed", "86400", "--duration", "12"])
         .args(["--http-listen", "127.0.0.1:0"])
         .output()
         .expect("tiendo runs");
@@ -155,10 +156,30 @@ fn the_demo_command_ends_with_the_counts_exact() {
         stdout.contains("status page: http://127.0.0.1:"),
         "{stdout}"
     );
+    // What the chat was told, judged as the task force would: no flap, nothing false, no
+    // digest over one message; the first Monday's report (7 October 2024) and its HTML file,
+    // and the answer to a member's question.
+    let told = stdout
+        .lines()
+        .find(|l| l.starts_with("what the chat was told: notices: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(told.contains(" · flaps: 0 · "), "{told}");
+    assert!(told.contains(" message(s) · "), "{told}");
+    assert!(told.contains(" in 1 message(s) · "), "{told}");
     assert!(
-        stdout.contains("\nwhat the chat was told: notices: "),
+        told.ends_with("false alerts after the cold start: 0"),
+        "{told}"
+    );
+    assert!(
+        stdout.contains("\n  │ Báo cáo tuần · Tiến độ số hóa Đề án 06 · ")
+            && stdout.contains(" · 07/10/2024 "),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("\n  📎 tiendo-bao-cao-2024-10-07.html ("),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\n  💬 /tinh "), "{stdout}");
     assert!(
         stdout
             .lines()
