@@ -188,6 +188,7 @@ struct Inner {
     last: Mutex<Option<(Instant, Currency)>>,
     /// The offsets Redis stored at the last check, to see them go back.
     stored: Mutex<BTreeMap<(usize, i32), i64>>,
+    checking: tokio::sync::Mutex<()>,
 }
 
 impl Watch {
@@ -226,6 +227,7 @@ impl Watch {
                 phase: Mutex::new(Phase::Unset),
                 last: Mutex::new(None),
                 stored: Mutex::new(BTreeMap::new()),
+                checking: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -254,6 +256,9 @@ impl Watch {
     }
 
     async fn measure(&self, now: DateTime<Utc>) -> Result<Currency, String> {
+        // One check at a time (evaluator, page, report poster): offsets read by an earlier
+        // check and judged after a later one would look like offsets going back.
+        let _one = self.inner.checking.lock().await;
         let inner = self.inner.clone();
         let partitions = tokio::task::spawn_blocking(move || inner.partitions())
             .await
@@ -300,14 +305,20 @@ impl Watch {
                 last.get(key)
                     .is_some_and(|before| stored.is_none_or(|now| now < *before))
             });
-            *last = wanted
-                .iter()
-                .filter_map(|(k, s)| Some((*k, (*s)?)))
-                .collect();
+            // A partition missing from this check keeps what was last seen of it.
+            for (key, stored) in &wanted {
+                match stored {
+                    Some(offset) => last.insert(*key, *offset),
+                    None => last.remove(key),
+                };
+            }
             rewound
         };
         if rewound {
-            tracing::warn!("redis holds older offsets than before: figures recounted");
+            tracing::warn!(
+                "redis stores older offsets than at the last check (data lost, or topics \
+                 recreated): catching up again"
+            );
         }
         let caught_up = {
             let mut phase = self.inner.phase.lock().expect("lock");
