@@ -10,7 +10,7 @@ use crate::clock::vn_offset;
 use crate::config::Language;
 use crate::rules::ledger::{Digest, Kind, Notice, Occasion, Summary, Tally};
 use crate::rules::state::Change;
-use crate::rules::{Rule, Severity};
+use crate::rules::{Route, Rule, Severity};
 
 /// The markup a receiver reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub fn render(digest: &Digest, style: &Style) -> Vec<String> {
             digest
                 .notices
                 .iter()
-                .filter(|n| n.subject.is_source())
+                .filter(|n| n.rule.route() == Route::Ops)
                 .map(|n| fit(line(n, style.language, style.markup), budget)),
         );
         return frame(digest, style, lines);
@@ -363,7 +363,14 @@ fn summary_lines(digest: &Digest, summary: &Summary, style: &Style) -> Vec<Strin
         ));
     }
     if summary.occasion == Occasion::Resumed {
-        let count = |f: fn(&Change) -> bool| digest.notices.iter().filter(|n| f(&n.change)).count();
+        // The task force's changes only: a receiver of both routes also has feeds' notices.
+        let count = |f: fn(&Change) -> bool| {
+            digest
+                .notices
+                .iter()
+                .filter(|n| n.rule.route() == Route::Taskforce && f(&n.change))
+                .count()
+        };
         let new = count(|c| matches!(c, Change::Firing { previous: None }));
         let gone = count(|c| matches!(c, Change::Resolved));
         lines.push(if vi {
@@ -1043,6 +1050,14 @@ mod tests {
             !parts[0].contains("Ninh Thuận"),
             "the summary counts provinces"
         );
+        // Back from catching up: the task force's count leaves the feed out.
+        d.summary.as_mut().unwrap().occasion = Occasion::Resumed;
+        let text = render(&d, &telegram(4096)).join("\n");
+        assert!(
+            text.contains("Thay đổi trong lúc chờ số liệu: 1 cảnh báo mới, 0 đã hết."),
+            "{text}"
+        );
+        assert!(text.contains("<b>hotich</b> · Nguồn dữ liệu"), "{text}");
     }
 
     #[test]
