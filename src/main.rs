@@ -41,6 +41,9 @@ enum Command {
         /// Stop after this many real seconds (default: at 1 January 2025, or Ctrl-C).
         #[arg(long)]
         duration: Option<u64>,
+        /// Stop after this many simulated days (whichever of this and --duration comes first).
+        #[arg(long)]
+        days: Option<f64>,
         /// Unit table of the progress line and the report.
         #[arg(long, value_enum, default_value = "63")]
         view: View,
@@ -172,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo {
             speed,
             duration,
+            days,
             view,
             http_listen,
         } => {
@@ -180,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
             let options = demo::DemoOptions {
                 speed,
                 duration: duration.map(Duration::from_secs),
-                days: None,
+                days,
                 view,
                 http_listen,
                 verbose: true,

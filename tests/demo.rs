@@ -142,7 +142,17 @@ async fn the_2024_season_alerts_on_the_slow_provinces_and_not_the_finished_ones(
 #[test]
 fn the_demo_command_ends_with_the_counts_exact() {
     let out = Command::new(env!("CARGO_BIN_EXE_tiendo"))
-        .args(["demo", "--speed", "86400", "--duration", "12"])
+        // Nine simulated days, however slow the machine: the first Monday's report (day 6)
+        // and the member's question (day 8) are in them.
+        .args([
+            "demo",
+            "--speed",
+            "86400",
+            "--days",
+            "9",
+            "--duration",
+            "300",
+        ])
         .args(["--http-listen", "127.0.0.1:0"])
         .output()
         .expect("tiendo runs");
