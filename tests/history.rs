@@ -406,7 +406,7 @@ async fn the_report_compares_each_province_with_a_week_earlier() {
     let html = String::from_utf8_lossy(&out.stdout);
     let trends = &html[html.find("<table class=\"trend\">").expect("a trend table")..];
     let trends = &trends[..trends.find("</table>").unwrap()];
-    assert!(trends.contains("<tr data-code=\"40\"><td>Nghệ An</td><td>30,0%</td><td>+0.0</td>"));
+    assert!(trends.contains("<tr data-code=\"40\"><td>Nghệ An</td><td>30,0%</td><td>+0,0</td>"));
     let points = trends
         .split("points=\"")
         .nth(1)

@@ -291,14 +291,7 @@ impl Report {
         };
         let lang = self.language;
         let vi = lang == Language::Vi;
-        let pts = |p: f64| {
-            let s = format!("{p:+.1}");
-            if vi {
-                s.replace('.', ",")
-            } else {
-                s
-            }
-        };
+        let pts = |p: f64| points(p, lang);
         let since = week.since.format("%d/%m/%Y");
         let mut lines = vec![if vi {
             format!(
@@ -539,16 +532,26 @@ impl Report {
         for p in at_risk {
             let _ = write!(
                 out,
-                "<tr data-code=\"{}\"><td>{}</td><td>{}</td><td>{:+.1}</td><td>{}</td></tr>",
+                "<tr data-code=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&p.code),
                 esc(&p.name),
                 percent(p.percent_now, self.language),
-                p.points,
+                points(p.points, self.language),
                 sparkline(&p.trend)
             );
         }
         out.push_str("</table>");
         out
+    }
+}
+
+/// Percentage points with their sign, in the language's decimal mark: `+1,5`.
+fn points(p: f64, lang: Language) -> String {
+    let s = format!("{p:+.1}");
+    if lang == Language::Vi {
+        s.replace('.', ",")
+    } else {
+        s
     }
 }
 
