@@ -12,6 +12,19 @@ use chrono::Utc;
 use common::{events, Env};
 use tiendo::catchup::Watch;
 
+/// Checks until the figures are current, for at most 90 s.
+async fn until_current(watch: &Watch) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let c = watch.check(Utc::now()).await;
+        if c.current {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never current: {c:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn catching_up_until_counted(env: Env) {
     let mut g = env.generator(1);
     env.publish(&events(&mut g, 2_000)).await;
@@ -26,15 +39,7 @@ async fn catching_up_until_counted(env: Env) {
     eprintln!("one check took {took:?}");
 
     let running = env.spawn().await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let c = loop {
-        let c = watch.check(Utc::now()).await;
-        if c.current || Instant::now() > deadline {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(c.current, "{c:?}");
+    until_current(&watch).await;
     // Current means everything noted at the first check is counted.
     assert_eq!(env.snapshot().await.offsets.values().sum::<i64>(), 2_000);
     running.shutdown().await;
@@ -42,12 +47,7 @@ async fn catching_up_until_counted(env: Env) {
     // Redis loses everything: 2,000 messages are far within `max_lag`, but the recount must
     // reach today's ends before the figures are current again.
     assert!(env.settings.alerts.max_lag > 2_000);
-    let client = redis::Client::open(env.redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("FLUSHALL")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    common::flush_redis(&env).await;
     let c = watch.check(Utc::now()).await;
     assert!(!c.current, "a recount is catching up: {c:?}");
     assert_eq!(
@@ -55,15 +55,7 @@ async fn catching_up_until_counted(env: Env) {
         (2_000, Some("catching up"))
     );
     let running = env.spawn().await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let c = loop {
-        let c = watch.check(Utc::now()).await;
-        if c.current || Instant::now() > deadline {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(c.current, "{c:?}");
+    until_current(&watch).await;
     assert_eq!(env.snapshot().await.offsets.values().sum::<i64>(), 2_000);
     running.shutdown().await;
 }

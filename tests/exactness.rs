@@ -287,7 +287,7 @@ async fn redis_losing_its_data_is_detected_and_everything_recounted_from_the_log
 
     // Redis loses everything (a failover to an empty replica, a bad restore): the pipeline's
     // fence sees offsets it did not expect and recounts from the start of the log.
-    flush_redis(&env).await;
+    common::flush_redis(&env).await;
 
     let second = events(&mut g, 1500);
     expected.add_all(&second);
@@ -310,19 +310,9 @@ async fn redis_losing_its_data_is_noticed_on_idle_partitions_too() {
     env.publish(&first).await;
     env.wait_consumed(SETTLE).await;
 
-    flush_redis(&env).await;
+    common::flush_redis(&env).await;
 
     let snap = env.wait_consumed(SETTLE).await;
     running.shutdown().await;
     expected.assert_matches(&snap);
-}
-
-/// Redis loses everything, as a failover to an empty replica or a bad restore would leave it.
-async fn flush_redis(env: &Env) {
-    let client = redis::Client::open(env.redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("FLUSHALL")
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
 }

@@ -612,3 +612,13 @@ pub fn season_until_now(now: DateTime<Utc>, datasets: &[String]) -> (Vec<Generat
     }
     (events, targets)
 }
+
+/// Redis loses everything, as a failover to an empty replica or a bad restore would leave it.
+pub async fn flush_redis(env: &Env) {
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
