@@ -604,3 +604,90 @@ fn thousands(v: f64) -> String {
     }
     out
 }
+
+/// The running binary, as a replica answers: a command from a chat not configured gets its
+/// refusal, a warning in the log naming the chat, and a count in
+/// `tiendo_chat_commands_total{outcome="refused"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_logged_and_counted_by_the_running_binary() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let env = Env::start();
+    let bot = BotApi::start().await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = env
+        .process_command()
+        .env("TIENDO_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIENDO_ALERTS__RECEIVERS__TG__KIND", "telegram")
+        .env("TIENDO_ALERTS__RECEIVERS__TG__URL", bot.url())
+        .env("TIENDO_ALERTS__RECEIVERS__TG__TOKEN", "123:secret")
+        .env(
+            "TIENDO_ALERTS__RECEIVERS__TG__CHAT_ID",
+            TASKFORCE.to_string(),
+        )
+        .env("TIENDO_COMMANDS__TELEGRAM", "tg")
+        .env("TIENDO_COMMANDS__CHATS", TASKFORCE.to_string())
+        .env("TIENDO_COMMANDS__POLL_TIMEOUT", "1s")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = common::Killed(child);
+    let asked = bot.say(STRANGERS, 777, "khach", "/tinh 01");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reply = loop {
+        if let Some(r) = bot
+            .sent()
+            .into_iter()
+            .find(|s| s.reply_to == Some(asked * 10))
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no reply: {:#?}", bot.sent());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reply.chat_id, STRANGERS.to_string());
+    assert!(
+        reply.text.starts_with("Xin lỗi, tiendo chỉ trả lời"),
+        "{}",
+        reply.text
+    );
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tiendo_chat_commands_total{") && l.contains("refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{metrics}");
+    assert!(refused[0].contains("via=\"telegram\""), "{}", refused[0]);
+    assert!(refused[0].ends_with(" 1"), "{}", refused[0]);
+
+    common::signal(&child.0, "TERM");
+    child.0.wait().unwrap();
+    let mut log = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("chat command from a chat not in commands.chats: refused"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("-100333"), "{}", warned[0]);
+    assert!(
+        !log.contains("123:secret"),
+        "the token stays out of the log"
+    );
+}
