@@ -184,11 +184,18 @@ struct Inner {
     topics: [String; 2],
     store: Store,
     max_lag: u64,
-    phase: Mutex<Phase>,
     last: Mutex<Option<(Instant, Currency)>>,
+    /// Held for a whole check, so checks run one at a time (evaluator, page, report poster):
+    /// offsets read by an earlier check and judged after a later one would look like offsets
+    /// going back.
+    checking: tokio::sync::Mutex<Checked>,
+}
+
+/// What the checks so far established.
+struct Checked {
+    phase: Phase,
     /// The offsets Redis stored at the last check, to see them go back.
-    stored: Mutex<BTreeMap<(usize, i32), i64>>,
-    checking: tokio::sync::Mutex<()>,
+    stored: BTreeMap<(usize, i32), i64>,
 }
 
 impl Watch {
@@ -224,10 +231,11 @@ impl Watch {
                 topics: [t.records.clone(), t.procedures.clone()],
                 store,
                 max_lag: settings.alerts.max_lag,
-                phase: Mutex::new(Phase::Unset),
                 last: Mutex::new(None),
-                stored: Mutex::new(BTreeMap::new()),
-                checking: tokio::sync::Mutex::new(()),
+                checking: tokio::sync::Mutex::new(Checked {
+                    phase: Phase::Unset,
+                    stored: BTreeMap::new(),
+                }),
             }),
         })
     }
@@ -256,9 +264,7 @@ impl Watch {
     }
 
     async fn measure(&self, now: DateTime<Utc>) -> Result<Currency, String> {
-        // One check at a time (evaluator, page, report poster): offsets read by an earlier
-        // check and judged after a later one would look like offsets going back.
-        let _one = self.inner.checking.lock().await;
+        let mut checked = self.inner.checking.lock().await;
         let inner = self.inner.clone();
         let partitions = tokio::task::spawn_blocking(move || inner.partitions())
             .await
@@ -299,36 +305,27 @@ impl Watch {
             .collect();
         let behind = behind(&seen);
         let unknown = seen.values().filter(|s| **s == Seen::Unknown).count();
-        let rewound = {
-            let mut last = self.inner.stored.lock().expect("lock");
-            let rewound = wanted.iter().any(|(key, stored)| {
-                last.get(key)
-                    .is_some_and(|before| stored.is_none_or(|now| now < *before))
-            });
-            // A partition missing from this check keeps what was last seen of it.
-            for (key, stored) in &wanted {
-                match stored {
-                    Some(offset) => last.insert(*key, *offset),
-                    None => last.remove(key),
-                };
-            }
-            rewound
-        };
+        let last = &mut checked.stored;
+        let rewound = wanted.iter().any(|(key, stored)| {
+            last.get(key)
+                .is_some_and(|before| stored.is_none_or(|now| now < *before))
+        });
+        // A partition missing from this check keeps what was last seen of it.
+        for (key, stored) in &wanted {
+            match stored {
+                Some(offset) => last.insert(*key, *offset),
+                None => last.remove(key),
+            };
+        }
         if rewound {
             tracing::warn!(
                 "redis stores older offsets than at the last check (data lost, or topics \
                  recreated): catching up again"
             );
         }
-        let caught_up = {
-            let mut phase = self.inner.phase.lock().expect("lock");
-            *phase = std::mem::replace(&mut *phase, Phase::Unset).next(
-                &seen,
-                self.inner.max_lag,
-                rewound,
-            );
-            *phase == Phase::Current
-        };
+        let phase = std::mem::replace(&mut checked.phase, Phase::Unset);
+        checked.phase = phase.next(&seen, self.inner.max_lag, rewound);
+        let caught_up = checked.phase == Phase::Current;
         let current = caught_up && unknown == 0;
         let reason = match (unknown, current) {
             (0, true) => None,
