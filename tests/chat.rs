@@ -610,7 +610,6 @@ fn thousands(v: f64) -> String {
 /// `tiendo_chat_commands_total{outcome="refused"}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_is_logged_and_counted_by_the_running_binary() {
-    use std::io::Read;
     use std::process::Stdio;
     let env = Env::start();
     let bot = BotApi::start().await.unwrap();
@@ -672,14 +671,7 @@ async fn a_refusal_is_logged_and_counted_by_the_running_binary() {
 
     common::signal(&child.0, "TERM");
     child.0.wait().unwrap();
-    let mut log = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = common::stderr_of(&mut child.0);
     let warned: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("chat command from a chat not in commands.chats: refused"))

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,14 +74,7 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
         signal(&child.0, sig);
         let status = wait_exit(&mut child.0, Duration::from_secs(30));
         assert!(status.success(), "SIG{sig}: exited with {status}");
-        let mut log = String::new();
-        child
-            .0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
+        let log = common::stderr_of(&mut child.0);
         // JSON logs: one object per line, in order.
         let lines: Vec<serde_json::Value> = log
             .lines()

@@ -622,3 +622,16 @@ pub async fn flush_redis(env: &Env) {
         .await
         .unwrap();
 }
+
+/// All a finished child wrote to its piped stderr (its log).
+pub fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut log)
+        .unwrap();
+    log
+}
