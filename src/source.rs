@@ -252,8 +252,19 @@ pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
     for (key, value) in &kafka.properties {
         config.set(key, value.expose());
     }
-    config.set_log_level(RDKafkaLogLevel::Warning);
+    config.set_log_level(librdkafka_level());
     config
+}
+
+/// How much librdkafka reports. Its debug lines (the `debug` property: `fetch`, `cgrp`, ...)
+/// are asked for only when the log filter lets the `librdkafka` target through at debug
+/// level, so by default it does not format lines that would be dropped.
+fn librdkafka_level() -> RDKafkaLogLevel {
+    if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Warning
+    }
 }
 
 /// The consumer, subscribed to both event topics.
