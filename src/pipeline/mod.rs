@@ -237,7 +237,76 @@ fn refetch_from(gap: Option<(i64, i64)>, start: i64, stored: i64) -> Option<i64>
     }
 }
 
+/// What the storer does with a part, by its partition's cursor.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Drop it and fetch again from `from` (`None`: the log's beginning). `gap`: it begins
+    /// beyond the stored offset (each such fetch is logged and counted); else it is a leftover
+    /// still ahead of the last seek.
+    Refetch { from: Option<i64>, gap: bool },
+    /// Count it, without what lies below `stored`, which is also its fence (`None`: nothing
+    /// stored, or not known yet). `lost`: it begins beyond the stored offset and the log holds
+    /// nothing earlier, so the messages in between were deleted uncounted.
+    Count { stored: Option<i64>, lost: bool },
+}
+
 impl Cursor {
+    /// Judges a part that begins at `start`: a leftover of the fetch before a seek, one
+    /// that begins beyond the stored offset (fetched again, see [`refetch_from`]), or one to
+    /// count.
+    fn judge(&mut self, start: i64) -> Verdict {
+        if let Some(limit) = self.rewinding {
+            if start >= limit {
+                // Still ahead of the seek: a leftover, or the answer of a broker that skipped
+                // to its next record batch.
+                let Some(stored) = self.stored else {
+                    return Verdict::Refetch {
+                        from: None,
+                        gap: false,
+                    };
+                };
+                let back = match self.gap {
+                    // A leftover of the fetch before the seek: repeat the seek.
+                    Some((at, back)) if at != start => Some(back),
+                    // The same start again: step further back.
+                    _ => refetch_from(self.gap, start, stored),
+                };
+                if let Some(back) = back {
+                    self.gap = Some((self.gap.map_or(start, |(at, _)| at), back));
+                    return Verdict::Refetch {
+                        from: Some(stored - back),
+                        gap: false,
+                    };
+                }
+                // Even offset 0 begins here: go on to the gap check below.
+            }
+            self.rewinding = None;
+        }
+        let stored = if self.unverified { None } else { self.stored };
+        let Some(stored) = stored else {
+            return Verdict::Count {
+                stored: None,
+                lost: false,
+            };
+        };
+        let lost = start > stored;
+        if lost {
+            if let Some(back) = refetch_from(self.gap, start, stored) {
+                self.gap = Some((start, back));
+                self.rewinding = Some(start + 1);
+                return Verdict::Refetch {
+                    from: Some(stored - back),
+                    gap: true,
+                };
+            }
+        }
+        self.gap = None;
+        Verdict::Count {
+            stored: Some(stored),
+            lost,
+        }
+    }
+
     fn from_start(start: Start) -> Cursor {
         let (stored, unverified) = match start {
             Start::At(next) => (Some(next), false),
@@ -384,52 +453,24 @@ impl Storer {
             let Some(cursor) = self.cursors.get_mut(&(part.t, part.partition)) else {
                 return false; // fetched before a revoke: no longer ours
             };
-            if let Some(limit) = cursor.rewinding {
-                if part.start >= limit {
-                    // Still ahead of the seek: a leftover, or the answer of a broker that
-                    // skipped to its next record batch. Fetch again, further back each time
-                    // the same start comes back.
-                    let Some(stored) = cursor.stored else {
-                        reseek.push((part.t, part.partition, None));
-                        return false;
-                    };
-                    let back = match cursor.gap {
-                        // The same start again: step further back.
-                        Some((at, _)) if at == part.start => {
-                            refetch_from(cursor.gap, part.start, stored)
-                        }
-                        // A leftover of the fetch before the seek: repeat the seek.
-                        Some((_, back)) => Some(back),
-                        None => Some(0),
-                    };
-                    if let Some(back) = back {
-                        let at = cursor.gap.map_or(part.start, |(at, _)| at);
-                        cursor.gap = Some((at, back));
-                        reseek.push((part.t, part.partition, Some(stored - back)));
-                        return false;
+            match cursor.judge(part.start) {
+                Verdict::Refetch { from, gap } => {
+                    if gap {
+                        metrics::counter!(telemetry::REFETCHED).increment(1);
+                        tracing::info!(
+                            topic = part.topic,
+                            partition = part.partition,
+                            stored = cursor.stored,
+                            start = part.start,
+                            from,
+                            "batch starts beyond the stored offset: fetching again"
+                        );
                     }
-                    // Even offset 0 begins here: go on to the gap check below.
+                    reseek.push((part.t, part.partition, from));
+                    false
                 }
-                cursor.rewinding = None;
-            }
-            if !cursor.unverified {
-                if let Some(stored) = cursor.stored {
-                    if part.start > stored {
-                        if let Some(back) = refetch_from(cursor.gap, part.start, stored) {
-                            metrics::counter!(telemetry::REFETCHED).increment(1);
-                            tracing::info!(
-                                topic = part.topic,
-                                partition = part.partition,
-                                stored,
-                                start = part.start,
-                                from = stored - back,
-                                "batch starts beyond the stored offset: fetching again"
-                            );
-                            cursor.gap = Some((part.start, back));
-                            cursor.rewinding = Some(part.start + 1);
-                            reseek.push((part.t, part.partition, Some(stored - back)));
-                            return false;
-                        }
+                Verdict::Count { stored, lost } => {
+                    if lost {
                         tracing::warn!(
                             topic = part.topic,
                             partition = part.partition,
@@ -439,12 +480,13 @@ impl Storer {
                              were deleted before they were counted"
                         );
                     }
-                    cursor.gap = None;
-                    replayed[part.t] += part.trim_below(stored);
+                    if let Some(stored) = stored {
+                        replayed[part.t] += part.trim_below(stored);
+                    }
+                    part.expected = stored;
+                    true
                 }
-                part.expected = cursor.stored;
             }
-            true
         });
         for (t, partition, offset) in reseek {
             self.seek(t, partition, offset);
@@ -680,7 +722,70 @@ impl Classify for rdkafka::error::KafkaError {
 
 #[cfg(test)]
 mod tests {
-    use super::refetch_from;
+    use super::{refetch_from, Cursor, Start, Verdict};
+
+    fn count(stored: i64) -> Verdict {
+        Verdict::Count {
+            stored: Some(stored),
+            lost: false,
+        }
+    }
+
+    fn refetch(from: i64, gap: bool) -> Verdict {
+        Verdict::Refetch {
+            from: Some(from),
+            gap,
+        }
+    }
+
+    #[test]
+    fn a_cursor_counts_what_follows_the_stored_offset_and_fetches_again_past_a_gap() {
+        let mut c = Cursor::from_start(Start::At(100));
+        // Parts that begin at or below the stored offset are counted (trimmed below it).
+        assert_eq!(c.judge(100), count(100));
+        assert_eq!(c.judge(40), count(100));
+        // Beyond it: fetched again from the stored offset.
+        assert_eq!(c.judge(130), refetch(100, true));
+        // A leftover of the fetch before the seek repeats the seek, quietly.
+        assert_eq!(c.judge(200), refetch(100, false));
+        // A broker that skips to its next record batch sends the same start: step back.
+        assert_eq!(c.judge(130), refetch(84, true));
+        assert_eq!(c.judge(200), refetch(84, false));
+        assert_eq!(c.judge(130), refetch(36, true));
+        // The re-fetched part arrives: counted, and the gap is forgotten.
+        assert_eq!(c.judge(36), count(100));
+        assert_eq!(c.judge(130), refetch(100, true));
+    }
+
+    #[test]
+    fn a_log_that_begins_beyond_the_stored_offset_is_counted_from_its_start() {
+        let mut c = Cursor::from_start(Start::At(20));
+        assert_eq!(c.judge(50), refetch(20, true));
+        assert_eq!(c.judge(50), refetch(4, true));
+        assert_eq!(c.judge(50), refetch(0, true));
+        // Offset 0 was asked for and the log still begins at 50: its messages are lost.
+        assert_eq!(
+            c.judge(50),
+            Verdict::Count {
+                stored: Some(20),
+                lost: true
+            }
+        );
+    }
+
+    #[test]
+    fn without_a_known_offset_everything_is_counted_unfenced() {
+        for start in [Start::Fresh, Start::Unverified] {
+            let mut c = Cursor::from_start(start);
+            assert_eq!(
+                c.judge(7),
+                Verdict::Count {
+                    stored: None,
+                    lost: false
+                }
+            );
+        }
+    }
 
     #[test]
     fn a_part_beyond_the_stored_offset_is_fetched_again_from_further_back_each_time() {
