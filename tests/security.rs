@@ -1,7 +1,7 @@
 //! Security in a run: `tiendo run` against a Redis that wants a password and TLS with client
 //! certificates from a private CA (generated here with openssl), configured through the
 //! environment as a deployment would. Counts are exact, and no secret appears in any log line,
-//! at `debug` level.
+//! at `debug` level, librdkafka's own debug lines (its configuration dump) included.
 
 mod common;
 
@@ -14,6 +14,9 @@ use tiendo::config::{RedisSettings, Secret};
 use tiendo::store::{self, Store};
 
 const PASSWORD: &str = "r3dis-pa55word-never-logged";
+/// A Kafka client secret: the mock broker has no SASL, but librdkafka holds the property and
+/// prints its configuration at debug level.
+const KAFKA_SECRET: &str = "k4fka-pa55word-never-logged";
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -182,6 +185,8 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
         .env("TIENDO_REDIS__TLS_CERT_FILE", path("client.pem"))
         .env("TIENDO_REDIS__TLS_KEY_FILE", path("client.key"))
         .env("TIENDO_LOG__FILTER", "debug")
+        .env("TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD", KAFKA_SECRET)
+        .env("TIENDO_KAFKA__PROPERTIES__DEBUG", "conf,cgrp")
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::options().append(true).open(&log).unwrap())
         .spawn()
@@ -213,6 +218,11 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
         "the URL shows redacted:\n{text}"
     );
     assert!(!text.contains(PASSWORD), "the Redis password was logged");
+    assert!(
+        text.contains("sasl.password = [redacted]"),
+        "librdkafka's debug lines (its configuration) reach the log:\n{text}"
+    );
+    assert!(!text.contains(KAFKA_SECRET), "the Kafka password was logged");
 }
 
 /// Sends a signal by name with kill(1).
