@@ -16,8 +16,10 @@
 //! partition at its stored offset and waits for the first answer of each partition's fetch,
 //! each on a queue of its own: a message there means "behind", an end-of-partition event
 //! means "at the end". How far behind comes from the high watermark of that same fetch
-//! response. Broker offset queries are not used: some Kafka-compatible brokers (Tansu) answer
-//! them low, while fetch responses are right on every broker here.
+//! response. Broker offset queries only say where to fetch from: some Kafka-compatible brokers
+//! (Tansu) answer them low, while fetch responses are right on every broker here. When the
+//! listed end is beyond the stored offset, the partition is behind, and the fetch starts at
+//! that end so that it does not bring the backlog into memory.
 //!
 //! The answer holds for the whole deployment, whichever replica asks: it reads only Redis and
 //! the log, so a replica that consumes nothing (a standby) knows as much as the others.
@@ -39,6 +41,8 @@ use crate::telemetry;
 
 /// How long one probe waits for every partition to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the probe waits for a broker to list a partition's start and end.
+const LISTED_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -360,18 +364,36 @@ impl Inner {
         Ok(out)
     }
 
-    /// Assigns every partition at its stored offset and collects the first answer of each,
-    /// each partition on its own queue so that one partition's backlog does not hide another's
-    /// answer.
+    /// Assigns every partition and collects the first answer of each, each partition on its
+    /// own queue so that one partition's backlog does not hide another's answer.
+    ///
+    /// A partition is fetched from its stored offset, or from the end its broker lists when
+    /// that is further on (and past the log's start): the listed end may be low (Tansu), so
+    /// only the fetch tells the real end, but starting there spares the probe the backlog. A
+    /// fetch from the stored offset brings back as much as the broker sends at once, whatever
+    /// size was asked (Tansu: about 60,000 messages per partition), and it would all be held in
+    /// memory until the probe lets go: about 200 MB for a backlog of a million messages.
     fn probe(
         &self,
         wanted: &[((usize, i32), Option<i64>)],
     ) -> Result<BTreeMap<(usize, i32), Answer>, KafkaError> {
         let probe = self.probe.lock().expect("probe lock");
         let mut tpl = TopicPartitionList::new();
+        let mut listed = BTreeMap::new();
         for ((t, p), stored) in wanted {
-            let at = stored.map(Offset::Offset).unwrap_or(Offset::Beginning);
-            tpl.add_partition_offset(&self.topics[*t], *p, at)?;
+            let topic = &self.topics[*t];
+            let at = match probe.fetch_watermarks(topic, *p, LISTED_TIMEOUT) {
+                Ok((low, high)) if high > stored.unwrap_or(low).max(low) => {
+                    listed.insert((*t, *p), high);
+                    Offset::Offset(high)
+                }
+                Ok(_) => stored.map(Offset::Offset).unwrap_or(Offset::Beginning),
+                Err(error) => {
+                    tracing::debug!(%error, topic, partition = p, "catch-up probe: no listed end");
+                    stored.map(Offset::Offset).unwrap_or(Offset::Beginning)
+                }
+            };
+            tpl.add_partition_offset(topic, *p, at)?;
         }
         probe.assign(&tpl)?;
         // Queues are split after `assign`, which undoes earlier splits.
@@ -398,13 +420,23 @@ impl Inner {
                 if answers.contains_key(key) {
                     continue;
                 }
-                let answer = match queue.poll(Duration::ZERO) {
-                    None => continue,
-                    Some(Ok(_)) => Answer::Behind {
-                        end: high_watermark(&probe, &self.topics[key.0], key.1),
+                let high = || high_watermark(&probe, &self.topics[key.0], key.1);
+                let answer = match (queue.poll(Duration::ZERO), listed.get(key)) {
+                    (Some(Ok(_)), _) => Answer::Behind { end: high() },
+                    (Some(Err(KafkaError::PartitionEOF(_))), None) => Answer::AtEnd,
+                    // Fetched from a listed end beyond the stored offset: behind, and the
+                    // fetch response tells whether the log goes further than listed (a
+                    // broker that answers a fetch inside a record batch with the next one
+                    // sends nothing, and no end-of-partition, when the listed end is low).
+                    (Some(Err(KafkaError::PartitionEOF(_))), Some(listed)) => Answer::Behind {
+                        end: Some(high().unwrap_or(0).max(*listed)),
                     },
-                    Some(Err(KafkaError::PartitionEOF(_))) => Answer::AtEnd,
-                    Some(Err(error)) => {
+                    (None, Some(listed)) => match high() {
+                        Some(high) if high > *listed => Answer::Behind { end: Some(high) },
+                        _ => continue,
+                    },
+                    (None, None) => continue,
+                    (Some(Err(error)), _) => {
                         tracing::debug!(%error, "catch-up probe");
                         continue;
                     }
@@ -415,6 +447,12 @@ impl Inner {
             if !heard {
                 std::thread::sleep(Duration::from_millis(5));
             }
+        }
+        // A listed end beyond the stored offset is an answer by itself, if a low one.
+        for (key, end) in listed {
+            answers
+                .entry(key)
+                .or_insert(Answer::Behind { end: Some(end) });
         }
         drop(queues);
         probe.unassign()?;
