@@ -222,7 +222,10 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
         text.contains("sasl.password = [redacted]"),
         "librdkafka's debug lines (its configuration) reach the log:\n{text}"
     );
-    assert!(!text.contains(KAFKA_SECRET), "the Kafka password was logged");
+    assert!(
+        !text.contains(KAFKA_SECRET),
+        "the Kafka password was logged"
+    );
 }
 
 /// Sends a signal by name with kill(1).
