@@ -41,8 +41,9 @@ use crate::telemetry;
 
 /// How long one probe waits for every partition to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the probe waits for a broker to list a partition's start and end.
-const LISTED_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the probe waits for brokers to list the partitions' starts and ends, in all; a
+/// partition not listed in time is fetched from its stored offset.
+const LISTED_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -380,9 +381,19 @@ impl Inner {
         let probe = self.probe.lock().expect("probe lock");
         let mut tpl = TopicPartitionList::new();
         let mut listed = BTreeMap::new();
+        // A broker that does not answer costs the listing budget once, not per partition.
+        let listing_ends = Instant::now() + LISTED_TIMEOUT;
         for ((t, p), stored) in wanted {
             let topic = &self.topics[*t];
-            let at = match probe.fetch_watermarks(topic, *p, LISTED_TIMEOUT) {
+            let left = listing_ends.saturating_duration_since(Instant::now());
+            let listing = if left.is_zero() {
+                Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::OperationTimedOut,
+                ))
+            } else {
+                probe.fetch_watermarks(topic, *p, left)
+            };
+            let at = match listing {
                 Ok((low, high)) if high > stored.unwrap_or(low).max(low) => {
                     listed.insert((*t, *p), high);
                     Offset::Offset(high)
