@@ -18,8 +18,10 @@
 //! means "at the end". How far behind comes from the high watermark of that same fetch
 //! response. Broker offset queries only say where to fetch from: some Kafka-compatible brokers
 //! (Tansu) answer them low, while fetch responses are right on every broker here. When the
-//! listed end is beyond the stored offset, the partition is behind, and the fetch starts at
-//! that end so that it does not bring the backlog into memory.
+//! listed end is far beyond the stored offset (`LISTED_AHEAD`), the partition is behind, and
+//! the fetch starts shortly before that end so that it does not bring the backlog into memory. (An aborted
+//! transaction of that many records at the very end of a log would then read as behind until
+//! the next message.)
 //!
 //! The answer holds for the whole deployment, whichever replica asks: it reads only Redis and
 //! the log, so a replica that consumes nothing (a standby) knows as much as the others.
@@ -44,6 +46,15 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the probe waits for brokers to list the partitions' starts and ends, in all; a
 /// partition not listed in time is fetched from its stored offset.
 const LISTED_TIMEOUT: Duration = Duration::from_secs(3);
+/// A partition is fetched from its listed end only when that lies this many offsets or more
+/// beyond the stored offset. A transaction's commit marker, or an aborted transaction, takes
+/// offsets that are never delivered, so a log can end a little beyond the stored offset with
+/// everything counted: only a fetch from the stored offset tells that apart, and over so few
+/// offsets it brings little into memory.
+const LISTED_AHEAD: i64 = 1_000;
+/// How long a partition fetched from its listed end waits for that fetch to say more, before
+/// the listed end (which may be low) stands as its end.
+const LISTED_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -368,9 +379,10 @@ impl Inner {
     /// Assigns every partition and collects the first answer of each, each partition on its
     /// own queue so that one partition's backlog does not hide another's answer.
     ///
-    /// A partition is fetched from its stored offset, or from the end its broker lists when
-    /// that is further on (and past the log's start): the listed end may be low (Tansu), so
-    /// only the fetch tells the real end, but starting there spares the probe the backlog. A
+    /// A partition is fetched from its stored offset, or from shortly before the end its broker
+    /// lists when that is [`LISTED_AHEAD`] or more further on (and past the log's start): the
+    /// listed end may be low (Tansu), so only the fetch tells the real end, but starting near
+    /// it spares the probe the backlog. A
     /// fetch from the stored offset brings back as much as the broker sends at once, whatever
     /// size was asked (Tansu: about 60,000 messages per partition), and it would all be held in
     /// memory until the probe lets go: about 200 MB for a backlog of a million messages.
@@ -394,9 +406,12 @@ impl Inner {
                 probe.fetch_watermarks(topic, *p, left)
             };
             let at = match listing {
-                Ok((low, high)) if high > stored.unwrap_or(low).max(low) => {
+                Ok((low, high)) if high - stored.unwrap_or(low).max(low) >= LISTED_AHEAD => {
                     listed.insert((*t, *p), high);
-                    Offset::Offset(high)
+                    // A little before the end, where there are messages: a response with
+                    // messages carries the real end even where the listed one is low, and an
+                    // empty one may not (Tansu).
+                    Offset::Offset(high - LISTED_AHEAD / 2)
                 }
                 Ok(_) => stored.map(Offset::Offset).unwrap_or(Offset::Beginning),
                 Err(error) => {
@@ -407,6 +422,13 @@ impl Inner {
             tpl.add_partition_offset(topic, *p, at)?;
         }
         probe.assign(&tpl)?;
+        // The probe is reused, and librdkafka keeps a partition's last high watermark across
+        // assignments: only one that changed since now comes from this check's fetch.
+        let before: BTreeMap<(usize, i32), Option<i64>> = listed
+            .keys()
+            .map(|&(t, p)| ((t, p), high_watermark(&probe, &self.topics[t], p)))
+            .collect();
+        let assigned = Instant::now();
         // Queues are split after `assign`, which undoes earlier splits.
         let queues: Vec<((usize, i32), _)> = wanted
             .iter()
@@ -422,8 +444,13 @@ impl Inner {
             if let Some(Ok(m)) = probe.poll(Duration::ZERO) {
                 if let Some(t) = self.topics.iter().position(|t| t == m.topic()) {
                     let key = (t, m.partition());
-                    let end = high_watermark(&probe, &self.topics[t], key.1);
-                    answers.entry(key).or_insert(Answer::Behind { end });
+                    let high = high_watermark(&probe, &self.topics[t], key.1);
+                    match listed.get_mut(&key) {
+                        Some(end) => *end = (*end).max(m.offset() + 1),
+                        None => {
+                            answers.entry(key).or_insert(Answer::Behind { end: high });
+                        }
+                    }
                     heard = true;
                 }
             }
@@ -432,28 +459,54 @@ impl Inner {
                     continue;
                 }
                 let high = || high_watermark(&probe, &self.topics[key.0], key.1);
-                let answer = match (queue.poll(Duration::ZERO), listed.get(key)) {
-                    (Some(Ok(_)), _) => Answer::Behind { end: high() },
-                    (Some(Err(KafkaError::PartitionEOF(_))), None) => Answer::AtEnd,
-                    // Fetched from a listed end beyond the stored offset: behind, and the
-                    // fetch response tells whether the log goes further than listed (a
-                    // broker that answers a fetch inside a record batch with the next one
-                    // sends nothing, and no end-of-partition, when the listed end is low).
-                    (Some(Err(KafkaError::PartitionEOF(_))), Some(listed)) => Answer::Behind {
-                        end: Some(high().unwrap_or(0).max(*listed)),
-                    },
-                    (None, Some(listed)) => match high() {
-                        Some(high) if high > *listed => Answer::Behind { end: Some(high) },
-                        _ => continue,
-                    },
-                    (None, None) => continue,
-                    (Some(Err(error)), _) => {
-                        tracing::debug!(%error, "catch-up probe");
-                        continue;
-                    }
+                let polled = queue.poll(Duration::ZERO);
+                let Some(end) = listed.get_mut(key) else {
+                    let answer = match polled {
+                        None => continue,
+                        Some(Ok(_)) => Answer::Behind { end: high() },
+                        Some(Err(KafkaError::PartitionEOF(_))) => Answer::AtEnd,
+                        Some(Err(error)) => {
+                            tracing::debug!(%error, "catch-up probe");
+                            continue;
+                        }
+                    };
+                    answers.insert(*key, answer);
+                    heard = true;
+                    continue;
                 };
-                answers.insert(*key, answer);
-                heard = true;
+                // Fetched from near a listed end beyond the stored offset: behind, by as far
+                // as the messages read to the end of the partition go (the listed end, and
+                // the watermarks of a broker that lists low, may fall short of them). A
+                // broker that answers a fetch inside a record batch with the next one (Tansu)
+                // may send nothing, and no end-of-partition: then the watermark, once this
+                // fetch has moved it, or after a while what is known.
+                let done = match polled {
+                    Some(Ok(m)) => {
+                        *end = (*end).max(m.offset() + 1);
+                        heard = true;
+                        // A partition still being written may never show its end.
+                        assigned.elapsed() >= LISTED_WAIT
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        *end = (*end).max(high().unwrap_or(0));
+                        true
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "catch-up probe");
+                        false
+                    }
+                    None => match high() {
+                        Some(high) if high > *end && Some(high) != before[key] => {
+                            *end = high;
+                            true
+                        }
+                        _ => assigned.elapsed() >= LISTED_WAIT,
+                    },
+                };
+                if done {
+                    answers.insert(*key, Answer::Behind { end: Some(*end) });
+                    heard = true;
+                }
             }
             if !heard {
                 std::thread::sleep(Duration::from_millis(5));

@@ -60,6 +60,32 @@ async fn catching_up_until_counted(env: Env) {
     running.shutdown().await;
 }
 
+/// A backlog of more than a thousand messages per partition is measured from the end the
+/// broker lists, so the probe does not fetch it (on Tansu, a fetch from the stored offset
+/// brings tens of thousands of messages at once): still exact, on the first check.
+async fn a_long_backlog_is_measured_without_fetching_it(env: Env) {
+    let mut g = env.generator(2);
+    env.publish(&events(&mut g, 12_000)).await;
+    let watch = Watch::new(&env.settings, env.reader().await).unwrap();
+    let c = watch.check(Utc::now()).await;
+    assert!(!c.current, "{c:?}");
+    assert_eq!((c.behind, c.unknown), (12_000, 0), "{c:?}");
+    let running = env.spawn().await;
+    until_current(&watch).await;
+    assert_eq!(env.snapshot().await.offsets.values().sum::<i64>(), 12_000);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backlog_is_measured_without_fetching_it_on_the_mock_cluster() {
+    a_long_backlog_is_measured_without_fetching_it(Env::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backlog_is_measured_without_fetching_it_on_tansu() {
+    a_long_backlog_is_measured_without_fetching_it(Env::start_tansu()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catching_up_until_redis_holds_what_the_topics_held() {
     catching_up_until_counted(Env::start()).await;
