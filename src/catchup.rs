@@ -17,11 +17,13 @@
 //! each on a queue of its own: a message there means "behind", an end-of-partition event
 //! means "at the end". How far behind comes from the high watermark of that same fetch
 //! response. Broker offset queries only say where to fetch from: some Kafka-compatible brokers
-//! (Tansu) answer them low, while fetch responses are right on every broker here. When the
+//! (Tansu) answer them low, while fetch responses are right, or nearly so. When the
 //! listed end is far beyond the stored offset (`LISTED_AHEAD`), the partition is behind, and
-//! the fetch starts shortly before that end so that it does not bring the backlog into memory. (An aborted
-//! transaction of that many records at the very end of a log would then read as behind until
-//! the next message.)
+//! the fetch starts shortly before that end, read for a second, so that it does not bring the
+//! backlog into memory. On a broker that lists ends low and reports watermarks short of its
+//! last record batch (Tansu), that end can fall short by about a batch per partition, far
+//! within `alerts.max_lag`. (An aborted transaction of that many records at the very end of a
+//! log would read as behind until the next message.)
 //!
 //! The answer holds for the whole deployment, whichever replica asks: it reads only Redis and
 //! the log, so a replica that consumes nothing (a standby) knows as much as the others.
@@ -52,8 +54,7 @@ const LISTED_TIMEOUT: Duration = Duration::from_secs(3);
 /// everything counted: only a fetch from the stored offset tells that apart, and over so few
 /// offsets it brings little into memory.
 const LISTED_AHEAD: i64 = 1_000;
-/// How long a partition fetched from its listed end waits for that fetch to say more, before
-/// the listed end (which may be low) stands as its end.
+/// How long a partition fetched from near its listed end is read, to find where it ends.
 const LISTED_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,10 @@ pub struct Currency {
     /// Partitions of the event topics, and how many of them could not be checked.
     pub partitions: usize,
     pub unknown: usize,
+    /// Partitions measured from near the end their broker lists, being far behind, rather
+    /// than fetched from the stored offset.
+    #[serde(skip)]
+    pub from_listed_end: usize,
     /// Why not current, for people: "catching up", "kafka unreachable"…
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -86,6 +91,7 @@ impl Currency {
             behind: 0,
             partitions: 0,
             unknown: 0,
+            from_listed_end: 0,
             reason: Some(reason),
             checked_at,
         }
@@ -158,6 +164,9 @@ fn behind(seen: &BTreeMap<(usize, i32), Seen>) -> u64 {
         })
         .sum()
 }
+
+/// Each partition's answer.
+type Answers = BTreeMap<(usize, i32), Answer>;
 
 /// One partition's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,7 +308,7 @@ impl Watch {
         let wanted: Vec<((usize, i32), Option<i64>)> = partitions.into_iter().zip(stored).collect();
         let inner = self.inner.clone();
         let probe = wanted.clone();
-        let answers = tokio::task::spawn_blocking(move || inner.probe(&probe))
+        let (answers, from_listed_end) = tokio::task::spawn_blocking(move || inner.probe(&probe))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("kafka unreachable: {e}"))?;
@@ -353,6 +362,7 @@ impl Watch {
             behind,
             partitions: wanted.len(),
             unknown,
+            from_listed_end,
             reason,
             checked_at: now,
         })
@@ -386,48 +396,30 @@ impl Inner {
     /// fetch from the stored offset brings back as much as the broker sends at once, whatever
     /// size was asked (Tansu: about 60,000 messages per partition), and it would all be held in
     /// memory until the probe lets go: about 200 MB for a backlog of a million messages.
+    /// Returns the answers, and how many partitions were measured from their listed end.
     fn probe(
         &self,
         wanted: &[((usize, i32), Option<i64>)],
-    ) -> Result<BTreeMap<(usize, i32), Answer>, KafkaError> {
+    ) -> Result<(Answers, usize), KafkaError> {
         let probe = self.probe.lock().expect("probe lock");
         let mut tpl = TopicPartitionList::new();
         let mut listed = BTreeMap::new();
-        // A broker that does not answer costs the listing budget once, not per partition.
-        let listing_ends = Instant::now() + LISTED_TIMEOUT;
+        let ends = self.list_ends(&probe, wanted);
         for ((t, p), stored) in wanted {
             let topic = &self.topics[*t];
-            let left = listing_ends.saturating_duration_since(Instant::now());
-            let listing = if left.is_zero() {
-                Err(KafkaError::MetadataFetch(
-                    RDKafkaErrorCode::OperationTimedOut,
-                ))
-            } else {
-                probe.fetch_watermarks(topic, *p, left)
-            };
-            let at = match listing {
-                Ok((low, high)) if high - stored.unwrap_or(low).max(low) >= LISTED_AHEAD => {
+            let at = match ends.get(&(*t, *p)).copied() {
+                Some((low, high)) if high - stored.unwrap_or(low).max(low) >= LISTED_AHEAD => {
                     listed.insert((*t, *p), high);
                     // A little before the end, where there are messages: a response with
                     // messages carries the real end even where the listed one is low, and an
                     // empty one may not (Tansu).
                     Offset::Offset(high - LISTED_AHEAD / 2)
                 }
-                Ok(_) => stored.map(Offset::Offset).unwrap_or(Offset::Beginning),
-                Err(error) => {
-                    tracing::debug!(%error, topic, partition = p, "catch-up probe: no listed end");
-                    stored.map(Offset::Offset).unwrap_or(Offset::Beginning)
-                }
+                _ => stored.map(Offset::Offset).unwrap_or(Offset::Beginning),
             };
             tpl.add_partition_offset(topic, *p, at)?;
         }
         probe.assign(&tpl)?;
-        // The probe is reused, and librdkafka keeps a partition's last high watermark across
-        // assignments: only one that changed since now comes from this check's fetch.
-        let before: BTreeMap<(usize, i32), Option<i64>> = listed
-            .keys()
-            .map(|&(t, p)| ((t, p), high_watermark(&probe, &self.topics[t], p)))
-            .collect();
         let assigned = Instant::now();
         // Queues are split after `assign`, which undoes earlier splits.
         let queues: Vec<((usize, i32), _)> = wanted
@@ -475,34 +467,21 @@ impl Inner {
                     continue;
                 };
                 // Fetched from near a listed end beyond the stored offset: behind, by as far
-                // as the messages read to the end of the partition go (the listed end, and
-                // the watermarks of a broker that lists low, may fall short of them). A
-                // broker that answers a fetch inside a record batch with the next one (Tansu)
-                // may send nothing, and no end-of-partition: then the watermark, once this
-                // fetch has moved it, or after a while what is known.
-                let done = match polled {
+                // as the messages read in a while and the watermarks go. Not up to the first
+                // end-of-partition: a broker that lists ends low (Tansu) may also report its
+                // watermark short of the last record batch, and the fetches after it go on.
+                match polled {
                     Some(Ok(m)) => {
                         *end = (*end).max(m.offset() + 1);
                         heard = true;
-                        // A partition still being written may never show its end.
-                        assigned.elapsed() >= LISTED_WAIT
                     }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {
-                        *end = (*end).max(high().unwrap_or(0));
-                        true
-                    }
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "catch-up probe");
-                        false
-                    }
-                    None => match high() {
-                        Some(high) if high > *end && Some(high) != before[key] => {
-                            *end = high;
-                            true
-                        }
-                        _ => assigned.elapsed() >= LISTED_WAIT,
-                    },
-                };
+                    Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                    Some(Err(error)) => tracing::debug!(%error, "catch-up probe"),
+                }
+                // An older watermark is never beyond the log's end (short of a topic made
+                // anew, whose partitions then read as at their end), so any is a lower bound.
+                *end = (*end).max(high().unwrap_or(0));
+                let done = assigned.elapsed() >= LISTED_WAIT;
                 if done {
                     answers.insert(*key, Answer::Behind { end: Some(*end) });
                     heard = true;
@@ -513,6 +492,7 @@ impl Inner {
             }
         }
         // A listed end beyond the stored offset is an answer by itself, if a low one.
+        let from_listed_end = listed.len();
         for (key, end) in listed {
             answers
                 .entry(key)
@@ -520,7 +500,36 @@ impl Inner {
         }
         drop(queues);
         probe.unassign()?;
-        Ok(answers)
+        Ok((answers, from_listed_end))
+    }
+
+    /// The start and end the broker lists for each partition, as many as it answers within
+    /// [`LISTED_TIMEOUT`] in all (two requests per partition). Not `offsets_for_times`: it asks
+    /// with the consumer's isolation level, for the last stable offset, which Tansu lists
+    /// further below the end than the plain watermark query.
+    fn list_ends(
+        &self,
+        probe: &Probe,
+        wanted: &[((usize, i32), Option<i64>)],
+    ) -> BTreeMap<(usize, i32), (i64, i64)> {
+        let deadline = Instant::now() + LISTED_TIMEOUT;
+        let mut ends = BTreeMap::new();
+        for ((t, p), _) in wanted {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::debug!("catch-up probe: out of time listing ends");
+                break;
+            }
+            match probe.fetch_watermarks(&self.topics[*t], *p, left) {
+                Ok(listed) => {
+                    ends.insert((*t, *p), listed);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, partition = p, "catch-up probe: no listed end")
+                }
+            }
+        }
+        ends
     }
 }
 

@@ -35,6 +35,7 @@ async fn catching_up_until_counted(env: Env) {
     assert!(!c.current, "{c:?}");
     assert_eq!(c.behind, 2_000, "{c:?}");
     assert_eq!((c.partitions, c.unknown), (6, 0), "{c:?}");
+    assert_eq!(c.from_listed_end, 0, "short backlogs are fetched: {c:?}");
     assert_eq!(c.reason.as_deref(), Some("catching up"));
     eprintln!("one check took {took:?}");
 
@@ -60,30 +61,45 @@ async fn catching_up_until_counted(env: Env) {
     running.shutdown().await;
 }
 
-/// A backlog of more than a thousand messages per partition is measured from the end the
+/// A backlog of a thousand messages or more in a partition is measured from near the end the
 /// broker lists, so the probe does not fetch it (on Tansu, a fetch from the stored offset
-/// brings tens of thousands of messages at once): still exact, on the first check.
-async fn a_long_backlog_is_measured_without_fetching_it(env: Env) {
+/// brings tens of thousands of messages at once). Exact where the broker lists exact ends;
+/// Tansu lists them low and may report its watermark short of its last record batch, so
+/// there it can fall short by about a batch per partition (about a thousand in all here, far
+/// within `alerts.max_lag`, which bounds what "current" may leave uncounted anyway).
+async fn a_long_backlog_is_measured_without_fetching_it(env: Env, exact: bool) {
     let mut g = env.generator(2);
-    env.publish(&events(&mut g, 12_000)).await;
+    env.publish(&events(&mut g, 20_000)).await;
     let watch = Watch::new(&env.settings, env.reader().await).unwrap();
     let c = watch.check(Utc::now()).await;
     assert!(!c.current, "{c:?}");
-    assert_eq!((c.behind, c.unknown), (12_000, 0), "{c:?}");
+    assert_eq!(c.unknown, 0, "{c:?}");
+    if exact {
+        assert_eq!(c.behind, 20_000, "{c:?}");
+    } else {
+        assert!((17_000..=20_000).contains(&c.behind), "{c:?}");
+    }
+    // 16,000 records over 4 partitions, 4,000 procedures over 2, spread by province: each
+    // record partition, at least, holds more than the thousand that make a long backlog.
+    assert!(c.from_listed_end >= 4, "measured from listed ends: {c:?}");
     let running = env.spawn().await;
     until_current(&watch).await;
-    assert_eq!(env.snapshot().await.offsets.values().sum::<i64>(), 12_000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.snapshot().await.offsets.values().sum::<i64>() < 20_000 {
+        assert!(Instant::now() < deadline, "not all counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_backlog_is_measured_without_fetching_it_on_the_mock_cluster() {
-    a_long_backlog_is_measured_without_fetching_it(Env::start()).await;
+    a_long_backlog_is_measured_without_fetching_it(Env::start(), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_backlog_is_measured_without_fetching_it_on_tansu() {
-    a_long_backlog_is_measured_without_fetching_it(Env::start_tansu()).await;
+    a_long_backlog_is_measured_without_fetching_it(Env::start_tansu(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
