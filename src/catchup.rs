@@ -392,10 +392,10 @@ impl Inner {
     /// A partition is fetched from its stored offset, or from shortly before the end its broker
     /// lists when that is [`LISTED_AHEAD`] or more further on (and past the log's start): the
     /// listed end may be low (Tansu), so only the fetch tells the real end, but starting near
-    /// it spares the probe the backlog. A
-    /// fetch from the stored offset brings back as much as the broker sends at once, whatever
-    /// size was asked (Tansu: about 60,000 messages per partition), and it would all be held in
-    /// memory until the probe lets go: about 200 MB for a backlog of a million messages.
+    /// it spares the probe the backlog. A fetch from the stored offset brings back as much as
+    /// the broker sends at once, whatever size was asked (Tansu: about 60,000 messages per
+    /// partition), and it would all be held in memory until the probe lets go: about 200 MB
+    /// for a backlog of a million messages.
     /// Returns the answers, and how many partitions were measured from their listed end.
     fn probe(
         &self,
@@ -436,11 +436,11 @@ impl Inner {
             if let Some(Ok(m)) = probe.poll(Duration::ZERO) {
                 if let Some(t) = self.topics.iter().position(|t| t == m.topic()) {
                     let key = (t, m.partition());
-                    let high = high_watermark(&probe, &self.topics[t], key.1);
                     match listed.get_mut(&key) {
                         Some(end) => *end = (*end).max(m.offset() + 1),
                         None => {
-                            answers.entry(key).or_insert(Answer::Behind { end: high });
+                            let end = high_watermark(&probe, &self.topics[t], key.1);
+                            answers.entry(key).or_insert(Answer::Behind { end });
                         }
                     }
                     heard = true;
@@ -481,8 +481,7 @@ impl Inner {
                 // An older watermark is never beyond the log's end (short of a topic made
                 // anew, whose partitions then read as at their end), so any is a lower bound.
                 *end = (*end).max(high().unwrap_or(0));
-                let done = assigned.elapsed() >= LISTED_WAIT;
-                if done {
+                if assigned.elapsed() >= LISTED_WAIT {
                     answers.insert(*key, Answer::Behind { end: Some(*end) });
                     heard = true;
                 }
