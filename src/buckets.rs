@@ -1,9 +1,12 @@
 //! Time buckets for rolling windows on event time.
 //!
 //! Counts are kept in minute, hour and day buckets (days aligned to Vietnam midnight). A
-//! window is read as the fewest buckets that cover it: a 30-day window is a few hours at its
-//! start, whole days, then today's bucket, so reading it costs tens of keys, not thousands.
-//! The start edge is rounded down to the minute (windows up to two hours) or the hour.
+//! window is read as the fewest buckets that cover it. The 1 h and 24 h windows roll: their
+//! start edge is rounded down to the minute or the hour. The 7 d and 30 d windows are
+//! calendar days, today's part included, as the task force's reports count them (and as
+//! daily history reads them): day buckets only. So hour buckets live two days, not a month,
+//! and an event older than that costs one counter per field in Redis, not two: a backfill
+//! over two months writes about half as much and keeps a tenth of the keys.
 
 use chrono::{DateTime, Utc};
 
@@ -45,7 +48,7 @@ impl Tier {
     pub fn retention(self) -> i64 {
         match self {
             Tier::Minute => 3 * HOUR,
-            Tier::Hour => 32 * DAY,
+            Tier::Hour => 2 * DAY,
             Tier::Day => 400 * DAY,
         }
     }
@@ -68,7 +71,7 @@ impl Tier {
     }
 }
 
-/// A rolling window ending now.
+/// A window ending now: rolling (to the minute or the hour) up to a day, calendar days beyond.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     pub name: &'static str,
@@ -96,9 +99,30 @@ pub const WINDOWS: [Window; 4] = [
 ];
 
 impl Window {
+    /// The window of this name in [`WINDOWS`].
+    pub fn named(name: &str) -> Option<Window> {
+        WINDOWS.iter().copied().find(|w| w.name == name)
+    }
+
+    /// Whole calendar days (today's part included), or `None` for a rolling window.
+    pub fn calendar_days(self) -> Option<i64> {
+        (self.seconds > DAY).then_some(self.seconds / DAY)
+    }
+
+    /// Days this window covers at `now`, from its start edge: what a rate over it divides
+    /// by. A calendar window covers its earlier days and today's part so far (6.0 to 7.0 days
+    /// for `7d`), so its rate neither drops at midnight nor runs ahead late in the day.
+    pub fn days(self, now: DateTime<Utc>) -> f64 {
+        (now.timestamp() - self.start(now)) as f64 / DAY as f64
+    }
+
     /// The buckets whose sum is this window at `now`, oldest first. The newest bucket is the
     /// current hour or day, which holds everything up to now.
     pub fn plan(self, now: DateTime<Utc>) -> Vec<(Tier, i64)> {
+        if let Some(days) = self.calendar_days() {
+            let today = Tier::Day.bucket(now.timestamp());
+            return (today + 1 - days..=today).map(|d| (Tier::Day, d)).collect();
+        }
         let now = now.timestamp() + LOCAL_SHIFT;
         let edge = if self.seconds <= 2 * HOUR {
             MINUTE
@@ -149,8 +173,20 @@ mod tests {
             t = tier.start(b + 1);
         }
         assert!(t > now.timestamp());
-        assert!(w.start(now) <= now.timestamp() - w.seconds);
-        assert!(w.start(now) > now.timestamp() - w.seconds - HOUR);
+        match w.calendar_days() {
+            None => {
+                assert!(w.start(now) <= now.timestamp() - w.seconds);
+                assert!(w.start(now) > now.timestamp() - w.seconds - HOUR);
+            }
+            Some(days) => {
+                // From a Vietnam midnight, covering days - 1 whole days and today's part.
+                assert_eq!(
+                    w.start(now),
+                    Tier::Day.start(Tier::Day.bucket(w.start(now)))
+                );
+                assert!(w.days(now) >= (days - 1) as f64 && w.days(now) < days as f64);
+            }
+        }
     }
 
     #[test]
@@ -168,10 +204,26 @@ mod tests {
     }
 
     #[test]
-    fn thirty_days_reads_few_buckets() {
-        let plan = WINDOWS[3].plan(at("2024-10-01T08:37:12Z"));
-        assert!(plan.len() < 60, "{}", plan.len());
-        assert!(plan.iter().any(|(t, _)| *t == Tier::Day));
+    fn seven_and_thirty_days_are_calendar_days() {
+        // 2024-10-01T08:37:12Z is 15:37 in Hà Nội on 1 October.
+        let now = at("2024-10-01T08:37:12Z");
+        let today = Tier::Day.bucket(now.timestamp());
+        assert_eq!(WINDOWS[3].plan(now).len(), 30);
+        assert_eq!(WINDOWS[2].plan(now)[0], (Tier::Day, today - 6));
+        // Six whole days (25 to 30 September) and 15 h 37 min 12 s of 1 October.
+        let expected = 6.0 + (15 * 3600 + 37 * 60 + 12) as f64 / 86_400.0;
+        assert!((WINDOWS[2].days(now) - expected).abs() < 1e-9);
+        // A rolling window covers its length and the part of an hour its edge rounds down.
+        assert!((WINDOWS[1].days(now) - (1.0 + 37.2 / 1440.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn hour_buckets_outlive_the_24_hour_window() {
+        // The oldest hour the 24 h window reads starts up to 25 h back.
+        let now = at("2024-10-01T08:59:59Z").timestamp();
+        let oldest = Tier::Hour.bucket(now - DAY);
+        assert!(Tier::Hour.ttl(oldest, now).is_some());
+        assert_eq!(Tier::Hour.ttl(Tier::Hour.bucket(now - 3 * DAY), now), None);
     }
 
     #[test]

@@ -363,7 +363,8 @@ impl Conversation {
             let text = match (eval.facts.get(&key), d.percent) {
                 (Some((_, f)), Some(p)) => figures(f, p, lang),
                 _ => {
-                    let week = d.windows.get("7d").copied().unwrap_or(0) as f64 / 7.0;
+                    let week = d.windows.get("7d").copied().unwrap_or(0) as f64
+                        / crate::buckets::Window::named("7d").map_or(7.0, |w| w.days(now));
                     if vi {
                         format!(
                             "{} bản ghi · 7 ngày: {}/ngày · chưa có chỉ tiêu",

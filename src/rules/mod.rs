@@ -210,8 +210,9 @@ fn window(name: &str) -> usize {
         .expect("validated window name")
 }
 
-fn window_days(name: &str) -> f64 {
-    WINDOWS[window(name)].seconds as f64 / 86_400.0
+/// Days the window covers at `now`: a rate over it divides by this (see `Window::days`).
+fn window_days(name: &str, now: DateTime<Utc>) -> f64 {
+    WINDOWS[window(name)].days(now)
 }
 
 /// The last instant of a deadline day, Vietnam time.
@@ -280,13 +281,13 @@ fn datasets(
         let subject = subject(row, name);
         let remaining = (target as i64 - d.total).max(0) as f64;
         let days_left = (deadline_end(deadline) - now).num_seconds() as f64 / 86_400.0;
-        let pace_7d = d.windows.get("7d").copied().unwrap_or(0) as f64 / 7.0;
+        let pace_7d = d.windows.get("7d").copied().unwrap_or(0) as f64 / window_days("7d", now);
         let rate = d
             .windows
             .get(rules.projection_window.as_str())
             .copied()
             .unwrap_or(0) as f64
-            / window_days(&rules.projection_window);
+            / window_days(&rules.projection_window, now);
         // A rate so low that the date overflows projects to "never", like no rate at all.
         let projected = (rate > 0.0)
             .then(|| chrono::Duration::try_seconds((remaining / rate * 86_400.0).min(1e15) as i64))
