@@ -1,8 +1,9 @@
-//! A batch's Redis writes cost two commands on a single Redis, whatever the batch holds: one
-//! script call for every dedup claim, then one for every partition's counters and offset.
-//! Under `appendfsync always` Redis pays an fsync per event-loop pass that writes, so this is
-//! what keeps strict durability fast. Counted with MONITOR, which shows each client command
-//! once and each command a script runs as coming from `lua`.
+//! A batch's Redis writes cost two round trips on a single Redis, whatever the batch holds:
+//! one script call for every dedup claim, then one pipeline that checks the offsets and runs
+//! every partition's counters and offset as one transaction. Under `appendfsync always` Redis
+//! pays an fsync per event-loop pass that writes, so this is what keeps strict durability
+//! fast. Counted with MONITOR, which shows each client command once (a transaction's when it
+//! runs) and each command a script runs as coming from `lua`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -20,7 +21,7 @@ const PARTITIONS: i32 = 4;
 const TOPICS: [&str; 2] = ["records", "procedures"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_is_two_commands_on_a_single_redis() {
+async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
     let redis = RedisServer::start_with(&["--appendfsync", "always"]).expect("redis-server");
     let mut settings = Settings::default();
     settings.redis.url = Secret::new(redis.url());
@@ -89,29 +90,57 @@ async fn a_batch_is_two_commands_on_a_single_redis() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let mut from_client = Vec::new();
-    let mut from_scripts = 0;
+    // Each command as (from a script?, name), in the order Redis ran them.
+    let mut ran: Vec<(bool, String)> = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
         if line.contains("end-of-batches") {
             break;
         }
-        if line.contains(" lua] ") {
-            from_scripts += 1;
-        } else {
-            from_client.push(line.split('"').nth(1).unwrap_or_default().to_string());
-        }
+        let name = line.split('"').nth(1).unwrap_or_default().to_uppercase();
+        ran.push((line.contains(" lua] "), name));
     }
     let _ = monitor.kill();
     let _ = monitor.wait();
+    // What the client sent, a transaction (MULTI to EXEC) as one step; and what ran inside
+    // the transactions and inside scripts outside them.
+    let mut steps: Vec<String> = Vec::new();
+    let mut in_transaction: Vec<String> = Vec::new();
+    let mut scripted_outside: Vec<String> = Vec::new();
+    let mut open = false;
+    for (scripted, name) in &ran {
+        match (open, *scripted, name.as_str()) {
+            (false, false, "MULTI") => open = true,
+            (true, false, "EXEC") => {
+                open = false;
+                steps.push("MULTI..EXEC".into());
+            }
+            (true, false, _) => in_transaction.push(name.clone()),
+            (true, true, _) => {}
+            (false, false, _) => steps.push(name.clone()),
+            (false, true, _) => scripted_outside.push(name.clone()),
+        }
+    }
     assert_eq!(
-        from_client, ["EVALSHA"; 6],
-        "3 batches, each one claim call and one apply call"
+        steps,
+        ["EVALSHA", "WATCH", "EVAL", "MULTI..EXEC"].repeat(3),
+        "3 batches, each a claim call, then one pipeline: WATCH, the fence check, a transaction"
     );
-    assert!(
-        from_scripts > 3 * 2000,
-        "{from_scripts} commands from scripts"
+    // Writes happen in two places per batch: the claim call and the transaction. Redis pays
+    // one fsync for each under `appendfsync always`. WATCH and the fence check only read.
+    let written_outside: Vec<&String> = scripted_outside
+        .iter()
+        .filter(|c| !["GET", "TTL", "HMGET", "HSET", "EXPIRE"].contains(&c.as_str()))
+        .collect();
+    assert!(written_outside.is_empty(), "{written_outside:?}");
+    assert_eq!(
+        in_transaction.iter().filter(|c| *c == "EVAL").count(),
+        3,
+        "one apply call per transaction"
     );
+    let counters = in_transaction.iter().filter(|c| *c == "HINCRBY").count();
+    assert_eq!(counters + 3, in_transaction.len(), "{in_transaction:?}");
+    assert!(counters > 3 * 2000, "{counters} counters");
 }
 
 /// Stores a batch as the pipeline does, fenced on the offsets stored before.
@@ -234,4 +263,71 @@ async fn recent_rejects_are_the_newest_across_batches() {
         .map(|e| e.detail.as_str())
         .collect();
     assert_eq!(details, ["w4", "w3", "w2"]);
+}
+
+/// A batch whose partitions disagree with Redis: one was stored further by another consumer
+/// (a zombie's view), the other is new. The check before the transaction aborts it, and the
+/// script path then stores the new partition and fences the stale one, which writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_partition_is_fenced_and_the_rest_of_its_batch_stored() {
+    let (_redis, settings, validator, store) = hotich_store("fence").await;
+    let datasets = settings.validation.datasets.clone();
+    let mut g = Generator::new(8, "fence", &datasets);
+    let now = Utc::now();
+    // Records on partitions `parts`, offsets `from..from + 10` each; records per partition.
+    let mut batch = |parts: &[i32], from: i64| {
+        let mut batch = Batch::default();
+        let mut records = [0i64; 2];
+        for &partition in parts {
+            for offset in from..from + 10 {
+                let m = g.record(now - chrono::Duration::days(offset));
+                if let Generated::Record(r) = &m {
+                    records[partition as usize] += r.record_count as i64;
+                }
+                let origin = Origin {
+                    t: 0,
+                    kind: m.kind(),
+                    topic: "records",
+                    partition,
+                    offset,
+                };
+                batch.push(origin, None, &m.encode(), &validator, now.timestamp());
+            }
+        }
+        (batch, records)
+    };
+    let total = |snap: &tiendo::store::Snapshot| -> i64 {
+        snap.counts
+            .iter()
+            .filter(|(f, _)| f.contains("|r."))
+            .map(|(_, c)| c.total)
+            .sum()
+    };
+    let (first, first_records) = batch(&[0], 0);
+    for (_, outcome) in first.store(&store, now.timestamp()).await.unwrap() {
+        assert_eq!(outcome.applied, Applied::Stored);
+    }
+    // Partition 0 believes offset 5 is next (10 is stored); partition 1 is new.
+    let (mut second, second_records) = batch(&[0, 1], 5);
+    second.retain_parts(|p| {
+        p.expected = (p.partition == 0).then_some(5);
+        true
+    });
+    let mut new_records = 0;
+    for (part, outcome) in second.store(&store, now.timestamp()).await.unwrap() {
+        if part.partition == 0 {
+            assert_eq!(outcome.applied, Applied::Fenced { stored: 10 });
+        } else {
+            assert_eq!(outcome.applied, Applied::Stored);
+            new_records = outcome.counted;
+        }
+    }
+    assert_eq!(new_records, 10, "partition 1's events counted");
+    let snap = store.snapshot(now).await.unwrap();
+    let stored = store
+        .offsets(&[("records", 0), ("records", 1)])
+        .await
+        .unwrap();
+    assert_eq!(stored, [Some(10), Some(15)]);
+    assert_eq!(total(&snap), first_records[0] + second_records[1]);
 }

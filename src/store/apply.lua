@@ -1,6 +1,8 @@
 -- Applies partition batches: for each, its counter deltas, newest event times, dead-letter
 -- counts and next offset, all or nothing. One call carries every partition of a batch on a
 -- single Redis (one fsync under `appendfsync always`), or one partition on Redis Cluster.
+-- On a single Redis it usually runs inside a MULTI/EXEC transaction without the counter
+-- deltas, which follow it there as plain HINCRBY commands (see `Store::apply_watched`).
 --
 -- Each partition's offset is a compare-and-set fence: the caller says which offset it believes
 -- is stored (-1 for none). If another consumer stored further (a zombie after a rebalance), or

@@ -104,6 +104,11 @@ impl Keys {
         format!("{}:partitions", self.prefix)
     }
 
+    /// A key that is never kept: touched to abort a transaction watching it (see fence.lua).
+    pub fn fence(&self) -> String {
+        format!("{}:fence", self.prefix)
+    }
+
     /// A key of the alert ledger (states, outboxes, silences): all share the tag `{alerts}`
     /// so one script can commit an evaluation atomically, on Redis Cluster too.
     pub fn alerts(&self, name: &str) -> String {

@@ -1,0 +1,154 @@
+//! The arguments of an apply.lua call (see its header), built once per batch and sent either
+//! as a script call with every counter inside, or as a transaction of plain HINCRBY commands
+//! around a script call that does the rest (see `Store::apply`).
+
+use std::collections::HashMap;
+
+use super::{Keys, PartitionBatch};
+use crate::aggregate::{Slot, EXAMPLES_KEPT};
+use crate::buckets::Tier;
+use crate::sources;
+
+/// One apply.lua call.
+#[derive(Debug, Default)]
+pub(super) struct ApplyCall {
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+    /// Counter increments (key, field, delta) left out of `args`, to go out as HINCRBY
+    /// commands in the same transaction; empty when the script carries them.
+    pub increments: Vec<(String, String, i64)>,
+}
+
+/// Builds the call for these partition batches. With `directory` (one tag per batch), the
+/// call also lists the partitions in the directory. With `counters_inline`, the script adds
+/// the counters itself; without, they are left in `increments`.
+pub(super) fn call(
+    keys: &Keys,
+    datasets: &[String],
+    batches: &[&PartitionBatch<'_>],
+    directory: Option<&[String]>,
+    now: i64,
+    counters_inline: bool,
+) -> ApplyCall {
+    let mut call = ApplyCall::default();
+    call.args.push(batches.len().to_string());
+    call.args.push(u8::from(directory.is_some()).to_string());
+    call.args.push(EXAMPLES_KEPT.to_string());
+    if directory.is_some() {
+        call.keys.push(keys.directory());
+    }
+    for (n, b) in batches.iter().enumerate() {
+        let tag = directory.map(|tags| tags[n].as_str());
+        section(&mut call, keys, datasets, b, tag, now, counters_inline);
+    }
+    call
+}
+
+/// One partition's keys and arguments.
+fn section(
+    call: &mut ApplyCall,
+    keys: &Keys,
+    datasets: &[String],
+    b: &PartitionBatch<'_>,
+    tag: Option<&str>,
+    now: i64,
+    counters_inline: bool,
+) {
+    let keys = keys.partition(b.topic, b.partition);
+    let mut own = vec![keys.offset(), keys.totals(), keys.latest(), keys.dead()];
+    // Bucket keys are numbered after the four fixed ones (Lua indexes from 1).
+    let mut bucket_index: HashMap<(Tier, i64), usize> = HashMap::new();
+    let mut expiries: Vec<(usize, i64)> = Vec::new();
+    let mut incr: Vec<(usize, String, i64)> = Vec::new();
+    for ((slot, field), delta) in &b.aggregate.cells(now) {
+        let idx = match slot {
+            Slot::Total => 2,
+            Slot::Bucket(tier, n) => *bucket_index.entry((*tier, *n)).or_insert_with(|| {
+                own.push(keys.bucket(*tier, *n));
+                expiries.push((own.len(), tier.ttl(*n, now).unwrap_or(1)));
+                own.len()
+            }),
+        };
+        incr.push((idx, field.render(datasets), *delta));
+    }
+    for (reason, n) in &b.aggregate.dead {
+        incr.push((4, reason.as_str().to_string(), *n));
+    }
+    let mut raise: Vec<(usize, String, i64)> = b
+        .aggregate
+        .latest
+        .iter()
+        .map(|(field, at)| (3, field.render(datasets), *at))
+        .collect();
+    let mut push: Vec<(usize, String, String)> = Vec::new();
+    if !b.aggregate.sources.is_empty() {
+        own.push(keys.sources());
+        let all_time = own.len();
+        let hour = Tier::Hour.bucket(now);
+        own.push(keys.source_hour(hour));
+        let hourly = own.len();
+        expiries.push((hourly, Tier::Hour.start(hour + sources::HOURS_KEPT) - now));
+        own.push(keys.source_examples());
+        let examples = own.len();
+        for (source, d) in &b.aggregate.sources {
+            let name = source.as_str();
+            let reasons = d
+                .rejects
+                .iter()
+                .map(|(r, n)| (format!("x.{}", r.as_str()), *n));
+            let counters = [("e", d.events), ("r", d.records), ("d", d.duplicates)]
+                .into_iter()
+                .map(|(c, n)| (c.to_string(), n))
+                .chain(reasons)
+                .filter(|(_, n)| *n != 0);
+            for (counter, n) in counters {
+                incr.push((all_time, format!("{name}|{counter}"), n));
+                incr.push((hourly, format!("{name}|{counter}"), n));
+            }
+            raise.push((all_time, format!("{name}|seen"), now));
+            if d.last_event > 0 {
+                raise.push((all_time, format!("{name}|at"), d.last_event));
+            }
+            // Pushed oldest first, so the newest ends first and older batches' examples
+            // move down rather than being overwritten out of order.
+            for (reason, list) in &d.examples {
+                for (origin, detail) in list.iter().rev() {
+                    let field = format!("{name}|{}", reason.as_str());
+                    push.push((examples, field, format!("{now}\t{origin}\t{detail}")));
+                }
+            }
+        }
+    }
+    let args = &mut call.args;
+    args.push(own.len().to_string());
+    if let Some(tag) = tag {
+        args.push(tag.to_string());
+    }
+    args.push(b.expected.to_string());
+    args.push(b.next.to_string());
+    if counters_inline {
+        args.push(incr.len().to_string());
+        for (idx, field, delta) in incr {
+            args.extend([idx.to_string(), field, delta.to_string()]);
+        }
+    } else {
+        args.push("0".to_string());
+        call.increments.extend(
+            incr.into_iter()
+                .map(|(idx, f, d)| (own[idx - 1].clone(), f, d)),
+        );
+    }
+    args.push(raise.len().to_string());
+    for (idx, field, at) in raise {
+        args.extend([idx.to_string(), field, at.to_string()]);
+    }
+    args.push(push.len().to_string());
+    for (idx, field, text) in push {
+        args.extend([idx.to_string(), field, text]);
+    }
+    args.push(expiries.len().to_string());
+    for (idx, at) in expiries {
+        args.extend([idx.to_string(), at.to_string()]);
+    }
+    call.keys.extend(own);
+}
