@@ -14,9 +14,9 @@ use crate::sources;
 pub(super) struct ApplyCall {
     pub keys: Vec<String>,
     pub args: Vec<String>,
-    /// Counter increments (key, field, delta) left out of `args`, to go out as HINCRBY
-    /// commands in the same transaction; empty when the script carries them.
-    pub increments: Vec<(String, String, i64)>,
+    /// Counter increments (index in `keys`, field, delta) left out of `args`, to go out as
+    /// HINCRBY commands in the same transaction; empty when the script carries them.
+    pub increments: Vec<(usize, String, i64)>,
 }
 
 /// Builds the call for these partition batches. With `directory` (one tag per batch), the
@@ -133,10 +133,10 @@ fn section(
         }
     } else {
         args.push("0".to_string());
-        call.increments.extend(
-            incr.into_iter()
-                .map(|(idx, f, d)| (own[idx - 1].clone(), f, d)),
-        );
+        // `own` is appended to `keys` below; Lua's indexes count from 1.
+        let base = call.keys.len() - 1;
+        call.increments
+            .extend(incr.into_iter().map(|(idx, f, d)| (base + idx, f, d)));
     }
     args.push(raise.len().to_string());
     for (idx, field, at) in raise {

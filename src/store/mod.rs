@@ -248,7 +248,11 @@ impl Store {
             .arg(&call.args)
             .ignore();
         for (key, field, delta) in &call.increments {
-            pipe.cmd("HINCRBY").arg(key).arg(field).arg(delta).ignore();
+            pipe.cmd("HINCRBY")
+                .arg(&call.keys[*key])
+                .arg(field)
+                .arg(delta)
+                .ignore();
         }
         pipe.cmd("EXEC");
         let mut conn = self.conn.clone();
