@@ -331,3 +331,47 @@ async fn a_stale_partition_is_fenced_and_the_rest_of_its_batch_stored() {
     assert_eq!(stored, [Some(10), Some(15)]);
     assert_eq!(total(&snap), first_records[0] + second_records[1]);
 }
+
+/// The check before the transaction must stop it whenever it cannot vouch for the offsets,
+/// not only when they differ: Redis does not roll back a transaction whose script fails, so
+/// the plain counters in it would be added once per retry. Here a partition's offset key
+/// holds the wrong type (a damaged keyspace): the batch fails, and adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_offset_check_writes_nothing() {
+    let (redis, settings, validator, store) = hotich_store("broken").await;
+    let datasets = settings.validation.datasets.clone();
+    let mut g = Generator::new(9, "broken", &datasets);
+    let now = Utc::now();
+    let mut batch = Batch::default();
+    for offset in 0..20 {
+        let m = g.record(now - chrono::Duration::hours(offset));
+        let origin = Origin {
+            t: 0,
+            kind: m.kind(),
+            topic: "records",
+            partition: 0,
+            offset,
+        };
+        batch.push(origin, None, &m.encode(), &validator, now.timestamp());
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = tiendo::store::Keys::new("broken").partition("records", 0);
+    redis::cmd("HSET")
+        .arg(keys.offset())
+        .arg("damaged")
+        .arg(1)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let err = batch.store(&store, now.timestamp()).await;
+    assert!(err.is_err(), "a batch over a damaged offset key must fail");
+    // The all-time totals, read directly: a snapshot refuses a damaged offset key.
+    let totals: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys.totals())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let counted: Vec<_> = totals.keys().filter(|f| !f.starts_with('~')).collect();
+    assert!(counted.is_empty(), "nothing counted: {counted:?}");
+}
