@@ -1,7 +1,7 @@
 -- Claims event ids against duplicates, for any number of claim buckets, atomically.
 --
 -- A claim is a hash field (the 14-byte digest of the event id) in the bucket of its shard and
--- event day, valued with the claimant's 12-byte `partition, offset`. The same message replayed
+-- event week, valued with the claimant's 12-byte `partition, offset`. The same message replayed
 -- after a crash finds its own value and is new again; a re-send (another offset) finds another
 -- value and is a duplicate. Existing claims are read with one HMGET and new ones written with
 -- one HSET per bucket, so Redis parses, executes and logs to its AOF a few large commands.
@@ -13,11 +13,14 @@
 -- A bucket lives at least the horizon after its last claim, and at most an hour more.
 --
 -- KEYS: the buckets. ARGV[1]: horizon in seconds; ARGV[1 + k]: the claims of KEYS[k].
--- Returns one character per claim, in argument order: '1' new, '0' duplicate.
+-- Returns the positions (from 1, in argument order) of the duplicates: usually none, so the
+-- answer stays small and no per-claim flag is built.
 local CHUNK = 2000 -- unpack() in Redis's Lua takes at most about 8000 values
 local SIZE, ID = 26, 14
+local sub = string.sub
 local horizon = tonumber(ARGV[1])
-local out = {}
+local dups = {}
+local before = 0 -- claims in the buckets before this one
 for k = 1, #KEYS do
   local key, packed = KEYS[k], ARGV[1 + k]
   local n = #packed / SIZE
@@ -26,41 +29,36 @@ for k = 1, #KEYS do
     -- Hash-table encoding from the start: see apply.lua.
     redis.call('HSET', key, '~', string.rep('~', 80))
   end
-  local ids, values = {}, {}
+  local ids = {}
   for j = 1, n do
     local at = (j - 1) * SIZE
-    ids[j] = string.sub(packed, at + 1, at + ID)
-    values[j] = string.sub(packed, at + ID + 1, at + SIZE)
-  end
-  local have = {}
-  for s = 1, n, CHUNK do
-    local got = redis.call('HMGET', key, unpack(ids, s, math.min(s + CHUNK - 1, n)))
-    for j = 1, #got do
-      have[s + j - 1] = got[j]
-    end
+    ids[j] = sub(packed, at + 1, at + ID)
   end
   local mine = {} -- claims made by this call, so a repeat inside the batch is caught
-  local new = {}
-  for j = 1, n do
-    local id, value = ids[j], values[j]
-    local owner = mine[id] or have[j]
-    if not owner then
-      mine[id] = value
-      new[#new + 1] = id
-      new[#new + 1] = value
-      out[#out + 1] = '1'
-    elseif owner == value then
-      out[#out + 1] = '1'
-    else
-      out[#out + 1] = '0'
+  local new, m = {}, 0
+  for s = 1, n, CHUNK do
+    local e = math.min(s + CHUNK - 1, n)
+    local have = redis.call('HMGET', key, unpack(ids, s, e))
+    for j = s, e do
+      local id, at = ids[j], (j - 1) * SIZE
+      local value = sub(packed, at + ID + 1, at + SIZE)
+      local owner = mine[id] or have[j - s + 1]
+      if not owner then
+        mine[id] = value
+        new[m + 1], new[m + 2] = id, value
+        m = m + 2
+      elseif owner ~= value then
+        dups[#dups + 1] = before + j
+      end
     end
   end
-  for s = 1, #new, 2 * CHUNK do
-    redis.call('HSET', key, unpack(new, s, math.min(s + 2 * CHUNK - 1, #new)))
+  for s = 1, m, 2 * CHUNK do
+    redis.call('HSET', key, unpack(new, s, math.min(s + 2 * CHUNK - 1, m)))
   end
   if ttl < horizon then
     -- An hour over the horizon, so a bucket claimed all the time is not refreshed each call.
     redis.call('EXPIRE', key, horizon + 3600)
   end
+  before = before + n
 end
-return table.concat(out)
+return dups

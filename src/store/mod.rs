@@ -160,21 +160,22 @@ impl Store {
             }
             let mut conn = self.conn.clone();
             async move {
-                let flags: String = invocation.invoke_async(&mut conn).await?;
-                Ok::<_, StoreError>((positions, flags))
+                let dups: Vec<usize> = invocation.invoke_async(&mut conn).await?;
+                Ok::<_, StoreError>((positions, dups))
             }
         });
-        let mut fresh = vec![false; claims.len()];
-        for (positions, flags) in try_join_all(calls).await? {
-            if flags.len() != positions.len() {
-                return Err(StoreError::Reply(format!(
-                    "{} claim flags for {} claims",
-                    flags.len(),
-                    positions.len()
-                )));
-            }
-            for (position, flag) in positions.into_iter().zip(flags.bytes()) {
-                fresh[position] = flag == b'1';
+        let mut fresh = vec![true; claims.len()];
+        for (positions, dups) in try_join_all(calls).await? {
+            for dup in dups {
+                // Counted from 1, in the order the call's claims were sent.
+                let position = dup.checked_sub(1).and_then(|i| positions.get(i));
+                let Some(&position) = position else {
+                    return Err(StoreError::Reply(format!(
+                        "duplicate {dup} of {} claims",
+                        positions.len()
+                    )));
+                };
+                fresh[position] = false;
             }
         }
         Ok(fresh)
