@@ -159,6 +159,26 @@ async fn store_batch(
     }
 }
 
+/// Pushes a generated message onto `batch` as read from `records` at `partition`/`offset`,
+/// arriving at `now`.
+fn push_record(
+    batch: &mut Batch,
+    m: &Generated,
+    partition: i32,
+    offset: i64,
+    validator: &Validator,
+    now: i64,
+) {
+    let origin = Origin {
+        t: 0,
+        kind: m.kind(),
+        topic: "records",
+        partition,
+        offset,
+    };
+    batch.push(origin, None, &m.encode(), validator, now);
+}
+
 /// A private Redis, settings that know source `hotich`, its validator, and a store under
 /// `prefix`.
 async fn hotich_store(prefix: &str) -> (RedisServer, Settings, Validator, Store) {
@@ -284,14 +304,14 @@ async fn a_stale_partition_is_fenced_and_the_rest_of_its_batch_stored() {
                 if let Generated::Record(r) = &m {
                     records[partition as usize] += r.record_count as i64;
                 }
-                let origin = Origin {
-                    t: 0,
-                    kind: m.kind(),
-                    topic: "records",
+                push_record(
+                    &mut batch,
+                    &m,
                     partition,
                     offset,
-                };
-                batch.push(origin, None, &m.encode(), &validator, now.timestamp());
+                    &validator,
+                    now.timestamp(),
+                );
             }
         }
         (batch, records)
@@ -345,14 +365,7 @@ async fn a_failing_offset_check_writes_nothing() {
     let mut batch = Batch::default();
     for offset in 0..20 {
         let m = g.record(now - chrono::Duration::hours(offset));
-        let origin = Origin {
-            t: 0,
-            kind: m.kind(),
-            topic: "records",
-            partition: 0,
-            offset,
-        };
-        batch.push(origin, None, &m.encode(), &validator, now.timestamp());
+        push_record(&mut batch, &m, 0, offset, &validator, now.timestamp());
     }
     let client = redis::Client::open(redis.url()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
