@@ -149,8 +149,13 @@ pub fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
 pub fn init_logs(settings: &LogSettings) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    // Colours only for a person at a terminal: in a file, journald or `docker compose logs`
+    // escape codes are noise. NO_COLOR (no-color.org) turns them off at a terminal too.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Json => builder.json().try_init(),

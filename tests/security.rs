@@ -214,6 +214,10 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
     assert!(text.contains("DEBUG"), "debug logging was on:\n{text}");
     assert!(text.contains("tiendo starting"), "{text}");
     assert!(
+        !text.contains('\x1b'),
+        "a log written to a file carries no colour codes:\n{text}"
+    );
+    assert!(
         text.contains("rediss://***@localhost"),
         "the URL shows redacted:\n{text}"
     );
