@@ -1,7 +1,8 @@
 //! Security in a run: `tiendo run` against a Redis that wants a password and TLS with client
-//! certificates from a private CA (generated here with openssl), configured through the
-//! environment as a deployment would. Counts are exact, and no secret appears in any log line,
-//! at `debug` level, librdkafka's own debug lines (its configuration dump) included.
+//! certificates from a private CA (generated here with openssl), and against a Kafka broker
+//! (Tansu) that wants a SASL/SCRAM login, each configured through the environment as a
+//! deployment would. Counts are exact, and no secret appears in any log line, at `debug`
+//! level, librdkafka's own debug lines (its configuration dump) included.
 
 mod common;
 
@@ -9,7 +10,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tansu::Login;
 use common::{events, Env, Expected};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tiendo::config::{RedisSettings, Secret};
 use tiendo::store::{self, Store};
 
@@ -230,6 +234,147 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
         !text.contains(KAFKA_SECRET),
         "the Kafka password was logged"
     );
+}
+
+const SASL_PASSWORD: &str = "sc4am-pa55word-never-logged";
+const WRONG_PASSWORD: &str = "wr0ng-pa55word-never-logged";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_with_a_sasl_login_counts_exactly_and_never_logs_a_secret() {
+    let login = Login {
+        user: "tiendo",
+        password: SASL_PASSWORD,
+    };
+    let env = Env::start_tansu_with_login(&login);
+    let topics = env.settings.kafka.topics.clone();
+    let dir = tempfile::tempdir().unwrap();
+
+    // The broker is shut to a client without the login.
+    let stranger: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka.brokers)
+        .create()
+        .unwrap();
+    assert!(
+        stranger
+            .fetch_watermarks(&topics.records, 0, Duration::from_secs(3))
+            .is_err(),
+        "the broker answered a client that did not log in"
+    );
+
+    // Valid events and one undecodable message, from a plain producer that logs in.
+    let mut g = env.generator(41);
+    let stream = events(&mut g, 2000);
+    let mut expected = Expected::default();
+    expected.add_all(&stream);
+    let producer: FutureProducer = env.client().set("acks", "all").create().unwrap();
+    let sends = stream.iter().map(|m| {
+        let topic = match m.kind() {
+            tiendo::events::Kind::Records => &topics.records,
+            tiendo::events::Kind::Procedures => &topics.procedures,
+        };
+        let (key, payload) = (m.key(), m.encode());
+        let producer = &producer;
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.expect("delivered to the broker with the login");
+    }
+    producer
+        .send(
+            FutureRecord::to(&topics.records)
+                .key("x")
+                .payload(&b"\xff not protobuf"[..]),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("poison delivered");
+    expected.dead.insert("undecodable".into(), 1);
+
+    // A wrong password: the log says so, and nothing is counted.
+    let wrong_log = dir.path().join("wrong.log");
+    let mut wrong = env
+        .process_command()
+        .env("TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD", WRONG_PASSWORD)
+        .env("TIENDO_LOG__FILTER", "debug")
+        .stdout(std::fs::File::create(&wrong_log).unwrap())
+        .stderr(
+            std::fs::File::options()
+                .append(true)
+                .open(&wrong_log)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let text = std::fs::read_to_string(&wrong_log).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("SASL authentication"))
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a refused login was never logged as an error:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    send_signal(wrong.id(), "TERM");
+    let _ = wrong.wait();
+    assert!(
+        env.snapshot().await.counts.is_empty(),
+        "counted without a login"
+    );
+
+    // The right password, at debug level with librdkafka's own security and configuration
+    // lines: everything counted, the poison dead-lettered through the same login.
+    let log = dir.path().join("tiendo.log");
+    let mut tiendo = env
+        .process_command()
+        .env("TIENDO_LOG__FILTER", "debug,librdkafka=debug")
+        .env("TIENDO_KAFKA__PROPERTIES__DEBUG", "security,conf")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let snap = env.wait_counted(Duration::from_secs(120)).await;
+    expected.assert_matches(&snap);
+    let letters = env.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].0, "undecodable");
+    send_signal(tiendo.id(), "TERM");
+    let _ = tiendo.wait();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("SCRAM-SHA-512"),
+        "librdkafka's security lines reach the log:\n{text}"
+    );
+    assert!(
+        text.contains("sasl.password = [redacted]"),
+        "librdkafka's configuration reaches the log:\n{text}"
+    );
+    for (name, log) in [("refused", &refused), ("logged-in", &text)] {
+        assert!(
+            !log.contains(SASL_PASSWORD),
+            "the password in the {name} log"
+        );
+        assert!(
+            !log.contains(WRONG_PASSWORD),
+            "the wrong password in the {name} log"
+        );
+    }
 }
 
 /// Sends a signal by name with kill(1).

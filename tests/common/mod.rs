@@ -84,6 +84,36 @@ impl Env {
         Env::start_with(|topics| Broker::Tansu(tansu::Tansu::start(topics)))
     }
 
+    /// On a Tansu that serves only `login`, with SASL/SCRAM-SHA-512; the settings, and every
+    /// client of this Env, log in.
+    pub fn start_tansu_with_login(login: &tansu::Login) -> Env {
+        let mut env =
+            Env::start_with(|topics| Broker::Tansu(tansu::Tansu::start_with_login(topics, login)));
+        for (k, v) in [
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", login.user),
+            ("sasl.password", login.password),
+        ] {
+            env.settings
+                .kafka
+                .properties
+                .insert(k.into(), Secret::new(v));
+        }
+        env.producer = tiendo::source::producer(&env.settings.kafka).expect("producer");
+        env
+    }
+
+    /// A client of the test's broker, as tiendo is configured (`kafka.properties`).
+    pub fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.settings.kafka.brokers);
+        for (k, v) in &self.settings.kafka.properties {
+            config.set(k, v.expose());
+        }
+        config
+    }
+
     fn start_with(broker: impl FnOnce(&[(&str, i32)]) -> Broker) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -178,12 +208,17 @@ impl Env {
             .env("TIENDO_LOG__FILTER", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        for (k, v) in &s.kafka.consumer_properties {
-            let var = format!(
-                "TIENDO_KAFKA__CONSUMER_PROPERTIES__{}",
-                k.replace('.', "_").to_uppercase()
-            );
-            cmd.env(var, v.expose());
+        for (section, properties) in [
+            ("PROPERTIES", &s.kafka.properties),
+            ("CONSUMER_PROPERTIES", &s.kafka.consumer_properties),
+        ] {
+            for (k, v) in properties {
+                let var = format!(
+                    "TIENDO_KAFKA__{section}__{}",
+                    k.replace('.', "_").to_uppercase()
+                );
+                cmd.env(var, v.expose());
+            }
         }
         cmd
     }
@@ -208,10 +243,7 @@ impl Env {
 
     /// High watermarks of every event topic partition: what "all consumed" means.
     pub fn watermarks(&self) -> BTreeMap<String, i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.kafka.brokers)
-            .create()
-            .expect("consumer");
+        let consumer: BaseConsumer = self.client().create().expect("consumer");
         let topics = &self.settings.kafka.topics;
         let mut marks = BTreeMap::new();
         for (topic, n) in [
@@ -313,8 +345,8 @@ impl Env {
     /// Every message in the dead-letter topic, with what its headers say.
     pub fn letters(&self) -> Vec<Letter> {
         let topic = &self.settings.kafka.topics.dead_letter;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.kafka.brokers)
+        let consumer: BaseConsumer = self
+            .client()
             .set("group.id", "dlq-reader")
             .create()
             .expect("consumer");

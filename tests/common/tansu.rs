@@ -5,6 +5,11 @@
 //! Two of its ways matter to tests: a member that dies without leaving keeps its partitions
 //! (no session expiry), so kill tests there use static membership; and its offset queries
 //! answer low, so tests count what Redis holds rather than trust its watermarks.
+//!
+//! A broker that wants a SASL/SCRAM login needs another build: Tansu 0.6 keeps SCRAM users only
+//! in its SQL storage engines (its memory and S3 engine drops them), so `scripts/ensure-deps
+//! test` also installs Tansu with the `libsql` feature (into ~/.cache/tansu-0.6.0-libsql;
+//! `TANSU_SQL` names another binary).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,15 +22,31 @@ use rdkafka::config::ClientConfig;
 pub struct Tansu {
     child: Child,
     port: u16,
+    /// Where the SQLite database of a broker that wants a login lives.
+    dir: Option<tempfile::TempDir>,
+}
+
+/// The SCRAM login of `Tansu::start_with_login`.
+pub struct Login<'a> {
+    pub user: &'a str,
+    pub password: &'a str,
 }
 
 /// The Tansu binary: `$TANSU`, the cache `scripts/ensure-deps` fills, or PATH.
 pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TANSU") {
+    cached_or_on_path("TANSU", ".cache/tansu-0.6.0/bin/tansu")
+}
+
+/// Tansu built with SQL storage: `$TANSU_SQL`, the cache `scripts/ensure-deps` fills, or PATH.
+pub fn sql_binary() -> PathBuf {
+    cached_or_on_path("TANSU_SQL", ".cache/tansu-0.6.0-libsql/bin/tansu")
+}
+
+fn cached_or_on_path(var: &str, cache: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
         return path.into();
     }
-    let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cache/tansu-0.6.0/bin/tansu");
+    let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(cache);
     if cached.exists() {
         return cached;
     }
@@ -39,16 +60,60 @@ pub fn binary() -> PathBuf {
         .into_iter()
         .find(|p| p.exists());
     on_path.unwrap_or_else(|| {
-        panic!("Tansu is not installed: run `scripts/ensure-deps test` (or set TANSU)")
+        panic!("Tansu is not installed: run `scripts/ensure-deps test` (or set {var})")
     })
 }
 
 impl Tansu {
     /// A broker with these topics and partition counts, answering.
     pub fn start(topics: &[(&str, i32)]) -> Tansu {
+        let tansu = Tansu::listening(binary(), &["--storage-engine", "memory://tansu/"], None);
+        tansu.create_topics(topics);
+        tansu
+    }
+
+    /// A broker that serves only clients logged in as `login` with SCRAM-SHA-512 or -256.
+    /// The topics and the user are made through an open broker on the same database first:
+    /// once `--authentication` is on, creating a user needs a login already.
+    pub fn start_with_login(topics: &[(&str, i32)], login: &Login) -> Tansu {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sql = [
+            "--cluster-id",
+            "tiendo-test",
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ];
+        let open = Tansu::listening(sql_binary(), &sql, Some(dir));
+        open.create_topics(topics);
+        for mechanism in ["scram512", "scram256"] {
+            // `tansu user create` exits 0 whatever the broker answers: a user that was not
+            // made shows later, as the test's clients being refused.
+            let status = Command::new(sql_binary())
+                .args(["user", "create", "--broker"])
+                .arg(format!("tcp://127.0.0.1:{}", open.port))
+                .args(["--mechanism", mechanism, login.user, login.password])
+                .stdout(Stdio::null())
+                .status()
+                .expect("tansu user create runs");
+            assert!(status.success(), "tansu user create {mechanism}");
+        }
+        let mut open = open;
+        let dir = open.dir.take();
+        drop(open);
+        Tansu::listening(
+            sql_binary(),
+            &[&sql[..], &["--authentication"]].concat(),
+            dir,
+        )
+    }
+
+    /// `program broker` on a free port with `args` (its storage), in `dir` if given, once it
+    /// accepts connections.
+    fn listening(program: PathBuf, args: &[&str], dir: Option<tempfile::TempDir>) -> Tansu {
         let port = tiendo::embedded::free_port().unwrap();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(binary())
+        let mut broker = Command::new(program);
+        broker
             .args([
                 "broker",
                 "--listener-url",
@@ -56,18 +121,22 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts");
-        let tansu = Tansu { child, port };
+            .stderr(Stdio::null());
+        if let Some(dir) = &dir {
+            broker.current_dir(dir.path());
+        }
+        let tansu = Tansu {
+            child: broker.spawn().expect("tansu starts"),
+            port,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "tansu never listened");
             std::thread::sleep(Duration::from_millis(50));
         }
-        tansu.create_topics(topics);
         tansu
     }
 
