@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::tansu::Login;
 use common::{events, Env, Expected};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tiendo::config::{RedisSettings, Secret};
 use tiendo::store::{self, Store};
 
@@ -266,28 +266,8 @@ async fn kafka_with_a_sasl_login_counts_exactly_and_never_logs_a_secret() {
     let stream = events(&mut g, 2000);
     let mut expected = Expected::default();
     expected.add_all(&stream);
-    let producer: FutureProducer = env.client().set("acks", "all").create().unwrap();
-    let sends = stream.iter().map(|m| {
-        let topic = match m.kind() {
-            tiendo::events::Kind::Records => &topics.records,
-            tiendo::events::Kind::Procedures => &topics.procedures,
-        };
-        let (key, payload) = (m.key(), m.encode());
-        let producer = &producer;
-        async move {
-            producer
-                .send(
-                    FutureRecord::to(topic).key(&key).payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        }
-    });
-    for sent in futures::future::join_all(sends).await {
-        sent.expect("delivered to the broker with the login");
-    }
+    let producer = env.independent_producer();
+    common::send_all(&producer, &topics, &stream).await;
     producer
         .send(
             FutureRecord::to(&topics.records)

@@ -19,8 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use common::{signal, Env, Expected};
-use tiendo::config::TopicSettings;
-use tiendo::events::{Kind, RecordDigitized};
+use tiendo::events::RecordDigitized;
 use tiendo::generator::Generated;
 use tiendo::store::Snapshot;
 
@@ -136,37 +135,6 @@ fn member(env: &Env) -> std::process::Command {
     cmd
 }
 
-/// A producer that shares no code with tiendo.
-fn independent_producer(env: &Env) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", env.settings.kafka.brokers.as_str())
-        .set("linger.ms", "20")
-        .set("acks", "all")
-        .create()
-        .expect("producer")
-}
-
-async fn send_all(producer: &FutureProducer, topics: &TopicSettings, messages: &[Generated]) {
-    let sends = messages.iter().map(|m| {
-        let topic = match m.kind() {
-            Kind::Records => &topics.records,
-            Kind::Procedures => &topics.procedures,
-        };
-        let (key, payload) = (m.key(), m.encode());
-        async move {
-            producer
-                .send(
-                    FutureRecord::to(topic).key(&key).payload(&payload),
-                    Duration::from_secs(60),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("delivered");
-        }
-    });
-    futures::future::join_all(sends).await;
-}
-
 /// Waits until Redis holds as many records and procedures as were sent (counted, since
 /// Tansu's watermarks answer low), then returns the figures.
 async fn wait_for(env: &Env, expected: &Expected, timeout: Duration) -> Snapshot {
@@ -228,14 +196,14 @@ async fn twenty_sigkills_among_three_replicas_count_a_million_events_exactly() {
     let logs = tempfile::tempdir().expect("log dir");
     let mut replicas: Vec<Child> = (0..3).map(|i| replica(&env, i, logs.path())).collect();
     // Publish over about a minute, in steps, while replicas are killed.
-    let producer = independent_producer(&env);
+    let producer = env.independent_producer();
     let publisher = {
         let topics = env.settings.kafka.topics.clone();
         let messages = std::mem::take(&mut messages);
         tokio::spawn(async move {
             for chunk in messages.chunks(10_000) {
                 let started = Instant::now();
-                send_all(&producer, &topics, chunk).await;
+                common::send_all(&producer, &topics, chunk).await;
                 let pause = Duration::from_millis(550).saturating_sub(started.elapsed());
                 tokio::time::sleep(pause).await;
             }
@@ -283,7 +251,7 @@ async fn twenty_sigkills_among_three_replicas_count_a_million_events_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_one_to_three_to_one_replica_while_publishing_counts_exactly() {
     let env = Env::start_tansu();
-    let producer = independent_producer(&env);
+    let producer = env.independent_producer();
     let topics = &env.settings.kafka.topics;
     let mut g = env.generator(32);
     let mut expected = Expected::default();
@@ -294,12 +262,12 @@ async fn scaling_one_to_three_to_one_replica_while_publishing_counts_exactly() {
     };
     let mut replicas = vec![dynamic_replica(&env)];
     let first = publish_for(20_000);
-    send_all(&producer, topics, &first).await;
+    common::send_all(&producer, topics, &first).await;
     // Two more join while events keep coming.
     for _ in 1..3 {
         replicas.push(dynamic_replica(&env));
         let part = publish_for(20_000);
-        send_all(&producer, topics, &part).await;
+        common::send_all(&producer, topics, &part).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     // And leave again (SIGTERM: a clean leave), while events keep coming.
@@ -307,11 +275,11 @@ async fn scaling_one_to_three_to_one_replica_while_publishing_counts_exactly() {
         let mut r = replicas.pop().expect("a replica");
         signal(&r, "TERM");
         let part = publish_for(20_000);
-        send_all(&producer, topics, &part).await;
+        common::send_all(&producer, topics, &part).await;
         assert!(r.wait().unwrap().success(), "a replica left uncleanly");
     }
     let last = publish_for(20_000);
-    send_all(&producer, topics, &last).await;
+    common::send_all(&producer, topics, &last).await;
     let snap = wait_for(&env, &expected, Duration::from_secs(240)).await;
     for mut r in replicas {
         let _ = r.kill();

@@ -114,6 +114,16 @@ impl Env {
         config
     }
 
+    /// A producer that shares no code with tiendo, configured as tiendo is
+    /// (`kafka.properties`).
+    pub fn independent_producer(&self) -> FutureProducer {
+        self.client()
+            .set("linger.ms", "20")
+            .set("acks", "all")
+            .create()
+            .expect("producer")
+    }
+
     fn start_with(broker: impl FnOnce(&[(&str, i32)]) -> Broker) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -591,6 +601,35 @@ pub async fn scrape(base: &str, name: &str) -> Option<f64> {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum(),
     )
+}
+
+/// Sends each message to its topic with `producer` (see `Env::independent_producer`), and
+/// waits until the broker has them all.
+pub async fn send_all(
+    producer: &FutureProducer,
+    topics: &tiendo::config::TopicSettings,
+    messages: &[Generated],
+) {
+    let sends = messages.iter().map(|m| {
+        let topic = match m.kind() {
+            tiendo::events::Kind::Records => &topics.records,
+            tiendo::events::Kind::Procedures => &topics.procedures,
+        };
+        let (key, payload) = (m.key(), m.encode());
+        async move {
+            producer
+                .send(
+                    rdkafka::producer::FutureRecord::to(topic)
+                        .key(&key)
+                        .payload(&payload),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
+    });
+    futures::future::join_all(sends).await;
 }
 
 /// A mixed stream of `n` valid events at the current time: mostly records, some procedures.
