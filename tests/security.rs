@@ -191,8 +191,8 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
         .env("TIENDO_LOG__FILTER", "debug")
         .env("TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD", KAFKA_SECRET)
         .env("TIENDO_KAFKA__PROPERTIES__DEBUG", "conf,cgrp")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .stdout(log_file(&log))
+        .stderr(log_file(&log))
         .spawn()
         .unwrap();
 
@@ -286,13 +286,8 @@ async fn kafka_with_a_sasl_login_counts_exactly_and_never_logs_a_secret() {
         .process_command()
         .env("TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD", WRONG_PASSWORD)
         .env("TIENDO_LOG__FILTER", "debug")
-        .stdout(std::fs::File::create(&wrong_log).unwrap())
-        .stderr(
-            std::fs::File::options()
-                .append(true)
-                .open(&wrong_log)
-                .unwrap(),
-        )
+        .stdout(log_file(&wrong_log))
+        .stderr(log_file(&wrong_log))
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -324,8 +319,8 @@ async fn kafka_with_a_sasl_login_counts_exactly_and_never_logs_a_secret() {
         .process_command()
         .env("TIENDO_LOG__FILTER", "debug,librdkafka=debug")
         .env("TIENDO_KAFKA__PROPERTIES__DEBUG", "security,conf")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .stdout(log_file(&log))
+        .stderr(log_file(&log))
         .spawn()
         .unwrap();
     let snap = env.wait_counted(Duration::from_secs(120)).await;
@@ -355,6 +350,15 @@ async fn kafka_with_a_sasl_login_counts_exactly_and_never_logs_a_secret() {
             "the wrong password in the {name} log"
         );
     }
+}
+
+/// `path` opened for appending (created if missing): stdout and stderr share one log.
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
 }
 
 /// Sends a signal by name with kill(1).

@@ -87,21 +87,15 @@ impl Env {
     /// On a Tansu that serves only `login`, with SASL/SCRAM-SHA-512; the settings, and every
     /// client of this Env, log in.
     pub fn start_tansu_with_login(login: &tansu::Login) -> Env {
-        let mut env =
-            Env::start_with(|topics| Broker::Tansu(tansu::Tansu::start_with_login(topics, login)));
-        for (k, v) in [
-            ("security.protocol", "SASL_PLAINTEXT"),
-            ("sasl.mechanism", "SCRAM-SHA-512"),
-            ("sasl.username", login.user),
-            ("sasl.password", login.password),
-        ] {
-            env.settings
-                .kafka
-                .properties
-                .insert(k.into(), Secret::new(v));
-        }
-        env.producer = tiendo::source::producer(&env.settings.kafka).expect("producer");
-        env
+        Env::start_with_properties(
+            |topics| Broker::Tansu(tansu::Tansu::start_with_login(topics, login)),
+            &[
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", login.user),
+                ("sasl.password", login.password),
+            ],
+        )
     }
 
     /// A client of the test's broker, as tiendo is configured (`kafka.properties`).
@@ -125,6 +119,14 @@ impl Env {
     }
 
     fn start_with(broker: impl FnOnce(&[(&str, i32)]) -> Broker) -> Env {
+        Env::start_with_properties(broker, &[])
+    }
+
+    /// With these librdkafka properties (`kafka.properties`) for tiendo and the test's clients.
+    fn start_with_properties(
+        broker: impl FnOnce(&[(&str, i32)]) -> Broker,
+        properties: &[(&str, &str)],
+    ) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -153,6 +155,12 @@ impl Env {
                 .kafka
                 .consumer_properties
                 .insert(k.into(), Secret::new(v));
+        }
+        for (k, v) in properties {
+            settings
+                .kafka
+                .properties
+                .insert(k.to_string(), Secret::new(*v));
         }
         settings.redis.url = Secret::new(redis.url());
         settings.http.listen = String::new();

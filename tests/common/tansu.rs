@@ -83,7 +83,7 @@ impl Tansu {
             "--storage-engine",
             "sqlite://tansu.db",
         ];
-        let open = Tansu::listening(sql_binary(), &sql, Some(dir));
+        let mut open = Tansu::listening(sql_binary(), &sql, Some(dir));
         open.create_topics(topics);
         for mechanism in ["scram512", "scram256"] {
             // `tansu user create` exits 0 whatever the broker answers: a user that was not
@@ -97,7 +97,6 @@ impl Tansu {
                 .expect("tansu user create runs");
             assert!(status.success(), "tansu user create {mechanism}");
         }
-        let mut open = open;
         let dir = open.dir.take();
         drop(open);
         Tansu::listening(
