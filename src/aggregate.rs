@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use crate::buckets::Tier;
 use crate::deadletter::DeadLetter;
 use crate::decode::{Event, Payload, Reason};
@@ -63,15 +65,16 @@ impl Field {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Aggregate {
     /// Deltas by counter and minute of event time; expanded into total, minute, hour and day
-    /// slots once per batch by [`Aggregate::cells`], not once per event.
-    by_minute: HashMap<(Field, i64), i64>,
+    /// slots once per batch by [`Aggregate::cells`], not once per event. Keyed by small
+    /// integers built here, never by input, so a fast non-keyed hasher is safe.
+    by_minute: FxHashMap<(Field, i64), i64>,
     /// Newest event time (unix seconds) seen per field.
-    pub latest: HashMap<Field, i64>,
+    pub latest: FxHashMap<Field, i64>,
     pub dead: HashMap<Reason, i64>,
     /// Events that added to the counters.
     pub counted: u64,
-    /// What each source sent in this batch.
-    pub sources: HashMap<Source, SourceDelta>,
+    /// What each source sent in this batch (labels are bounded: configured names or `other`).
+    pub sources: FxHashMap<Source, SourceDelta>,
 }
 
 /// One source's share of a batch: counted events and their records, re-sends, rejects by
@@ -95,7 +98,7 @@ impl Aggregate {
     /// Adds a new (not duplicate) event.
     pub fn add(&mut self, event: &Event) {
         self.counted += 1;
-        let source = self.sources.entry(event.source.clone()).or_default();
+        let source = self.source(&event.source);
         source.events += 1;
         source.last_event = source.last_event.max(event.at);
         if let Payload::Records { count, .. } = event.payload {
@@ -134,10 +137,15 @@ impl Aggregate {
 
     /// An event already counted (a re-send).
     pub fn duplicate(&mut self, event: &Event) {
-        self.sources
-            .entry(event.source.clone())
-            .or_default()
-            .duplicates += 1;
+        self.source(&event.source).duplicates += 1;
+    }
+
+    /// A source's share, cloning its label only the first time in a batch.
+    fn source(&mut self, source: &Source) -> &mut SourceDelta {
+        if !self.sources.contains_key(source) {
+            self.sources.insert(source.clone(), SourceDelta::default());
+        }
+        self.sources.get_mut(source).expect("inserted above")
     }
 
     pub fn dead_letter(&mut self, letter: &DeadLetter) {
@@ -166,8 +174,9 @@ impl Aggregate {
 
     /// The deltas per slot: the total, and each time bucket still young enough at `now` to
     /// be read by some window.
-    pub fn cells(&self, now: i64) -> HashMap<(Slot, Field), i64> {
-        let mut cells = HashMap::with_capacity(self.by_minute.len() * 2);
+    pub fn cells(&self, now: i64) -> FxHashMap<(Slot, Field), i64> {
+        let mut cells =
+            FxHashMap::with_capacity_and_hasher(self.by_minute.len() * 2, Default::default());
         for ((field, minute), amount) in &self.by_minute {
             *cells.entry((Slot::Total, *field)).or_default() += amount;
             let at = Tier::Minute.start(*minute);

@@ -2,10 +2,10 @@
 //! as a script call with every counter inside, or as a transaction of plain HINCRBY commands
 //! around a script call that does the rest (see `Store::apply`).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::{Keys, PartitionBatch};
-use crate::aggregate::{Slot, EXAMPLES_KEPT};
+use crate::aggregate::{Field, Slot, EXAMPLES_KEPT};
 use crate::buckets::Tier;
 use crate::sources;
 
@@ -14,9 +14,32 @@ use crate::sources;
 pub(super) struct ApplyCall {
     pub keys: Vec<String>,
     pub args: Vec<String>,
-    /// Counter increments (index in `keys`, field, delta) left out of `args`, to go out as
-    /// HINCRBY commands in the same transaction; empty when the script carries them.
-    pub increments: Vec<(usize, String, i64)>,
+    /// Counter increments (index in `keys`, index in `names`, delta) left out of `args`, to
+    /// go out as HINCRBY commands in the same transaction; empty when the script carries them.
+    pub increments: Vec<(usize, usize, i64)>,
+    /// The hash fields `increments` name. A batch spread over many days adds to the same
+    /// field in many buckets, so each field is rendered once per call, not once per counter.
+    pub names: Vec<String>,
+}
+
+/// Renders each counter field once per call.
+#[derive(Default)]
+struct Names {
+    index: FxHashMap<Field, usize>,
+}
+
+impl Names {
+    fn of(&mut self, names: &mut Vec<String>, field: Field, datasets: &[String]) -> usize {
+        *self.index.entry(field).or_insert_with(|| {
+            names.push(field.render(datasets));
+            names.len() - 1
+        })
+    }
+}
+
+fn named(names: &mut Vec<String>, name: String) -> usize {
+    names.push(name);
+    names.len() - 1
 }
 
 /// Builds the call for these partition batches. With `directory` (one tag per batch), the
@@ -31,6 +54,7 @@ pub(super) fn call(
     counters_inline: bool,
 ) -> ApplyCall {
     let mut call = ApplyCall::default();
+    let mut names = Names::default();
     call.args.push(batches.len().to_string());
     call.args.push(u8::from(directory.is_some()).to_string());
     call.args.push(EXAMPLES_KEPT.to_string());
@@ -39,14 +63,25 @@ pub(super) fn call(
     }
     for (n, b) in batches.iter().enumerate() {
         let tag = directory.map(|tags| tags[n].as_str());
-        section(&mut call, keys, datasets, b, tag, now, counters_inline);
+        section(
+            &mut call,
+            &mut names,
+            keys,
+            datasets,
+            b,
+            tag,
+            now,
+            counters_inline,
+        );
     }
     call
 }
 
 /// One partition's keys and arguments.
+#[allow(clippy::too_many_arguments)]
 fn section(
     call: &mut ApplyCall,
+    names: &mut Names,
     keys: &Keys,
     datasets: &[String],
     b: &PartitionBatch<'_>,
@@ -57,10 +92,11 @@ fn section(
     let keys = keys.partition(b.topic, b.partition);
     let mut own = vec![keys.offset(), keys.totals(), keys.latest(), keys.dead()];
     // Bucket keys are numbered after the four fixed ones (Lua indexes from 1).
-    let mut bucket_index: HashMap<(Tier, i64), usize> = HashMap::new();
+    let mut bucket_index: FxHashMap<(Tier, i64), usize> = FxHashMap::default();
     let mut expiries: Vec<(usize, i64)> = Vec::new();
-    let mut incr: Vec<(usize, String, i64)> = Vec::new();
-    for ((slot, field), delta) in &b.aggregate.cells(now) {
+    let cells = b.aggregate.cells(now);
+    let mut incr: Vec<(usize, usize, i64)> = Vec::with_capacity(cells.len());
+    for ((slot, field), delta) in &cells {
         let idx = match slot {
             Slot::Total => 2,
             Slot::Bucket(tier, n) => *bucket_index.entry((*tier, *n)).or_insert_with(|| {
@@ -69,16 +105,20 @@ fn section(
                 own.len()
             }),
         };
-        incr.push((idx, field.render(datasets), *delta));
+        incr.push((idx, names.of(&mut call.names, *field, datasets), *delta));
     }
     for (reason, n) in &b.aggregate.dead {
-        incr.push((4, reason.as_str().to_string(), *n));
+        let name = named(&mut call.names, reason.as_str().to_string());
+        incr.push((4, name, *n));
     }
     let mut raise: Vec<(usize, String, i64)> = b
         .aggregate
         .latest
         .iter()
-        .map(|(field, at)| (3, field.render(datasets), *at))
+        .map(|(field, at)| {
+            let name = names.of(&mut call.names, *field, datasets);
+            (3, call.names[name].clone(), *at)
+        })
         .collect();
     let mut push: Vec<(usize, String, String)> = Vec::new();
     if !b.aggregate.sources.is_empty() {
@@ -102,8 +142,9 @@ fn section(
                 .chain(reasons)
                 .filter(|(_, n)| *n != 0);
             for (counter, n) in counters {
-                incr.push((all_time, format!("{name}|{counter}"), n));
-                incr.push((hourly, format!("{name}|{counter}"), n));
+                let field = named(&mut call.names, format!("{name}|{counter}"));
+                incr.push((all_time, field, n));
+                incr.push((hourly, field, n));
             }
             raise.push((all_time, format!("{name}|seen"), now));
             if d.last_event > 0 {
@@ -129,6 +170,7 @@ fn section(
     if counters_inline {
         args.push(incr.len().to_string());
         for (idx, field, delta) in incr {
+            let field = call.names[field].clone();
             args.extend([idx.to_string(), field, delta.to_string()]);
         }
     } else {

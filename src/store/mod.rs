@@ -251,7 +251,7 @@ impl Store {
         for (key, field, delta) in &call.increments {
             pipe.cmd("HINCRBY")
                 .arg(&call.keys[*key])
-                .arg(field)
+                .arg(&call.names[*field])
                 .arg(delta)
                 .ignore();
         }
