@@ -80,7 +80,7 @@ def run(layout, shards, days, claims, seed, batch=10_000):
             mem0, cpu0 = client.info('memory')['used_memory'], cpu(client)
             sent, fresh, offset = [], 0, 0
             for _ in range(0, claims, batch):
-                buckets = {}
+                buckets, seen = {}, set()
                 for _ in range(batch):
                     if sent and rnd.random() < 0.03:
                         event_id, at = rnd.choice(sent)
@@ -94,8 +94,12 @@ def run(layout, shards, days, claims, seed, batch=10_000):
                     key = f'tiendo:{{dd{shard % 16}}}:rw{week}'
                     if layout != 'hashtable':
                         key += f':{shard}'
-                    buckets.setdefault(key, []).append(digest[:14] + struct.pack('>iq', 0, offset))
                     offset += 1
+                    # tiendo sends each id once per batch and settles repeats itself.
+                    if (key, digest[:14]) in seen:
+                        continue
+                    seen.add((key, digest[:14]))
+                    buckets.setdefault(key, []).append(digest[:14] + struct.pack('>iq', 0, offset - 1))
                 keys = list(buckets)
                 script(keys=keys, args=[str(32 * 86400)] + [b''.join(buckets[k]) for k in keys])
             mem1, cpu1 = client.info('memory')['used_memory'], cpu(client)

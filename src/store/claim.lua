@@ -12,9 +12,12 @@
 --
 -- A bucket lives at least the horizon after its last claim, and at most an hour more.
 --
+-- Each id comes at most once per call (the caller settles repeats inside its batch from the
+-- answer for the first), so no table of this call's own claims is kept.
+--
 -- KEYS: the buckets. ARGV[1]: horizon in seconds; ARGV[1 + k]: the claims of KEYS[k].
--- Returns the positions (from 1, in argument order) of the duplicates: usually none, so the
--- answer stays small and no per-claim flag is built.
+-- Returns, for each duplicate, its position (from 1, in argument order) and the value that
+-- owns its id: usually nothing, so the answer stays small and no per-claim flag is built.
 local CHUNK = 2000 -- unpack() in Redis's Lua takes at most about 8000 values
 local SIZE, ID = 26, 14
 local sub = string.sub
@@ -34,7 +37,6 @@ for k = 1, #KEYS do
     local at = (j - 1) * SIZE
     ids[j] = sub(packed, at + 1, at + ID)
   end
-  local mine = {} -- claims made by this call, so a repeat inside the batch is caught
   local new, m = {}, 0
   for s = 1, n, CHUNK do
     local e = math.min(s + CHUNK - 1, n)
@@ -42,13 +44,13 @@ for k = 1, #KEYS do
     for j = s, e do
       local id, at = ids[j], (j - 1) * SIZE
       local value = sub(packed, at + ID + 1, at + SIZE)
-      local owner = mine[id] or have[j - s + 1]
+      local owner = have[j - s + 1]
       if not owner then
-        mine[id] = value
         new[m + 1], new[m + 2] = id, value
         m = m + 2
       elseif owner ~= value then
         dups[#dups + 1] = before + j
+        dups[#dups + 1] = owner
       end
     end
   end

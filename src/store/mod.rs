@@ -12,11 +12,10 @@
 //! may live in any slot, which lets dedup work across partitions.
 
 mod apply;
+mod claims;
 mod conn;
 mod keys;
 mod read;
-
-use std::collections::BTreeMap;
 
 use futures::future::try_join_all;
 use redis::Script;
@@ -120,65 +119,20 @@ impl Store {
     /// value. One script call (see claim.lua) on a single Redis; on a cluster, one per shard,
     /// all sent together.
     pub async fn claim(&self, claims: &[Claim<'_>]) -> Result<Vec<bool>, StoreError> {
-        // shard → bucket (kind, week) → claims, with their positions in `claims`.
-        type Members<'a> = Vec<(usize, &'a Claim<'a>)>;
-        type Buckets<'a> = BTreeMap<(Kind, i64), Members<'a>>;
-        let mut shards: BTreeMap<u64, Buckets<'_>> = BTreeMap::new();
-        for (position, c) in claims.iter().enumerate() {
-            shards
-                .entry(Keys::dedup_shard(c.id))
-                .or_default()
-                .entry((c.kind, keys::claim_week(c.at)))
-                .or_default()
-                .push((position, c));
-        }
-        // Calls, each a list of (key, claims): every bucket in one call, or one call per
-        // shard's slot on a cluster.
-        let mut calls: Vec<Vec<(String, &Members<'_>)>> = Vec::new();
-        for (shard, buckets) in &shards {
-            if calls.is_empty() || self.conn.is_cluster() {
-                calls.push(Vec::new());
-            }
-            let call = calls.last_mut().expect("one call at least");
-            for ((kind, week), members) in buckets {
-                call.push((self.keys.dedup(*shard, *kind, *week), members));
-            }
-        }
-        let calls = calls.into_iter().map(|buckets| {
+        let plan = claims::Plan::new(&self.keys, claims, self.conn.is_cluster());
+        let calls = plan.calls.iter().map(|call| {
             let mut invocation = self.claim_script.prepare_invoke();
             invocation.arg(self.dedup_ttl);
-            let mut positions = Vec::new();
-            for (key, members) in buckets {
-                let mut packed = Vec::with_capacity(members.len() * CLAIM_SIZE);
-                for (position, c) in members {
-                    packed.extend_from_slice(&keys::claim_id(c.id));
-                    packed.extend_from_slice(&(c.partition as u32).to_be_bytes());
-                    packed.extend_from_slice(&c.offset.to_be_bytes());
-                    positions.push(*position);
-                }
+            for (key, packed) in &call.buckets {
                 invocation.key(key).arg(packed);
             }
             let mut conn = self.conn.clone();
             async move {
-                let dups: Vec<usize> = invocation.invoke_async(&mut conn).await?;
-                Ok::<_, StoreError>((positions, dups))
+                let answer: Vec<redis::Value> = invocation.invoke_async(&mut conn).await?;
+                Ok::<_, StoreError>(answer)
             }
         });
-        let mut fresh = vec![true; claims.len()];
-        for (positions, dups) in try_join_all(calls).await? {
-            for dup in dups {
-                // Counted from 1, in the order the call's claims were sent.
-                let position = dup.checked_sub(1).and_then(|i| positions.get(i));
-                let Some(&position) = position else {
-                    return Err(StoreError::Reply(format!(
-                        "duplicate {dup} of {} claims",
-                        positions.len()
-                    )));
-                };
-                fresh[position] = false;
-            }
-        }
-        Ok(fresh)
+        plan.settle(try_join_all(calls).await?)
     }
 
     /// Applies each partition batch atomically with its offsets. On a single Redis, the

@@ -1,0 +1,241 @@
+//! The claim.lua calls of one batch, and how their answers become new-or-re-sent per event.
+//!
+//! Each id goes to Redis once per batch: a repeat of an id inside the batch (a re-send that
+//! arrived close to its original) is settled here from the answer for its first occurrence,
+//! so claim.lua keeps no table of the claims it made in the call.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+
+use super::keys::{self, Keys, CLAIM_ID_SIZE, CLAIM_SIZE};
+use super::{Claim, StoreError};
+use crate::events::Kind;
+
+/// A claim's stored value: the claimant's partition and offset, big-endian.
+type Owner = [u8; CLAIM_SIZE - CLAIM_ID_SIZE];
+
+fn owner(c: &Claim<'_>) -> Owner {
+    let mut v = [0u8; CLAIM_SIZE - CLAIM_ID_SIZE];
+    v[..4].copy_from_slice(&(c.partition as u32).to_be_bytes());
+    v[4..].copy_from_slice(&c.offset.to_be_bytes());
+    v
+}
+
+/// One claim.lua call: its buckets with their packed claims, in argument order.
+#[derive(Debug, Default)]
+pub(super) struct Call {
+    pub buckets: Vec<(String, Vec<u8>)>,
+    /// The position in the batch's claims of each claim sent, in the order sent.
+    positions: Vec<usize>,
+}
+
+/// A batch's claims, grouped into calls.
+#[derive(Debug)]
+pub(super) struct Plan {
+    pub calls: Vec<Call>,
+    owners: Vec<Owner>,
+    /// (position, position of the first claim of the same id and bucket): not sent.
+    repeats: Vec<(usize, usize)>,
+}
+
+impl Plan {
+    /// Every bucket in one call, or (`per_shard`, for a cluster) one call per shard.
+    pub fn new(keys: &Keys, claims: &[Claim<'_>], per_shard: bool) -> Plan {
+        // shard → bucket (kind, week) → packed claims and their positions.
+        type Bucket = (Vec<u8>, Vec<usize>);
+        let mut shards: BTreeMap<u64, BTreeMap<(Kind, i64), Bucket>> = BTreeMap::new();
+        // Keyed by digests of ids publishers choose, so std's keyed hasher, not a fast one.
+        let mut first: HashMap<(u64, Kind, i64, [u8; CLAIM_ID_SIZE]), usize> = HashMap::new();
+        let mut owners = Vec::with_capacity(claims.len());
+        let mut repeats = Vec::new();
+        for (position, c) in claims.iter().enumerate() {
+            let shard = Keys::dedup_shard(c.id);
+            let week = keys::claim_week(c.at);
+            let id = keys::claim_id(c.id);
+            owners.push(owner(c));
+            match first.entry((shard, c.kind, week, id)) {
+                Entry::Occupied(e) => repeats.push((position, *e.get())),
+                Entry::Vacant(e) => {
+                    e.insert(position);
+                    let (packed, positions) = shards
+                        .entry(shard)
+                        .or_default()
+                        .entry((c.kind, week))
+                        .or_default();
+                    packed.extend_from_slice(&id);
+                    packed.extend_from_slice(&owners[position]);
+                    positions.push(position);
+                }
+            }
+        }
+        let mut calls: Vec<Call> = Vec::new();
+        for (shard, buckets) in shards {
+            if calls.is_empty() || per_shard {
+                calls.push(Call::default());
+            }
+            let call = calls.last_mut().expect("one call at least");
+            for ((kind, week), (packed, positions)) in buckets {
+                call.buckets.push((keys.dedup(shard, kind, week), packed));
+                call.positions.extend(positions);
+            }
+        }
+        Plan {
+            calls,
+            owners,
+            repeats,
+        }
+    }
+
+    /// `true` where the event is new (or is this very message replayed), from each call's
+    /// answer: claim.lua's (position from 1, owner) of every claim another message owns.
+    pub fn settle(&self, answers: Vec<Vec<redis::Value>>) -> Result<Vec<bool>, StoreError> {
+        let mut fresh = vec![true; self.owners.len()];
+        let mut taken: HashMap<usize, Owner> = HashMap::new();
+        for (call, answer) in self.calls.iter().zip(answers) {
+            if answer.len() % 2 != 0 {
+                return Err(StoreError::Reply(format!(
+                    "{} values for duplicates and their owners",
+                    answer.len()
+                )));
+            }
+            let mut answer = answer.into_iter();
+            while let (Some(at), Some(by)) = (answer.next(), answer.next()) {
+                let position = match at {
+                    redis::Value::Int(n) => usize::try_from(n - 1)
+                        .ok()
+                        .and_then(|i| call.positions.get(i)),
+                    _ => None,
+                };
+                let by = match by {
+                    redis::Value::BulkString(b) => Owner::try_from(b.as_slice()).ok(),
+                    _ => None,
+                };
+                let (Some(&position), Some(by)) = (position, by) else {
+                    return Err(StoreError::Reply(format!(
+                        "a duplicate not among the {} claims sent",
+                        call.positions.len()
+                    )));
+                };
+                fresh[position] = false;
+                taken.insert(position, by);
+            }
+        }
+        // A repeat is new only if it owns the id: the first occurrence found it claimed by
+        // this very message (a replay after a crash, the re-send earlier in the batch).
+        for &(position, first) in &self.repeats {
+            let by = taken.get(&first).unwrap_or(&self.owners[first]);
+            fresh[position] = self.owners[position] == *by;
+        }
+        Ok(fresh)
+    }
+
+    /// Claims sent in all calls.
+    #[cfg(test)]
+    fn sent(&self) -> usize {
+        self.calls.iter().map(|c| c.positions.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn claim(id: &str, partition: i32, offset: i64, at: i64) -> Claim<'_> {
+        Claim {
+            kind: Kind::Records,
+            id,
+            partition,
+            offset,
+            at,
+        }
+    }
+
+    /// What claim.lua answers for one call, given what is stored: (position, owner) of every
+    /// claim stored under another owner. Panics on an id sent twice: the script would claim
+    /// it twice and count both.
+    fn answer(call: &Call, stored: &mut HashMap<(String, Vec<u8>), Owner>) -> Vec<redis::Value> {
+        let mut out = Vec::new();
+        let mut n = 0;
+        let mut seen = HashSet::new();
+        for (key, packed) in &call.buckets {
+            for record in packed.chunks(CLAIM_SIZE) {
+                n += 1;
+                let (id, value) = record.split_at(CLAIM_ID_SIZE);
+                assert!(seen.insert((key.clone(), id.to_vec())), "an id sent twice");
+                let value = Owner::try_from(value).unwrap();
+                match stored.entry((key.clone(), id.to_vec())) {
+                    Entry::Vacant(e) => {
+                        e.insert(value);
+                    }
+                    Entry::Occupied(e) if *e.get() != value => {
+                        out.push(redis::Value::Int(n));
+                        out.push(redis::Value::BulkString(e.get().to_vec()));
+                    }
+                    Entry::Occupied(_) => {}
+                }
+            }
+        }
+        assert_eq!(n as usize, call.positions.len());
+        out
+    }
+
+    fn run(claims: &[Claim<'_>], stored: &mut HashMap<(String, Vec<u8>), Owner>) -> Vec<bool> {
+        let plan = Plan::new(&Keys::new("t"), claims, false);
+        let answers = plan.calls.iter().map(|c| answer(c, stored)).collect();
+        plan.settle(answers).unwrap()
+    }
+
+    #[test]
+    fn a_batch_sends_each_id_once_and_counts_it_once() {
+        let at = 1_727_740_800;
+        let ids: Vec<String> = (0..500).map(|i| format!("e-{}", i % 200)).collect();
+        let claims: Vec<Claim<'_>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| claim(id, (i % 3) as i32, i as i64, at))
+            .collect();
+        let plan = Plan::new(&Keys::new("t"), &claims, true);
+        assert_eq!(plan.sent(), 200);
+        let fresh = run(&claims, &mut HashMap::new());
+        assert_eq!(fresh.iter().filter(|f| **f).count(), 200);
+        assert!(fresh[..200].iter().all(|f| *f));
+    }
+
+    #[test]
+    fn the_same_id_in_another_week_is_another_claim() {
+        let claims = [claim("x", 0, 1, 0), claim("x", 0, 2, 30 * 86_400)];
+        assert_eq!(run(&claims, &mut HashMap::new()), [true, true]);
+    }
+
+    #[test]
+    fn a_replayed_owner_after_its_re_send_in_one_batch_is_counted_once() {
+        // A crash after the claims, before the counters: "x" is claimed by partition 0 at
+        // offset 10. The replayed batch also holds a re-send of "x" from partition 1 that
+        // comes first: the re-send is the duplicate, the owner is counted.
+        let mut stored = HashMap::new();
+        assert_eq!(run(&[claim("x", 0, 10, 0)], &mut stored), [true]);
+        let replay = [
+            claim("x", 1, 5, 0),
+            claim("x", 0, 10, 0),
+            claim("x", 2, 7, 0),
+        ];
+        assert_eq!(run(&replay, &mut stored), [false, true, false]);
+        // And the whole batch retried again (Redis failed half-way): the same answer.
+        assert_eq!(run(&replay, &mut stored), [false, true, false]);
+    }
+
+    #[test]
+    fn a_bad_answer_is_an_error_not_a_guess() {
+        let claims = [claim("x", 0, 1, 0)];
+        let plan = Plan::new(&Keys::new("t"), &claims, false);
+        for answer in [
+            vec![redis::Value::Int(2), redis::Value::BulkString(vec![0; 12])],
+            vec![redis::Value::Int(1), redis::Value::BulkString(vec![0; 3])],
+            vec![redis::Value::Int(1)],
+        ] {
+            assert!(plan.settle(vec![answer]).is_err());
+        }
+    }
+}
