@@ -13,7 +13,7 @@
 -- tags to add each partition's tag to, else 0. ARGV[3]: how many texts a list keeps. Then per
 -- partition: its key count, its tag (only with a directory), expected stored offset, next,
 -- then n and n triples (key index, field, delta) to add, then m and m triples (key index,
--- field, unix time) to raise to, then s and s triples (key index, list, text) to push, oldest
+-- field, unix time) to raise to (grouped by key, each field once), then s and s triples (key index, list, text) to push, oldest
 -- first, onto lists kept as fields `<list>|0` (newest) to `<list>|<keep - 1>`, then k and k
 -- pairs (key index, seconds it lives: relative to the caller's clock, which in the demo runs
 -- in the past). A partition's keys follow the previous partition's: next offset, totals,
@@ -25,6 +25,7 @@
 -- grow to hundreds of fields, and as listpacks (the default up to 512 fields) every update
 -- would scan them. Readers skip fields starting with '~'.
 local pin = string.rep('~', 80)
+local RUN = 2000 -- fields per HMGET: unpack() in Redis's Lua takes at most about 8000 values
 local partitions = tonumber(ARGV[1])
 local directory = ARGV[2] == '1'
 local keep = tonumber(ARGV[3])
@@ -67,12 +68,28 @@ for _ = 1, partitions do
   n = tonumber(ARGV[i])
   i = i + 1
   if apply then
-    for j = i, i + 3 * (n - 1), 3 do
-      local key = keys[ARGV[j]]
-      local current = tonumber(redis.call('HGET', key, ARGV[j + 1]) or '0')
-      if tonumber(ARGV[j + 2]) > current then
-        redis.call('HSET', key, ARGV[j + 1], ARGV[j + 2])
+    -- Triples come grouped by key: each run of one key is one HMGET and at most one HSET,
+    -- not a command per field (a partition's batch raises hundreds of newest times).
+    local j, last = i, i + 3 * (n - 1)
+    while j <= last do
+      local k, fields, e = ARGV[j], {}, j
+      while e <= last and ARGV[e] == k and #fields < RUN do
+        fields[#fields + 1] = ARGV[e + 1]
+        e = e + 3
       end
+      local current = redis.call('HMGET', keys[k], unpack(fields))
+      local raise, m = {}, 0
+      for f = 1, #fields do
+        local at = ARGV[j + 3 * (f - 1) + 2]
+        if tonumber(at) > tonumber(current[f] or '0') then
+          raise[m + 1], raise[m + 2] = fields[f], at
+          m = m + 2
+        end
+      end
+      if m > 0 then
+        redis.call('HSET', keys[k], unpack(raise))
+      end
+      j = e
     end
   end
   i = i + 3 * n
