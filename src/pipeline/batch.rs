@@ -8,7 +8,7 @@ use crate::aggregate::Aggregate;
 use crate::deadletter::DeadLetter;
 use crate::decode::{Event, Validator};
 use crate::events::Kind;
-use crate::store::{Applied, Claim, PartitionBatch, Store, StoreError};
+use crate::store::{Applied, Claim, Current, PartitionBatch, Store, StoreError};
 
 /// One partition's share of a batch.
 #[derive(Debug)]
@@ -166,18 +166,30 @@ impl Batch {
                 })
             })
             .collect();
-        let mut fresh = store.claim(&claims).await?.into_iter();
+        // Every event's counters are read while the claims are made (see `Store::current`):
+        // what the fresh ones add to is among them.
+        let all: Vec<Aggregate> = parts.iter().map(|p| aggregate(p, |_| true)).collect();
+        let (fresh, current) = {
+            let reads: Vec<PartitionBatch<'_>> = parts
+                .iter()
+                .zip(&all)
+                .map(|(p, agg)| partition_batch(p, agg, None))
+                .collect();
+            futures::try_join!(store.claim(&claims), store.current(&reads, now))?
+        };
+        let aggregates: Vec<Aggregate> = if fresh.iter().all(|f| *f) {
+            all
+        } else {
+            let mut fresh = fresh.into_iter();
+            parts
+                .iter()
+                .map(|p| aggregate(p, |_| fresh.next().unwrap_or(true)))
+                .collect()
+        };
         let aggregates: Vec<Aggregate> = parts
             .iter()
-            .map(|p| {
-                let mut agg = Aggregate::default();
-                for (event, _) in &p.events {
-                    if fresh.next().unwrap_or(true) {
-                        agg.add(event);
-                    } else {
-                        agg.duplicate(event);
-                    }
-                }
+            .zip(aggregates)
+            .map(|(p, mut agg)| {
                 for l in &p.dead {
                     agg.dead_letter(l);
                 }
@@ -187,13 +199,8 @@ impl Batch {
         let writes: Vec<PartitionBatch<'_>> = parts
             .iter()
             .zip(&aggregates)
-            .map(|(p, agg)| PartitionBatch {
-                topic: &p.topic,
-                partition: p.partition,
-                expected: p.expected.unwrap_or(-1),
-                next: p.next,
-                aggregate: agg,
-            })
+            .zip(&current)
+            .map(|((p, agg), current)| partition_batch(p, agg, current.as_ref()))
             .collect();
         let applied = store.apply(&writes, now).await?;
         Ok(parts
@@ -209,5 +216,34 @@ impl Batch {
                 )
             })
             .collect())
+    }
+}
+
+/// The counters of a part's events, each counted when `counted` says so (in event order)
+/// and otherwise a duplicate.
+fn aggregate(part: &Part, mut counted: impl FnMut(&Event) -> bool) -> Aggregate {
+    let mut agg = Aggregate::default();
+    for (event, _) in &part.events {
+        if counted(event) {
+            agg.add(event);
+        } else {
+            agg.duplicate(event);
+        }
+    }
+    agg
+}
+
+fn partition_batch<'a>(
+    part: &'a Part,
+    aggregate: &'a Aggregate,
+    current: Option<&'a Current>,
+) -> PartitionBatch<'a> {
+    PartitionBatch {
+        topic: &part.topic,
+        partition: part.partition,
+        expected: part.expected.unwrap_or(-1),
+        next: part.next,
+        aggregate,
+        current,
     }
 }

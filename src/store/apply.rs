@@ -17,7 +17,10 @@ pub(super) struct ApplyCall {
     /// Counter increments (index in `keys`, index in `names`, delta) left out of `args`, to
     /// go out as HINCRBY commands in the same transaction; empty when the script carries them.
     pub increments: Vec<(usize, usize, i64)>,
-    /// The hash fields `increments` name. A batch spread over many days adds to the same
+    /// Counters written whole, from the values [`super::Store::current`] read: (index in
+    /// `keys`, [(index in `names`, value)]), one HSET per key. Only without `counters_inline`.
+    pub sets: Vec<(usize, Vec<(usize, i64)>)>,
+    /// The hash fields `increments` and `sets` name. A batch spread over many days adds to the same
     /// field in many buckets, so each field is rendered once per call, not once per counter.
     pub names: Vec<String>,
 }
@@ -96,6 +99,8 @@ fn section(
     let mut expiries: Vec<(usize, i64)> = Vec::new();
     let cells = b.aggregate.cells(now);
     let mut incr: Vec<(usize, usize, i64)> = Vec::with_capacity(cells.len());
+    let current = b.current.filter(|_| !counters_inline);
+    let mut sets: FxHashMap<usize, Vec<(usize, i64)>> = FxHashMap::default();
     for ((slot, field), delta) in &cells {
         let idx = match slot {
             Slot::Total => 2,
@@ -105,7 +110,15 @@ fn section(
                 own.len()
             }),
         };
-        incr.push((idx, names.of(&mut call.names, *field, datasets), *delta));
+        let name = names.of(&mut call.names, *field, datasets);
+        // An overflow is left to HINCRBY, which refuses it.
+        let whole = current
+            .and_then(|c| c.get(&(*slot, *field)))
+            .and_then(|v| v.checked_add(*delta));
+        match whole {
+            Some(value) => sets.entry(idx).or_default().push((name, value)),
+            None => incr.push((idx, name, *delta)),
+        }
     }
     for (reason, n) in &b.aggregate.dead {
         let name = named(&mut call.names, reason.as_str().to_string());
@@ -179,6 +192,8 @@ fn section(
         let base = call.keys.len() - 1;
         call.increments
             .extend(incr.into_iter().map(|(idx, f, d)| (base + idx, f, d)));
+        call.sets
+            .extend(sets.into_iter().map(|(idx, values)| (base + idx, values)));
     }
     args.push(raise.len().to_string());
     for (idx, field, at) in raise {

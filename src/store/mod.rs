@@ -1,9 +1,10 @@
 //! Stage 4: Redis. Counter deltas are stored atomically with the Kafka offsets that produced
 //! them, per partition batch; re-sent events are caught by dedup claims. A batch costs two
-//! round trips and, on a single Redis, two writes (a script call for the claims, then one
-//! transaction for the counters and offsets): under `appendfsync always` Redis pays an fsync
-//! per event-loop pass that writes, so the number of writes, not only of commands, sets the
-//! speed. On a cluster, script calls are per slot.
+//! round trips and, on a single Redis, two writes (a script call for the claims, sent with a
+//! read-only transaction that reads the counters; then one transaction for the counters and
+//! offsets): under `appendfsync always` Redis pays an fsync per event-loop pass that writes,
+//! so the number of writes, not only of commands, sets the speed. On a cluster, script calls
+//! are per slot and counters are added blind.
 //!
 //! Dedup claims are written before the counters, in their own round trip, and carry the
 //! claimant's coordinates (partition and offset). If the process dies between the claim and the
@@ -24,7 +25,9 @@ pub use conn::{connect, RedisConn};
 pub use keys::{Keys, PartitionKeys, CLAIM_SIZE, DEDUP_SHARDS};
 pub use read::{Counts, Daily, Snapshot};
 
-use crate::aggregate::Aggregate;
+use rustc_hash::FxHashMap;
+
+use crate::aggregate::{Aggregate, Field, Slot};
 use crate::events::Kind;
 
 const APPLY_LUA: &str = include_str!("apply.lua");
@@ -50,7 +53,13 @@ pub struct PartitionBatch<'a> {
     /// Offset after the last message: where the partition resumes.
     pub next: i64,
     pub aggregate: &'a Aggregate,
+    /// The partition's counters as read by [`Store::current`]; `None` to add to them blind.
+    pub current: Option<&'a Current>,
 }
+
+/// Counter values of one partition, by slot and field, read in a snapshot in which its stored
+/// offset was the expected one (missing counters read as 0).
+pub type Current = FxHashMap<(Slot, Field), i64>;
 
 /// What happened to a partition batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +144,78 @@ impl Store {
         plan.settle(try_join_all(calls).await?)
     }
 
+    /// Reads the counters each partition batch may add to, so its transaction can write
+    /// them whole: one `HSET` per hash instead of one `HINCRBY` per counter, which is most of
+    /// a backfill's Redis time (each event is its own day counter). Sent with the claims, so
+    /// it costs no round trip of its own, and only reads, so no write or fsync.
+    ///
+    /// Sound because a partition's counters change only together with its stored offset
+    /// (apply.lua and the transaction write both or neither, and the offset only grows), so
+    /// every state in which the offset is the expected one holds the same counters: read in
+    /// one snapshot (MULTI/EXEC) that shows the expected offset, and written in a transaction
+    /// that checks the same offset again, they are the counters the deltas add to. A bucket
+    /// that expires in between is past every window's reach. `None` for a partition whose
+    /// offset was not the expected one, and for every partition on a cluster.
+    pub async fn current(
+        &self,
+        batches: &[PartitionBatch<'_>],
+        now: i64,
+    ) -> Result<Vec<Option<Current>>, StoreError> {
+        if self.conn.is_cluster() || batches.is_empty() {
+            return Ok(batches.iter().map(|_| None).collect());
+        }
+        let mut names: FxHashMap<Field, String> = FxHashMap::default();
+        let mut asked: Vec<Vec<(Slot, Vec<Field>)>> = Vec::with_capacity(batches.len());
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for b in batches {
+            let keys = self.keys.partition(b.topic, b.partition);
+            pipe.get(keys.offset());
+            let mut by_slot: FxHashMap<Slot, Vec<Field>> = FxHashMap::default();
+            for (slot, field) in b.aggregate.cells(now).into_keys() {
+                by_slot.entry(slot).or_default().push(field);
+            }
+            let by_slot: Vec<(Slot, Vec<Field>)> = by_slot.into_iter().collect();
+            for (slot, fields) in &by_slot {
+                let key = match slot {
+                    Slot::Total => keys.totals(),
+                    Slot::Bucket(tier, n) => keys.bucket(*tier, *n),
+                };
+                let cmd = pipe.cmd("HMGET").arg(key);
+                for field in fields {
+                    let name = names
+                        .entry(*field)
+                        .or_insert_with(|| field.render(&self.datasets));
+                    cmd.arg(name.as_str());
+                }
+            }
+            asked.push(by_slot);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(batches.len());
+        for (b, by_slot) in batches.iter().zip(asked) {
+            let stored: Option<i64> = redis::from_redis_value(next_reply(&mut replies)?)?;
+            let mut current = Current::default();
+            for (slot, fields) in by_slot {
+                let values: Vec<Option<i64>> = redis::from_redis_value(next_reply(&mut replies)?)?;
+                if values.len() != fields.len() {
+                    return Err(StoreError::Reply(format!(
+                        "{} values for {} counters",
+                        values.len(),
+                        fields.len()
+                    )));
+                }
+                for (field, value) in fields.into_iter().zip(values) {
+                    current.insert((slot, field), value.unwrap_or(0));
+                }
+            }
+            out.push((stored.unwrap_or(-1) == b.expected).then_some(current));
+        }
+        Ok(out)
+    }
+
     /// Applies each partition batch atomically with its offsets. On a single Redis, the
     /// counters go out as plain commands in a transaction (see `apply_watched`), and only a
     /// batch a partition's fence stops takes the script path; on a cluster, one script call
@@ -162,8 +243,9 @@ impl Store {
     }
 
     /// A single Redis's fast path, one round trip: WATCH the offsets, check them (fence.lua),
-    /// then MULTI, apply.lua without the counters, one HINCRBY per counter, EXEC. Redis runs
-    /// a HINCRBY sent this way in about half the time it takes called from Lua, and the
+    /// then MULTI, apply.lua without the counters, the counters, EXEC. A counter read by
+    /// [`Store::current`] is written whole, one HSET per hash; any other is one HINCRBY, which
+    /// Redis runs sent this way in about half the time it takes called from Lua. The
     /// transaction is still all or nothing with the offsets. If an offset is not the
     /// expected one, fence.lua touches a watched key, so EXEC does nothing and answers nil:
     /// then `None`, and the caller applies through the script, which fences per partition.
@@ -202,6 +284,13 @@ impl Store {
             .arg(&call.keys)
             .arg(&call.args)
             .ignore();
+        for (key, values) in &call.sets {
+            let cmd = pipe.cmd("HSET").arg(&call.keys[*key]);
+            for (field, value) in values {
+                cmd.arg(&call.names[*field]).arg(value);
+            }
+            cmd.ignore();
+        }
         for (key, field, delta) in &call.increments {
             pipe.cmd("HINCRBY")
                 .arg(&call.keys[*key])
@@ -283,6 +372,19 @@ impl Store {
         });
         let (_, replies) = futures::try_join!(listed, try_join_all(calls))?;
         applied(replies.into_iter().flatten().collect(), batches.len())
+    }
+}
+
+/// The next reply of a transaction, which must hold one per command sent.
+fn next_reply(
+    replies: &mut impl Iterator<Item = redis::Value>,
+) -> Result<redis::Value, StoreError> {
+    match replies.next() {
+        Some(redis::Value::ServerError(e)) => Err(StoreError::Reply(format!("{e:?}"))),
+        Some(value) => Ok(value),
+        None => Err(StoreError::Reply(
+            "a transaction answered too few values".into(),
+        )),
     }
 }
 
