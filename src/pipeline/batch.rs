@@ -168,7 +168,7 @@ impl Batch {
             .collect();
         // Every event's counters are read while the claims are made (see `Store::current`):
         // what the fresh ones add to is among them.
-        let all: Vec<Aggregate> = parts.iter().map(|p| aggregate(p, |_| true)).collect();
+        let all: Vec<Aggregate> = parts.iter().map(|p| aggregate(p, || true)).collect();
         let (fresh, current) = {
             let reads: Vec<PartitionBatch<'_>> = parts
                 .iter()
@@ -183,7 +183,7 @@ impl Batch {
             let mut fresh = fresh.into_iter();
             parts
                 .iter()
-                .map(|p| aggregate(p, |_| fresh.next().unwrap_or(true)))
+                .map(|p| aggregate(p, || fresh.next().unwrap_or(true)))
                 .collect()
         };
         let aggregates: Vec<Aggregate> = parts
@@ -221,10 +221,10 @@ impl Batch {
 
 /// The counters of a part's events, each counted when `counted` says so (in event order)
 /// and otherwise a duplicate.
-fn aggregate(part: &Part, mut counted: impl FnMut(&Event) -> bool) -> Aggregate {
+fn aggregate(part: &Part, mut counted: impl FnMut() -> bool) -> Aggregate {
     let mut agg = Aggregate::default();
     for (event, _) in &part.events {
-        if counted(event) {
+        if counted() {
             agg.add(event);
         } else {
             agg.duplicate(event);

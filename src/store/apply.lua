@@ -13,12 +13,12 @@
 -- tags to add each partition's tag to, else 0. ARGV[3]: how many texts a list keeps. Then per
 -- partition: its key count, its tag (only with a directory), expected stored offset, next,
 -- then n and n triples (key index, field, delta) to add, then m and m triples (key index,
--- field, unix time) to raise to (grouped by key, each field once), then s and s triples (key index, list, text) to push, oldest
--- first, onto lists kept as fields `<list>|0` (newest) to `<list>|<keep - 1>`, then k and k
--- pairs (key index, seconds it lives: relative to the caller's clock, which in the demo runs
--- in the past). A partition's keys follow the previous partition's: next offset, totals,
--- newest times, dead letters, then the others (time buckets, per-source counters); key
--- indexes count from its first key, from 1.
+-- field, unix time) to raise to (grouped by key, each field once), then s and s triples (key
+-- index, list, text) to push, oldest first, onto lists kept as fields `<list>|0` (newest) to
+-- `<list>|<keep - 1>`, then k and k pairs (key index, seconds it lives: relative to the
+-- caller's clock, which in the demo runs in the past). A partition's keys follow the previous
+-- partition's: next offset, totals, newest times, dead letters, then the others (time
+-- buckets, per-source counters); key indexes count from its first key, from 1.
 -- Returns a flat array of (1 stored | 0 fenced, offset) per partition.
 --
 -- New hashes get one long field so Redis stores them as hash tables at once: these hashes

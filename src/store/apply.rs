@@ -1,6 +1,6 @@
 //! The arguments of an apply.lua call (see its header), built once per batch and sent either
-//! as a script call with every counter inside, or as a transaction of plain HINCRBY commands
-//! around a script call that does the rest (see `Store::apply`).
+//! as a script call with every counter inside, or as a transaction of plain HSET and HINCRBY
+//! commands around a script call that does the rest (see `Store::apply`).
 
 use rustc_hash::FxHashMap;
 
@@ -20,19 +20,21 @@ pub(super) struct ApplyCall {
     /// Counters written whole, from the values [`super::Store::current`] read: (index in
     /// `keys`, [(index in `names`, value)]), one HSET per key. Only without `counters_inline`.
     pub sets: Vec<(usize, Vec<(usize, i64)>)>,
-    /// The hash fields `increments` and `sets` name. A batch spread over many days adds to the same
-    /// field in many buckets, so each field is rendered once per call, not once per counter.
+    /// The hash fields `increments` and `sets` name. A batch spread over many days adds to
+    /// the same field in many buckets, so each field is rendered once per call, not once per
+    /// counter.
     pub names: Vec<String>,
 }
 
-/// Renders each counter field once per call.
+/// Renders each counter field once into a list of names, and finds it there after.
 #[derive(Default)]
-struct Names {
+pub(super) struct Names {
     index: FxHashMap<Field, usize>,
 }
 
 impl Names {
-    fn of(&mut self, names: &mut Vec<String>, field: Field, datasets: &[String]) -> usize {
+    /// The index in `names` of `field`'s rendered name.
+    pub fn of(&mut self, names: &mut Vec<String>, field: Field, datasets: &[String]) -> usize {
         *self.index.entry(field).or_insert_with(|| {
             names.push(field.render(datasets));
             names.len() - 1

@@ -164,7 +164,7 @@ impl Store {
         if self.conn.is_cluster() || batches.is_empty() {
             return Ok(batches.iter().map(|_| None).collect());
         }
-        let mut names: FxHashMap<Field, String> = FxHashMap::default();
+        let (mut names, mut rendered) = (apply::Names::default(), Vec::new());
         let mut asked: Vec<Vec<(Slot, Vec<Field>)>> = Vec::with_capacity(batches.len());
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -183,10 +183,8 @@ impl Store {
                 };
                 let cmd = pipe.cmd("HMGET").arg(key);
                 for field in fields {
-                    let name = names
-                        .entry(*field)
-                        .or_insert_with(|| field.render(&self.datasets));
-                    cmd.arg(name.as_str());
+                    let name = names.of(&mut rendered, *field, &self.datasets);
+                    cmd.arg(&rendered[name]);
                 }
             }
             asked.push(by_slot);
