@@ -197,3 +197,69 @@ fn the_demo_command_ends_with_the_counts_exact() {
         "{stdout}"
     );
 }
+
+/// Ctrl-C in the terminal that runs the quick start signals the whole foreground process
+/// group, the demo's own Redis included: the demo still stops cleanly, counts what it
+/// published exactly, and leaves no Redis behind.
+#[test]
+fn ctrl_c_stops_the_demo_with_the_counts_exact() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .args(["demo", "--speed", "86400", "--days", "60"])
+        .args(["--duration", "600", "--http-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        // A group of its own, as a shell gives a foreground job; the signal goes to it all.
+        .process_group(0)
+        .spawn()
+        .expect("tiendo runs");
+    let group = child.id();
+    let (lines, heard) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    // The first simulated day's progress line: the pipeline and its Redis are busy.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !seen.iter().any(|l: &String| l.starts_with("── ")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match heard.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no day went by:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    let redis_port: u16 = seen[0]
+        .split("redis://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no Redis address in {:?}", seen[0]));
+    let status = Command::new("kill")
+        .args(["-INT", "--", &format!("-{group}")])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let status = child.wait().expect("the demo ends");
+    reader.join().expect("stdout read");
+    seen.extend(heard.try_iter());
+    let stdout = seen.join("\n");
+    assert!(status.success(), "{status}\n{stdout}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("published ") && l.ends_with(": exact")),
+        "{stdout}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err(),
+        "the demo's Redis outlived it"
+    );
+}

@@ -5,6 +5,7 @@
 pub mod telegram;
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,10 @@ impl RedisServer {
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: Ctrl-C in a terminal signals the whole foreground group,
+            // and Redis shuts down on SIGINT; the demo, stopping, still needs it to settle its
+            // counts. Its owner stops it (on drop).
+            .process_group(0)
             .spawn()
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => EmbeddedError::RedisMissing,
