@@ -129,7 +129,9 @@ pub fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
         )?
         .set_buckets_for_metric(
             Matcher::Full(BATCH_MESSAGES.into()),
-            &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0],
+            &[
+                1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 30000.0,
+            ],
         )?
         .install_recorder()?;
     describe();

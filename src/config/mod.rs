@@ -561,7 +561,7 @@ impl Default for RedisSettings {
 impl Default for PipelineSettings {
     fn default() -> Self {
         PipelineSettings {
-            batch_max_messages: 10000,
+            batch_max_messages: 30000,
             batch_linger: Duration::from_millis(100),
             dedup_horizon: Duration::from_secs(7 * 24 * 3600),
             max_backoff: Duration::from_secs(10),
