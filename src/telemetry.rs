@@ -49,7 +49,7 @@ pub const CHAT_POLLS: &str = "tiendo_chat_polls_total";
 /// (name, kind, labels, help) of every metric.
 pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (EVENTS, "counter", "topic, outcome",
-     "Messages consumed, by outcome: counted, duplicate, dead_letter, replayed (already stored, skipped)."),
+     "Messages consumed, by outcome: counted, duplicate, dead_letter, replayed (already stored or delivered twice, skipped)."),
     (DEAD_LETTERS, "counter", "reason, source",
      "Messages sent to the dead-letter topic, by reason and source system (a configured name in sources.known, else other)."),
     (SOURCE_EVENTS, "counter", "topic, source",

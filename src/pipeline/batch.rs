@@ -27,6 +27,8 @@ pub struct Part {
     pub expected: Option<i64>,
     pub events: Vec<(Event, i64)>,
     pub dead: Vec<DeadLetter>,
+    /// Messages this part already held that were delivered again, dropped.
+    pub redelivered: u64,
 }
 
 impl Part {
@@ -79,9 +81,11 @@ impl Batch {
 
     /// Decodes one message into its partition's part; bad input becomes a dead letter.
     ///
-    /// An offset below what the part already holds means fetching went back (a seek, or a
-    /// partition revoked and assigned again mid-batch): everything after it will arrive
-    /// again, so the part restarts from this message.
+    /// An offset the part already holds is a message delivered again and is dropped: a
+    /// broker may repeat record batches within one fetch answer (Tansu 0.6 does when a fetch
+    /// starts inside a batch), and nothing after them arrives twice. An offset below the
+    /// part means fetching went back (a seek, or a partition revoked and assigned again
+    /// mid-batch): everything after it arrives again, so the part restarts there.
     pub fn push(
         &mut self,
         from: Origin<'_>,
@@ -90,8 +94,12 @@ impl Batch {
         validator: &Validator,
         now: i64,
     ) {
-        if let Some(part) = self.parts.get(&(from.t, from.partition)) {
-            if from.offset < part.next {
+        if let Some(part) = self.parts.get_mut(&(from.t, from.partition)) {
+            if (part.start..part.next).contains(&from.offset) {
+                part.redelivered += 1;
+                return;
+            }
+            if from.offset < part.start {
                 self.parts.remove(&(from.t, from.partition));
             }
         }
@@ -109,6 +117,7 @@ impl Batch {
                 expected: None,
                 events: Vec::new(),
                 dead: Vec::new(),
+                redelivered: 0,
             });
         part.next = from.offset + 1;
         match validator.decode(from.kind, payload, now) {
@@ -245,5 +254,57 @@ fn partition_batch<'a>(
         next: part.next,
         aggregate,
         current,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ValidationSettings;
+
+    /// Pushes empty payloads at `offsets` of partition 0; returns the part's start, next,
+    /// the offsets it holds and how many it dropped as delivered again.
+    fn part_after(offsets: impl IntoIterator<Item = i64>) -> (i64, i64, Vec<i64>, u64) {
+        let validator = Validator::new(&ValidationSettings::default());
+        let mut batch = Batch::default();
+        for offset in offsets {
+            let from = Origin {
+                t: 0,
+                kind: Kind::Records,
+                topic: "records",
+                partition: 0,
+                offset,
+            };
+            batch.push(from, None, &[], &validator, 0);
+        }
+        let part = batch.parts().next().expect("a part");
+        let mut held: Vec<i64> = part.dead.iter().map(|l| l.offset).collect();
+        held.extend(part.events.iter().map(|(_, o)| *o));
+        held.sort_unstable();
+        (part.start, part.next, held, part.redelivered)
+    }
+
+    #[test]
+    fn a_batch_delivered_again_within_a_fetch_is_dropped_not_restarted_from() {
+        // Tansu 0.6 repeats the tail of one fetch answer (here 15..20) after the whole of it:
+        // restarting at 15 would drop 10..15, which never come again.
+        let (start, next, held, again) = part_after((10..20).chain(15..20));
+        assert_eq!((start, next, again), (10, 20, 5));
+        assert_eq!(held, (10..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn fetching_from_before_the_part_restarts_it() {
+        // A seek back (or a partition assigned again) delivers everything from 5 again.
+        let (start, next, held, again) = part_after((10..20).chain(5..12));
+        assert_eq!((start, next, again), (5, 12, 0));
+        assert_eq!(held, (5..12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn messages_after_a_repeat_extend_the_part() {
+        let (start, next, held, _) = part_after((10..20).chain(12..25));
+        assert_eq!((start, next), (10, 25));
+        assert_eq!(held, (10..25).collect::<Vec<_>>());
     }
 }

@@ -480,6 +480,7 @@ impl Storer {
                              were deleted before they were counted"
                         );
                     }
+                    replayed[part.t] += part.redelivered;
                     if let Some(stored) = stored {
                         replayed[part.t] += part.trim_below(stored);
                     }
