@@ -9,7 +9,6 @@
 //! exits non-zero. Needs TIENDO_BENCH_BROKERS=host:port; EVENTS and DATA (today or spread)
 //! change the size and the data sets.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -404,58 +403,89 @@ async fn latency(base: &Settings, run: &str, rate: f64, secs: f64) -> (Vec<f64>,
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Publish at the rate in 10 ms ticks; note each message's (partition, offset, sent).
-    let sent = Arc::new(std::sync::Mutex::new(
-        Vec::<(usize, i64, Instant, Instant)>::new(),
-    ));
+    // Publish at the rate in 10 ms ticks; note each message's (partition, offset, sent,
+    // acked). Messages are encoded beforehand and handed to librdkafka without a task each,
+    // so the publisher keeps the rate while tiendo, Redis and the broker share the machine.
     let ticks = (secs * 100.0) as usize;
     let per_tick = (rate / 100.0).max(1.0) as usize;
-    let publisher = {
-        let sent = sent.clone();
-        let topics = data.topics.clone();
+    let total = ticks * per_tick;
+    // Each message's topic (0 records, 1 procedures), key and payload.
+    let messages: Vec<(usize, String, Vec<u8>)> = (0..total)
+        .map(|i| {
+            let m = if i % 5 == 4 {
+                g.procedure(Utc::now())
+            } else {
+                g.record(Utc::now())
+            };
+            let t = match m.kind() {
+                tiendo::events::Kind::Records => 0,
+                tiendo::events::Kind::Procedures => 1,
+            };
+            (t, m.key(), m.encode())
+        })
+        .collect();
+    let (queued, mut acks) = tokio::sync::mpsc::unbounded_channel::<(
+        usize,
+        Instant,
+        rdkafka::producer::DeliveryFuture,
+    )>();
+    let topics = [data.topics.records.clone(), data.topics.procedures.clone()];
+    let publisher = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(10));
+        for tick in messages.chunks(per_tick) {
+            interval.tick().await;
+            for (t, key, payload) in tick {
+                let at = Instant::now();
+                let mut record = rdkafka::producer::FutureRecord::to(&topics[*t])
+                    .key(key)
+                    .payload(payload);
+                loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => {
+                            let _ = queued.send((*t, at, delivery));
+                            break;
+                        }
+                        // The producer's queue is full: its wait counts in the latency.
+                        Err((_, back)) => {
+                            record = back;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let sent = {
         let parts = parts.clone();
+        let parts_topic = [data.topics.records.clone(), data.topics.procedures.clone()];
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_millis(10));
-            let mut sends = Vec::new();
-            for _ in 0..ticks {
-                interval.tick().await;
-                for i in 0..per_tick {
-                    let m = if i % 5 == 4 {
-                        g.procedure(Utc::now())
-                    } else {
-                        g.record(Utc::now())
-                    };
-                    let (topic, key, payload) = (
-                        match m.kind() {
-                            tiendo::events::Kind::Records => topics.records.clone(),
-                            tiendo::events::Kind::Procedures => topics.procedures.clone(),
-                        },
-                        m.key(),
-                        m.encode(),
-                    );
-                    let producer = producer.clone();
-                    let sent = sent.clone();
-                    let parts = parts.clone();
-                    let at = Instant::now();
-                    sends.push(tokio::spawn(async move {
-                        let record = rdkafka::producer::FutureRecord::to(&topic)
-                            .key(&key)
-                            .payload(&payload);
-                        let d = producer
-                            .send(record, Duration::from_secs(30))
-                            .await
+            use futures::StreamExt;
+            let mut pending = futures::stream::FuturesUnordered::new();
+            let mut sent = Vec::<(usize, i64, Instant, Instant)>::new();
+            let mut open = true;
+            while open || !pending.is_empty() {
+                tokio::select! {
+                    next = acks.recv(), if open => match next {
+                        Some((t, at, delivery)) => pending.push(async move {
+                            (t, at, delivery.await, Instant::now())
+                        }),
+                        None => open = false,
+                    },
+                    Some((t, at, delivered, acked)) = pending.next() => {
+                        let (partition, offset) = delivered
+                            .expect("not cancelled")
+                            .map(|d| (d.partition, d.offset))
+                            .map_err(|(e, _)| e)
                             .expect("delivered");
                         let i = parts
                             .iter()
-                            .position(|x| x.0 == topic && x.1 == d.partition)
+                            .position(|x| x.0 == parts_topic[t] && x.1 == partition)
                             .unwrap();
-                        sent.lock().unwrap().push((i, d.offset, at, Instant::now()));
-                    }));
+                        sent.push((i, offset, at, acked));
+                    }
                 }
             }
-            for s in sends {
-                s.await.unwrap();
-            }
+            sent
         })
     };
     // Watch the stored offsets; a message is in Redis once its partition's offset passes it.
@@ -472,8 +502,7 @@ async fn latency(base: &Settings, run: &str, rate: f64, secs: f64) -> (Vec<f64>,
                 last[i] += 1;
             }
         }
-        let published = sent.lock().unwrap().len();
-        if (publisher.is_finished() && published + warm.len() <= reached.iter().map(Vec::len).sum())
+        if (publisher.is_finished() && total + warm.len() <= reached.iter().map(Vec::len).sum())
             || now > deadline
         {
             break;
@@ -481,7 +510,7 @@ async fn latency(base: &Settings, run: &str, rate: f64, secs: f64) -> (Vec<f64>,
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (mut from_send, mut from_ack) = (Vec::new(), Vec::new());
-    for (i, offset, at, acked) in sent.lock().unwrap().iter() {
+    for (i, offset, at, acked) in sent.await.expect("acks").iter() {
         if let Some(r) = reached[*i].get(*offset as usize) {
             from_send.push(r.saturating_duration_since(*at).as_secs_f64());
             from_ack.push(r.saturating_duration_since(*acked).as_secs_f64());
