@@ -32,6 +32,18 @@ pub struct Part {
 }
 
 impl Part {
+    /// Whether a message at `offset` is in this part. Events and dead letters are each in
+    /// offset order: a part only grows forward.
+    fn holds(&self, offset: i64) -> bool {
+        self.events
+            .binary_search_by_key(&offset, |(_, o)| *o)
+            .is_ok()
+            || self
+                .dead
+                .binary_search_by_key(&offset, |l| l.offset)
+                .is_ok()
+    }
+
     /// Drops the messages below `stored` (already counted); returns how many.
     pub fn trim_below(&mut self, stored: i64) -> u64 {
         if self.start >= stored {
@@ -83,9 +95,9 @@ impl Batch {
     ///
     /// An offset the part already holds is a message delivered again and is dropped: a
     /// broker may repeat record batches within one fetch answer (Tansu 0.6 does when a fetch
-    /// starts inside a batch), and nothing after them arrives twice. An offset below the
-    /// part means fetching went back (a seek, or a partition revoked and assigned again
-    /// mid-batch): everything after it arrives again, so the part restarts there.
+    /// starts inside a batch), and nothing after them arrives twice. Any other offset below
+    /// the part's end means fetching went back (a seek, or a partition revoked and assigned
+    /// again mid-batch): everything after it arrives again, so the part restarts there.
     pub fn push(
         &mut self,
         from: Origin<'_>,
@@ -95,11 +107,12 @@ impl Batch {
         now: i64,
     ) {
         if let Some(part) = self.parts.get_mut(&(from.t, from.partition)) {
-            if (part.start..part.next).contains(&from.offset) {
-                part.redelivered += 1;
-                return;
-            }
-            if from.offset < part.start {
+            if from.offset < part.next {
+                if part.holds(from.offset) {
+                    part.redelivered += 1;
+                    return;
+                }
+                // Below the part, or in a hole inside it: fetching went back.
                 self.parts.remove(&(from.t, from.partition));
             }
         }
@@ -299,6 +312,14 @@ mod tests {
         let (start, next, held, again) = part_after((10..20).chain(5..12));
         assert_eq!((start, next, again), (5, 12, 0));
         assert_eq!(held, (5..12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_offset_in_a_hole_of_the_part_restarts_it() {
+        // 13..15 never came (a hole); when they do, fetching went back: start over there.
+        let (start, next, held, again) = part_after((10..13).chain(15..20).chain(13..20));
+        assert_eq!((start, next, again), (13, 20, 0));
+        assert_eq!(held, (13..20).collect::<Vec<_>>());
     }
 
     #[test]
