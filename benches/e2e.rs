@@ -455,39 +455,39 @@ async fn latency(base: &Settings, run: &str, rate: f64, secs: f64) -> (Vec<f64>,
             }
         }
     });
-    let sent = {
-        let parts = parts.clone();
-        let parts_topic = [data.topics.records.clone(), data.topics.procedures.clone()];
-        tokio::spawn(async move {
-            use futures::StreamExt;
-            let mut pending = futures::stream::FuturesUnordered::new();
-            let mut sent = Vec::<(usize, i64, Instant, Instant)>::new();
-            let mut open = true;
-            while open || !pending.is_empty() {
-                tokio::select! {
-                    next = acks.recv(), if open => match next {
-                        Some((t, at, delivery)) => pending.push(async move {
-                            (t, at, delivery.await, Instant::now())
-                        }),
-                        None => open = false,
-                    },
-                    Some((t, at, delivered, acked)) = pending.next() => {
-                        let (partition, offset) = delivered
-                            .expect("not cancelled")
-                            .map(|d| (d.partition, d.offset))
-                            .map_err(|(e, _)| e)
-                            .expect("delivered");
-                        let i = parts
-                            .iter()
-                            .position(|x| x.0 == parts_topic[t] && x.1 == partition)
-                            .unwrap();
-                        sent.push((i, offset, at, acked));
-                    }
+    // Where each topic's partitions begin in `parts` (records, then procedures).
+    let first = [
+        0,
+        parts
+            .iter()
+            .take_while(|x| x.0 == data.topics.records)
+            .count(),
+    ];
+    let sent = tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut sent = Vec::<(usize, i64, Instant, Instant)>::new();
+        let mut open = true;
+        while open || !pending.is_empty() {
+            tokio::select! {
+                next = acks.recv(), if open => match next {
+                    Some((t, at, delivery)) => pending.push(async move {
+                        (t, at, delivery.await, Instant::now())
+                    }),
+                    None => open = false,
+                },
+                Some((t, at, delivered, acked)) = pending.next() => {
+                    let (partition, offset) = delivered
+                        .expect("not cancelled")
+                        .map(|d| (d.partition, d.offset))
+                        .map_err(|(e, _)| e)
+                        .expect("delivered");
+                    sent.push((first[t] + partition as usize, offset, at, acked));
                 }
             }
-            sent
-        })
-    };
+        }
+        sent
+    });
     // Watch the stored offsets; a message is in Redis once its partition's offset passes it.
     let mut reached: Vec<Vec<Instant>> = vec![Vec::new(); parts.len()];
     let mut last = vec![0i64; parts.len()];
