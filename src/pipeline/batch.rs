@@ -8,7 +8,7 @@ use crate::aggregate::Aggregate;
 use crate::deadletter::DeadLetter;
 use crate::decode::{Event, Validator};
 use crate::events::Kind;
-use crate::store::{Applied, Claim, Current, PartitionBatch, Store, StoreError};
+use crate::store::{Applied, Claim, ClaimPlan, Current, PartitionBatch, Store, StoreError};
 
 /// One partition's share of a batch.
 #[derive(Debug)]
@@ -72,6 +72,60 @@ pub struct Origin<'a> {
 pub struct Batch {
     parts: HashMap<(usize, i32), Part>,
     messages: usize,
+    sealed: Option<Sealed>,
+}
+
+/// The part of storing a batch that needs only its messages: the claims digested and grouped,
+/// and every event aggregated. Done by [`Batch::seal`] on the collecting side, so it runs while
+/// the batch before is being stored; used only if the batch is still what was sealed.
+#[derive(Debug)]
+struct Sealed {
+    shape: Vec<Shape>,
+    plan: ClaimPlan,
+    all: Vec<Aggregate>,
+}
+
+/// What of a part the sealed work depends on, in the order of `parts`.
+type Shape = (usize, i32, i64, i64, usize, usize);
+
+fn shape(parts: &[&Part]) -> Vec<Shape> {
+    parts
+        .iter()
+        .map(|p| {
+            (
+                p.t,
+                p.partition,
+                p.start,
+                p.next,
+                p.events.len(),
+                p.dead.len(),
+            )
+        })
+        .collect()
+}
+
+impl Sealed {
+    fn new(parts: &[&Part], store: &Store) -> Sealed {
+        let claims: Vec<Claim<'_>> = parts
+            .iter()
+            .flat_map(|p| {
+                p.events.iter().map(move |(e, offset)| Claim {
+                    kind: p.kind,
+                    id: &e.id,
+                    partition: p.partition,
+                    offset: *offset,
+                    at: e.at,
+                })
+            })
+            .collect();
+        Sealed {
+            shape: shape(parts),
+            plan: store.plan_claims(&claims),
+            // Every event's counters are read while the claims are made (see
+            // `Store::current`): what the fresh ones add to is among them.
+            all: parts.iter().map(|p| aggregate(p, || true)).collect(),
+        }
+    }
 }
 
 /// The outcome for one partition of a stored batch.
@@ -106,6 +160,7 @@ impl Batch {
         validator: &Validator,
         now: i64,
     ) {
+        self.sealed = None;
         if let Some(part) = self.parts.get_mut(&(from.t, from.partition)) {
             if from.offset < part.next {
                 if part.holds(from.offset) {
@@ -168,6 +223,14 @@ impl Batch {
             .collect()
     }
 
+    /// Does ahead what storing needs of the messages alone (see [`Sealed`]). The pipeline's
+    /// collector calls it when a batch is full; a batch stored unsealed does it then.
+    pub fn seal(&mut self, store: &Store) {
+        let parts: Vec<&Part> = self.parts.values().collect();
+        let sealed = Sealed::new(&parts, store);
+        self.sealed = Some(sealed);
+    }
+
     /// Claims, aggregates and applies the whole batch. Retried as a unit: if Redis failed
     /// (or restarted and lost writes) half-way, claims are made again before any counter.
     pub async fn store(
@@ -176,31 +239,26 @@ impl Batch {
         now: i64,
     ) -> Result<Vec<(&Part, Outcome)>, StoreError> {
         let parts: Vec<&Part> = self.parts.values().collect();
-        let claims: Vec<Claim<'_>> = parts
-            .iter()
-            .flat_map(|p| {
-                p.events.iter().map(move |(e, offset)| Claim {
-                    kind: p.kind,
-                    id: &e.id,
-                    partition: p.partition,
-                    offset: *offset,
-                    at: e.at,
-                })
-            })
-            .collect();
-        // Every event's counters are read while the claims are made (see `Store::current`):
-        // what the fresh ones add to is among them.
-        let all: Vec<Aggregate> = parts.iter().map(|p| aggregate(p, || true)).collect();
+        // Sealed work is kept only if nothing changed since: the storer drops what is already
+        // stored or no longer ours, which changes the shape.
+        let unsealed;
+        let sealed = match &self.sealed {
+            Some(s) if s.shape == shape(&parts) => s,
+            _ => {
+                unsealed = Sealed::new(&parts, store);
+                &unsealed
+            }
+        };
         let (fresh, current) = {
             let reads: Vec<PartitionBatch<'_>> = parts
                 .iter()
-                .zip(&all)
+                .zip(&sealed.all)
                 .map(|(p, agg)| partition_batch(p, agg, None))
                 .collect();
-            futures::try_join!(store.claim(&claims), store.current(&reads, now))?
+            futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?
         };
         let aggregates: Vec<Aggregate> = if fresh.iter().all(|f| *f) {
-            all
+            sealed.all.clone()
         } else {
             let mut fresh = fresh.into_iter();
             parts

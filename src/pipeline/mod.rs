@@ -85,6 +85,7 @@ impl Pipeline {
         Ok(Pipeline {
             collector: Collector {
                 consumer: consumer.clone(),
+                store: store.clone(),
                 validator,
                 clock: clock.clone(),
                 settings: settings.pipeline.clone(),
@@ -130,6 +131,8 @@ impl Pipeline {
 /// Reads and decodes batches.
 struct Collector {
     consumer: Arc<EventConsumer>,
+    /// Only to seal batches (see [`Batch::seal`]); the collector never writes.
+    store: Store,
     validator: Validator,
     clock: SharedClock,
     settings: PipelineSettings,
@@ -195,6 +198,10 @@ impl Collector {
             }
             let now = *now.get_or_insert_with(|| self.clock.now().timestamp());
             batch.push(from, message.key(), payload, &self.validator, now);
+        }
+        // Runs while the storer waits on Redis for the batch before.
+        if !batch.is_empty() {
+            batch.seal(&self.store);
         }
         batch
     }

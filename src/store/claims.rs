@@ -31,8 +31,8 @@ pub(super) struct Call {
 
 /// A batch's claims, grouped into calls.
 #[derive(Debug)]
-pub(super) struct Plan {
-    pub calls: Vec<Call>,
+pub struct Plan {
+    pub(super) calls: Vec<Call>,
     owners: Vec<Owner>,
     /// (position, position of the first claim of the same id and bucket): not sent.
     repeats: Vec<(usize, usize)>,
@@ -40,7 +40,7 @@ pub(super) struct Plan {
 
 impl Plan {
     /// Every bucket in one call, or (`per_shard`, for a cluster) one call per shard.
-    pub fn new(keys: &Keys, claims: &[Claim<'_>], per_shard: bool) -> Plan {
+    pub(super) fn new(keys: &Keys, claims: &[Claim<'_>], per_shard: bool) -> Plan {
         // Both maps are keyed by what publishers choose (event times, digests of ids), so
         // their hasher is seeded at random: no input can be crafted to pile keys into one
         // probe sequence. foldhash rather than std's SipHash: with SipHash and B-trees this
@@ -98,7 +98,7 @@ impl Plan {
 
     /// `true` where the event is new (or is this very message replayed), from each call's
     /// answer: claim.lua's (position from 1, owner) of every claim another message owns.
-    pub fn settle(&self, answers: Vec<Vec<redis::Value>>) -> Result<Vec<bool>, StoreError> {
+    pub(super) fn settle(&self, answers: Vec<Vec<redis::Value>>) -> Result<Vec<bool>, StoreError> {
         let mut fresh = vec![true; self.owners.len()];
         let mut taken: HashMap<usize, Owner> = HashMap::new();
         for (call, answer) in self.calls.iter().zip(answers) {

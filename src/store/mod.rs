@@ -21,6 +21,7 @@ mod read;
 use futures::future::try_join_all;
 use redis::Script;
 
+pub use claims::Plan as ClaimPlan;
 pub use conn::{connect, RedisConn};
 pub use keys::{Keys, PartitionKeys, CLAIM_SIZE, DEDUP_SHARDS};
 pub use read::{Counts, Daily, Snapshot};
@@ -127,8 +128,7 @@ impl Store {
     /// crash finds its own value and is new again; a re-send (another offset) finds another
     /// value. One script call (see claim.lua) on a single Redis; on a cluster, one per shard,
     /// all sent together.
-    pub async fn claim(&self, claims: &[Claim<'_>]) -> Result<Vec<bool>, StoreError> {
-        let plan = claims::Plan::new(&self.keys, claims, self.conn.is_cluster());
+    pub async fn claim(&self, plan: &ClaimPlan) -> Result<Vec<bool>, StoreError> {
         let calls = plan.calls.iter().map(|call| {
             let mut invocation = self.claim_script.prepare_invoke();
             invocation.arg(self.dedup_ttl);
@@ -142,6 +142,12 @@ impl Store {
             }
         });
         plan.settle(try_join_all(calls).await?)
+    }
+
+    /// Digests and groups claims into the script calls [`Store::claim`] makes: CPU work only,
+    /// so it can be done ahead, while the batch before is being stored.
+    pub fn plan_claims(&self, claims: &[Claim<'_>]) -> ClaimPlan {
+        ClaimPlan::new(&self.keys, claims, self.conn.is_cluster())
     }
 
     /// Reads the counters each partition batch may add to, so its transaction can write
