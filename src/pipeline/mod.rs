@@ -24,6 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 mod batch;
@@ -115,10 +116,19 @@ impl Pipeline {
         tracing::info!(topics = ?self.collector.topics, "consuming");
         let consumer = self.collector.consumer.clone();
         let (tx, rx) = mpsc::channel(1);
-        tokio::join!(
-            self.collector.run(tx, shutdown.clone()),
-            self.storer.run(rx, shutdown)
-        );
+        // Its own task, so decoding the next batch runs on another core while the storer
+        // works on this one, not only while it waits on Redis.
+        // Aborted if the storer panics, so no collector outlives the pipeline.
+        let collector =
+            AbortOnDropHandle::new(tokio::spawn(self.collector.run(tx, shutdown.clone())));
+        self.storer.run(rx, shutdown).await;
+        // The storer has dropped its end: the collector stops at its next batch, or at once
+        // on shutdown.
+        if let Err(e) = collector.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
         consumer.unsubscribe();
         // The last handle: closing it serves the revocation and sends the group a LeaveGroup,
         // so the partitions move to another replica at once rather than after the session
