@@ -1,9 +1,10 @@
 //! The consume loop: source → decode → aggregate → store.
 //!
 //! Two halves run side by side in one task, joined by a channel that holds one batch: the
-//! collector reads and decodes the next batch while the storer writes the previous one to
-//! Redis, so decoding hides behind Redis work. A batch is what arrives within `batch_linger`
-//! of its first message, up to `batch_max_messages`.
+//! collector reads, decodes and seals the next batch (digests its claims, aggregates it; see
+//! [`Batch::seal`]) while the storer waits on Redis for the previous one, so that work hides
+//! behind Redis's. A batch is what arrives within `batch_linger` of its first message, up to
+//! `batch_max_messages`.
 //!
 //! For each batch the storer, in this order: drops what is no longer ours or already stored,
 //! delivers dead letters, claims event ids, aggregates per partition, and stores each
@@ -24,7 +25,6 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 mod batch;
@@ -116,19 +116,10 @@ impl Pipeline {
         tracing::info!(topics = ?self.collector.topics, "consuming");
         let consumer = self.collector.consumer.clone();
         let (tx, rx) = mpsc::channel(1);
-        // Its own task, so decoding the next batch runs on another core while the storer
-        // works on this one, not only while it waits on Redis.
-        // Aborted if the storer panics, so no collector outlives the pipeline.
-        let collector =
-            AbortOnDropHandle::new(tokio::spawn(self.collector.run(tx, shutdown.clone())));
-        self.storer.run(rx, shutdown).await;
-        // The storer has dropped its end: the collector stops at its next batch, or at once
-        // on shutdown.
-        if let Err(e) = collector.await {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
-        }
+        tokio::join!(
+            self.collector.run(tx, shutdown.clone()),
+            self.storer.run(rx, shutdown)
+        );
         consumer.unsubscribe();
         // The last handle: closing it serves the revocation and sends the group a LeaveGroup,
         // so the partitions move to another replica at once rather than after the session
