@@ -224,7 +224,7 @@ impl Batch {
     }
 
     /// Does ahead what storing needs of the messages alone (see [`Sealed`]). The pipeline's
-    /// collector calls it when a batch is full; a batch stored unsealed does it then.
+    /// collector calls it when a batch closes; a batch stored unsealed does it then.
     pub fn seal(&mut self, store: &Store) {
         let parts: Vec<&Part> = self.parts.values().collect();
         let sealed = Sealed::new(&parts, store);
