@@ -76,7 +76,7 @@ pub struct Batch {
 }
 
 /// The part of storing a batch that needs only its messages: the claims digested and grouped,
-/// and every event aggregated. Done by [`Batch::seal`] on the collecting side, so it runs while
+/// and every message aggregated (each event as if new). Done by [`Batch::seal`] on the collecting side, so it runs while
 /// the batch before is being stored; used only if the batch is still what was sealed.
 #[derive(Debug)]
 struct Sealed {
@@ -160,7 +160,6 @@ impl Batch {
         validator: &Validator,
         now: i64,
     ) {
-        self.sealed = None;
         if let Some(part) = self.parts.get_mut(&(from.t, from.partition)) {
             if from.offset < part.next {
                 if part.holds(from.offset) {
@@ -257,28 +256,18 @@ impl Batch {
                 .collect();
             futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?
         };
-        let aggregates: Vec<Aggregate> = if fresh.iter().all(|f| *f) {
-            sealed.all.clone()
-        } else {
+        // Aggregated again, counting only the fresh events, if any event was a re-send.
+        let recounted: Option<Vec<Aggregate>> = (!fresh.iter().all(|f| *f)).then(|| {
             let mut fresh = fresh.into_iter();
             parts
                 .iter()
                 .map(|p| aggregate(p, || fresh.next().unwrap_or(true)))
                 .collect()
-        };
-        let aggregates: Vec<Aggregate> = parts
-            .iter()
-            .zip(aggregates)
-            .map(|(p, mut agg)| {
-                for l in &p.dead {
-                    agg.dead_letter(l);
-                }
-                agg
-            })
-            .collect();
+        });
+        let aggregates: &[Aggregate] = recounted.as_deref().unwrap_or(&sealed.all);
         let writes: Vec<PartitionBatch<'_>> = parts
             .iter()
-            .zip(&aggregates)
+            .zip(aggregates)
             .zip(&current)
             .map(|((p, agg), current)| partition_batch(p, agg, current.as_ref()))
             .collect();
@@ -300,7 +289,7 @@ impl Batch {
 }
 
 /// The counters of a part's events, each counted when `counted` says so (in event order)
-/// and otherwise a duplicate.
+/// and otherwise a duplicate, and of its dead letters.
 fn aggregate(part: &Part, mut counted: impl FnMut() -> bool) -> Aggregate {
     let mut agg = Aggregate::default();
     for (event, _) in &part.events {
@@ -309,6 +298,9 @@ fn aggregate(part: &Part, mut counted: impl FnMut() -> bool) -> Aggregate {
         } else {
             agg.duplicate(event);
         }
+    }
+    for letter in &part.dead {
+        agg.dead_letter(letter);
     }
     agg
 }
