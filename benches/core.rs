@@ -120,8 +120,8 @@ async fn main() {
 
     let (redis_cpu_before, own_cpu_before) = (redis_cpu(&redis.url()).await, own_cpu());
     let started = Instant::now();
-    // As in the pipeline, decoding and sealing the next batch, and its claim call, overlap
-    // storing this one: a decoder task hands finished batches over a channel of one.
+    // As in the pipeline, decoding (and sealing) the next batch overlaps storing this one: a
+    // decoder task hands finished batches over a channel of one.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Batch, i64)>(1);
     let decoder = tokio::task::spawn_blocking({
         let validator = validator.clone();
@@ -147,7 +147,6 @@ async fn main() {
                     batch.push(from, None, payload, &validator, now);
                 }
                 batch.seal(&sealer);
-                batch.claim_ahead(&sealer);
                 decode_time += t0.elapsed().as_secs_f64();
                 if tx.blocking_send((batch, now)).is_err() {
                     break;
@@ -160,7 +159,6 @@ async fn main() {
     let mut store_time = 0.0;
     while let Some((mut batch, now)) = rx.recv().await {
         let t1 = Instant::now();
-        batch.claims_answered().await;
         batch.retain_parts(|p| {
             p.expected = stored[p.t][p.partition as usize];
             true

@@ -1,7 +1,7 @@
 //! A batch's Redis writes cost two round trips on a single Redis, whatever the batch holds:
 //! one script call for every dedup claim (sent with a read-only transaction that reads the
-//! counters, or made ahead), then one pipeline that checks the offsets and runs every
-//! partition's counters and offset as one transaction. Under `appendfsync always` Redis
+//! counters), then one pipeline that checks the offsets and runs every partition's counters
+//! and offset as one transaction. Under `appendfsync always` Redis
 //! pays an fsync per event-loop pass that writes, so this is what keeps strict durability
 //! fast. Counted with MONITOR, which shows each client command once (a transaction's when it
 //! runs) and each command a script runs as coming from `lua`.
@@ -79,16 +79,8 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
         .expect("redis-cli");
     let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "OK");
-    // The second batch's claims are made ahead, as the pipeline's collector does: the same
-    // commands, the claim call on its own.
-    for i in 0..3 {
-        let mut batch = batch();
-        if i == 1 {
-            batch.seal(&store);
-            batch.claim_ahead(&store);
-            batch.claims_answered().await;
-        }
-        store_batch(&store, batch, &mut stored).await;
+    for _ in 0..3 {
+        store_batch(&store, batch(), &mut stored).await;
     }
     // A marker, so the monitor is read up to here and no further.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -133,8 +125,8 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
             (false, true, _) => scripted_outside.push(name.clone()),
         }
     }
-    // The claim call and the counters' read go out together (or the claim call ahead); which
-    // Redis runs first is up to the connection.
+    // The claim call and the counters' read go out together; which Redis runs first is up
+    // to the connection.
     for batch in steps.chunks_mut(5) {
         batch[..2].sort();
     }
@@ -149,8 +141,7 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
     // and the fence check only read.
     let written_outside: Vec<&String> = scripted_outside
         .iter()
-        .filter(|c| !["GET", "EXISTS", "TTL", "HMGET", "HSET", "EXPIRE"].contains(&c.as_str()))
-        .filter(|c| *c != "SET") // the claim call's token
+        .filter(|c| !["GET", "TTL", "HMGET", "HSET", "EXPIRE"].contains(&c.as_str()))
         .collect();
     assert!(written_outside.is_empty(), "{written_outside:?}");
     let (reads, writes): (Vec<_>, Vec<_>) = transactions
@@ -165,7 +156,7 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
         );
         assert!(
             t.iter()
-                .all(|c| ["EVAL", "DEL", "HSET", "HINCRBY"].contains(&c.as_str())),
+                .all(|c| ["EVAL", "HSET", "HINCRBY"].contains(&c.as_str())),
             "{t:?}"
         );
         // Counters read before are written whole, one HSET per hash: far fewer commands
@@ -419,56 +410,4 @@ async fn a_failing_offset_check_writes_nothing() {
         .unwrap();
     let counted: Vec<_> = totals.keys().filter(|f| !f.starts_with('~')).collect();
     assert!(counted.is_empty(), "nothing counted: {counted:?}");
-}
-
-/// Claims are made ahead, so their answers may wait while the batch before is stored. If Redis
-/// loses the claims meanwhile (a restart, an AOF cut short), a re-send can claim the same id
-/// again: the answers held are stale, and counting with them would count the event twice.
-/// The claim call's token goes with the claims, so the transaction finds it gone, and the
-/// batch claims again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_lost_after_they_were_answered_are_made_again() {
-    let (redis, settings, validator, store) = hotich_store("lost").await;
-    let datasets = settings.validation.datasets.clone();
-    let mut g = Generator::new(10, "lost", &datasets);
-    let now = Utc::now();
-    let m = g.record(now - chrono::Duration::hours(1));
-    let Generated::Record(r) = &m else {
-        unreachable!("a record")
-    };
-    let records = r.record_count as i64;
-    // The event at partition 0, claimed ahead: new.
-    let mut first = Batch::default();
-    push_record(&mut first, &m, 0, 0, &validator, now.timestamp());
-    first.seal(&store);
-    first.claim_ahead(&store);
-    first.claims_answered().await;
-    // Redis loses everything it held.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("FLUSHALL")
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
-    // Its re-send at partition 1 now finds no claim, so it claims the id and is counted.
-    let mut resent = Batch::default();
-    push_record(&mut resent, &m, 1, 0, &validator, now.timestamp());
-    for (_, outcome) in resent.store(&store, now.timestamp()).await.unwrap() {
-        assert_eq!((outcome.applied, outcome.counted), (Applied::Stored, 1));
-    }
-    // The first batch's answers are stale: its transaction refuses them, and a retry (as the
-    // pipeline's) claims again and finds the re-send's claim.
-    let err = first.store(&store, now.timestamp()).await.map(|_| ());
-    assert!(matches!(err, Err(store::StoreError::ClaimsLost)), "{err:?}");
-    for (_, outcome) in first.store(&store, now.timestamp()).await.unwrap() {
-        assert_eq!((outcome.applied, outcome.counted), (Applied::Stored, 0));
-    }
-    let snap = store.snapshot(now).await.unwrap();
-    let total: i64 = snap
-        .counts
-        .iter()
-        .filter(|(f, _)| f.contains("|r."))
-        .map(|(_, c)| c.total)
-        .sum();
-    assert_eq!(total, records, "counted once");
 }

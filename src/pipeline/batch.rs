@@ -3,18 +3,12 @@
 //! exactly this code with pre-encoded messages.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use tokio::task::JoinHandle;
 
 use crate::aggregate::Aggregate;
 use crate::deadletter::DeadLetter;
 use crate::decode::{Event, Validator};
 use crate::events::Kind;
-use crate::store::{
-    Applied, Claim, ClaimPlan, Claimed, Current, PartitionBatch, Store, StoreError,
-};
+use crate::store::{Applied, Claim, ClaimPlan, Current, PartitionBatch, Store, StoreError};
 
 /// One partition's share of a batch.
 #[derive(Debug)]
@@ -81,22 +75,14 @@ pub struct Batch {
     sealed: Option<Sealed>,
 }
 
-/// The part of storing a batch that needs only its messages: the claims digested, grouped
-/// and, on a single Redis, made; and every message aggregated (each event as if new). Done on
-/// the collecting side ([`Batch::seal`], [`Batch::claim_ahead`]), so it runs while the batch
-/// before is being stored; used only if the batch is still what was sealed.
+/// The part of storing a batch that needs only its messages: the claims digested and grouped,
+/// and every message aggregated (each event as if new). Done by [`Batch::seal`] on the collecting side, so it runs while
+/// the batch before is being stored; used only if the batch is still what was sealed.
 #[derive(Debug)]
 struct Sealed {
     shape: Vec<Shape>,
-    plan: Arc<ClaimPlan>,
+    plan: ClaimPlan,
     all: Vec<Aggregate>,
-    /// The claim call made ahead, while it is under way.
-    pending: Option<JoinHandle<Result<Claimed, StoreError>>>,
-    /// The claims' answers, if made ahead.
-    claimed: Option<Claimed>,
-    /// Set once storing took `claimed`: a retry claims again, as one that failed half-way
-    /// must (Redis may have lost the claims with the failure).
-    spent: AtomicBool,
 }
 
 /// What of a part the sealed work depends on, in the order of `parts`.
@@ -134,20 +120,11 @@ impl Sealed {
             .collect();
         Sealed {
             shape: shape(parts),
-            plan: Arc::new(store.plan_claims(&claims)),
+            plan: store.plan_claims(&claims),
             // Every event's counters are read while the claims are made (see
             // `Store::current`): what the fresh ones add to is among them.
             all: parts.iter().map(|p| aggregate(p, || true)).collect(),
-            pending: None,
-            claimed: None,
-            spent: AtomicBool::new(false),
         }
-    }
-
-    /// The claims made ahead, the first time only.
-    fn take_claimed(&self) -> Option<&Claimed> {
-        let claimed = self.claimed.as_ref()?;
-        (!self.spent.swap(true, Ordering::Relaxed)).then_some(claimed)
     }
 }
 
@@ -253,42 +230,8 @@ impl Batch {
         self.sealed = Some(sealed);
     }
 
-    /// Starts the sealed batch's claim call in a task of its own: Redis answers it while the
-    /// collector decodes the next batch and the storer stores the one before, and storing this
-    /// one then waits on Redis only for its counters. Only on a single Redis, where the
-    /// transaction that writes the counters can check that the claims are still there (see
-    /// `Claimed::token`). The order of claim calls between batches does not matter: of two
-    /// copies of an event, whichever claims first is counted, when its batch is stored.
-    pub fn claim_ahead(&mut self, store: &Store) {
-        let Some(sealed) = self.sealed.as_mut() else {
-            return;
-        };
-        if store.is_cluster() || sealed.pending.is_some() || sealed.claimed.is_some() {
-            return;
-        }
-        let (store, plan) = (store.clone(), sealed.plan.clone());
-        sealed.pending = Some(tokio::spawn(async move { store.claim(&plan).await }));
-    }
-
-    /// Waits for the claim call [`Batch::claim_ahead`] started. A failure is left to storing,
-    /// which claims again, with its retries.
-    pub async fn claims_answered(&mut self) {
-        let Some(sealed) = self.sealed.as_mut() else {
-            return;
-        };
-        let Some(pending) = sealed.pending.take() else {
-            return;
-        };
-        match pending.await {
-            Ok(Ok(claimed)) => sealed.claimed = Some(claimed),
-            Ok(Err(error)) => tracing::debug!(%error, "claims not made ahead: made when stored"),
-            Err(error) => tracing::debug!(%error, "claims not made ahead: made when stored"),
-        }
-    }
-
     /// Claims, aggregates and applies the whole batch. Retried as a unit: if Redis failed
-    /// (or restarted and lost writes) half-way, claims are made again before any counter;
-    /// claims made ahead are used by the first attempt only.
+    /// (or restarted and lost writes) half-way, claims are made again before any counter.
     pub async fn store(
         &self,
         store: &Store,
@@ -305,25 +248,17 @@ impl Batch {
                 &unsealed
             }
         };
-        let reads: Vec<PartitionBatch<'_>> = parts
-            .iter()
-            .zip(&sealed.all)
-            .map(|(p, agg)| partition_batch(p, agg, None))
-            .collect();
-        let claimed_now;
-        let (claimed, current) = match sealed.take_claimed() {
-            Some(ahead) => (ahead, store.current(&reads, now).await?),
-            None => {
-                let (claimed, current) =
-                    futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?;
-                claimed_now = claimed;
-                (&claimed_now, current)
-            }
+        let (fresh, current) = {
+            let reads: Vec<PartitionBatch<'_>> = parts
+                .iter()
+                .zip(&sealed.all)
+                .map(|(p, agg)| partition_batch(p, agg, None))
+                .collect();
+            futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?
         };
-        let fresh = &claimed.fresh;
         // Aggregated again, counting only the fresh events, if any event was a re-send.
         let recounted: Option<Vec<Aggregate>> = (!fresh.iter().all(|f| *f)).then(|| {
-            let mut fresh = fresh.iter().copied();
+            let mut fresh = fresh.into_iter();
             parts
                 .iter()
                 .map(|p| aggregate(p, || fresh.next().unwrap_or(true)))
@@ -336,7 +271,7 @@ impl Batch {
             .zip(&current)
             .map(|((p, agg), current)| partition_batch(p, agg, current.as_ref()))
             .collect();
-        let applied = store.apply(&writes, claimed.token.as_deref(), now).await?;
+        let applied = store.apply(&writes, now).await?;
         Ok(parts
             .into_iter()
             .zip(aggregates.iter().zip(applied))

@@ -2,17 +2,15 @@
 //!
 //! Two halves run side by side in one task, joined by a channel that holds one batch: the
 //! collector reads, decodes and seals the next batch (digests its claims, aggregates it; see
-//! [`Batch::seal`]) and, on a single Redis, starts its claim call in a task of its own
-//! ([`Batch::claim_ahead`]), while the storer stores the previous one. So decoding, claiming
-//! and storing overlap, and Redis answers claims while the storer computes counters. A batch is
-//! what arrives within `batch_linger` of its first message, up to `batch_max_messages`.
+//! [`Batch::seal`]) while the storer waits on Redis for the previous one, so that work hides
+//! behind Redis's. A batch is what arrives within `batch_linger` of its first message, up to
+//! `batch_max_messages`.
 //!
 //! For each batch the storer, in this order: drops what is no longer ours or already stored,
-//! delivers dead letters, claims event ids (or takes the claims made ahead), aggregates per
-//! partition, and stores each partition's deltas with its next offset in one atomic
-//! transaction (fenced on the offset it believes is stored). Only then is the offset committed
-//! to Kafka, for lag tooling. A crash anywhere replays from Redis's offsets and yields the same
-//! counters.
+//! delivers dead letters, claims event ids, aggregates per partition, and stores each
+//! partition's deltas with its next offset in one atomic script call (fenced on the offset it
+//! believes is stored). Only then is the offset committed to Kafka, for lag tooling. A crash
+//! anywhere replays from Redis's offsets and yields the same counters.
 //!
 //! Redis or Kafka trouble pauses the storer with its batch in hand and retries with backoff;
 //! nothing is skipped, and shutdown during a retry leaves the batch to be replayed.
@@ -134,7 +132,7 @@ impl Pipeline {
 /// Reads and decodes batches.
 struct Collector {
     consumer: Arc<EventConsumer>,
-    /// To seal batches and make their claims (see [`Batch::claim_ahead`]); never counters.
+    /// Only to seal batches (see [`Batch::seal`]); the collector never writes.
     store: Store,
     validator: Validator,
     clock: SharedClock,
@@ -205,7 +203,6 @@ impl Collector {
         // Runs while the storer waits on Redis for the batch before.
         if !batch.is_empty() {
             batch.seal(&self.store);
-            batch.claim_ahead(&self.store);
         }
         batch
     }
@@ -540,9 +537,6 @@ impl Storer {
         }
 
         let flush_started = Instant::now();
-        // Under way already, and bounded by Redis's timeouts: awaited even at shutdown, as a
-        // first attempt to store is.
-        batch.claims_answered().await;
         let (store, clock) = (&self.store, &self.clock);
         let outcomes = retry(shutdown, self.settings.max_backoff, "redis store", || {
             batch.store(store, clock.now().timestamp())

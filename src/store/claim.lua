@@ -15,23 +15,17 @@
 -- Each id comes at most once per call (the caller settles repeats inside its batch from the
 -- answer for the first), so no table of this call's own claims is kept.
 --
--- A token key, when given, is set last (see `Claimed::token`): being one script, it reaches
--- Redis's AOF and replicas in the same entry as the claims, so if the token is still there when
--- the batch's counters are written, so are its claims.
---
--- KEYS: the buckets, then the token if any. ARGV[1]: horizon in seconds; ARGV[2]: the token's
--- lifetime in seconds (0: no token); ARGV[2 + k]: the claims of KEYS[k].
+-- KEYS: the buckets. ARGV[1]: horizon in seconds; ARGV[1 + k]: the claims of KEYS[k].
 -- Returns, for each duplicate, its position (from 1, in argument order) and the value that
 -- owns its id: usually nothing, so the answer stays small and no per-claim flag is built.
 local CHUNK = 2000 -- unpack() in Redis's Lua takes at most about 8000 values
 local SIZE, ID = 26, 14
 local sub = string.sub
 local horizon = tonumber(ARGV[1])
-local token_ttl = tonumber(ARGV[2])
 local dups = {}
 local before = 0 -- claims in the buckets before this one
-for k = 1, #ARGV - 2 do
-  local key, packed = KEYS[k], ARGV[2 + k]
+for k = 1, #KEYS do
+  local key, packed = KEYS[k], ARGV[1 + k]
   local n = #packed / SIZE
   local ttl = redis.call('TTL', key)
   if ttl == -2 then
@@ -68,8 +62,5 @@ for k = 1, #ARGV - 2 do
     redis.call('EXPIRE', key, horizon + 3600)
   end
   before = before + n
-end
-if token_ttl > 0 then
-  redis.call('SET', KEYS[#KEYS], '1', 'EX', token_ttl)
 end
 return dups

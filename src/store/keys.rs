@@ -109,11 +109,6 @@ impl Keys {
         format!("{}:fence", self.prefix)
     }
 
-    /// A claim call's token (see claim.lua), named by a random number.
-    pub fn claims_token(&self, n: u64) -> String {
-        format!("{}:claimed:{n:016x}", self.prefix)
-    }
-
     /// A key of the alert ledger (states, outboxes, silences): all share the tag `{alerts}`
     /// so one script can commit an evaluation atomically, on Redis Cluster too.
     pub fn alerts(&self, name: &str) -> String {

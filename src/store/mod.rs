@@ -1,10 +1,10 @@
 //! Stage 4: Redis. Counter deltas are stored atomically with the Kafka offsets that produced
-//! them, per partition batch; re-sent events are caught by dedup claims. On a single Redis a
-//! batch writes twice (a script call for the claims; then one transaction for the counters
-//! and offsets), with a read-only transaction that reads the counters before the second:
-//! under `appendfsync always` Redis pays an fsync per event-loop pass that writes, so the
-//! number of writes, not only of commands, sets the speed. The claims may be made ahead (see
-//! [`Claimed::token`]). On a cluster, script calls are per slot and counters are added blind.
+//! them, per partition batch; re-sent events are caught by dedup claims. A batch costs two
+//! round trips and, on a single Redis, two writes (a script call for the claims, sent with a
+//! read-only transaction that reads the counters; then one transaction for the counters and
+//! offsets): under `appendfsync always` Redis pays an fsync per event-loop pass that writes,
+//! so the number of writes, not only of commands, sets the speed. On a cluster, script calls
+//! are per slot and counters are added blind.
 //!
 //! Dedup claims are written before the counters, in their own round trip, and carry the
 //! claimant's coordinates (partition and offset). If the process dies between the claim and the
@@ -42,14 +42,7 @@ pub enum StoreError {
     Parse(#[from] redis::ParsingError),
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
-    /// The token of the batch's claim call is gone: Redis lost writes since the claims were
-    /// answered, so they must be made again before any counter.
-    #[error("redis lost the batch's claims before its counters were written")]
-    ClaimsLost,
 }
-
-/// How long a claim call's token lives if no transaction deletes it: far beyond any batch.
-const TOKEN_TTL: u64 = 3600;
 
 /// One partition's batch, ready to apply.
 #[derive(Debug)]
@@ -77,20 +70,6 @@ pub enum Applied {
     Fenced {
         stored: i64,
     },
-}
-
-/// A batch's claims as Redis answered them.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    /// Per claim, in order: `true` where the event is new (or is this very message replayed).
-    pub fresh: Vec<bool>,
-    /// On a single Redis, a key the claim call set after its claims, which the transaction
-    /// that writes the counters checks and deletes (see fence.lua). The answers may then be
-    /// used long after they came (claims are made ahead, while the batch before is stored):
-    /// if Redis lost the claims meanwhile, the token is gone too and the batch claims again,
-    /// so a re-send that claimed the id since is not counted twice. `None` on a cluster,
-    /// whose claims are in other slots than the counters and are made just before them.
-    pub token: Option<String>,
 }
 
 /// An event to claim against duplicates.
@@ -149,19 +128,12 @@ impl Store {
     /// crash finds its own value and is new again; a re-send (another offset) finds another
     /// value. One script call (see claim.lua) on a single Redis; on a cluster, one per shard,
     /// all sent together.
-    pub async fn claim(&self, plan: &ClaimPlan) -> Result<Claimed, StoreError> {
-        let token = (!self.conn.is_cluster() && !plan.calls.is_empty())
-            .then(|| self.keys.claims_token(fastrand::u64(..)));
+    pub async fn claim(&self, plan: &ClaimPlan) -> Result<Vec<bool>, StoreError> {
         let calls = plan.calls.iter().map(|call| {
             let mut invocation = self.claim_script.prepare_invoke();
             invocation.arg(self.dedup_ttl);
-            invocation.arg(if token.is_some() { TOKEN_TTL } else { 0 });
             for (key, packed) in &call.buckets {
                 invocation.key(key).arg(packed);
-            }
-            // A single Redis gets one call: the token goes with it.
-            if let Some(token) = &token {
-                invocation.key(token);
             }
             let mut conn = self.conn.clone();
             async move {
@@ -169,13 +141,7 @@ impl Store {
                 Ok::<_, StoreError>(answer)
             }
         });
-        let fresh = plan.settle(try_join_all(calls).await?)?;
-        Ok(Claimed { fresh, token })
-    }
-
-    /// Whether this is a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        self.conn.is_cluster()
+        plan.settle(try_join_all(calls).await?)
     }
 
     /// Digests and groups claims into the script calls [`Store::claim`] makes: CPU work only,
@@ -258,13 +224,9 @@ impl Store {
     /// counters go out as plain commands in a transaction (see `apply_watched`), and only a
     /// batch a partition's fence stops takes the script path; on a cluster, one script call
     /// per partition and a directory update, all sent together.
-    ///
-    /// `token`: the batch's claim token (see [`Claimed::token`]), checked and deleted by the
-    /// transaction; [`StoreError::ClaimsLost`] if it is gone.
     pub async fn apply(
         &self,
         batches: &[PartitionBatch<'_>],
-        token: Option<&str>,
         now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         if batches.is_empty() {
@@ -277,7 +239,7 @@ impl Store {
             .map(|b| format!("{}/{}", b.topic, b.partition))
             .collect();
         if !self.conn.is_cluster() {
-            if let Some(applied) = self.apply_watched(batches, &tags, token, now).await? {
+            if let Some(applied) = self.apply_watched(batches, &tags, now).await? {
                 return Ok(applied);
             }
         }
@@ -299,7 +261,6 @@ impl Store {
         &self,
         batches: &[PartitionBatch<'_>],
         tags: &[String],
-        token: Option<&str>,
         now: i64,
     ) -> Result<Option<Vec<Applied>>, StoreError> {
         let all: Vec<&PartitionBatch<'_>> = batches.iter().collect();
@@ -316,9 +277,8 @@ impl Store {
         // transaction run unchecked (fence.lua) or half done (apply.lua).
         pipe.cmd("EVAL")
             .arg(FENCE_LUA)
-            .arg(offsets.len() + 1 + usize::from(token.is_some()))
+            .arg(offsets.len() + 1)
             .arg(&offsets)
-            .arg(token)
             .arg(&touch)
             .arg(&expected);
         pipe.cmd("MULTI").ignore();
@@ -328,9 +288,6 @@ impl Store {
             .arg(&call.keys)
             .arg(&call.args)
             .ignore();
-        if let Some(token) = token {
-            pipe.cmd("DEL").arg(token).ignore();
-        }
         for (key, values) in &call.sets {
             let cmd = pipe.cmd("HSET").arg(&call.keys[*key]);
             for (field, value) in values {
@@ -348,9 +305,6 @@ impl Store {
         pipe.cmd("EXEC");
         let mut conn = self.conn.clone();
         let (fence, exec): (i64, redis::Value) = pipe.query_async(&mut conn).await?;
-        if fence == -1 {
-            return Err(StoreError::ClaimsLost);
-        }
         let replies = match exec {
             redis::Value::Nil => return Ok(None),
             redis::Value::Array(replies) => replies,
