@@ -106,6 +106,10 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
     let mut child = Proc(env.spawn_process());
     let snap = env.wait_consumed(SETTLE).await;
     signal(&child.0, "TERM");
-    assert!(wait_exit(&mut child.0, Duration::from_secs(30)).success());
+    let status = wait_exit(&mut child.0, Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "SIGTERM after catching up: exited with {status}"
+    );
     expected.assert_matches(&snap);
 }
