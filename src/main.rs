@@ -168,10 +168,15 @@ enum Format {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before anything else, so that a stop asked during start-up is graceful too.
+    let shutdown = match cli.command {
+        Command::Run | Command::Demo { .. } => run::stop_on_signal()?,
+        _ => CancellationToken::new(),
+    };
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init_logs(&settings.log);
     match cli.command {
-        Command::Run => run::run(settings).await,
+        Command::Run => run::run(settings, shutdown).await,
         Command::Demo {
             speed,
             duration,
@@ -179,8 +184,6 @@ async fn main() -> anyhow::Result<()> {
             view,
             http_listen,
         } => {
-            let shutdown = CancellationToken::new();
-            tokio::spawn(run::cancel_on_signal(shutdown.clone()));
             let options = demo::DemoOptions {
                 speed,
                 duration: duration.map(Duration::from_secs),

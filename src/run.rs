@@ -22,7 +22,8 @@ use crate::store::{self, Store};
 use crate::targets::Targets;
 use crate::telemetry;
 
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Runs until `shutdown` is cancelled (see [`stop_on_signal`]) or the pipeline stops.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = telemetry::install_prometheus()?;
     tracing::info!(
         brokers = settings.kafka.brokers,
@@ -40,8 +41,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             );
         }
     }
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
     let clock: SharedClock = Arc::new(SystemClock);
     let targets = load_targets(&settings)?;
     let pipeline = Pipeline::new(&settings, clock.clone()).await?;
@@ -288,24 +287,35 @@ pub async fn spawn_dispatchers(
     Ok(tasks)
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// A token cancelled on Ctrl-C (SIGINT) or SIGTERM. The handlers are in place when this
+/// returns, not when a task first runs: a signal that comes while the service is still
+/// starting (Kubernetes may stop a pod at any moment) is then a graceful stop that exits 0,
+/// not death by the default action.
+pub fn stop_on_signal() -> std::io::Result<CancellationToken> {
+    let token = CancellationToken::new();
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let cancel = token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("Ctrl-C: stopping"),
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C: stopping"),
-        _ = term => tracing::info!("SIGTERM: stopping"),
-        _ = token.cancelled() => {}
+            cancel.cancel();
+        });
     }
-    token.cancel();
+    #[cfg(not(unix))]
+    {
+        let cancel = token.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("Ctrl-C: stopping");
+                cancel.cancel();
+            }
+        });
+    }
+    Ok(token)
 }

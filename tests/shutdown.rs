@@ -1,7 +1,8 @@
 //! Graceful shutdown of `tiendo run` as Kubernetes and a terminal do it: SIGTERM and Ctrl-C
 //! (SIGINT) mid-stream. The process exits 0 promptly, having stored the batch in hand,
 //! revoked its partitions and closed its consumer (which sends the group a LeaveGroup), and
-//! the counts stay exact across the restarts.
+//! the counts stay exact across the restarts. A SIGTERM while the process starts is a graceful
+//! stop too.
 //!
 //! Whether the broker saw the member leave cannot be read back here: librdkafka's mock cluster
 //! answers no ListGroups/DescribeGroups, and its coordinator waits out the session timeout
@@ -103,13 +104,90 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
         assert!(at("partitions revoked") < at("consumer closed; group left"));
         assert!(at("consumer closed; group left") < at("tiendo stopped"));
     }
-    let mut child = Proc(env.spawn_process());
+    // Stopped while starting: the handlers are in place before the first log line, so this
+    // is a graceful stop too, not death by the signal's default action.
+    let mut child = Proc(info_logged(&env).spawn().expect("tiendo starts"));
+    let mut log = Log::of(&mut child.0);
+    log.wait_for("tiendo starting", SETTLE);
+    signal(&child.0, "TERM");
+    let status = wait_exit(&mut child.0, Duration::from_secs(30));
+    let lines = log.rest();
+    assert!(
+        status.success(),
+        "SIGTERM while starting: {status}; {lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("SIGTERM: stopping")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("tiendo stopped")),
+        "{lines:#?}"
+    );
+
+    // Stopped once it has joined the group and counted everything.
+    let mut child = Proc(info_logged(&env).spawn().expect("tiendo starts"));
+    let mut log = Log::of(&mut child.0);
+    log.wait_for("partitions assigned", SETTLE);
     let snap = env.wait_consumed(SETTLE).await;
     signal(&child.0, "TERM");
     let status = wait_exit(&mut child.0, Duration::from_secs(30));
+    let lines = log.rest();
     assert!(
         status.success(),
-        "SIGTERM after catching up: exited with {status}"
+        "SIGTERM after catching up: {status}; {lines:#?}"
     );
     expected.assert_matches(&snap);
+}
+
+/// `tiendo run` logging at `info` to a pipe, in plain text.
+fn info_logged(env: &Env) -> Command {
+    let mut cmd = env.process_command();
+    cmd.env("TIENDO_LOG__FILTER", "info,librdkafka=off")
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A child's stderr, read line by line on a thread of its own: the test can wait for a line
+/// while the process runs, and still read the whole log once it has exited.
+struct Log {
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Log {
+    fn of(child: &mut Child) -> Self {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.seen.last().is_some_and(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!("no {needle:?} logged ({e}): {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Every line, once the process has exited (its end of the pipe is closed).
+    fn rest(mut self) -> Vec<String> {
+        self.seen.extend(self.lines.iter());
+        self.seen
+    }
 }
