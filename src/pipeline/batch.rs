@@ -27,7 +27,9 @@ pub struct Part {
     pub expected: Option<i64>,
     pub events: Vec<(Event, i64)>,
     pub dead: Vec<DeadLetter>,
-    /// Messages this part already held that were delivered again, dropped.
+    /// Messages dropped because they were delivered again: repeats of ones this part holds,
+    /// and those of the part it replaced when fetching went back (they come again), so that
+    /// every message consumed has one outcome.
     pub redelivered: u64,
 }
 
@@ -161,6 +163,7 @@ impl Batch {
         validator: &Validator,
         now: i64,
     ) {
+        let mut replaced = 0;
         if let Some(part) = self.parts.get_mut(&(from.t, from.partition)) {
             if from.offset < part.next {
                 if part.holds(from.offset) {
@@ -168,6 +171,7 @@ impl Batch {
                     return;
                 }
                 // Below the part, or in a hole inside it: fetching went back.
+                replaced = part.redelivered + (part.events.len() + part.dead.len()) as u64;
                 self.parts.remove(&(from.t, from.partition));
             }
         }
@@ -185,7 +189,7 @@ impl Batch {
                 expected: None,
                 events: Vec::new(),
                 dead: Vec::new(),
-                redelivered: 0,
+                redelivered: replaced,
             });
         part.next = from.offset + 1;
         match validator.decode(from.kind, payload, now) {
@@ -360,8 +364,9 @@ mod tests {
     #[test]
     fn fetching_from_before_the_part_restarts_it() {
         // A seek back (or a partition assigned again) delivers everything from 5 again.
+        // The 10 messages dropped with the old part are replayed.
         let (start, next, held, again) = part_after((10..20).chain(5..12));
-        assert_eq!((start, next, again), (5, 12, 0));
+        assert_eq!((start, next, again), (5, 12, 10));
         assert_eq!(held, (5..12).collect::<Vec<_>>());
     }
 
@@ -369,7 +374,7 @@ mod tests {
     fn an_offset_in_a_hole_of_the_part_restarts_it() {
         // 13..15 never came (a hole); when they do, fetching went back: start over there.
         let (start, next, held, again) = part_after((10..13).chain(15..20).chain(13..20));
-        assert_eq!((start, next, again), (13, 20, 0));
+        assert_eq!((start, next, again), (13, 20, 8));
         assert_eq!(held, (13..20).collect::<Vec<_>>());
     }
 
