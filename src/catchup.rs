@@ -195,7 +195,7 @@ impl ClientContext for ProbeContext {
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::PartitionEOF)
         ) {
-            tracing::warn!(%error, reason, "catch-up probe: kafka client error");
+            crate::source::log_client_error("catch-up probe", &error, reason);
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use crate::decode::Reason;
 use crate::sources::Source;
@@ -42,12 +42,12 @@ pub const TRUNCATED_HEADER: &str = "tiendo.payload.truncated";
 pub const TRUNCATED_TO: usize = 64 * 1024;
 
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: crate::source::Producer,
     topic: String,
 }
 
 impl DeadLetters {
-    pub fn new(producer: FutureProducer, topic: &str) -> DeadLetters {
+    pub fn new(producer: crate::source::Producer, topic: &str) -> DeadLetters {
         DeadLetters {
             producer,
             topic: topic.to_string(),

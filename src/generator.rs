@@ -7,6 +7,7 @@ use futures::future::try_join_all;
 use prost::Message as _;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientContext;
 
 use crate::config::TopicSettings;
 use crate::decode::Reason;
@@ -261,8 +262,8 @@ impl Generator {
 
 /// Publishes messages and waits until Kafka has all of them; returns where they ended in each
 /// partition.
-pub async fn publish(
-    producer: &FutureProducer,
+pub async fn publish<C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
     topics: &TopicSettings,
     messages: &[Generated],
 ) -> Result<LogEnds, KafkaError> {

@@ -347,7 +347,7 @@ pub fn parse(
 /// Publishes `events` in chunks, waiting for Kafka to acknowledge each, with a progress bar
 /// on a terminal.
 pub async fn send(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &crate::source::Producer,
     topics: &crate::config::TopicSettings,
     events: &[Generated],
     show_progress: bool,

@@ -14,7 +14,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -109,25 +109,38 @@ pub struct Context {
     offsets: OffsetReader,
 }
 
+/// librdkafka's own log lines, as `tracing` events with target `librdkafka`.
+fn forward_log(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
+        }
+        RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
+        }
+        _ => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+    }
+}
+
+/// A client error, logged through the process's Kafka throttle ([`telemetry::KAFKA_LOG`]):
+/// a broker down is a line a minute per client and error, not ten a second.
+pub fn log_client_error(client: &str, error: &KafkaError, reason: &str) {
+    if let Some(held_back) = telemetry::KAFKA_LOG.admit(&format!("{client}: {error}")) {
+        tracing::warn!(client, %error, reason, held_back, "kafka client error");
+    }
+}
+
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            _ => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
-        }
+        forward_log(level, fac, log_message);
     }
 
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+    fn error(&self, error: KafkaError, reason: &str) {
         metrics::counter!(telemetry::KAFKA_ERRORS).increment(1);
-        tracing::warn!(%error, reason, "kafka client error");
+        log_client_error("consumer", &error, reason);
     }
 
     /// librdkafka's statistics (every `statistics.interval.ms`): lag per assigned partition,
@@ -318,8 +331,24 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
     config
 }
 
+/// The context of tiendo's producers: librdkafka's lines and client errors logged as the
+/// consumer's are (the default context logs each error, ten a second while a broker is down).
+pub struct ProducerLog;
+
+impl ClientContext for ProducerLog {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        forward_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error("producer", &error, reason);
+    }
+}
+
+pub type Producer = FutureProducer<ProducerLog>;
+
 /// A producer for the dead-letter topic: idempotent, waits for all replicas.
-pub fn producer(kafka: &KafkaSettings) -> KafkaResult<FutureProducer> {
+pub fn producer(kafka: &KafkaSettings) -> KafkaResult<Producer> {
     let mut config = client_config(kafka);
     config
         .set("enable.idempotence", "true")
@@ -328,7 +357,7 @@ pub fn producer(kafka: &KafkaSettings) -> KafkaResult<FutureProducer> {
     for (key, value) in &kafka.producer_properties {
         config.set(key, value.expose());
     }
-    config.create()
+    config.create_with_context(ProducerLog)
 }
 
 #[cfg(test)]

@@ -2,6 +2,10 @@
 //! and labels of every metric tiendo emits. The README's metric table is checked against
 //! [`METRICS`] by a test, so the two cannot drift apart.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -163,4 +167,82 @@ pub fn init_logs(settings: &LogSettings) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Lets the first of a repeating error through to the log, then at most one line per `every`
+/// for it, saying how many like it were held back since. A broker that is down makes each
+/// Kafka client report every 100 ms: without this, thousands of lines an hour that bury
+/// everything else logged. The error metrics still count every one.
+pub struct Throttle {
+    every: Duration,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+struct Seen {
+    logged: Instant,
+    held: u64,
+}
+
+/// Keys kept at most: errors are a handful of kinds; this only bounds the unexpected.
+const THROTTLE_KEYS: usize = 256;
+
+/// Kafka client errors, shared by every Kafka client of the process.
+pub static KAFKA_LOG: LazyLock<Throttle> = LazyLock::new(|| Throttle::new(Duration::from_secs(60)));
+
+impl Throttle {
+    pub fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether an error of this `key` is logged now: `Some(held back since the last line)`,
+    /// or `None` to leave it out.
+    pub fn admit(&self, key: &str) -> Option<u64> {
+        self.admit_at(key, Instant::now())
+    }
+
+    fn admit_at(&self, key: &str, now: Instant) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = seen.get_mut(key) {
+            if now.duration_since(s.logged) < self.every {
+                s.held += 1;
+                return None;
+            }
+            let held = std::mem::take(&mut s.held);
+            s.logged = now;
+            return Some(held);
+        }
+        if seen.len() >= THROTTLE_KEYS {
+            seen.clear();
+        }
+        seen.insert(
+            key.to_string(),
+            Seen {
+                logged: now,
+                held: 0,
+            },
+        );
+        Some(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeating_error_is_logged_once_per_interval_with_the_count_held_back() {
+        let t = Throttle::new(Duration::from_secs(60));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_millis(s * 100);
+        // A broker down: every 100 ms for 3 minutes.
+        let logged: Vec<(u64, u64)> = (0..1800)
+            .filter_map(|i| t.admit_at("AllBrokersDown", at(i)).map(|held| (i, held)))
+            .collect();
+        assert_eq!(logged, vec![(0, 0), (600, 599), (1200, 599)]);
+        // Another error is its own: logged at once.
+        assert_eq!(t.admit_at("BrokerTransportFailure", at(1201)), Some(0));
+    }
 }

@@ -1,16 +1,19 @@
 //! Faults of the parts around tiendo, on librdkafka's mock cluster (which can take its broker
 //! down and fail requests on cue): the Kafka broker down for 30 s mid-stream, the dead-letter
 //! topic refusing writes for 10 s, and Redis crashing with the tail of its AOF cut off.
-//! Counts stay exact; no poison is lost; good events wait no longer than the outage.
+//! Counts stay exact; no poison is lost; good events wait no longer than the outage. And a
+//! broker that cannot be reached at all does not flood the log.
 
 mod common;
 
+use std::io::Read;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
 
-use common::{aof, events, Broker, Env, Expected};
+use common::{aof, events, signal, Broker, Env, Expected, Killed};
 
 fn mock(env: &Env) -> &tiendo::embedded::MockKafka {
     match &env.kafka {
@@ -174,4 +177,66 @@ fn a_torn_transaction_at_the_end_of_the_aof_is_never_half_applied() {
         (2, 2),
         "two whole scripts, nothing of the torn one"
     );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A broker that cannot be reached: each Kafka client reports an error about every 100 ms,
+/// and `tiendo_kafka_errors_total` counts them all, but the log (at the shipped filter) shows
+/// each client's error once a minute with how many were held back, not ten lines a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_counted_every_time_and_logged_once_a_minute() {
+    let env = Env::start();
+    let http = free_port();
+    let mut child = Killed(
+        env.process_command()
+            .env(
+                "TIENDO_KAFKA__BROKERS",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env("TIENDO_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+            .env("TIENDO_LOG__FILTER", "info,librdkafka=warn,rdkafka=warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tiendo starts"),
+    );
+    // Read as it comes, so a flood could not fill the pipe and stall the process.
+    let mut stderr = child.0.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    let base = format!("http://127.0.0.1:{http}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let counted = loop {
+        let n = common::scrape(&base, "tiendo_kafka_errors_total").await;
+        if let Some(n) = n.filter(|n| *n >= 50.0) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "errors counted: {n:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    signal(&child.0, "TERM");
+    let status = child.0.wait().expect("wait");
+    let log = reader.join().expect("stderr read");
+    assert!(status.success(), "{status}\n{log}");
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("kafka client error") || l.contains("consume error"))
+        .collect();
+    // At most one line per client and error: the consumer, the producers, the catch-up probe
+    // and the consume loop, each with a transport failure and all brokers down.
+    assert!(
+        !logged.is_empty() && logged.len() <= 8,
+        "{counted} errors, {} lines:\n{}",
+        logged.len(),
+        logged.join("\n")
+    );
+    assert!(logged.iter().all(|l| l.contains("held_back=")), "{log}");
 }

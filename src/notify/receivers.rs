@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use prost::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -61,7 +61,7 @@ pub enum Sink {
         style: Style,
     },
     Kafka {
-        producer: FutureProducer,
+        producer: crate::source::Producer,
         topic: String,
     },
 }

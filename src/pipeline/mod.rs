@@ -174,7 +174,12 @@ impl Collector {
                 Ok(m) => m,
                 Err(error) => {
                     metrics::counter!(telemetry::KAFKA_ERRORS).increment(1);
-                    tracing::warn!(%error, "consume error");
+                    // Mostly the client errors again (a broker down), so throttled as those.
+                    if let Some(held_back) =
+                        telemetry::KAFKA_LOG.admit(&format!("consume: {error}"))
+                    {
+                        tracing::warn!(%error, held_back, "consume error");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

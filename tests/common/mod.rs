@@ -54,7 +54,7 @@ pub struct Env {
     pub kafka: Broker,
     pub redis: RedisServer,
     pub settings: Settings,
-    producer: FutureProducer,
+    producer: tiendo::source::Producer,
 }
 
 /// A pipeline running as a task of this process.
