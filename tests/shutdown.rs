@@ -109,13 +109,7 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
     let mut child = Proc(info_logged(&env).spawn().expect("tiendo starts"));
     let mut log = Log::of(&mut child.0);
     log.wait_for("tiendo starting", SETTLE);
-    signal(&child.0, "TERM");
-    let status = wait_exit(&mut child.0, Duration::from_secs(30));
-    let lines = log.rest();
-    assert!(
-        status.success(),
-        "SIGTERM while starting: {status}; {lines:#?}"
-    );
+    let lines = terminate(&mut child, log, "while starting");
     assert!(
         lines.iter().any(|l| l.contains("SIGTERM: stopping")),
         "{lines:#?}"
@@ -130,14 +124,17 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
     let mut log = Log::of(&mut child.0);
     log.wait_for("partitions assigned", SETTLE);
     let snap = env.wait_consumed(SETTLE).await;
+    terminate(&mut child, log, "after catching up");
+    expected.assert_matches(&snap);
+}
+
+/// Sends SIGTERM and requires exit 0 within 30 s; returns the whole log.
+fn terminate(child: &mut Proc, log: Log, when: &str) -> Vec<String> {
     signal(&child.0, "TERM");
     let status = wait_exit(&mut child.0, Duration::from_secs(30));
     let lines = log.rest();
-    assert!(
-        status.success(),
-        "SIGTERM after catching up: {status}; {lines:#?}"
-    );
-    expected.assert_matches(&snap);
+    assert!(status.success(), "SIGTERM {when}: {status}; {lines:#?}");
+    lines
 }
 
 /// `tiendo run` logging at `info` to a pipe, in plain text.
