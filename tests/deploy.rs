@@ -7,11 +7,11 @@
 //! ready, pass its own health checks, count what is published exactly and stop cleanly on
 //! SIGTERM; any change to those files that breaks startup fails here.
 //!
-//! One thing more is changed for Kubernetes: its ConfigMap logs in to Kafka with SASL_SSL and
-//! SCRAM, and no broker here takes TLS (librdkafka's mock has none; Tansu 0.6 refuses its own
-//! `--cert` with `--key`). The test runs it against a Tansu that wants the same SCRAM login,
-//! with SASL_PLAINTEXT for SASL_SSL: every other property is kept, the password from the
-//! Secret included, and no secret may reach the log.
+//! Kubernetes' ConfigMap logs in to Kafka with SASL_SSL and SCRAM: the test runs it as shipped
+//! against a Tansu that wants the same SCRAM login, behind a TLS front (common/tls.rs), the
+//! password from the Secret, and no secret may reach the log. One thing is added: the broker's
+//! certificate comes from the test's own CA, which the image's trust store would not hold, so
+//! the environment names it (`ssl.ca.location`), as an operator with a private cluster CA would.
 //!
 //! scripts/validate-deploy checks the files with the ecosystem's own validators (the
 //! Compose schema, kubernetes-validate, promtool, a Dockerfile parse); it runs here too.
@@ -515,7 +515,7 @@ async fn the_kubernetes_deployment_runs_as_shipped() {
         ("telegram-token", "123456:s3cret-token".to_string()),
     ]);
     let pod = "tiendo-7d9c5b6f4-x2x4z";
-    let shipped = kubernetes(&secrets, pod);
+    let mut shipped = kubernetes(&secrets, pod);
     let names: Vec<&str> = shipped.env.iter().map(|(k, _)| k.as_str()).collect();
     for name in [
         "TIENDO_CONFIG",
@@ -527,6 +527,13 @@ async fn the_kubernetes_deployment_runs_as_shipped() {
     ] {
         assert!(names.contains(&name), "{name} not in {names:?}");
     }
+    // The test's CA (see the module's comment).
+    shipped.env.push((
+        "TIENDO_KAFKA__PROPERTIES__SSL_CA_LOCATION".into(),
+        env.settings.kafka.properties["ssl.ca.location"]
+            .expose()
+            .to_string(),
+    ));
     let mut running = start(
         &shipped,
         vec![
@@ -535,8 +542,6 @@ async fn the_kubernetes_deployment_runs_as_shipped() {
                 env.settings.kafka.brokers.clone(),
             ),
             ("https://api.telegram.org".into(), telegram.url()),
-            // No broker here takes TLS (see the module's comment): the same login in clear.
-            ("\"SASL_SSL\"".into(), "\"SASL_PLAINTEXT\"".into()),
         ],
     );
     wait_ready(&mut running).await;

@@ -1,7 +1,7 @@
 //! Security in a run: `tiendo run` against a Redis that wants a password and TLS with client
 //! certificates from a private CA (generated here with openssl), and against a Kafka broker
-//! (Tansu) that wants a SASL/SCRAM login, each configured through the environment as a
-//! deployment would. Counts are exact, and no secret appears in any log line, at `debug`
+//! (Tansu) that wants a SASL/SCRAM login over TLS (SASL_SSL), each configured through the
+//! environment as a deployment would. Counts are exact, and no secret appears in any log line, at `debug`
 //! level, librdkafka's own debug lines (its configuration dump) included.
 
 mod common;
@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tansu::Login;
+use common::tls::Certificates;
 use common::{events, Env, Expected};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
@@ -22,93 +23,11 @@ const PASSWORD: &str = "r3dis-pa55word-never-logged";
 /// prints its configuration at debug level.
 const KAFKA_SECRET: &str = "k4fka-pa55word-never-logged";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for localhost and a client certificate, in `dir`.
-fn certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=tiendo test CA",
-        ],
-    );
-    // Version 3 certificates, as rustls requires: each with its extensions.
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-        ];
-        args.extend(["-extfile", ext]);
-        openssl(dir, &args);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() {
     let env = Env::start();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    certificates(d);
+    let certs = Certificates::new();
+    let d = certs.dir();
     let port = tiendo::embedded::free_port().unwrap();
     let redis = Command::new("redis-server")
         .args([
@@ -240,7 +159,7 @@ const SASL_PASSWORD: &str = "sc4am-pa55word-never-logged";
 const WRONG_PASSWORD: &str = "wr0ng-pa55word-never-logged";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_with_a_sasl_login_counts_exactly_and_never_logs_a_secret() {
+async fn kafka_with_a_sasl_login_over_tls_counts_exactly_and_never_logs_a_secret() {
     let login = Login {
         user: "tiendo",
         password: SASL_PASSWORD,
@@ -249,16 +168,30 @@ async fn kafka_with_a_sasl_login_counts_exactly_and_never_logs_a_secret() {
     let topics = env.settings.kafka.topics.clone();
     let dir = tempfile::tempdir().unwrap();
 
-    // The broker is shut to a client without the login.
-    let stranger: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &env.settings.kafka.brokers)
-        .create()
-        .unwrap();
-    assert!(
-        stranger
-            .fetch_watermarks(&topics.records, 0, Duration::from_secs(3))
-            .is_err(),
-        "the broker answered a client that did not log in"
+    // The broker is shut to a client without TLS, to one that does not trust its CA, and to
+    // one without the login.
+    let other_ca = Certificates::new();
+    let refused = |name: &str, client: &mut rdkafka::ClientConfig| {
+        let client: BaseConsumer = client.create().unwrap();
+        assert!(
+            client
+                .fetch_watermarks(&topics.records, 0, Duration::from_secs(3))
+                .is_err(),
+            "the broker answered a client {name}"
+        );
+    };
+    refused(
+        "without TLS",
+        env.client().set("security.protocol", "SASL_PLAINTEXT"),
+    );
+    refused(
+        "trusting another CA",
+        env.client()
+            .set("ssl.ca.location", other_ca.path("ca.pem").to_string_lossy()),
+    );
+    refused(
+        "that did not log in",
+        env.client().set("security.protocol", "SSL"),
     );
 
     // Valid events and one undecodable message, from a plain producer that logs in.

@@ -7,6 +7,7 @@ pub mod aof;
 pub mod browser;
 pub mod chat;
 pub mod tansu;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -84,13 +85,21 @@ impl Env {
         Env::start_with(|topics| Broker::Tansu(tansu::Tansu::start(topics)))
     }
 
-    /// On a Tansu that serves only `login`, with SASL/SCRAM-SHA-512; the settings, and every
-    /// client of this Env, log in.
+    /// On a Tansu that serves only `login`, with SASL/SCRAM-SHA-512 over TLS (SASL_SSL) with a
+    /// certificate of a private CA; the settings, and every client of this Env, log in and
+    /// trust that CA (`ssl.ca.location`).
     pub fn start_tansu_with_login(login: &tansu::Login) -> Env {
+        let certs = tls::Certificates::new();
+        let ca = certs.path("ca.pem").to_string_lossy().into_owned();
         Env::start_with_properties(
-            |topics| Broker::Tansu(tansu::Tansu::start_with_login(topics, login)),
+            |topics| {
+                Broker::Tansu(tansu::Tansu::start_with_login_over_tls(
+                    topics, login, certs,
+                ))
+            },
             &[
-                ("security.protocol", "SASL_PLAINTEXT"),
+                ("security.protocol", "SASL_SSL"),
+                ("ssl.ca.location", &ca),
                 ("sasl.mechanism", "SCRAM-SHA-512"),
                 ("sasl.username", login.user),
                 ("sasl.password", login.password),

@@ -9,7 +9,8 @@
 //! A broker that wants a SASL/SCRAM login needs another build: Tansu 0.6 keeps SCRAM users only
 //! in its SQL storage engines (its memory and S3 engine drops them), so `scripts/ensure-deps
 //! test` also installs Tansu with the `libsql` feature (into ~/.cache/tansu-0.6.0-libsql;
-//! `TANSU_SQL` names another binary).
+//! `TANSU_SQL` names another binary). That broker is reached over TLS, through a front of
+//! `tls.rs`: Tansu serves no TLS of its own.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,11 +20,16 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
+use super::tls::{Certificates, TlsFront};
+
 pub struct Tansu {
     child: Child,
+    /// The port clients use: Tansu's own, or its TLS front's.
     port: u16,
     /// Where the SQLite database of a broker that wants a login lives.
     dir: Option<tempfile::TempDir>,
+    /// A broker reached over TLS: its front, and the certificates it serves.
+    tls: Option<(TlsFront, Certificates)>,
 }
 
 /// The SCRAM login of `Tansu::start_with_login`.
@@ -67,15 +73,31 @@ fn cached_or_on_path(var: &str, cache: &str) -> PathBuf {
 impl Tansu {
     /// A broker with these topics and partition counts, answering.
     pub fn start(topics: &[(&str, i32)]) -> Tansu {
-        let tansu = Tansu::listening(binary(), &["--storage-engine", "memory://tansu/"], None);
+        Tansu::start_on(tiendo::embedded::free_port().unwrap(), topics)
+    }
+
+    /// The same, on `port`: a broker that comes up where clients have been calling.
+    pub fn start_on(port: u16, topics: &[(&str, i32)]) -> Tansu {
+        let tansu = Tansu::listening(
+            binary(),
+            &["--storage-engine", "memory://tansu/"],
+            None,
+            port,
+            port,
+        );
         tansu.create_topics(topics);
         tansu
     }
 
-    /// A broker that serves only clients logged in as `login` with SCRAM-SHA-512 or -256.
+    /// A broker that serves only clients logged in as `login` with SCRAM-SHA-512 or -256, over
+    /// TLS (SASL_SSL) with the server certificate of `certs`.
     /// The topics and the user are made through an open broker on the same database first:
     /// once `--authentication` is on, creating a user needs a login already.
-    pub fn start_with_login(topics: &[(&str, i32)], login: &Login) -> Tansu {
+    pub fn start_with_login_over_tls(
+        topics: &[(&str, i32)],
+        login: &Login,
+        certs: Certificates,
+    ) -> Tansu {
         let dir = tempfile::tempdir().expect("temp dir");
         let sql = [
             "--cluster-id",
@@ -83,7 +105,8 @@ impl Tansu {
             "--storage-engine",
             "sqlite://tansu.db",
         ];
-        let mut open = Tansu::listening(sql_binary(), &sql, Some(dir));
+        let port = tiendo::embedded::free_port().unwrap();
+        let mut open = Tansu::listening(sql_binary(), &sql, Some(dir), port, port);
         open.create_topics(topics);
         for mechanism in ["scram512", "scram256"] {
             // `tansu user create` exits 0 whatever the broker answers: a user that was not
@@ -99,18 +122,32 @@ impl Tansu {
         }
         let dir = open.dir.take();
         drop(open);
-        Tansu::listening(
+        // The front's port is taken first, so that Tansu advertises it and never its own.
+        let front = std::net::TcpListener::bind("127.0.0.1:0").expect("a port for the front");
+        let front_port = front.local_addr().unwrap().port();
+        let mut tansu = Tansu::listening(
             sql_binary(),
             &[&sql[..], &["--authentication"]].concat(),
             dir,
-        )
+            tiendo::embedded::free_port().unwrap(),
+            front_port,
+        );
+        tansu.tls = Some((TlsFront::start(front, &certs, tansu.port), certs));
+        tansu.port = front_port;
+        tansu
     }
 
-    /// `program broker` on a free port with `args` (its storage), in `dir` if given, once it
-    /// accepts connections.
-    fn listening(program: PathBuf, args: &[&str], dir: Option<tempfile::TempDir>) -> Tansu {
-        let port = tiendo::embedded::free_port().unwrap();
+    /// `program broker` on `port` with `args` (its storage), in `dir` if given, once it
+    /// accepts connections; it tells clients to connect to `advertised`.
+    fn listening(
+        program: PathBuf,
+        args: &[&str],
+        dir: Option<tempfile::TempDir>,
+        port: u16,
+        advertised: u16,
+    ) -> Tansu {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let mut broker = Command::new(program);
         broker
             .args([
@@ -118,7 +155,7 @@ impl Tansu {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(args)
             .stdout(Stdio::null())
@@ -130,6 +167,7 @@ impl Tansu {
             child: broker.spawn().expect("tansu starts"),
             port,
             dir,
+            tls: None,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
