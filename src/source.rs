@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
@@ -107,6 +107,13 @@ impl OffsetReader {
 pub struct Context {
     assignment: Arc<Assignment>,
     offsets: OffsetReader,
+    outage: Mutex<telemetry::Outage>,
+}
+
+impl Context {
+    fn outage(&self) -> std::sync::MutexGuard<'_, telemetry::Outage> {
+        self.outage.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// librdkafka's own log lines, as `tracing` events with target `librdkafka`.
@@ -141,6 +148,7 @@ impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         metrics::counter!(telemetry::KAFKA_ERRORS).increment(1);
         log_client_error("consumer", &error, reason);
+        self.outage().error(Instant::now());
     }
 
     /// librdkafka's statistics (every `statistics.interval.ms`): lag per assigned partition,
@@ -148,6 +156,15 @@ impl ClientContext for Context {
     /// `consumer_lag` counts from Kafka-committed offsets, which tiendo never writes (offsets
     /// live in Redis), so the lag is computed from the application's position instead.
     fn stats(&self, stats: rdkafka::Statistics) {
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        if let Some((since, errors)) = self.outage().tick(up, Instant::now()) {
+            tracing::info!(
+                client = "consumer",
+                errors,
+                since_first_error = ?Duration::from_secs(since.as_secs()),
+                "kafka answering again"
+            );
+        }
         let assigned = self.assignment.partitions();
         for (topic, t) in &stats.topics {
             for (id, p) in &t.partitions {
@@ -286,6 +303,7 @@ pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Ass
     let assignment = Arc::new(Assignment::default());
     let context = Context {
         assignment: assignment.clone(),
+        outage: Mutex::default(),
         offsets: OffsetReader {
             redis: settings.redis.clone(),
             keys: Keys::new(&settings.redis.key_prefix),

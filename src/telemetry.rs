@@ -228,6 +228,38 @@ impl Throttle {
     }
 }
 
+/// A run of Kafka client errors, from the first until the client is seen answering again:
+/// the throttle above leaves a broker's return unlogged, so this says when it is over, once.
+/// An outage ends only at a statistics tick with a broker up and no error since the tick
+/// before, so an error that keeps coming back while the broker answers cannot make the
+/// "answering again" line flap.
+#[derive(Default)]
+pub struct Outage {
+    first: Option<Instant>,
+    errors: u64,
+    errors_at_last_tick: u64,
+}
+
+impl Outage {
+    pub fn error(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.errors += 1;
+    }
+
+    /// At each statistics tick: `Some((since the first error, errors))` once the outage is over.
+    pub fn tick(&mut self, broker_up: bool, now: Instant) -> Option<(Duration, u64)> {
+        let quiet = self.errors == self.errors_at_last_tick;
+        self.errors_at_last_tick = self.errors;
+        let first = self.first?;
+        if !(broker_up && quiet) {
+            return None;
+        }
+        let over = (now.duration_since(first), self.errors);
+        *self = Outage::default();
+        Some(over)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +276,33 @@ mod tests {
         assert_eq!(logged, vec![(0, 0), (600, 599), (1200, 599)]);
         // Another error is its own: logged at once.
         assert_eq!(t.admit_at("BrokerTransportFailure", at(1201)), Some(0));
+    }
+
+    #[test]
+    fn an_outage_ends_once_a_broker_is_up_and_a_tick_passed_without_errors() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut o = Outage::default();
+        assert_eq!(o.tick(true, at(0)), None, "no errors, no outage");
+        // Down from 1 s to 20 s, an error a second; statistics every 15 s.
+        for s in 1..=14 {
+            o.error(at(s));
+        }
+        assert_eq!(o.tick(false, at(15)), None);
+        for s in 15..=20 {
+            o.error(at(s));
+        }
+        assert_eq!(
+            o.tick(true, at(30)),
+            None,
+            "errors came since the tick before"
+        );
+        assert_eq!(o.tick(true, at(45)), Some((Duration::from_secs(44), 20)));
+        assert_eq!(o.tick(true, at(60)), None, "said once");
+        // An error that keeps coming while the broker answers never reads as over.
+        for tick in [75, 90, 105] {
+            o.error(at(tick - 1));
+            assert_eq!(o.tick(true, at(tick)), None);
+        }
     }
 }

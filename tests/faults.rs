@@ -2,18 +2,18 @@
 //! down and fail requests on cue): the Kafka broker down for 30 s mid-stream, the dead-letter
 //! topic refusing writes for 10 s, and Redis crashing with the tail of its AOF cut off.
 //! Counts stay exact; no poison is lost; good events wait no longer than the outage. And a
-//! broker that cannot be reached at all does not flood the log.
+//! broker that cannot be reached at all does not flood the log, which says when it is back.
 
 mod common;
 
-use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
 
-use common::{aof, events, signal, Broker, Env, Expected, Killed};
+use common::tansu::Tansu;
+use common::{aof, events, signal, Broker, Env, Expected, Killed, Log};
 
 fn mock(env: &Env) -> &tiendo::embedded::MockKafka {
     match &env.kafka {
@@ -189,15 +189,19 @@ fn free_port() -> u16 {
 /// A broker that cannot be reached: each Kafka client reports an error about every 100 ms,
 /// and `tiendo_kafka_errors_total` counts them all, but the log (at the shipped filter) shows
 /// each client's error once a minute with how many were held back, not ten lines a second.
+/// When a broker comes up there, one line says Kafka answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_broker_is_counted_every_time_and_logged_once_a_minute() {
+async fn an_unreachable_broker_is_counted_every_time_logged_once_a_minute_and_its_return_once() {
     let env = Env::start();
     let http = free_port();
+    let kafka = free_port();
     let mut child = Killed(
         env.process_command()
+            .env("TIENDO_KAFKA__BROKERS", format!("127.0.0.1:{kafka}"))
+            // Statistics every second, not every 15 s, for a quick return.
             .env(
-                "TIENDO_KAFKA__BROKERS",
-                format!("127.0.0.1:{}", free_port()),
+                "TIENDO_KAFKA__CONSUMER_PROPERTIES__STATISTICS_INTERVAL_MS",
+                "1000",
             )
             .env("TIENDO_HTTP__LISTEN", format!("127.0.0.1:{http}"))
             .env("TIENDO_LOG__FILTER", "info,librdkafka=warn,rdkafka=warn")
@@ -206,12 +210,7 @@ async fn an_unreachable_broker_is_counted_every_time_and_logged_once_a_minute() 
             .expect("tiendo starts"),
     );
     // Read as it comes, so a flood could not fill the pipe and stall the process.
-    let mut stderr = child.0.stderr.take().expect("stderr piped");
-    let reader = std::thread::spawn(move || {
-        let mut log = String::new();
-        let _ = stderr.read_to_string(&mut log);
-        log
-    });
+    let mut log = Log::of(&mut child.0);
     let base = format!("http://127.0.0.1:{http}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let counted = loop {
@@ -222,21 +221,42 @@ async fn an_unreachable_broker_is_counted_every_time_and_logged_once_a_minute() 
         assert!(Instant::now() < deadline, "errors counted: {n:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let topics = &env.settings.kafka.topics;
+    let _broker = Tansu::start_on(
+        kafka,
+        &[
+            (&topics.records, 1),
+            (&topics.procedures, 1),
+            (&topics.dead_letter, 1),
+            (&topics.alerts, 1),
+        ],
+    );
+    log.wait_for("kafka answering again", Duration::from_secs(60));
+    let down = log.seen().to_vec();
     signal(&child.0, "TERM");
     let status = child.0.wait().expect("wait");
-    let log = reader.join().expect("stderr read");
-    assert!(status.success(), "{status}\n{log}");
-    let logged: Vec<&str> = log
-        .lines()
+    let log = log.rest();
+    assert!(status.success(), "{status}\n{log:#?}");
+    let logged: Vec<&String> = down
+        .iter()
         .filter(|l| l.contains("kafka client error") || l.contains("consume error"))
         .collect();
     // At most one line per client and error: the consumer, the producers, the catch-up probe
     // and the consume loop, each with a transport failure and all brokers down.
     assert!(
         !logged.is_empty() && logged.len() <= 8,
-        "{counted} errors, {} lines:\n{}",
+        "{counted} errors, {} lines:\n{logged:#?}",
         logged.len(),
-        logged.join("\n")
     );
-    assert!(logged.iter().all(|l| l.contains("held_back=")), "{log}");
+    assert!(logged.iter().all(|l| l.contains("held_back=")), "{log:#?}");
+    let back: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("kafka answering again"))
+        .collect();
+    assert_eq!(back.len(), 1, "{log:#?}");
+    assert!(
+        back[0].contains("client=\"consumer\"") && back[0].contains("since_first_error="),
+        "{}",
+        back[0]
+    );
 }

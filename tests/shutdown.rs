@@ -14,7 +14,7 @@ mod common;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{events, Env, Expected};
+use common::{events, Env, Expected, Log};
 
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -143,48 +143,4 @@ fn info_logged(env: &Env) -> Command {
     cmd.env("TIENDO_LOG__FILTER", "info,librdkafka=off")
         .stderr(Stdio::piped());
     cmd
-}
-
-/// A child's stderr, read line by line on a thread of its own: the test can wait for a line
-/// while the process runs, and still read the whole log once it has exited.
-struct Log {
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Log {
-    fn of(child: &mut Child) -> Self {
-        use std::io::BufRead;
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.seen.last().is_some_and(|l| l.contains(needle)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(e) => panic!("no {needle:?} logged ({e}): {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// Every line, once the process has exited (its end of the pipe is closed).
-    fn rest(mut self) -> Vec<String> {
-        self.seen.extend(self.lines.iter());
-        self.seen
-    }
 }

@@ -723,3 +723,53 @@ pub fn stderr_of(child: &mut Child) -> String {
         .unwrap();
     log
 }
+
+/// A child's stderr, read line by line on a thread of its own: the test can wait for a line
+/// while the process runs, and still read the whole log once it has exited.
+pub struct Log {
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Log {
+    pub fn of(child: &mut Child) -> Self {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a line contains `needle`: panics with the log so far after `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.seen.last().is_some_and(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!("no {needle:?} logged ({e}): {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// The lines read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
+    /// Every line, once the process has exited (its end of the pipe is closed).
+    pub fn rest(mut self) -> Vec<String> {
+        self.seen.extend(self.lines.iter());
+        self.seen
+    }
+}
