@@ -3,7 +3,8 @@
 //! 60 days. On each, in one run: a consume-only baseline, then `tiendo run` (the release
 //! binary, configured by environment) on a fresh Redis with `appendfsync everysec`, then with
 //! `always`, each printed against its goal with Redis memory per event and tiendo's resident
-//! memory. Then the event-to-Redis latency at half the first measured rate. Completion is
+//! memory, and where the CPU went (the machine's busy cores, tiendo's, Redis's and the rest's
+//! CPU time per message). Then the event-to-Redis latency at half the first measured rate. Completion is
 //! checked by counting (Tansu's high watermarks under-report): the baseline counts messages,
 //! tiendo's Redis totals must equal what was published less the re-sends, or the benchmark
 //! exits non-zero. Needs TIENDO_BENCH_BROKERS=host:port; EVENTS and DATA (today or spread)
@@ -72,7 +73,7 @@ async fn main() {
             continue;
         }
         let data = publish_data(&base, &run, name, spread, events).await;
-        let baseline = baseline(&brokers, &run, &data).await;
+        let (baseline, baseline_cpu) = baseline(&brokers, &run, &data).await;
         println!(
             "  {name}: {} messages ({} re-sent), event times {}",
             data.messages,
@@ -83,7 +84,10 @@ async fn main() {
                 "now".into()
             }
         );
-        println!("    consume only          {baseline:>8.0} msg/s");
+        println!(
+            "    consume only          {baseline:>8.0} msg/s  cpu {}",
+            baseline_cpu.show()
+        );
         for (fsync, goal) in GOALS {
             let outcome = tiendo(&base, &run, &data, fsync).await;
             let rate = data.messages as f64 / outcome.secs;
@@ -99,6 +103,13 @@ async fn main() {
                 "      tiendo RSS {:.0} MiB at a quarter of the run, {:.0} MiB at its end, \
                  {:.0} MiB at most (goal: flat, below {RSS_GOAL_MIB} MiB)",
                 outcome.rss.quarter, outcome.rss.end, outcome.rss.max
+            );
+            println!(
+                "      cpu {}: tiendo {:.2}, redis {:.2}, broker and the rest {:.2}",
+                outcome.cpu.show(),
+                outcome.tiendo_us,
+                outcome.redis_us,
+                outcome.cpu.us_per_msg - outcome.tiendo_us - outcome.redis_us
             );
             failed |= !outcome.exact;
         }
@@ -209,8 +220,9 @@ async fn publish_data(
     }
 }
 
-/// Messages per second a plain consumer reads, counting them (Tansu's watermarks under-report).
-async fn baseline(brokers: &str, run: &str, data: &Data) -> f64 {
+/// Messages per second a plain consumer reads, counting them (Tansu's watermarks under-report),
+/// and the machine's CPU while it reads.
+async fn baseline(brokers: &str, run: &str, data: &Data) -> (f64, CpuUse) {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{run}-{}-baseline", data.name))
@@ -225,7 +237,7 @@ async fn baseline(brokers: &str, run: &str, data: &Data) -> f64 {
     consumer
         .subscribe(&[&data.topics.records, &data.topics.procedures])
         .unwrap();
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), Machine::now());
     let mut seen = 0usize;
     while seen < data.messages {
         match tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await {
@@ -234,7 +246,10 @@ async fn baseline(brokers: &str, run: &str, data: &Data) -> f64 {
             Err(_) => panic!("baseline stalled at {seen} of {}", data.messages),
         }
     }
-    data.messages as f64 / t.elapsed().as_secs_f64()
+    (
+        data.messages as f64 / t.elapsed().as_secs_f64(),
+        cpu.since(data.messages),
+    )
 }
 
 struct Outcome {
@@ -242,6 +257,10 @@ struct Outcome {
     exact: bool,
     bytes_per_event: f64,
     rss: Rss,
+    cpu: CpuUse,
+    /// CPU microseconds per message of tiendo's process, and of Redis.
+    tiendo_us: f64,
+    redis_us: f64,
 }
 
 /// `tiendo run`, the release binary, on a fresh Redis with this `appendfsync`, until Redis
@@ -259,7 +278,8 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         1,
     );
     let before = redis.used_memory().unwrap();
-    let t = Instant::now();
+    let redis_cpu = redis_cpu_secs(&redis);
+    let (t, cpu) = (Instant::now(), Machine::now());
     let child = Tiendo::start(&settings, &format!("{run}-{}-{fsync}", data.name));
     let mut rss = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -283,6 +303,10 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         }
     };
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu.since(data.messages);
+    let per_msg = |secs: f64| secs * 1e6 / data.messages as f64;
+    let tiendo_us = per_msg(cpu_secs(child.0.id()));
+    let redis_us = per_msg(redis_cpu_secs(&redis) - redis_cpu);
     drop(child);
     let after = redis.used_memory().unwrap();
     if got != want {
@@ -293,7 +317,99 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         exact: got == want,
         bytes_per_event: (after - before) as f64 / data.events as f64,
         rss: Rss::of(&rss),
+        cpu,
+        tiendo_us,
+        redis_us,
     }
+}
+
+/// Clock ticks per second in /proc's CPU times: USER_HZ, 100 on Linux by its ABI.
+const USER_HZ: f64 = 100.0;
+
+/// The machine's CPU time so far, busy and in all, from /proc/stat, in clock ticks: a phase's
+/// share of busy cores shows whether the machine, not the code, set its pace.
+struct Machine {
+    busy: u64,
+    total: u64,
+}
+
+/// The machine's CPU over a phase: cores busy on average, and busy CPU microseconds per message.
+struct CpuUse {
+    cores: f64,
+    us_per_msg: f64,
+}
+
+impl Machine {
+    fn now() -> Machine {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+        let total = ticks.iter().take(8).sum();
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        Machine {
+            busy: total - idle,
+            total,
+        }
+    }
+
+    fn since(&self, messages: usize) -> CpuUse {
+        let now = Machine::now();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let (busy, total) = (now.busy - self.busy, (now.total - self.total).max(1));
+        CpuUse {
+            cores: cores * busy as f64 / total as f64,
+            us_per_msg: busy as f64 / USER_HZ * 1e6 / messages as f64,
+        }
+    }
+}
+
+impl CpuUse {
+    fn show(&self) -> String {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        format!(
+            "{:.2} of {cores} cores busy, {:.2} µs/msg",
+            self.cores, self.us_per_msg
+        )
+    }
+}
+
+/// A process's CPU time so far (user and system), in seconds, from /proc/<pid>/stat.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name, in parentheses that may hold spaces: utime and stime are the
+    // 12th and 13th fields.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / USER_HZ
+}
+
+/// Redis's CPU time so far (user and system, `INFO cpu`), in seconds.
+fn redis_cpu_secs(redis: &RedisServer) -> f64 {
+    let info: String = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("INFO").arg("cpu").query(&mut c))
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_sys:")
+                .or_else(|| l.strip_prefix("used_cpu_user:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// Resident memory of tiendo over a run, in MiB: at a quarter of the run, at its end, and
