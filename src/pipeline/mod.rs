@@ -1,9 +1,9 @@
 //! The consume loop: source → decode → aggregate → store.
 //!
-//! Two halves run side by side in one task, joined by a channel that holds one batch: the
+//! Two halves run side by side in two tasks, joined by a channel that holds one batch: the
 //! collector reads, decodes and seals the next batch (digests its claims, aggregates it; see
-//! [`Batch::seal`]) while the storer waits on Redis for the previous one, so that work hides
-//! behind Redis's. A batch is what arrives within `batch_linger` of its first message, up to
+//! [`Batch::seal`]) while the storer stores the previous one, so that work runs on another core
+//! than the storer's and hides behind Redis's. A batch is what arrives within `batch_linger` of its first message, up to
 //! `batch_max_messages`.
 //!
 //! For each batch the storer, in this order: drops what is no longer ours or already stored,
@@ -116,10 +116,16 @@ impl Pipeline {
         tracing::info!(topics = ?self.collector.topics, "consuming");
         let consumer = self.collector.consumer.clone();
         let (tx, rx) = mpsc::channel(1);
-        tokio::join!(
-            self.collector.run(tx, shutdown.clone()),
-            self.storer.run(rx, shutdown)
-        );
+        // The collector in a task of its own, so that its decoding and sealing run on another
+        // core than the storer's work, not only while the storer waits on Redis.
+        let collecting = tokio::spawn(self.collector.run(tx, shutdown.clone()));
+        self.storer.run(rx, shutdown).await;
+        if let Err(error) = collecting.await {
+            if error.is_panic() {
+                // As if both halves were one task: a panic is the pipeline's.
+                std::panic::resume_unwind(error.into_panic());
+            }
+        }
         consumer.unsubscribe();
         // The last handle: closing it serves the revocation and sends the group a LeaveGroup,
         // so the partitions move to another replica at once rather than after the session
