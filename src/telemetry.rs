@@ -232,12 +232,15 @@ impl Throttle {
 /// the throttle above leaves a broker's return unlogged, so this says when it is over, once.
 /// An outage ends only at a statistics tick with a broker up and no error since the tick
 /// before, so an error that keeps coming back while the broker answers cannot make the
-/// "answering again" line flap.
+/// "answering again" line flap; and it is worth the line only if some tick found no broker up,
+/// so a broker closing an idle connection now and then says nothing.
 #[derive(Default)]
 pub struct Outage {
     first: Option<Instant>,
     errors: u64,
     errors_at_last_tick: u64,
+    /// A tick during this run of errors found no broker up.
+    down: bool,
 }
 
 impl Outage {
@@ -246,17 +249,20 @@ impl Outage {
         self.errors += 1;
     }
 
-    /// At each statistics tick: `Some((since the first error, errors))` once the outage is over.
+    /// At each statistics tick: `Some((since the first error, errors))` once an outage in which
+    /// no broker was up is over.
     pub fn tick(&mut self, broker_up: bool, now: Instant) -> Option<(Duration, u64)> {
         let quiet = self.errors == self.errors_at_last_tick;
         self.errors_at_last_tick = self.errors;
         let first = self.first?;
+        self.down |= !broker_up;
         if !(broker_up && quiet) {
             return None;
         }
         let over = (now.duration_since(first), self.errors);
+        let down = self.down;
         *self = Outage::default();
-        Some(over)
+        down.then_some(over)
     }
 }
 
@@ -299,10 +305,16 @@ mod tests {
         );
         assert_eq!(o.tick(true, at(45)), Some((Duration::from_secs(44), 20)));
         assert_eq!(o.tick(true, at(60)), None, "said once");
-        // An error that keeps coming while the broker answers never reads as over.
+        // An error that keeps coming while the broker answers never reads as over; once it
+        // stops, nothing is said either: no tick found the broker down.
         for tick in [75, 90, 105] {
             o.error(at(tick - 1));
             assert_eq!(o.tick(true, at(tick)), None);
         }
+        assert_eq!(o.tick(true, at(120)), None);
+        // A connection closed and opened again between two ticks says nothing.
+        o.error(at(121));
+        assert_eq!(o.tick(true, at(135)), None);
+        assert_eq!(o.tick(true, at(150)), None);
     }
 }

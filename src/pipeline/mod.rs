@@ -3,8 +3,8 @@
 //! Two halves run side by side in two tasks, joined by a channel that holds one batch: the
 //! collector reads, decodes and seals the next batch (digests its claims, aggregates it; see
 //! [`Batch::seal`]) while the storer stores the previous one, so that work runs on another core
-//! than the storer's and hides behind Redis's. A batch is what arrives within `batch_linger` of its first message, up to
-//! `batch_max_messages`.
+//! than the storer's and hides behind Redis's. A batch is what arrives within `batch_linger` of
+//! its first message, up to `batch_max_messages`.
 //!
 //! For each batch the storer, in this order: drops what is no longer ours or already stored,
 //! delivers dead letters, claims event ids, aggregates per partition, and stores each
