@@ -336,6 +336,8 @@ struct Machine {
 /// The machine's CPU over a phase: cores busy on average, and busy CPU microseconds per message.
 struct CpuUse {
     cores: f64,
+    /// The machine's cores.
+    of: usize,
     us_per_msg: f64,
 }
 
@@ -361,10 +363,11 @@ impl Machine {
 
     fn since(&self, messages: usize) -> CpuUse {
         let now = Machine::now();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let of = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (busy, total) = (now.busy - self.busy, (now.total - self.total).max(1));
         CpuUse {
-            cores: cores * busy as f64 / total as f64,
+            cores: of as f64 * busy as f64 / total as f64,
+            of,
             us_per_msg: busy as f64 / USER_HZ * 1e6 / messages as f64,
         }
     }
@@ -372,10 +375,9 @@ impl Machine {
 
 impl CpuUse {
     fn show(&self) -> String {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         format!(
-            "{:.2} of {cores} cores busy, {:.2} µs/msg",
-            self.cores, self.us_per_msg
+            "{:.2} of {} cores busy, {:.2} µs/msg",
+            self.cores, self.of, self.us_per_msg
         )
     }
 }

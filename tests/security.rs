@@ -1,8 +1,8 @@
 //! Security in a run: `tiendo run` against a Redis that wants a password and TLS with client
 //! certificates from a private CA (generated here with openssl), and against a Kafka broker
 //! (Tansu) that wants a SASL/SCRAM login over TLS (SASL_SSL), each configured through the
-//! environment as a deployment would. Counts are exact, and no secret appears in any log line, at `debug`
-//! level, librdkafka's own debug lines (its configuration dump) included.
+//! environment as a deployment would. Counts are exact, and no secret appears in any log line,
+//! at `debug` level, librdkafka's own debug lines (its configuration dump) included.
 
 mod common;
 

@@ -32,7 +32,7 @@ pub struct Tansu {
     tls: Option<(TlsFront, Certificates)>,
 }
 
-/// The SCRAM login of `Tansu::start_with_login`.
+/// The SCRAM login of `Tansu::start_with_login_over_tls`.
 pub struct Login<'a> {
     pub user: &'a str,
     pub password: &'a str,
