@@ -21,21 +21,6 @@ use tiendo::targets::Targets;
 const TARGET: f64 = 300_000.0;
 const PARTITIONS: i32 = 6;
 
-/// CPU seconds Redis has used (user + system).
-async fn redis_cpu(url: &str) -> f64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
-        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
-        .sum()
-}
-
 /// CPU seconds this process has used, from /proc (user + system).
 fn own_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -118,7 +103,7 @@ async fn main() {
     let topics = ["records", "procedures"];
     let before = redis.used_memory().unwrap();
 
-    let (redis_cpu_before, own_cpu_before) = (redis_cpu(&redis.url()).await, own_cpu());
+    let (redis_cpu_before, own_cpu_before) = (redis.used_cpu().unwrap(), own_cpu());
     let started = Instant::now();
     // As in the pipeline, decoding (and sealing) the next batch overlaps storing this one: a
     // decoder task hands finished batches over a channel of one.
@@ -171,7 +156,7 @@ async fn main() {
     }
     let decode_time = decoder.await.unwrap();
     let elapsed = started.elapsed().as_secs_f64();
-    let redis_cpu = redis_cpu(&redis.url()).await - redis_cpu_before;
+    let redis_cpu = redis.used_cpu().unwrap() - redis_cpu_before;
     let own_cpu = own_cpu() - own_cpu_before;
     let after = redis.used_memory().unwrap();
 

@@ -278,7 +278,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         1,
     );
     let before = redis.used_memory().unwrap();
-    let redis_cpu = redis_cpu_secs(&redis);
+    let redis_cpu = redis.used_cpu().unwrap();
     let (t, cpu) = (Instant::now(), Machine::now());
     let child = Tiendo::start(&settings, &format!("{run}-{}-{fsync}", data.name));
     let mut rss = Vec::new();
@@ -306,7 +306,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
     let cpu = cpu.since(data.messages);
     let per_msg = |secs: f64| secs * 1e6 / data.messages as f64;
     let tiendo_us = per_msg(cpu_secs(child.0.id()));
-    let redis_us = per_msg(redis_cpu_secs(&redis) - redis_cpu);
+    let redis_us = per_msg(redis.used_cpu().unwrap() - redis_cpu);
     drop(child);
     let after = redis.used_memory().unwrap();
     if got != want {
@@ -397,21 +397,6 @@ fn cpu_secs(pid: u32) -> f64 {
         .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
         .sum();
     ticks as f64 / USER_HZ
-}
-
-/// Redis's CPU time so far (user and system, `INFO cpu`), in seconds.
-fn redis_cpu_secs(redis: &RedisServer) -> f64 {
-    let info: String = redis::Client::open(redis.url())
-        .and_then(|c| c.get_connection())
-        .and_then(|mut c| redis::cmd("INFO").arg("cpu").query(&mut c))
-        .unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            l.strip_prefix("used_cpu_sys:")
-                .or_else(|| l.strip_prefix("used_cpu_user:"))
-        })
-        .filter_map(|v| v.trim().parse::<f64>().ok())
-        .sum()
 }
 
 /// Resident memory of tiendo over a run, in MiB: at a quarter of the run, at its end, and

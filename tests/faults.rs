@@ -14,6 +14,7 @@ use rdkafka::types::RDKafkaRespErr;
 
 use common::tansu::Tansu;
 use common::{aof, events, signal, Broker, Env, Expected, Killed, Log};
+use tiendo::embedded::free_port;
 
 fn mock(env: &Env) -> &tiendo::embedded::MockKafka {
     match &env.kafka {
@@ -179,13 +180,6 @@ fn a_torn_transaction_at_the_end_of_the_aof_is_never_half_applied() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A broker that cannot be reached: each Kafka client reports an error about every 100 ms,
 /// and `tiendo_kafka_errors_total` counts them all, but the log (at the shipped filter) shows
 /// each client's error once a minute with how many were held back, not ten lines a second.
@@ -193,8 +187,8 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_counted_every_time_logged_once_a_minute_and_its_return_once() {
     let env = Env::start();
-    let http = free_port();
-    let kafka = free_port();
+    let http = free_port().expect("a free port");
+    let kafka = free_port().expect("a free port");
     let mut child = Killed(
         env.process_command()
             .env("TIENDO_KAFKA__BROKERS", format!("127.0.0.1:{kafka}"))

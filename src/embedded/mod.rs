@@ -72,14 +72,33 @@ impl RedisServer {
 
     /// Bytes Redis has allocated (`used_memory`), for benchmarks' memory per event.
     pub fn used_memory(&self) -> redis::RedisResult<i64> {
-        let mut conn = redis::Client::open(self.url())?.get_connection()?;
-        let info: String = redis::cmd("INFO").arg("memory").query(&mut conn)?;
+        let info = self.info("memory")?;
         info.lines()
             .find_map(|l| l.strip_prefix("used_memory:"))
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| {
-                redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "no used_memory"))
+            .ok_or_else(|| no_field("no used_memory"))
+    }
+
+    /// CPU seconds Redis has used, user and system, for benchmarks' CPU per event.
+    pub fn used_cpu(&self) -> redis::RedisResult<f64> {
+        let info = self.info("cpu")?;
+        let times: Vec<f64> = info
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("used_cpu_sys:")
+                    .or_else(|| l.strip_prefix("used_cpu_user:"))
             })
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        match times.len() {
+            2 => Ok(times.iter().sum()),
+            _ => Err(no_field("no used_cpu_sys and used_cpu_user")),
+        }
+    }
+
+    fn info(&self, section: &str) -> redis::RedisResult<String> {
+        let mut conn = redis::Client::open(self.url())?.get_connection()?;
+        redis::cmd("INFO").arg(section).query(&mut conn)
     }
 
     /// The data directory (the AOF lives in its `appendonlydir`).
@@ -213,4 +232,8 @@ impl MockKafka {
     pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
         &self.cluster
     }
+}
+
+fn no_field(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, what))
 }
