@@ -1,7 +1,8 @@
 //! In-process core benchmark: decode, aggregate and store pre-encoded messages, through the
 //! same `Batch` code the pipeline runs, into a private redis-server, with dedup on.
-//! Prints events per second against the 300,000/s target and the Redis memory each event
-//! costs (its dedup claim). Run: `cargo bench --bench core` (EVENTS=… to change the size).
+//! Prints events per second against the 300,000/s target, the Redis memory each event costs
+//! (its dedup claim), and what one snapshot of every counter costs. Run: `cargo bench --bench
+//! core`; EVENTS, BATCH, SPREAD_DAYS, RESENDS, AOF, FSYNC and COMMANDSTATS change the run.
 //! Exits non-zero when Redis does not hold exactly what was stored: a fast wrong answer is
 //! no result.
 
@@ -75,8 +76,14 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // RESENDS=0.03 sends that share of messages again (a copy of an earlier one, anywhere
+    // before it), as the end-to-end bench does: the storer then takes re-sends back.
+    let resends: f64 = std::env::var("RESENDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     let mut rng = fastrand::Rng::with_seed(17);
-    let messages: Vec<(Kind, i32, Vec<u8>)> = (0..events)
+    let mut messages: Vec<(Kind, i32, Vec<u8>)> = (0..events)
         .map(|i| {
             let at = now - chrono::Duration::seconds(rng.i64(0..=spread_days * 86_400));
             let m = if i % 5 == 4 {
@@ -99,7 +106,18 @@ async fn main() {
             (m.kind(), partition as i32, m.encode())
         })
         .collect();
+    if resends > 0.0 {
+        let mut with = Vec::with_capacity(messages.len() * 11 / 10);
+        for m in messages {
+            with.push(m);
+            if rng.f64() < resends {
+                with.push(with[rng.usize(..with.len())].clone());
+            }
+        }
+        messages = with;
+    }
     let bytes: usize = messages.iter().map(|m| m.2.len()).sum();
+    let messages_sent = messages.len();
     let topics = ["records", "procedures"];
     let before = redis.used_memory().unwrap();
 
@@ -170,15 +188,20 @@ async fn main() {
             .unwrap();
         println!("{stats}");
     }
+    // What one read of every counter costs (the status page's and the evaluator's read).
+    let (snapshot_started, redis_cpu_before) = (Instant::now(), redis.used_cpu().unwrap());
     let snap = store.snapshot(Utc::now()).await.unwrap();
+    let snapshot_secs = snapshot_started.elapsed().as_secs_f64();
+    let snapshot_redis = redis.used_cpu().unwrap() - redis_cpu_before;
     let status = Status::build(&snap, &Targets::default(), &datasets, View::Current34);
     let got_records: i64 = status.national.datasets.values().map(|d| d.total).sum();
     let got_procedures = status.national.procedures.completed;
     let exact = (got_records, got_procedures) == (expected_records, expected_procedures);
     let rate = events as f64 / elapsed;
-    println!("tiendo core benchmark (decode + aggregate + Redis, dedup on, batch {batch_size}, appendonly {aof}, appendfsync {fsync}, event times over {spread_days} days)");
+    println!("tiendo core benchmark (decode + aggregate + Redis, dedup on, batch {batch_size}, appendonly {aof}, appendfsync {fsync}, event times over {spread_days} days, re-sends {resends})");
     println!(
-        "  events            {events} ({:.1} MiB encoded, {PARTITIONS} partitions x 2 topics)",
+        "  events            {events} in {} messages ({:.1} MiB encoded, {PARTITIONS} partitions x 2 topics)",
+        messages_sent,
         bytes as f64 / 1048576.0
     );
     println!("  elapsed           {elapsed:.2} s (decode and seal {decode_time:.2} s overlapping claims+aggregate+store {store_time:.2} s)");
@@ -196,6 +219,11 @@ async fn main() {
         "  redis memory      {:.1} MiB for {events} events: {:.0} bytes per event (dedup claims)",
         (after - before) as f64 / 1048576.0,
         (after - before) as f64 / events as f64
+    );
+    println!(
+        "  one snapshot      {:.0} ms, of which Redis CPU {:.0} ms (every counter, all windows)",
+        snapshot_secs * 1e3,
+        snapshot_redis * 1e3
     );
     println!(
         "  exact             {} (records {got_records} of {expected_records}, procedures {got_procedures} of {expected_procedures})",
