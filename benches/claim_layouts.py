@@ -12,8 +12,11 @@ Layouts:
              bucket stays under Redis's 128-entry listpack limit.
   setnx      the same buckets, one HSETNX per claim and no TTL (weeks would be deleted by a
              sweeper instead): the fewest commands per claim in small buckets.
+  watched    today's buckets without a script: WATCH the buckets, read them (TTL, HMGET) in
+             one round trip, then write the new claims in MULTI/EXEC (which could carry the
+             counters too): Redis's CPU without Lua's per-claim strings and tables.
 
-Needs `pip install redis`. Usage: benches/claim_layouts.py [CLAIMS]
+Needs `pip install redis`. Usage: [LAYOUTS=hashtable,watched] benches/claim_layouts.py [CLAIMS]
 """
 import hashlib, os, random, socket, struct, subprocess, sys, tempfile, time
 
@@ -47,6 +50,30 @@ SCRIPTS = {
 }
 
 
+def watched(conn, buckets, horizon):
+    """Claims a batch as the 'watched' layout does: two requests, the second a transaction."""
+    keys = list(buckets)
+    reads = [('WATCH', *keys)]
+    for k in keys:
+        reads += [('TTL', k), ('HMGET', k, *[c[:14] for c in buckets[k]])]
+    conn.send_packed_command(conn.pack_commands(reads))
+    replies = [conn.read_response() for _ in reads][1:]
+    writes = [('MULTI',)]
+    for i, k in enumerate(keys):
+        ttl, have = replies[2 * i], replies[2 * i + 1]
+        if ttl == -2:
+            writes.append(('HSET', k, '~', '~' * 80))
+        new = [x for c, owner in zip(buckets[k], have) if owner is None for x in (c[:14], c[14:])]
+        if new:
+            writes.append(('HSET', k, *new))
+        if ttl < horizon:
+            writes.append(('EXPIRE', k, horizon + 3600))
+    writes.append(('EXEC',))
+    conn.send_packed_command(conn.pack_commands(writes))
+    answers = [conn.read_response() for _ in writes]
+    assert answers[-1] is not None, 'a transaction aborted'
+
+
 def redis_server(workdir):
     s = socket.socket()
     s.bind(('127.0.0.1', 0))
@@ -74,7 +101,8 @@ def run(layout, shards, days, claims, seed, batch=10_000):
     with tempfile.TemporaryDirectory() as workdir:
         proc, client = redis_server(workdir)
         try:
-            script = client.register_script(SCRIPTS[layout])
+            script = client.register_script(SCRIPTS.get(layout, CLAIM_LUA))
+            conn = client.connection_pool.get_connection()
             rnd = random.Random(seed)
             now = 1_795_000_000
             mem0, cpu0 = client.info('memory')['used_memory'], cpu(client)
@@ -101,7 +129,10 @@ def run(layout, shards, days, claims, seed, batch=10_000):
                     seen.add((key, digest[:14]))
                     buckets.setdefault(key, []).append(digest[:14] + struct.pack('>iq', 0, offset - 1))
                 keys = list(buckets)
-                script(keys=keys, args=[str(32 * 86400)] + [b''.join(buckets[k]) for k in keys])
+                if layout == 'watched':
+                    watched(conn, buckets, 32 * 86400)
+                else:
+                    script(keys=keys, args=[str(32 * 86400)] + [b''.join(buckets[k]) for k in keys])
             mem1, cpu1 = client.info('memory')['used_memory'], cpu(client)
             encodings = {}
             for key in client.scan_iter(count=10_000):
@@ -120,7 +151,11 @@ if __name__ == '__main__':
     claims = int(sys.argv[1]) if len(sys.argv) > 1 else 500_000
     for seed in (1, 2):
         # About 60 claims per bucket either way: one week of events, or nine.
-        for layout, shards, days in [('hashtable', 16, 0), ('listpack', 8192, 0), ('setnx', 8192, 0),
-                                     ('hashtable', 16, 60), ('listpack', 1024, 60),
-                                     ('setnx', 1024, 60)]:
+        runs = [('hashtable', 16, 0), ('listpack', 8192, 0), ('setnx', 8192, 0),
+                ('watched', 16, 0), ('hashtable', 16, 60), ('listpack', 1024, 60),
+                ('setnx', 1024, 60), ('watched', 16, 60)]
+        only = os.environ.get('LAYOUTS')
+        for layout, shards, days in runs:
+            if only and layout not in only.split(','):
+                continue
             run(layout, shards, days, claims, seed)
