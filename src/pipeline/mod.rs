@@ -159,21 +159,21 @@ impl Collector {
     /// Reads messages until the batch is full, the linger expires or shutdown is asked.
     async fn collect(&self, shutdown: &CancellationToken) -> Batch {
         let mut batch = Batch::default();
-        let mut deadline: Option<tokio::time::Instant> = None;
+        // The linger timer and the shutdown wait are made once per batch, not per message:
+        // a timer made per message cost an insert and a removal in tokio's timer wheel each.
+        // The timer is armed by the first message.
+        let linger = tokio::time::sleep(self.settings.batch_linger);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(linger, cancelled);
+        let mut lingering = false;
         // Read when the first message arrives, not when waiting began: after a quiet night
         // a stale "now" would make fresh events look like they come from the future.
         let mut now = None;
         while batch.len() < self.settings.batch_max_messages {
-            let linger = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
             let message = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
-                _ = linger => break,
+                _ = &mut cancelled => break,
+                _ = &mut linger, if lingering => break,
                 m = self.consumer.recv() => m,
             };
             let message = match message {
@@ -190,8 +190,12 @@ impl Collector {
                     continue;
                 }
             };
-            deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + self.settings.batch_linger);
+            if !lingering {
+                linger
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.settings.batch_linger);
+                lingering = true;
+            }
             let Some(t) = self.topics.iter().position(|t| t == message.topic()) else {
                 continue;
             };
