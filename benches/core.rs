@@ -77,7 +77,8 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     // RESENDS=0.03 sends that share of messages again (a copy of an earlier one, anywhere
-    // before it), as the end-to-end bench does: the storer then takes re-sends back.
+    // before it), as the end-to-end bench does: the storer must find each one claimed and
+    // count it once.
     let resends: f64 = std::env::var("RESENDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -189,10 +190,10 @@ async fn main() {
         println!("{stats}");
     }
     // What one read of every counter costs (the status page's and the evaluator's read).
-    let (snapshot_started, redis_cpu_before) = (Instant::now(), redis.used_cpu().unwrap());
+    let (snapshot_started, snapshot_cpu_before) = (Instant::now(), redis.used_cpu().unwrap());
     let snap = store.snapshot(Utc::now()).await.unwrap();
     let snapshot_secs = snapshot_started.elapsed().as_secs_f64();
-    let snapshot_redis = redis.used_cpu().unwrap() - redis_cpu_before;
+    let snapshot_redis = redis.used_cpu().unwrap() - snapshot_cpu_before;
     let status = Status::build(&snap, &Targets::default(), &datasets, View::Current34);
     let got_records: i64 = status.national.datasets.values().map(|d| d.total).sum();
     let got_procedures = status.national.procedures.completed;
