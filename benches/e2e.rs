@@ -227,7 +227,7 @@ async fn publish_data(
             messages.push(earlier);
         }
     }
-    let producer = tiendo::source::producer(&base.kafka).unwrap();
+    let producer = tiendo::source::producer(&base.kafka, "bench producer").unwrap();
     for chunk in messages.chunks(10_000) {
         publish(&producer, &topics, chunk).await.expect("publish");
     }
@@ -514,7 +514,7 @@ async fn latency(base: &Settings, run: &str, rate: f64, secs: f64) -> (Vec<f64>,
         1,
     );
     let _child = Tiendo::start(&settings, &format!("{run}-latency"));
-    let producer = tiendo::source::producer(&base.kafka).unwrap();
+    let producer = tiendo::source::producer(&base.kafka, "bench producer").unwrap();
     let mut g = Generator::new(13, &format!("{run}lat"), &base.validation.datasets);
     let parts = data.parts();
     let refs: Vec<(&str, i32)> = parts.iter().map(|(t, p)| (t.as_str(), *p)).collect();

@@ -332,7 +332,7 @@ pub async fn demo(
     )));
     let consumer = tokio::spawn(pipeline.run(stop.clone()));
 
-    let producer = crate::source::producer(&settings.kafka)?;
+    let producer = crate::source::producer(&settings.kafka, "demo producer")?;
     let reader = Store::new(
         store::connect(&settings.redis).await?,
         &settings.redis.key_prefix,

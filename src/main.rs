@@ -265,7 +265,7 @@ async fn publish(
     if dry_run {
         return Ok(());
     }
-    let producer = tiendo::source::producer(&settings.kafka)?;
+    let producer = tiendo::source::producer(&settings.kafka, "publish producer")?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tiendo::publish::send(&producer, &settings.kafka.topics, &events, tty).await?;
     eprintln!(

@@ -271,7 +271,7 @@ pub async fn spawn_dispatchers(
                     .producer_properties
                     .entry("message.timeout.ms".into())
                     .or_insert_with(|| crate::config::Secret::new("20000"));
-                crate::source::producer(&kafka)?
+                crate::source::producer(&kafka, "alerts producer")?
             },
             topic: settings.kafka.topics.alerts.clone(),
         };

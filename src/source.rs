@@ -350,8 +350,10 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
 }
 
 /// The context of tiendo's producers: librdkafka's lines and client errors logged as the
-/// consumer's are (the default context logs each error, ten a second while a broker is down).
-pub struct ProducerLog;
+/// consumer's are (the default context logs each error, ten a second while a broker is down),
+/// under the producer's own name, so an operator sees which one failed and one producer's
+/// errors do not hold back another's.
+pub struct ProducerLog(&'static str);
 
 impl ClientContext for ProducerLog {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -359,14 +361,15 @@ impl ClientContext for ProducerLog {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        log_client_error("producer", &error, reason);
+        log_client_error(self.0, &error, reason);
     }
 }
 
 pub type Producer = FutureProducer<ProducerLog>;
 
-/// A producer for the dead-letter topic: idempotent, waits for all replicas.
-pub fn producer(kafka: &KafkaSettings) -> KafkaResult<Producer> {
+/// An idempotent producer that waits for all replicas; `name` is how its errors are logged
+/// (`client="dead-letter producer"`).
+pub fn producer(kafka: &KafkaSettings, name: &'static str) -> KafkaResult<Producer> {
     let mut config = client_config(kafka);
     config
         .set("enable.idempotence", "true")
@@ -375,7 +378,7 @@ pub fn producer(kafka: &KafkaSettings) -> KafkaResult<Producer> {
     for (key, value) in &kafka.producer_properties {
         config.set(key, value.expose());
     }
-    config.create_with_context(ProducerLog)
+    config.create_with_context(ProducerLog(name))
 }
 
 #[cfg(test)]

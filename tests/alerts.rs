@@ -103,7 +103,8 @@ impl Alerting {
         let a = &self.settings.alerts;
         let sink = if outbox == KAFKA_OUTBOX {
             Sink::Kafka {
-                producer: tiendo::source::producer(&self.settings.kafka).unwrap(),
+                producer: tiendo::source::producer(&self.settings.kafka, "alerts producer")
+                    .unwrap(),
                 topic: self.settings.kafka.topics.alerts.clone(),
             }
         } else {

@@ -58,7 +58,7 @@ async fn re_sent_events_count_once_even_on_other_partitions() {
 
 async fn publish_with_random_keys(env: &Env, messages: &[Generated]) {
     use rdkafka::producer::FutureRecord;
-    let producer = tiendo::source::producer(&env.settings.kafka).unwrap();
+    let producer = tiendo::source::producer(&env.settings.kafka, "test producer").unwrap();
     for m in messages {
         let topic = match m.kind() {
             tiendo::events::Kind::Records => &env.settings.kafka.topics.records,
@@ -187,7 +187,8 @@ async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
     // hand. The publisher returns what it sent.
     let stop = tokio_util::sync::CancellationToken::new();
     let publisher = {
-        let producer = tiendo::source::producer(&env.settings.kafka).expect("producer");
+        let producer =
+            tiendo::source::producer(&env.settings.kafka, "test producer").expect("producer");
         let topics = env.settings.kafka.topics.clone();
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -62,7 +62,7 @@ async fn ten_thousand_poison_messages_of_every_reason_and_huge_ones_on_both_topi
     let mut big = env.settings.kafka.clone();
     big.producer_properties
         .insert("message.max.bytes".into(), Secret::new("4000000"));
-    let producer = tiendo::source::producer(&big).unwrap();
+    let producer = tiendo::source::producer(&big, "test producer").unwrap();
     for chunk in stream.chunks(2000) {
         publish(&producer, &env.settings.kafka.topics, chunk)
             .await

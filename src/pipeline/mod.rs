@@ -68,7 +68,7 @@ impl Pipeline {
             settings.pipeline.dedup_horizon.as_secs(),
         );
         let (consumer, assignment) = source::consumer(settings)?;
-        let producer = source::producer(&settings.kafka)?;
+        let producer = source::producer(&settings.kafka, "dead-letter producer")?;
         let topics = [
             settings.kafka.topics.records.clone(),
             settings.kafka.topics.procedures.clone(),

@@ -177,7 +177,8 @@ impl Env {
         settings.pipeline.batch_max_messages = 500;
         settings.pipeline.max_backoff = Duration::from_millis(500);
         let settings = settings.validated().expect("valid test settings");
-        let producer = tiendo::source::producer(&settings.kafka).expect("producer");
+        let producer =
+            tiendo::source::producer(&settings.kafka, "test producer").expect("producer");
         Env {
             kafka,
             redis,
