@@ -15,13 +15,22 @@ Layouts:
   watched    today's buckets without a script: WATCH the buckets, read them (TTL, HMGET) in
              one round trip, then write the new claims in MULTI/EXEC (which could carry the
              counters too): Redis's CPU without Lua's per-claim strings and tables.
+  strtable   claims in open-addressed tables, one Redis string per bucket, sized in advance
+             (STRTABLE_LOAD, default 0.6): a GETRANGE and a SETRANGE per claim.
+  intset     claims as 64-bit members of integer sets, SHARDS sets per week, with what a
+             set cannot hold (its owner) kept per batch beside them for replays; the
+             steady-state path only (no replay after a crash is measured).
+  intset4k   the same with Redis's set-max-intset-entries raised from 512 to 4096 (or
+             INTSET_LIMIT), so fewer, larger sets: fewer commands per batch. INTSET_SETS=a,b
+             sets its sets per week for today's events and for 60 days (default 256,32).
 
 Needs `pip install redis`. Usage: [LAYOUTS=hashtable,watched] benches/claim_layouts.py [CLAIMS]
 """
-import hashlib, os, random, socket, struct, subprocess, sys, tempfile, time
+import hashlib, math, os, random, socket, struct, subprocess, sys, tempfile, time
 
 import redis
 
+STRTABLE_LOAD = float(os.environ.get('STRTABLE_LOAD', '0.6'))
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLAIM_LUA = open(os.path.join(HERE, '..', 'src', 'store', 'claim.lua')).read()
 HASHTABLE_START = "redis.call('HSET', key, '~', string.rep('~', 80))"
@@ -43,7 +52,102 @@ for k = 1, #KEYS do
 end
 return dups
 """
+# A claim table in one string per bucket: buckets of B records (a count byte, then up to B
+# 26-byte records in order), addressed by the digest's first four bytes, so a claim is one
+# GETRANGE and, when new, one SETRANGE: no hash-table entry, key or value allocation per claim.
+# Sized in advance here (ARGV[1 + #KEYS + k]: buckets of KEYS[k]) to measure the cost of a
+# claim at a known load; a bucket found full goes to a small hash beside the table.
+STRTABLE_LUA = """
+local SIZE, ID, B = 26, 14, 8
+local W = 1 + B * SIZE
+local sub, byte, char, find = string.sub, string.byte, string.char, string.find
+local dups, before = {}, 0
+for k = 1, #KEYS do
+  local key, packed = KEYS[k], ARGV[1 + k]
+  local nb = tonumber(ARGV[1 + #KEYS + k])
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('SET', key, string.rep('\\0', nb * W))
+  end
+  for j = 1, #packed / SIZE do
+    local at = (j - 1) * SIZE
+    local id, value = sub(packed, at + 1, at + ID), sub(packed, at + ID + 1, at + SIZE)
+    local off = (struct.unpack('>I4', id) % nb) * W
+    local got = redis.call('GETRANGE', key, off, off + W - 1)
+    local n = byte(got, 1)
+    local owner
+    local from = 2
+    while true do
+      local i = find(got, id, from, true)
+      if not i or i > 1 + n * SIZE then break end
+      if (i - 2) % SIZE == 0 then owner = sub(got, i + ID, i + SIZE - 1) break end
+      from = i + 1
+    end
+    if owner then
+      if owner ~= value then dups[#dups + 1] = before + j; dups[#dups + 1] = owner end
+    elseif n < B then
+      redis.call('SETRANGE', key, off, char(n + 1) .. sub(got, 2, 1 + n * SIZE) .. id .. value)
+    else
+      local o = redis.call('HGET', key .. ':o', id)
+      if not o then redis.call('HSET', key .. ':o', id, value)
+      elseif o ~= value then dups[#dups + 1] = before + j; dups[#dups + 1] = o end
+    end
+  end
+  before = before + #packed / SIZE
+end
+return dups
+"""
+# Claims as members of integer sets: the digest's first 8 bytes as a signed decimal, in one of
+# SETS sets per kind and week chosen by the next 4 bytes, so Redis keeps each set an intset
+# (8 bytes a member) while it holds at most set-max-intset-entries (512) members. A set keeps
+# no owner, so each call also keeps its attempt beside the sets, in one string per partition
+# (here one: partition 0): the highest offset claimed (8 bytes), the count of duplicates, the
+# batch's entries as the caller packed them (member padded to 20, 8-byte offset), then the
+# entries found duplicates. A claim found taken at an offset no earlier attempt reached is a
+# re-send: only after a crash or a rebalance does a claim need the entries searched (not
+# measured here), and it is this very message replayed if the attempt holds its entry and not
+# as a duplicate.
+# KEYS: the sets, then the attempt string; ARGV[1]: horizon; ARGV[2]: the batch's first offset
+# and ARGV[3] its last (8 bytes, big-endian); ARGV[4]: the entries; ARGV[4 + k]: the members of
+# KEYS[k], space-separated, in entry order.
+INTSET_LUA = """
+local sub, gmatch = string.sub, string.gmatch
+local horizon, first, last, entries = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local attempt = KEYS[#KEYS]
+local reached = redis.call('GETRANGE', attempt, 0, 7)
+local replay = #reached == 8 and reached >= first
+if replay then
+  return redis.error_reply('a replay: not measured here')
+end
+local dups, found, before = {}, {}, 0
+for k = 1, #KEYS - 1 do
+  local key = KEYS[k]
+  local list = {}
+  for m in gmatch(ARGV[4 + k], '%S+') do list[#list + 1] = m end
+  local n = #list
+  local ttl = redis.call('TTL', key)
+  local have = redis.call('SMISMEMBER', key, unpack(list))
+  local new, m = {}, 0
+  for j = 1, n do
+    if have[j] == 0 then
+      m = m + 1
+      new[m] = list[j]
+    else
+      dups[#dups + 1] = before + j
+      found[#found + 1] = sub(entries, 28 * (before + j) - 27, 28 * (before + j))
+    end
+  end
+  if m > 0 then redis.call('SADD', key, unpack(new)) end
+  if ttl < horizon then redis.call('EXPIRE', key, horizon + 3600) end
+  before = before + n
+end
+redis.call('SET', attempt, last .. struct.pack('>I4', #found) .. entries .. table.concat(found))
+redis.call('EXPIRE', attempt, horizon)
+return dups
+"""
 SCRIPTS = {
+    'intset': INTSET_LUA,
+    'intset4k': INTSET_LUA,
+    'strtable': STRTABLE_LUA,
     'hashtable': CLAIM_LUA,
     'listpack': CLAIM_LUA.replace(HASHTABLE_START, ''),
     'setnx': SETNX_LUA,
@@ -101,12 +205,14 @@ def run(layout, shards, days, claims, seed, batch=10_000):
     with tempfile.TemporaryDirectory() as workdir:
         proc, client = redis_server(workdir)
         try:
+            if layout == 'intset4k':
+                client.config_set('set-max-intset-entries', os.environ.get('INTSET_LIMIT', '4096'))
             script = client.register_script(SCRIPTS.get(layout, CLAIM_LUA))
             conn = client.connection_pool.get_connection()
             rnd = random.Random(seed)
             now = 1_795_000_000
-            mem0, cpu0 = client.info('memory')['used_memory'], cpu(client)
             sent, fresh, offset = [], 0, 0
+            batches = []
             for _ in range(0, claims, batch):
                 buckets, seen = {}, set()
                 for _ in range(batch):
@@ -120,6 +226,16 @@ def run(layout, shards, days, claims, seed, batch=10_000):
                     week = ((at + 7 * 3600) // 86400) // 7
                     shard = int.from_bytes(digest[16:24], 'little') % shards
                     key = f'tiendo:{{dd{shard % 16}}}:rw{week}'
+                    if layout.startswith('intset'):
+                        key = f'tiendo:{{dd0}}:rw{week}:' + str(
+                            int.from_bytes(digest[8:12], 'little') % shards)
+                        member = str(int.from_bytes(digest[:8], 'little', signed=True))
+                        offset += 1
+                        if (key, member) in seen:
+                            continue
+                        seen.add((key, member))
+                        buckets.setdefault(key, []).append((member, struct.pack('>q', offset - 1)))
+                        continue
                     if layout != 'hashtable':
                         key += f':{shard}'
                     offset += 1
@@ -128,11 +244,28 @@ def run(layout, shards, days, claims, seed, batch=10_000):
                         continue
                     seen.add((key, digest[:14]))
                     buckets.setdefault(key, []).append(digest[:14] + struct.pack('>iq', 0, offset - 1))
+                batches.append(buckets)
+            # A string table is sized for what its key will hold, at the load to measure.
+            per_key = {}
+            for buckets in batches:
+                for k, v in buckets.items():
+                    per_key[k] = per_key.get(k, 0) + len(v)
+            tables = {k: math.ceil(n / (8 * STRTABLE_LOAD)) for k, n in per_key.items()}
+            mem0, cpu0 = client.info('memory')['used_memory'], cpu(client)
+            for buckets in batches:
                 keys = list(buckets)
-                if layout == 'watched':
+                if layout.startswith('intset'):
+                    offsets = [o for k in keys for _, o in buckets[k]]
+                    entries = b''.join(m.encode().ljust(20) + o for k in keys for m, o in buckets[k])
+                    args = [str(32 * 86400), min(offsets), max(offsets), entries]
+                    args += [' '.join(m for m, _ in buckets[k]) for k in keys]
+                    script(keys=keys + ['tiendo:{dd0}:attempt:0'], args=args)
+                elif layout == 'watched':
                     watched(conn, buckets, 32 * 86400)
                 else:
-                    script(keys=keys, args=[str(32 * 86400)] + [b''.join(buckets[k]) for k in keys])
+                    sizes = [str(tables[k]) for k in keys] if layout == 'strtable' else []
+                    script(keys=keys, args=[str(32 * 86400)] + [b''.join(buckets[k]) for k in keys]
+                           + sizes)
             mem1, cpu1 = client.info('memory')['used_memory'], cpu(client)
             encodings = {}
             for key in client.scan_iter(count=10_000):
@@ -150,10 +283,14 @@ def run(layout, shards, days, claims, seed, batch=10_000):
 if __name__ == '__main__':
     claims = int(sys.argv[1]) if len(sys.argv) > 1 else 500_000
     for seed in (1, 2):
-        # About 60 claims per bucket either way: one week of events, or nine.
+        # About 60 claims per bucket either way: one week of events, or nine; intsets hold
+        # about 240 (at most 512) or 1,900 (at most 4,096).
         runs = [('hashtable', 16, 0), ('listpack', 8192, 0), ('setnx', 8192, 0),
                 ('watched', 16, 0), ('hashtable', 16, 60), ('listpack', 1024, 60),
-                ('setnx', 1024, 60), ('watched', 16, 60)]
+                ('setnx', 1024, 60), ('watched', 16, 60), ('strtable', 16, 0), ('strtable', 16, 60),
+                ('intset', 2048, 0), ('intset', 256, 60)]
+        today, spread = map(int, os.environ.get('INTSET_SETS', '256,32').split(','))
+        runs += [('intset4k', today, 0), ('intset4k', spread, 60)]
         only = os.environ.get('LAYOUTS')
         for layout, shards, days in runs:
             if only and layout not in only.split(','):
