@@ -19,10 +19,16 @@ Layouts:
              (STRTABLE_LOAD, default 0.6): a GETRANGE and a SETRANGE per claim.
   intset     claims as 64-bit members of integer sets, SHARDS sets per week, with what a
              set cannot hold (its owner) kept per batch beside them for replays; the
-             steady-state path only (no replay after a crash is measured).
+             steady-state path only (no replay after a crash is measured). Not safe where
+             Redis loses acknowledged writes (BENCHMARKS.md, ninth session).
   intset4k   the same with Redis's set-max-intset-entries raised from 512 to 4096 (or
              INTSET_LIMIT), so fewer, larger sets: fewer commands per batch. INTSET_SETS=a,b
              sets its sets per week for today's events and for 60 days (default 256,32).
+  owned      each claim as two members of one integer set: the id's, and an owner member
+             hashed from the id and its claimant, which a replay finds; owned4k: the same
+             with the raised limit and twice INTSET_SETS.
+  owned2     the owner members in a set of their own beside each id set (INTSET_SETS sets,
+             raised limit): read only when an id is taken.
 
 Needs `pip install redis`. Usage: [LAYOUTS=hashtable,watched] benches/claim_layouts.py [CLAIMS]
 """
@@ -105,7 +111,8 @@ return dups
 # entries found duplicates. A claim found taken at an offset no earlier attempt reached is a
 # re-send: only after a crash or a rebalance does a claim need the entries searched (not
 # measured here), and it is this very message replayed if the attempt holds its entry and not
-# as a duplicate.
+# as a duplicate. Trimming by the offset the storer believes stored loses replays where Redis
+# loses writes it acknowledged, so this layout is a measure of cost, not a design to build.
 # KEYS: the sets, then the attempt string; ARGV[1]: horizon; ARGV[2]: the batch's first offset
 # and ARGV[3] its last (8 bytes, big-endian); ARGV[4]: the entries; ARGV[4 + k]: the members of
 # KEYS[k], space-separated, in entry order.
@@ -144,7 +151,82 @@ redis.call('SET', attempt, last .. struct.pack('>I4', #found) .. entries .. tabl
 redis.call('EXPIRE', attempt, horizon)
 return dups
 """
+# Claims and their owners in one integer set: beside each id's member, a second 64-bit
+# member hashed from the id and its claimant (partition, offset), so a replayed message finds
+# its own claim in the set itself, and nothing has to be kept per batch or trimmed.
+# ARGV[1]: horizon; ARGV[1 + k]: for KEYS[k], space-separated pairs of id and owner members.
+OWNED_LUA = """
+local gmatch = string.gmatch
+local horizon = tonumber(ARGV[1])
+local dups, before = {}, 0
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local list = {}
+  for m in gmatch(ARGV[1 + k], '%S+') do list[#list + 1] = m end
+  local n = #list / 2
+  local ttl = redis.call('TTL', key)
+  local have = redis.call('SMISMEMBER', key, unpack(list))
+  local new, m = {}, 0
+  for j = 1, n do
+    if have[2 * j - 1] == 0 then
+      new[m + 1], new[m + 2] = list[2 * j - 1], list[2 * j]
+      m = m + 2
+    elseif have[2 * j] == 0 then
+      dups[#dups + 1] = before + j
+    end
+  end
+  if m > 0 then redis.call('SADD', key, unpack(new)) end
+  if ttl < horizon then redis.call('EXPIRE', key, horizon + 3600) end
+  before = before + n
+end
+return dups
+"""
+# The same with the owner members in a set of their own beside the ids' (KEYS[k] .. ':o'), so
+# each insert moves half as much of an intset, and owners are read only when an id is taken.
+OWNED2_LUA = """
+local gmatch = string.gmatch
+local horizon = tonumber(ARGV[1])
+local dups, before = {}, 0
+for k = 1, #KEYS do
+  local key, owners = KEYS[k], KEYS[k] .. ':o'
+  local ids, mine = {}, {}
+  for id, owner in gmatch(ARGV[1 + k], '(%S+) (%S+)') do
+    ids[#ids + 1] = id
+    mine[#mine + 1] = owner
+  end
+  local n = #ids
+  local ttl = redis.call('TTL', key)
+  local have = redis.call('SMISMEMBER', key, unpack(ids))
+  local new, claimed, taken, at = {}, {}, {}, {}
+  for j = 1, n do
+    if have[j] == 0 then
+      new[#new + 1], claimed[#claimed + 1] = ids[j], mine[j]
+    else
+      taken[#taken + 1], at[#at + 1] = mine[j], j
+    end
+  end
+  if #taken > 0 then
+    local own = redis.call('SMISMEMBER', owners, unpack(taken))
+    for i = 1, #taken do
+      if own[i] == 0 then dups[#dups + 1] = before + at[i] end
+    end
+  end
+  if #new > 0 then
+    redis.call('SADD', key, unpack(new))
+    redis.call('SADD', owners, unpack(claimed))
+  end
+  if ttl < horizon then
+    redis.call('EXPIRE', key, horizon + 3600)
+    redis.call('EXPIRE', owners, horizon + 3600)
+  end
+  before = before + n
+end
+return dups
+"""
 SCRIPTS = {
+    'owned2': OWNED2_LUA,
+    'owned': OWNED_LUA,
+    'owned4k': OWNED_LUA,
     'intset': INTSET_LUA,
     'intset4k': INTSET_LUA,
     'strtable': STRTABLE_LUA,
@@ -205,7 +287,7 @@ def run(layout, shards, days, claims, seed, batch=10_000):
     with tempfile.TemporaryDirectory() as workdir:
         proc, client = redis_server(workdir)
         try:
-            if layout == 'intset4k':
+            if layout in ('intset4k', 'owned4k', 'owned2'):
                 client.config_set('set-max-intset-entries', os.environ.get('INTSET_LIMIT', '4096'))
             script = client.register_script(SCRIPTS.get(layout, CLAIM_LUA))
             conn = client.connection_pool.get_connection()
@@ -226,7 +308,7 @@ def run(layout, shards, days, claims, seed, batch=10_000):
                     week = ((at + 7 * 3600) // 86400) // 7
                     shard = int.from_bytes(digest[16:24], 'little') % shards
                     key = f'tiendo:{{dd{shard % 16}}}:rw{week}'
-                    if layout.startswith('intset'):
+                    if layout.startswith(('intset', 'owned')):
                         key = f'tiendo:{{dd0}}:rw{week}:' + str(
                             int.from_bytes(digest[8:12], 'little') % shards)
                         member = str(int.from_bytes(digest[:8], 'little', signed=True))
@@ -234,7 +316,12 @@ def run(layout, shards, days, claims, seed, batch=10_000):
                         if (key, member) in seen:
                             continue
                         seen.add((key, member))
-                        buckets.setdefault(key, []).append((member, struct.pack('>q', offset - 1)))
+                        if layout.startswith('owned'):
+                            claimant = hashlib.sha256(digest + struct.pack('>iq', 0, offset - 1))
+                            owner = str(int.from_bytes(claimant.digest()[:8], 'little', signed=True))
+                            buckets.setdefault(key, []).append((member, owner))
+                        else:
+                            buckets.setdefault(key, []).append((member, struct.pack('>q', offset - 1)))
                         continue
                     if layout != 'hashtable':
                         key += f':{shard}'
@@ -254,7 +341,10 @@ def run(layout, shards, days, claims, seed, batch=10_000):
             mem0, cpu0 = client.info('memory')['used_memory'], cpu(client)
             for buckets in batches:
                 keys = list(buckets)
-                if layout.startswith('intset'):
+                if layout.startswith('owned'):  # owned, owned4k, owned2
+                    script(keys=keys, args=[str(32 * 86400)] + [
+                        ' '.join(x for pair in buckets[k] for x in pair) for k in keys])
+                elif layout.startswith('intset'):
                     offsets = [o for k in keys for _, o in buckets[k]]
                     entries = b''.join(m.encode().ljust(20) + o for k in keys for m, o in buckets[k])
                     args = [str(32 * 86400), min(offsets), max(offsets), entries]
@@ -291,6 +381,8 @@ if __name__ == '__main__':
                 ('intset', 2048, 0), ('intset', 256, 60)]
         today, spread = map(int, os.environ.get('INTSET_SETS', '256,32').split(','))
         runs += [('intset4k', today, 0), ('intset4k', spread, 60)]
+        runs += [('owned', 4096, 0), ('owned', 512, 60), ('owned4k', 2 * today, 0),
+                 ('owned4k', 2 * spread, 60), ('owned2', today, 0), ('owned2', spread, 60)]
         only = os.environ.get('LAYOUTS')
         for layout, shards, days in runs:
             if only and layout not in only.split(','):
