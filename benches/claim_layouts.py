@@ -29,6 +29,8 @@ Layouts:
              with the raised limit and twice INTSET_SETS.
   owned2     the owner members in a set of their own beside each id set (INTSET_SETS sets,
              raised limit): read only when an id is taken.
+  grown      owned2 with its sets grown by linear hashing inside the script (from 2^GROWN_START
+             sets per week, splitting at GROWN_PER_SET members a set on average).
 
 Needs `pip install redis`. Usage: [LAYOUTS=hashtable,watched] benches/claim_layouts.py [CLAIMS]
 """
@@ -36,6 +38,8 @@ import hashlib, math, os, random, socket, struct, subprocess, sys, tempfile, tim
 
 import redis
 
+GROWN_PER_SET = os.environ.get('GROWN_PER_SET', '1500')
+GROWN_START = os.environ.get('GROWN_START', '0')
 STRTABLE_LOAD = float(os.environ.get('STRTABLE_LOAD', '0.6'))
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLAIM_LUA = open(os.path.join(HERE, '..', 'src', 'store', 'claim.lua')).read()
@@ -223,7 +227,113 @@ for k = 1, #KEYS do
 end
 return dups
 """
+# owned2's sets grown with the volume by linear hashing, per kind and week: ids (63-bit, so
+# their decimals are non-negative) and owners (whose low 16 bits are the id's) go to the set
+# their low bits name, and once the sets hold ARGV[2] members on average, set `s` splits by
+# the next bit. A split reads the members' low bits from their decimals, so no other record is
+# kept. State (level, split pointer, members) in KEYS[k] .. ':lh'; a new week starts at level
+# ARGV[3]. Set keys are derived here, not declared: on a cluster they share KEYS[k]'s slot.
+# ARGV[3 + k]: for KEYS[k], space-separated triples of the id's low 16 bits, id and owner.
+GROWN_LUA = """
+local gmatch, sub, floor = string.gmatch, string.sub, math.floor
+local horizon, per_set, start = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local CHUNK = 4000
+-- A non-negative decimal's value mod 2^16: 10^16 is a multiple of 2^16, so its last 16
+-- digits decide it; taken as two 8-digit halves, so Lua's doubles stay exact.
+local function low16(m)
+  local n = #m
+  local lo = tonumber(sub(m, math.max(1, n - 7), n))
+  local hi = n > 8 and tonumber(sub(m, math.max(1, n - 15), n - 8)) or 0
+  return (hi * 57600 + lo) % 65536 -- 10^8 = 57600 (mod 2^16)
+end
+-- Calls `command` on `key` with the list in chunks (unpack takes about 8000 values), and
+-- answers the replies joined.
+local function each(command, key, list)
+  local out = {}
+  for s = 1, #list, CHUNK do
+    local r = redis.call(command, key, unpack(list, s, math.min(s + CHUNK - 1, #list)))
+    if type(r) == 'table' then
+      for _, v in ipairs(r) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+local dups, before = {}, 0
+for k = 1, #KEYS do
+  local base = KEYS[k]
+  local st = redis.call('HMGET', base .. ':lh', 'L', 's', 'n')
+  local L, s, count = tonumber(st[1]) or start, tonumber(st[2]) or 0, tonumber(st[3]) or 0
+  -- Split first, counting every incoming claim as new, so no set passes its limit even for
+  -- a moment (Redis never turns a set that did back into an intset).
+  local incoming = (select(2, string.gsub(ARGV[3 + k], ' ', ' ')) + 1) / 3 -- triples sent
+  while L < 16 and count + incoming > per_set * (2 ^ L + s) do
+    local from, to = base .. ':' .. s, base .. ':' .. (s + 2 ^ L)
+    for _, o in ipairs({ '', ':o' }) do
+      local move = {}
+      for _, m in ipairs(redis.call('SMEMBERS', from .. o)) do
+        if floor(low16(m) / 2 ^ L) % 2 == 1 then move[#move + 1] = m end
+      end
+      if #move > 0 then
+        each('SREM', from .. o, move)
+        each('SADD', to .. o, move)
+        redis.call('EXPIRE', to .. o, horizon + 3600)
+      end
+    end
+    s = s + 1
+    if s == 2 ^ L then L, s = L + 1, 0 end
+  end
+  local groups, order, j = {}, {}, 0
+  local below, above = 2 ^ L, 2 ^ (L + 1)
+  for a, id, owner in gmatch(ARGV[3 + k], '(%d+) (%d+) (%d+)') do
+    j = j + 1
+    local i = a % below
+    if i < s then i = a % above end
+    local g = groups[i]
+    if not g then
+      g = { ids = {}, owners = {}, at = {} }
+      groups[i] = g
+      order[#order + 1] = i
+    end
+    local n = #g.ids + 1
+    g.ids[n], g.owners[n], g.at[n] = id, owner, j
+  end
+  for _, i in ipairs(order) do
+    local g = groups[i]
+    local key = base .. ':' .. i
+    local ttl = redis.call('TTL', key)
+    local have = each('SMISMEMBER', key, g.ids)
+    local new, claimed, taken, at = {}, {}, {}, {}
+    for n = 1, #g.ids do
+      if have[n] == 0 then
+        new[#new + 1], claimed[#claimed + 1] = g.ids[n], g.owners[n]
+      else
+        taken[#taken + 1], at[#at + 1] = g.owners[n], g.at[n]
+      end
+    end
+    if #taken > 0 then
+      local own = each('SMISMEMBER', key .. ':o', taken)
+      for n = 1, #taken do
+        if own[n] == 0 then dups[#dups + 1] = before + at[n] end
+      end
+    end
+    if #new > 0 then
+      each('SADD', key, new)
+      each('SADD', key .. ':o', claimed)
+      count = count + #new
+    end
+    if ttl < horizon then
+      redis.call('EXPIRE', key, horizon + 3600)
+      redis.call('EXPIRE', key .. ':o', horizon + 3600)
+    end
+  end
+  redis.call('HSET', base .. ':lh', 'L', L, 's', s, 'n', count)
+  redis.call('EXPIRE', base .. ':lh', horizon + 3600)
+  before = before + j
+end
+return dups
+"""
 SCRIPTS = {
+    'grown': GROWN_LUA,
     'owned2': OWNED2_LUA,
     'owned': OWNED_LUA,
     'owned4k': OWNED_LUA,
@@ -287,7 +397,7 @@ def run(layout, shards, days, claims, seed, batch=10_000):
     with tempfile.TemporaryDirectory() as workdir:
         proc, client = redis_server(workdir)
         try:
-            if layout in ('intset4k', 'owned4k', 'owned2'):
+            if layout in ('intset4k', 'owned4k', 'owned2', 'grown'):
                 client.config_set('set-max-intset-entries', os.environ.get('INTSET_LIMIT', '4096'))
             script = client.register_script(SCRIPTS.get(layout, CLAIM_LUA))
             conn = client.connection_pool.get_connection()
@@ -308,6 +418,19 @@ def run(layout, shards, days, claims, seed, batch=10_000):
                     week = ((at + 7 * 3600) // 86400) // 7
                     shard = int.from_bytes(digest[16:24], 'little') % shards
                     key = f'tiendo:{{dd{shard % 16}}}:rw{week}'
+                    if layout == 'grown':
+                        key = f'tiendo:{{dd0}}:rw{week}'
+                        member = int.from_bytes(digest[:8], 'little') >> 1
+                        offset += 1
+                        if (key, member) in seen:
+                            continue
+                        seen.add((key, member))
+                        claimant = hashlib.sha256(digest + struct.pack('>iq', 0, offset - 1))
+                        owner = int.from_bytes(claimant.digest()[:8], 'little') >> 1
+                        owner = owner & ~0xFFFF | member & 0xFFFF
+                        buckets.setdefault(key, []).append(
+                            (str(member & 0xFFFF), str(member), str(owner)))
+                        continue
                     if layout.startswith(('intset', 'owned')):
                         key = f'tiendo:{{dd0}}:rw{week}:' + str(
                             int.from_bytes(digest[8:12], 'little') % shards)
@@ -341,7 +464,10 @@ def run(layout, shards, days, claims, seed, batch=10_000):
             mem0, cpu0 = client.info('memory')['used_memory'], cpu(client)
             for buckets in batches:
                 keys = list(buckets)
-                if layout.startswith('owned'):  # owned, owned4k, owned2
+                if layout == 'grown':
+                    script(keys=keys, args=[str(32 * 86400), GROWN_PER_SET, GROWN_START] + [
+                        ' '.join(x for triple in buckets[k] for x in triple) for k in keys])
+                elif layout.startswith('owned'):  # owned, owned4k, owned2
                     script(keys=keys, args=[str(32 * 86400)] + [
                         ' '.join(x for pair in buckets[k] for x in pair) for k in keys])
                 elif layout.startswith('intset'):
@@ -382,7 +508,8 @@ if __name__ == '__main__':
         today, spread = map(int, os.environ.get('INTSET_SETS', '256,32').split(','))
         runs += [('intset4k', today, 0), ('intset4k', spread, 60)]
         runs += [('owned', 4096, 0), ('owned', 512, 60), ('owned4k', 2 * today, 0),
-                 ('owned4k', 2 * spread, 60), ('owned2', today, 0), ('owned2', spread, 60)]
+                 ('owned4k', 2 * spread, 60), ('owned2', today, 0), ('owned2', spread, 60),
+                 ('grown', 1, 0), ('grown', 1, 60)]
         only = os.environ.get('LAYOUTS')
         for layout, shards, days in runs:
             if only and layout not in only.split(','):
