@@ -38,6 +38,7 @@ import hashlib, math, os, random, socket, struct, subprocess, sys, tempfile, tim
 
 import redis
 
+HORIZON = 32 * 86400  # seconds a claim is kept after its bucket's last claim
 GROWN_PER_SET = os.environ.get('GROWN_PER_SET', '1500')
 GROWN_START = os.environ.get('GROWN_START', '0')
 STRTABLE_LOAD = float(os.environ.get('STRTABLE_LOAD', '0.6'))
@@ -393,6 +394,34 @@ def cpu(client):
     return info['used_cpu_user'] + info['used_cpu_sys']
 
 
+def owner_member(digest, offset):
+    """A 64-bit member hashed from an id's digest and its claimant (partition 0, offset)."""
+    return int.from_bytes(hashlib.sha256(digest + struct.pack('>iq', 0, offset)).digest()[:8],
+                          'little', signed=True)
+
+
+def claim(layout, shards, event_id, at, offset):
+    """(bucket key, what makes a claim a repeat inside its bucket, the record sent) of one
+    event in one layout."""
+    digest = hashlib.sha256(event_id.encode()).digest()
+    week = ((at + 7 * 3600) // 86400) // 7
+    if layout == 'grown':
+        member = int.from_bytes(digest[:8], 'little') >> 1
+        owner = (owner_member(digest, offset) % 2**64 >> 1) & ~0xFFFF | member & 0xFFFF
+        return f'tiendo:{{dd0}}:rw{week}', member, (str(member & 0xFFFF), str(member), str(owner))
+    if layout.startswith(('intset', 'owned')):
+        key = f'tiendo:{{dd0}}:rw{week}:' + str(int.from_bytes(digest[8:12], 'little') % shards)
+        member = str(int.from_bytes(digest[:8], 'little', signed=True))
+        if layout.startswith('owned'):
+            return key, member, (member, str(owner_member(digest, offset)))
+        return key, member, (member, struct.pack('>q', offset))
+    shard = int.from_bytes(digest[16:24], 'little') % shards
+    key = f'tiendo:{{dd{shard % 16}}}:rw{week}'
+    if layout != 'hashtable':
+        key += f':{shard}'
+    return key, digest[:14], digest[:14] + struct.pack('>iq', 0, offset)
+
+
 def run(layout, shards, days, claims, seed, batch=10_000):
     with tempfile.TemporaryDirectory() as workdir:
         proc, client = redis_server(workdir)
@@ -414,73 +443,38 @@ def run(layout, shards, days, claims, seed, batch=10_000):
                         event_id, at = f'evt-{seed}-{offset}', now - rnd.randrange(days * 86400 + 1)
                         sent.append((event_id, at))
                         fresh += 1
-                    digest = hashlib.sha256(event_id.encode()).digest()
-                    week = ((at + 7 * 3600) // 86400) // 7
-                    shard = int.from_bytes(digest[16:24], 'little') % shards
-                    key = f'tiendo:{{dd{shard % 16}}}:rw{week}'
-                    if layout == 'grown':
-                        key = f'tiendo:{{dd0}}:rw{week}'
-                        member = int.from_bytes(digest[:8], 'little') >> 1
-                        offset += 1
-                        if (key, member) in seen:
-                            continue
-                        seen.add((key, member))
-                        claimant = hashlib.sha256(digest + struct.pack('>iq', 0, offset - 1))
-                        owner = int.from_bytes(claimant.digest()[:8], 'little') >> 1
-                        owner = owner & ~0xFFFF | member & 0xFFFF
-                        buckets.setdefault(key, []).append(
-                            (str(member & 0xFFFF), str(member), str(owner)))
-                        continue
-                    if layout.startswith(('intset', 'owned')):
-                        key = f'tiendo:{{dd0}}:rw{week}:' + str(
-                            int.from_bytes(digest[8:12], 'little') % shards)
-                        member = str(int.from_bytes(digest[:8], 'little', signed=True))
-                        offset += 1
-                        if (key, member) in seen:
-                            continue
-                        seen.add((key, member))
-                        if layout.startswith('owned'):
-                            claimant = hashlib.sha256(digest + struct.pack('>iq', 0, offset - 1))
-                            owner = str(int.from_bytes(claimant.digest()[:8], 'little', signed=True))
-                            buckets.setdefault(key, []).append((member, owner))
-                        else:
-                            buckets.setdefault(key, []).append((member, struct.pack('>q', offset - 1)))
-                        continue
-                    if layout != 'hashtable':
-                        key += f':{shard}'
                     offset += 1
+                    key, ident, record = claim(layout, shards, event_id, at, offset - 1)
                     # tiendo sends each id once per batch and settles repeats itself.
-                    if (key, digest[:14]) in seen:
+                    if (key, ident) in seen:
                         continue
-                    seen.add((key, digest[:14]))
-                    buckets.setdefault(key, []).append(digest[:14] + struct.pack('>iq', 0, offset - 1))
+                    seen.add((key, ident))
+                    buckets.setdefault(key, []).append(record)
                 batches.append(buckets)
             # A string table is sized for what its key will hold, at the load to measure.
             per_key = {}
-            for buckets in batches:
+            for buckets in batches if layout == 'strtable' else []:
                 for k, v in buckets.items():
                     per_key[k] = per_key.get(k, 0) + len(v)
             tables = {k: math.ceil(n / (8 * STRTABLE_LOAD)) for k, n in per_key.items()}
             mem0, cpu0 = client.info('memory')['used_memory'], cpu(client)
             for buckets in batches:
                 keys = list(buckets)
-                if layout == 'grown':
-                    script(keys=keys, args=[str(32 * 86400), GROWN_PER_SET, GROWN_START] + [
-                        ' '.join(x for triple in buckets[k] for x in triple) for k in keys])
-                elif layout.startswith('owned'):  # owned, owned4k, owned2
-                    script(keys=keys, args=[str(32 * 86400)] + [
-                        ' '.join(x for pair in buckets[k] for x in pair) for k in keys])
+                if layout == 'grown' or layout.startswith('owned'):
+                    settings = [GROWN_PER_SET, GROWN_START] if layout == 'grown' else []
+                    script(keys=keys, args=[str(HORIZON)] + settings + [
+                        ' '.join(x for record in buckets[k] for x in record) for k in keys])
                 elif layout.startswith('intset'):
                     offsets = [o for k in keys for _, o in buckets[k]]
                     entries = b''.join(m.encode().ljust(20) + o for k in keys for m, o in buckets[k])
-                    args = [str(32 * 86400), min(offsets), max(offsets), entries]
+                    args = [str(HORIZON), min(offsets), max(offsets), entries]
                     args += [' '.join(m for m, _ in buckets[k]) for k in keys]
                     script(keys=keys + ['tiendo:{dd0}:attempt:0'], args=args)
                 elif layout == 'watched':
-                    watched(conn, buckets, 32 * 86400)
+                    watched(conn, buckets, HORIZON)
                 else:
                     sizes = [str(tables[k]) for k in keys] if layout == 'strtable' else []
-                    script(keys=keys, args=[str(32 * 86400)] + [b''.join(buckets[k]) for k in keys]
+                    script(keys=keys, args=[str(HORIZON)] + [b''.join(buckets[k]) for k in keys]
                            + sizes)
             mem1, cpu1 = client.info('memory')['used_memory'], cpu(client)
             encodings = {}
