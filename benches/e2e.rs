@@ -4,11 +4,13 @@
 //! binary, configured by environment) on a fresh Redis with `appendfsync everysec`, then with
 //! `always`, each printed against its goal with Redis memory per event and tiendo's resident
 //! memory, and where the CPU went (the machine's busy cores, tiendo's, Redis's and the rest's
-//! CPU time per message). Then the event-to-Redis latency at half the first measured rate. Completion is
-//! checked by counting (Tansu's high watermarks under-report): the baseline counts messages,
-//! tiendo's Redis totals must equal what was published less the re-sends, or the benchmark
-//! exits non-zero. Needs TIENDO_BENCH_BROKERS=host:port; EVENTS and DATA (today or spread)
-//! change the size and the data sets.
+//! CPU time per message), and how long each pipeline stage waited on the other (from tiendo's
+//! `/metrics`: which of Kafka and Redis set the pace). Then the event-to-Redis latency at half
+//! the first measured rate. Completion is checked by counting (Tansu's high watermarks
+//! under-report): the baseline counts messages, tiendo's Redis totals must equal what was
+//! published less the re-sends, or the benchmark exits non-zero. Needs
+//! TIENDO_BENCH_BROKERS=host:port; EVENTS and DATA (today or spread) change the size and the
+//! data sets.
 
 use std::time::{Duration, Instant};
 
@@ -110,6 +112,11 @@ async fn main() {
                 outcome.tiendo_us,
                 outcome.redis_us,
                 outcome.cpu.us_per_msg - outcome.tiendo_us - outcome.redis_us
+            );
+            println!(
+                "      waits (tiendo_pipeline_wait_seconds) of {:.2} s: the storer for batches {:.2} s (Kafka-bound), \
+                 read batches for the storer {:.2} s (Redis-bound)",
+                outcome.secs, outcome.waits.0, outcome.waits.1
             );
             failed |= !outcome.exact;
         }
@@ -282,6 +289,8 @@ struct Outcome {
     /// CPU microseconds per message of tiendo's process, and of Redis.
     tiendo_us: f64,
     redis_us: f64,
+    /// Seconds tiendo's storer waited for batches, and its collector for the storer.
+    waits: (f64, f64),
 }
 
 /// `tiendo run`, the release binary, on a fresh Redis with this `appendfsync`, until Redis
@@ -301,6 +310,8 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
     let before = redis.used_memory().unwrap();
     let redis_cpu = redis.used_cpu().unwrap();
     let (t, cpu) = (Instant::now(), Machine::now());
+    let port = tiendo::embedded::free_port().expect("a free port");
+    settings.http.listen = format!("127.0.0.1:{port}");
     let child = Tiendo::start(&settings, &format!("{run}-{}-{fsync}", data.name));
     let mut rss = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -338,6 +349,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
     let per_msg = |secs: f64| secs * 1e6 / data.messages as f64;
     let tiendo_us = per_msg(cpu_secs(child.0.id()));
     let redis_us = per_msg(redis.used_cpu().unwrap() - redis_cpu);
+    let waits = waits(&settings.http.listen).await;
     drop(child);
     let after = redis.used_memory().unwrap();
     if got != want {
@@ -351,7 +363,24 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         cpu,
         tiendo_us,
         redis_us,
+        waits,
     }
+}
+
+/// The sums of `tiendo_pipeline_wait_seconds` for the storer and the collector, from the
+/// `/metrics` page of the tiendo listening at `listen` (0 where not read).
+async fn waits(listen: &str) -> (f64, f64) {
+    let page = match reqwest::get(format!("http://{listen}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let sum = |stage: &str| {
+        let prefix = format!("tiendo_pipeline_wait_seconds_sum{{stage=\"{stage}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (sum("storer"), sum("collector"))
 }
 
 /// Clock ticks per second in /proc's CPU times: USER_HZ, 100 on Linux by its ABI.
@@ -468,7 +497,7 @@ impl Tiendo {
                 &s.kafka.topics.dead_letter,
             )
             .env("TIENDO_REDIS__URL", s.redis.url.expose())
-            .env("TIENDO_HTTP__LISTEN", "")
+            .env("TIENDO_HTTP__LISTEN", &s.http.listen)
             .env("TIENDO_LOG__FILTER", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -23,6 +23,7 @@ pub const INFERRED: &str = "tiendo_events_inferred_total";
 pub const BATCH_MESSAGES: &str = "tiendo_batch_messages";
 pub const BATCH_SECONDS: &str = "tiendo_batch_duration_seconds";
 pub const FLUSH_SECONDS: &str = "tiendo_redis_flush_duration_seconds";
+pub const PIPELINE_WAIT: &str = "tiendo_pipeline_wait_seconds";
 pub const REDIS_ERRORS: &str = "tiendo_redis_errors_total";
 pub const KAFKA_ERRORS: &str = "tiendo_kafka_errors_total";
 pub const SCHEMA_LOOKUPS: &str = "tiendo_schema_registry_lookups_total";
@@ -71,6 +72,8 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (BATCH_MESSAGES, "histogram", "", "Messages per processed batch."),
     (BATCH_SECONDS, "histogram", "", "Time to process one batch, from decode to stored offsets."),
     (FLUSH_SECONDS, "histogram", "", "Time of the Redis round trips of one batch (claims and apply)."),
+    (PIPELINE_WAIT, "histogram", "stage",
+     "Waits of a pipeline stage on the other (the rate of its sum is the share of time spent waiting): storer (for the next batch: reading from Kafka is the bound, or the topics are quiet) or collector (a read batch waiting for the storer: storing in Redis is the bound)."),
     (REDIS_ERRORS, "counter", "", "Failed Redis calls; each is retried with backoff."),
     (KAFKA_ERRORS, "counter", "", "Kafka consume or dead-letter produce errors."),
     (SCHEMA_LOOKUPS, "counter", "outcome",

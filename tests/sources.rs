@@ -99,6 +99,15 @@ async fn each_source_sees_its_feed_and_unknown_names_add_no_series() {
         .unwrap();
     common::signal(&child, "TERM");
     child.wait().unwrap();
+    // The storer waited at least for the first batch; the collector's series is there too.
+    let waited = |stage: &str| {
+        let prefix = format!("tiendo_pipeline_wait_seconds_sum{{stage=\"{stage}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.parse::<f64>().ok())
+    };
+    assert!(waited("storer").is_some_and(|s| s > 0.0), "{metrics}");
+    assert!(waited("collector").is_some(), "{metrics}");
 
     let by_name = |name: &str| {
         api.as_array()

@@ -148,11 +148,19 @@ struct Collector {
 
 impl Collector {
     async fn run(self, tx: mpsc::Sender<Batch>, shutdown: CancellationToken) {
+        // Time a sealed batch waits for the storer: the share of it shows when Redis, not
+        // Kafka, sets the pace.
+        let waited = metrics::histogram!(telemetry::PIPELINE_WAIT, "stage" => "collector");
         while !shutdown.is_cancelled() {
             let batch = self.collect(&shutdown).await;
-            if !batch.is_empty() && tx.send(batch).await.is_err() {
+            if batch.is_empty() {
+                continue;
+            }
+            let handing = Instant::now();
+            if tx.send(batch).await.is_err() {
                 break; // the storer stopped
             }
+            waited.record(handing.elapsed().as_secs_f64());
         }
     }
 
@@ -362,17 +370,22 @@ impl Storer {
     async fn run(mut self, mut rx: mpsc::Receiver<Batch>, shutdown: CancellationToken) {
         let mut check = tokio::time::interval(VERIFY_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Time spent waiting for the next batch (see the collector's counterpart).
+        let waited = metrics::histogram!(telemetry::PIPELINE_WAIT, "stage" => "storer");
         loop {
+            let waiting = Instant::now();
             let batch = tokio::select! {
                 batch = rx.recv() => match batch {
                     Some(b) => b,
                     None => break,
                 },
                 _ = check.tick() => {
+                    waited.record(waiting.elapsed().as_secs_f64());
                     self.verify_stored().await;
                     continue;
                 }
             };
+            waited.record(waiting.elapsed().as_secs_f64());
             let started = Instant::now();
             let messages = batch.len();
             let span = tracing::info_span!("batch", partitions = ?batch.parts().map(|p| (p.topic.as_str(), p.partition, p.start, p.next)).collect::<Vec<_>>());
