@@ -10,7 +10,7 @@
 //! under-report): the baseline counts messages, tiendo's Redis totals must equal what was
 //! published less the re-sends, or the benchmark exits non-zero. Needs
 //! TIENDO_BENCH_BROKERS=host:port; EVENTS and DATA (today or spread) change the size and the
-//! data sets.
+//! data sets; LATENCY_RATE (messages/s) fixes the latency run's rate.
 
 use std::time::{Duration, Instant};
 
@@ -122,7 +122,11 @@ async fn main() {
         }
     }
     if let Some(rate) = max_rate {
-        let half = rate / 2.0;
+        // LATENCY_RATE fixes the rate instead, to compare two settings at the same load.
+        let half = std::env::var("LATENCY_RATE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(rate / 2.0);
         let (from_send, from_ack) = latency(&base, &run, half, LATENCY_SECS).await;
         let q = |lat: &[f64], q: f64| {
             lat.get(((lat.len() as f64 - 1.0) * q) as usize)
@@ -133,7 +137,7 @@ async fn main() {
             failed = true;
         } else {
             println!(
-                "  latency at half the maximum rate ({half:.0} msg/s for {LATENCY_SECS} s, {} \
+                "  latency at half the maximum rate or LATENCY_RATE ({half:.0} msg/s for {LATENCY_SECS} s, {} \
                  messages, appendfsync everysec, batch linger {} ms):",
                 from_send.len(),
                 base.pipeline.batch_linger.as_millis()

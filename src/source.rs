@@ -331,6 +331,12 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // 100 ms 0.41-0.45 s; catch-up was faster on one machine, slower on another
         // (BENCHMARKS.md, 3 December).
         .set("fetch.wait.max.ms", "100")
+        // A partition whose local queue is over librdkafka's thresholds has its next fetch
+        // put off by this long (librdkafka's default is 1000 ms). The collector takes a batch
+        // at a time and then waits for the storer, so the queue crosses them often; after a
+        // 1 s pause the storer stood waiting for messages for up to a third of a backfill
+        // (BENCHMARKS.md, tenth session). The queue's size limits are unchanged.
+        .set("fetch.queue.backoff.ms", "10")
         // Statistics feed the consumer-lag gauge; operators may change the interval.
         .set("statistics.interval.ms", "15000");
     if !kafka.group_instance_id.is_empty() {
@@ -391,15 +397,21 @@ mod tests {
         let mut kafka = KafkaSettings::default();
         let c = consumer_config(&kafka);
         assert_eq!(c.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
 
-        for (k, v) in [("fetch.wait.max.ms", "500"), ("enable.auto.commit", "true")] {
+        for (k, v) in [
+            ("fetch.wait.max.ms", "500"),
+            ("fetch.queue.backoff.ms", "1000"),
+            ("enable.auto.commit", "true"),
+        ] {
             kafka
                 .consumer_properties
                 .insert(k.to_string(), Secret::new(v));
         }
         let c = consumer_config(&kafka);
         assert_eq!(c.get("fetch.wait.max.ms"), Some("500"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("1000"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
     }
 }
