@@ -62,9 +62,11 @@ def compose_schema(path: Path, schema: Path) -> list[str]:
     return [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
 
 
-DECLARED = set(re.findall(r'"(tiendo_[a-z0-9_]+)"', (ROOT / "src/telemetry.rs").read_text()))
-HISTOGRAMS = {"tiendo_batch_messages", "tiendo_batch_duration_seconds",
-              "tiendo_redis_flush_duration_seconds"}
+TELEMETRY = (ROOT / "src/telemetry.rs").read_text()
+DECLARED = set(re.findall(r'"(tiendo_[a-z0-9_]+)"', TELEMETRY))
+# The histograms, by the kind METRICS gives each constant: their _bucket, _sum and _count.
+CONSTANTS = dict(re.findall(r'pub const (\w+): &str = "(tiendo_[a-z0-9_]+)";', TELEMETRY))
+HISTOGRAMS = {CONSTANTS[c] for c in re.findall(r'\((\w+), "histogram"', TELEMETRY)}
 
 
 def metric_names(exprs: list[str]) -> list[str]:
