@@ -114,8 +114,8 @@ async fn main() {
                 outcome.cpu.us_per_msg - outcome.tiendo_us - outcome.redis_us
             );
             println!(
-                "      waits (tiendo_pipeline_wait_seconds) of {:.2} s: the storer for batches {:.2} s (Kafka-bound), \
-                 read batches for the storer {:.2} s (Redis-bound)",
+                "      waits (tiendo_pipeline_wait_seconds) of {:.2} s: the storer for batches \
+                 {:.2} s (reading-bound), read batches for the storer {:.2} s (Redis-bound)",
                 outcome.secs, outcome.waits.0, outcome.waits.1
             );
             failed |= !outcome.exact;
@@ -137,8 +137,8 @@ async fn main() {
             failed = true;
         } else {
             println!(
-                "  latency at half the maximum rate or LATENCY_RATE ({half:.0} msg/s for {LATENCY_SECS} s, {} \
-                 messages, appendfsync everysec, batch linger {} ms):",
+                "  latency at half the maximum rate or LATENCY_RATE ({half:.0} msg/s for \
+                 {LATENCY_SECS} s, {} messages, appendfsync everysec, batch linger {} ms):",
                 from_send.len(),
                 base.pipeline.batch_linger.as_millis()
             );

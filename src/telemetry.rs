@@ -73,7 +73,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (BATCH_SECONDS, "histogram", "", "Time to process one batch, from decode to stored offsets."),
     (FLUSH_SECONDS, "histogram", "", "Time of the Redis round trips of one batch (claims and apply)."),
     (PIPELINE_WAIT, "histogram", "stage",
-     "Waits of a pipeline stage on the other (the rate of its sum is the share of time spent waiting): storer (for the next batch: reading from Kafka is the bound, or the topics are quiet) or collector (a read batch waiting for the storer: storing in Redis is the bound)."),
+     "Waits of a pipeline stage on the other (the rate of its sum is the share of time spent waiting): storer (for the next batch: reading from Kafka and decoding set the pace, or the topics are quiet) or collector (a read batch waiting for the storer: storing in Redis sets the pace)."),
     (REDIS_ERRORS, "counter", "", "Failed Redis calls; each is retried with backoff."),
     (KAFKA_ERRORS, "counter", "", "Kafka consume or dead-letter produce errors."),
     (SCHEMA_LOOKUPS, "counter", "outcome",
