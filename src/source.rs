@@ -337,6 +337,12 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // 1 s pause the storer stood waiting for messages for up to a third of a backfill
         // (BENCHMARKS.md, tenth session). The queue's size limits are unchanged.
         .set("fetch.queue.backoff.ms", "10")
+        // librdkafka fetches ahead until a partition's local queue holds this many messages
+        // (its default is 100,000); those queued messages were half of tiendo's heap at its
+        // peak. With half as many, RSS at most fell from 133-157 to 111-124 MiB over a 60-day
+        // backfill, throughput unchanged; 20,000 left the storer waiting for batches
+        // (BENCHMARKS.md, eleventh session).
+        .set("queued.min.messages", "50000")
         // Statistics feed the consumer-lag gauge; operators may change the interval.
         .set("statistics.interval.ms", "15000");
     if !kafka.group_instance_id.is_empty() {
@@ -398,11 +404,13 @@ mod tests {
         let c = consumer_config(&kafka);
         assert_eq!(c.get("fetch.wait.max.ms"), Some("100"));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(c.get("queued.min.messages"), Some("50000"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
 
         for (k, v) in [
             ("fetch.wait.max.ms", "500"),
             ("fetch.queue.backoff.ms", "1000"),
+            ("queued.min.messages", "100000"),
             ("enable.auto.commit", "true"),
         ] {
             kafka
@@ -412,6 +420,7 @@ mod tests {
         let c = consumer_config(&kafka);
         assert_eq!(c.get("fetch.wait.max.ms"), Some("500"));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("1000"));
+        assert_eq!(c.get("queued.min.messages"), Some("100000"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
     }
 }
