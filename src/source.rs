@@ -338,10 +338,10 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // (BENCHMARKS.md, tenth session). The queue's size limits are unchanged.
         .set("fetch.queue.backoff.ms", "10")
         // librdkafka fetches ahead until a partition's local queue holds this many messages
-        // (its default is 100,000); those queued messages were half of tiendo's heap at its
-        // peak. With half as many, RSS at most fell from 133-157 to 111-124 MiB over a 60-day
-        // backfill, throughput unchanged; 20,000 left the storer waiting for batches
-        // (BENCHMARKS.md, eleventh session).
+        // (its default is 100,000); those messages and their fetch buffers were three quarters
+        // of tiendo's heap at its peak. With half as many, RSS at most fell from 133-157 to
+        // 111-124 MiB over a 60-day backfill, throughput unchanged; 20,000 left the storer
+        // waiting for batches (BENCHMARKS.md, eleventh session).
         .set("queued.min.messages", "50000")
         // Statistics feed the consumer-lag gauge; operators may change the interval.
         .set("statistics.interval.ms", "15000");
