@@ -237,12 +237,25 @@ async fn an_unreachable_broker_is_counted_every_time_logged_once_a_minute_and_it
         .collect();
     // At most one line per client and error: the consumer, the dead-letter and alerts
     // producers, the catch-up probe and the consume loop, each with a transport failure and
-    // all brokers down.
-    assert!(
-        !logged.is_empty() && logged.len() <= 10,
-        "{counted} errors, {} lines:\n{logged:#?}",
-        logged.len(),
-    );
+    // all brokers down (and, when the broker is up before its topics, the consumer's unknown
+    // topic), however many times each came.
+    let mut seen = std::collections::HashSet::new();
+    for line in &logged {
+        let what = |key: &str| {
+            line.split(key)
+                .nth(1)
+                .and_then(|rest| rest.split([' ', '(']).next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let first = seen.insert((
+            what("client="),
+            line.contains("consume error"),
+            what("error: "),
+        ));
+        assert!(first, "{counted} errors, logged again:\n{logged:#?}");
+    }
+    assert!(!logged.is_empty(), "{counted} errors, none logged");
     assert!(logged.iter().all(|l| l.contains("held_back=")), "{log:#?}");
     let back: Vec<&String> = log
         .iter()
