@@ -38,21 +38,23 @@ fn own_cpu() -> f64 {
     ticks / 100.0
 }
 
+/// The environment variable `name` parsed, or `default` when it is unset or does not parse.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[tokio::main]
 async fn main() {
-    let events: usize = std::env::var("EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let events: usize = env_or("EVENTS", 1_000_000);
     // The pipeline's default batch size unless BATCH says otherwise.
-    let batch_size: usize = std::env::var("BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(Settings::default().pipeline.batch_max_messages);
+    let batch_size: usize = env_or("BATCH", Settings::default().pipeline.batch_max_messages);
     // AOF on (everysec), as exactness across Redis crashes needs; AOF=no to compare.
-    let aof = std::env::var("AOF").unwrap_or_else(|_| "yes".into());
+    let aof: String = env_or("AOF", "yes".into());
     // FSYNC=always for the strictest durability (one fsync per event-loop pass that writes).
-    let fsync = std::env::var("FSYNC").unwrap_or_else(|_| "everysec".into());
+    let fsync: String = env_or("FSYNC", "everysec".into());
     let redis = RedisServer::start_with(&["--appendonly", &aof, "--appendfsync", &fsync])
         .expect("redis-server");
     let mut settings = Settings::default();
@@ -72,17 +74,11 @@ async fn main() {
     // What Redis must hold afterwards, from the events themselves (every id is new).
     let (mut expected_records, mut expected_procedures) = (0i64, 0i64);
     // SPREAD_DAYS=60 spreads event times over that many days back, as a backfill would.
-    let spread_days: i64 = std::env::var("SPREAD_DAYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let spread_days: i64 = env_or("SPREAD_DAYS", 0);
     // RESENDS=0.03 sends that share of messages again (a copy of an earlier one, anywhere
     // before it), as the end-to-end bench does: the storer must find each one claimed and
     // count it once.
-    let resends: f64 = std::env::var("RESENDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let resends: f64 = env_or("RESENDS", 0.0);
     let mut rng = fastrand::Rng::with_seed(17);
     let mut messages: Vec<(Kind, i32, Vec<u8>)> = (0..events)
         .map(|i| {

@@ -47,16 +47,21 @@ struct Data {
     procedures: i64,
 }
 
+/// The environment variable `name` parsed, or `default` when it is unset or does not parse.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[tokio::main]
 async fn main() {
     let Ok(brokers) = std::env::var("TIENDO_BENCH_BROKERS") else {
         eprintln!("e2e bench skipped: set TIENDO_BENCH_BROKERS (scripts/bench starts Tansu)");
         return;
     };
-    let events: usize = std::env::var("EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let events: usize = env_or("EVENTS", 200_000);
     let run = format!("b{}", std::process::id());
     let mut base = Settings::default();
     base.kafka.brokers = brokers.clone();
@@ -123,10 +128,7 @@ async fn main() {
     }
     if let Some(rate) = max_rate {
         // LATENCY_RATE fixes the rate instead, to compare two settings at the same load.
-        let half = std::env::var("LATENCY_RATE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(rate / 2.0);
+        let half = env_or("LATENCY_RATE", rate / 2.0);
         let (from_send, from_ack) = latency(&base, &run, half, LATENCY_SECS).await;
         let q = |lat: &[f64], q: f64| {
             lat.get(((lat.len() as f64 - 1.0) * q) as usize)
