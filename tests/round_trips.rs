@@ -11,12 +11,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
+use tiendo::aggregate::Aggregate;
 use tiendo::config::{Secret, Settings};
 use tiendo::decode::Validator;
 use tiendo::embedded::RedisServer;
 use tiendo::generator::{Generated, Generator};
-use tiendo::pipeline::{Batch, Origin};
-use tiendo::store::{self, Applied, Store};
+use tiendo::pipeline::{Batch, HeldCounters, Origin};
+use tiendo::store::{self, Applied, Current, PartitionBatch, Store};
 
 const PARTITIONS: i32 = 4;
 const TOPICS: [&str; 2] = ["records", "procedures"];
@@ -38,6 +39,7 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
     let mut rng = fastrand::Rng::with_seed(5);
     let mut offsets = [[0i64; PARTITIONS as usize]; 2];
     let mut stored: [[Option<i64>; PARTITIONS as usize]; 2] = [[None; PARTITIONS as usize]; 2];
+    let mut held = HeldCounters::new();
     // Events over 60 days on both topics and every partition, with re-sends among them: many
     // claim buckets and many counter keys per batch.
     let mut batch = || {
@@ -70,7 +72,7 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
         batch
     };
     // The first batch loads the scripts (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
-    store_batch(&store, batch(), &mut stored).await;
+    store_batch(&store, batch(), &mut stored, &mut held).await;
 
     let mut monitor = Command::new("redis-cli")
         .args(["-p", &redis.port().to_string(), "monitor"])
@@ -80,7 +82,7 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
     let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "OK");
     for _ in 0..3 {
-        store_batch(&store, batch(), &mut stored).await;
+        store_batch(&store, batch(), &mut stored, &mut held).await;
     }
     // A marker, so the monitor is read up to here and no further.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -141,12 +143,13 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
     // and the fence check only read.
     let written_outside: Vec<&String> = scripted_outside
         .iter()
-        .filter(|c| !["GET", "TTL", "HMGET", "HSET", "EXPIRE"].contains(&c.as_str()))
+        .filter(|c| !["GET", "HGET", "TTL", "HMGET", "HSET", "EXPIRE"].contains(&c.as_str()))
         .collect();
     assert!(written_outside.is_empty(), "{written_outside:?}");
-    let (reads, writes): (Vec<_>, Vec<_>) = transactions
-        .iter()
-        .partition(|t| t.iter().all(|c| c == "GET" || c == "HMGET"));
+    let (reads, writes): (Vec<_>, Vec<_>) = transactions.iter().partition(|t| {
+        t.iter()
+            .all(|c| ["GET", "HGET", "HMGET"].contains(&c.as_str()))
+    });
     assert_eq!((reads.len(), writes.len()), (3, 3), "{transactions:?}");
     for t in writes {
         assert_eq!(
@@ -166,19 +169,23 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
     }
 }
 
-/// Stores a batch as the pipeline does, fenced on the offsets stored before.
+/// Stores a batch as the pipeline does, fenced on the offsets stored before, keeping the
+/// counters it wrote whole.
 async fn store_batch(
     store: &Store,
     mut batch: Batch,
     stored: &mut [[Option<i64>; PARTITIONS as usize]; 2],
+    held: &mut HeldCounters,
 ) {
     batch.retain_parts(|p| {
         p.expected = stored[p.t][p.partition as usize];
         true
     });
-    for (part, outcome) in batch.store(store, Utc::now().timestamp()).await.unwrap() {
+    let now = Utc::now().timestamp();
+    for (part, outcome) in batch.store(store, held, now).await.unwrap() {
         assert_eq!(outcome.applied, Applied::Stored);
         stored[part.t][part.partition as usize] = Some(part.next);
+        held.keep(part, outcome.held);
     }
 }
 
@@ -243,7 +250,10 @@ async fn buckets_written_on_a_clock_in_the_past_keep_their_windows() {
         };
         batch.push(from, None, &m.encode(), &validator, now.timestamp());
     }
-    let stored = batch.store(&store, now.timestamp()).await.unwrap();
+    let stored = batch
+        .store(&store, &HeldCounters::new(), now.timestamp())
+        .await
+        .unwrap();
     assert_eq!(stored[0].1.applied, Applied::Stored);
 
     let snap = store.snapshot(now).await.unwrap();
@@ -291,7 +301,7 @@ async fn recent_rejects_are_the_newest_across_batches() {
             offset += 1;
             batch.push(from, None, &m.encode(), &validator, now.timestamp());
         }
-        store_batch(&store, batch, &mut stored).await;
+        store_batch(&store, batch, &mut stored, &mut HeldCounters::new()).await;
     }
     let now = start + chrono::Duration::minutes(2);
     let views = tiendo::sources::view(
@@ -347,7 +357,11 @@ async fn a_stale_partition_is_fenced_and_the_rest_of_its_batch_stored() {
             .sum()
     };
     let (first, first_records) = batch(&[0], 0);
-    for (_, outcome) in first.store(&store, now.timestamp()).await.unwrap() {
+    for (_, outcome) in first
+        .store(&store, &HeldCounters::new(), now.timestamp())
+        .await
+        .unwrap()
+    {
         assert_eq!(outcome.applied, Applied::Stored);
     }
     // Partition 0 believes offset 5 is next (10 is stored); partition 1 is new.
@@ -357,7 +371,11 @@ async fn a_stale_partition_is_fenced_and_the_rest_of_its_batch_stored() {
         true
     });
     let mut new_records = 0;
-    for (part, outcome) in second.store(&store, now.timestamp()).await.unwrap() {
+    for (part, outcome) in second
+        .store(&store, &HeldCounters::new(), now.timestamp())
+        .await
+        .unwrap()
+    {
         if part.partition == 0 {
             assert_eq!(outcome.applied, Applied::Fenced { stored: 10 });
         } else {
@@ -400,7 +418,9 @@ async fn a_failing_offset_check_writes_nothing() {
         .query_async::<()>(&mut raw)
         .await
         .unwrap();
-    let err = batch.store(&store, now.timestamp()).await;
+    let err = batch
+        .store(&store, &HeldCounters::new(), now.timestamp())
+        .await;
     assert!(err.is_err(), "a batch over a damaged offset key must fail");
     // The all-time totals, read directly: a snapshot refuses a damaged offset key.
     let totals: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
@@ -410,4 +430,158 @@ async fn a_failing_offset_check_writes_nothing() {
         .unwrap();
     let counted: Vec<_> = totals.keys().filter(|f| !f.starts_with('~')).collect();
     assert!(counted.is_empty(), "nothing counted: {counted:?}");
+}
+
+/// The record counts of `messages`.
+fn record_count(messages: &[Generated]) -> i64 {
+    messages
+        .iter()
+        .map(|m| match m {
+            Generated::Record(r) => r.record_count as i64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Counters a consumer holds between batches are written back only onto the state of Redis
+/// they came from. Consumer A stores offsets 0..10 of a partition and holds what it wrote.
+/// Redis then loses everything, and consumer B (after a rebalance) stores the same offsets
+/// with other counts, as it would if a re-send's claim was lost and it counted differently.
+/// A, which missed the rebalance, stores 10..20 on the same counters: Redis shows the offset
+/// A expects, but not A's writer token, so A adds to B's counts instead of writing its own
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_counters_are_written_back_only_onto_the_state_they_came_from() {
+    let (redis, settings, validator, a) = hotich_store("held").await;
+    let b = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        "held",
+        settings.validation.datasets.clone(),
+        3600,
+    );
+    let mut g = Generator::new(10, "held", &settings.validation.datasets);
+    let now = Utc::now();
+    // Ten records at one time: the three batches add to the very same counters.
+    let first: Vec<Generated> = (0..10)
+        .map(|_| g.record(now - chrono::Duration::hours(1)))
+        .collect();
+    let renamed = |factor: u64, tag: &str| -> Vec<Generated> {
+        let mut ms = first.clone();
+        for m in &mut ms {
+            if let Generated::Record(r) = m {
+                r.record_count *= factor;
+                r.event_id = format!("{}-{tag}", r.event_id);
+            }
+        }
+        ms
+    };
+    let (theirs, later) = (renamed(2, "b"), renamed(1, "a2"));
+    let batch_of = |ms: &[Generated], from: i64, expected: Option<i64>| {
+        let mut batch = Batch::default();
+        for (i, m) in ms.iter().enumerate() {
+            push_record(
+                &mut batch,
+                m,
+                0,
+                from + i as i64,
+                &validator,
+                now.timestamp(),
+            );
+        }
+        batch.retain_parts(|p| {
+            p.expected = expected;
+            true
+        });
+        batch
+    };
+    let mut held = HeldCounters::new();
+    let a1 = batch_of(&first, 0, None);
+    for (part, outcome) in a1.store(&a, &held, now.timestamp()).await.unwrap() {
+        assert_eq!(outcome.applied, Applied::Stored);
+        assert!(outcome.held.is_some(), "counters written whole are held");
+        held.keep(part, outcome.held);
+    }
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let b1 = batch_of(&theirs, 0, None);
+    for (_, outcome) in b1
+        .store(&b, &HeldCounters::new(), now.timestamp())
+        .await
+        .unwrap()
+    {
+        assert_eq!(outcome.applied, Applied::Stored);
+    }
+
+    let a2 = batch_of(&later, 10, Some(10));
+    for (_, outcome) in a2.store(&a, &held, now.timestamp()).await.unwrap() {
+        assert_eq!(outcome.applied, Applied::Stored);
+    }
+    let snap = a.snapshot(now).await.unwrap();
+    let total: i64 = snap
+        .counts
+        .iter()
+        .filter(|(f, _)| f.contains("|r."))
+        .map(|(_, c)| c.total)
+        .sum();
+    assert_eq!(
+        total,
+        record_count(&theirs) + record_count(&later),
+        "B's counts plus A's second batch, not A's first batch written back"
+    );
+}
+
+/// The check before the transaction refuses counters read under another writer token: the
+/// batch then goes through the script, which adds its deltas to what Redis holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_read_under_another_writer_are_not_written_whole() {
+    let (_redis, _settings, _validator, store) = hotich_store("token").await;
+    let now = Utc::now().timestamp();
+    let nothing = Aggregate::default();
+    let first = store
+        .apply(&[ten_more(&nothing, -1, None)], &store.writer(), now)
+        .await
+        .unwrap();
+    assert_eq!((first.applied[0], first.whole), (Applied::Stored, true));
+    let read = store
+        .current(&[ten_more(&nothing, 10, None)], now)
+        .await
+        .unwrap();
+    let read = read[0].clone().expect("offset 10 read");
+    assert!(read.writer.is_some(), "the first write left its token");
+
+    // Read under the token now stored: written whole.
+    let second = store
+        .apply(&[ten_more(&nothing, 10, Some(&read))], &store.writer(), now)
+        .await
+        .unwrap();
+    assert_eq!((second.applied[0], second.whole), (Applied::Stored, true));
+    // The same values again, though another write came since: the offset is the expected
+    // one, the token is not.
+    let third = store
+        .apply(&[ten_more(&nothing, 20, Some(&read))], &store.writer(), now)
+        .await
+        .unwrap();
+    assert_eq!((third.applied[0], third.whole), (Applied::Stored, false));
+}
+
+/// A batch of ten offsets of records/0 after `expected` (-1: none stored).
+fn ten_more<'a>(
+    aggregate: &'a Aggregate,
+    expected: i64,
+    current: Option<&'a Current>,
+) -> PartitionBatch<'a> {
+    PartitionBatch {
+        topic: "records",
+        partition: 0,
+        expected,
+        next: expected.max(0) + 10,
+        aggregate,
+        current,
+        held: None,
+    }
 }

@@ -8,7 +8,7 @@ use crate::aggregate::Aggregate;
 use crate::deadletter::DeadLetter;
 use crate::decode::{Event, Validator};
 use crate::events::Kind;
-use crate::store::{Applied, Claim, ClaimPlan, Current, PartitionBatch, Store, StoreError};
+use crate::store::{Applied, Claim, ClaimPlan, Current, Held, PartitionBatch, Store, StoreError};
 
 /// One partition's share of a batch.
 #[derive(Debug)]
@@ -132,11 +132,75 @@ impl Sealed {
 }
 
 /// The outcome for one partition of a stored batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Outcome {
     pub applied: Applied,
     /// Events that added to the counters (the rest of the events were duplicates).
     pub counted: u64,
+    /// The counters the batch wrote whole, for the partition's next batch not to read them
+    /// again (see [`Held`]); `None` where it added to them blind.
+    pub held: Option<Held>,
+}
+
+/// What a storer holds of each partition's counters between batches (see [`Held`]).
+#[derive(Debug, Default)]
+pub struct HeldCounters {
+    by_partition: HashMap<(usize, i32), Held>,
+    /// Counters held in all partitions.
+    len: usize,
+}
+
+/// The most counters held, all partitions together: about 60 bytes each. A backfill of 60
+/// days adds to some ten thousand counters per partition; where a partition's would exceed
+/// this, it holds only its last batch's.
+const HELD_MAX: usize = 200_000;
+
+impl HeldCounters {
+    pub fn new() -> HeldCounters {
+        HeldCounters::default()
+    }
+
+    fn get(&self, part: &Part) -> Option<&Held> {
+        self.by_partition.get(&(part.t, part.partition))
+    }
+
+    /// Keeps what `part`'s batch wrote whole (its outcome's `held`), or forgets the
+    /// partition's counters if it wrote none.
+    pub fn keep(&mut self, part: &Part, held: Option<Held>) {
+        let key = (part.t, part.partition);
+        let before = self.by_partition.get(&key).map_or(0, Held::len);
+        let after = match (self.by_partition.get_mut(&key), held) {
+            (Some(h), Some(next)) => {
+                h.update(next, HELD_MAX.saturating_sub(self.len - before));
+                h.len()
+            }
+            (None, Some(next)) => {
+                let len = next.len();
+                self.by_partition.insert(key, next);
+                len
+            }
+            (_, None) => {
+                self.by_partition.remove(&key);
+                0
+            }
+        };
+        self.len = self.len - before + after;
+    }
+
+    /// Keeps the partitions (topic index, partition) for which `keep` says so.
+    pub fn retain(&mut self, mut keep: impl FnMut(&(usize, i32)) -> bool) {
+        self.by_partition.retain(|k, _| keep(k));
+        self.len = self.by_partition.values().map(Held::len).sum();
+    }
+
+    /// How many counters are held in all.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl Batch {
@@ -237,9 +301,11 @@ impl Batch {
 
     /// Claims, aggregates and applies the whole batch. Retried as a unit: if Redis failed
     /// (or restarted and lost writes) half-way, claims are made again before any counter.
+    /// `held` is what the caller kept of the outcomes' `held` since its last batches.
     pub async fn store(
         &self,
         store: &Store,
+        held: &HeldCounters,
         now: i64,
     ) -> Result<Vec<(&Part, Outcome)>, StoreError> {
         let parts: Vec<&Part> = self.parts.values().collect();
@@ -257,7 +323,10 @@ impl Batch {
             let reads: Vec<PartitionBatch<'_>> = parts
                 .iter()
                 .zip(&sealed.all)
-                .map(|(p, agg)| partition_batch(p, agg, None))
+                .map(|(p, agg)| PartitionBatch {
+                    held: held.get(p),
+                    ..partition_batch(p, agg, None)
+                })
                 .collect();
             futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?
         };
@@ -276,16 +345,23 @@ impl Batch {
             .zip(&current)
             .map(|((p, agg), current)| partition_batch(p, agg, current.as_ref()))
             .collect();
-        let applied = store.apply(&writes, now).await?;
+        let writer = store.writer();
+        let written = store.apply(&writes, &writer, now).await?;
+        drop(writes);
         Ok(parts
             .into_iter()
-            .zip(aggregates.iter().zip(applied))
-            .map(|(p, (agg, applied))| {
+            .zip(aggregates.iter().zip(written.applied))
+            .zip(current)
+            .map(|((p, (agg, applied)), current)| {
+                let held = current
+                    .filter(|_| written.whole && applied == Applied::Stored)
+                    .map(|c| Held::after(c, agg, now, p.next, writer.clone()));
                 (
                     p,
                     Outcome {
                         applied,
                         counted: agg.counted,
+                        held,
                     },
                 )
             })
@@ -322,6 +398,7 @@ fn partition_batch<'a>(
         next: part.next,
         aggregate,
         current,
+        held: None,
     }
 }
 
@@ -350,6 +427,65 @@ mod tests {
         held.extend(part.events.iter().map(|(_, o)| *o));
         held.sort_unstable();
         (part.start, part.next, held, part.redelivered)
+    }
+
+    /// What a batch wrote whole, over what `over` wrote: the counters of days `days`.
+    fn written(days: std::ops::Range<usize>, writer: &str, over: Option<&str>) -> Held {
+        use crate::aggregate::{Field, Metric, Slot};
+        use crate::provinces::{Scheme, Unit};
+        let values = days
+            .map(|i| {
+                let unit = Unit {
+                    scheme: Scheme::Current34,
+                    code: 1,
+                };
+                let field = Field {
+                    unit,
+                    metric: Metric::Records(0),
+                };
+                (
+                    (Slot::Bucket(crate::buckets::Tier::Day, i as i64), field),
+                    1,
+                )
+            })
+            .collect();
+        let over = over.map(str::to_string);
+        let current = Current {
+            values,
+            writer: over,
+        };
+        Held::after(current, &Aggregate::default(), 0, 10, writer.into())
+    }
+
+    #[test]
+    fn held_counters_stay_within_their_bound_across_partitions() {
+        let validator = Validator::new(&ValidationSettings::default());
+        let mut batch = Batch::default();
+        for partition in [0, 1] {
+            let from = Origin {
+                t: 0,
+                kind: Kind::Records,
+                topic: "records",
+                partition,
+                offset: 0,
+            };
+            batch.push(from, None, &[], &validator, 0);
+        }
+        let mut parts = batch.parts();
+        let (a, b) = (parts.next().unwrap(), parts.next().unwrap());
+        let mut held = HeldCounters::new();
+        let (half, third, quarter) = (HELD_MAX / 2, HELD_MAX / 3, HELD_MAX / 4);
+        held.keep(a, Some(written(0..half, "a.1", None)));
+        held.keep(b, Some(written(0..quarter, "b.1", None)));
+        // A grows by more than the room left: it keeps only its last batch.
+        held.keep(a, Some(written(half..half + third, "a.2", Some("a.1"))));
+        assert_eq!(held.len(), third + quarter);
+        // B grows within it, and keeps what it held.
+        held.keep(b, Some(written(quarter..half, "b.2", Some("b.1"))));
+        assert_eq!(held.len(), third + half);
+        held.keep(a, None);
+        held.retain(|_| true);
+        assert_eq!(held.len(), half);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 mod batch;
 
-pub use batch::{Batch, Origin, Outcome, Part};
+pub use batch::{Batch, HeldCounters, Origin, Outcome, Part};
 
 use crate::clock::SharedClock;
 use crate::config::{PipelineSettings, Settings};
@@ -101,6 +101,7 @@ impl Pipeline {
                 settings: settings.pipeline.clone(),
                 topics,
                 cursors: HashMap::new(),
+                held: HeldCounters::new(),
                 generation: u64::MAX,
             },
         })
@@ -363,6 +364,8 @@ struct Storer {
     settings: PipelineSettings,
     topics: [String; 2],
     cursors: HashMap<(usize, i32), Cursor>,
+    /// Counters each partition's last batch wrote whole (see `store::Held`).
+    held: HeldCounters,
     generation: u64,
 }
 
@@ -468,6 +471,7 @@ impl Storer {
             })
             .collect();
         self.cursors.retain(|k, _| assigned.contains_key(k));
+        self.held.retain(|k| assigned.contains_key(k));
         for (key, start) in assigned {
             // A partition we already had keeps its cursor: ours is at least as new. Its gap
             // does not: the assignment fetches from Redis's offset, not from where the last
@@ -565,9 +569,9 @@ impl Storer {
         }
 
         let flush_started = Instant::now();
-        let (store, clock) = (&self.store, &self.clock);
+        let (store, clock, held) = (&self.store, &self.clock, &self.held);
         let outcomes = retry(shutdown, self.settings.max_backoff, "redis store", || {
-            batch.store(store, clock.now().timestamp())
+            batch.store(store, held, clock.now().timestamp())
         })
         .await?;
         metrics::histogram!(telemetry::FLUSH_SECONDS).record(flush_started.elapsed().as_secs_f64());
@@ -576,6 +580,7 @@ impl Storer {
         let mut seeks = Vec::new();
         for (part, outcome) in outcomes {
             let key = (part.t, part.partition);
+            self.held.keep(part, outcome.held);
             let kind = part.kind.as_str();
             let applied = match outcome.applied {
                 // Redis already holds exactly our next offset: our own write whose reply was

@@ -9,8 +9,13 @@
 -- Redis lost its last writes in a crash and holds an older offset, nothing of that partition
 -- is written and the stored offset is returned so the caller resumes from it.
 --
+-- Each write also stores the caller's writer token (unique to the call) in the totals hash's
+-- field '~w': a caller that holds counter values in memory writes them back only onto the
+-- state that has its token (see `Store::current` and fence.lua).
+--
 -- ARGV[1]: the number of partitions. ARGV[2]: 1 when KEYS[1] is the directory of partition
--- tags to add each partition's tag to, else 0. ARGV[3]: how many texts a list keeps. Then per
+-- tags to add each partition's tag to, else 0. ARGV[3]: how many texts a list keeps. ARGV[4]:
+-- the writer token. Then per
 -- partition: its key count, its tag (only with a directory), expected stored offset, next,
 -- then n and n triples (key index, field, delta) to add, then m and m triples (key index,
 -- field, unix time) to raise to (grouped by key, each field once), then s and s triples (key
@@ -29,8 +34,9 @@ local RUN = 2000 -- fields per HMGET: unpack() in Redis's Lua takes at most abou
 local partitions = tonumber(ARGV[1])
 local directory = ARGV[2] == '1'
 local keep = tonumber(ARGV[3])
+local writer = ARGV[4]
 local base = directory and 1 or 0 -- KEYS before this partition's
-local i = 4
+local i = 5
 local out = {}
 for _ = 1, partitions do
   local nkeys = tonumber(ARGV[i])
@@ -117,6 +123,7 @@ for _ = 1, partitions do
         redis.call('EXPIRE', keys[ARGV[j]], ARGV[j + 1])
       end
     end
+    redis.call('HSET', keys[2], '~w', writer)
     redis.call('SET', keys[1], next)
     out[#out + 1] = 1
     out[#out + 1] = tonumber(next)

@@ -47,14 +47,16 @@ fn named(names: &mut Vec<String>, name: String) -> usize {
     names.len() - 1
 }
 
-/// Builds the call for these partition batches. With `directory` (one tag per batch), the
-/// call also lists the partitions in the directory. With `counters_inline`, the script adds
-/// the counters itself; without, they are left in `increments`.
+/// Builds the call for these partition batches, stored under `writer`'s token. With
+/// `directory` (one tag per batch), the call also lists the partitions in the directory. With
+/// `counters_inline`, the script adds the counters itself; without, they are left in
+/// `increments`.
 pub(super) fn call(
     keys: &Keys,
     datasets: &[String],
     batches: &[&PartitionBatch<'_>],
     directory: Option<&[String]>,
+    writer: &str,
     now: i64,
     counters_inline: bool,
 ) -> ApplyCall {
@@ -63,6 +65,7 @@ pub(super) fn call(
     call.args.push(batches.len().to_string());
     call.args.push(u8::from(directory.is_some()).to_string());
     call.args.push(EXAMPLES_KEPT.to_string());
+    call.args.push(writer.to_string());
     if directory.is_some() {
         call.keys.push(keys.directory());
     }
@@ -115,7 +118,7 @@ fn section(
         let name = names.of(&mut call.names, *field, datasets);
         // An overflow is left to HINCRBY, which refuses it.
         let whole = current
-            .and_then(|c| c.get(&(*slot, *field)))
+            .and_then(|c| c.values.get(&(*slot, *field)))
             .and_then(|v| v.checked_add(*delta));
         match whole {
             Some(value) => sets.entry(idx).or_default().push((name, value)),

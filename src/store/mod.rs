@@ -1,8 +1,8 @@
 //! Stage 4: Redis. Counter deltas are stored atomically with the Kafka offsets that produced
 //! them, per partition batch; re-sent events are caught by dedup claims. A batch costs two
 //! round trips and, on a single Redis, two writes (a script call for the claims, sent with a
-//! read-only transaction that reads the counters; then one transaction for the counters and
-//! offsets): under `appendfsync always` Redis pays an fsync per event-loop pass that writes,
+//! read-only transaction that reads the counters not held from the batch before; then one
+//! transaction for the counters and offsets): under `appendfsync always` Redis pays an fsync per event-loop pass that writes,
 //! so the number of writes, not only of commands, sets the speed. On a cluster, script calls
 //! are per slot and counters are added blind.
 //!
@@ -17,6 +17,9 @@ mod claims;
 mod conn;
 mod keys;
 mod read;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures::future::try_join_all;
 use redis::Script;
@@ -33,6 +36,8 @@ use crate::events::Kind;
 
 const APPLY_LUA: &str = include_str!("apply.lua");
 const FENCE_LUA: &str = include_str!("fence.lua");
+/// The totals hash's field that holds the token of the last write (see apply.lua).
+const WRITER: &str = "~w";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,11 +61,116 @@ pub struct PartitionBatch<'a> {
     pub aggregate: &'a Aggregate,
     /// The partition's counters as read by [`Store::current`]; `None` to add to them blind.
     pub current: Option<&'a Current>,
+    /// What this consumer holds of the partition's counters since its last batch, for
+    /// [`Store::current`] not to read again.
+    pub held: Option<&'a Held>,
 }
 
-/// Counter values of one partition, by slot and field, read in a snapshot in which its stored
-/// offset was the expected one (missing counters read as 0).
-pub type Current = FxHashMap<(Slot, Field), i64>;
+/// Counter values of one partition, by slot and field, in a state of Redis whose stored offset
+/// was the expected one (missing counters read as 0), and the writer token stored with them.
+/// The fence checks that token again, so the values are written back onto that very state.
+#[derive(Debug, Default, Clone)]
+pub struct Current {
+    pub values: FxHashMap<(Slot, Field), i64>,
+    /// The token of the write that left them (`None`: none stored).
+    pub writer: Option<String>,
+}
+
+/// The counters a consumer keeps of a partition between batches: those its last batch wrote
+/// whole, with the offset and writer token written with them. Its next batch reads only the
+/// counters not held, and uses the held ones only if Redis still shows that offset and token.
+/// A token is written by one transaction only, and every write of the partition's counters
+/// writes a new one, so a state of Redis that shows it holds exactly these values, whatever
+/// happened in between: Redis losing writes, a rebalance, a zombie consumer.
+///
+/// One batch's counters at most, so memory is bounded by the batch size.
+#[derive(Debug, Clone)]
+pub struct Held {
+    offset: i64,
+    writer: String,
+    values: FxHashMap<(Slot, Field), i64>,
+    /// The token the batch's values were read under (`None`: none stored), so that values
+    /// held from before it are known to be still true after it.
+    over: Option<String>,
+}
+
+impl Held {
+    /// What a partition holds once `current` plus `aggregate`'s deltas were written whole at
+    /// offset `next` under `writer` (what [`Written::whole`] says happened).
+    pub fn after(
+        current: Current,
+        aggregate: &Aggregate,
+        now: i64,
+        next: i64,
+        writer: String,
+    ) -> Held {
+        let over = current.writer;
+        let mut values = current.values;
+        for (cell, delta) in aggregate.cells(now) {
+            let value = values.get(&cell).and_then(|v| v.checked_add(delta));
+            match value {
+                Some(v) => values.insert(cell, v),
+                // Added blind (see `apply::section`): its value is not known here.
+                None => values.remove(&cell),
+            };
+        }
+        Held {
+            offset: next,
+            writer,
+            values,
+            over,
+        }
+    }
+
+    /// Takes in what the partition's next batch wrote whole. If that batch was written over
+    /// the state these values describe (it read this token), the counters it did not touch
+    /// are still what Redis holds, so they are kept too, up to `limit` counters; else, or
+    /// beyond, only the batch's are.
+    pub fn update(&mut self, next: Held, limit: usize) {
+        let over_these = next.over.as_deref() == Some(self.writer.as_str());
+        if over_these && self.values.len() + next.values.len() <= limit {
+            self.values.extend(next.values);
+            self.offset = next.offset;
+            self.writer = next.writer;
+            self.over = next.over;
+        } else {
+            *self = next;
+        }
+    }
+
+    /// How many counters are held.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug)]
+pub struct Written {
+    pub applied: Vec<Applied>,
+    /// Whether the counters read by [`Store::current`] were written whole under a fence that
+    /// checked their writer: then each stored partition that had a `current` now holds it
+    /// plus its deltas, under this call's writer token.
+    pub whole: bool,
+}
+
+/// What [`Store::current`] asks of one partition: the counters read, by slot, and those
+/// taken from its held values.
+struct Asked {
+    by_slot: Vec<(Slot, Vec<Field>)>,
+    known: Vec<((Slot, Field), i64)>,
+}
+
+/// Writer tokens: a random number for this store, and a sequence number per write.
+#[derive(Debug)]
+struct Writers {
+    nonce: u64,
+    seq: AtomicU64,
+}
 
 /// What happened to a partition batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +201,7 @@ pub struct Store {
     dedup_ttl: u64,
     script: Script,
     claim_script: Script,
+    writers: Arc<Writers>,
 }
 
 impl Store {
@@ -102,7 +213,18 @@ impl Store {
             dedup_ttl,
             script: Script::new(APPLY_LUA),
             claim_script: Script::new(include_str!("claim.lua")),
+            writers: Arc::new(Writers {
+                nonce: fastrand::u64(..),
+                seq: AtomicU64::new(0),
+            }),
         }
+    }
+
+    /// A new writer token, for one call of [`Store::apply`]: unique to it across processes
+    /// and restarts (a random 64-bit number per store, then a sequence number).
+    pub fn writer(&self) -> String {
+        let seq = self.writers.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}.{seq}", self.writers.nonce)
     }
 
     /// The stored next offset of each partition, `None` where nothing was ever stored.
@@ -153,15 +275,16 @@ impl Store {
     /// Reads the counters each partition batch may add to, so its transaction can write
     /// them whole: one `HSET` per hash instead of one `HINCRBY` per counter, which is most of
     /// a backfill's Redis time (each event is its own day counter). Sent with the claims, so
-    /// it costs no round trip of its own, and only reads, so no write or fsync.
+    /// it costs no round trip of its own, and only reads, so no write or fsync. Counters the
+    /// batch's [`Held`] values cover are not read, if they are for the expected offset.
     ///
-    /// Sound because a partition's counters change only together with its stored offset
-    /// (apply.lua and the transaction write both or neither, and the offset only grows), so
-    /// every state in which the offset is the expected one holds the same counters: read in
-    /// one snapshot (MULTI/EXEC) that shows the expected offset, and written in a transaction
-    /// that checks the same offset again, they are the counters the deltas add to. A bucket
-    /// that expires in between is past every window's reach. `None` for a partition whose
-    /// offset was not the expected one, and for every partition on a cluster.
+    /// Sound because a partition's counters change only together with its stored offset and
+    /// writer token (apply.lua and the transaction write all three or none), and a token is
+    /// written once: read in one snapshot (MULTI/EXEC) with the offset and token, and written
+    /// in a transaction whose fence checks both again, they are the counters the deltas add
+    /// to. Held values count only if the snapshot shows the token they were written under.
+    /// A bucket that expires in between is past every window's reach. `None` for a partition
+    /// whose offset or token was not the expected one, and for every partition on a cluster.
     pub async fn current(
         &self,
         batches: &[PartitionBatch<'_>],
@@ -171,15 +294,21 @@ impl Store {
             return Ok(batches.iter().map(|_| None).collect());
         }
         let (mut names, mut rendered) = (apply::Names::default(), Vec::new());
-        let mut asked: Vec<Vec<(Slot, Vec<Field>)>> = Vec::with_capacity(batches.len());
+        let mut asked: Vec<Asked> = Vec::with_capacity(batches.len());
         let mut pipe = redis::pipe();
         pipe.atomic();
         for b in batches {
             let keys = self.keys.partition(b.topic, b.partition);
             pipe.get(keys.offset());
+            pipe.hget(keys.totals(), WRITER);
+            let held = b.held.filter(|h| h.offset == b.expected);
             let mut by_slot: FxHashMap<Slot, Vec<Field>> = FxHashMap::default();
-            for (slot, field) in b.aggregate.cells(now).into_keys() {
-                by_slot.entry(slot).or_default().push(field);
+            let mut known = Vec::new();
+            for cell in b.aggregate.cells(now).into_keys() {
+                match held.and_then(|h| h.values.get(&cell)) {
+                    Some(value) => known.push((cell, *value)),
+                    None => by_slot.entry(cell.0).or_default().push(cell.1),
+                }
             }
             let by_slot: Vec<(Slot, Vec<Field>)> = by_slot.into_iter().collect();
             for (slot, fields) in &by_slot {
@@ -193,29 +322,37 @@ impl Store {
                     cmd.arg(&rendered[name]);
                 }
             }
-            asked.push(by_slot);
+            asked.push(Asked { by_slot, known });
         }
         let mut conn = self.conn.clone();
         let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
         let mut replies = replies.into_iter();
         let mut out = Vec::with_capacity(batches.len());
-        for (b, by_slot) in batches.iter().zip(asked) {
+        for (b, Asked { by_slot, known }) in batches.iter().zip(asked) {
             let stored: Option<i64> = redis::from_redis_value(next_reply(&mut replies)?)?;
-            let mut current = Current::default();
+            let writer: Option<String> = redis::from_redis_value(next_reply(&mut replies)?)?;
+            let mut values = FxHashMap::default();
             for (slot, fields) in by_slot {
-                let values: Vec<Option<i64>> = redis::from_redis_value(next_reply(&mut replies)?)?;
-                if values.len() != fields.len() {
+                let read: Vec<Option<i64>> = redis::from_redis_value(next_reply(&mut replies)?)?;
+                if read.len() != fields.len() {
                     return Err(StoreError::Reply(format!(
                         "{} values for {} counters",
-                        values.len(),
+                        read.len(),
                         fields.len()
                     )));
                 }
-                for (field, value) in fields.into_iter().zip(values) {
-                    current.insert((slot, field), value.unwrap_or(0));
+                for (field, value) in fields.into_iter().zip(read) {
+                    values.insert((slot, field), value.unwrap_or(0));
                 }
             }
-            out.push((stored.unwrap_or(-1) == b.expected).then_some(current));
+            let held_valid = known.is_empty()
+                || b.held
+                    .is_some_and(|h| writer.as_deref() == Some(h.writer.as_str()));
+            values.extend(known);
+            out.push(
+                (stored.unwrap_or(-1) == b.expected && held_valid)
+                    .then_some(Current { values, writer }),
+            );
         }
         Ok(out)
     }
@@ -224,13 +361,19 @@ impl Store {
     /// counters go out as plain commands in a transaction (see `apply_watched`), and only a
     /// batch a partition's fence stops takes the script path; on a cluster, one script call
     /// per partition and a directory update, all sent together.
+    ///
+    /// `writer` is a token from [`Store::writer`], new for each call (a retry included).
     pub async fn apply(
         &self,
         batches: &[PartitionBatch<'_>],
+        writer: &str,
         now: i64,
-    ) -> Result<Vec<Applied>, StoreError> {
+    ) -> Result<Written, StoreError> {
         if batches.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Written {
+                applied: Vec::new(),
+                whole: false,
+            });
         }
         // Every batch re-lists its partitions (an idempotent SADD): a Redis that lost its
         // last writes must not lose a partition from the directory readers use.
@@ -239,14 +382,22 @@ impl Store {
             .map(|b| format!("{}/{}", b.topic, b.partition))
             .collect();
         if !self.conn.is_cluster() {
-            if let Some(applied) = self.apply_watched(batches, &tags, now).await? {
-                return Ok(applied);
+            if let Some(applied) = self.apply_watched(batches, &tags, writer, now).await? {
+                return Ok(Written {
+                    applied,
+                    whole: true,
+                });
             }
         }
-        self.apply_scripted(batches, &tags, now).await
+        let applied = self.apply_scripted(batches, &tags, writer, now).await?;
+        Ok(Written {
+            applied,
+            whole: false,
+        })
     }
 
-    /// A single Redis's fast path, one round trip: WATCH the offsets, check them (fence.lua),
+    /// A single Redis's fast path, one round trip: WATCH the offsets and totals, check the
+    /// offsets and, where counters are written whole, their writer (fence.lua),
     /// then MULTI, apply.lua without the counters, the counters, EXEC. A counter read by
     /// [`Store::current`] is written whole, one HSET per hash; any other is one HINCRBY, which
     /// Redis runs sent this way in about half the time it takes called from Lua. The
@@ -261,24 +412,38 @@ impl Store {
         &self,
         batches: &[PartitionBatch<'_>],
         tags: &[String],
+        writer: &str,
         now: i64,
     ) -> Result<Option<Vec<Applied>>, StoreError> {
         let all: Vec<&PartitionBatch<'_>> = batches.iter().collect();
-        let call = apply::call(&self.keys, &self.datasets, &all, Some(tags), now, false);
-        let offsets: Vec<String> = batches
-            .iter()
-            .map(|b| self.keys.partition(b.topic, b.partition).offset())
-            .collect();
-        let expected: Vec<i64> = batches.iter().map(|b| b.expected).collect();
+        let call = apply::call(
+            &self.keys,
+            &self.datasets,
+            &all,
+            Some(tags),
+            writer,
+            now,
+            false,
+        );
+        let (mut fenced, mut expected) = (Vec::new(), Vec::new());
+        for b in batches {
+            let keys = self.keys.partition(b.topic, b.partition);
+            fenced.extend([keys.offset(), keys.totals()]);
+            let writer = match b.current {
+                Some(c) => c.writer.as_deref().unwrap_or("-"),
+                None => "*",
+            };
+            expected.extend([b.expected.to_string(), writer.to_string()]);
+        }
         let touch = self.keys.fence();
         let mut pipe = redis::pipe();
-        pipe.cmd("WATCH").arg(&offsets).arg(&touch).ignore();
+        pipe.cmd("WATCH").arg(&fenced).arg(&touch).ignore();
         // EVAL with the script's text, never EVALSHA: a NOSCRIPT error would let the
         // transaction run unchecked (fence.lua) or half done (apply.lua).
         pipe.cmd("EVAL")
             .arg(FENCE_LUA)
-            .arg(offsets.len() + 1)
-            .arg(&offsets)
+            .arg(fenced.len() + 1)
+            .arg(&fenced)
             .arg(&touch)
             .arg(&expected);
         pipe.cmd("MULTI").ignore();
@@ -335,12 +500,13 @@ impl Store {
         &self,
         batches: &[PartitionBatch<'_>],
         tags: &[String],
+        writer: &str,
         now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         let calls: Vec<apply::ApplyCall> = if self.conn.is_cluster() {
             batches
                 .iter()
-                .map(|b| apply::call(&self.keys, &self.datasets, &[b], None, now, true))
+                .map(|b| apply::call(&self.keys, &self.datasets, &[b], None, writer, now, true))
                 .collect()
         } else {
             let all: Vec<&PartitionBatch<'_>> = batches.iter().collect();
@@ -349,6 +515,7 @@ impl Store {
                 &self.datasets,
                 &all,
                 Some(tags),
+                writer,
                 now,
                 true,
             )]
@@ -410,4 +577,57 @@ fn applied(reply: Vec<i64>, batches: usize) -> Result<Vec<Applied>, StoreError> 
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Metric;
+    use crate::provinces::{Scheme, Unit};
+
+    /// A counter of dataset `d` of unit 1, in the totals.
+    fn cell(d: u8) -> (Slot, Field) {
+        let unit = Unit {
+            scheme: Scheme::Current34,
+            code: 1,
+        };
+        let metric = Metric::Records(d);
+        (Slot::Total, Field { unit, metric })
+    }
+
+    /// What a batch at `next` by `writer` wrote whole over the state `over` left: values 1
+    /// of datasets `ds`.
+    fn written(ds: &[u8], next: i64, writer: &str, over: Option<&str>) -> Held {
+        let current = Current {
+            values: ds.iter().map(|d| (cell(*d), 1)).collect(),
+            writer: over.map(str::to_string),
+        };
+        Held::after(current, &Aggregate::default(), 0, next, writer.into())
+    }
+
+    #[test]
+    fn a_batch_written_over_the_held_state_adds_to_what_is_held() {
+        let mut held = written(&[0, 1], 10, "a.1", None);
+        held.update(written(&[1, 2], 20, "a.2", Some("a.1")), 100);
+        assert_eq!(
+            (held.offset, held.writer.as_str(), held.len()),
+            (20, "a.2", 3)
+        );
+    }
+
+    #[test]
+    fn a_batch_written_over_another_state_replaces_what_is_held() {
+        // Between the two, another writer (b.7) wrote: what a.1 left may be gone.
+        let mut held = written(&[0, 1], 10, "a.1", None);
+        held.update(written(&[2], 20, "a.2", Some("b.7")), 100);
+        assert_eq!((held.offset, held.len()), (20, 1));
+        assert!(held.values.contains_key(&cell(2)));
+    }
+
+    #[test]
+    fn beyond_the_limit_only_the_last_batch_is_held() {
+        let mut held = written(&[0, 1], 10, "a.1", None);
+        held.update(written(&[2, 3], 20, "a.2", Some("a.1")), 3);
+        assert_eq!(held.len(), 2);
+    }
 }
