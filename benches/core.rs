@@ -2,7 +2,8 @@
 //! same `Batch` code the pipeline runs, into a private redis-server, with dedup on.
 //! Prints events per second against the 300,000/s target, the Redis memory each event costs
 //! (its dedup claim), and what one snapshot of every counter costs. Run: `cargo bench --bench
-//! core`; EVENTS, BATCH, SPREAD_DAYS, RESENDS, AOF, FSYNC and COMMANDSTATS change the run.
+//! core`; EVENTS, BATCH, SPREAD_DAYS, RESENDS, AOF, FSYNC, HOLD and COMMANDSTATS change the
+//! run.
 //! Exits non-zero when Redis does not hold exactly what was stored: a fast wrong answer is
 //! no result.
 
@@ -14,7 +15,7 @@ use tiendo::decode::Validator;
 use tiendo::embedded::RedisServer;
 use tiendo::events::Kind;
 use tiendo::generator::Generated;
-use tiendo::pipeline::{Batch, Origin};
+use tiendo::pipeline::{Batch, HeldCounters, Origin};
 use tiendo::status::{Status, View};
 use tiendo::store::{self, Applied, Store};
 use tiendo::targets::Targets;
@@ -156,18 +157,23 @@ async fn main() {
         }
     });
     let mut stored: [[Option<i64>; PARTITIONS as usize]; 2] = [[None; PARTITIONS as usize]; 2];
-    let mut store_time = 0.0;
+    // Counters held between batches, as the storer does; HOLD=0 reads them all every batch.
+    let hold = env_or("HOLD", 1u8) != 0;
+    let mut held = HeldCounters::new();
+    let (mut store_time, mut most_held) = (0.0, 0);
     while let Some((mut batch, now)) = rx.recv().await {
         let t1 = Instant::now();
         batch.retain_parts(|p| {
             p.expected = stored[p.t][p.partition as usize];
             true
         });
-        for (part, outcome) in batch.store(&store, now).await.unwrap() {
+        for (part, outcome) in batch.store(&store, &held, now).await.unwrap() {
             assert_eq!(outcome.applied, Applied::Stored);
             stored[part.t][part.partition as usize] = Some(part.next);
+            held.keep(part, outcome.held.filter(|_| hold));
         }
         store_time += t1.elapsed().as_secs_f64();
+        most_held = most_held.max(held.len());
     }
     let decode_time = decoder.await.unwrap();
     let elapsed = started.elapsed().as_secs_f64();
@@ -203,6 +209,7 @@ async fn main() {
     );
     println!("  elapsed           {elapsed:.2} s (decode and seal {decode_time:.2} s overlapping claims+aggregate+store {store_time:.2} s)");
     println!("  throughput        {rate:.0} events/s");
+    println!("  counters held     {most_held} at most between batches (HOLD=0: none)");
     println!(
         "  target            {TARGET:.0} events/s  ratio {:.2}",
         rate / TARGET
