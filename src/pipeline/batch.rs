@@ -150,9 +150,9 @@ pub struct HeldCounters {
     len: usize,
 }
 
-/// The most counters held, all partitions together: about 60 bytes each. A backfill of 60
-/// days adds to some ten thousand counters per partition; where a partition's would exceed
-/// this, it holds only its last batch's.
+/// The most counters held from before each partition's last batch, all partitions together:
+/// about 60 bytes each. A backfill of 60 days adds to some ten thousand counters per
+/// partition; where a partition's would exceed this, it holds only its last batch's.
 const HELD_MAX: usize = 200_000;
 
 impl HeldCounters {
@@ -185,6 +185,13 @@ impl HeldCounters {
             }
         };
         self.len = self.len - before + after;
+    }
+
+    /// Forgets what is held of partition (topic index, partition).
+    pub fn forget(&mut self, key: (usize, i32)) {
+        if let Some(h) = self.by_partition.remove(&key) {
+            self.len -= h.len();
+        }
     }
 
     /// Keeps the partitions (topic index, partition) for which `keep` says so.
@@ -355,7 +362,10 @@ impl Batch {
             .map(|((p, (agg, applied)), current)| {
                 let held = current
                     .filter(|_| written.whole && applied == Applied::Stored)
-                    .map(|c| Held::after(c, agg, now, p.next, writer.clone()));
+                    .map(|c| {
+                        let offsets = (p.expected.unwrap_or(-1), p.next);
+                        Held::after(c, agg, now, offsets, writer.clone())
+                    });
                 (
                     p,
                     Outcome {
@@ -454,7 +464,7 @@ mod tests {
             values,
             writer: over,
         };
-        Held::after(current, &Aggregate::default(), 0, 10, writer.into())
+        Held::after(current, &Aggregate::default(), 0, (10, 10), writer.into())
     }
 
     #[test]

@@ -440,6 +440,7 @@ impl Storer {
                 continue;
             };
             c.stored = theirs;
+            self.held.forget((t, p));
             if theirs.is_none_or(|s| s < ours) {
                 metrics::counter!(telemetry::FENCED).increment(1);
                 tracing::warn!(

@@ -14,8 +14,8 @@
 -- state that has its token (see `Store::current` and fence.lua).
 --
 -- ARGV[1]: the number of partitions. ARGV[2]: 1 when KEYS[1] is the directory of partition
--- tags to add each partition's tag to, else 0. ARGV[3]: how many texts a list keeps. ARGV[4]:
--- the writer token. Then per
+-- tags to add each partition's tag to, else 0. ARGV[3]: how many texts a list keeps.
+-- ARGV[4]: the writer token. Then per
 -- partition: its key count, its tag (only with a directory), expected stored offset, next,
 -- then n and n triples (key index, field, delta) to add, then m and m triples (key index,
 -- field, unix time) to raise to (grouped by key, each field once), then s and s triples (key

@@ -1,10 +1,11 @@
 //! Stage 4: Redis. Counter deltas are stored atomically with the Kafka offsets that produced
 //! them, per partition batch; re-sent events are caught by dedup claims. A batch costs two
 //! round trips and, on a single Redis, two writes (a script call for the claims, sent with a
-//! read-only transaction that reads the counters not held from the batch before; then one
-//! transaction for the counters and offsets): under `appendfsync always` Redis pays an fsync per event-loop pass that writes,
-//! so the number of writes, not only of commands, sets the speed. On a cluster, script calls
-//! are per slot and counters are added blind.
+//! read-only transaction that reads the counters it adds to, except those held from the
+//! batches before; then one transaction for the counters and offsets): under `appendfsync
+//! always` Redis pays an fsync per event-loop pass that writes, so the number of writes, not
+//! only of commands, sets the speed. On a cluster, script calls are per slot and counters are
+//! added blind.
 //!
 //! Dedup claims are written before the counters, in their own round trip, and carry the
 //! claimant's coordinates (partition and offset). If the process dies between the claim and the
@@ -61,7 +62,7 @@ pub struct PartitionBatch<'a> {
     pub aggregate: &'a Aggregate,
     /// The partition's counters as read by [`Store::current`]; `None` to add to them blind.
     pub current: Option<&'a Current>,
-    /// What this consumer holds of the partition's counters since its last batch, for
+    /// What this consumer holds of the partition's counters from its last batches, for
     /// [`Store::current`] not to read again.
     pub held: Option<&'a Held>,
 }
@@ -76,42 +77,51 @@ pub struct Current {
     pub writer: Option<String>,
 }
 
-/// The counters a consumer keeps of a partition between batches: those its last batch wrote
-/// whole, with the offset and writer token written with them. Its next batch reads only the
+/// The counters a consumer keeps of a partition between batches: those its batches wrote
+/// whole, with the offset and writer token the last one wrote. Its next batch reads only the
 /// counters not held, and uses the held ones only if Redis still shows that offset and token.
 /// A token is written by one transaction only, and every write of the partition's counters
-/// writes a new one, so a state of Redis that shows it holds exactly these values, whatever
-/// happened in between: Redis losing writes, a rebalance, a zombie consumer.
+/// writes a new one (or, by versions before December 2026, none, but then moves the offset),
+/// so a state of Redis that shows both holds exactly these values, whatever happened in
+/// between: Redis losing writes, a rebalance, a zombie consumer.
 ///
-/// One batch's counters at most, so memory is bounded by the batch size.
+/// A bucket's value is used only while the bucket has more than its own length to live: its
+/// key expires on the clock of whoever made it, and a value held past that would bring it back.
 #[derive(Debug, Clone)]
 pub struct Held {
     offset: i64,
     writer: String,
     values: FxHashMap<(Slot, Field), i64>,
-    /// The token the batch's values were read under (`None`: none stored), so that values
-    /// held from before it are known to be still true after it.
-    over: Option<String>,
+    /// Where the batch was read: the offset and token it was written over (`None`: no token,
+    /// or some counter added blind), so that values held from before it are known to be still
+    /// true after it.
+    over: (i64, Option<String>),
+    /// The batch's time, for the buckets' life.
+    now: i64,
 }
 
 impl Held {
-    /// What a partition holds once `current` plus `aggregate`'s deltas were written whole at
-    /// offset `next` under `writer` (what [`Written::whole`] says happened).
+    /// What a partition holds once `current`, read at offset `expected`, plus `aggregate`'s
+    /// deltas were written whole at offset `next` under `writer` (what [`Written::whole`]
+    /// says happened).
     pub fn after(
         current: Current,
         aggregate: &Aggregate,
         now: i64,
-        next: i64,
+        (expected, next): (i64, i64),
         writer: String,
     ) -> Held {
-        let over = current.writer;
+        let mut over = (expected, current.writer);
         let mut values = current.values;
         for (cell, delta) in aggregate.cells(now) {
             let value = values.get(&cell).and_then(|v| v.checked_add(delta));
             match value {
                 Some(v) => values.insert(cell, v),
-                // Added blind (see `apply::section`): its value is not known here.
-                None => values.remove(&cell),
+                // Added blind (see `apply::section`): not known here, nor what was held of it.
+                None => {
+                    over.1 = None;
+                    values.remove(&cell)
+                }
             };
         }
         Held {
@@ -119,20 +129,35 @@ impl Held {
             writer,
             values,
             over,
+            now,
+        }
+    }
+
+    /// Whether the held value of a counter in `slot` may be used at `now`.
+    fn lasting(slot: Slot, now: i64) -> bool {
+        match slot {
+            Slot::Total => true,
+            Slot::Bucket(tier, n) => tier.ttl(n, now).is_some_and(|t| t > tier.seconds()),
         }
     }
 
     /// Takes in what the partition's next batch wrote whole. If that batch was written over
-    /// the state these values describe (it read this token), the counters it did not touch
-    /// are still what Redis holds, so they are kept too, up to `limit` counters; else, or
-    /// beyond, only the batch's are.
+    /// the state these values describe (it read this offset and token), the counters it did
+    /// not touch are still what Redis holds, so they are kept too, up to `limit` counters
+    /// (buckets near their end dropped first); else, or beyond, only the batch's are.
     pub fn update(&mut self, next: Held, limit: usize) {
-        let over_these = next.over.as_deref() == Some(self.writer.as_str());
+        let over_these =
+            next.over.0 == self.offset && next.over.1.as_deref() == Some(self.writer.as_str());
+        if over_these && self.values.len() + next.values.len() > limit {
+            self.values
+                .retain(|(slot, _), _| Held::lasting(*slot, next.now));
+        }
         if over_these && self.values.len() + next.values.len() <= limit {
             self.values.extend(next.values);
             self.offset = next.offset;
             self.writer = next.writer;
             self.over = next.over;
+            self.now = next.now;
         } else {
             *self = next;
         }
@@ -305,7 +330,8 @@ impl Store {
             let mut by_slot: FxHashMap<Slot, Vec<Field>> = FxHashMap::default();
             let mut known = Vec::new();
             for cell in b.aggregate.cells(now).into_keys() {
-                match held.and_then(|h| h.values.get(&cell)) {
+                let lasting = Held::lasting(cell.0, now);
+                match held.and_then(|h| h.values.get(&cell)).filter(|_| lasting) {
                     Some(value) => known.push((cell, *value)),
                     None => by_slot.entry(cell.0).or_default().push(cell.1),
                 }
@@ -602,7 +628,13 @@ mod tests {
             values: ds.iter().map(|d| (cell(*d), 1)).collect(),
             writer: over.map(str::to_string),
         };
-        Held::after(current, &Aggregate::default(), 0, next, writer.into())
+        Held::after(
+            current,
+            &Aggregate::default(),
+            0,
+            (next - 10, next),
+            writer.into(),
+        )
     }
 
     #[test]
@@ -622,6 +654,15 @@ mod tests {
         held.update(written(&[2], 20, "a.2", Some("b.7")), 100);
         assert_eq!((held.offset, held.len()), (20, 1));
         assert!(held.values.contains_key(&cell(2)));
+    }
+
+    #[test]
+    fn a_batch_read_at_another_offset_replaces_what_is_held() {
+        // A version without tokens moved the partition from 10 to 20 and left a.1's token:
+        // what a.1 left is gone, though the token is the same.
+        let mut held = written(&[0, 1], 10, "a.1", None);
+        held.update(written(&[2], 30, "a.2", Some("a.1")), 100);
+        assert_eq!((held.offset, held.len()), (30, 1));
     }
 
     #[test]
