@@ -349,13 +349,6 @@ async fn a_stale_partition_is_fenced_and_the_rest_of_its_batch_stored() {
         }
         (batch, records)
     };
-    let total = |snap: &tiendo::store::Snapshot| -> i64 {
-        snap.counts
-            .iter()
-            .filter(|(f, _)| f.contains("|r."))
-            .map(|(_, c)| c.total)
-            .sum()
-    };
     let (first, first_records) = batch(&[0], 0);
     for (_, outcome) in first
         .store(&store, &HeldCounters::new(), now.timestamp())
@@ -390,7 +383,7 @@ async fn a_stale_partition_is_fenced_and_the_rest_of_its_batch_stored() {
         .await
         .unwrap();
     assert_eq!(stored, [Some(10), Some(15)]);
-    assert_eq!(total(&snap), first_records[0] + second_records[1]);
+    assert_eq!(records(&snap), first_records[0] + second_records[1]);
 }
 
 /// The check before the transaction must stop it whenever it cannot vouch for the offsets,
@@ -430,6 +423,15 @@ async fn a_failing_offset_check_writes_nothing() {
         .unwrap();
     let counted: Vec<_> = totals.keys().filter(|f| !f.starts_with('~')).collect();
     assert!(counted.is_empty(), "nothing counted: {counted:?}");
+}
+
+/// All records counted in a snapshot.
+fn records(snap: &tiendo::store::Snapshot) -> i64 {
+    snap.counts
+        .iter()
+        .filter(|(f, _)| f.contains("|r."))
+        .map(|(_, c)| c.total)
+        .sum()
 }
 
 /// The record counts of `messages`.
@@ -521,15 +523,8 @@ async fn held_counters_are_written_back_only_onto_the_state_they_came_from() {
     for (_, outcome) in a2.store(&a, &held, now.timestamp()).await.unwrap() {
         assert_eq!(outcome.applied, Applied::Stored);
     }
-    let snap = a.snapshot(now).await.unwrap();
-    let total: i64 = snap
-        .counts
-        .iter()
-        .filter(|(f, _)| f.contains("|r."))
-        .map(|(_, c)| c.total)
-        .sum();
     assert_eq!(
-        total,
+        records(&a.snapshot(now).await.unwrap()),
         record_count(&theirs) + record_count(&later),
         "B's counts plus A's second batch, not A's first batch written back"
     );

@@ -442,15 +442,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<Vec<Applied>>, StoreError> {
         let all: Vec<&PartitionBatch<'_>> = batches.iter().collect();
-        let call = apply::call(
-            &self.keys,
-            &self.datasets,
-            &all,
-            Some(tags),
-            writer,
-            now,
-            false,
-        );
+        let call = self.apply_call(&all, Some(tags), writer, now, false);
         let (mut fenced, mut expected) = (Vec::new(), Vec::new());
         for b in batches {
             let keys = self.keys.partition(b.topic, b.partition);
@@ -520,6 +512,27 @@ impl Store {
         applied(reply, batches.len()).map(Some)
     }
 
+    /// The apply.lua call for `batches` (see `apply::call`).
+    fn apply_call(
+        &self,
+        batches: &[&PartitionBatch<'_>],
+        directory: Option<&[String]>,
+        writer: &str,
+        now: i64,
+        counters_inline: bool,
+    ) -> apply::ApplyCall {
+        let (keys, datasets) = (&self.keys, &self.datasets);
+        apply::call(
+            keys,
+            datasets,
+            batches,
+            directory,
+            writer,
+            now,
+            counters_inline,
+        )
+    }
+
     /// Applies through apply.lua alone: one call for every partition on a single Redis, one
     /// per partition (and a directory update) on a cluster, all sent together.
     async fn apply_scripted(
@@ -532,19 +545,11 @@ impl Store {
         let calls: Vec<apply::ApplyCall> = if self.conn.is_cluster() {
             batches
                 .iter()
-                .map(|b| apply::call(&self.keys, &self.datasets, &[b], None, writer, now, true))
+                .map(|b| self.apply_call(&[b], None, writer, now, true))
                 .collect()
         } else {
             let all: Vec<&PartitionBatch<'_>> = batches.iter().collect();
-            vec![apply::call(
-                &self.keys,
-                &self.datasets,
-                &all,
-                Some(tags),
-                writer,
-                now,
-                true,
-            )]
+            vec![self.apply_call(&all, Some(tags), writer, now, true)]
         };
         let listed = async {
             if !self.conn.is_cluster() {
