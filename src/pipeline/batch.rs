@@ -168,20 +168,19 @@ impl HeldCounters {
     /// partition's counters if it wrote none.
     pub fn keep(&mut self, part: &Part, held: Option<Held>) {
         let key = (part.t, part.partition);
+        let Some(next) = held else {
+            return self.forget(key);
+        };
         let before = self.by_partition.get(&key).map_or(0, Held::len);
-        let after = match (self.by_partition.get_mut(&key), held) {
-            (Some(h), Some(next)) => {
+        let after = match self.by_partition.get_mut(&key) {
+            Some(h) => {
                 h.update(next, HELD_MAX.saturating_sub(self.len - before));
                 h.len()
             }
-            (None, Some(next)) => {
+            None => {
                 let len = next.len();
                 self.by_partition.insert(key, next);
                 len
-            }
-            (_, None) => {
-                self.by_partition.remove(&key);
-                0
             }
         };
         self.len = self.len - before + after;
