@@ -121,11 +121,14 @@ async fn main() {
                 outcome.rss.quarter, outcome.rss.end, outcome.rss.max
             );
             println!(
-                "      cpu {}: tiendo {:.2}, redis {:.2}, broker and the rest {:.2}",
+                "      cpu {}: tiendo {:.2}, redis {:.2}, its {} AOF rewrites {:.2}, broker and \
+                 the rest {:.2}",
                 outcome.cpu.show(),
                 outcome.tiendo_us,
                 outcome.redis_us,
-                outcome.cpu.us_per_msg - outcome.tiendo_us - outcome.redis_us
+                outcome.rewrites.1,
+                outcome.rewrites.0,
+                outcome.cpu.us_per_msg - outcome.tiendo_us - outcome.redis_us - outcome.rewrites.0
             );
             println!(
                 "      waits (tiendo_pipeline_wait_seconds) of {:.2} s: the storer for batches \
@@ -326,6 +329,8 @@ struct Outcome {
     /// CPU microseconds per message of tiendo's process, and of Redis.
     tiendo_us: f64,
     redis_us: f64,
+    /// The same of Redis's AOF rewrites, and how many there were.
+    rewrites: (f64, u64),
     /// Seconds tiendo's storer waited for batches, and its collector for the storer.
     waits: (f64, f64),
 }
@@ -346,6 +351,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
     );
     let before = redis.used_memory().unwrap();
     let redis_cpu = redis.used_cpu().unwrap();
+    let (redis_children, rewrites) = redis.used_cpu_children().unwrap();
     let (t, cpu) = (Instant::now(), Machine::now());
     let port = tiendo::embedded::free_port().expect("a free port");
     settings.http.listen = format!("127.0.0.1:{port}");
@@ -405,6 +411,11 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
     let per_msg = |secs: f64| secs * 1e6 / data.messages as f64;
     let tiendo_us = per_msg(cpu_secs(child.0.id()));
     let redis_us = per_msg(redis.used_cpu().unwrap() - redis_cpu);
+    let (children, rewrites_after) = redis.used_cpu_children().unwrap();
+    let rewrites = (
+        per_msg(children - redis_children),
+        rewrites_after - rewrites,
+    );
     let waits = waits(&settings.http.listen).await;
     drop(child);
     let after = redis.used_memory().unwrap();
@@ -420,6 +431,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         cpu,
         tiendo_us,
         redis_us,
+        rewrites,
         waits,
     }
 }

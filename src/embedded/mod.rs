@@ -81,12 +81,32 @@ impl RedisServer {
 
     /// CPU seconds Redis has used, user and system, for benchmarks' CPU per event.
     pub fn used_cpu(&self) -> redis::RedisResult<f64> {
+        self.cpu_times("")
+    }
+
+    /// CPU seconds Redis's finished children (AOF rewrites, snapshots) have used, which
+    /// [`RedisServer::used_cpu`] leaves out; with how many AOF rewrites there were.
+    pub fn used_cpu_children(&self) -> redis::RedisResult<(f64, u64)> {
+        let rewrites = self
+            .info("persistence")?
+            .lines()
+            .find_map(|l| l.strip_prefix("aof_rewrites:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| no_field("no aof_rewrites"))?;
+        Ok((self.cpu_times("_children")?, rewrites))
+    }
+
+    fn cpu_times(&self, suffix: &str) -> redis::RedisResult<f64> {
         let info = self.info("cpu")?;
+        let (sys, user) = (
+            format!("used_cpu_sys{suffix}:"),
+            format!("used_cpu_user{suffix}:"),
+        );
         let times: Vec<f64> = info
             .lines()
             .filter_map(|l| {
-                l.strip_prefix("used_cpu_sys:")
-                    .or_else(|| l.strip_prefix("used_cpu_user:"))
+                l.strip_prefix(sys.as_str())
+                    .or_else(|| l.strip_prefix(user.as_str()))
             })
             .filter_map(|v| v.trim().parse().ok())
             .collect();
