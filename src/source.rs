@@ -340,8 +340,10 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // librdkafka fetches ahead until a partition's local queue holds this many messages
         // (its default is 100,000); those messages and their fetch buffers were three quarters
         // of tiendo's heap at its peak. With half as many, RSS at most fell from 133-157 to
-        // 111-124 MiB over a 60-day backfill, throughput unchanged; 20,000 left the storer
-        // waiting for batches (BENCHMARKS.md, eleventh session).
+        // 111-124 MiB over a 60-day backfill, where Redis sets the pace and the queues stay
+        // full; 20,000 left the storer waiting for batches (BENCHMARKS.md, eleventh session).
+        // Where reading sets the pace (recent events) it costs up to a tenth of the speed
+        // (thirteenth session): the memory goal decided.
         .set("queued.min.messages", "50000")
         // Statistics feed the consumer-lag gauge; operators may change the interval.
         .set("statistics.interval.ms", "15000");
