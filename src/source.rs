@@ -338,12 +338,16 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // (BENCHMARKS.md, tenth session). The queue's size limits are unchanged.
         .set("fetch.queue.backoff.ms", "10")
         // librdkafka fetches ahead until a partition's local queue holds this many messages
-        // (its default is 100,000); those messages and their fetch buffers were three quarters
-        // of tiendo's heap at its peak. With half as many, RSS at most fell from 133-157 to
-        // 111-124 MiB over a 60-day backfill, where Redis sets the pace and the queues stay
-        // full; 20,000 left the storer waiting for batches (BENCHMARKS.md, eleventh session).
-        // Where reading sets the pace (recent events) it costs up to a tenth of the speed
-        // (thirteenth session): the memory goal decided.
+        // (its default is 100,000). Its documentation says per partition, but a group
+        // consumer's partition queues are forwarded to one queue and the check reads the
+        // length of that one (rd_kafka_q_len follows the forward, rdkafka_fetcher.c): this
+        // bounds all partitions' messages together. Those messages and their fetch buffers
+        // were three quarters of tiendo's heap at its peak. With half as many, RSS at most
+        // fell from 133-157 to 111-124 MiB over a 60-day backfill, where Redis sets the pace
+        // and the queue stays full; 20,000 left the storer waiting for batches (BENCHMARKS.md,
+        // eleventh session). Where reading sets the pace (recent events) 50,000 is about
+        // 90 ms of messages, less than a fetch takes to come back from Tansu, and costs up
+        // to a tenth of the speed (thirteenth session): the memory goal decided.
         .set("queued.min.messages", "50000")
         // Statistics feed the consumer-lag gauge; operators may change the interval.
         .set("statistics.interval.ms", "15000");
