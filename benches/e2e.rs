@@ -311,7 +311,7 @@ async fn baseline(brokers: &str, run: &str, data: &Data) -> (Rates, CpuUse) {
 /// Messages per second over a whole phase (joining the group and, for tiendo, starting the
 /// process included), and from its first message (the baseline) or first stored batch
 /// (tiendo) to its end: the rate once running, without the fixed cost of starting, which
-/// weighs a short run (about a tenth of a 1M-message run here).
+/// could weigh on a short run (it was measured not to: BENCHMARKS.md, thirteenth session).
 #[derive(Clone, Copy)]
 struct Rates {
     whole: f64,
