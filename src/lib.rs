@@ -23,6 +23,7 @@ pub mod events;
 pub mod generator;
 pub mod history;
 pub mod jsonschema;
+pub mod malloc;
 pub mod notify;
 pub mod pipeline;
 pub mod provinces;

@@ -165,8 +165,16 @@ enum Format {
     Json,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime's threads exist (see the module).
+    tiendo::malloc::limit_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(start())
+}
+
+async fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Before anything else, so that a stop asked during start-up is graceful too.
     let shutdown = match cli.command {
