@@ -330,8 +330,8 @@ impl Store {
             let mut by_slot: FxHashMap<Slot, Vec<Field>> = FxHashMap::default();
             let mut known = Vec::new();
             for cell in b.aggregate.cells(now).into_keys() {
-                let lasting = Held::lasting(cell.0, now);
-                match held.and_then(|h| h.values.get(&cell)).filter(|_| lasting) {
+                let value = held.and_then(|h| h.values.get(&cell));
+                match value.filter(|_| Held::lasting(cell.0, now)) {
                     Some(value) => known.push((cell, *value)),
                     None => by_slot.entry(cell.0).or_default().push(cell.1),
                 }
@@ -521,10 +521,9 @@ impl Store {
         now: i64,
         counters_inline: bool,
     ) -> apply::ApplyCall {
-        let (keys, datasets) = (&self.keys, &self.datasets);
         apply::call(
-            keys,
-            datasets,
+            &self.keys,
+            &self.datasets,
             batches,
             directory,
             writer,
