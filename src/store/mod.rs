@@ -148,19 +148,22 @@ impl Held {
     pub fn update(&mut self, next: Held, limit: usize) {
         let over_these =
             next.over.0 == self.offset && next.over.1.as_deref() == Some(self.writer.as_str());
-        if over_these && self.values.len() + next.values.len() > limit {
-            self.values
-                .retain(|(slot, _), _| Held::lasting(*slot, next.now));
+        if over_these {
+            let fits = |held: &Held| held.values.len() + next.values.len() <= limit;
+            if !fits(self) {
+                self.values
+                    .retain(|(slot, _), _| Held::lasting(*slot, next.now));
+            }
+            if fits(self) {
+                self.values.extend(next.values);
+                self.offset = next.offset;
+                self.writer = next.writer;
+                self.over = next.over;
+                self.now = next.now;
+                return;
+            }
         }
-        if over_these && self.values.len() + next.values.len() <= limit {
-            self.values.extend(next.values);
-            self.offset = next.offset;
-            self.writer = next.writer;
-            self.over = next.over;
-            self.now = next.now;
-        } else {
-            *self = next;
-        }
+        *self = next;
     }
 
     /// How many counters are held.
