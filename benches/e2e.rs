@@ -100,7 +100,7 @@ async fn main() {
         );
         for (fsync, goal) in GOALS {
             let outcome = tiendo(&base, &run, &data, fsync).await;
-            let rate = data.messages as f64 / outcome.secs;
+            let rate = outcome.rates.whole;
             max_rate.get_or_insert(rate);
             println!(
                 "    tiendo, {fsync:<9}     {rate:>8.0} msg/s  ratio {:.2} (goal {goal:.2})  \
@@ -112,8 +112,8 @@ async fn main() {
             println!(
                 "      once running (first stored batch to last, against the baseline from its \
                  first message): {:.0} msg/s, ratio {:.2}",
-                outcome.steady,
-                outcome.steady / baseline.steady
+                outcome.rates.steady,
+                outcome.rates.steady / baseline.steady
             );
             println!(
                 "      tiendo RSS {:.0} MiB at a quarter of the run, {:.0} MiB at its end, \
@@ -319,9 +319,10 @@ struct Rates {
 }
 
 struct Outcome {
+    /// Seconds from starting tiendo to seeing every message stored.
     secs: f64,
-    /// Messages per second from the first stored batch to the last (see [`Rates`]).
-    steady: f64,
+    /// Over those seconds, and from the first stored batch to the last.
+    rates: Rates,
     exact: bool,
     bytes_per_event: f64,
     rss: Rss,
@@ -424,7 +425,10 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
     }
     Outcome {
         secs,
-        steady,
+        rates: Rates {
+            whole: data.messages as f64 / secs,
+            steady,
+        },
         exact: got == want,
         bytes_per_event: (after - before) as f64 / data.events as f64,
         rss: Rss::of(&rss),
