@@ -352,19 +352,31 @@ impl Batch {
             .map(|((p, agg), current)| partition_batch(p, agg, current.as_ref()))
             .collect();
         let writer = store.writer();
-        let written = store.apply(&writes, &writer, now).await?;
+        // What each partition holds if the batch is written whole, worked out while Redis
+        // applies it (this is on the storer's path from one batch to the next): kept only
+        // where it was.
+        let after = async {
+            parts
+                .iter()
+                .zip(aggregates)
+                .zip(&current)
+                .map(|((p, agg), current)| {
+                    let offsets = (p.expected.unwrap_or(-1), p.next);
+                    current
+                        .as_ref()
+                        .map(|c| Held::after(c, agg, now, offsets, writer.clone()))
+                })
+                .collect::<Vec<_>>()
+        };
+        let (written, after) = futures::join!(store.apply(&writes, &writer, now), after);
+        let written = written?;
         drop(writes);
         Ok(parts
             .into_iter()
             .zip(aggregates.iter().zip(written.applied))
-            .zip(current)
-            .map(|((p, (agg, applied)), current)| {
-                let held = current
-                    .filter(|_| written.whole && applied == Applied::Stored)
-                    .map(|c| {
-                        let offsets = (p.expected.unwrap_or(-1), p.next);
-                        Held::after(c, agg, now, offsets, writer.clone())
-                    });
+            .zip(after)
+            .map(|((p, (agg, applied)), after)| {
+                let held = after.filter(|_| written.whole && applied == Applied::Stored);
                 (
                     p,
                     Outcome {
@@ -463,7 +475,7 @@ mod tests {
             values,
             writer: over,
         };
-        Held::after(current, &Aggregate::default(), 0, (10, 10), writer.into())
+        Held::after(&current, &Aggregate::default(), 0, (10, 10), writer.into())
     }
 
     #[test]

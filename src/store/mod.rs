@@ -105,14 +105,14 @@ impl Held {
     /// deltas were written whole at offset `next` under `writer` (what [`Written::whole`]
     /// says happened).
     pub fn after(
-        current: Current,
+        current: &Current,
         aggregate: &Aggregate,
         now: i64,
         (expected, next): (i64, i64),
         writer: String,
     ) -> Held {
-        let mut over = (expected, current.writer);
-        let mut values = current.values;
+        let mut over = (expected, current.writer.clone());
+        let mut values = current.values.clone();
         for (cell, delta) in aggregate.cells(now) {
             let value = values.get(&cell).and_then(|v| v.checked_add(delta));
             match value {
@@ -636,7 +636,7 @@ mod tests {
             writer: over.map(str::to_string),
         };
         Held::after(
-            current,
+            &current,
             &Aggregate::default(),
             0,
             (next - 10, next),
