@@ -319,7 +319,7 @@ struct Rates {
 }
 
 struct Outcome {
-    /// Seconds from starting tiendo to seeing every message stored.
+    /// Seconds from starting tiendo to seeing every message stored (or to the deadline).
     secs: f64,
     /// Over those seconds, and from the first stored batch to the last.
     rates: Rates,

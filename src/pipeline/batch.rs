@@ -352,9 +352,10 @@ impl Batch {
             .map(|((p, agg), current)| partition_batch(p, agg, current.as_ref()))
             .collect();
         let writer = store.writer();
-        // What each partition holds if the batch is written whole, worked out while Redis
-        // applies it (this is on the storer's path from one batch to the next): kept only
-        // where it was.
+        // What each partition holds if the batch is written whole: kept only where it was.
+        // Worked out after the apply request is handed to the connection, so that where
+        // another thread drives the connection (`tiendo run`'s storer is off the runtime's
+        // workers) it runs while Redis applies, not on the path from one batch to the next.
         let after = async {
             parts
                 .iter()
