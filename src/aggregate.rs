@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::buckets::Tier;
 use crate::deadletter::DeadLetter;
@@ -111,7 +111,6 @@ impl Aggregate {
                     metric: Metric::Records(dataset),
                 };
                 self.add_counter(field, event.at, count as i64);
-                self.see(field, event.at);
             }
             Payload::Procedure { channel, on_time } => {
                 let completed = Field {
@@ -126,18 +125,102 @@ impl Aggregate {
                     };
                     self.add_counter(ot, event.at, 1);
                 }
-                let any = Field {
-                    unit: event.unit,
-                    metric: Metric::AnyProcedure,
-                };
-                self.see(any, event.at);
             }
         }
+        self.see(seen(event), event.at);
     }
 
     /// An event already counted (a re-send).
     pub fn duplicate(&mut self, event: &Event) {
         self.source(&event.source).duplicates += 1;
+    }
+
+    /// This aggregate, of `events` each added as new, as if those `events` marks `false`
+    /// had been re-sends: what aggregating again would give, in a fraction of the work when
+    /// re-sends are few. Their counts are taken back; a newest time is worked out again only
+    /// where a re-send may have held it. `events` is called twice, each time from the start.
+    pub fn without<'e, I>(&self, events: impl Fn() -> I) -> Aggregate
+    where
+        I: Iterator<Item = (&'e Event, bool)>,
+    {
+        let mut agg = self.clone();
+        // Fields and sources whose newest time a re-send had: from the fresh events alone.
+        let mut stale_fields = FxHashSet::default();
+        let mut stale_sources = FxHashSet::default();
+        for (event, _) in events().filter(|(_, fresh)| !fresh) {
+            agg.take_back(event);
+            let field = seen(event);
+            if self.latest.get(&field) == Some(&event.at) {
+                stale_fields.insert(field);
+            }
+            if self.sources[&event.source].last_event == event.at {
+                stale_sources.insert(&event.source);
+            }
+        }
+        if stale_fields.is_empty() && stale_sources.is_empty() {
+            return agg;
+        }
+        for field in &stale_fields {
+            agg.latest.remove(field);
+        }
+        for source in &stale_sources {
+            agg.source(source).last_event = 0;
+        }
+        for (event, _) in events().filter(|(_, fresh)| *fresh) {
+            let field = seen(event);
+            if stale_fields.contains(&field) {
+                agg.see(field, event.at);
+            }
+            if stale_sources.contains(&event.source) {
+                let source = agg.source(&event.source);
+                source.last_event = source.last_event.max(event.at);
+            }
+        }
+        agg
+    }
+
+    /// Undoes [`Aggregate::add`] of an event but for its newest times, and counts it as a
+    /// [`Aggregate::duplicate`]. A counter brought back to zero is dropped: every event adds
+    /// at least one (a record count of 0 is rejected), so none was added by a fresh one.
+    fn take_back(&mut self, event: &Event) {
+        self.counted -= 1;
+        let source = self.source(&event.source);
+        source.events -= 1;
+        source.duplicates += 1;
+        match event.payload {
+            Payload::Records { dataset, count } => {
+                source.records -= count as i64;
+                let field = Field {
+                    unit: event.unit,
+                    metric: Metric::Records(dataset),
+                };
+                self.take_counter(field, event.at, count as i64);
+            }
+            Payload::Procedure { channel, on_time } => {
+                let completed = Field {
+                    unit: event.unit,
+                    metric: Metric::Completed(channel),
+                };
+                self.take_counter(completed, event.at, 1);
+                if on_time {
+                    let ot = Field {
+                        unit: event.unit,
+                        metric: Metric::OnTime(channel),
+                    };
+                    self.take_counter(ot, event.at, 1);
+                }
+            }
+        }
+    }
+
+    fn take_counter(&mut self, field: Field, at: i64, amount: i64) {
+        let key = (field, Tier::Minute.bucket(at));
+        if let Some(n) = self.by_minute.get_mut(&key) {
+            *n -= amount;
+            if *n == 0 {
+                self.by_minute.remove(&key);
+            }
+        }
     }
 
     /// A source's share, cloning its label only the first time in a batch.
@@ -196,9 +279,22 @@ impl Aggregate {
     }
 }
 
+/// The field whose newest time an event moves.
+fn seen(event: &Event) -> Field {
+    let metric = match event.payload {
+        Payload::Records { dataset, .. } => Metric::Records(dataset),
+        Payload::Procedure { .. } => Metric::AnyProcedure,
+    };
+    Field {
+        unit: event.unit,
+        metric,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::CHANNELS;
     use crate::provinces::Scheme;
 
     fn ev(code: u8, at: i64, count: u64) -> Event {
@@ -250,6 +346,58 @@ mod tests {
         assert!(tiers
             .iter()
             .any(|s| matches!(s, Slot::Bucket(Tier::Day, _))));
+    }
+
+    /// Taking the re-sends back from an aggregate of all events gives what aggregating only
+    /// the fresh ones gives, newest times included, over random batches with ties in time.
+    #[test]
+    fn taking_re_sends_back_is_aggregating_the_fresh_again() {
+        let labels = crate::sources::Labels::new(&["hotich".into(), "dat_dai".into()]);
+        let sources = [labels.of("hotich"), labels.of("dat_dai"), labels.other()];
+        let mut rng = fastrand::Rng::with_seed(12);
+        for round in 0..2_000 {
+            let now = 1_727_740_800;
+            let n = rng.usize(0..60);
+            let events: Vec<Event> = (0..n)
+                .map(|i| Event {
+                    inferred: false,
+                    id: format!("e{i}"),
+                    unit: Unit {
+                        scheme: Scheme::Legacy63,
+                        code: rng.u8(1..4),
+                    },
+                    // Few distinct times, so that re-sends often hold the newest.
+                    at: now - 60 * rng.i64(0..5) - rng.i64(0..3),
+                    payload: if rng.bool() {
+                        Payload::Records {
+                            dataset: rng.u8(0..3),
+                            count: rng.u64(1..5),
+                        }
+                    } else {
+                        Payload::Procedure {
+                            channel: CHANNELS[rng.usize(0..CHANNELS.len())],
+                            on_time: rng.bool(),
+                        }
+                    },
+                    source: sources[rng.usize(0..sources.len())].clone(),
+                })
+                .collect();
+            // From none to all re-sent, by round.
+            let share = (round % 5) as f64 / 4.0;
+            let fresh: Vec<bool> = events.iter().map(|_| rng.f64() >= share).collect();
+            let mut all = Aggregate::default();
+            let mut again = Aggregate::default();
+            for (e, f) in events.iter().zip(&fresh) {
+                all.add(e);
+                if *f {
+                    again.add(e);
+                } else {
+                    again.duplicate(e);
+                }
+            }
+            let taken = all.without(|| events.iter().zip(fresh.iter().copied()));
+            assert_eq!(taken, again, "round {round}");
+        }
     }
 
     #[test]

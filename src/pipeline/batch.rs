@@ -2,6 +2,7 @@
 //! (claims, aggregation, the atomic script per partition). Kafka-free, so the benchmark drives
 //! exactly this code with pre-encoded messages.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::aggregate::Aggregate;
@@ -126,7 +127,7 @@ impl Sealed {
             plan: store.plan_claims(&claims),
             // Every event's counters are read while the claims are made (see
             // `Store::current`): what the fresh ones add to is among them.
-            all: parts.iter().map(|p| aggregate(p, || true)).collect(),
+            all: parts.iter().map(|p| aggregate(p)).collect(),
         }
     }
 }
@@ -336,18 +337,25 @@ impl Batch {
                 .collect();
             futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?
         };
-        // Aggregated again, counting only the fresh events, if any event was a re-send.
-        let recounted: Option<Vec<Aggregate>> = (!fresh.iter().all(|f| *f)).then(|| {
-            let mut fresh = fresh.into_iter();
-            parts
-                .iter()
-                .map(|p| aggregate(p, || fresh.next().unwrap_or(true)))
-                .collect()
-        });
-        let aggregates: &[Aggregate] = recounted.as_deref().unwrap_or(&sealed.all);
+        // What each partition adds: its sealed aggregate, with the re-sends taken back.
+        let mut fresh = fresh.as_slice();
+        let aggregates: Vec<Cow<'_, Aggregate>> = parts
+            .iter()
+            .zip(&sealed.all)
+            .map(|(p, all)| {
+                let (mine, rest) = fresh.split_at(p.events.len().min(fresh.len()));
+                fresh = rest;
+                if mine.iter().all(|f| *f) {
+                    return Cow::Borrowed(all);
+                }
+                // `fresh` answers each event in the parts' order; were one missing, it counts.
+                let marks = || mine.iter().copied().chain(std::iter::repeat(true));
+                Cow::Owned(all.without(|| p.events.iter().map(|(e, _)| e).zip(marks())))
+            })
+            .collect();
         let writes: Vec<PartitionBatch<'_>> = parts
             .iter()
-            .zip(aggregates)
+            .zip(&aggregates)
             .zip(&current)
             .map(|((p, agg), current)| partition_batch(p, agg, current.as_ref()))
             .collect();
@@ -359,7 +367,7 @@ impl Batch {
         let after = async {
             parts
                 .iter()
-                .zip(aggregates)
+                .zip(&aggregates)
                 .zip(&current)
                 .map(|((p, agg), current)| {
                     let offsets = (p.expected.unwrap_or(-1), p.next);
@@ -391,16 +399,12 @@ impl Batch {
     }
 }
 
-/// The counters of a part's events, each counted when `counted` says so (in event order)
-/// and otherwise a duplicate, and of its dead letters.
-fn aggregate(part: &Part, mut counted: impl FnMut() -> bool) -> Aggregate {
+/// The counters of a part's events, each counted as new (re-sends are taken back once the
+/// claims tell them; see [`Aggregate::without`]), and of its dead letters.
+fn aggregate(part: &Part) -> Aggregate {
     let mut agg = Aggregate::default();
     for (event, _) in &part.events {
-        if counted() {
-            agg.add(event);
-        } else {
-            agg.duplicate(event);
-        }
+        agg.add(event);
     }
     for letter in &part.dead {
         agg.dead_letter(letter);
