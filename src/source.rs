@@ -345,10 +345,13 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // were three quarters of tiendo's heap at its peak. With half as many, RSS at most
         // fell from 133-157 to 111-124 MiB over a 60-day backfill, where Redis sets the pace
         // and the queue stays full; 20,000 left the storer waiting for batches (BENCHMARKS.md,
-        // eleventh session). Where reading sets the pace (recent events) 50,000 is about
-        // 90 ms of messages, less than a fetch takes to come back from Tansu, and costs up
-        // to a tenth of the speed (thirteenth session): the memory goal decided.
-        .set("queued.min.messages", "50000")
+        // eleventh session). 50,000 is about 90 ms of messages, less than a fetch takes to
+        // come back from Tansu: where the storer keeps up, the collector then waits for
+        // messages (a third of its time over 60 days on an AMD machine). 75,000 read 5-7
+        // points of the baseline faster there, over 60 days and today, with RSS at most
+        // 128-139 MiB; on an Intel machine, where tiendo's CPU sets the pace, it was no faster
+        // and held 142-149 MiB (BENCHMARKS.md, fourteenth and fifteenth sessions).
+        .set("queued.min.messages", "75000")
         // Statistics feed the consumer-lag gauge; operators may change the interval.
         .set("statistics.interval.ms", "15000");
     if !kafka.group_instance_id.is_empty() {
@@ -410,7 +413,7 @@ mod tests {
         let c = consumer_config(&kafka);
         assert_eq!(c.get("fetch.wait.max.ms"), Some("100"));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
-        assert_eq!(c.get("queued.min.messages"), Some("50000"));
+        assert_eq!(c.get("queued.min.messages"), Some("75000"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
 
         for (k, v) in [
