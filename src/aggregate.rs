@@ -135,8 +135,8 @@ impl Aggregate {
         self.source(&event.source).duplicates += 1;
     }
 
-    /// This aggregate, of `events` each added as new, as if those `events` marks `false`
-    /// had been re-sends: what aggregating again would give, in a fraction of the work when
+    /// This aggregate, of `events` each added as new, as if the events that `events` marks
+    /// `false` had been re-sends: what aggregating again would give, in a fraction of the work when
     /// re-sends are few. Their counts are taken back; a newest time is worked out again only
     /// where a re-send may have held it. `events` is called twice, each time from the start.
     pub fn without<'e, I>(&self, events: impl Fn() -> I) -> Aggregate
@@ -153,7 +153,7 @@ impl Aggregate {
             if self.latest.get(&field) == Some(&event.at) {
                 stale_fields.insert(field);
             }
-            if self.sources[&event.source].last_event == event.at {
+            if self.sources.get(&event.source).map(|s| s.last_event) == Some(event.at) {
                 stale_sources.insert(&event.source);
             }
         }
@@ -394,6 +394,21 @@ mod tests {
                 } else {
                     again.duplicate(e);
                 }
+            }
+            // Dead letters are no event: both keep them as they are.
+            for offset in 0..rng.usize(0..3) {
+                let letter = DeadLetter {
+                    topic: "records".into(),
+                    partition: 0,
+                    offset: offset as i64,
+                    key: None,
+                    payload: Vec::new(),
+                    reason: Reason::ZeroRecordCount,
+                    detail: "record_count is 0".into(),
+                    source: sources[rng.usize(0..sources.len())].clone(),
+                };
+                all.dead_letter(&letter);
+                again.dead_letter(&letter);
             }
             let taken = all.without(|| events.iter().zip(fresh.iter().copied()));
             assert_eq!(taken, again, "round {round}");
