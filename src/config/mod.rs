@@ -689,6 +689,10 @@ impl Settings {
         if self.validation.max_record_count == 0 {
             return invalid("validation.max_record_count must be at least 1");
         }
+        // Counts are added as i64 (Redis's integers): a larger one would turn negative.
+        if i64::try_from(self.validation.max_record_count).is_err() {
+            return invalid("validation.max_record_count must be at most 9223372036854775807");
+        }
         if self.redis.tls_cert_file.is_some() != self.redis.tls_key_file.is_some() {
             return invalid("redis.tls_cert_file and redis.tls_key_file go together");
         }
@@ -908,5 +912,12 @@ mod tests {
         let mut s = Settings::default();
         s.redis.key_prefix = "a{b}".into();
         assert!(s.validated().is_err());
+        // A count Redis cannot add would turn negative.
+        let mut s = Settings::default();
+        s.validation.max_record_count = i64::MAX as u64 + 1;
+        assert!(s.validated().is_err());
+        let mut s = Settings::default();
+        s.validation.max_record_count = i64::MAX as u64;
+        assert!(s.validated().is_ok());
     }
 }
