@@ -104,28 +104,8 @@ impl Aggregate {
         if let Payload::Records { count, .. } = event.payload {
             source.records += count as i64;
         }
-        match event.payload {
-            Payload::Records { dataset, count } => {
-                let field = Field {
-                    unit: event.unit,
-                    metric: Metric::Records(dataset),
-                };
-                self.add_counter(field, event.at, count as i64);
-            }
-            Payload::Procedure { channel, on_time } => {
-                let completed = Field {
-                    unit: event.unit,
-                    metric: Metric::Completed(channel),
-                };
-                self.add_counter(completed, event.at, 1);
-                if on_time {
-                    let ot = Field {
-                        unit: event.unit,
-                        metric: Metric::OnTime(channel),
-                    };
-                    self.add_counter(ot, event.at, 1);
-                }
-            }
+        for (field, amount) in counters(event) {
+            self.add_counter(field, event.at, amount);
         }
         self.see(seen(event), event.at);
     }
@@ -138,7 +118,7 @@ impl Aggregate {
     /// This aggregate, of `events` each added as new, as if the events that `events` marks
     /// `false` had been re-sends: what aggregating again would give, in a fraction of the work when
     /// re-sends are few. Their counts are taken back; a newest time is worked out again only
-    /// where a re-send may have held it. `events` is called twice, each time from the start.
+    /// where a re-send may have held it. `events` is called at most twice, each time from the start.
     pub fn without<'e, I>(&self, events: impl Fn() -> I) -> Aggregate
     where
         I: Iterator<Item = (&'e Event, bool)>,
@@ -187,29 +167,11 @@ impl Aggregate {
         let source = self.source(&event.source);
         source.events -= 1;
         source.duplicates += 1;
-        match event.payload {
-            Payload::Records { dataset, count } => {
-                source.records -= count as i64;
-                let field = Field {
-                    unit: event.unit,
-                    metric: Metric::Records(dataset),
-                };
-                self.take_counter(field, event.at, count as i64);
-            }
-            Payload::Procedure { channel, on_time } => {
-                let completed = Field {
-                    unit: event.unit,
-                    metric: Metric::Completed(channel),
-                };
-                self.take_counter(completed, event.at, 1);
-                if on_time {
-                    let ot = Field {
-                        unit: event.unit,
-                        metric: Metric::OnTime(channel),
-                    };
-                    self.take_counter(ot, event.at, 1);
-                }
-            }
+        if let Payload::Records { count, .. } = event.payload {
+            source.records -= count as i64;
+        }
+        for (field, amount) in counters(event) {
+            self.take_counter(field, event.at, amount);
         }
     }
 
@@ -277,6 +239,24 @@ impl Aggregate {
         let t = self.latest.entry(field).or_insert(at);
         *t = (*t).max(at);
     }
+}
+
+/// The counters an event adds to, and by how much.
+fn counters(event: &Event) -> impl Iterator<Item = (Field, i64)> {
+    let field = |metric| Field {
+        unit: event.unit,
+        metric,
+    };
+    let [first, second] = match event.payload {
+        Payload::Records { dataset, count } => {
+            [Some((field(Metric::Records(dataset)), count as i64)), None]
+        }
+        Payload::Procedure { channel, on_time } => [
+            Some((field(Metric::Completed(channel)), 1)),
+            on_time.then(|| (field(Metric::OnTime(channel)), 1)),
+        ],
+    };
+    first.into_iter().chain(second)
 }
 
 /// The field whose newest time an event moves.
