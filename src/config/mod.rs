@@ -280,6 +280,9 @@ pub struct PipelineSettings {
     pub max_backoff: Duration,
 }
 
+/// The largest `validation.max_record_count` accepted.
+pub const MAX_RECORD_COUNT: u64 = 1_000_000_000_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidationSettings {
@@ -689,9 +692,10 @@ impl Settings {
         if self.validation.max_record_count == 0 {
             return invalid("validation.max_record_count must be at least 1");
         }
-        // Counts are added as i64 (Redis's integers): a larger one would turn negative.
-        if i64::try_from(self.validation.max_record_count).is_err() {
-            return invalid("validation.max_record_count must be at most 9223372036854775807");
+        // Counts are summed as i64 (Redis's integers) per batch and over time: a trillion
+        // records in one event leaves millions of such events before a counter could overflow.
+        if self.validation.max_record_count > MAX_RECORD_COUNT {
+            return invalid("validation.max_record_count must be at most 1000000000000");
         }
         if self.redis.tls_cert_file.is_some() != self.redis.tls_key_file.is_some() {
             return invalid("redis.tls_cert_file and redis.tls_key_file go together");
@@ -912,12 +916,12 @@ mod tests {
         let mut s = Settings::default();
         s.redis.key_prefix = "a{b}".into();
         assert!(s.validated().is_err());
-        // A count Redis cannot add would turn negative.
+        // A count whose sums could overflow.
         let mut s = Settings::default();
-        s.validation.max_record_count = i64::MAX as u64 + 1;
+        s.validation.max_record_count = MAX_RECORD_COUNT + 1;
         assert!(s.validated().is_err());
         let mut s = Settings::default();
-        s.validation.max_record_count = i64::MAX as u64;
+        s.validation.max_record_count = MAX_RECORD_COUNT;
         assert!(s.validated().is_ok());
     }
 }
