@@ -347,7 +347,7 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // and the queue stays full; 20,000 left the storer waiting for batches (BENCHMARKS.md,
         // eleventh session). 50,000 is about 90 ms of messages, less than a fetch takes to
         // come back from Tansu: where the storer keeps up, the collector then waits for
-        // messages (29.6 ms of each 65 ms batch went to receiving, mostly waiting, over 60
+        // messages (29.6 ms of each 67 ms batch went to receiving, mostly waiting, over 60
         // days on an AMD machine). 75,000 read up to 4-6 points of the baseline faster there,
         // over 60 days and today, with RSS at most 128-139 MiB; on an Intel machine, where
         // tiendo's CPU sets the pace, it was no faster and held 142-149 MiB (BENCHMARKS.md,
