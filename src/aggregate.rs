@@ -116,9 +116,10 @@ impl Aggregate {
     }
 
     /// This aggregate, of `events` each added as new, as if the events that `events` marks
-    /// `false` had been re-sends: what aggregating again would give, in a fraction of the work when
-    /// re-sends are few. Their counts are taken back; a newest time is worked out again only
-    /// where a re-send may have held it. `events` is called at most twice, each time from the start.
+    /// `false` had been re-sends: what aggregating again would give, in a fraction of the work
+    /// when re-sends are few. Their counts are taken back; a newest time is worked out again
+    /// only where a re-send may have held it. `events` is called at most twice, each time from
+    /// the start.
     pub fn without<'e, I>(&self, events: impl Fn() -> I) -> Aggregate
     where
         I: Iterator<Item = (&'e Event, bool)>,
