@@ -61,6 +61,9 @@ impl Field {
     }
 }
 
+/// Deltas by slot and counter: what a batch adds where (see [`Aggregate::cells`]).
+pub type Cells = FxHashMap<(Slot, Field), i64>;
+
 /// The deltas of one partition's batch.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Aggregate {
@@ -220,7 +223,7 @@ impl Aggregate {
 
     /// The deltas per slot: the total, and each time bucket still young enough at `now` to
     /// be read by some window.
-    pub fn cells(&self, now: i64) -> FxHashMap<(Slot, Field), i64> {
+    pub fn cells(&self, now: i64) -> Cells {
         let mut cells =
             FxHashMap::with_capacity_and_hasher(self.by_minute.len() * 2, Default::default());
         for ((field, minute), amount) in &self.by_minute {

@@ -576,6 +576,7 @@ fn ten_more<'a>(
         expected,
         next: expected.max(0) + 10,
         aggregate,
+        cells: None,
         current,
         held: None,
     }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::aggregate::Aggregate;
+use crate::aggregate::{Aggregate, Cells};
 use crate::deadletter::DeadLetter;
 use crate::decode::{Event, Validator};
 use crate::events::Kind;
@@ -353,11 +353,17 @@ impl Batch {
                 Cow::Owned(all.without(|| p.events.iter().map(|(e, _)| e).zip(marks())))
             })
             .collect();
+        // Worked out once, for the apply call and for what each partition holds after it.
+        let cells: Vec<Cells> = aggregates.iter().map(|a| a.cells(now)).collect();
         let writes: Vec<PartitionBatch<'_>> = parts
             .iter()
             .zip(&aggregates)
+            .zip(&cells)
             .zip(&current)
-            .map(|((p, agg), current)| partition_batch(p, agg, current.as_ref()))
+            .map(|(((p, agg), cells), current)| PartitionBatch {
+                cells: Some(cells),
+                ..partition_batch(p, agg, current.as_ref())
+            })
             .collect();
         let writer = store.writer();
         // What each partition holds if the batch is written whole: kept only where it was.
@@ -367,13 +373,13 @@ impl Batch {
         let after = async {
             parts
                 .iter()
-                .zip(&aggregates)
+                .zip(&cells)
                 .zip(&current)
-                .map(|((p, agg), current)| {
+                .map(|((p, cells), current)| {
                     let offsets = (p.expected.unwrap_or(-1), p.next);
                     current
                         .as_ref()
-                        .map(|c| Held::after(c, agg, now, offsets, writer.clone()))
+                        .map(|c| Held::after(c, cells, now, offsets, writer.clone()))
                 })
                 .collect::<Vec<_>>()
         };
@@ -423,6 +429,7 @@ fn partition_batch<'a>(
         expected: part.expected.unwrap_or(-1),
         next: part.next,
         aggregate,
+        cells: None,
         current,
         held: None,
     }
@@ -480,7 +487,7 @@ mod tests {
             values,
             writer: over,
         };
-        Held::after(&current, &Aggregate::default(), 0, (10, 10), writer.into())
+        Held::after(&current, &Cells::default(), 0, (10, 10), writer.into())
     }
 
     #[test]

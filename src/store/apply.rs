@@ -102,11 +102,11 @@ fn section(
     // Bucket keys are numbered after the four fixed ones (Lua indexes from 1).
     let mut bucket_index: FxHashMap<(Tier, i64), usize> = FxHashMap::default();
     let mut expiries: Vec<(usize, i64)> = Vec::new();
-    let cells = b.aggregate.cells(now);
+    let cells = b.cells(now);
     let mut incr: Vec<(usize, usize, i64)> = Vec::with_capacity(cells.len());
     let current = b.current.filter(|_| !counters_inline);
     let mut sets: FxHashMap<usize, Vec<(usize, i64)>> = FxHashMap::default();
-    for ((slot, field), delta) in &cells {
+    for ((slot, field), delta) in cells.iter() {
         let idx = match slot {
             Slot::Total => 2,
             Slot::Bucket(tier, n) => *bucket_index.entry((*tier, *n)).or_insert_with(|| {

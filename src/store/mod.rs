@@ -32,7 +32,7 @@ pub use read::{Counts, Daily, Snapshot};
 
 use rustc_hash::FxHashMap;
 
-use crate::aggregate::{Aggregate, Field, Slot};
+use crate::aggregate::{Aggregate, Cells, Field, Slot};
 use crate::events::Kind;
 
 const APPLY_LUA: &str = include_str!("apply.lua");
@@ -60,11 +60,24 @@ pub struct PartitionBatch<'a> {
     /// Offset after the last message: where the partition resumes.
     pub next: i64,
     pub aggregate: &'a Aggregate,
+    /// `aggregate`'s cells at the call's `now`, where the caller has them already (`None`:
+    /// worked out when needed).
+    pub cells: Option<&'a Cells>,
     /// The partition's counters as read by [`Store::current`]; `None` to add to them blind.
     pub current: Option<&'a Current>,
     /// What this consumer holds of the partition's counters from its last batches, for
     /// [`Store::current`] not to read again.
     pub held: Option<&'a Held>,
+}
+
+impl PartitionBatch<'_> {
+    /// The aggregate's cells at `now`: the caller's, or worked out here.
+    fn cells(&self, now: i64) -> std::borrow::Cow<'_, Cells> {
+        match self.cells {
+            Some(cells) => std::borrow::Cow::Borrowed(cells),
+            None => std::borrow::Cow::Owned(self.aggregate.cells(now)),
+        }
+    }
 }
 
 /// Counter values of one partition, by slot and field, in a state of Redis whose stored offset
@@ -101,19 +114,19 @@ pub struct Held {
 }
 
 impl Held {
-    /// What a partition holds once `current`, read at offset `expected`, plus `aggregate`'s
-    /// deltas were written whole at offset `next` under `writer` (what [`Written::whole`]
-    /// says happened).
+    /// What a partition holds once `current`, read at offset `expected`, plus the deltas
+    /// `cells` (its batch's at `now`) were written whole at offset `next` under `writer` (what
+    /// [`Written::whole`] says happened).
     pub fn after(
         current: &Current,
-        aggregate: &Aggregate,
+        cells: &Cells,
         now: i64,
         (expected, next): (i64, i64),
         writer: String,
     ) -> Held {
         let mut over = (expected, current.writer.clone());
         let mut values = current.values.clone();
-        for (cell, delta) in aggregate.cells(now) {
+        for (&cell, &delta) in cells {
             let value = values.get(&cell).and_then(|v| v.checked_add(delta));
             match value {
                 Some(v) => values.insert(cell, v),
@@ -332,7 +345,7 @@ impl Store {
             let held = b.held.filter(|h| h.offset == b.expected);
             let mut by_slot: FxHashMap<Slot, Vec<Field>> = FxHashMap::default();
             let mut known = Vec::new();
-            for cell in b.aggregate.cells(now).into_keys() {
+            for &cell in b.cells(now).keys() {
                 let value = held.and_then(|h| h.values.get(&cell));
                 match value.filter(|_| Held::lasting(cell.0, now)) {
                     Some(value) => known.push((cell, *value)),
@@ -637,7 +650,7 @@ mod tests {
         };
         Held::after(
             &current,
-            &Aggregate::default(),
+            &Cells::default(),
             0,
             (next - 10, next),
             writer.into(),
