@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -178,12 +179,15 @@ impl Collector {
         // Read when the first message arrives, not when waiting began: after a quiet night
         // a stale "now" would make fresh events look like they come from the future.
         let mut now = None;
+        // One stream per batch: `recv` makes a stream per message, and each registers and
+        // unregisters its waker under a mutex.
+        let mut messages = self.consumer.stream();
         while batch.len() < self.settings.batch_max_messages {
             let message = tokio::select! {
                 biased;
                 _ = &mut cancelled => break,
                 _ = &mut linger, if lingering => break,
-                m = self.consumer.recv() => m,
+                m = messages.next() => m.expect("kafka streams never end"),
             };
             let message = match message {
                 Ok(m) => m,
