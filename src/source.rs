@@ -347,12 +347,13 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // and the queue stays full; 20,000 left the storer waiting for batches (BENCHMARKS.md,
         // eleventh session). 50,000 is about 90 ms of messages, less than a fetch takes to
         // come back from Tansu: where the storer keeps up, the collector then waits for
-        // messages (29.6 ms of each 67 ms batch went to receiving, mostly waiting, over 60
-        // days on an AMD machine). 75,000 read up to 4-6 points of the baseline faster there,
-        // over 60 days and today, with RSS at most 128-139 MiB; on an Intel machine, where
-        // tiendo's CPU sets the pace, it was no faster and held 142-149 MiB (BENCHMARKS.md,
-        // fourteenth and fifteenth sessions).
-        .set("queued.min.messages", "75000")
+        // messages, and 75,000 read up to 4-6 points of the baseline faster on one AMD
+        // machine (RSS at most 128-139 MiB). Where tiendo's CPU or Redis sets the pace the
+        // queue stays full and more of it only holds more: no faster on an Intel machine
+        // (142-149 MiB) nor on a slower AMD one, where it went over 150 MiB in three phases
+        // of six (130-158 MiB at most, against 128-134 with 50,000; BENCHMARKS.md, fourteenth
+        // to sixteenth sessions).
+        .set("queued.min.messages", "50000")
         // Statistics feed the consumer-lag gauge; operators may change the interval.
         .set("statistics.interval.ms", "15000");
     if !kafka.group_instance_id.is_empty() {
@@ -414,7 +415,7 @@ mod tests {
         let c = consumer_config(&kafka);
         assert_eq!(c.get("fetch.wait.max.ms"), Some("100"));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
-        assert_eq!(c.get("queued.min.messages"), Some("75000"));
+        assert_eq!(c.get("queued.min.messages"), Some("50000"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
 
         for (k, v) in [
