@@ -24,6 +24,7 @@ use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -38,6 +39,7 @@ use crate::deadletter::DeadLetters;
 use crate::decode::Validator;
 use crate::events::Kind;
 use crate::source::{self, Assignment, EventConsumer, Start};
+use crate::sources::Source;
 use crate::store::{self, Applied, Store, StoreError};
 use crate::telemetry;
 
@@ -602,12 +604,14 @@ impl Storer {
                         .increment(events - outcome.counted);
                     metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "dead_letter")
                         .increment(part.dead.len() as u64);
-                    let mut by_source: HashMap<&str, u64> = HashMap::new();
+                    // Labels are bounded (configured names or `other`), so a fast unkeyed
+                    // hasher is safe, as in the aggregate; std's SipHash cost a hash per event.
+                    let mut by_source: FxHashMap<&Source, u64> = FxHashMap::default();
                     for (e, _) in &part.events {
-                        *by_source.entry(e.source.as_str()).or_default() += 1;
+                        *by_source.entry(&e.source).or_default() += 1;
                     }
                     for (source, n) in by_source {
-                        metrics::counter!(telemetry::SOURCE_EVENTS, "topic" => kind, "source" => source.to_string())
+                        metrics::counter!(telemetry::SOURCE_EVENTS, "topic" => kind, "source" => source.as_str().to_string())
                             .increment(n);
                     }
                     let inferred = part.events.iter().filter(|(e, _)| e.inferred).count();
