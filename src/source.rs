@@ -351,7 +351,7 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // machine (RSS at most 128-139 MiB). Where tiendo's CPU or Redis sets the pace the
         // queue stays full and more of it only holds more: no faster on an Intel machine
         // (142-149 MiB) nor on a slower AMD one, where it went over 150 MiB in three phases
-        // of six (130-158 MiB at most, against 128-134 with 50,000; BENCHMARKS.md, fourteenth
+        // of six (130-158 MiB at most, against 126-140 with 50,000; BENCHMARKS.md, fourteenth
         // to sixteenth sessions).
         .set("queued.min.messages", "50000")
         // Statistics feed the consumer-lag gauge; operators may change the interval.
