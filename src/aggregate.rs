@@ -284,7 +284,7 @@ mod tests {
     fn ev(code: u8, at: i64, count: u64) -> Event {
         Event {
             inferred: false,
-            id: format!("e{at}"),
+            id: crate::store::IdKey::of(&format!("e{at}")),
             unit: Unit {
                 scheme: Scheme::Legacy63,
                 code,
@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn taking_re_sends_back_is_aggregating_the_fresh_again() {
         let labels = crate::sources::Labels::new(&["hotich".into(), "dat_dai".into()]);
-        let sources = [labels.of("hotich"), labels.of("dat_dai"), labels.other()];
+        let sources = [labels.of("hotich").clone(), labels.of("dat_dai").clone(), labels.other()];
         let mut rng = fastrand::Rng::with_seed(12);
         for round in 0..2_000 {
             let now = 1_727_740_800;
@@ -345,7 +345,7 @@ mod tests {
             let events: Vec<Event> = (0..n)
                 .map(|i| Event {
                     inferred: false,
-                    id: format!("e{i}"),
+                    id: crate::store::IdKey::of(&format!("e{i}")),
                     unit: Unit {
                         scheme: Scheme::Legacy63,
                         code: rng.u8(1..4),

@@ -3,6 +3,8 @@
 //! A bad event is data, not an error: `decode` never fails the batch, it returns
 //! [`Rejected`] and the pipeline routes the message to the dead-letter topic.
 
+use std::cell::RefCell;
+
 use chrono::{DateTime, TimeZone, Utc};
 use prost::Message;
 
@@ -11,6 +13,7 @@ use crate::config::ValidationSettings;
 use crate::events::{Channel, CodeScheme, Kind, ProcedureCompleted, RecordDigitized};
 use crate::provinces::{provinces, Scheme, Unit};
 use crate::sources::{Labels, Source};
+use crate::store::IdKey;
 use crate::wire::{self, Body, Encoding};
 
 /// Why a message was dead-lettered. The string forms are metric labels and header values:
@@ -124,7 +127,8 @@ pub enum Payload {
 /// A validated event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub id: String,
+    /// What claims need of the event id (the id itself is not kept).
+    pub id: IdKey,
     pub unit: Unit,
     /// The code table was inferred: a code only the 63-unit table has, sent without
     /// `code_scheme` after the switch-over (counted as `legacy_code_inferred`).
@@ -208,24 +212,36 @@ impl Validator {
             Kind::Procedures => self.encodings[1],
         };
         let body = wire::unwrap(kind, encoding, bytes, self.registry())?;
-        let named = |source: Source| {
-            move |mut r: Rejected| {
-                r.source = Some(source);
-                r
-            }
-        };
         match kind {
-            Kind::Records => {
-                let m: RecordDigitized = message(kind, body)?;
-                let source = self.sources.of(&m.source_system);
-                self.record(m, now, source.clone()).map_err(named(source))
-            }
-            Kind::Procedures => {
-                let m: ProcedureCompleted = message(kind, body)?;
-                let source = self.sources.of(&m.source_system);
-                self.procedure(m, now, source.clone())
-                    .map_err(named(source))
-            }
+            Kind::Records => RECORD.with_borrow_mut(|m| {
+                let event = message(kind, body, m).and_then(|()| {
+                    let source = self.sources.of(&m.source_system);
+                    self.record(m, now, source).map_err(named(source))
+                });
+                let strings = [
+                    &mut m.event_id,
+                    &mut m.province_code,
+                    &mut m.unit_code,
+                    &mut m.dataset,
+                    &mut m.source_system,
+                ];
+                keep_small(strings);
+                event
+            }),
+            Kind::Procedures => PROCEDURE.with_borrow_mut(|m| {
+                let event = message(kind, body, m).and_then(|()| {
+                    let source = self.sources.of(&m.source_system);
+                    self.procedure(m, now, source).map_err(named(source))
+                });
+                let strings = [
+                    &mut m.event_id,
+                    &mut m.province_code,
+                    &mut m.procedure_code,
+                    &mut m.source_system,
+                ];
+                keep_small(strings);
+                event
+            }),
         }
     }
 
@@ -234,7 +250,7 @@ impl Validator {
         self.sources.other()
     }
 
-    fn record(&self, m: RecordDigitized, now: i64, source: Source) -> Result<Event, Rejected> {
+    fn record(&self, m: &RecordDigitized, now: i64, source: &Source) -> Result<Event, Rejected> {
         check_id(&m.event_id)?;
         let at = self.time(m.occurred_at.as_ref(), now)?;
         let (unit, inferred) = unit(&m.province_code, m.code_scheme, at)?;
@@ -251,7 +267,7 @@ impl Validator {
             );
         }
         Ok(Event {
-            id: m.event_id,
+            id: IdKey::of(&m.event_id),
             unit,
             inferred,
             at,
@@ -259,15 +275,15 @@ impl Validator {
                 dataset: dataset as u8,
                 count: m.record_count,
             },
-            source,
+            source: source.clone(),
         })
     }
 
     fn procedure(
         &self,
-        m: ProcedureCompleted,
+        m: &ProcedureCompleted,
         now: i64,
-        source: Source,
+        source: &Source,
     ) -> Result<Event, Rejected> {
         check_id(&m.event_id)?;
         let at = self.time(m.completed_at.as_ref(), now)?;
@@ -279,7 +295,7 @@ impl Validator {
             Ok(c) => c,
         };
         Ok(Event {
-            id: m.event_id,
+            id: IdKey::of(&m.event_id),
             unit,
             inferred,
             at,
@@ -287,7 +303,7 @@ impl Validator {
                 channel,
                 on_time: m.on_time,
             },
-            source,
+            source: source.clone(),
         })
     }
 
@@ -309,13 +325,45 @@ impl Validator {
     }
 }
 
-/// The message in `body`, whichever its encoding.
-fn message<M: Message + Default>(kind: Kind, body: Body<'_>) -> Result<M, Rejected> {
+/// Names the sender in a rejection.
+fn named(source: &Source) -> impl FnOnce(Rejected) -> Rejected + '_ {
+    |mut r: Rejected| {
+        r.source = Some(source.clone());
+        r
+    }
+}
+
+thread_local! {
+    // Each thread decodes into the same two messages, event after event: prost clears a
+    // string without freeing its buffer, so a valid event allocates nothing to be read.
+    static RECORD: RefCell<RecordDigitized> = RefCell::default();
+    static PROCEDURE: RefCell<ProcedureCompleted> = RefCell::default();
+}
+
+/// The longest string buffer a reused message keeps: a poison message with a megabyte field
+/// must not hold a megabyte per thread from then on.
+const KEPT_STRING: usize = 1024;
+
+fn keep_small<const N: usize>(strings: [&mut String; N]) {
+    for s in strings {
+        if s.capacity() > KEPT_STRING {
+            *s = String::new();
+        }
+    }
+}
+
+/// Reads the message in `body` into `m`, whichever its encoding.
+fn message<M: Message + Default>(kind: Kind, body: Body<'_>, m: &mut M) -> Result<(), Rejected> {
     match body {
         Body::Protobuf(bytes) => {
-            M::decode(bytes).or_else(|e| reject(Reason::Undecodable, e.to_string()))
+            m.clear();
+            m.merge(bytes)
+                .or_else(|e| reject(Reason::Undecodable, e.to_string()))
         }
-        Body::Json(bytes) => wire::from_json(kind, bytes),
+        Body::Json(bytes) => {
+            *m = wire::from_json(kind, bytes)?;
+            Ok(())
+        }
     }
 }
 
@@ -426,6 +474,31 @@ mod tests {
                 count: 10
             }
         );
+        assert_eq!(e.id, IdKey::of("e-1"));
+    }
+
+    #[test]
+    fn a_reused_message_keeps_nothing_of_the_one_before() {
+        let good = record(|_| {});
+        // What a thread that decoded nothing before makes of the good record.
+        let fresh = std::thread::spawn({
+            let good = good.clone();
+            move || v().decode(Kind::Records, &good, now()).unwrap()
+        })
+        .join()
+        .unwrap();
+        // This thread first decodes a poison message with long fields the good one lacks.
+        let big = record(|m| {
+            m.dataset = "x".repeat(4 * KEPT_STRING);
+            m.unit_code = "u".repeat(100);
+            m.source_system = "s".repeat(2 * KEPT_STRING);
+        });
+        assert_eq!(reason(&big), Reason::UnknownDataset);
+        RECORD.with_borrow(|m| {
+            assert!(m.dataset.capacity() <= KEPT_STRING);
+            assert!(m.source_system.capacity() <= KEPT_STRING);
+        });
+        assert_eq!(v().decode(Kind::Records, &good, now()).unwrap(), fresh);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! `source_system`; only configured names (`sources.known`) get their own counters and metric
 //! labels, everything else is `other`, so hostile input can add no series and no keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::buckets::Tier;
@@ -26,7 +27,9 @@ impl Source {
 /// Turns `source_system` values into labels.
 #[derive(Debug, Clone)]
 pub struct Labels {
-    known: HashMap<String, Source>,
+    /// Looked up once per event. Publishers choose the names looked up but not the map's
+    /// keys, which come from the configuration, so a fast hash rather than SipHash.
+    known: FxHashMap<String, Source>,
     other: Source,
 }
 
@@ -47,8 +50,8 @@ impl Labels {
         }
     }
 
-    pub fn of(&self, name: &str) -> Source {
-        self.known.get(name).unwrap_or(&self.other).clone()
+    pub fn of(&self, name: &str) -> &Source {
+        self.known.get(name).unwrap_or(&self.other)
     }
 
     pub fn other(&self) -> Source {

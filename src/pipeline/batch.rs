@@ -110,12 +110,12 @@ fn shape(parts: &[&Part]) -> Vec<Shape> {
 
 impl Sealed {
     fn new(parts: &[&Part], store: &Store) -> Sealed {
-        let claims: Vec<Claim<'_>> = parts
+        let claims: Vec<Claim> = parts
             .iter()
             .flat_map(|p| {
                 p.events.iter().map(move |(e, offset)| Claim {
                     kind: p.kind,
-                    id: &e.id,
+                    id: e.id,
                     partition: p.partition,
                     offset: *offset,
                     at: e.at,

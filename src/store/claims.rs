@@ -14,7 +14,7 @@ use crate::events::Kind;
 /// A claim's stored value: the claimant's partition and offset, big-endian.
 type Owner = [u8; CLAIM_SIZE - CLAIM_ID_SIZE];
 
-fn owner(c: &Claim<'_>) -> Owner {
+fn owner(c: &Claim) -> Owner {
     let mut v = [0u8; CLAIM_SIZE - CLAIM_ID_SIZE];
     v[..4].copy_from_slice(&(c.partition as u32).to_be_bytes());
     v[4..].copy_from_slice(&c.offset.to_be_bytes());
@@ -40,7 +40,7 @@ pub struct Plan {
 
 impl Plan {
     /// Every bucket in one call, or (`per_shard`, for a cluster) one call per shard.
-    pub(super) fn new(keys: &Keys, claims: &[Claim<'_>], per_shard: bool) -> Plan {
+    pub(super) fn new(keys: &Keys, claims: &[Claim], per_shard: bool) -> Plan {
         // Both maps are keyed by what publishers choose (event times, digests of ids), so
         // their hasher is seeded at random: no input can be crafted to pile keys into one
         // probe sequence. foldhash rather than std's SipHash: with SipHash and B-trees this
@@ -57,12 +57,12 @@ impl Plan {
         let mut owners = Vec::with_capacity(claims.len());
         let mut repeats = Vec::new();
         for (position, c) in claims.iter().enumerate() {
-            let bucket = (Keys::dedup_shard(c.id), c.kind, keys::claim_week(c.at));
+            let bucket = (u64::from(c.id.shard), c.kind, keys::claim_week(c.at));
             let b = *index.entry(bucket).or_insert_with(|| {
                 buckets.push((bucket, Vec::new(), Vec::new()));
                 buckets.len() - 1
             });
-            let id = keys::claim_id(c.id);
+            let id = c.id.digest;
             owners.push(owner(c));
             match first.entry((b, id)) {
                 Entry::Occupied(e) => repeats.push((position, *e.get())),
@@ -152,10 +152,10 @@ mod tests {
 
     use super::*;
 
-    fn claim(id: &str, partition: i32, offset: i64, at: i64) -> Claim<'_> {
+    fn claim(id: &str, partition: i32, offset: i64, at: i64) -> Claim {
         Claim {
             kind: Kind::Records,
-            id,
+            id: keys::IdKey::of(id),
             partition,
             offset,
             at,
@@ -191,7 +191,7 @@ mod tests {
         out
     }
 
-    fn run(claims: &[Claim<'_>], stored: &mut HashMap<(String, Vec<u8>), Owner>) -> Vec<bool> {
+    fn run(claims: &[Claim], stored: &mut HashMap<(String, Vec<u8>), Owner>) -> Vec<bool> {
         let plan = Plan::new(&Keys::new("t"), claims, false);
         let answers = plan.calls.iter().map(|c| answer(c, stored)).collect();
         plan.settle(answers).unwrap()
@@ -201,7 +201,7 @@ mod tests {
     fn a_batch_sends_each_id_once_and_counts_it_once() {
         let at = 1_727_740_800;
         let ids: Vec<String> = (0..500).map(|i| format!("e-{}", i % 200)).collect();
-        let claims: Vec<Claim<'_>> = ids
+        let claims: Vec<Claim> = ids
             .iter()
             .enumerate()
             .map(|(i, id)| claim(id, (i % 3) as i32, i as i64, at))
@@ -217,7 +217,7 @@ mod tests {
     fn a_cluster_gets_one_call_per_shard_and_a_single_redis_one_call() {
         let day = 86_400;
         let ids: Vec<String> = (0..300).map(|i| format!("e-{i}")).collect();
-        let claims: Vec<Claim<'_>> = ids
+        let claims: Vec<Claim> = ids
             .iter()
             .enumerate()
             .map(|(i, id)| claim(id, 0, i as i64, (i as i64 % 40) * day))

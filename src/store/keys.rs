@@ -37,6 +37,25 @@ pub fn claim_id(id: &str) -> [u8; CLAIM_ID_SIZE] {
     out
 }
 
+/// What claims need of an event id: its dedup shard and its digest ([`claim_id`]). Worked out
+/// once, when the event is decoded, so the id itself need not be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdKey {
+    pub shard: u8,
+    pub digest: [u8; CLAIM_ID_SIZE],
+}
+
+const _: () = assert!(DEDUP_SHARDS <= 256, "a shard must fit IdKey's u8");
+
+impl IdKey {
+    pub fn of(id: &str) -> IdKey {
+        IdKey {
+            shard: Keys::dedup_shard(id) as u8,
+            digest: claim_id(id),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,

@@ -27,7 +27,7 @@ use redis::Script;
 
 pub use claims::Plan as ClaimPlan;
 pub use conn::{connect, RedisConn};
-pub use keys::{Keys, PartitionKeys, CLAIM_SIZE, DEDUP_SHARDS};
+pub use keys::{IdKey, Keys, PartitionKeys, CLAIM_SIZE, DEDUP_SHARDS};
 pub use read::{Counts, Daily, Snapshot};
 
 use rustc_hash::FxHashMap;
@@ -225,9 +225,9 @@ pub enum Applied {
 
 /// An event to claim against duplicates.
 #[derive(Debug, Clone, Copy)]
-pub struct Claim<'a> {
+pub struct Claim {
     pub kind: Kind,
-    pub id: &'a str,
+    pub id: IdKey,
     pub partition: i32,
     pub offset: i64,
     /// Event time (unix seconds): claims are kept in buckets by the event's day.
@@ -309,7 +309,7 @@ impl Store {
 
     /// Digests and groups claims into the script calls [`Store::claim`] makes: CPU work only,
     /// so it can be done ahead, while the batch before is being stored.
-    pub fn plan_claims(&self, claims: &[Claim<'_>]) -> ClaimPlan {
+    pub fn plan_claims(&self, claims: &[Claim]) -> ClaimPlan {
         ClaimPlan::new(&self.keys, claims, self.conn.is_cluster())
     }
 
