@@ -176,6 +176,9 @@ async fn each_source_sees_its_feed_and_unknown_names_add_no_series() {
     assert_eq!(value("tiendo_dead_letters_total{", &dat_dai), "30");
     let other = [r#"source="other""#, r#"topic="procedure_completed""#];
     assert_eq!(value("tiendo_source_events_total{", &other), "50");
+    // Valid events, counted and re-sent alike; rejects are not among them.
+    let hotich = [r#"source="hotich""#, r#"topic="record_digitized""#];
+    assert_eq!(value("tiendo_source_events_total{", &hotich), "220");
 
     // The same from the command line, as an operator on a replica would ask.
     let cli = |format: &str| {

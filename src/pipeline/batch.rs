@@ -5,10 +5,13 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use crate::aggregate::{Aggregate, Cells};
 use crate::deadletter::DeadLetter;
 use crate::decode::{Event, Validator};
 use crate::events::Kind;
+use crate::sources::Source;
 use crate::store::{Applied, Claim, ClaimPlan, Current, Held, PartitionBatch, Store, StoreError};
 
 /// One partition's share of a batch.
@@ -73,7 +76,9 @@ pub struct Origin<'a> {
 /// A batch being collected or stored.
 #[derive(Debug, Default)]
 pub struct Batch {
-    parts: HashMap<(usize, i32), Part>,
+    /// By (topic index, partition): bounded keys, not chosen by publishers, and looked up
+    /// per message, so a fast hash rather than SipHash.
+    parts: FxHashMap<(usize, i32), Part>,
     messages: usize,
     sealed: Option<Sealed>,
 }
@@ -138,6 +143,8 @@ pub struct Outcome {
     pub applied: Applied,
     /// Events that added to the counters (the rest of the events were duplicates).
     pub counted: u64,
+    /// Events per source, counted and re-sent alike (sources with none left out).
+    pub by_source: Vec<(Source, u64)>,
     /// The counters the batch wrote whole, for the partition's next batch not to read them
     /// again (see [`Held`]); `None` where it added to them blind.
     pub held: Option<Held>,
@@ -397,6 +404,7 @@ impl Batch {
                     Outcome {
                         applied,
                         counted: agg.counted,
+                        by_source: events_by_source(agg),
                         held,
                     },
                 )
@@ -416,6 +424,16 @@ fn aggregate(part: &Part) -> Aggregate {
         agg.dead_letter(letter);
     }
     agg
+}
+
+/// A part's events per source, from its aggregate: each event is there once, as counted or
+/// as a re-send, so the events need not be gone through again.
+fn events_by_source(agg: &Aggregate) -> Vec<(Source, u64)> {
+    agg.sources
+        .iter()
+        .map(|(source, d)| (source.clone(), (d.events + d.duplicates) as u64))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 fn partition_batch<'a>(

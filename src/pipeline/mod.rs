@@ -24,7 +24,6 @@ use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -39,7 +38,6 @@ use crate::deadletter::DeadLetters;
 use crate::decode::Validator;
 use crate::events::Kind;
 use crate::source::{self, Assignment, EventConsumer, Start};
-use crate::sources::Source;
 use crate::store::{self, Applied, Store, StoreError};
 use crate::telemetry;
 
@@ -604,13 +602,7 @@ impl Storer {
                         .increment(events - outcome.counted);
                     metrics::counter!(telemetry::EVENTS, "topic" => kind, "outcome" => "dead_letter")
                         .increment(part.dead.len() as u64);
-                    // Labels are bounded (configured names or `other`), so a fast unkeyed
-                    // hasher is safe, as in the aggregate: std's keyed SipHash is slower.
-                    let mut by_source: FxHashMap<&Source, u64> = FxHashMap::default();
-                    for (e, _) in &part.events {
-                        *by_source.entry(&e.source).or_default() += 1;
-                    }
-                    for (source, n) in by_source {
+                    for (source, n) in outcome.by_source {
                         metrics::counter!(telemetry::SOURCE_EVENTS, "topic" => kind, "source" => source.as_str().to_string())
                             .increment(n);
                     }
