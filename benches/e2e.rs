@@ -98,6 +98,7 @@ async fn main() {
             baseline_cpu.show(),
             baseline.steady
         );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         for (fsync, goal) in GOALS {
             let outcome = tiendo(&base, &run, &data, fsync).await;
             let rate = outcome.rates.whole;
@@ -129,6 +130,14 @@ async fn main() {
                 outcome.rewrites.1,
                 outcome.rewrites.0,
                 outcome.cpu.us_per_msg - outcome.tiendo_us - outcome.redis_us - outcome.rewrites.0
+            );
+            // Where this is near the ratio, the machine's CPU, not how the stages overlap,
+            // set the pace: a goal above it cannot be met here.
+            let ceiling = cores * 1e6 / outcome.cpu.us_per_msg;
+            println!(
+                "      at that CPU per message, {cores:.0} cores allow at most {ceiling:.0} \
+                 msg/s: ratio {:.2}",
+                ceiling / baseline.whole
             );
             println!(
                 "      waits (tiendo_pipeline_wait_seconds) of {:.2} s: the storer for batches \
