@@ -337,7 +337,11 @@ mod tests {
     #[test]
     fn taking_re_sends_back_is_aggregating_the_fresh_again() {
         let labels = crate::sources::Labels::new(&["hotich".into(), "dat_dai".into()]);
-        let sources = [labels.of("hotich").clone(), labels.of("dat_dai").clone(), labels.other()];
+        let sources = [
+            labels.of("hotich").clone(),
+            labels.of("dat_dai").clone(),
+            labels.other(),
+        ];
         let mut rng = fastrand::Rng::with_seed(12);
         for round in 0..2_000 {
             let now = 1_727_740_800;
