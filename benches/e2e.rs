@@ -98,7 +98,6 @@ async fn main() {
             baseline_cpu.show(),
             baseline.steady
         );
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         for (fsync, goal) in GOALS {
             let outcome = tiendo(&base, &run, &data, fsync).await;
             let rate = outcome.rates.whole;
@@ -133,6 +132,7 @@ async fn main() {
             );
             // Where this is near the ratio, the machine's CPU, not how the stages overlap,
             // set the pace: a goal above it cannot be met here.
+            let cores = outcome.cpu.of as f64;
             let ceiling = cores * 1e6 / outcome.cpu.us_per_msg;
             println!(
                 "      at that CPU per message, {cores:.0} cores allow at most {ceiling:.0} \

@@ -335,7 +335,8 @@ fn named(source: &Source) -> impl FnOnce(Rejected) -> Rejected + '_ {
 
 thread_local! {
     // Each thread decodes into the same two messages, event after event: prost clears a
-    // string without freeing its buffer, so a valid event allocates nothing to be read.
+    // string without freeing its buffer, so a valid protobuf event allocates nothing to be read
+    // (JSON is parsed into values first, and replaces the message).
     static RECORD: RefCell<RecordDigitized> = RefCell::default();
     static PROCEDURE: RefCell<ProcedureCompleted> = RefCell::default();
 }
@@ -423,6 +424,7 @@ fn show(t: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::OTHER;
 
     fn v() -> Validator {
         Validator::new(&ValidationSettings::default())
@@ -477,28 +479,91 @@ mod tests {
         assert_eq!(e.id, IdKey::of("e-1"));
     }
 
+    /// Each thread decodes into the same message (see `RECORD`): what one message set must
+    /// never show through in the next, whatever the next leaves out.
     #[test]
     fn a_reused_message_keeps_nothing_of_the_one_before() {
-        let good = record(|_| {});
-        // What a thread that decoded nothing before makes of the good record.
-        let fresh = std::thread::spawn({
-            let good = good.clone();
-            move || v().decode(Kind::Records, &good, now()).unwrap()
-        })
-        .join()
-        .unwrap();
-        // This thread first decodes a poison message with long fields the good one lacks.
-        let big = record(|m| {
-            m.dataset = "x".repeat(4 * KEPT_STRING);
-            m.unit_code = "u".repeat(100);
-            m.source_system = "s".repeat(2 * KEPT_STRING);
+        let v = || v().with_sources(&["hotich".into()]);
+        // What a thread that decoded nothing before makes of `bytes`.
+        let fresh = |kind: Kind, bytes: &[u8]| {
+            let bytes = bytes.to_vec();
+            std::thread::spawn(move || v().decode(kind, &bytes, now()))
+                .join()
+                .unwrap()
+        };
+        let again = |kind: Kind, bytes: &[u8]| {
+            let got = v().decode(kind, bytes, now());
+            assert_eq!(got, fresh(kind, bytes));
+            got
+        };
+        // Every field set, some of them long...
+        let full = record(|m| {
+            m.source_system = "hotich".into();
+            m.code_scheme = CodeScheme::Provinces63 as i32;
+            m.unit_code = "u".repeat(4 * KEPT_STRING);
         });
-        assert_eq!(reason(&big), Reason::UnknownDataset);
-        RECORD.with_borrow(|m| {
-            assert!(m.dataset.capacity() <= KEPT_STRING);
-            assert!(m.source_system.capacity() <= KEPT_STRING);
+        let e = again(Kind::Records, &full).unwrap();
+        assert_eq!(e.source.as_str(), "hotich");
+        RECORD.with_borrow(|m| assert!(m.unit_code.capacity() <= KEPT_STRING));
+        // ...then left out: no time, no source, no scheme.
+        let bare = record(|m| m.occurred_at = None);
+        let r = again(Kind::Records, &bare).unwrap_err();
+        assert_eq!(r.reason, Reason::MissingTime);
+        assert_eq!(r.source.unwrap().as_str(), OTHER);
+        let e = again(Kind::Records, &record(|_| {})).unwrap();
+        assert_eq!((e.source.as_str(), e.id), (OTHER, IdKey::of("e-1")));
+        // Bytes that fail half-way, a poison with a long field, and JSON, each then protobuf.
+        let cut = &full[..full.len() / 2];
+        assert_eq!(
+            again(Kind::Records, cut).unwrap_err().reason,
+            Reason::Undecodable
+        );
+        let long = record(|m| m.dataset = "x".repeat(4 * KEPT_STRING));
+        assert_eq!(
+            again(Kind::Records, &long).unwrap_err().reason,
+            Reason::UnknownDataset
+        );
+        RECORD.with_borrow(|m| assert!(m.dataset.capacity() <= KEPT_STRING));
+        let json = br#"{"eventId": "j-1", "provinceCode": "01", "dataset": "civil_status",
+            "recordCount": "3", "occurredAt": "2024-09-30T23:00:00Z", "sourceSystem": "hotich"}"#;
+        assert_eq!(
+            again(Kind::Records, json).unwrap().source.as_str(),
+            "hotich"
+        );
+        again(Kind::Records, &bare).unwrap_err();
+        again(Kind::Records, &record(|_| {})).unwrap();
+
+        // The same for procedures: on time, with both times, then none of that.
+        let procedure = |f: fn(&mut ProcedureCompleted)| {
+            let mut m = ProcedureCompleted {
+                event_id: "p-1".into(),
+                province_code: "01".into(),
+                channel: Channel::InPerson as i32,
+                completed_at: Some(prost_types::Timestamp {
+                    seconds: now() - 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            };
+            f(&mut m);
+            m.encode_to_vec()
+        };
+        let on_time = procedure(|m| {
+            m.on_time = true;
+            m.source_system = "hotich".into();
+            m.code_scheme = CodeScheme::Provinces63 as i32;
+            m.submitted_at = m.completed_at;
         });
-        assert_eq!(v().decode(Kind::Records, &good, now()).unwrap(), fresh);
+        again(Kind::Procedures, &on_time).unwrap();
+        let e = again(Kind::Procedures, &procedure(|_| {})).unwrap();
+        assert_eq!(
+            e.payload,
+            Payload::Procedure {
+                channel: Channel::InPerson,
+                on_time: false
+            }
+        );
+        assert_eq!(e.source.as_str(), OTHER);
     }
 
     #[test]

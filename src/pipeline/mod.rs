@@ -1,7 +1,7 @@
 //! The consume loop: source → decode → aggregate → store.
 //!
 //! Two halves run side by side in two tasks, joined by a channel that holds one batch: the
-//! collector reads, decodes and seals the next batch (digests its claims, aggregates it; see
+//! collector reads, decodes and seals the next batch (groups its claims, aggregates it; see
 //! [`Batch::seal`]) while the storer stores the previous one, so that work runs on another core
 //! than the storer's and hides behind Redis's. A batch is what arrives within `batch_linger` of
 //! its first message, up to `batch_max_messages`.

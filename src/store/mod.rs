@@ -307,7 +307,8 @@ impl Store {
         plan.settle(try_join_all(calls).await?)
     }
 
-    /// Digests and groups claims into the script calls [`Store::claim`] makes: CPU work only,
+    /// Groups claims (their ids digested at decode) into the script calls [`Store::claim`]
+    /// makes: CPU work only,
     /// so it can be done ahead, while the batch before is being stored.
     pub fn plan_claims(&self, claims: &[Claim]) -> ClaimPlan {
         ClaimPlan::new(&self.keys, claims, self.conn.is_cluster())
