@@ -84,9 +84,9 @@ pub struct Batch {
 }
 
 /// The part of storing a batch that needs only its messages: the claims grouped (their ids
-/// were digested at decode), and every message aggregated (each event as if new). Done by [`Batch::seal`] on the
-/// collecting side, so it runs while the batch before is being stored; used only if the batch
-/// is still what was sealed.
+/// were digested at decode), and every message aggregated (each event as if new). Done by
+/// [`Batch::seal`] on the collecting side, so it runs while the batch before is being stored;
+/// used only if the batch is still what was sealed.
 #[derive(Debug)]
 struct Sealed {
     shape: Vec<Shape>,
