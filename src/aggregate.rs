@@ -76,6 +76,8 @@ pub struct Aggregate {
     pub dead: HashMap<Reason, i64>,
     /// Events that added to the counters.
     pub counted: u64,
+    /// Of those, events whose code table was inferred (see [`Event::inferred`]).
+    pub inferred: u64,
     /// What each source sent in this batch (labels are bounded: configured names or `other`).
     pub sources: FxHashMap<Source, SourceDelta>,
 }
@@ -101,6 +103,7 @@ impl Aggregate {
     /// Adds a new (not duplicate) event.
     pub fn add(&mut self, event: &Event) {
         self.counted += 1;
+        self.inferred += event.inferred as u64;
         let source = self.source(&event.source);
         source.events += 1;
         source.last_event = source.last_event.max(event.at);
@@ -168,6 +171,7 @@ impl Aggregate {
     /// at least one (a record count of 0 is rejected), so none was added by a fresh one.
     fn take_back(&mut self, event: &Event) {
         self.counted -= 1;
+        self.inferred -= event.inferred as u64;
         let source = self.source(&event.source);
         source.events -= 1;
         source.duplicates += 1;
@@ -348,7 +352,7 @@ mod tests {
             let n = rng.usize(0..60);
             let events: Vec<Event> = (0..n)
                 .map(|i| Event {
-                    inferred: false,
+                    inferred: rng.bool(),
                     id: crate::store::IdKey::of(&format!("e{i}")),
                     unit: Unit {
                         scheme: Scheme::Legacy63,

@@ -143,6 +143,8 @@ pub struct Outcome {
     pub applied: Applied,
     /// Events that added to the counters (the rest of the events were duplicates).
     pub counted: u64,
+    /// Of those, events whose code table was inferred.
+    pub inferred: u64,
     /// Events per source, counted and re-sent alike (sources with none left out).
     pub by_source: Vec<(Source, u64)>,
     /// The counters the batch wrote whole, for the partition's next batch not to read them
@@ -404,6 +406,7 @@ impl Batch {
                     Outcome {
                         applied,
                         counted: agg.counted,
+                        inferred: agg.inferred,
                         by_source: events_by_source(agg),
                         held,
                     },

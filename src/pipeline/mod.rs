@@ -606,10 +606,9 @@ impl Storer {
                         metrics::counter!(telemetry::SOURCE_EVENTS, "topic" => kind, "source" => source.as_str().to_string())
                             .increment(n);
                     }
-                    let inferred = part.events.iter().filter(|(e, _)| e.inferred).count();
-                    if inferred > 0 {
+                    if outcome.inferred > 0 {
                         metrics::counter!(telemetry::INFERRED, "reason" => "legacy_code_inferred")
-                            .increment(inferred as u64);
+                            .increment(outcome.inferred);
                     }
                     if let Some(c) = self.cursors.get_mut(&key) {
                         c.stored = Some(part.next);
