@@ -29,7 +29,7 @@ pub fn claim_week(at: i64) -> i64 {
 /// bytes with a 1-byte header and a terminator, so 14 bytes fill a 16-byte allocation. A
 /// cryptographic hash means no publisher can craft two ids that collide and so hide an event
 /// as a re-send; 112 bits make an accidental collision unlikely until about 10^16 events.
-pub fn claim_id(id: &str) -> [u8; CLAIM_ID_SIZE] {
+fn claim_id(id: &str) -> [u8; CLAIM_ID_SIZE] {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(id.as_bytes());
     let mut out = [0u8; CLAIM_ID_SIZE];
@@ -134,8 +134,9 @@ impl Keys {
         format!("{}:{{alerts}}:{}", self.prefix, name)
     }
 
-    /// The shard an event id's claim lives in.
-    pub fn dedup_shard(id: &str) -> u64 {
+    /// The shard an event id's claim lives in. Private, with [`claim_id`]: claims are keyed
+    /// only through [`IdKey::of`], so no caller can digest an id another way.
+    fn dedup_shard(id: &str) -> u64 {
         fnv1a(id.as_bytes()) % DEDUP_SHARDS
     }
 
