@@ -4,6 +4,7 @@
 //! [`Rejected`] and the pipeline routes the message to the dead-letter topic.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use chrono::{DateTime, TimeZone, Utc};
 use prost::Message;
@@ -213,36 +214,27 @@ impl Validator {
         };
         let body = wire::unwrap(kind, encoding, bytes, self.registry())?;
         match kind {
-            Kind::Records => RECORD.with_borrow_mut(|m| {
-                let event = message(kind, body, m).and_then(|()| {
-                    let source = self.sources.of(&m.source_system);
-                    self.record(m, now, source).map_err(named(source))
-                });
-                let strings = [
-                    &mut m.event_id,
-                    &mut m.province_code,
-                    &mut m.unit_code,
-                    &mut m.dataset,
-                    &mut m.source_system,
-                ];
-                keep_small(strings);
-                event
-            }),
-            Kind::Procedures => PROCEDURE.with_borrow_mut(|m| {
-                let event = message(kind, body, m).and_then(|()| {
-                    let source = self.sources.of(&m.source_system);
-                    self.procedure(m, now, source).map_err(named(source))
-                });
-                let strings = [
-                    &mut m.event_id,
-                    &mut m.province_code,
-                    &mut m.procedure_code,
-                    &mut m.source_system,
-                ];
-                keep_small(strings);
-                event
-            }),
+            Kind::Records => self.read(kind, body, |m, source| self.record(m, now, source)),
+            Kind::Procedures => self.read(kind, body, |m, source| self.procedure(m, now, source)),
         }
+    }
+
+    /// Reads `body` into this thread's reused message of its kind and validates it with
+    /// `check`, naming the sender in a rejection.
+    fn read<M: Reused>(
+        &self,
+        kind: Kind,
+        body: Body<'_>,
+        check: impl FnOnce(&M, &Source) -> Result<Event, Rejected>,
+    ) -> Result<Event, Rejected> {
+        M::slot().with_borrow_mut(|m| {
+            let event = message(kind, body, m).and_then(|()| {
+                let source = self.sources.of(m.source_system());
+                check(m, source).map_err(named(source))
+            });
+            m.keep_small();
+            event
+        })
     }
 
     /// The label of messages that name no known source.
@@ -344,6 +336,50 @@ thread_local! {
 /// The longest string buffer a reused message keeps: a poison message with a megabyte field
 /// must not hold a megabyte per thread from then on.
 const KEPT_STRING: usize = 1024;
+
+/// A topic's message, decoded into a per-thread instance reused from event to event.
+trait Reused: Message + Default + 'static {
+    /// This thread's instance.
+    fn slot() -> &'static LocalKey<RefCell<Self>>;
+    fn source_system(&self) -> &str;
+    /// Drops every string buffer longer than [`KEPT_STRING`].
+    fn keep_small(&mut self);
+}
+
+impl Reused for RecordDigitized {
+    fn slot() -> &'static LocalKey<RefCell<Self>> {
+        &RECORD
+    }
+    fn source_system(&self) -> &str {
+        &self.source_system
+    }
+    fn keep_small(&mut self) {
+        keep_small([
+            &mut self.event_id,
+            &mut self.province_code,
+            &mut self.unit_code,
+            &mut self.dataset,
+            &mut self.source_system,
+        ]);
+    }
+}
+
+impl Reused for ProcedureCompleted {
+    fn slot() -> &'static LocalKey<RefCell<Self>> {
+        &PROCEDURE
+    }
+    fn source_system(&self) -> &str {
+        &self.source_system
+    }
+    fn keep_small(&mut self) {
+        keep_small([
+            &mut self.event_id,
+            &mut self.province_code,
+            &mut self.procedure_code,
+            &mut self.source_system,
+        ]);
+    }
+}
 
 fn keep_small<const N: usize>(strings: [&mut String; N]) {
     for s in strings {
