@@ -121,10 +121,11 @@ async fn main() {
                 outcome.rss.quarter, outcome.rss.end, outcome.rss.max
             );
             println!(
-                "      cpu {}: tiendo {:.2}, redis {:.2}, its {} AOF rewrites {:.2}, broker and \
-                 the rest {:.2}",
+                "      cpu {}: tiendo {:.2} (its storer's thread {:.2}), redis {:.2}, its {} AOF \
+                 rewrites {:.2}, broker and the rest {:.2}",
                 outcome.cpu.show(),
                 outcome.tiendo_us,
+                outcome.storer_us,
                 outcome.redis_us,
                 outcome.rewrites.1,
                 outcome.rewrites.0,
@@ -336,8 +337,9 @@ struct Outcome {
     bytes_per_event: f64,
     rss: Rss,
     cpu: CpuUse,
-    /// CPU microseconds per message of tiendo's process, and of Redis.
+    /// CPU microseconds per message of tiendo's process, of its storer's thread, and of Redis.
     tiendo_us: f64,
+    storer_us: f64,
     redis_us: f64,
     /// The same of Redis's AOF rewrites, and how many there were.
     rewrites: (f64, u64),
@@ -420,6 +422,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
     let cpu = cpu.since(data.messages);
     let per_msg = |secs: f64| secs * 1e6 / data.messages as f64;
     let tiendo_us = per_msg(cpu_secs(child.0.id()));
+    let storer_us = per_msg(main_thread_secs(child.0.id()));
     let redis_us = per_msg(redis.used_cpu().unwrap() - redis_cpu);
     let (children, rewrites_after) = redis.used_cpu_children().unwrap();
     let rewrites = (
@@ -443,6 +446,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         rss: Rss::of(&rss),
         cpu,
         tiendo_us,
+        storer_us,
         redis_us,
         rewrites,
         waits,
@@ -526,7 +530,18 @@ impl CpuUse {
 
 /// A process's CPU time so far (user and system), in seconds, from /proc/<pid>/stat.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// The same of a process's main thread: in `tiendo run`, the storer (it runs in the runtime's
+/// `block_on`, the collector in a task on the workers), whose work is in series with Redis's.
+fn main_thread_secs(pid: u32) -> f64 {
+    stat_secs(&format!("/proc/{pid}/task/{pid}/stat"))
+}
+
+/// User and system CPU seconds from a `stat` file of /proc.
+fn stat_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // After the command name, in parentheses that may hold spaces: utime and stime are the
     // 12th and 13th fields.
     let fields: Vec<&str> = stat
