@@ -346,40 +346,33 @@ trait Reused: Message + Default + 'static {
     fn keep_small(&mut self);
 }
 
-impl Reused for RecordDigitized {
-    fn slot() -> &'static LocalKey<RefCell<Self>> {
-        &RECORD
-    }
-    fn source_system(&self) -> &str {
-        &self.source_system
-    }
-    fn keep_small(&mut self) {
-        keep_small([
-            &mut self.event_id,
-            &mut self.province_code,
-            &mut self.unit_code,
-            &mut self.dataset,
-            &mut self.source_system,
-        ]);
-    }
+/// Implements [`Reused`] for a message, given its slot and its string fields.
+macro_rules! reused {
+    ($message:ty, $slot:ident, [$($string:ident),+]) => {
+        impl Reused for $message {
+            fn slot() -> &'static LocalKey<RefCell<Self>> {
+                &$slot
+            }
+            fn source_system(&self) -> &str {
+                &self.source_system
+            }
+            fn keep_small(&mut self) {
+                keep_small([$(&mut self.$string),+]);
+            }
+        }
+    };
 }
 
-impl Reused for ProcedureCompleted {
-    fn slot() -> &'static LocalKey<RefCell<Self>> {
-        &PROCEDURE
-    }
-    fn source_system(&self) -> &str {
-        &self.source_system
-    }
-    fn keep_small(&mut self) {
-        keep_small([
-            &mut self.event_id,
-            &mut self.province_code,
-            &mut self.procedure_code,
-            &mut self.source_system,
-        ]);
-    }
-}
+reused!(
+    RecordDigitized,
+    RECORD,
+    [event_id, province_code, unit_code, dataset, source_system]
+);
+reused!(
+    ProcedureCompleted,
+    PROCEDURE,
+    [event_id, province_code, procedure_code, source_system]
+);
 
 fn keep_small<const N: usize>(strings: [&mut String; N]) {
     for s in strings {
