@@ -121,8 +121,8 @@ async fn main() {
                 outcome.rss.quarter, outcome.rss.end, outcome.rss.max
             );
             println!(
-                "      cpu {}: tiendo {:.2} (its storer's thread {:.2}), redis {:.2}, its {} AOF \
-                 rewrites {:.2}, broker and the rest {:.2}",
+                "      cpu {}: tiendo {:.2} (its main thread, the storer, {:.2}), redis {:.2}, its {} \
+                 AOF rewrites {:.2}, broker and the rest {:.2}",
                 outcome.cpu.show(),
                 outcome.tiendo_us,
                 outcome.storer_us,
@@ -534,7 +534,8 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// The same of a process's main thread: in `tiendo run`, the storer (it runs in the runtime's
-/// `block_on`, the collector in a task on the workers), whose work is in series with Redis's.
+/// `block_on`, the collector in a task on the workers), whose work is mostly in series with
+/// Redis's. The Redis connection's own reading and writing run on the workers.
 fn main_thread_secs(pid: u32) -> f64 {
     stat_secs(&format!("/proc/{pid}/task/{pid}/stat"))
 }

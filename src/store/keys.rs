@@ -37,7 +37,7 @@ fn claim_id(id: &str) -> [u8; CLAIM_ID_SIZE] {
     out
 }
 
-/// What claims need of an event id: its dedup shard and its digest ([`claim_id`]). Worked out
+/// What claims need of an event id: its dedup shard and its digest (`claim_id`). Worked out
 /// once, when the event is decoded, so the id itself need not be kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdKey {
