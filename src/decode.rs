@@ -214,21 +214,20 @@ impl Validator {
         };
         let body = wire::unwrap(kind, encoding, bytes, self.registry())?;
         match kind {
-            Kind::Records => self.read(kind, body, |m, source| self.record(m, now, source)),
-            Kind::Procedures => self.read(kind, body, |m, source| self.procedure(m, now, source)),
+            Kind::Records => self.read(body, |m, source| self.record(m, now, source)),
+            Kind::Procedures => self.read(body, |m, source| self.procedure(m, now, source)),
         }
     }
 
-    /// Reads `body` into this thread's reused message of its kind and validates it with
+    /// Reads `body` into this thread's reused message of type `M` and validates it with
     /// `check`, naming the sender in a rejection.
     fn read<M: Reused>(
         &self,
-        kind: Kind,
         body: Body<'_>,
         check: impl FnOnce(&M, &Source) -> Result<Event, Rejected>,
     ) -> Result<Event, Rejected> {
         M::slot().with_borrow_mut(|m| {
-            let event = message(kind, body, m).and_then(|()| {
+            let event = message(body, m).and_then(|()| {
                 let source = self.sources.of(m.source_system());
                 check(m, source).map_err(named(source))
             });
@@ -339,6 +338,8 @@ const KEPT_STRING: usize = 1024;
 
 /// A topic's message, decoded into a per-thread instance reused from event to event.
 trait Reused: Message + Default + 'static {
+    /// The topic kind whose message this is.
+    const KIND: Kind;
     /// This thread's instance.
     fn slot() -> &'static LocalKey<RefCell<Self>>;
     fn source_system(&self) -> &str;
@@ -346,10 +347,11 @@ trait Reused: Message + Default + 'static {
     fn keep_small(&mut self);
 }
 
-/// Implements [`Reused`] for a message, given its slot and its string fields.
+/// Implements [`Reused`] for a message, given its kind, slot and string fields.
 macro_rules! reused {
-    ($message:ty, $slot:ident, [$($string:ident),+]) => {
+    ($message:ty, $kind:expr, $slot:ident, [$($string:ident),+]) => {
         impl Reused for $message {
+            const KIND: Kind = $kind;
             fn slot() -> &'static LocalKey<RefCell<Self>> {
                 &$slot
             }
@@ -365,11 +367,13 @@ macro_rules! reused {
 
 reused!(
     RecordDigitized,
+    Kind::Records,
     RECORD,
     [event_id, province_code, unit_code, dataset, source_system]
 );
 reused!(
     ProcedureCompleted,
+    Kind::Procedures,
     PROCEDURE,
     [event_id, province_code, procedure_code, source_system]
 );
@@ -383,7 +387,7 @@ fn keep_small<const N: usize>(strings: [&mut String; N]) {
 }
 
 /// Reads the message in `body` into `m`, whichever its encoding.
-fn message<M: Message + Default>(kind: Kind, body: Body<'_>, m: &mut M) -> Result<(), Rejected> {
+fn message<M: Reused>(body: Body<'_>, m: &mut M) -> Result<(), Rejected> {
     match body {
         Body::Protobuf(bytes) => {
             m.clear();
@@ -391,7 +395,7 @@ fn message<M: Message + Default>(kind: Kind, body: Body<'_>, m: &mut M) -> Resul
                 .or_else(|e| reject(Reason::Undecodable, e.to_string()))
         }
         Body::Json(bytes) => {
-            *m = wire::from_json(kind, bytes)?;
+            *m = wire::from_json(M::KIND, bytes)?;
             Ok(())
         }
     }
