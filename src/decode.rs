@@ -486,6 +486,21 @@ mod tests {
         m.encode_to_vec()
     }
 
+    fn procedure(f: impl FnOnce(&mut ProcedureCompleted)) -> Vec<u8> {
+        let mut m = ProcedureCompleted {
+            event_id: "p-1".into(),
+            province_code: "01".into(),
+            channel: Channel::InPerson as i32,
+            completed_at: Some(prost_types::Timestamp {
+                seconds: now() - 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        f(&mut m);
+        m.encode_to_vec()
+    }
+
     fn reason(bytes: &[u8]) -> Reason {
         v().decode(Kind::Records, bytes, now()).unwrap_err().reason
     }
@@ -567,20 +582,6 @@ mod tests {
         again(Kind::Records, &record(|_| {})).unwrap();
 
         // The same for procedures: on time, with both times, then none of that.
-        let procedure = |f: fn(&mut ProcedureCompleted)| {
-            let mut m = ProcedureCompleted {
-                event_id: "p-1".into(),
-                province_code: "01".into(),
-                channel: Channel::InPerson as i32,
-                completed_at: Some(prost_types::Timestamp {
-                    seconds: now() - 60,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            };
-            f(&mut m);
-            m.encode_to_vec()
-        };
         let on_time = procedure(|m| {
             m.on_time = true;
             m.source_system = "hotich".into();
@@ -699,22 +700,20 @@ mod tests {
 
     #[test]
     fn procedures_need_a_known_channel() {
-        let mut m = ProcedureCompleted {
-            event_id: "p-1".into(),
-            province_code: "01".into(),
-            channel: 7,
-            completed_at: Some(prost_types::Timestamp {
-                seconds: now(),
-                nanos: 0,
-            }),
-            on_time: true,
-            ..Default::default()
+        let with = |channel: i32| {
+            procedure(|m| {
+                m.channel = channel;
+                m.on_time = true;
+            })
         };
-        let r = v().decode(Kind::Procedures, &m.encode_to_vec(), now());
+        let r = v().decode(Kind::Procedures, &with(7), now());
         assert_eq!(r.unwrap_err().reason, Reason::UnknownChannel);
-        m.channel = Channel::OnlineEndToEnd as i32;
         let e = v()
-            .decode(Kind::Procedures, &m.encode_to_vec(), now())
+            .decode(
+                Kind::Procedures,
+                &with(Channel::OnlineEndToEnd as i32),
+                now(),
+            )
             .unwrap();
         assert_eq!(
             e.payload,
