@@ -317,3 +317,102 @@ async fn redis_losing_its_data_is_noticed_on_idle_partitions_too() {
     running.shutdown().await;
     expected.assert_matches(&snap);
 }
+
+/// claim.lua against a model of its claims, on buckets of more than one chunk (it reads and
+/// writes 2,000 claims per command): a replay (the same id, partition and offset) is new
+/// again, a re-send (the same id from another offset) is not, wherever it falls in a chunk,
+/// a call retried whole gets the same answer, and every new claim is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_answer_as_a_model_of_them_across_chunks() {
+    use std::collections::HashMap;
+
+    use tiendo::embedded::RedisServer;
+    use tiendo::events::Kind;
+    use tiendo::store::{self, Claim, IdKey, Store, DEDUP_SHARDS};
+
+    let redis = RedisServer::start().expect("redis-server");
+    let mut settings = tiendo::config::Settings::default();
+    settings.redis.url = tiendo::config::Secret::new(redis.url());
+    let store = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        "cl",
+        settings.validation.datasets.clone(),
+        3600,
+    );
+    let day = 86_400;
+    let at = 1_764_000_000;
+    // About 2,600 claims a bucket (a shard, kind and week each: two kinds, two weeks).
+    let n = 2_600 * 2 * 2 * DEDUP_SHARDS as usize;
+    let claim = |i: usize, offset: i64| Claim {
+        kind: if i % 2 == 0 {
+            Kind::Records
+        } else {
+            Kind::Procedures
+        },
+        id: IdKey::of(&format!("event-{i}")),
+        partition: (i % 3) as i32,
+        offset,
+        at: at + (i % 4 / 2) as i64 * 7 * day,
+    };
+    // (id, kind, week) → (partition, offset) that owns it.
+    let mut model: HashMap<(usize, i64), (i32, i64)> = HashMap::new();
+    let mut check = |claims: &[(usize, Claim)], answer: &[bool]| {
+        assert_eq!(answer.len(), claims.len());
+        for ((i, c), fresh) in claims.iter().zip(answer) {
+            let owner = *model.entry((*i, c.at)).or_insert((c.partition, c.offset));
+            assert_eq!(
+                *fresh,
+                owner == (c.partition, c.offset),
+                "claim of event-{i}"
+            );
+        }
+    };
+    let first: Vec<(usize, Claim)> = (0..n).map(|i| (i, claim(i, i as i64))).collect();
+    let bare = |cs: &[(usize, Claim)]| -> Vec<Claim> { cs.iter().map(|(_, c)| *c).collect() };
+    let answer = store
+        .claim(&store.plan_claims(&bare(&first)))
+        .await
+        .unwrap();
+    assert!(answer.iter().all(|f| *f));
+    check(&first, &answer);
+
+    // Replays, re-sends and new ids, shuffled so that taken claims fall anywhere in a chunk.
+    let mut rng = fastrand::Rng::with_seed(12);
+    let mut second: Vec<(usize, Claim)> = (0..n)
+        .map(|i| match rng.u8(0..3) {
+            0 => (i, claim(i, i as i64)),
+            1 => (i, claim(i, (n + i) as i64)),
+            _ => (n + i, claim(n + i, (2 * n + i) as i64)),
+        })
+        .collect();
+    rng.shuffle(&mut second);
+    for _ in 0..2 {
+        let answer = store
+            .claim(&store.plan_claims(&bare(&second)))
+            .await
+            .unwrap();
+        let taken = answer.iter().filter(|f| !**f).count();
+        assert!(taken > n / 4, "{taken} re-sends of {n}");
+        check(&second, &answer);
+    }
+    // Every id claimed so far, re-sent from another offset: none is new, so none of the
+    // claims above was left unwritten.
+    let third: Vec<(usize, Claim)> = second
+        .iter()
+        .map(|(i, c)| {
+            (
+                *i,
+                Claim {
+                    offset: c.offset + 3 * n as i64,
+                    ..*c
+                },
+            )
+        })
+        .collect();
+    let answer = store
+        .claim(&store.plan_claims(&bare(&third)))
+        .await
+        .unwrap();
+    check(&third, &answer);
+    assert!(answer.iter().all(|f| !*f));
+}
