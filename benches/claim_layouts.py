@@ -33,6 +33,9 @@ Layouts:
              sets per week, splitting at GROWN_PER_SET members a set on average).
 
 Needs `pip install redis`. Usage: [LAYOUTS=hashtable,watched] benches/claim_layouts.py [CLAIMS]
+REDIS_WRAP runs each redis-server under a command, for instance
+`REDIS_WRAP="valgrind --tool=callgrind --callgrind-out-file=cg.%p"`: instructions counted that
+way repeat exactly from run to run, where CPU seconds vary with the machine's load.
 """
 import hashlib, math, os, random, socket, struct, subprocess, sys, tempfile, time
 
@@ -376,11 +379,12 @@ def redis_server(workdir):
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
     s.close()
-    proc = subprocess.Popen(['redis-server', '--port', str(port), '--dir', workdir, '--appendonly',
+    wrap = os.environ.get('REDIS_WRAP', '').split()
+    proc = subprocess.Popen(wrap + ['redis-server', '--port', str(port), '--dir', workdir, '--appendonly',
                              'yes', '--appendfsync', 'everysec', '--save', ''],
                             stdout=subprocess.DEVNULL)
     client = redis.Redis(port=port)
-    for _ in range(100):
+    for _ in range(400):  # 20 s: under valgrind it starts slowly
         try:
             client.ping()
             break
@@ -486,8 +490,12 @@ def run(layout, shards, days, claims, seed, batch=10_000):
                   f'Redis CPU µs/claim={(cpu1 - cpu0) / claims * 1e6:5.2f} keys={encodings}',
                   flush=True)
         finally:
-            proc.kill()
-            proc.wait()
+            proc.terminate()  # not kill: a wrapper such as callgrind writes its counts on exit
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 if __name__ == '__main__':
