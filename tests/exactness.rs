@@ -1,7 +1,8 @@
 //! Exact counts from Kafka into Redis: after a normal run, re-sent events, poison messages,
 //! a consumer killed mid-stream (several times), a rebalance between two consumers, a zombie
-//! paused past its session timeout, and Redis killed and restarted mid-stream. Every test
-//! compares every counter with what was published.
+//! paused past its session timeout, and Redis killed and restarted mid-stream. Each of those
+//! compares every counter with what was published; the last test checks the dedup claims
+//! that keep re-sends out of the counters against a model of them.
 
 mod common;
 
