@@ -4,7 +4,8 @@
 //! collector reads, decodes and seals the next batch (groups its claims, aggregates it; see
 //! [`Batch::seal`]) while the storer stores the previous one, so that work runs on another core
 //! than the storer's and hides behind Redis's. A batch is what arrives within `batch_linger` of
-//! its first message, up to `batch_max_messages`.
+//! its first message (and up to 63 messages more that were already waiting when it ended), up
+//! to `batch_max_messages`.
 //!
 //! For each batch the storer, in this order: drops what is no longer ours or already stored,
 //! delivers dead letters, claims event ids, aggregates per partition, and stores each
@@ -187,8 +188,9 @@ impl Collector {
         while batch.len() < self.settings.batch_max_messages {
             // A message librdkafka already holds is taken without the select below, whose
             // shutdown and linger futures cost a lock and a timer check per message. Both are
-            // still heeded every 64 messages (asking the token takes a lock too): what is
-            // taken after shutdown was asked is stored with the batch like the rest.
+            // checked every 64 turns (asking the token takes a lock too), and by the select
+            // whenever the queue is empty: what is taken after shutdown was asked is stored
+            // with the batch like the rest.
             taken = taken.wrapping_add(1);
             if taken % 64 == 0 && closing(shutdown, until) {
                 break;
