@@ -84,17 +84,12 @@ impl Plan {
             last_shard = Some(shard);
             let call = calls.last_mut().expect("one call at least");
             let mut packed = Vec::with_capacity(members.len() * CLAIM_SIZE);
-            let mut first: Option<Member> = None;
-            for (id, position) in members {
-                match first {
-                    Some((seen, at)) if seen == id => repeats.push((position, at)),
-                    _ => {
-                        first = Some((id, position));
-                        packed.extend_from_slice(&id);
-                        packed.extend_from_slice(&owners[position]);
-                        call.positions.push(position);
-                    }
-                }
+            for same in members.chunk_by(|a, b| a.0 == b.0) {
+                let (id, first) = same[0];
+                packed.extend_from_slice(&id);
+                packed.extend_from_slice(&owners[first]);
+                call.positions.push(first);
+                repeats.extend(same[1..].iter().map(|&(_, position)| (position, first)));
             }
             call.buckets.push((keys.dedup(shard, kind, week), packed));
         }
