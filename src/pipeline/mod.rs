@@ -176,8 +176,7 @@ impl Collector {
         let linger = tokio::time::sleep(self.settings.batch_linger);
         let cancelled = shutdown.cancelled();
         tokio::pin!(linger, cancelled);
-        // When the linger ends, once the first message has armed it.
-        let mut until = None;
+        let mut lingering = false;
         // Read when the first message arrives, not when waiting began: after a quiet night
         // a stale "now" would make fresh events look like they come from the future.
         let mut now = None;
@@ -192,7 +191,7 @@ impl Collector {
             // whenever the queue is empty: what is taken after shutdown was asked is stored
             // with the batch like the rest.
             taken = taken.wrapping_add(1);
-            if taken % 64 == 0 && closing(shutdown, until) {
+            if taken % 64 == 0 && closing(shutdown, lingering.then(|| linger.deadline())) {
                 break;
             }
             let message = match messages.next().now_or_never() {
@@ -200,7 +199,7 @@ impl Collector {
                 None => tokio::select! {
                     biased;
                     _ = &mut cancelled => break,
-                    _ = &mut linger, if until.is_some() => break,
+                    _ = &mut linger, if lingering => break,
                     m = messages.next() => m,
                 },
             }
@@ -216,16 +215,17 @@ impl Collector {
                         tracing::warn!(%error, held_back, "consume error");
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    if closing(shutdown, until) {
+                    if closing(shutdown, lingering.then(|| linger.deadline())) {
                         break;
                     }
                     continue;
                 }
             };
-            if until.is_none() {
-                let end = tokio::time::Instant::now() + self.settings.batch_linger;
-                linger.as_mut().reset(end);
-                until = Some(end);
+            if !lingering {
+                linger
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.settings.batch_linger);
+                lingering = true;
             }
             let Some(t) = self.topics.iter().position(|t| t == message.topic()) else {
                 continue;
@@ -255,7 +255,7 @@ impl Collector {
 }
 
 /// Whether a batch being collected must close: shutdown was asked, or its linger (ending
-/// at `until`, once armed) is over.
+/// at `until`, once the first message has armed it) is over.
 fn closing(shutdown: &CancellationToken, until: Option<tokio::time::Instant>) -> bool {
     shutdown.is_cancelled() || until.is_some_and(|end| tokio::time::Instant::now() >= end)
 }
