@@ -147,7 +147,7 @@ async fn main() {
                     };
                     batch.push(from, None, payload, &validator, now);
                 }
-                batch.seal(&sealer);
+                batch.seal(&sealer, now);
                 decode_time += t0.elapsed().as_secs_f64();
                 if tx.blocking_send((batch, now)).is_err() {
                     break;

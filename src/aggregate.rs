@@ -67,10 +67,11 @@ pub type Cells = FxHashMap<(Slot, Field), i64>;
 /// The deltas of one partition's batch.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Aggregate {
-    /// Deltas by counter and minute of event time; expanded into total, minute, hour and day
-    /// slots once per batch by [`Aggregate::cells`], not once per event. Keyed by small
-    /// integers built here, never by input, so a fast non-keyed hasher is safe.
-    by_minute: FxHashMap<(Field, i64), i64>,
+    /// Deltas by counter and grain of event time (see [`Grains`]); expanded into total, minute,
+    /// hour and day slots once per batch by [`Aggregate::cells`], not once per event. Keyed by
+    /// small integers built here, never by input, so a fast non-keyed hasher is safe.
+    by_grain: FxHashMap<(Field, i64), i64>,
+    grains: Grains,
     /// Newest event time (unix seconds) seen per field.
     pub latest: FxHashMap<Field, i64>,
     pub dead: HashMap<Reason, i64>,
@@ -100,6 +101,15 @@ pub struct SourceDelta {
 pub const EXAMPLES_KEPT: usize = 3;
 
 impl Aggregate {
+    /// An aggregate whose cells are worked out at `since` or later. The default keeps every
+    /// event's minute, for cells at any time.
+    pub fn since(since: i64) -> Aggregate {
+        Aggregate {
+            grains: Grains::since(since),
+            ..Aggregate::default()
+        }
+    }
+
     /// Adds a new (not duplicate) event.
     pub fn add(&mut self, event: &Event) {
         self.counted += 1;
@@ -184,11 +194,11 @@ impl Aggregate {
     }
 
     fn take_counter(&mut self, field: Field, at: i64, amount: i64) {
-        let key = (field, Tier::Minute.bucket(at));
-        if let Some(n) = self.by_minute.get_mut(&key) {
+        let key = (field, self.grains.of(at));
+        if let Some(n) = self.by_grain.get_mut(&key) {
             *n -= amount;
             if *n == 0 {
-                self.by_minute.remove(&key);
+                self.by_grain.remove(&key);
             }
         }
     }
@@ -220,8 +230,8 @@ impl Aggregate {
 
     fn add_counter(&mut self, field: Field, at: i64, amount: i64) {
         *self
-            .by_minute
-            .entry((field, Tier::Minute.bucket(at)))
+            .by_grain
+            .entry((field, self.grains.of(at)))
             .or_default() += amount;
     }
 
@@ -229,12 +239,11 @@ impl Aggregate {
     /// be read by some window.
     pub fn cells(&self, now: i64) -> Cells {
         let mut cells =
-            FxHashMap::with_capacity_and_hasher(self.by_minute.len() * 2, Default::default());
-        for ((field, minute), amount) in &self.by_minute {
+            FxHashMap::with_capacity_and_hasher(self.by_grain.len() * 2, Default::default());
+        for ((field, start), amount) in &self.by_grain {
             *cells.entry((Slot::Total, *field)).or_default() += amount;
-            let at = Tier::Minute.start(*minute);
             for tier in Tier::ALL {
-                let b = tier.bucket(at);
+                let b = tier.bucket(*start);
                 if tier.ttl(b, now).is_some() {
                     *cells.entry((Slot::Bucket(tier, b), *field)).or_default() += amount;
                 }
@@ -246,6 +255,58 @@ impl Aggregate {
     fn see(&mut self, field: Field, at: i64) {
         let t = self.latest.entry(field).or_insert(at);
         *t = (*t).max(at);
+    }
+}
+
+/// How far a clock may be stepped back between choosing grains and working out cells.
+const GRAIN_SLACK: i64 = 3600;
+
+/// An event's counters are kept by the finest bucket of its time that a batch stored at some
+/// time or later may write: its minute, or its hour or day once the finer buckets are too old
+/// for any window. A backfill's events then add to one entry per counter and day, where
+/// minutes would give nearly each its own. Buckets of a grain's start are the event's in the
+/// grain's tier and the coarser ones, and too old in the finer ones, so cells are what
+/// minutes would give; the slack keeps that true if the clock is stepped back by up to an
+/// hour before storing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Grains {
+    /// Events from this time on keep their minute.
+    minutes_from: i64,
+    /// Older ones from this time on keep their hour, and the rest their day.
+    hours_from: i64,
+}
+
+impl Default for Grains {
+    fn default() -> Grains {
+        Grains {
+            minutes_from: i64::MIN,
+            hours_from: i64::MIN,
+        }
+    }
+}
+
+impl Grains {
+    /// For a store at `now` or later: a bucket's time to live there is none (see
+    /// [`Tier::ttl`]) exactly when it ends by its retention before `now`.
+    fn since(now: i64) -> Grains {
+        let then = now - GRAIN_SLACK;
+        let from = |tier: Tier| tier.start(tier.bucket(then - tier.retention()));
+        Grains {
+            minutes_from: from(Tier::Minute),
+            hours_from: from(Tier::Hour),
+        }
+    }
+
+    /// The start of the grain of time `at`.
+    fn of(self, at: i64) -> i64 {
+        let tier = if at >= self.minutes_from {
+            Tier::Minute
+        } else if at >= self.hours_from {
+            Tier::Hour
+        } else {
+            Tier::Day
+        };
+        tier.start(tier.bucket(at))
     }
 }
 
@@ -336,6 +397,61 @@ mod tests {
             .any(|s| matches!(s, Slot::Bucket(Tier::Day, _))));
     }
 
+    /// Events keyed by grain give the cells that keying every event by its minute gives, at
+    /// the time grains were chosen for, later, and up to the slack earlier; a backfill's events
+    /// fall into far fewer entries.
+    #[test]
+    fn grains_give_the_cells_minutes_give() {
+        let since = 1_727_740_800;
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..200 {
+            let (mut grains, mut minutes) = (Aggregate::since(since), Aggregate::default());
+            for _ in 0..rng.usize(0..400) {
+                // Mostly a backfill over 60 days, some within the last hours, a few ahead.
+                let back = match rng.u8(0..4) {
+                    0 => rng.i64(-600..6 * 3600),
+                    1 => rng.i64(0..3 * 86_400),
+                    _ => rng.i64(0..60 * 86_400),
+                };
+                let e = ev(rng.u8(1..4), since - back, rng.u64(1..5));
+                grains.add(&e);
+                minutes.add(&e);
+            }
+            assert!(grains.by_grain.len() <= minutes.by_grain.len());
+            for now in [
+                since - GRAIN_SLACK,
+                since,
+                since + 1,
+                since + 3 * 3600,
+                since + 3 * 86_400,
+            ] {
+                assert_eq!(
+                    grains.cells(now),
+                    minutes.cells(now),
+                    "round {round}, now {now}"
+                );
+            }
+        }
+        // Each event's grain is the first tier whose bucket of it lives at the earliest time
+        // cells may be worked out, to the second around each change of grain.
+        let grains = Grains::since(since);
+        let then = since - GRAIN_SLACK;
+        let edges = [Tier::Minute, Tier::Hour].map(|t| t.start(t.bucket(then - t.retention())));
+        for at in edges.iter().flat_map(|e| e - 90..e + 90) {
+            let tier = Tier::ALL
+                .into_iter()
+                .find(|t| t.ttl(t.bucket(at), then).is_some())
+                .unwrap_or(Tier::Day);
+            assert_eq!(grains.of(at), tier.start(tier.bucket(at)), "at {at}");
+        }
+        let mut backfill = Aggregate::since(since);
+        for i in 0..10_000 {
+            backfill.add(&ev(1, since - 3 * 86_400 - i * 517, 1));
+        }
+        // 59.8 days back from three days ago: 61 calendar days, an entry each.
+        assert_eq!(backfill.by_grain.len(), 61);
+    }
+
     /// Taking the re-sends back from an aggregate of all events gives what aggregating only
     /// the fresh ones gives, newest times included, over random batches with ties in time.
     #[test]
@@ -358,8 +474,9 @@ mod tests {
                         scheme: Scheme::Legacy63,
                         code: rng.u8(1..4),
                     },
-                    // Few distinct times, so that re-sends often hold the newest.
-                    at: now - 60 * rng.i64(0..5) - rng.i64(0..3),
+                    // Few distinct times, so that re-sends often hold the newest; minutes
+                    // apart or days apart, so that some share a grain coarser than a minute.
+                    at: now - [60, 86_400][rng.usize(0..2)] * rng.i64(0..5) - rng.i64(0..3),
                     payload: if rng.bool() {
                         Payload::Records {
                             dataset: rng.u8(0..3),
@@ -377,8 +494,8 @@ mod tests {
             // From none to all re-sent, by round.
             let share = (round % 5) as f64 / 4.0;
             let fresh: Vec<bool> = events.iter().map(|_| rng.f64() >= share).collect();
-            let mut all = Aggregate::default();
-            let mut again = Aggregate::default();
+            let mut all = Aggregate::since(now);
+            let mut again = Aggregate::since(now);
             for (e, f) in events.iter().zip(&fresh) {
                 all.add(e);
                 if *f {

@@ -114,7 +114,7 @@ fn shape(parts: &[&Part]) -> Vec<Shape> {
 }
 
 impl Sealed {
-    fn new(parts: &[&Part], store: &Store) -> Sealed {
+    fn new(parts: &[&Part], store: &Store, now: i64) -> Sealed {
         let claims: Vec<Claim> = parts
             .iter()
             .flat_map(|p| {
@@ -132,7 +132,7 @@ impl Sealed {
             plan: store.plan_claims(&claims),
             // Every event's counters are read while the claims are made (see
             // `Store::current`): what the fresh ones add to is among them.
-            all: parts.iter().map(|p| aggregate(p)).collect(),
+            all: parts.iter().map(|p| aggregate(p, now)).collect(),
         }
     }
 }
@@ -307,11 +307,12 @@ impl Batch {
             .collect()
     }
 
-    /// Does ahead what storing needs of the messages alone (see [`Sealed`]). The pipeline's
-    /// collector calls it when a batch closes; a batch stored unsealed does it then.
-    pub fn seal(&mut self, store: &Store) {
+    /// Does ahead what storing needs of the messages alone (see [`Sealed`]), for a store at
+    /// `now` or later. The pipeline's collector calls it when a batch closes; a batch stored
+    /// unsealed does it then.
+    pub fn seal(&mut self, store: &Store, now: i64) {
         let parts: Vec<&Part> = self.parts.values().collect();
-        let sealed = Sealed::new(&parts, store);
+        let sealed = Sealed::new(&parts, store, now);
         self.sealed = Some(sealed);
     }
 
@@ -331,7 +332,7 @@ impl Batch {
         let sealed = match &self.sealed {
             Some(s) if s.shape == shape(&parts) => s,
             _ => {
-                unsealed = Sealed::new(&parts, store);
+                unsealed = Sealed::new(&parts, store, now);
                 &unsealed
             }
         };
@@ -417,9 +418,10 @@ impl Batch {
 }
 
 /// The counters of a part's events, each counted as new (re-sends are taken back once the
-/// claims tell them; see [`Aggregate::without`]), and of its dead letters.
-fn aggregate(part: &Part) -> Aggregate {
-    let mut agg = Aggregate::default();
+/// claims tell them; see [`Aggregate::without`]), and of its dead letters, for a store at
+/// `now` or later.
+fn aggregate(part: &Part, now: i64) -> Aggregate {
+    let mut agg = Aggregate::since(now);
     for (event, _) in &part.events {
         agg.add(event);
     }

@@ -247,8 +247,8 @@ impl Collector {
             batch.push(from, message.key(), payload, &self.validator, now);
         }
         // Runs while the storer waits on Redis for the batch before.
-        if !batch.is_empty() {
-            batch.seal(&self.store);
+        if let Some(now) = now.filter(|_| !batch.is_empty()) {
+            batch.seal(&self.store, now);
         }
         batch
     }
