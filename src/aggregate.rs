@@ -235,8 +235,14 @@ impl Aggregate {
             .or_default() += amount;
     }
 
+    /// Whether [`Aggregate::cells`] at `now` are exact: not if the clock went back more than
+    /// the slack since the grains were chosen (see [`Grains`]); then aggregate again.
+    pub fn keyed_for(&self, now: i64) -> bool {
+        now >= self.grains.earliest
+    }
+
     /// The deltas per slot: the total, and each time bucket still young enough at `now` to
-    /// be read by some window.
+    /// be read by some window (where [`Aggregate::keyed_for`] `now`).
     pub fn cells(&self, now: i64) -> Cells {
         let mut cells =
             FxHashMap::with_capacity_and_hasher(self.by_grain.len() * 2, Default::default());
@@ -261,15 +267,16 @@ impl Aggregate {
 /// How far a clock may be stepped back between choosing grains and working out cells.
 const GRAIN_SLACK: i64 = 3600;
 
-/// An event's counters are kept by the finest bucket of its time that a batch stored at some
-/// time or later may write: its minute, or its hour or day once the finer buckets are too old
-/// for any window. A backfill's events then add to one entry per counter and day, where
-/// minutes would give nearly each its own. Buckets of a grain's start are the event's in the
-/// grain's tier and the coarser ones, and too old in the finer ones, so cells are what
-/// minutes would give; the slack keeps that true if the clock is stepped back by up to an
-/// hour before storing.
+/// An event's counters are kept by the finest bucket of its time that cells worked out at
+/// `earliest` or later may write: its minute, or its hour or day once the finer buckets are
+/// too old for any window then. A backfill's events then add to one entry per counter and
+/// day, where minutes would give nearly each its own. Buckets of a grain's start are the
+/// event's in the grain's tier and the coarser ones, and too old in the finer ones, so cells
+/// are what minutes would give. `earliest` is the batch's time less a slack, so that a clock
+/// stepped back a little before storing keeps them exact; a larger step aggregates again.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Grains {
+    earliest: i64,
     /// Events from this time on keep their minute.
     minutes_from: i64,
     /// Older ones from this time on keep their hour, and the rest their day.
@@ -279,6 +286,7 @@ struct Grains {
 impl Default for Grains {
     fn default() -> Grains {
         Grains {
+            earliest: i64::MIN,
             minutes_from: i64::MIN,
             hours_from: i64::MIN,
         }
@@ -286,12 +294,13 @@ impl Default for Grains {
 }
 
 impl Grains {
-    /// For a store at `now` or later: a bucket's time to live there is none (see
-    /// [`Tier::ttl`]) exactly when it ends by its retention before `now`.
+    /// For cells worked out at `now` less the slack or later. A bucket has no time to live
+    /// then (see [`Tier::ttl`]) exactly when it ended a retention or more before.
     fn since(now: i64) -> Grains {
-        let then = now - GRAIN_SLACK;
-        let from = |tier: Tier| tier.start(tier.bucket(then - tier.retention()));
+        let earliest = now - GRAIN_SLACK;
+        let from = |tier: Tier| tier.start(tier.bucket(earliest - tier.retention()));
         Grains {
+            earliest,
             minutes_from: from(Tier::Minute),
             hours_from: from(Tier::Hour),
         }
@@ -418,6 +427,7 @@ mod tests {
                 minutes.add(&e);
             }
             assert!(grains.by_grain.len() <= minutes.by_grain.len());
+            assert!(!grains.keyed_for(since - GRAIN_SLACK - 1));
             for now in [
                 since - GRAIN_SLACK,
                 since,

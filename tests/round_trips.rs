@@ -271,6 +271,37 @@ async fn buckets_written_on_a_clock_in_the_past_keep_their_windows() {
     assert_eq!(in_hours, 100, "the arrival hour's bucket is kept");
 }
 
+/// A batch is sealed (aggregated by the buckets still written then) when it closes, and
+/// stored later. Were the clock stepped back hours in between, buckets too old at sealing
+/// are young again: storing works the batch out again rather than leave them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sealed_before_the_clock_stepped_back_counts_in_its_windows() {
+    let (_redis, settings, validator, store) = hotich_store("stepped").await;
+    let datasets = settings.validation.datasets.clone();
+    let sealed: chrono::DateTime<Utc> = "2024-10-01T03:10:00Z".parse().unwrap();
+    let stored = sealed - chrono::Duration::hours(4);
+    let mut g = Generator::new(7, "stepped", &datasets);
+    let mut batch = Batch::default();
+    for offset in 0..50 {
+        // Half an hour before the store, in an hour that began more than an hour before it:
+        // only its minute buckets put it in the 1 h window.
+        let m = g.record(stored - chrono::Duration::minutes(30));
+        push_record(&mut batch, &m, 0, offset, &validator, sealed.timestamp());
+    }
+    batch.seal(&store, sealed.timestamp());
+    let outcome = batch
+        .store(&store, &HeldCounters::new(), stored.timestamp())
+        .await
+        .unwrap();
+    assert_eq!(outcome[0].1.applied, Applied::Stored);
+
+    let snap = store.snapshot(stored).await.unwrap();
+    assert!(!snap.counts.is_empty());
+    for (field, counts) in &snap.counts {
+        assert_eq!(counts.windows, [counts.total; 4], "windows of {field}");
+    }
+}
+
 /// A source's recent rejects are the newest few, newest first, across batches: a batch with
 /// one example pushes the older ones down rather than overwriting the newest of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

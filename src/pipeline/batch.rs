@@ -327,10 +327,11 @@ impl Batch {
     ) -> Result<Vec<(&Part, Outcome)>, StoreError> {
         let parts: Vec<&Part> = self.parts.values().collect();
         // Sealed work is kept only if nothing changed since: the storer drops what is already
-        // stored or no longer ours, which changes the shape.
+        // stored or no longer ours, which changes the shape, and a clock stepped far back
+        // changes which buckets are still written.
         let unsealed;
         let sealed = match &self.sealed {
-            Some(s) if s.shape == shape(&parts) => s,
+            Some(s) if s.shape == shape(&parts) && s.all.iter().all(|a| a.keyed_for(now)) => s,
             _ => {
                 unsealed = Sealed::new(&parts, store, now);
                 &unsealed
