@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tiendo::aggregate::Aggregate;
 use tiendo::config::{Secret, Settings};
 use tiendo::decode::Validator;
@@ -209,6 +209,19 @@ fn push_record(
     batch.push(origin, None, &m.encode(), validator, now);
 }
 
+/// Stores `batch` at `now` as the first of its partitions, and reads the counters then
+/// (there are some).
+async fn store_alone(store: &Store, batch: &Batch, now: DateTime<Utc>) -> store::Snapshot {
+    let stored = batch
+        .store(store, &HeldCounters::new(), now.timestamp())
+        .await
+        .unwrap();
+    assert_eq!(stored[0].1.applied, Applied::Stored);
+    let snap = store.snapshot(now).await.unwrap();
+    assert!(!snap.counts.is_empty());
+    snap
+}
+
 /// A private Redis, settings that know source `hotich`, its validator, and a store under
 /// `prefix`.
 async fn hotich_store(prefix: &str) -> (RedisServer, Settings, Validator, Store) {
@@ -250,14 +263,7 @@ async fn buckets_written_on_a_clock_in_the_past_keep_their_windows() {
         };
         batch.push(from, None, &m.encode(), &validator, now.timestamp());
     }
-    let stored = batch
-        .store(&store, &HeldCounters::new(), now.timestamp())
-        .await
-        .unwrap();
-    assert_eq!(stored[0].1.applied, Applied::Stored);
-
-    let snap = store.snapshot(now).await.unwrap();
-    assert!(!snap.counts.is_empty());
+    let snap = store_alone(&store, &batch, now).await;
     for (field, counts) in &snap.counts {
         assert_eq!(
             counts.windows[1..],
@@ -289,14 +295,7 @@ async fn a_batch_sealed_before_the_clock_stepped_back_counts_in_its_windows() {
         push_record(&mut batch, &m, 0, offset, &validator, sealed.timestamp());
     }
     batch.seal(&store, sealed.timestamp());
-    let outcome = batch
-        .store(&store, &HeldCounters::new(), stored.timestamp())
-        .await
-        .unwrap();
-    assert_eq!(outcome[0].1.applied, Applied::Stored);
-
-    let snap = store.snapshot(stored).await.unwrap();
-    assert!(!snap.counts.is_empty());
+    let snap = store_alone(&store, &batch, stored).await;
     for (field, counts) in &snap.counts {
         assert_eq!(counts.windows, [counts.total; 4], "windows of {field}");
     }
