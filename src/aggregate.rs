@@ -71,6 +71,7 @@ pub struct Aggregate {
     /// hour and day slots once per batch by [`Aggregate::cells`], not once per event. Keyed by
     /// small integers built here, never by input, so a fast non-keyed hasher is safe.
     by_grain: FxHashMap<(Field, i64), i64>,
+    /// Which grain each event's time is kept by.
     grains: Grains,
     /// Newest event time (unix seconds) seen per field.
     pub latest: FxHashMap<Field, i64>,
@@ -101,8 +102,8 @@ pub struct SourceDelta {
 pub const EXAMPLES_KEPT: usize = 3;
 
 impl Aggregate {
-    /// An aggregate whose cells are worked out at `since` or later. The default keeps every
-    /// event's minute, for cells at any time.
+    /// An aggregate whose cells are worked out at `since` or later (an hour earlier at most:
+    /// see [`Grains`]). The default keeps every event's minute, for cells at any time.
     pub fn since(since: i64) -> Aggregate {
         Aggregate {
             grains: Grains::since(since),
@@ -276,6 +277,7 @@ const GRAIN_SLACK: i64 = 3600;
 /// stepped back a little before storing keeps them exact; a larger step aggregates again.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Grains {
+    /// The earliest time cells are exact at.
     earliest: i64,
     /// Events from this time on keep their minute.
     minutes_from: i64,
