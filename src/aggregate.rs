@@ -121,8 +121,9 @@ impl Aggregate {
         if let Payload::Records { count, .. } = event.payload {
             source.records += count as i64;
         }
+        let grain = self.grains.of(event.at);
         for (field, amount) in counters(event) {
-            self.add_counter(field, event.at, amount);
+            *self.by_grain.entry((field, grain)).or_default() += amount;
         }
         self.see(seen(event), event.at);
     }
@@ -189,13 +190,13 @@ impl Aggregate {
         if let Payload::Records { count, .. } = event.payload {
             source.records -= count as i64;
         }
+        let grain = self.grains.of(event.at);
         for (field, amount) in counters(event) {
-            self.take_counter(field, event.at, amount);
+            self.take_counter((field, grain), amount);
         }
     }
 
-    fn take_counter(&mut self, field: Field, at: i64, amount: i64) {
-        let key = (field, self.grains.of(at));
+    fn take_counter(&mut self, key: (Field, i64), amount: i64) {
         if let Some(n) = self.by_grain.get_mut(&key) {
             *n -= amount;
             if *n == 0 {
@@ -227,13 +228,6 @@ impl Aggregate {
             .collect();
         examples.insert(0, (origin, detail));
         examples.truncate(EXAMPLES_KEPT);
-    }
-
-    fn add_counter(&mut self, field: Field, at: i64, amount: i64) {
-        *self
-            .by_grain
-            .entry((field, self.grains.of(at)))
-            .or_default() += amount;
     }
 
     /// Whether [`Aggregate::cells`] at `now` are exact: not if the clock went back more than

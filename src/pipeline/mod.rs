@@ -247,7 +247,9 @@ impl Collector {
             batch.push(from, message.key(), payload, &self.validator, now);
         }
         // Runs while the storer waits on Redis for the batch before.
-        if let Some(now) = now.filter(|_| !batch.is_empty()) {
+        // A `now` is read just before the first push, so it is there exactly when the batch
+        // holds something.
+        if let Some(now) = now {
             batch.seal(&self.store, now);
         }
         batch
