@@ -17,7 +17,7 @@ use tiendo::decode::Validator;
 use tiendo::embedded::RedisServer;
 use tiendo::generator::{Generated, Generator};
 use tiendo::pipeline::{Batch, HeldCounters, Origin};
-use tiendo::store::{self, Applied, Current, PartitionBatch, Store};
+use tiendo::store::{self, Applied, Current, HeldView, PartitionBatch, Store};
 
 const PARTITIONS: i32 = 4;
 const TOPICS: [&str; 2] = ["records", "procedures"];
@@ -557,6 +557,128 @@ async fn held_counters_are_written_back_only_onto_the_state_they_came_from() {
         records(&a.snapshot(now).await.unwrap()),
         record_count(&theirs) + record_count(&later),
         "B's counts plus A's second batch, not A's first batch written back"
+    );
+}
+
+/// The storer reads a batch while the batch before is being written, taking the counters
+/// that one leaves as held. They are right only if it was written whole. Here batch 2 goes
+/// through the script, which adds blind: a zombie moved partition 1 on, and partition 0 holds
+/// other counts at the offset batch 2 read (as a Redis restarted from an older file may).
+/// Batch 3, read ahead with batch 2's counters, must add to what Redis holds, not write
+/// back what batch 2 worked out: the script's writer token is not the one batch 2 held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_read_ahead_takes_what_the_batch_before_left_only_if_written_whole() {
+    let (redis, settings, validator, store) = hotich_store("ahead").await;
+    let mut g = Generator::new(12, "ahead", &settings.validation.datasets);
+    let now = Utc::now();
+    // Records at one time: every batch adds to the same counters of partition 0.
+    let first: Vec<Generated> = (0..10)
+        .map(|_| g.record(now - chrono::Duration::hours(1)))
+        .collect();
+    let again = |tag: &str| -> Vec<Generated> {
+        let mut ms = first.clone();
+        for m in &mut ms {
+            if let Generated::Record(r) = m {
+                r.event_id = format!("{}-{tag}", r.event_id);
+            }
+        }
+        ms
+    };
+    let one = g.record(now - chrono::Duration::hours(1));
+    // `ms` on partition 0 from `from`, and `one` on partition 1 at offset `on_1` if given.
+    let batch_of = |ms: &[Generated], from: i64, on_1: Option<i64>| {
+        let mut batch = Batch::default();
+        for (i, m) in ms.iter().enumerate() {
+            push_record(
+                &mut batch,
+                m,
+                0,
+                from + i as i64,
+                &validator,
+                now.timestamp(),
+            );
+        }
+        if let Some(offset) = on_1 {
+            push_record(&mut batch, &one, 1, offset, &validator, now.timestamp());
+        }
+        batch.retain_parts(|p| {
+            p.expected = (p.start > 0).then_some(p.start);
+            true
+        });
+        batch
+    };
+    let mut held = HeldCounters::new();
+    let b1 = batch_of(&first, 0, Some(0));
+    for (part, outcome) in b1.store(&store, &held, now.timestamp()).await.unwrap() {
+        assert_eq!(outcome.applied, Applied::Stored);
+        held.keep(part, outcome.held);
+    }
+
+    let (second, third) = (again("2"), again("3"));
+    let b2 = batch_of(&second, 10, Some(1));
+    let read2 = b2.read(&store, &held, now.timestamp()).await.unwrap();
+    let writes2 = b2.writes(&read2);
+    let writer = store.writer();
+    let after2 = writes2.after(&writer);
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = store::Keys::new("ahead");
+    let totals = keys.partition("records", 0).totals();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&totals)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let field = fields
+        .iter()
+        .find(|f| f.contains("|r."))
+        .expect("a records counter");
+    redis::cmd("HINCRBY")
+        .arg(&totals)
+        .arg(field)
+        .arg(1000)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg(keys.partition("records", 1).offset())
+        .arg(5)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let written = store
+        .apply(&writes2.batches(), &writer, read2.now())
+        .await
+        .unwrap();
+    assert!(!written.whole, "through the script");
+    let applied = &written.applied;
+    assert!(applied.contains(&Applied::Stored) && applied.contains(&Applied::Fenced { stored: 5 }));
+
+    let b3 = batch_of(&third, 20, None);
+    let i = b2.parts().position(|p| p.partition == 0).unwrap();
+    let left = after2[i]
+        .as_ref()
+        .expect("batch 2 read partition 0's counters");
+    let view = HeldView::new(left, held.get(b2.parts().nth(i).unwrap()));
+    let read3 = b3
+        .read_with(&store, &[Some(view)], now.timestamp())
+        .await
+        .unwrap();
+    assert!(b3.fits(&read3));
+    let writes3 = b3.writes(&read3);
+    let written = store
+        .apply(&writes3.batches(), &store.writer(), read3.now())
+        .await
+        .unwrap();
+    assert_eq!(written.applied, vec![Applied::Stored]);
+    assert_eq!(
+        records(&store.snapshot(now).await.unwrap()),
+        1000 + record_count(&first)
+            + record_count(&[one])
+            + record_count(&second)
+            + record_count(&third),
+        "batch 3 added to what Redis held"
     );
 }
 

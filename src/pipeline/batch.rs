@@ -12,7 +12,9 @@ use crate::deadletter::DeadLetter;
 use crate::decode::{Event, Validator};
 use crate::events::Kind;
 use crate::sources::Source;
-use crate::store::{Applied, Claim, ClaimPlan, Current, Held, PartitionBatch, Store, StoreError};
+use crate::store::{
+    Applied, Claim, ClaimPlan, Current, Held, HeldView, PartitionBatch, Store, StoreError, Written,
+};
 
 /// One partition's share of a batch.
 #[derive(Debug)]
@@ -170,7 +172,8 @@ impl HeldCounters {
         HeldCounters::default()
     }
 
-    fn get(&self, part: &Part) -> Option<&Held> {
+    /// What is held of `part`'s partition.
+    pub fn get(&self, part: &Part) -> Option<&Held> {
         self.by_partition.get(&(part.t, part.partition))
     }
 
@@ -325,32 +328,91 @@ impl Batch {
         held: &HeldCounters,
         now: i64,
     ) -> Result<Vec<(&Part, Outcome)>, StoreError> {
+        let read = self.read(store, held, now).await?;
+        let writes = self.writes(&read);
+        let batches = writes.batches();
+        let writer = store.writer();
+        // What each partition holds if the batch is written whole: worked out after the
+        // apply request is handed to the connection, so that where another thread drives the
+        // connection it runs while Redis applies, not on the path from one batch to the next.
+        let after = async { writes.after(&writer) };
+        let (written, after) = futures::join!(store.apply(&batches, &writer, read.now), after);
+        let written = written?;
+        drop(batches);
+        Ok(writes.outcomes(written, after))
+    }
+
+    /// The first round trip of [`Batch::store`], with what is held of each partition's
+    /// counters from `held`.
+    pub async fn read(
+        &self,
+        store: &Store,
+        held: &HeldCounters,
+        now: i64,
+    ) -> Result<Read, StoreError> {
+        let views: Vec<Option<HeldView<'_>>> = self
+            .parts
+            .values()
+            .map(|p| held.get(p).map(HeldView::from))
+            .collect();
+        self.read_with(store, &views, now).await
+    }
+
+    /// Claims the events and reads the counters they add to, but for those `held` (one view
+    /// per part, in the order of [`Batch::parts`]) gives, for a store at `now`.
+    pub async fn read_with(
+        &self,
+        store: &Store,
+        held: &[Option<HeldView<'_>>],
+        now: i64,
+    ) -> Result<Read, StoreError> {
         let parts: Vec<&Part> = self.parts.values().collect();
+        let shape = shape(&parts);
         // Sealed work is kept only if nothing changed since: the storer drops what is already
         // stored or no longer ours, which changes the shape, and a clock stepped far back
         // changes which buckets are still written.
-        let unsealed;
-        let sealed = match &self.sealed {
-            Some(s) if s.shape == shape(&parts) && s.all.iter().all(|a| a.keyed_for(now)) => s,
-            _ => {
-                unsealed = Sealed::new(&parts, store, now);
-                &unsealed
-            }
+        let fits = |s: &Sealed| s.shape == shape && s.all.iter().all(|a| a.keyed_for(now));
+        let resealed = match &self.sealed {
+            Some(s) if fits(s) => None,
+            _ => Some(Sealed::new(&parts, store, now)),
         };
-        let (fresh, current) = {
-            let reads: Vec<PartitionBatch<'_>> = parts
-                .iter()
-                .zip(&sealed.all)
-                .map(|(p, agg)| PartitionBatch {
-                    held: held.get(p),
-                    ..partition_batch(p, agg, None)
-                })
-                .collect();
-            futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?
-        };
+        let sealed = resealed.as_ref().or(self.sealed.as_ref()).expect("sealed");
+        let reads: Vec<PartitionBatch<'_>> = parts
+            .iter()
+            .zip(&sealed.all)
+            .zip(held)
+            .map(|((p, agg), held)| PartitionBatch {
+                held: *held,
+                ..partition_batch(p, agg, None)
+            })
+            .collect();
+        let (fresh, current) =
+            futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?;
+        Ok(Read {
+            key: parts.iter().map(|p| p.expected).zip(shape).collect(),
+            now,
+            fresh,
+            current,
+            resealed,
+        })
+    }
+
+    /// Whether `read` was made of this batch as it is now: the same parts and messages, each
+    /// following the same stored offset.
+    pub fn fits(&self, read: &Read) -> bool {
+        let parts: Vec<&Part> = self.parts.values().collect();
+        let now = parts.iter().map(|p| p.expected).zip(shape(&parts));
+        read.key.len() == parts.len() && read.key.iter().copied().eq(now)
+    }
+
+    /// What the batch writes, from its `read`, which must fit it (see [`Batch::fits`]).
+    pub fn writes<'b: 'r, 'r>(&'b self, read: &'r Read) -> Writes<'b, 'r> {
+        let parts: Vec<&Part> = self.parts.values().collect();
+        let sealed = read.resealed.as_ref().or(self.sealed.as_ref());
+        let sealed = sealed.expect("a read batch was sealed");
         // What each partition adds: its sealed aggregate, with the re-sends taken back.
-        let mut fresh = fresh.as_slice();
-        let aggregates: Vec<Cow<'_, Aggregate>> = parts
+        let mut fresh = read.fresh.as_slice();
+        let aggregates: Vec<Cow<'r, Aggregate>> = parts
             .iter()
             .zip(&sealed.all)
             .map(|(p, all)| {
@@ -365,41 +427,84 @@ impl Batch {
             })
             .collect();
         // Worked out once, for the apply call and for what each partition holds after it.
-        let cells: Vec<Cells> = aggregates.iter().map(|a| a.cells(now)).collect();
-        let writes: Vec<PartitionBatch<'_>> = parts
+        let cells = aggregates.iter().map(|a| a.cells(read.now)).collect();
+        Writes {
+            parts,
+            aggregates,
+            cells,
+            read,
+        }
+    }
+}
+
+/// The first round trip of storing a batch, answered: which events are new, and the counters
+/// each partition adds to. It borrows nothing, so that the storer can make it for the next
+/// batch while this one's counters are written; it is used only if it still fits the batch.
+#[derive(Debug)]
+pub struct Read {
+    /// Each part's stored offset to follow and shape, in the order of the parts.
+    key: Vec<(Option<i64>, Shape)>,
+    /// The time it was made for, which the counters are then written for too.
+    now: i64,
+    fresh: Vec<bool>,
+    current: Vec<Option<Current>>,
+    /// Where the batch's own sealed work did not fit: the work done again.
+    resealed: Option<Sealed>,
+}
+
+impl Read {
+    /// The time the batch is stored for.
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+}
+
+/// What a batch (borrowed for `'b`) writes, from its read (for `'r`; see [`Batch::writes`]).
+pub struct Writes<'b, 'r> {
+    parts: Vec<&'b Part>,
+    aggregates: Vec<Cow<'r, Aggregate>>,
+    cells: Vec<Cells>,
+    read: &'r Read,
+}
+
+impl<'b, 'r> Writes<'b, 'r> {
+    /// The partition batches for [`Store::apply`].
+    pub fn batches(&self) -> Vec<PartitionBatch<'_>> {
+        self.parts
             .iter()
-            .zip(&aggregates)
-            .zip(&cells)
-            .zip(&current)
+            .zip(&self.aggregates)
+            .zip(&self.cells)
+            .zip(&self.read.current)
             .map(|(((p, agg), cells), current)| PartitionBatch {
                 cells: Some(cells),
                 ..partition_batch(p, agg, current.as_ref())
             })
-            .collect();
-        let writer = store.writer();
-        // What each partition holds if the batch is written whole: kept only where it was.
-        // Worked out after the apply request is handed to the connection, so that where
-        // another thread drives the connection (`tiendo run`'s storer is off the runtime's
-        // workers) it runs while Redis applies, not on the path from one batch to the next.
-        let after = async {
-            parts
-                .iter()
-                .zip(&cells)
-                .zip(&current)
-                .map(|((p, cells), current)| {
-                    let offsets = (p.expected.unwrap_or(-1), p.next);
-                    current
-                        .as_ref()
-                        .map(|c| Held::after(c, cells, now, offsets, writer.clone()))
-                })
-                .collect::<Vec<_>>()
-        };
-        let (written, after) = futures::join!(store.apply(&writes, &writer, now), after);
-        let written = written?;
-        drop(writes);
-        Ok(parts
+            .collect()
+    }
+
+    /// What each partition holds (in the order of the parts) if the batch is written whole
+    /// under `writer`; `None` where some counter is added blind.
+    pub fn after(&self, writer: &str) -> Vec<Option<Held>> {
+        self.parts
+            .iter()
+            .zip(&self.cells)
+            .zip(&self.read.current)
+            .map(|((p, cells), current)| {
+                let offsets = (p.expected.unwrap_or(-1), p.next);
+                let now = self.read.now;
+                current
+                    .as_ref()
+                    .map(|c| Held::after(c, cells, now, offsets, writer.to_string()))
+            })
+            .collect()
+    }
+
+    /// Each part's outcome, once Redis answered the apply with `written`; `after` is what
+    /// [`Writes::after`] gave for its writer.
+    pub fn outcomes(self, written: Written, after: Vec<Option<Held>>) -> Vec<(&'b Part, Outcome)> {
+        self.parts
             .into_iter()
-            .zip(aggregates.iter().zip(written.applied))
+            .zip(self.aggregates.iter().zip(written.applied))
             .zip(after)
             .map(|((p, (agg, applied)), after)| {
                 let held = after.filter(|_| written.whole && applied == Applied::Stored);
@@ -414,7 +519,7 @@ impl Batch {
                     },
                 )
             })
-            .collect())
+            .collect()
     }
 }
 

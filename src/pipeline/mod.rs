@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 mod batch;
 
-pub use batch::{Batch, HeldCounters, Origin, Outcome, Part};
+pub use batch::{Batch, HeldCounters, Origin, Outcome, Part, Read, Writes};
 
 use crate::clock::SharedClock;
 use crate::config::{PipelineSettings, Settings};

@@ -67,7 +67,7 @@ pub struct PartitionBatch<'a> {
     pub current: Option<&'a Current>,
     /// What this consumer holds of the partition's counters from its last batches, for
     /// [`Store::current`] not to read again.
-    pub held: Option<&'a Held>,
+    pub held: Option<HeldView<'a>>,
 }
 
 impl PartitionBatch<'_> {
@@ -154,14 +154,19 @@ impl Held {
         }
     }
 
+    /// Whether the batch that left these values was written over the state `before`
+    /// describes (it read that offset and token): then the counters it did not touch are
+    /// still what `before` holds.
+    fn follows(&self, before: &Held) -> bool {
+        self.over.0 == before.offset && self.over.1.as_deref() == Some(before.writer.as_str())
+    }
+
     /// Takes in what the partition's next batch wrote whole. If that batch was written over
-    /// the state these values describe (it read this offset and token), the counters it did
-    /// not touch are still what Redis holds, so they are kept too, up to `limit` counters
-    /// (buckets near their end dropped first); else, or beyond, only the batch's are.
+    /// the state these values describe, the counters it did not touch are still what Redis
+    /// holds, so they are kept too, up to `limit` counters (buckets near their end dropped
+    /// first); else, or beyond, only the batch's are.
     pub fn update(&mut self, next: Held, limit: usize) {
-        let over_these =
-            next.over.0 == self.offset && next.over.1.as_deref() == Some(self.writer.as_str());
-        if over_these {
+        if next.follows(self) {
             let fits = |held: &Held| held.values.len() + next.values.len() <= limit;
             if !fits(self) {
                 self.values
@@ -186,6 +191,37 @@ impl Held {
 
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+}
+
+/// What a partition's next batch may take from held counters without reading them: those of
+/// its last batch (`last`), over what was held before that one where it was written over them
+/// (what [`Held::update`] would keep, without its limit). The storer reads the batch after
+/// the one whose counters are being written with that batch's values on top, before knowing
+/// whether they were written: the token check in [`Store::current`] tells.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldView<'a> {
+    last: &'a Held,
+    before: Option<&'a Held>,
+}
+
+impl<'a> HeldView<'a> {
+    pub fn new(last: &'a Held, before: Option<&'a Held>) -> HeldView<'a> {
+        HeldView {
+            last,
+            before: before.filter(|b| last.follows(b)),
+        }
+    }
+
+    fn get(&self, cell: &(Slot, Field)) -> Option<i64> {
+        let value = self.last.values.get(cell);
+        value.or_else(|| self.before?.values.get(cell)).copied()
+    }
+}
+
+impl<'a> From<&'a Held> for HeldView<'a> {
+    fn from(last: &'a Held) -> HeldView<'a> {
+        HeldView { last, before: None }
     }
 }
 
@@ -343,13 +379,13 @@ impl Store {
             let keys = self.keys.partition(b.topic, b.partition);
             pipe.get(keys.offset());
             pipe.hget(keys.totals(), WRITER);
-            let held = b.held.filter(|h| h.offset == b.expected);
+            let held = b.held.filter(|h| h.last.offset == b.expected);
             let mut by_slot: FxHashMap<Slot, Vec<Field>> = FxHashMap::default();
             let mut known = Vec::new();
             for &cell in b.cells(now).keys() {
-                let value = held.and_then(|h| h.values.get(&cell));
+                let value = held.and_then(|h| h.get(&cell));
                 match value.filter(|_| Held::lasting(cell.0, now)) {
-                    Some(value) => known.push((cell, *value)),
+                    Some(value) => known.push((cell, value)),
                     None => by_slot.entry(cell.0).or_default().push(cell.1),
                 }
             }
@@ -390,7 +426,7 @@ impl Store {
             }
             let held_valid = known.is_empty()
                 || b.held
-                    .is_some_and(|h| writer.as_deref() == Some(h.writer.as_str()));
+                    .is_some_and(|h| writer.as_deref() == Some(h.last.writer.as_str()));
             values.extend(known);
             out.push(
                 (stored.unwrap_or(-1) == b.expected && held_valid)
@@ -432,7 +468,11 @@ impl Store {
                 });
             }
         }
-        let applied = self.apply_scripted(batches, &tags, writer, now).await?;
+        // A token of its own: the watched path's says that the counters are what the caller
+        // worked out from `current` (see `Held::after`), which blind adds do not promise, and
+        // the storer reads the next batch before it knows which path this one took.
+        let blind = format!("{writer}+");
+        let applied = self.apply_scripted(batches, &tags, &blind, now).await?;
         Ok(Written {
             applied,
             whole: false,
