@@ -28,6 +28,7 @@ pub const REDIS_ERRORS: &str = "tiendo_redis_errors_total";
 pub const KAFKA_ERRORS: &str = "tiendo_kafka_errors_total";
 pub const SCHEMA_LOOKUPS: &str = "tiendo_schema_registry_lookups_total";
 pub const FENCED: &str = "tiendo_fenced_batches_total";
+pub const READ_AHEAD: &str = "tiendo_batches_read_ahead_total";
 pub const REFETCHED: &str = "tiendo_refetched_batches_total";
 pub const REBALANCES: &str = "tiendo_rebalances_total";
 pub const ASSIGNED: &str = "tiendo_assigned_partitions";
@@ -79,6 +80,8 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (SCHEMA_LOOKUPS, "counter", "outcome",
      "Schema ids looked up in the Schema Registry: known, refused, or error (not reached)."),
     (FENCED, "counter", "", "Partition batches refused because another consumer had stored further offsets."),
+    (READ_AHEAD, "counter", "outcome",
+     "Batches whose claims and counters were read while the batch before was being written: used, or again (what was stored changed meanwhile, so they were read again)."),
     (REFETCHED, "counter", "", "Partition batches dropped and fetched again because they began beyond the stored offset (a leftover of an earlier assignment, or a broker skipping to its next record batch)."),
     (REBALANCES, "counter", "kind", "Consumer group rebalances seen, by kind (assign, revoke)."),
     (ASSIGNED, "gauge", "", "Partitions currently assigned to this consumer."),

@@ -39,7 +39,7 @@ use crate::deadletter::DeadLetters;
 use crate::decode::Validator;
 use crate::events::Kind;
 use crate::source::{self, Assignment, EventConsumer, Start};
-use crate::store::{self, Applied, Store, StoreError};
+use crate::store::{self, Applied, Held, HeldView, Store, StoreError};
 use crate::telemetry;
 
 /// How often the storer checks that Redis still holds the offsets it stored.
@@ -105,6 +105,7 @@ impl Pipeline {
                 cursors: HashMap::new(),
                 held: HeldCounters::new(),
                 generation: u64::MAX,
+                ahead: None,
             },
         })
     }
@@ -397,6 +398,9 @@ struct Storer {
     /// Counters each partition's last batch wrote whole (see `store::Held`).
     held: HeldCounters,
     generation: u64,
+    /// The next batch, taken while the last one's counters were written, with its first
+    /// round trip if it was made then (see [`Storer::store`]).
+    ahead: Option<(Batch, Option<Read>)>,
 }
 
 impl Storer {
@@ -407,23 +411,33 @@ impl Storer {
         let waited = metrics::histogram!(telemetry::PIPELINE_WAIT, "stage" => "storer");
         loop {
             let waiting = Instant::now();
-            let batch = tokio::select! {
-                batch = rx.recv() => match batch {
-                    Some(b) => b,
-                    None => break,
-                },
-                _ = check.tick() => {
-                    waited.record(waiting.elapsed().as_secs_f64());
-                    self.verify_stored().await;
-                    continue;
+            let (batch, read) = match self.ahead.take() {
+                Some(ahead) => {
+                    // Batches may follow each other without a wait: the offsets are still
+                    // checked on time.
+                    if check.tick().now_or_never().is_some() {
+                        self.verify_stored().await;
+                    }
+                    ahead
                 }
+                None => tokio::select! {
+                    batch = rx.recv() => match batch {
+                        Some(b) => (b, None),
+                        None => break,
+                    },
+                    _ = check.tick() => {
+                        waited.record(waiting.elapsed().as_secs_f64());
+                        self.verify_stored().await;
+                        continue;
+                    }
+                },
             };
             waited.record(waiting.elapsed().as_secs_f64());
             let started = Instant::now();
             let messages = batch.len();
             let span = tracing::info_span!("batch", partitions = ?batch.parts().map(|p| (p.topic.as_str(), p.partition, p.start, p.next)).collect::<Vec<_>>());
             if self
-                .process(batch, &shutdown)
+                .process(batch, read, &mut rx, &shutdown)
                 .instrument(span)
                 .await
                 .is_none()
@@ -570,8 +584,15 @@ impl Storer {
         }
     }
 
-    /// Stores one batch. `None` if shutdown was asked while waiting on Redis or Kafka.
-    async fn process(&mut self, mut batch: Batch, shutdown: &CancellationToken) -> Option<()> {
+    /// Stores one batch, with its first round trip if that was made ahead (see
+    /// [`Storer::store`]). `None` if shutdown was asked while waiting on Redis or Kafka.
+    async fn process(
+        &mut self,
+        mut batch: Batch,
+        read: Option<Read>,
+        rx: &mut mpsc::Receiver<Batch>,
+        shutdown: &CancellationToken,
+    ) -> Option<()> {
         self.prepare(&mut batch);
         self.verify(&mut batch, shutdown).await?;
         batch.retain_parts(|p| p.start < p.next);
@@ -600,11 +621,21 @@ impl Storer {
         }
 
         let flush_started = Instant::now();
-        let (store, clock, held) = (&self.store, &self.clock, &self.held);
-        let outcomes = retry(shutdown, self.settings.max_backoff, "redis store", || {
-            batch.store(store, held, clock.now().timestamp())
-        })
-        .await?;
+        // Made ahead, it fits unless what was already stored changed since (a fence, a
+        // rebalance, a seek): then the batch is read again, here.
+        let mut read = read.filter(|r| {
+            let fits = batch.fits(r);
+            let outcome = if fits { "used" } else { "again" };
+            metrics::counter!(telemetry::READ_AHEAD, "outcome" => outcome).increment(1);
+            fits
+        });
+        let mut backoff = Backoff::new(self.settings.max_backoff);
+        let outcomes = loop {
+            match self.store(&batch, read.take(), rx).await {
+                Ok(outcomes) => break outcomes,
+                Err(error) => backoff.wait(error, "redis store", shutdown).await?,
+            }
+        };
         metrics::histogram!(telemetry::FLUSH_SECONDS).record(flush_started.elapsed().as_secs_f64());
 
         let mut commit = TopicPartitionList::new();
@@ -684,6 +715,116 @@ impl Storer {
         Some(())
     }
 
+    /// Stores `batch` in its two round trips (see [`Batch::store`]), the first one skipped
+    /// where `read` was made ahead. While Redis writes its counters, the next batch is taken
+    /// if it is there or comes, and its first round trip is sent behind the write: Redis
+    /// runs one connection's requests in order, so it reads what this batch wrote, and goes
+    /// on to it without waiting for this answer to travel and the next request to be made.
+    /// That read assumes this batch is written whole; where it was not, the next batch does
+    /// not fit its read (another stored offset) or the read holds no counters (Redis shows
+    /// another writer token), and nothing wrong is written.
+    async fn store<'b>(
+        &mut self,
+        batch: &'b Batch,
+        read: Option<Read>,
+        rx: &mut mpsc::Receiver<Batch>,
+    ) -> Result<Vec<(&'b Part, Outcome)>, StoreError> {
+        let read = match read {
+            Some(read) => read,
+            None => {
+                let now = self.clock.now().timestamp();
+                batch.read(&self.store, &self.held, now).await?
+            }
+        };
+        let writes = batch.writes(&read);
+        let writer = self.store.writer();
+        let (written, after, next) = {
+            let batches = writes.batches();
+            let applying = self.store.apply(&batches, &writer, read.now());
+            tokio::pin!(applying);
+            // Polled once, so that the request is on the connection before anything else.
+            let mut written = applying.as_mut().now_or_never();
+            // What each partition holds once written, worked out while Redis writes.
+            let after = writes.after(&writer);
+            let mut next = None;
+            if written.is_none() && self.ahead.is_none() {
+                tokio::select! {
+                    biased;
+                    w = applying.as_mut() => written = Some(w),
+                    b = rx.recv() => next = b,
+                }
+            }
+            let mut next = next.map(|b| (b, None));
+            let applied = async {
+                match written {
+                    Some(w) => w,
+                    None => applying.await,
+                }
+            };
+            let reading = async {
+                let Some((next, read_ahead)) = &mut next else {
+                    return;
+                };
+                let Some(views) = self.ahead_of(batch, &after, next) else {
+                    return;
+                };
+                let now = self.clock.now().timestamp();
+                // A failed read is made again when the batch is stored.
+                *read_ahead = next.read_with(&self.store, &views, now).await.ok();
+            };
+            let (written, ()) = futures::join!(applied, reading);
+            (written, after, next)
+        };
+        if next.is_some() {
+            self.ahead = next;
+        }
+        Ok(writes.outcomes(written?, after))
+    }
+
+    /// How the batch after `batch` follows it, for its first round trip to be made while
+    /// `batch`'s counters are written: each of its parts gets the stored offset it follows
+    /// if `batch` is stored (`expected`), and what it may take of held counters, what
+    /// `batch` leaves (`after`, in the order of its parts) over what is held. `None` where a
+    /// part does not follow straight on (a rebalance, a gap, an offset not known): the
+    /// batch is then prepared and read once `batch` is answered, as any other.
+    fn ahead_of<'a>(
+        &'a self,
+        batch: &Batch,
+        after: &'a [Option<Held>],
+        next: &mut Batch,
+    ) -> Option<Vec<Option<HeldView<'a>>>> {
+        if self.assignment.generation() != self.generation {
+            return None;
+        }
+        let written: HashMap<(usize, i32), (i64, Option<&Held>)> = batch
+            .parts()
+            .zip(after)
+            .map(|(p, held)| ((p.t, p.partition), (p.next, held.as_ref())))
+            .collect();
+        let mut views = Vec::new();
+        for part in next.parts_mut() {
+            let key = (part.t, part.partition);
+            let (stored, view) = match written.get(&key) {
+                Some(&(stored, after)) => {
+                    (stored, after.map(|a| HeldView::new(a, self.held.get(part))))
+                }
+                None => {
+                    let c = self.cursors.get(&key)?;
+                    if c.unverified || c.rewinding.is_some() {
+                        return None;
+                    }
+                    (c.stored?, self.held.get(part).map(HeldView::from))
+                }
+            };
+            if part.start != stored {
+                return None;
+            }
+            part.expected = Some(stored);
+            views.push(view);
+        }
+        Some(views)
+    }
+
     /// For partitions assigned while Redis was down: read their offsets now, drop what is
     /// already stored, and seek back if fetching started past the stored offset.
     async fn verify(&mut self, batch: &mut Batch, shutdown: &CancellationToken) -> Option<()> {
@@ -754,20 +895,44 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(max);
     loop {
         match op().await {
             Ok(v) => return Some(v),
-            Err(error) => {
-                error.count();
-                tracing::warn!(%error, what, retry_in = ?backoff, "retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(max);
-            }
+            Err(error) => backoff.wait(error, what, shutdown).await?,
         }
+    }
+}
+
+/// Exponential backoff between retries, from 50 ms up to a most.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Duration::from_millis(50),
+            max,
+        }
+    }
+
+    /// Counts and logs a failure of `what`, then waits; `None` if shutdown comes first.
+    async fn wait(
+        &mut self,
+        error: impl std::fmt::Display + Classify,
+        what: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<()> {
+        error.count();
+        tracing::warn!(%error, what, retry_in = ?self.next, "retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(self.next) => {}
+        }
+        self.next = (self.next * 2).min(self.max);
+        Some(())
     }
 }
 
