@@ -143,7 +143,16 @@ async fn main() {
             println!(
                 "      waits (tiendo_pipeline_wait_seconds) of {:.2} s: the storer for batches \
                  {:.2} s (reading-bound), read batches for the storer {:.2} s (Redis-bound)",
-                outcome.secs, outcome.waits.0, outcome.waits.1
+                outcome.secs, outcome.overlap.waits.0, outcome.overlap.waits.1
+            );
+            let o = outcome.overlap;
+            println!(
+                "      batches {:.0}; read while the one before was written {:.0} ({:.0}%), \
+                 of which read again {:.0}",
+                o.batches,
+                o.read_ahead.0 + o.read_ahead.1,
+                100.0 * (o.read_ahead.0 + o.read_ahead.1) / o.batches.max(1.0),
+                o.read_ahead.1
             );
             failed |= !outcome.exact;
         }
@@ -343,8 +352,8 @@ struct Outcome {
     redis_us: f64,
     /// The same of Redis's AOF rewrites, and how many there were.
     rewrites: (f64, u64),
-    /// Seconds tiendo's storer waited for batches, and its collector for the storer.
-    waits: (f64, f64),
+    /// How tiendo's stages overlapped.
+    overlap: Overlap,
 }
 
 /// `tiendo run`, the release binary, on a fresh Redis with this `appendfsync`, until Redis
@@ -429,7 +438,7 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         per_msg(children - redis_children),
         rewrites_after - rewrites,
     );
-    let waits = waits(&settings.http.listen).await;
+    let overlap = overlap(&settings.http.listen).await;
     drop(child);
     let after = redis.used_memory().unwrap();
     if got != want {
@@ -449,24 +458,39 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
         storer_us,
         redis_us,
         rewrites,
-        waits,
+        overlap,
     }
 }
 
-/// The sums of `tiendo_pipeline_wait_seconds` for the storer and the collector, from the
-/// `/metrics` page of the tiendo listening at `listen` (0 where not read).
-async fn waits(listen: &str) -> (f64, f64) {
+/// What the pipeline's metrics say of how its stages overlapped, from the `/metrics` page of
+/// the tiendo listening at `listen` (0 where not read).
+#[derive(Debug, Default, Clone, Copy)]
+struct Overlap {
+    /// The sums of `tiendo_pipeline_wait_seconds` for the storer and the collector.
+    waits: (f64, f64),
+    /// Batches stored, and of those, read ahead and used or read again.
+    batches: f64,
+    read_ahead: (f64, f64),
+}
+
+async fn overlap(listen: &str) -> Overlap {
     let page = match reqwest::get(format!("http://{listen}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     };
-    let sum = |stage: &str| {
-        let prefix = format!("tiendo_pipeline_wait_seconds_sum{{stage=\"{stage}\"}} ");
+    let value = |series: &str| {
+        let prefix = format!("{series} ");
         page.lines()
             .find_map(|l| l.strip_prefix(prefix.as_str())?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (sum("storer"), sum("collector"))
+    let wait = |stage: &str| value(&format!("tiendo_pipeline_wait_seconds_sum{{stage=\"{stage}\"}}"));
+    let ahead = |outcome: &str| value(&format!("tiendo_batches_read_ahead_total{{outcome=\"{outcome}\"}}"));
+    Overlap {
+        waits: (wait("storer"), wait("collector")),
+        batches: value("tiendo_batch_messages_count"),
+        read_ahead: (ahead("used"), ahead("again")),
+    }
 }
 
 /// Clock ticks per second in /proc's CPU times: USER_HZ, 100 on Linux by its ABI.
