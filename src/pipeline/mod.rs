@@ -1,6 +1,7 @@
 //! The consume loop: source → decode → aggregate → store.
 //!
-//! Two halves run side by side in two tasks, joined by a channel that holds one batch: the
+//! Two halves run side by side in two tasks, joined by a channel that holds one batch (and the
+//! storer may hold the next one besides the one it stores, see below): the
 //! collector reads, decodes and seals the next batch (groups its claims, aggregates it; see
 //! [`Batch::seal`]) while the storer stores the previous one, so that work runs on another core
 //! than the storer's and hides behind Redis's. A batch is what arrives within `batch_linger` of
@@ -9,9 +10,14 @@
 //!
 //! For each batch the storer, in this order: drops what is no longer ours or already stored,
 //! delivers dead letters, claims event ids, aggregates per partition, and stores each
-//! partition's deltas with its next offset in one atomic script call (fenced on the offset it
-//! believes is stored). Only then is the offset committed to Kafka, for lag tooling. A crash
-//! anywhere replays from Redis's offsets and yields the same counters.
+//! partition's deltas with its next offset atomically (a transaction, or a script call where
+//! a fence failed or on a cluster; fenced on the offset it believes is stored). Only then is
+//! the offset committed to Kafka, for lag tooling. A crash anywhere replays from Redis's
+//! offsets and yields the same counters. When the next batch is already there, its claims
+//! (with the counters' read) are made while this one's counters are written (see
+//! `Storer::store`), so before its own dropping and dead letters: a claim carries its
+//! message's partition and offset, so it gives the same verdict whenever it is made, and
+//! nothing is counted before the transaction.
 //!
 //! Redis or Kafka trouble pauses the storer with its batch in hand and retries with backoff;
 //! nothing is skipped, and shutdown during a retry leaves the batch to be replayed.
@@ -44,6 +50,11 @@ use crate::telemetry;
 
 /// How often the storer checks that Redis still holds the offsets it stored.
 const VERIFY_EVERY: Duration = Duration::from_secs(5);
+
+/// The most seconds a batch's first round trip, made while the batch before was written, is
+/// used after: the held counters it took were judged alive at its time, and a minute bucket
+/// is used only while it has more than a minute to live.
+const READ_AHEAD_FOR: i64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -410,13 +421,14 @@ impl Storer {
         // Time spent waiting for the next batch (see the collector's counterpart).
         let waited = metrics::histogram!(telemetry::PIPELINE_WAIT, "stage" => "storer");
         loop {
-            let waiting = Instant::now();
+            let mut waiting = Instant::now();
             let (batch, read) = match self.ahead.take() {
                 Some(ahead) => {
                     // Batches may follow each other without a wait: the offsets are still
                     // checked on time.
                     if check.tick().now_or_never().is_some() {
                         self.verify_stored().await;
+                        waiting = Instant::now();
                     }
                     ahead
                 }
@@ -622,9 +634,11 @@ impl Storer {
 
         let flush_started = Instant::now();
         // Made ahead, it fits unless what was already stored changed since (a fence, a
-        // rebalance, a seek): then the batch is read again, here.
+        // rebalance, a seek): then the batch is read again, here. So it is if retries held it
+        // up: held counters were judged still alive at its time.
         let mut read = read.filter(|r| {
-            let fits = batch.fits(r);
+            let age = self.clock.now().timestamp() - r.now();
+            let fits = (0..=READ_AHEAD_FOR).contains(&age) && batch.fits(r);
             let outcome = if fits { "used" } else { "again" };
             metrics::counter!(telemetry::READ_AHEAD, "outcome" => outcome).increment(1);
             fits
@@ -717,12 +731,14 @@ impl Storer {
 
     /// Stores `batch` in its two round trips (see [`Batch::store`]), the first one skipped
     /// where `read` was made ahead. While Redis writes its counters, the next batch is taken
-    /// if it is there or comes, and its first round trip is sent behind the write: Redis
-    /// runs one connection's requests in order, so it reads what this batch wrote, and goes
-    /// on to it without waiting for this answer to travel and the next request to be made.
-    /// That read assumes this batch is written whole; where it was not, the next batch does
-    /// not fit its read (another stored offset) or the read holds no counters (Redis shows
-    /// another writer token), and nothing wrong is written.
+    /// if it is there or comes, and its first round trip is sent behind the write: on a
+    /// single Redis, one connection's requests run in order, so Redis reads what this batch
+    /// wrote, and goes on to it without waiting for this answer to travel and the next
+    /// request to be made. That read assumes this batch is written whole by the transaction.
+    /// Its counters are used only where Redis shows the offset and writer token that
+    /// assumes; elsewhere (the read came first, the transaction was dropped for the script,
+    /// the write failed) they are added blind, and a part whose stored offset turns out to
+    /// be another does not fit the read, which is then made again.
     async fn store<'b>(
         &mut self,
         batch: &'b Batch,
@@ -742,7 +758,8 @@ impl Storer {
             let batches = writes.batches();
             let applying = self.store.apply(&batches, &writer, read.now());
             tokio::pin!(applying);
-            // Polled once, so that the request is on the connection before anything else.
+            // Polled once, so that the request is mostly on the connection before the next
+            // batch's (not while connecting; the fences make the order a matter of speed).
             let mut written = applying.as_mut().now_or_never();
             // What each partition holds once written, worked out while Redis writes.
             let after = writes.after(&writer);
@@ -769,8 +786,15 @@ impl Storer {
                     return;
                 };
                 let now = self.clock.now().timestamp();
-                // A failed read is made again when the batch is stored.
-                *read_ahead = next.read_with(&self.store, &views, now).await.ok();
+                match next.read_with(&self.store, &views, now).await {
+                    Ok(read) => *read_ahead = Some(read),
+                    Err(error) => {
+                        // Made again when the batch is stored.
+                        tracing::debug!(%error, "reading the next batch ahead failed");
+                        metrics::counter!(telemetry::READ_AHEAD, "outcome" => "failed")
+                            .increment(1);
+                    }
+                }
             };
             let (written, ()) = futures::join!(applied, reading);
             (written, after, next)
