@@ -484,8 +484,16 @@ async fn overlap(listen: &str) -> Overlap {
             .find_map(|l| l.strip_prefix(prefix.as_str())?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let wait = |stage: &str| value(&format!("tiendo_pipeline_wait_seconds_sum{{stage=\"{stage}\"}}"));
-    let ahead = |outcome: &str| value(&format!("tiendo_batches_read_ahead_total{{outcome=\"{outcome}\"}}"));
+    let wait = |stage: &str| {
+        value(&format!(
+            "tiendo_pipeline_wait_seconds_sum{{stage=\"{stage}\"}}"
+        ))
+    };
+    let ahead = |outcome: &str| {
+        value(&format!(
+            "tiendo_batches_read_ahead_total{{outcome=\"{outcome}\"}}"
+        ))
+    };
     Overlap {
         waits: (wait("storer"), wait("collector")),
         batches: value("tiendo_batch_messages_count"),
