@@ -209,6 +209,31 @@ fn push_record(
     batch.push(origin, None, &m.encode(), validator, now);
 }
 
+/// Pushes `messages` onto `batch` as read from `records` partition 0 from offset `from`.
+fn push_records(
+    batch: &mut Batch,
+    messages: &[Generated],
+    from: i64,
+    validator: &Validator,
+    now: i64,
+) {
+    for (i, m) in messages.iter().enumerate() {
+        push_record(batch, m, 0, from + i as i64, validator, now);
+    }
+}
+
+/// `messages` with other event ids (tagged `tag`), their record counts times `factor`.
+fn renamed(messages: &[Generated], factor: u64, tag: &str) -> Vec<Generated> {
+    let mut ms = messages.to_vec();
+    for m in &mut ms {
+        if let Generated::Record(r) = m {
+            r.record_count *= factor;
+            r.event_id = format!("{}-{tag}", r.event_id);
+        }
+    }
+    ms
+}
+
 /// Stores `batch` at `now` as the first of its partitions, and reads the counters then
 /// (there are some).
 async fn store_alone(store: &Store, batch: &Batch, now: DateTime<Utc>) -> store::Snapshot {
@@ -497,29 +522,10 @@ async fn held_counters_are_written_back_only_onto_the_state_they_came_from() {
     let first: Vec<Generated> = (0..10)
         .map(|_| g.record(now - chrono::Duration::hours(1)))
         .collect();
-    let renamed = |factor: u64, tag: &str| -> Vec<Generated> {
-        let mut ms = first.clone();
-        for m in &mut ms {
-            if let Generated::Record(r) = m {
-                r.record_count *= factor;
-                r.event_id = format!("{}-{tag}", r.event_id);
-            }
-        }
-        ms
-    };
-    let (theirs, later) = (renamed(2, "b"), renamed(1, "a2"));
+    let (theirs, later) = (renamed(&first, 2, "b"), renamed(&first, 1, "a2"));
     let batch_of = |ms: &[Generated], from: i64, expected: Option<i64>| {
         let mut batch = Batch::default();
-        for (i, m) in ms.iter().enumerate() {
-            push_record(
-                &mut batch,
-                m,
-                0,
-                from + i as i64,
-                &validator,
-                now.timestamp(),
-            );
-        }
+        push_records(&mut batch, ms, from, &validator, now.timestamp());
         batch.retain_parts(|p| {
             p.expected = expected;
             true
@@ -575,29 +581,11 @@ async fn a_batch_read_ahead_takes_what_the_batch_before_left_only_if_written_who
     let first: Vec<Generated> = (0..10)
         .map(|_| g.record(now - chrono::Duration::hours(1)))
         .collect();
-    let again = |tag: &str| -> Vec<Generated> {
-        let mut ms = first.clone();
-        for m in &mut ms {
-            if let Generated::Record(r) = m {
-                r.event_id = format!("{}-{tag}", r.event_id);
-            }
-        }
-        ms
-    };
     let one = g.record(now - chrono::Duration::hours(1));
     // `ms` on partition 0 from `from`, and `one` on partition 1 at offset `on_1` if given.
     let batch_of = |ms: &[Generated], from: i64, on_1: Option<i64>| {
         let mut batch = Batch::default();
-        for (i, m) in ms.iter().enumerate() {
-            push_record(
-                &mut batch,
-                m,
-                0,
-                from + i as i64,
-                &validator,
-                now.timestamp(),
-            );
-        }
+        push_records(&mut batch, ms, from, &validator, now.timestamp());
         if let Some(offset) = on_1 {
             push_record(&mut batch, &one, 1, offset, &validator, now.timestamp());
         }
@@ -614,7 +602,7 @@ async fn a_batch_read_ahead_takes_what_the_batch_before_left_only_if_written_who
         held.keep(part, outcome.held);
     }
 
-    let (second, third) = (again("2"), again("3"));
+    let (second, third) = (renamed(&first, 1, "2"), renamed(&first, 1, "3"));
     let b2 = batch_of(&second, 10, Some(1));
     let read2 = b2.read(&store, &held, now.timestamp()).await.unwrap();
     let writes2 = b2.writes(&read2);
