@@ -115,6 +115,11 @@ fn shape(parts: &[&Part]) -> Vec<Shape> {
         .collect()
 }
 
+/// What a [`Read`] was made of: each part's stored offset to follow, and its `shape`.
+fn key(parts: &[&Part], shape: Vec<Shape>) -> Vec<(Option<i64>, Shape)> {
+    parts.iter().map(|p| p.expected).zip(shape).collect()
+}
+
 impl Sealed {
     fn new(parts: &[&Part], store: &Store, now: i64) -> Sealed {
         let claims: Vec<Claim> = parts
@@ -389,7 +394,7 @@ impl Batch {
         let (fresh, current) =
             futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?;
         Ok(Read {
-            key: parts.iter().map(|p| p.expected).zip(shape).collect(),
+            key: key(&parts, shape),
             now,
             fresh,
             current,
@@ -401,8 +406,7 @@ impl Batch {
     /// following the same stored offset.
     pub fn fits(&self, read: &Read) -> bool {
         let parts: Vec<&Part> = self.parts.values().collect();
-        let now = parts.iter().map(|p| p.expected).zip(shape(&parts));
-        read.key.len() == parts.len() && read.key.iter().copied().eq(now)
+        read.key == key(&parts, shape(&parts))
     }
 
     /// What the batch writes, from its `read`, which must fit it (see [`Batch::fits`]).
