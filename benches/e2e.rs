@@ -10,7 +10,8 @@
 //! under-report): the baseline counts messages, tiendo's Redis totals must equal what was
 //! published less the re-sends, or the benchmark exits non-zero. Needs
 //! TIENDO_BENCH_BROKERS=host:port; EVENTS and DATA (today or spread) change the size and the
-//! data sets; LATENCY_RATE (messages/s) fixes the latency run's rate.
+//! data sets; LATENCY_RATE (messages/s) fixes the latency run's rate; REDIS_ARGS adds
+//! arguments to the benchmarked Redis (`--auto-aof-rewrite-percentage 400`, say).
 
 use std::time::{Duration, Instant};
 
@@ -359,7 +360,12 @@ struct Outcome {
 /// `tiendo run`, the release binary, on a fresh Redis with this `appendfsync`, until Redis
 /// holds exactly what was published (or 10 minutes pass). Its resident memory is sampled.
 async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome {
-    let redis = RedisServer::start_with(&["--appendfsync", fsync]).expect("redis-server");
+    let extra = std::env::var("REDIS_ARGS").unwrap_or_default();
+    let args: Vec<&str> = ["--appendfsync", fsync]
+        .into_iter()
+        .chain(extra.split_whitespace())
+        .collect();
+    let redis = RedisServer::start_with(&args).expect("redis-server");
     let mut settings = base.clone();
     settings.kafka.topics = data.topics.clone();
     settings.redis.url = Secret::new(redis.url());
