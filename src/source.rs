@@ -348,7 +348,8 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // eleventh session). 50,000 is about 90 ms of messages, less than a fetch takes to
         // come back from Tansu: where the storer keeps up, the collector then waits for
         // messages, and 75,000 read up to 4-6 points of the baseline faster on one AMD
-        // machine (RSS at most 128-139 MiB). Where tiendo's CPU or Redis sets the pace the
+        // machine (RSS at most 128-139 MiB) and 4-10 on an Intel one (105-119 MiB;
+        // twenty-third session). Where tiendo's CPU or Redis sets the pace the
         // queue stays full and more of it only holds more: no faster on an Intel machine
         // (142-149 MiB) nor on a slower AMD one, where it went over 150 MiB in three phases
         // of six (130-158 MiB at most, against 126-140 with 50,000; BENCHMARKS.md, fourteenth
