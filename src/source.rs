@@ -342,19 +342,16 @@ fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // consumer's partition queues are forwarded to one queue and the check reads the
         // length of that one (rd_kafka_q_len follows the forward, rdkafka_fetcher.c): this
         // bounds all partitions' messages together. Those messages and their fetch buffers
-        // were three quarters of tiendo's heap at its peak. With half as many, RSS at most
-        // fell from 133-157 to 111-124 MiB over a 60-day backfill, where Redis sets the pace
-        // and the queue stays full; 20,000 left the storer waiting for batches (BENCHMARKS.md,
-        // eleventh session). 50,000 is about 90 ms of messages, less than a fetch takes to
-        // come back from Tansu: where the storer keeps up, the collector then waits for
-        // messages, and 75,000 read up to 4-6 points of the baseline faster on one AMD
-        // machine (RSS at most 128-139 MiB) and 4-10 on an Intel one (105-119 MiB;
-        // twenty-third session). Where tiendo's CPU or Redis sets the pace the
-        // queue stays full and more of it only holds more: no faster on an Intel machine
-        // (142-149 MiB) nor on a slower AMD one, where it went over 150 MiB in three phases
-        // of six (130-158 MiB at most, against 126-140 with 50,000; BENCHMARKS.md, fourteenth
-        // to sixteenth sessions).
-        .set("queued.min.messages", "50000")
+        // are most of tiendo's heap where Redis sets the pace and the queue stays full:
+        // 100,000 held up to 171 MiB over a 60-day backfill (thirteenth session). With 50,000
+        // (about 90 ms of messages, less than a fetch takes to come back from Tansu) the
+        // storer waited for batches 1.2-6 s of a 24 s run, with 75,000 0.3-3 s, and tiendo read
+        // 1-10 points of the baseline faster on AMD and Intel machines. Over a 60-day backfill
+        // where Redis set the pace, 75,000 held 111-127 MiB at most, and 115-122 with tiendo
+        // and Redis on one core, against 92-110 with 50,000. The 130-158 MiB it held in the
+        // sixteenth session were older code, which held 126-140 with 50,000 (BENCHMARKS.md,
+        // eleventh to sixteenth, twenty-third and twenty-fourth sessions).
+        .set("queued.min.messages", "75000")
         // Statistics feed the consumer-lag gauge; operators may change the interval.
         .set("statistics.interval.ms", "15000");
     if !kafka.group_instance_id.is_empty() {
@@ -416,7 +413,7 @@ mod tests {
         let c = consumer_config(&kafka);
         assert_eq!(c.get("fetch.wait.max.ms"), Some("100"));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
-        assert_eq!(c.get("queued.min.messages"), Some("50000"));
+        assert_eq!(c.get("queued.min.messages"), Some("75000"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
 
         for (k, v) in [
