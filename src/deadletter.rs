@@ -56,7 +56,7 @@ impl DeadLetters {
 
     /// Sends every letter and waits until Kafka has acknowledged all of them; a letter too
     /// large for the topic goes with its payload cut.
-    pub async fn send(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+    pub async fn send(&self, letters: &[&DeadLetter]) -> Result<(), KafkaError> {
         let sends = letters.iter().map(|l| self.send_one(l, None));
         let mut too_large = Vec::new();
         for (l, result) in letters.iter().zip(join_all(sends).await) {

@@ -308,11 +308,9 @@ impl Batch {
         self.parts.retain(|_, p| keep(p));
     }
 
-    pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.parts
-            .values()
-            .flat_map(|p| p.dead.iter().cloned())
-            .collect()
+    /// The batch's rejected messages, borrowed: a payload may be megabytes.
+    pub fn dead_letters(&self) -> Vec<&DeadLetter> {
+        self.parts.values().flat_map(|p| &p.dead).collect()
     }
 
     /// Does ahead what storing needs of the messages alone (see [`Sealed`]), for a store at
