@@ -19,7 +19,7 @@ use crate::decode::Reason;
 use crate::sources::Source;
 
 /// A rejected message on its way to the dead-letter topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct DeadLetter {
     pub topic: String,
     pub partition: i32,
