@@ -32,6 +32,13 @@ pub struct DeadLetter {
     pub source: Source,
 }
 
+impl DeadLetter {
+    /// The bytes of the message it keeps: payload and key.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len)
+    }
+}
+
 pub const REASON_HEADER: &str = "tiendo.reason";
 pub const DETAIL_HEADER: &str = "tiendo.detail";
 pub const TOPIC_HEADER: &str = "tiendo.source.topic";

@@ -82,6 +82,8 @@ pub struct Batch {
     /// per message, so a fast hash rather than SipHash.
     parts: FxHashMap<(usize, i32), Part>,
     messages: usize,
+    /// Bytes of payload and key the dead letters hold: see [`Batch::dead_bytes`].
+    dead_bytes: usize,
     sealed: Option<Sealed>,
 }
 
@@ -236,6 +238,13 @@ impl Batch {
         self.parts.is_empty()
     }
 
+    /// Bytes of payload and key the batch's dead letters held as it was collected. A good
+    /// event keeps only what it decoded to, but a dead letter keeps its whole message to
+    /// deliver it, so a flood of large poison is bounded by this, not by a count.
+    pub fn dead_bytes(&self) -> usize {
+        self.dead_bytes
+    }
+
     /// Decodes one message into its partition's part; bad input becomes a dead letter.
     ///
     /// An offset the part already holds is a message delivered again and is dropped: a
@@ -260,6 +269,7 @@ impl Batch {
                 }
                 // Below the part, or in a hole inside it: fetching went back.
                 replaced = part.redelivered + (part.events.len() + part.dead.len()) as u64;
+                self.dead_bytes -= part.dead.iter().map(DeadLetter::size).sum::<usize>();
                 self.parts.remove(&(from.t, from.partition));
             }
         }
@@ -282,16 +292,20 @@ impl Batch {
         part.next = from.offset + 1;
         match validator.decode(from.kind, payload, now) {
             Ok(event) => part.events.push((event, from.offset)),
-            Err(rejected) => part.dead.push(DeadLetter {
-                topic: part.topic.clone(),
-                partition: from.partition,
-                offset: from.offset,
-                key: key.map(<[u8]>::to_vec),
-                payload: payload.to_vec(),
-                reason: rejected.reason,
-                detail: rejected.detail,
-                source: rejected.source.unwrap_or_else(|| validator.other_source()),
-            }),
+            Err(rejected) => {
+                let letter = DeadLetter {
+                    topic: part.topic.clone(),
+                    partition: from.partition,
+                    offset: from.offset,
+                    key: key.map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    reason: rejected.reason,
+                    detail: rejected.detail,
+                    source: rejected.source.unwrap_or_else(|| validator.other_source()),
+                };
+                self.dead_bytes += letter.size();
+                part.dead.push(letter);
+            }
         }
     }
 
@@ -676,6 +690,29 @@ mod tests {
         let (start, next, held, again) = part_after((10..13).chain(15..20).chain(13..20));
         assert_eq!((start, next, again), (13, 20, 8));
         assert_eq!(held, (13..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn dead_bytes_count_what_the_dead_letters_keep() {
+        // Poison of 1 KiB with a 3-byte key, at offsets 5..15 and 0..10 of two partitions;
+        // then partition 0 is fetched again from 2, dropping its part and what it held.
+        let validator = Validator::new(&ValidationSettings::default());
+        let mut batch = Batch::default();
+        let poison = vec![0xff; 1024];
+        let offsets = (5..15).map(|o| (0, o)).chain((0..10).map(|o| (1, o)));
+        for (partition, offset) in offsets.chain((2..4).map(|o| (0, o))) {
+            let from = Origin {
+                t: 0,
+                kind: Kind::Records,
+                topic: "records",
+                partition,
+                offset,
+            };
+            batch.push(from, Some(b"key"), &poison, &validator, 0);
+        }
+        assert_eq!(batch.dead_bytes(), (10 + 2) * 1027);
+        let held: usize = batch.parts().flat_map(|p| &p.dead).map(|l| l.size()).sum();
+        assert_eq!(held, batch.dead_bytes());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! [`Batch::seal`]) while the storer stores the previous one, so that work runs on another core
 //! than the storer's and hides behind Redis's. A batch is what arrives within `batch_linger` of
 //! its first message (and up to 63 messages more that were already waiting when it ended), up
-//! to `batch_max_messages`.
+//! to `batch_max_messages`, or until its dead letters hold [`DEAD_BYTES`].
 //!
 //! For each batch the storer, in this order: drops what is no longer ours or already stored,
 //! delivers dead letters, claims event ids, aggregates per partition, and stores each
@@ -196,7 +196,7 @@ impl Collector {
         // unregisters its waker under a mutex.
         let mut messages = self.consumer.stream();
         let mut taken = 0u32;
-        while batch.len() < self.settings.batch_max_messages {
+        while batch.len() < self.settings.batch_max_messages && batch.dead_bytes() < DEAD_BYTES {
             // A message librdkafka already holds is taken without the select below, whose
             // shutdown and linger futures cost a lock and a timer check per message. Both are
             // checked every 64 turns (asking the token takes a lock too), and by the select
@@ -267,6 +267,12 @@ impl Collector {
         batch
     }
 }
+
+/// The bytes of dead letters that close a batch. Up to four batches are in memory at once (one
+/// collected, one in the channel, two in the storer), so a flood of megabyte poison holds at
+/// most about 64 MiB here, whatever the broker's speed; a batch of 16 MiB still spreads a
+/// round trip to Redis over at least 16 such letters.
+pub const DEAD_BYTES: usize = 16 << 20;
 
 /// Whether a batch being collected must close: shutdown was asked, or its linger (ending
 /// at `until`, once the first message has armed it) is over.
