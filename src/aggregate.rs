@@ -178,6 +178,41 @@ impl Aggregate {
         agg
     }
 
+    /// What [`Aggregate::cells`] at `now` gives for [`Aggregate::without`] the events
+    /// `removed`, from `cells`, this aggregate's own cells at `now`: their counters taken
+    /// back, in work proportional to the re-sends rather than to the aggregate's counters.
+    /// Every event adds a positive amount, so a cell brought back to zero had nothing from a
+    /// fresh one and is dropped, as aggregating again would not have made it.
+    pub fn cells_without<'e>(
+        &self,
+        cells: &Cells,
+        removed: impl Iterator<Item = &'e Event>,
+        now: i64,
+    ) -> Cells {
+        let mut out = cells.clone();
+        let mut take = |cell: (Slot, Field), amount: i64| {
+            if let Some(n) = out.get_mut(&cell) {
+                *n -= amount;
+                if *n == 0 {
+                    out.remove(&cell);
+                }
+            }
+        };
+        for event in removed {
+            let start = self.grains.of(event.at);
+            for (field, amount) in counters(event) {
+                take((Slot::Total, field), amount);
+                for tier in Tier::ALL {
+                    let b = tier.bucket(start);
+                    if tier.ttl(b, now).is_some() {
+                        take((Slot::Bucket(tier, b), field), amount);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Undoes [`Aggregate::add`] of an event but for its newest times, and counts it as a
     /// [`Aggregate::duplicate`]. A counter brought back to zero is dropped: every event adds
     /// at least one (a record count of 0 is rejected), so none was added by a fresh one.
@@ -527,6 +562,12 @@ mod tests {
             }
             let taken = all.without(|| events.iter().zip(fresh.iter().copied()));
             assert_eq!(taken, again, "round {round}");
+            // And so do their cells, at the time and later, as buckets age out of reach.
+            for t in [now, now + 3600, now + 2 * 86_400, now + 40 * 86_400] {
+                let removed = events.iter().zip(&fresh).filter(|(_, f)| !**f);
+                let cells = all.cells_without(&all.cells(t), removed.map(|(e, _)| e), t);
+                assert_eq!(cells, again.cells(t), "round {round}, at {t}");
+            }
         }
     }
 

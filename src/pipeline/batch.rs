@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use futures::FutureExt;
 use rustc_hash::FxHashMap;
 
 use crate::aggregate::{Aggregate, Cells};
@@ -393,23 +394,42 @@ impl Batch {
             Some(s) if fits(s) => None,
             _ => Some(Sealed::new(&parts, store, now)),
         };
-        let sealed = resealed.as_ref().or(self.sealed.as_ref()).expect("sealed");
-        let reads: Vec<PartitionBatch<'_>> = parts
-            .iter()
-            .zip(&sealed.all)
-            .zip(held)
-            .map(|((p, agg), held)| PartitionBatch {
-                held: *held,
-                ..partition_batch(p, agg, None)
-            })
-            .collect();
-        let (fresh, current) =
-            futures::try_join!(store.claim(&sealed.plan), store.current(&reads, now))?;
+        let (fresh, current, cells) = {
+            let sealed = resealed.as_ref().or(self.sealed.as_ref()).expect("sealed");
+            let claiming = store.claim(&sealed.plan);
+            tokio::pin!(claiming);
+            // Polled once, so that the claims are on their way before the cells are worked out.
+            let claimed = claiming.as_mut().now_or_never();
+            // Worked out here, while Redis claims (this read is mostly made while the batch before
+            // is written, too), and kept: the writes take the re-sends' counters back from them
+            // rather than working them out again on the way to Redis.
+            let cells: Vec<Cells> = sealed.all.iter().map(|a| a.cells(now)).collect();
+            let reads: Vec<PartitionBatch<'_>> = parts
+                .iter()
+                .zip(&sealed.all)
+                .zip(held)
+                .zip(&cells)
+                .map(|(((p, agg), held), cells)| PartitionBatch {
+                    held: *held,
+                    cells: Some(cells),
+                    ..partition_batch(p, agg, None)
+                })
+                .collect();
+            let claimed = async {
+                match claimed {
+                    Some(fresh) => fresh,
+                    None => claiming.await,
+                }
+            };
+            let (fresh, current) = futures::try_join!(claimed, store.current(&reads, now))?;
+            (fresh, current, cells)
+        };
         Ok(Read {
             key: key(&parts, shape),
             now,
             fresh,
             current,
+            cells,
             resealed,
         })
     }
@@ -426,24 +446,30 @@ impl Batch {
         let parts: Vec<&Part> = self.parts.values().collect();
         let sealed = read.resealed.as_ref().or(self.sealed.as_ref());
         let sealed = sealed.expect("a read batch was sealed");
-        // What each partition adds: its sealed aggregate, with the re-sends taken back.
+        // What each partition adds: its sealed aggregate, with the re-sends taken back, and
+        // its cells (for the apply call and for what each partition holds after it) likewise
+        // from the read's.
         let mut fresh = read.fresh.as_slice();
-        let aggregates: Vec<Cow<'r, Aggregate>> = parts
+        let (aggregates, cells): (Vec<Cow<'r, Aggregate>>, Vec<Cow<'r, Cells>>) = parts
             .iter()
             .zip(&sealed.all)
-            .map(|(p, all)| {
+            .zip(&read.cells)
+            .map(|((p, all), cells)| {
                 let (mine, rest) = fresh.split_at(p.events.len().min(fresh.len()));
                 fresh = rest;
                 if mine.iter().all(|f| *f) {
-                    return Cow::Borrowed(all);
+                    return (Cow::Borrowed(all), Cow::Borrowed(cells));
                 }
                 // `fresh` answers each event in the parts' order; were one missing, it counts.
                 let marks = || mine.iter().copied().chain(std::iter::repeat(true));
-                Cow::Owned(all.without(|| p.events.iter().map(|(e, _)| e).zip(marks())))
+                let events = || p.events.iter().map(|(e, _)| e).zip(marks());
+                let resent = events().filter(|(_, f)| !f).map(|(e, _)| e);
+                (
+                    Cow::Owned(all.without(events)),
+                    Cow::Owned(all.cells_without(cells, resent, read.now)),
+                )
             })
-            .collect();
-        // Worked out once, for the apply call and for what each partition holds after it.
-        let cells = aggregates.iter().map(|a| a.cells(read.now)).collect();
+            .unzip();
         Writes {
             parts,
             aggregates,
@@ -464,6 +490,8 @@ pub struct Read {
     now: i64,
     fresh: Vec<bool>,
     current: Vec<Option<Current>>,
+    /// The cells at `now` of each part's sealed aggregate, every event taken as new.
+    cells: Vec<Cells>,
     /// Where the batch's own sealed work did not fit: the work done again.
     resealed: Option<Sealed>,
 }
@@ -479,7 +507,7 @@ impl Read {
 pub struct Writes<'b, 'r> {
     parts: Vec<&'b Part>,
     aggregates: Vec<Cow<'r, Aggregate>>,
-    cells: Vec<Cells>,
+    cells: Vec<Cow<'r, Cells>>,
     read: &'r Read,
 }
 
