@@ -732,6 +732,9 @@ impl Storer {
         // Inside the batch span: with `tiendo::pipeline=debug` every batch is logged with the
         // partitions and offsets it covered.
         tracing::debug!(partitions = commit.count(), "batch stored");
+        // Freed on another thread: here, its tens of thousands of events would be freed on
+        // the way to the next batch's apply request, while Redis waits for it.
+        tokio::task::spawn_blocking(move || drop(batch));
         Some(())
     }
 
