@@ -179,8 +179,8 @@ impl Aggregate {
     }
 
     /// What [`Aggregate::cells`] at `now` gives for [`Aggregate::without`] the events
-    /// `removed`, from `cells`, this aggregate's own cells at `now`: their counters taken
-    /// back, in work proportional to the re-sends rather than to the aggregate's counters.
+    /// `removed`, from `cells`, this aggregate's own cells at `now`: a copy of them with the
+    /// re-sends' counters taken back, rather than the aggregate's counters expanded again.
     /// Every event adds a positive amount, so a cell brought back to zero had nothing from a
     /// fresh one and is dropped, as aggregating again would not have made it.
     pub fn cells_without<'e>(

@@ -268,10 +268,10 @@ impl Collector {
     }
 }
 
-/// The bytes of dead letters that close a batch. Up to four batches are in memory at once (one
-/// collected, one in the channel, two in the storer), so a flood of megabyte poison holds at
-/// most about 64 MiB here, whatever the broker's speed; a batch of 16 MiB still spreads a
-/// round trip to Redis over at least 16 such letters.
+/// The bytes of dead letters that close a batch. Four batches are in memory at once (one
+/// collected, one in the channel, two in the storer), besides one being freed, so a flood of
+/// megabyte poison holds about 64 MiB here, whatever the broker's speed; a batch of 16 MiB
+/// still spreads a round trip to Redis over at least 16 such letters.
 pub const DEAD_BYTES: usize = 16 << 20;
 
 /// Whether a batch being collected must close: shutdown was asked, or its linger (ending
