@@ -176,10 +176,16 @@ async fn a_rebalance_between_two_consumers_loses_and_repeats_nothing() {
     expected.assert_matches(&snap);
 }
 
-/// A zombie: a replica paused (SIGSTOP) with batches in hand, past the session timeout, while
+/// A zombie: a replica paused (SIGSTOP) with a batch in hand, past the session timeout, while
 /// the group gives its partitions to the other replica, which stores further offsets. Resumed
 /// (SIGCONT), the zombie writes its stale batch: Redis refuses it on the offset fence
 /// (`tiendo_fenced_batches_total` rises) and nothing is counted twice.
+///
+/// The zombie reaches Redis through a relay. Held just before the pause, it keeps the zombie's
+/// next batch on its way to Redis, so the zombie is paused with a batch past every check it
+/// makes of its partitions: that batch reaches Redis after the other replica's. Without it the
+/// zombie, once resumed, may hear of the rebalance first and drop its batch itself (a fence is
+/// then never put to the test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
     let env = Env::start();
@@ -207,9 +213,14 @@ async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
     };
     let port = tiendo::embedded::free_port().unwrap();
     let base = format!("http://127.0.0.1:{port}");
+    let relay = common::relay::Relay::start(env.redis.port()).await;
     let mut zombie = env
         .process_command()
         .env("TIENDO_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "TIENDO_REDIS__URL",
+            format!("redis://127.0.0.1:{}", relay.port()),
+        )
         .spawn()
         .expect("tiendo starts");
     let mut other = env.spawn_process();
@@ -219,19 +230,25 @@ async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
     };
     let mut fenced = 0.0;
     let mut pauses = 0;
-    // A pause fences a batch only if the zombie reaches Redis before it hears that it lost
-    // its partitions (then it drops the batch instead): try a few times.
-    while fenced == 0.0 && pauses < 8 {
-        // Paused right after it stored a batch, so the next is in hand.
+    // One pause is enough unless the batch held is none but the periodic check of stored
+    // offsets (every 5 s), which learns of the other's offsets without a fence.
+    while fenced == 0.0 && pauses < 4 {
+        // Working: it has just stored a batch.
         let deadline = Instant::now() + Duration::from_secs(30);
         let before = metric("tiendo_events_total").await;
         while metric("tiendo_events_total").await == before && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Its next batch is held on the way; its heartbeats still keep its partitions.
+        relay.hold();
+        tokio::time::sleep(Duration::from_secs(1)).await;
         signal(&zombie, "STOP");
         pauses += 1;
         // Past the 6 s session timeout, and time for the other to store on its new partitions.
         tokio::time::sleep(Duration::from_secs(12)).await;
+        // The zombie's held write reaches Redis, after the other's.
+        relay.release();
+        tokio::time::sleep(Duration::from_millis(500)).await;
         signal(&zombie, "CONT");
         tokio::time::sleep(Duration::from_secs(3)).await;
         fenced = metric("tiendo_fenced_batches_total").await;

@@ -6,6 +6,7 @@
 pub mod aof;
 pub mod browser;
 pub mod chat;
+pub mod relay;
 pub mod tansu;
 pub mod tls;
 
