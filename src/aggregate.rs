@@ -201,12 +201,8 @@ impl Aggregate {
         for event in removed {
             let start = self.grains.of(event.at);
             for (field, amount) in counters(event) {
-                take((Slot::Total, field), amount);
-                for tier in Tier::ALL {
-                    let b = tier.bucket(start);
-                    if tier.ttl(b, now).is_some() {
-                        take((Slot::Bucket(tier, b), field), amount);
-                    }
+                for slot in slots(start, now) {
+                    take((slot, field), amount);
                 }
             }
         }
@@ -277,12 +273,8 @@ impl Aggregate {
         let mut cells =
             FxHashMap::with_capacity_and_hasher(self.by_grain.len() * 2, Default::default());
         for ((field, start), amount) in &self.by_grain {
-            *cells.entry((Slot::Total, *field)).or_default() += amount;
-            for tier in Tier::ALL {
-                let b = tier.bucket(*start);
-                if tier.ttl(b, now).is_some() {
-                    *cells.entry((Slot::Bucket(tier, b), *field)).or_default() += amount;
-                }
+            for slot in slots(*start, now) {
+                *cells.entry((slot, *field)).or_default() += amount;
             }
         }
         cells
@@ -292,6 +284,17 @@ impl Aggregate {
         let t = self.latest.entry(field).or_insert(at);
         *t = (*t).max(at);
     }
+}
+
+/// The slots a counter of the grain starting at `start` adds to at `now`: the total, and each
+/// tier's bucket of it still young enough to be read by some window. [`Aggregate::cells`] and
+/// [`Aggregate::cells_without`] both take them from here, so they cannot disagree.
+fn slots(start: i64, now: i64) -> impl Iterator<Item = Slot> {
+    let buckets = Tier::ALL.into_iter().filter_map(move |tier| {
+        let b = tier.bucket(start);
+        tier.ttl(b, now).map(|_| Slot::Bucket(tier, b))
+    });
+    std::iter::once(Slot::Total).chain(buckets)
 }
 
 /// How far a clock may be stepped back between choosing grains and working out cells.
