@@ -179,22 +179,22 @@ impl Aggregate {
     }
 
     /// What [`Aggregate::cells`] at `now` gives for [`Aggregate::without`] the events
-    /// `removed`, from `cells`, this aggregate's own cells at `now`: a copy of them with the
-    /// re-sends' counters taken back, rather than the aggregate's counters expanded again.
-    /// Every event adds a positive amount, so a cell brought back to zero had nothing from a
-    /// fresh one and is dropped, as aggregating again would not have made it.
+    /// `removed`, from `cells`, this aggregate's own cells at `now`: the re-sends' counters
+    /// are taken back from them in place, in work proportional to the re-sends, rather than
+    /// the aggregate's counters expanded again. Every event adds a positive amount, so a cell
+    /// brought back to zero had nothing from a fresh one and is dropped, as aggregating again
+    /// would not have made it.
     pub fn cells_without<'e>(
         &self,
-        cells: &Cells,
+        mut cells: Cells,
         removed: impl Iterator<Item = &'e Event>,
         now: i64,
     ) -> Cells {
-        let mut out = cells.clone();
         let mut take = |cell: (Slot, Field), amount: i64| {
-            if let Some(n) = out.get_mut(&cell) {
+            if let Some(n) = cells.get_mut(&cell) {
                 *n -= amount;
                 if *n == 0 {
-                    out.remove(&cell);
+                    cells.remove(&cell);
                 }
             }
         };
@@ -206,7 +206,7 @@ impl Aggregate {
                 }
             }
         }
-        out
+        cells
     }
 
     /// Undoes [`Aggregate::add`] of an event but for its newest times, and counts it as a
@@ -568,7 +568,7 @@ mod tests {
             // And so do their cells, at the time and later, as buckets age out of reach.
             for t in [now, now + 3600, now + 2 * 86_400, now + 40 * 86_400] {
                 let removed = events.iter().zip(&fresh).filter(|(_, f)| !**f);
-                let cells = all.cells_without(&all.cells(t), removed.map(|(e, _)| e), t);
+                let cells = all.cells_without(all.cells(t), removed.map(|(e, _)| e), t);
                 assert_eq!(cells, again.cells(t), "round {round}, at {t}");
             }
         }

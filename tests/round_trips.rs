@@ -604,8 +604,8 @@ async fn a_batch_read_ahead_takes_what_the_batch_before_left_only_if_written_who
 
     let (second, third) = (renamed(&first, 1, "2"), renamed(&first, 1, "3"));
     let b2 = batch_of(&second, 10, Some(1));
-    let read2 = b2.read(&store, &held, now.timestamp()).await.unwrap();
-    let writes2 = b2.writes(&read2);
+    let mut read2 = b2.read(&store, &held, now.timestamp()).await.unwrap();
+    let writes2 = b2.writes(&mut read2);
     let writer = store.writer();
     let after2 = writes2.after(&writer);
 
@@ -636,7 +636,7 @@ async fn a_batch_read_ahead_takes_what_the_batch_before_left_only_if_written_who
         .await
         .unwrap();
     let written = store
-        .apply(&writes2.batches(), &writer, read2.now())
+        .apply(&writes2.batches(), &writer, now.timestamp())
         .await
         .unwrap();
     assert!(!written.whole, "through the script");
@@ -649,14 +649,14 @@ async fn a_batch_read_ahead_takes_what_the_batch_before_left_only_if_written_who
         .as_ref()
         .expect("batch 2 read partition 0's counters");
     let view = HeldView::new(left, held.get(b2.parts().nth(i).unwrap()));
-    let read3 = b3
+    let mut read3 = b3
         .read_with(&store, &[Some(view)], now.timestamp())
         .await
         .unwrap();
     assert!(b3.fits(&read3));
-    let writes3 = b3.writes(&read3);
+    let writes3 = b3.writes(&mut read3);
     let written = store
-        .apply(&writes3.batches(), &store.writer(), read3.now())
+        .apply(&writes3.batches(), &store.writer(), now.timestamp())
         .await
         .unwrap();
     assert_eq!(written.applied, vec![Applied::Stored]);

@@ -346,15 +346,16 @@ impl Batch {
         held: &HeldCounters,
         now: i64,
     ) -> Result<Vec<(&Part, Outcome)>, StoreError> {
-        let read = self.read(store, held, now).await?;
-        let writes = self.writes(&read);
+        let mut read = self.read(store, held, now).await?;
+        let now = read.now;
+        let writes = self.writes(&mut read);
         let batches = writes.batches();
         let writer = store.writer();
         // What each partition holds if the batch is written whole: worked out after the
         // apply request is handed to the connection, so that where another thread drives the
         // connection it runs while Redis applies, not on the path from one batch to the next.
         let after = async { writes.after(&writer) };
-        let (written, after) = futures::join!(store.apply(&batches, &writer, read.now), after);
+        let (written, after) = futures::join!(store.apply(&batches, &writer, now), after);
         let written = written?;
         drop(batches);
         Ok(writes.outcomes(written, after))
@@ -441,24 +442,27 @@ impl Batch {
         read.key == key(&parts, shape(&parts))
     }
 
-    /// What the batch writes, from its `read`, which must fit it (see [`Batch::fits`]).
-    pub fn writes<'b: 'r, 'r>(&'b self, read: &'r Read) -> Writes<'b, 'r> {
+    /// What the batch writes, from its `read`, which must fit it (see [`Batch::fits`]). The
+    /// read's cells move into the writes: a read is written once.
+    pub fn writes<'b: 'r, 'r>(&'b self, read: &'r mut Read) -> Writes<'b, 'r> {
         let parts: Vec<&Part> = self.parts.values().collect();
+        let cells = std::mem::take(&mut read.cells);
+        let read: &'r Read = read;
         let sealed = read.resealed.as_ref().or(self.sealed.as_ref());
         let sealed = sealed.expect("a read batch was sealed");
         // What each partition adds: its sealed aggregate, with the re-sends taken back, and
         // its cells (for the apply call and for what each partition holds after it) likewise
-        // from the read's.
+        // from the read's, amended in place rather than copied.
         let mut fresh = read.fresh.as_slice();
-        let (aggregates, cells): (Vec<Cow<'r, Aggregate>>, Vec<Cow<'r, Cells>>) = parts
+        let (aggregates, cells): (Vec<Cow<'r, Aggregate>>, Vec<Cells>) = parts
             .iter()
             .zip(&sealed.all)
-            .zip(&read.cells)
+            .zip(cells)
             .map(|((p, all), cells)| {
                 let (mine, rest) = fresh.split_at(p.events.len().min(fresh.len()));
                 fresh = rest;
                 if mine.iter().all(|f| *f) {
-                    return (Cow::Borrowed(all), Cow::Borrowed(cells));
+                    return (Cow::Borrowed(all), cells);
                 }
                 // `fresh` answers each event in the parts' order; were one missing, it counts.
                 let marks = || mine.iter().copied().chain(std::iter::repeat(true));
@@ -466,7 +470,7 @@ impl Batch {
                 let resent = events().filter(|(_, f)| !f).map(|(e, _)| e);
                 (
                     Cow::Owned(all.without(events)),
-                    Cow::Owned(all.cells_without(cells, resent, read.now)),
+                    all.cells_without(cells, resent, read.now),
                 )
             })
             .unzip();
@@ -490,7 +494,8 @@ pub struct Read {
     now: i64,
     fresh: Vec<bool>,
     current: Vec<Option<Current>>,
-    /// The cells at `now` of each part's sealed aggregate, every event taken as new.
+    /// The cells at `now` of each part's sealed aggregate, every event taken as new; moved
+    /// into the batch's [`Writes`].
     cells: Vec<Cells>,
     /// Where the batch's own sealed work did not fit: the work done again.
     resealed: Option<Sealed>,
@@ -507,7 +512,7 @@ impl Read {
 pub struct Writes<'b, 'r> {
     parts: Vec<&'b Part>,
     aggregates: Vec<Cow<'r, Aggregate>>,
-    cells: Vec<Cow<'r, Cells>>,
+    cells: Vec<Cells>,
     read: &'r Read,
 }
 

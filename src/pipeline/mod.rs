@@ -754,18 +754,19 @@ impl Storer {
         read: Option<Read>,
         rx: &mut mpsc::Receiver<Batch>,
     ) -> Result<Vec<(&'b Part, Outcome)>, StoreError> {
-        let read = match read {
+        let mut read = match read {
             Some(read) => read,
             None => {
                 let now = self.clock.now().timestamp();
                 batch.read(&self.store, &self.held, now).await?
             }
         };
-        let writes = batch.writes(&read);
+        let now = read.now();
+        let writes = batch.writes(&mut read);
         let writer = self.store.writer();
         let (written, after, next) = {
             let batches = writes.batches();
-            let applying = self.store.apply(&batches, &writer, read.now());
+            let applying = self.store.apply(&batches, &writer, now);
             tokio::pin!(applying);
             // Polled once, so that the request is mostly on the connection before the next
             // batch's (not while connecting; the fences make the order a matter of speed).
