@@ -36,7 +36,8 @@ impl Relay {
         self.port
     }
 
-    /// From now on, what clients send waits in the relay.
+    /// From now on, what clients send waits in the relay (and is lost if the relay is
+    /// dropped before [`Relay::release`]).
     pub fn hold(&self) {
         self.held.send_replace(true);
     }
@@ -69,9 +70,8 @@ async fn relay(client: TcpStream, upstream: u16, mut gate: watch::Receiver<bool>
                 Ok(n) => n,
             };
             // Read while held, or held since: the bytes wait here until release.
-            if gate.wait_for(|held| !*held).await.is_err()
-                || to_server.write_all(&buf[..n]).await.is_err()
-            {
+            let open = gate.wait_for(|held| !*held).await.is_ok();
+            if !open || to_server.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }
