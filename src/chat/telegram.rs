@@ -6,7 +6,8 @@
 //! in the bot's reply outbox and makes the silence change the command asked for: a crash
 //! before the step leaves the update unconfirmed, so Telegram hands it out again and it is
 //! answered then; a crash after it leaves the reply queued for the dispatcher. No update is
-//! answered twice or lost, across restarts and failovers.
+//! lost or handled twice, across restarts and failovers. Only a crash while a reply is on its
+//! way to Telegram, which takes no idempotency key, may send that one reply again.
 
 use std::sync::Arc;
 use std::time::Duration;
