@@ -31,6 +31,11 @@ use crate::telemetry;
 /// Field of the ledger's `meta` hash: the last scheduled time dealt with (RFC 3339).
 pub const REPORT_DUE: &str = "report_due";
 
+/// Read-then-commit tries for one look. A try is lost only to a commit landing between its
+/// read and its commit, two round trips: even against an evaluator committing every few
+/// milliseconds, twenty losses in a row are as good as impossible.
+const MARK_TRIES: usize = 20;
+
 /// The `report_due` marker of the ledger's `meta` hash.
 fn marker(meta: &std::collections::BTreeMap<String, String>) -> Option<DateTime<Utc>> {
     meta.get(REPORT_DUE)
@@ -177,7 +182,7 @@ impl Poster {
             digests,
             ..Commit::default()
         };
-        for _ in 0..5 {
+        for _ in 0..MARK_TRIES {
             let read = self.ledger.read().await?;
             if marker(&read.meta).is_some_and(|done| done >= due) {
                 return Ok(false);
