@@ -227,6 +227,24 @@ async fn feed_alerts_reach_the_ops_chat_only() {
     stream.extend((0..30).map(|_| from_the_future(&mut g, now, "dat-dai")));
     env.publish(&stream).await;
 
+    // Ops know dat-dai is being moved and silence its quiet alert from the command line,
+    // before it could fire: done later, it would race the quiet timer.
+    let out = Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .args([
+            "silence",
+            "add",
+            "--source",
+            "dat-dai",
+            "--rule",
+            "source_quiet",
+        ])
+        .args(["--for", "1h", "--reason", "moving servers"])
+        .env("TIENDO_REDIS__URL", env.settings.redis.url.expose())
+        .env("TIENDO_SOURCES__KNOWN", "hotich,dat-dai,never-sent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
     let receiver = |cmd: &mut Command, name: &str, chat: &str, routes: Option<&str>| {
         let var = |key: &str| format!("TIENDO_ALERTS__RECEIVERS__{name}__{key}");
         cmd.env(var("KIND"), "telegram")
@@ -285,23 +303,6 @@ async fn feed_alerts_reach_the_ops_chat_only() {
     );
     assert!(ops.contains("nguồn dữ liệu · 1 thay đổi"), "{ops}");
     assert!(!ops.contains("hotich"), "hotich rejects nothing: {ops}");
-
-    // Ops know dat-dai is being moved and silence its quiet alert from the command line.
-    let out = Command::new(env!("CARGO_BIN_EXE_tiendo"))
-        .args([
-            "silence",
-            "add",
-            "--source",
-            "dat-dai",
-            "--rule",
-            "source_quiet",
-        ])
-        .args(["--for", "1h", "--reason", "moving servers"])
-        .env("TIENDO_REDIS__URL", env.settings.redis.url.expose())
-        .env("TIENDO_SOURCES__KNOWN", "hotich,dat-dai,never-sent")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
 
     // Then nothing arrives for `quiet_after`: hotich goes quiet; dat-dai too, silenced; the
     // one never heard from is not alerted (nothing is normal for it yet).
