@@ -310,9 +310,8 @@ async fn wait_ready(running: &mut Running) {
 }
 
 /// Publishes a mix of events (one with a code only the 63-unit table has, sent without its
-/// table) and checks they are counted exactly; then stops tiendo with SIGTERM and returns
-/// its log.
-async fn count_and_stop(env: &Env, mut running: Running) -> String {
+/// table) and checks they are counted exactly.
+async fn count(env: &Env, running: &Running) {
     let mut g = env.generator(31);
     let mut sent = events(&mut g, 400);
     // Sent twice: the re-send is neither counted nor noted as inferred again.
@@ -348,7 +347,10 @@ async fn count_and_stop(env: &Env, mut running: Running) -> String {
         assert!(Instant::now() < deadline, "{metrics}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
+/// Stops tiendo with SIGTERM, expects a clean exit and returns its log.
+async fn stop(mut running: Running) -> String {
     let stopped = Command::new("kill")
         .args(["-s", "TERM", &running.child.id().to_string()])
         .status()
@@ -403,7 +405,8 @@ async fn the_compose_service_runs_as_shipped() {
         .unwrap();
     assert!(healthy.success(), "the compose health check fails");
 
-    count_and_stop(&env, running).await;
+    count(&env, &running).await;
+    stop(running).await;
 }
 
 /// The compose file's Redis, started by its own command (the image's entrypoint left out, the
@@ -562,7 +565,16 @@ async fn the_kubernetes_deployment_runs_as_shipped() {
         assert_eq!(code, 200, "{path}");
     }
 
-    let log = count_and_stop(&env, running).await;
+    count(&env, &running).await;
+    // The task force's Telegram receiver, configured from the ConfigMap and the Secret, gets
+    // the deployment's first summary in its group chat. Waited for while tiendo runs: once
+    // stopped, it sends nothing more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while telegram.accepted().is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached Telegram");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = stop(running).await;
     // JSON logs, and no secret in any line.
     assert!(log
         .lines()
@@ -577,13 +589,6 @@ async fn the_kubernetes_deployment_runs_as_shipped() {
         .collect();
     assert_eq!(links.len(), 1, "{log}");
     assert!(links[0].contains("TIENDO_SERVICE_HOST"), "{}", links[0]);
-    // The task force's Telegram receiver, configured from the ConfigMap and the Secret, got
-    // the deployment's first summary in its group chat.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while telegram.accepted().is_empty() {
-        assert!(Instant::now() < deadline, "nothing reached Telegram");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let got = &telegram.accepted()[0];
     assert_eq!(got.path, "/bot123456:s3cret-token/sendMessage");
     assert_eq!(got.body["chat_id"], "-1001234567890");
