@@ -124,9 +124,11 @@ async fn a_consumer_process_killed_mid_stream_restarts_exactly() {
         let part = events(&mut g, 2500);
         expected.add_all(&part);
         let resend: Vec<Generated> = part.iter().step_by(7).cloned().collect();
+        // Read before publishing: a replica quick enough to store the whole round first
+        // would otherwise leave no progress to wait for.
+        let before = env.progress().await;
         env.publish(&part).await;
         env.publish(&resend).await;
-        let before = env.progress().await;
         published += (part.len() + resend.len()) as i64;
         // Kill it without a goodbye as soon as it has stored something of this round.
         let at_kill = env.wait_progress(before, SETTLE).await;
