@@ -28,9 +28,12 @@ pub fn append_torn_transaction(data_dir: &Path) {
 }
 
 /// One script of two writes, as apply.lua is (Redis logs it as MULTI … EXEC): `counter` goes
-/// up by one and `offset` is set to `offset`. Then waits past the next everysec fsync.
+/// up by one and `offset` is set to `offset`. Then waits until Redis has written it to its
+/// AOF file: a SIGKILL keeps what the kernel holds, so the fsync need not have run, but with
+/// `everysec` Redis may put the write itself off while an fsync is slow.
 pub fn write_pair(url: &str, offset: i64) {
     let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let before = aof_size(&mut conn);
     redis::cmd("EVAL")
         .arg("redis.call('INCRBY', KEYS[1], 1); redis.call('SET', KEYS[2], ARGV[1])")
         .arg(2)
@@ -39,7 +42,25 @@ pub fn write_pair(url: &str, offset: i64) {
         .arg(offset)
         .query::<()>(&mut conn)
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while aof_size(&mut conn) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the script never reached the AOF"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `aof_current_size` from `INFO persistence`: what Redis has written to its AOF so far.
+fn aof_size(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("persistence").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("aof_current_size:"))
+        .expect("AOF is on")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// (`counter`, `offset`).
