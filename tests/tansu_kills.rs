@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -135,14 +136,21 @@ fn member(env: &Env) -> std::process::Command {
     cmd
 }
 
-/// Waits until Redis holds as many records and procedures as were sent (counted, since
-/// Tansu's watermarks answer low), then returns the figures.
+/// Waits until Redis holds every field's total and every dead letter that was sent (counted,
+/// since Tansu's watermarks answer low), then returns the figures.
 async fn wait_for(env: &Env, expected: &Expected, timeout: Duration) -> Snapshot {
-    let want_records = expected.records();
+    let reached = |snap: &Snapshot| {
+        let got = common::totals(snap);
+        let at_least = |want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>| {
+            want.iter()
+                .all(|(k, n)| got.get(k).copied().unwrap_or(0) >= *n)
+        };
+        at_least(&expected.totals, &got) && at_least(&expected.dead, &snap.dead)
+    };
     let deadline = Instant::now() + timeout;
     loop {
         let snap = env.snapshot().await;
-        if records(&snap) >= want_records || Instant::now() > deadline {
+        if reached(&snap) || Instant::now() > deadline {
             // A little longer, so anything counted twice would show.
             tokio::time::sleep(Duration::from_secs(2)).await;
             return env.snapshot().await;
