@@ -234,3 +234,41 @@ async fn the_report_goes_out_while_evaluations_commit_all_the_time() {
         "the first look sends the report; {commits} evaluations committed meanwhile"
     );
 }
+
+/// The report's commit is guarded by its marker, not the generation: a commit of anything else
+/// since the read does not refuse it, a moved marker does, and it still moves the generation
+/// (so an evaluation that read before it reads again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_commit_is_refused_only_by_a_moved_marker() {
+    let env = Env::start();
+    let (_, ledger) = store_and_ledger(&env.settings).await;
+    let field = tiendo::report::schedule::REPORT_DUE;
+    let mark = |value: &str| Commit {
+        meta: vec![(field, Some(value.to_string()))],
+        ..Commit::default()
+    };
+    let first = ledger.read().await.unwrap();
+    assert!(ledger.commit_if(field, None, &mark("a")).await.unwrap());
+    // An evaluation that read before the mark is refused, as after any commit.
+    assert!(!ledger
+        .commit(first.generation, &Commit::default())
+        .await
+        .unwrap());
+    let read = ledger.read().await.unwrap();
+    assert!(ledger
+        .commit(read.generation, &Commit::default())
+        .await
+        .unwrap());
+    // The generation moved since the marker was read; the marker did not.
+    assert!(ledger
+        .commit_if(field, Some("a"), &mark("b"))
+        .await
+        .unwrap());
+    // Another replica's mark moved it.
+    assert!(!ledger
+        .commit_if(field, Some("a"), &mark("c"))
+        .await
+        .unwrap());
+    assert!(!ledger.commit_if(field, None, &mark("c")).await.unwrap());
+    assert_eq!(ledger.read().await.unwrap().meta[field], "b");
+}

@@ -3,8 +3,8 @@
 //!
 //! The ledger's `meta` hash remembers the last scheduled time dealt with (`report_due`). A
 //! replica that finds a later time due commits the report's digests and the new marker in one
-//! ledger commit, against the generation it read: of two replicas at once, one commits and the
-//! other finds the marker moved. A time missed while every replica was down is sent when one
+//! ledger commit, if the marker still holds what it read: of two replicas at once, one commits
+//! and the other finds the marker moved. Evaluations committing meanwhile do not hold it up. A time missed while every replica was down is sent when one
 //! comes back, marked late; only the latest of several missed times is sent. While the figures
 //! are catching up the report waits (it would show a province at 0%). A deployment that has
 //! never posted starts from the latest time passed, silently: a new schedule does not post
@@ -31,10 +31,9 @@ use crate::telemetry;
 /// Field of the ledger's `meta` hash: the last scheduled time dealt with (RFC 3339).
 pub const REPORT_DUE: &str = "report_due";
 
-/// Read-then-commit tries for one look. A try is lost only to a commit landing between its
-/// read and its commit, two round trips: even against an evaluator committing every few
-/// milliseconds, twenty losses in a row are as good as impossible.
-const MARK_TRIES: usize = 20;
+/// Read-then-commit tries for one look. A try is lost only to another replica moving the
+/// marker between its read and its commit, and the next read sees that.
+const MARK_TRIES: usize = 3;
 
 /// The `report_due` marker of the ledger's `meta` hash.
 fn marker(meta: &std::collections::BTreeMap<String, String>) -> Option<DateTime<Utc>> {
@@ -167,11 +166,10 @@ impl Poster {
         Ok(marker(&self.ledger.read().await?.meta))
     }
 
-    /// Commits `due` as dealt with, with its digests. The report is built before, not between
-    /// the read and the commit: a build takes seconds, in which an evaluator commits too, and
-    /// a report rebuilt after every lost race would never be posted. `false` if another
-    /// replica dealt with `due` first, or the ledger stayed too busy (the next look tries
-    /// again).
+    /// Commits `due` as dealt with, with its digests, if the marker still holds what was read:
+    /// the report touches no alert state, so evaluations committing meanwhile (a build takes
+    /// seconds) do not refuse it; only another replica's mark does. `false` if another replica
+    /// dealt with `due` first, or the marker kept moving (the next look tries again).
     async fn mark(
         &self,
         due: DateTime<Utc>,
@@ -187,11 +185,16 @@ impl Poster {
             if marker(&read.meta).is_some_and(|done| done >= due) {
                 return Ok(false);
             }
-            if self.ledger.commit(read.generation, &commit).await? {
+            let read_marker = read.meta.get(REPORT_DUE).map(String::as_str);
+            if self
+                .ledger
+                .commit_if(REPORT_DUE, read_marker, &commit)
+                .await?
+            {
                 return Ok(true);
             }
         }
-        tracing::debug!(%due, "ledger busy; the scheduled report is tried again");
+        tracing::debug!(%due, "report marker kept moving; the scheduled report is tried again");
         Ok(false)
     }
 

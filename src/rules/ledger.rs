@@ -327,6 +327,14 @@ impl From<redis::RedisError> for LedgerError {
     }
 }
 
+/// What a commit requires of the ledger as it finds it.
+enum Guard<'a> {
+    /// Nobody committed since this generation was read.
+    Generation(i64),
+    /// A field of `meta` still holds this (`None`: absent).
+    Meta(&'a str, Option<&'a str>),
+}
+
 /// A held delivery lock.
 #[derive(Debug, Clone)]
 pub struct Lock {
@@ -353,12 +361,15 @@ pub struct Ledger {
 
 const COMMIT: &str = r"
 -- KEYS: generation, states, history, meta, outbox...
--- ARGV: expected generation, #states, (field, json or '' to delete)..., #notices,
+-- ARGV: expected generation, or '' to require instead that meta field ARGV[2] still holds
+--       ARGV[3] ('' for absent); #states, (field, json or '' to delete)..., #notices,
 --       notice..., history length, #meta, (field, value or '' to delete)..., then one
 --       digest (or '') per outbox
-if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
-local i = 3
-for _ = 1, tonumber(ARGV[2]) do
+if ARGV[1] ~= '' then
+  if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
+elseif (redis.call('HGET', KEYS[4], ARGV[2]) or '') ~= ARGV[3] then return -1 end
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[2], ARGV[i])
   else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
   i = i + 2
@@ -529,13 +540,33 @@ impl Ledger {
     /// Commits `c` if nobody committed since generation `expected` was read. `Ok(false)` when
     /// someone did: read again and re-evaluate.
     pub async fn commit(&self, expected: i64, c: &Commit) -> Result<bool, LedgerError> {
+        self.commit_guarded(Guard::Generation(expected), c).await
+    }
+
+    /// Commits `c` if the `meta` field `field` still holds `value` (`None`: absent), whatever
+    /// else was committed since: for a commit that touches no alert state, which evaluations
+    /// committing all the time must not hold up. `Ok(false)` when the field moved.
+    pub async fn commit_if(
+        &self,
+        field: &str,
+        value: Option<&str>,
+        c: &Commit,
+    ) -> Result<bool, LedgerError> {
+        self.commit_guarded(Guard::Meta(field, value), c).await
+    }
+
+    async fn commit_guarded(&self, guard: Guard<'_>, c: &Commit) -> Result<bool, LedgerError> {
         let script = Script::new(COMMIT);
         let mut inv = script.prepare_invoke();
         inv.key(self.key("generation"))
             .key(self.key("states"))
             .key(self.key("history"))
             .key(self.key("meta"));
-        inv.arg(expected).arg(c.states.len());
+        match guard {
+            Guard::Generation(expected) => inv.arg(expected).arg("").arg(""),
+            Guard::Meta(field, value) => inv.arg("").arg(field).arg(value.unwrap_or("")),
+        };
+        inv.arg(c.states.len());
         for (k, v) in &c.states {
             let json = match v {
                 Some(s) => serde_json::to_string(s)?,
