@@ -155,6 +155,8 @@ async fn the_scheduled_report_arrives_once_on_time_and_late_when_missed() {
     );
     assert!(sent[2].text.contains(&late), "{}", sent[2].text);
     assert_eq!(sent[3].file_name, Some(file(monday + Span::days(7))));
+    // Slack's dispatcher drains its outbox on its own turn, not Telegram's.
+    slack.wait_accepted(2, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(bot.sent().len(), 4, "each report once");
     assert_eq!(slack.accepted().len(), 2);
