@@ -211,6 +211,8 @@ struct Running {
     base: String,
     /// Its standard error, read as it comes (a full pipe would stop it).
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread reading it, done once the process has exited and the pipe is drained.
+    reader: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -263,7 +265,7 @@ fn start(shipped: &Shipped, mut rewrites: Vec<(String, String)>) -> Running {
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut stderr = child.stderr.take().unwrap();
     let sink = log.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         while let Ok(n) = stderr.read(&mut buf) {
             if n == 0 {
@@ -278,6 +280,7 @@ fn start(shipped: &Shipped, mut rewrites: Vec<(String, String)>) -> Running {
         child,
         base: format!("http://127.0.0.1:{port}"),
         log,
+        reader: Some(reader),
         _dir: dir,
     }
 }
@@ -364,7 +367,9 @@ async fn stop(mut running: Running) -> String {
         assert!(Instant::now() < deadline, "no stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    std::thread::sleep(Duration::from_millis(200));
+    if let Some(reader) = running.reader.take() {
+        reader.join().unwrap();
+    }
     let log = running.log();
     assert!(status.success(), "exit {status}:\n{log}");
     log
@@ -569,9 +574,14 @@ async fn the_kubernetes_deployment_runs_as_shipped() {
     // The task force's Telegram receiver, configured from the ConfigMap and the Secret, gets
     // the deployment's first summary in its group chat. Waited for while tiendo runs: once
     // stopped, it sends nothing more.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // At least one evaluation interval (1 min by default) in case the first was held.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while telegram.accepted().is_empty() {
-        assert!(Instant::now() < deadline, "nothing reached Telegram");
+        assert!(
+            Instant::now() < deadline,
+            "nothing reached Telegram:\n{}",
+            running.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = stop(running).await;
