@@ -130,7 +130,7 @@ async fn a_consumer_process_killed_mid_stream_restarts_exactly() {
         env.publish(&part).await;
         env.publish(&resend).await;
         published += (part.len() + resend.len()) as i64;
-        // Kill it without a goodbye as soon as it has stored something of this round.
+        // Kill it without a goodbye as soon as it has stored something since the round began.
         let at_kill = env.wait_progress(before, SETTLE).await;
         child.kill().expect("kill");
         child.wait().expect("reap");

@@ -68,8 +68,10 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
         let mut child = Proc(cmd.spawn().expect("tiendo starts"));
         let part = events(&mut g, 3000);
         expected.add_all(&part);
-        env.publish(&part).await;
+        // Read before publishing: a replica that stored the whole part first would leave no
+        // progress to wait for.
         let before = env.progress().await;
+        env.publish(&part).await;
         env.wait_progress(before, SETTLE).await;
 
         signal(&child.0, sig);
