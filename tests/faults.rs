@@ -1,7 +1,7 @@
 //! Faults of the parts around tiendo, on librdkafka's mock cluster (which can take its broker
 //! down and fail requests on cue): the Kafka broker down for 30 s mid-stream, the dead-letter
 //! topic refusing writes for 10 s, and Redis crashing with the tail of its AOF cut off.
-//! Counts stay exact; no poison is lost; good events wait no longer than the outage. And a
+//! Counts stay exact; no poison is lost; counting resumes as soon as the outage ends. And a
 //! broker that cannot be reached at all does not flood the log, which says when it is back.
 
 mod common;
@@ -95,6 +95,12 @@ async fn the_dead_letter_topic_refusing_writes_for_a_while_loses_no_poison_and_c
     assert!(
         resumed <= bound,
         "counting resumed {resumed:?} after the outage ended (bound {bound:?})"
+    );
+    // And the rest is not held back batch by batch (0.5 s measured; the bound only catches
+    // a backoff per batch).
+    assert!(
+        after <= bound + Duration::from_secs(20),
+        "the backlog took {after:?} after the outage ended"
     );
     // Every poison message is in the topic at least once (a retried batch may repeat a
     // letter; its origin headers tell), with its reason.
@@ -197,6 +203,7 @@ async fn an_unreachable_broker_is_counted_every_time_logged_once_a_minute_and_it
     let env = Env::start();
     let http = free_port().expect("a free port");
     let kafka = free_port().expect("a free port");
+    let spawned = Instant::now();
     let mut child = Killed(
         env.process_command()
             .env("TIENDO_KAFKA__BROKERS", format!("127.0.0.1:{kafka}"))
@@ -235,6 +242,8 @@ async fn an_unreachable_broker_is_counted_every_time_logged_once_a_minute_and_it
     );
     log.wait_for("kafka answering again", Duration::from_secs(60));
     let down = log.seen().to_vec();
+    // Once a minute: a slow run may be past its first minute by now.
+    let allowed = 1 + spawned.elapsed().as_secs() / 60;
     signal(&child.0, "TERM");
     let status = child.0.wait().expect("wait");
     let log = log.rest();
@@ -243,11 +252,11 @@ async fn an_unreachable_broker_is_counted_every_time_logged_once_a_minute_and_it
         .iter()
         .filter(|l| l.contains("kafka client error") || l.contains("consume error"))
         .collect();
-    // At most one line per client and error: the consumer, the dead-letter and alerts
+    // One line per client and error each minute: the consumer, the dead-letter and alerts
     // producers, the catch-up probe and the consume loop, each with a transport failure and
     // all brokers down (and, when the broker is up before its topics, the consumer's unknown
     // topic), however many times each came.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = std::collections::HashMap::<_, u64>::new();
     for line in &logged {
         let what = |key: &str| {
             line.split(key)
@@ -256,12 +265,18 @@ async fn an_unreachable_broker_is_counted_every_time_logged_once_a_minute_and_it
                 .unwrap_or("")
                 .to_string()
         };
-        let first = seen.insert((
-            what("client="),
-            line.contains("consume error"),
-            what("error: "),
-        ));
-        assert!(first, "{counted} errors, logged again:\n{logged:#?}");
+        let times = seen
+            .entry((
+                what("client="),
+                line.contains("consume error"),
+                what("error: "),
+            ))
+            .or_default();
+        *times += 1;
+        assert!(
+            *times <= allowed,
+            "{counted} errors, logged more than {allowed} times:\n{logged:#?}"
+        );
     }
     assert!(!logged.is_empty(), "{counted} errors, none logged");
     assert!(logged.iter().all(|l| l.contains("held_back=")), "{log:#?}");
