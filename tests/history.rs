@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, NaiveDate, TimeZone, Utc};
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use common::browser::{chromium, count_color};
 use common::Env;
-use tiendo::clock::{vn_offset, SharedClock, SystemClock};
+use tiendo::clock::{vn_offset, ManualClock, SharedClock};
 use tiendo::events::CodeScheme;
 use tiendo::generator::Generated;
 
@@ -75,7 +74,8 @@ async fn daily_history_in_both_views_matches_the_season() {
         &env.settings.validation.datasets,
     )
     .unwrap();
-    let clock: SharedClock = Arc::new(SystemClock);
+    // The test's own `now`: a run crossing Vietnam's midnight would otherwise shift "today".
+    let clock: SharedClock = ManualClock::new(now);
     let state = tiendo::run::app_state(&env.settings, targets, clock, None, None, None)
         .await
         .unwrap();
