@@ -21,6 +21,10 @@ pub enum EmbeddedError {
     RedisMissing,
     #[error("redis-server did not start: {0}")]
     RedisStart(String),
+    /// It exited at once, or another server answers on its port: most likely the port was
+    /// taken between being found free and being bound.
+    #[error("redis-server could not have port {port}: {detail}")]
+    RedisPort { port: u16, detail: String },
     #[error("the AOF could not be repaired: {0}")]
     AofRepair(String),
     #[error("mock kafka: {0}")]
@@ -58,8 +62,14 @@ impl RedisServer {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             repaired: None,
         };
-        server.restart()?;
-        Ok(server)
+        // A port found free may be taken before Redis binds it: a fresh server takes another.
+        for _ in 0..2 {
+            match server.restart() {
+                Err(EmbeddedError::RedisPort { .. }) => server.port = free_port()?,
+                started => return started.map(|()| server),
+            }
+        }
+        server.restart().map(|()| server)
     }
 
     pub fn port(&self) -> u16 {
@@ -176,14 +186,46 @@ impl RedisServer {
                 std::io::ErrorKind::NotFound => EmbeddedError::RedisMissing,
                 _ => EmbeddedError::Io(e),
             })?;
+        let pid = child.id();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Long enough for a restart to load its AOF on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ping = redis::Client::open(self.url())
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(EmbeddedError::RedisPort {
+                    port: self.port,
+                    detail: format!("it exited at start ({status})"),
+                });
+            }
+            // A PING is answered once the data is loaded; then whose server answered: ours, or
+            // another that holds the port.
+            let answered = redis::Client::open(self.url())
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            match ping {
-                Ok(_) => return Ok(()),
+                .and_then(|mut c| {
+                    redis::cmd("PING").query::<String>(&mut c)?;
+                    redis::cmd("INFO").arg("server").query::<String>(&mut c)
+                });
+            match answered {
+                Ok(info) => {
+                    let theirs = info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("process_id:"))
+                        .and_then(|v| v.trim().parse::<u32>().ok());
+                    if theirs == Some(pid) {
+                        return Ok(());
+                    }
+                    self.kill();
+                    return Err(EmbeddedError::RedisPort {
+                        port: self.port,
+                        detail: format!("process {theirs:?} answers there"),
+                    });
+                }
+                // Not listening yet, or still loading its data.
                 Err(e) if Instant::now() > deadline => {
                     return Err(EmbeddedError::RedisStart(e.to_string()))
                 }
@@ -256,4 +298,31 @@ impl MockKafka {
 
 fn no_field(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server whose port another Redis holds is told so, not handed the other's data; a
+    /// fresh one takes another port.
+    #[test]
+    fn a_port_held_by_another_server_is_refused_and_a_fresh_start_moves_on() {
+        let holder = RedisServer::start().expect("redis-server starts");
+        let mut late = RedisServer {
+            child: None,
+            port: holder.port(),
+            dir: tempfile::tempdir().unwrap(),
+            extra: Vec::new(),
+            repaired: None,
+        };
+        let refused = late.restart();
+        assert!(
+            matches!(refused, Err(EmbeddedError::RedisPort { port, .. }) if port == holder.port()),
+            "{refused:?}"
+        );
+        assert!(late.child.is_none(), "its redis-server is not left running");
+        let fresh = RedisServer::start().expect("a second redis-server starts");
+        assert_ne!(fresh.port(), holder.port());
+    }
 }
