@@ -21,8 +21,7 @@ pub enum EmbeddedError {
     RedisMissing,
     #[error("redis-server did not start: {0}")]
     RedisStart(String),
-    /// It exited at once, or another server answers on its port: most likely the port was
-    /// taken between being found free and being bound.
+    /// Its port was taken between being found free and being bound.
     #[error("redis-server could not have port {port}: {detail}")]
     RedisPort { port: u16, detail: String },
     #[error("the AOF could not be repaired: {0}")]
@@ -37,6 +36,11 @@ pub enum EmbeddedError {
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// The log file of a private `redis-server`, and where its standard error goes, in its data
+/// directory.
+const LOG: &str = "redis.log";
+const STDERR: &str = "redis.stderr";
 
 /// A private `redis-server` with append-only persistence in its own directory, so a test can
 /// kill it and start it again with its data.
@@ -55,14 +59,19 @@ impl RedisServer {
 
     /// Starts with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
     pub fn start_with(extra: &[&str]) -> Result<RedisServer, EmbeddedError> {
+        RedisServer::start_on(free_port()?, extra)
+    }
+
+    /// Starts on `port`, or on another free port if that one is taken by the time Redis binds
+    /// it (a port found free is free only when asked).
+    fn start_on(port: u16, extra: &[&str]) -> Result<RedisServer, EmbeddedError> {
         let mut server = RedisServer {
             child: None,
-            port: free_port()?,
+            port,
             dir: tempfile::tempdir()?,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             repaired: None,
         };
-        // A port found free may be taken before Redis binds it: a fresh server takes another.
         for _ in 0..2 {
             match server.restart() {
                 Err(EmbeddedError::RedisPort { .. }) => server.port = free_port()?,
@@ -160,6 +169,11 @@ impl RedisServer {
     pub fn restart(&mut self) -> Result<(), EmbeddedError> {
         self.kill();
         self.repaired = repair_aof(self.dir.path())?;
+        // Each start's own log, so that what stopped an earlier one is not read as this one's.
+        match std::fs::remove_file(self.dir.path().join(LOG)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args([
@@ -175,8 +189,12 @@ impl RedisServer {
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.extra)
+            // After `extra`, so they hold: the child is the server, and its log says why it
+            // stopped.
+            .args(["--daemonize", "no", "--logfile", LOG])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Where it says what stops it before its log is open (a bad argument).
+            .stderr(std::fs::File::create(self.dir.path().join(STDERR))?)
             // Its own process group: Ctrl-C in a terminal signals the whole foreground group,
             // and Redis shuts down on SIGINT; the demo, stopping, still needs it to settle its
             // counts. Its owner stops it (on drop).
@@ -186,8 +204,8 @@ impl RedisServer {
                 std::io::ErrorKind::NotFound => EmbeddedError::RedisMissing,
                 _ => EmbeddedError::Io(e),
             })?;
-        let pid = child.id();
         self.child = Some(child);
+        let ours = self.dir.path().canonicalize()?;
         // Long enough for a restart to load its AOF on a loaded machine.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -197,32 +215,46 @@ impl RedisServer {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.child = None;
-                return Err(EmbeddedError::RedisPort {
-                    port: self.port,
-                    detail: format!("it exited at start ({status})"),
+                let said = |file: &str| {
+                    let text = std::fs::read_to_string(self.dir.path().join(file));
+                    let text = text.unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                    lines[lines.len().saturating_sub(4)..].join(" / ")
+                };
+                let (log, stderr) = (said(LOG), said(STDERR));
+                let detail = format!("it exited ({status}): {log} {stderr}");
+                // Its own port, or its cluster bus port (10,000 above, so at most 55535).
+                let taken = ["Address already in use", "port number must be"];
+                return Err(if taken.iter().any(|t| detail.contains(t)) {
+                    EmbeddedError::RedisPort {
+                        port: self.port,
+                        detail,
+                    }
+                } else {
+                    EmbeddedError::RedisStart(detail)
                 });
             }
-            // A PING is answered once the data is loaded; then whose server answered: ours, or
-            // another that holds the port.
+            // A PING is answered once the data is loaded; then whose server answered: ours
+            // (its data directory is ours), or another that holds the port.
             let answered = redis::Client::open(self.url())
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
                 .and_then(|mut c| {
                     redis::cmd("PING").query::<String>(&mut c)?;
-                    redis::cmd("INFO").arg("server").query::<String>(&mut c)
+                    redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg("dir")
+                        .query::<Vec<String>>(&mut c)
                 });
             match answered {
-                Ok(info) => {
-                    let theirs = info
-                        .lines()
-                        .find_map(|l| l.strip_prefix("process_id:"))
-                        .and_then(|v| v.trim().parse::<u32>().ok());
-                    if theirs == Some(pid) {
+                Ok(config) => {
+                    let theirs = config.get(1).map(std::path::PathBuf::from);
+                    if theirs.as_ref() == Some(&ours) {
                         return Ok(());
                     }
                     self.kill();
                     return Err(EmbeddedError::RedisPort {
                         port: self.port,
-                        detail: format!("process {theirs:?} answers there"),
+                        detail: format!("a server of {theirs:?} answers there"),
                     });
                 }
                 // Not listening yet, or still loading its data.
@@ -305,7 +337,7 @@ mod tests {
     use super::*;
 
     /// A server whose port another Redis holds is told so, not handed the other's data; a
-    /// fresh one takes another port.
+    /// fresh one takes another port, and answers there itself.
     #[test]
     fn a_port_held_by_another_server_is_refused_and_a_fresh_start_moves_on() {
         let holder = RedisServer::start().expect("redis-server starts");
@@ -322,7 +354,34 @@ mod tests {
             "{refused:?}"
         );
         assert!(late.child.is_none(), "its redis-server is not left running");
-        let fresh = RedisServer::start().expect("a second redis-server starts");
+
+        let fresh = RedisServer::start_on(holder.port(), &[]).expect("it moves to another port");
         assert_ne!(fresh.port(), holder.port());
+        let mut conn = redis::Client::open(fresh.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let dir: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("dir")
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(
+            std::path::PathBuf::from(&dir[1]),
+            fresh.dir().canonicalize().unwrap()
+        );
+    }
+
+    /// A start that fails for another reason says Redis's own why, and is not retried as a
+    /// port taken.
+    #[test]
+    fn a_server_that_will_not_start_says_why() {
+        let failed = RedisServer::start_with(&["--no-such-option", "yes"]);
+        match failed {
+            Err(EmbeddedError::RedisStart(why)) => {
+                assert!(why.contains("no-such-option"), "{why}")
+            }
+            other => panic!("{:?}", other.err()),
+        }
     }
 }

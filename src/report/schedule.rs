@@ -4,11 +4,11 @@
 //! The ledger's `meta` hash remembers the last scheduled time dealt with (`report_due`). A
 //! replica that finds a later time due commits the report's digests and the new marker in one
 //! ledger commit, if the marker still holds what it read: of two replicas at once, one commits
-//! and the other finds the marker moved. Evaluations committing meanwhile do not hold it up. A time missed while every replica was down is sent when one
-//! comes back, marked late; only the latest of several missed times is sent. While the figures
-//! are catching up the report waits (it would show a province at 0%). A deployment that has
-//! never posted starts from the latest time passed, silently: a new schedule does not post
-//! last Monday's report at once.
+//! and the other finds the marker moved. Evaluations committing meanwhile do not hold it up.
+//! A time missed while every replica was down is sent when one comes back, marked late; only
+//! the latest of several missed times is sent. While the figures are catching up the report
+//! waits (it would show a province at 0%). A deployment that has never posted starts from the
+//! latest time passed, silently: a new schedule does not post last Monday's report at once.
 
 use std::sync::Arc;
 use std::time::Duration;
