@@ -680,10 +680,7 @@ async fn a_refusal_is_logged_and_counted_by_the_running_binary() {
         reply.text
     );
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
+    let metrics = common::metrics_page(&format!("http://127.0.0.1:{port}"))
         .await
         .unwrap();
     let refused: Vec<&str> = metrics

@@ -341,15 +341,9 @@ async fn count(env: &Env, running: &Running) {
                 && l.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()) >= Some(1.0)
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = get(&format!("{}/metrics", running.base)).await.unwrap();
-        if re_sent(&metrics) && metrics.lines().any(|l| l == inferred) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{metrics}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let counted = |m: &str| re_sent(m) && m.lines().any(|l| l == inferred);
+    let metrics = common::wait_metrics(&running.base, Duration::from_secs(10), counted).await;
+    assert!(counted(&metrics), "{metrics}");
 }
 
 /// Stops tiendo with SIGTERM, expects a clean exit and returns its log.

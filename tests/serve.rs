@@ -195,21 +195,21 @@ async fn probes_metrics_and_the_provinces_api() {
     }
 
     // Consumer lag per assigned partition, from librdkafka's statistics.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, metrics) = get(&format!("{}/metrics", s.base)).await;
-        let lags: Vec<&str> = metrics
+    let lags = |metrics: &str| -> Vec<String> {
+        metrics
             .lines()
             .filter(|l| l.starts_with("tiendo_consumer_lag_messages{"))
-            .collect();
-        if lags.len() == common::RECORD_PARTITIONS as usize + common::PROCEDURE_PARTITIONS as usize
-        {
-            assert!(lags.iter().all(|l| l.ends_with(" 0")), "{lags:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "lag gauges: {lags:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .map(String::from)
+            .collect()
+    };
+    let partitions = common::RECORD_PARTITIONS as usize + common::PROCEDURE_PARTITIONS as usize;
+    let metrics = common::wait_metrics(&s.base, Duration::from_secs(20), |m| {
+        lags(m).len() == partitions
+    })
+    .await;
+    let lags = lags(&metrics);
+    assert_eq!(lags.len(), partitions, "lag gauges: {lags:?}");
+    assert!(lags.iter().all(|l| l.ends_with(" 0")), "{lags:?}");
 
     // Redis gone: not ready, still alive.
     env.redis.kill();

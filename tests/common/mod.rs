@@ -596,21 +596,40 @@ pub fn signal(child: &std::process::Child, name: &str) {
     assert!(sent.success(), "kill -s {name} failed");
 }
 
-/// One counter or gauge from a Prometheus `/metrics` page, summed over its label sets;
-/// `None` while the server does not answer.
-pub async fn scrape(base: &str, name: &str) -> Option<f64> {
+/// The Prometheus `/metrics` page of the server at `base`; `None` while it does not answer.
+pub async fn metrics_page(base: &str) -> Option<String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .ok()?;
-    let page = client
+    client
         .get(format!("{base}/metrics"))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// Reads `/metrics` until `done` holds for the page or `timeout` has passed, and returns the
+/// last page read (empty if the server never answered), for the caller to assert on. The
+/// pipeline counts a batch in its metrics a moment after Redis holds it.
+pub async fn wait_metrics(base: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let page = metrics_page(base).await.unwrap_or_default();
+        if done(&page) || Instant::now() > deadline {
+            return page;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One counter or gauge from a Prometheus `/metrics` page, summed over its label sets;
+/// `None` while the server does not answer.
+pub async fn scrape(base: &str, name: &str) -> Option<f64> {
+    let page = metrics_page(base).await?;
     Some(
         page.lines()
             .filter(|l| {
