@@ -126,7 +126,8 @@ impl Pipeline {
         self.storer.assignment.clone()
     }
 
-    /// Runs until `shutdown`; the batch in hand is stored first, then the group is left.
+    /// Runs until `shutdown`; the batch in hand is stored first, then the consumer closed
+    /// (which leaves the group, unless it is a static member).
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(topics = ?self.collector.topics, "consuming");
         let consumer = self.collector.consumer.clone();
@@ -142,11 +143,12 @@ impl Pipeline {
             }
         }
         consumer.unsubscribe();
-        // The last handle: closing it serves the revocation and sends the group a LeaveGroup,
-        // so the partitions move to another replica at once rather than after the session
-        // timeout.
+        // The last handle: closing it serves the revocation and, for a dynamic member, sends
+        // the group a LeaveGroup, so the partitions move to another replica at once rather
+        // than after the session timeout. A static member (`group.instance.id`) sends none:
+        // its partitions wait for it to come back under the same id.
         drop(consumer);
-        tracing::info!("consumer closed; group left");
+        tracing::info!("consumer closed");
     }
 }
 
