@@ -9,19 +9,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
 use common::chat::ChatServer;
-use common::{season_until_now, signal, Env};
+use common::{season_until_now, signal, Env, Killed};
 use tiendo::rules::{evaluate, Rule};
 use tiendo::status::{Status, View};
 use tiendo::targets::Targets;
 
 /// SIGTERM to each replica, as Kubernetes stops a pod; each must leave cleanly.
-fn stop(children: Vec<Child>) {
+fn stop(children: Vec<Killed>) {
     for child in &children {
         signal(child, "TERM");
     }
@@ -49,7 +48,7 @@ async fn cold_start(env: Env) {
         .local_addr()
         .unwrap()
         .port();
-    let replicas: Vec<Child> = (0..3)
+    let replicas: Vec<Killed> = (0..3)
         .map(|i| {
             let listen = if i == 0 {
                 format!("127.0.0.1:{port}")
@@ -72,6 +71,7 @@ async fn cold_start(env: Env) {
                     "-1001234567890",
                 )
                 .spawn()
+                .map(Killed)
                 .expect("tiendo run starts")
         })
         .collect();

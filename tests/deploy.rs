@@ -469,9 +469,9 @@ fn the_compose_redis_repairs_its_aof_before_loading_it() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Crashes(child)
+        common::Killed(child)
     };
-    let crash = drop::<Crashes>;
+    let crash = drop::<common::Killed>;
     let redis = start();
     aof::write_pair(&url, 1);
     crash(redis);
@@ -486,16 +486,6 @@ fn the_compose_redis_repairs_its_aof_before_loading_it() {
         "nothing of the torn script applied"
     );
     crash(redis);
-}
-
-/// A child killed (SIGKILL) when dropped: a crash, and no server left behind by a failed test.
-struct Crashes(std::process::Child);
-
-impl Drop for Crashes {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -226,6 +226,7 @@ async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
             format!("redis://127.0.0.1:{}", relay.port()),
         )
         .spawn()
+        .map(common::Killed)
         .expect("tiendo starts");
     let mut other = env.spawn_process();
     let metric = |name: &'static str| {

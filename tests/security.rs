@@ -59,7 +59,7 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server with TLS");
-    let _redis = KillOnDrop(redis);
+    let _redis = common::Killed(redis);
     let url = format!("rediss://:{PASSWORD}@localhost:{port}");
     let path = |f: &str| d.join(f).to_string_lossy().to_string();
     let settings = RedisSettings {
@@ -113,6 +113,7 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
         .stdout(log_file(&log))
         .stderr(log_file(&log))
         .spawn()
+        .map(common::Killed)
         .unwrap();
 
     let marks = env.watermarks();
@@ -255,6 +256,7 @@ async fn kafka_with_a_sasl_login_over_tls_counts_exactly_and_never_logs_a_secret
         .stdout(log_file(&log))
         .stderr(log_file(&log))
         .spawn()
+        .map(common::Killed)
         .unwrap();
     let snap = env.wait_counted(Duration::from_secs(120)).await;
     expected.assert_matches(&snap);
@@ -299,14 +301,4 @@ fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
         .status();
-}
-
-/// Stops a child process when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

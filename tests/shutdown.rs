@@ -14,28 +14,9 @@ mod common;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{events, Env, Expected, Log};
+use common::{events, signal, Env, Expected, Killed, Log};
 
 const SETTLE: Duration = Duration::from_secs(120);
-
-fn signal(child: &Child, name: &str) {
-    let ok = Command::new("kill")
-        .args(["-s", name, &child.id().to_string()])
-        .status()
-        .expect("kill runs")
-        .success();
-    assert!(ok, "kill -s {name}");
-}
-
-/// A `tiendo run` child that is killed if the test fails, so no orphan outlives it.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
@@ -65,7 +46,7 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
         .env("RUST_LOG", "info,librdkafka=off,tiendo::pipeline=debug")
         .env("TIENDO_LOG__FORMAT", "json")
         .stderr(Stdio::piped());
-        let mut child = Proc(cmd.spawn().expect("tiendo starts"));
+        let mut child = Killed(cmd.spawn().expect("tiendo starts"));
         let part = events(&mut g, 3000);
         expected.add_all(&part);
         // Read before publishing: a replica that stored the whole part first would leave no
@@ -108,7 +89,7 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
     }
     // Stopped while starting: the handlers are in place before the first log line, so this
     // is a graceful stop too, not death by the signal's default action.
-    let mut child = Proc(info_logged(&env).spawn().expect("tiendo starts"));
+    let mut child = Killed(info_logged(&env).spawn().expect("tiendo starts"));
     let mut log = Log::of(&mut child.0);
     log.wait_for("tiendo starting", SETTLE);
     let lines = terminate(&mut child, log, "while starting");
@@ -122,7 +103,7 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
     );
 
     // Stopped once it has joined the group and counted everything.
-    let mut child = Proc(info_logged(&env).spawn().expect("tiendo starts"));
+    let mut child = Killed(info_logged(&env).spawn().expect("tiendo starts"));
     let mut log = Log::of(&mut child.0);
     log.wait_for("partitions assigned", SETTLE);
     let snap = env.wait_consumed(SETTLE).await;
@@ -131,7 +112,7 @@ async fn sigterm_and_ctrl_c_store_the_batch_in_hand_and_leave_the_group() {
 }
 
 /// Sends SIGTERM and requires exit 0 within 30 s; returns the whole log.
-fn terminate(child: &mut Proc, log: Log, when: &str) -> Vec<String> {
+fn terminate(child: &mut Killed, log: Log, when: &str) -> Vec<String> {
     signal(&child.0, "TERM");
     let status = wait_exit(&mut child.0, Duration::from_secs(30));
     let lines = log.rest();

@@ -82,6 +82,7 @@ async fn each_source_sees_its_feed_and_unknown_names_add_no_series() {
         .env("TIENDO_SOURCES__KNOWN", "hotich,dat-dai,quiet-one")
         .env("TIENDO_SOURCES__QUIET_AFTER", "1h")
         .spawn()
+        .map(common::Killed)
         .unwrap();
     env.wait_consumed(Duration::from_secs(120)).await;
 

@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -19,7 +18,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use common::{signal, Env, Expected};
+use common::{signal, Env, Expected, Killed};
 use tiendo::events::RecordDigitized;
 use tiendo::generator::Generated;
 use tiendo::store::Snapshot;
@@ -31,7 +30,7 @@ const RESEND_EVERY: usize = 33;
 
 /// A replica with a fixed instance id, as a StatefulSet pod would have. Its log (partition
 /// assignments included) is appended to `replica-{id}.log` in `logs`, across restarts.
-fn replica(env: &Env, id: usize, logs: &Path) -> Child {
+fn replica(env: &Env, id: usize, logs: &Path) -> Killed {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -43,6 +42,7 @@ fn replica(env: &Env, id: usize, logs: &Path) -> Child {
         .env("TIENDO_LOG__FORMAT", "text")
         .stderr(log)
         .spawn()
+        .map(Killed)
         .expect("tiendo starts")
 }
 
@@ -111,8 +111,8 @@ async fn explain_stall(env: &Env, logs: &Path) {
 /// A replica without an instance id: a dynamic member, which leaves the group when stopped.
 /// Scaling down needs these: a static member does not leave (its partitions wait for the
 /// session to expire, which Tansu never does).
-fn dynamic_replica(env: &Env) -> Child {
-    member(env).spawn().expect("tiendo starts")
+fn dynamic_replica(env: &Env) -> Killed {
+    Killed(member(env).spawn().expect("tiendo starts"))
 }
 
 /// `tiendo run` with Kafka's default group timeouts. A static member's first join takes about
@@ -195,7 +195,7 @@ async fn twenty_sigkills_among_three_replicas_count_a_million_events_exactly() {
     expected.add_all(&messages);
 
     let logs = tempfile::tempdir().expect("log dir");
-    let mut replicas: Vec<Child> = (0..3).map(|i| replica(&env, i, logs.path())).collect();
+    let mut replicas: Vec<Killed> = (0..3).map(|i| replica(&env, i, logs.path())).collect();
     // Publish over about a minute, in steps, while replicas are killed.
     let producer = env.independent_producer();
     let publisher = {
@@ -367,6 +367,7 @@ async fn resuming_inside_a_record_batch_counts_from_exactly_the_stored_offset() 
     let mut child = member(&env)
         .env("TIENDO_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .spawn()
+        .map(Killed)
         .expect("tiendo starts");
     let snap = wait_for(&env, &expected, Duration::from_secs(120)).await;
     let refetched = common::scrape(

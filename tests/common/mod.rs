@@ -216,11 +216,14 @@ impl Env {
         Running { stop, handle }
     }
 
-    /// `tiendo run` as a child process, configured through environment variables.
-    pub fn spawn_process(&self) -> Child {
-        self.process_command()
-            .spawn()
-            .expect("tiendo binary starts")
+    /// `tiendo run` as a child process, configured through environment variables; killed
+    /// when dropped.
+    pub fn spawn_process(&self) -> Killed {
+        Killed(
+            self.process_command()
+                .spawn()
+                .expect("tiendo binary starts"),
+        )
     }
 
     /// The command `spawn_process` runs, to adjust before spawning.
@@ -577,13 +580,29 @@ pub fn totals(snap: &Snapshot) -> BTreeMap<String, i64> {
         .collect()
 }
 
-/// A child process killed when dropped: a failed assertion leaves no replica running.
+/// A child process killed (SIGKILL) when dropped: a crash where a test wants one, and no
+/// process left running by a failed assertion (one that outlived its test would also keep
+/// the test's output pipe open).
 pub struct Killed(pub std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Killed {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
     }
 }
 
