@@ -85,12 +85,14 @@ pub struct Currency {
 }
 
 impl Currency {
-    fn unknown(reason: String, checked_at: DateTime<Utc>) -> Currency {
+    /// A check that could not read the partitions or their offsets: none of the
+    /// `partitions` known from the check before was measured.
+    fn unknown(reason: String, partitions: usize, checked_at: DateTime<Utc>) -> Currency {
         Currency {
             current: false,
             behind: 0,
-            partitions: 0,
-            unknown: 0,
+            partitions,
+            unknown: partitions,
             from_listed_end: 0,
             reason: Some(reason),
             checked_at,
@@ -279,10 +281,15 @@ impl Watch {
     pub async fn check(&self, now: DateTime<Utc>) -> Currency {
         let currency = match self.measure(now).await {
             Ok(c) => c,
-            Err(reason) => Currency::unknown(reason, now),
+            Err(reason) => {
+                let last = self.inner.last.lock().expect("lock");
+                let partitions = last.as_ref().map_or(0, |(_, c)| c.partitions);
+                Currency::unknown(reason, partitions, now)
+            }
         };
         metrics::gauge!(telemetry::FIGURES_CURRENT).set(if currency.current { 1.0 } else { 0.0 });
         metrics::gauge!(telemetry::FIGURES_BEHIND).set(currency.behind as f64);
+        metrics::gauge!(telemetry::FIGURES_UNANSWERED).set(currency.unknown as f64);
         metrics::gauge!(telemetry::MAX_LAG).set(self.inner.max_lag as f64);
         *self.inner.last.lock().expect("lock") = Some((Instant::now(), currency.clone()));
         currency

@@ -35,6 +35,7 @@ pub const ASSIGNED: &str = "tiendo_assigned_partitions";
 pub const CONSUMER_LAG: &str = "tiendo_consumer_lag_messages";
 pub const FIGURES_CURRENT: &str = "tiendo_figures_current";
 pub const FIGURES_BEHIND: &str = "tiendo_figures_behind_messages";
+pub const FIGURES_UNANSWERED: &str = "tiendo_figures_unanswered_partitions";
 pub const MAX_LAG: &str = "tiendo_alerts_max_lag_messages";
 pub const PROGRESS: &str = "tiendo_province_progress_ratio";
 pub const PACE: &str = "tiendo_province_pace_7d_records_per_day";
@@ -90,6 +91,8 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (FIGURES_CURRENT, "gauge", "",
      "1 while Redis holds every event in the topics up to alerts.max_lag messages (rules may fire and resolve), 0 while catching up or unable to tell."),
     (FIGURES_BEHIND, "gauge", "", "Messages in the event topics not yet counted in Redis, at the last check."),
+    (FIGURES_UNANSWERED, "gauge", "",
+     "Event-topic partitions the last check could not measure (no answer in time; all those of the check before when Kafka or Redis could not be read). Figures are not current while any is."),
     (MAX_LAG, "gauge", "", "alerts.max_lag: the most uncounted messages with which figures are still current."),
     (PROGRESS, "gauge", "province, name, dataset", "Records done over target, per province (alerts.view) and dataset with a target."),
     (PACE, "gauge", "province, name, dataset", "Records per day over the trailing 7 days."),
