@@ -92,7 +92,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
      "1 while Redis holds every event in the topics up to alerts.max_lag messages (rules may fire and resolve), 0 while catching up or unable to tell."),
     (FIGURES_BEHIND, "gauge", "", "Messages in the event topics not yet counted in Redis, at the last check."),
     (FIGURES_UNANSWERED, "gauge", "",
-     "Event-topic partitions the last check could not measure (no answer in time; all those of the check before when Kafka or Redis could not be read). Figures are not current while any is."),
+     "Event-topic partitions the last check could not measure: no answer to the probe's fetch in time (all those of the check before when Kafka or Redis could not be read; 0 before any check listed them). Figures are not current while any is."),
     (MAX_LAG, "gauge", "", "alerts.max_lag: the most uncounted messages with which figures are still current."),
     (PROGRESS, "gauge", "province, name, dataset", "Records done over target, per province (alerts.view) and dataset with a target."),
     (PACE, "gauge", "province, name, dataset", "Records per day over the trailing 7 days."),
