@@ -223,6 +223,7 @@ async fn kafka_with_a_sasl_login_over_tls_counts_exactly_and_never_logs_a_secret
         .stdout(log_file(&wrong_log))
         .stderr(log_file(&wrong_log))
         .spawn()
+        .map(common::Killed)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let refused = loop {
