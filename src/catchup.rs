@@ -287,9 +287,11 @@ impl Watch {
                 Currency::unknown(reason, partitions, now)
             }
         };
-        metrics::gauge!(telemetry::FIGURES_CURRENT).set(if currency.current { 1.0 } else { 0.0 });
-        metrics::gauge!(telemetry::FIGURES_BEHIND).set(currency.behind as f64);
+        // Why before whether: a scrape between the two never sees "not current" without its
+        // unanswered partitions.
         metrics::gauge!(telemetry::FIGURES_UNANSWERED).set(currency.unknown as f64);
+        metrics::gauge!(telemetry::FIGURES_BEHIND).set(currency.behind as f64);
+        metrics::gauge!(telemetry::FIGURES_CURRENT).set(if currency.current { 1.0 } else { 0.0 });
         metrics::gauge!(telemetry::MAX_LAG).set(self.inner.max_lag as f64);
         *self.inner.last.lock().expect("lock") = Some((Instant::now(), currency.clone()));
         currency
