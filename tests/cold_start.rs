@@ -83,14 +83,7 @@ async fn cold_start(env: Env) {
     let deadline = Instant::now() + Duration::from_secs(180);
     while seen.last().map(|&(c, b, _)| (c, b)) != Some((1, 0)) {
         assert!(Instant::now() < deadline, "figures never current: {seen:?}");
-        let gauge = |text: &str, name: &str| -> Option<u64> {
-            let line = text.lines().find(|l| l.starts_with(&format!("{name} ")))?;
-            line.rsplit(' ')
-                .next()?
-                .parse::<f64>()
-                .ok()
-                .map(|v| v as u64)
-        };
+        let gauge = |text: &str, name: &str| common::metric(text, name).map(|v| v as u64);
         if let Some(text) = common::metrics_page(&format!("http://127.0.0.1:{port}")).await {
             let current = gauge(&text, "tiendo_figures_current");
             let behind = gauge(&text, "tiendo_figures_behind_messages");

@@ -649,15 +649,21 @@ pub async fn wait_metrics(base: &str, timeout: Duration, done: impl Fn(&str) -> 
 /// `None` while the server does not answer.
 pub async fn scrape(base: &str, name: &str) -> Option<f64> {
     let page = metrics_page(base).await?;
-    Some(
-        page.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|r| r.starts_with([' ', '{']))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    Some(metric(&page, name).unwrap_or(0.0))
+}
+
+/// One counter or gauge on a `/metrics` page, summed over its label sets; `None` if the page
+/// has no series of it.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = page
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Sends each message to its topic with `producer` (see `Env::independent_producer`), and
