@@ -10,39 +10,45 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use common::{events, Env};
-use tiendo::catchup::Watch;
+use tiendo::catchup::{Currency, Watch};
 
-/// Checks until every partition answers, for at most 60 s. Nothing consumes while it runs, so
-/// repeated checks see the same offsets; a slow broker only delays the answer (the probe
-/// gives a partition 10 s under its production timeouts).
-async fn answered(watch: &Watch) -> tiendo::catchup::Currency {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Checks until `done` holds of a check, for at most `timeout`, and returns that check.
+async fn check_until(
+    watch: &Watch,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Currency) -> bool,
+) -> Currency {
+    let deadline = Instant::now() + timeout;
     loop {
         let c = watch.check(Utc::now()).await;
-        // A first check that could not list the partitions knows of none.
-        if c.unknown == 0 && c.partitions > 0 {
+        if done(&c) {
             return c;
         }
-        assert!(
-            Instant::now() < deadline,
-            "partitions never answered: {c:?}"
-        );
-        eprintln!("a check where partitions did not answer: {c:?}");
+        assert!(Instant::now() < deadline, "{what}: {c:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
+/// Checks until every partition answers, for at most 60 s. Nothing consumes while it runs, so
+/// repeated checks see the same offsets; a slow broker only delays the answer (the probe
+/// gives a partition 10 s under its production timeouts). A first check that could not list
+/// the partitions knows of none.
+async fn answered(watch: &Watch) -> Currency {
+    let done = |c: &Currency| c.unknown == 0 && c.partitions > 0;
+    check_until(
+        watch,
+        Duration::from_secs(60),
+        "partitions never answered",
+        done,
+    )
+    .await
+}
+
 /// Checks until the figures are current, for at most 90 s.
 async fn until_current(watch: &Watch) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let c = watch.check(Utc::now()).await;
-        if c.current {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never current: {c:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let done = |c: &Currency| c.current;
+    check_until(watch, Duration::from_secs(90), "never current", done).await;
 }
 
 async fn catching_up_until_counted(env: Env) {
