@@ -1,4 +1,5 @@
-//! Hostile input at a high rate: 10,000 poison messages of every reason on both topics,
+//! Hostile input at a high rate: 10,000 poison messages of every reason on both topics
+//! (`unknown_schema_id` aside: it needs a Schema Registry, and `tests/encodings.rs` has one),
 //! among valid events, and messages of 1 MiB that are too large for the dead-letter topic.
 //! Every valid event is counted exactly, every poison message lands in the dead-letter topic
 //! with its reason (the huge ones with their payload cut and their size in a header), and no
