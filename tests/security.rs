@@ -226,22 +226,24 @@ async fn kafka_with_a_sasl_login_over_tls_counts_exactly_and_never_logs_a_secret
         .map(common::Killed)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let refused = loop {
+    loop {
         let text = std::fs::read_to_string(&wrong_log).unwrap_or_default();
         if text
             .lines()
             .any(|l| l.contains("ERROR") && l.contains("SASL authentication"))
         {
-            break text;
+            break;
         }
         assert!(
             Instant::now() < deadline,
             "a refused login was never logged as an error:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
     send_signal(wrong.id(), "TERM");
     let _ = wrong.wait();
+    // The whole log, its lines up to the exit included.
+    let refused = std::fs::read_to_string(&wrong_log).unwrap();
     assert!(
         env.snapshot().await.counts.is_empty(),
         "counted without a login"
