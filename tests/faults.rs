@@ -1,5 +1,6 @@
 //! Faults of the parts around tiendo, on librdkafka's mock cluster (which can take its broker
-//! down and fail requests on cue): the Kafka broker down for 30 s mid-stream, the dead-letter
+//! down and fail requests on cue): the Kafka broker down for 30 s mid-stream (on Tansu too, in
+//! `tests/tansu_kills.rs`), the dead-letter
 //! topic refusing writes for 10 s, and Redis crashing with the tail of its AOF cut off.
 //! Counts stay exact; no poison is lost; counting resumes as soon as the outage ends. And a
 //! broker that cannot be reached at all does not flood the log, which says when it is back.

@@ -3,7 +3,8 @@
 //! died, so a restarted replica takes its partitions back under the same id); scaling uses
 //! dynamic members, which leave the group when stopped. Events are published by a
 //! plain rdkafka producer built here, not tiendo's own publishing code, and the expected
-//! figures are computed here from what was sent, per unit, dataset, channel and window.
+//! figures are computed here from what was sent, per unit, dataset, channel and window. The
+//! broker-outage test runs Tansu with SQLite storage, whose log outlives a stop.
 
 mod common;
 
@@ -286,6 +287,56 @@ async fn scaling_one_to_three_to_one_replica_while_publishing_counts_exactly() {
         let _ = r.kill();
         let _ = r.wait();
     }
+    assert_exact(&expected, &snap);
+}
+
+/// The broker stopped for 30 s while two static replicas count and a producer keeps sending,
+/// then started again on its log (SQLite storage keeps it): the replicas wait and resume from
+/// the offsets in Redis, the producer's messages of the outage arrive, and the counts are
+/// exact, re-sends across the outage included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_stopped_for_30_seconds_then_back_on_its_log_loses_and_repeats_nothing() {
+    let mut env = Env::start_tansu_persistent();
+    let producer = env.independent_producer();
+    let topics = env.settings.kafka.topics.clone();
+    let mut g = env.generator(33);
+    let mut expected = Expected::default();
+    let before = common::events(&mut g, 20_000);
+    let mut during = common::events(&mut g, 10_000);
+    // Re-sends of events counted before the outage, sent during it.
+    during.extend(before.iter().step_by(50).cloned());
+    expected.add_all(&before);
+    expected.add_all(&during);
+
+    let logs = tempfile::tempdir().expect("log dir");
+    let replicas: Vec<Killed> = (0..2).map(|i| replica(&env, i, logs.path())).collect();
+    common::send_all(&producer, &topics, &before).await;
+    // Mid-stream: the replicas have counted some of what was sent.
+    let counted = env.wait_progress(0, Duration::from_secs(90)).await;
+    let common::Broker::Tansu(broker) = &mut env.kafka else {
+        unreachable!("a Tansu env")
+    };
+    broker.stop();
+    let stopped = Instant::now();
+    // Sent while the broker is down: the producer holds them and delivers them once it is
+    // back (librdkafka's message timeout, 300 s, is far longer than the outage).
+    let publisher = {
+        let (producer, topics) = (producer.clone(), topics.clone());
+        tokio::spawn(async move { common::send_all(&producer, &topics, &during).await })
+    };
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed())).await;
+    assert!(
+        !publisher.is_finished(),
+        "delivered while the broker was down"
+    );
+    broker.start_again();
+    publisher.await.expect("published after the outage");
+    let snap = wait_for(&env, &expected, Duration::from_secs(180)).await;
+    if common::totals(&snap) != expected.totals || snap.dead != expected.dead {
+        explain_stall(&env, logs.path()).await;
+    }
+    drop(replicas);
+    eprintln!("{counted} messages counted when the broker stopped");
     assert_exact(&expected, &snap);
 }
 

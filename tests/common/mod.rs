@@ -87,6 +87,11 @@ impl Env {
     }
 
     /// On a Tansu that serves only `login`, with SASL/SCRAM-SHA-512 over TLS (SASL_SSL) with a
+    /// On a Tansu whose log is kept on disk, so the test can stop it and start it again.
+    pub fn start_tansu_persistent() -> Env {
+        Env::start_with(|topics| Broker::Tansu(tansu::Tansu::start_persistent(topics)))
+    }
+
     /// certificate of a private CA; the settings, and every client of this Env, log in and
     /// trust that CA (`ssl.ca.location`).
     pub fn start_tansu_with_login(login: &tansu::Login) -> Env {

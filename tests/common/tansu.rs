@@ -1,14 +1,15 @@
 //! Tansu, an independent Kafka-compatible broker, as a child process on a free port with its
-//! log in memory. `scripts/ensure-deps test` installs it (into ~/.cache/tansu-0.6.0); `TANSU`
-//! names another binary.
+//! log in memory (or on disk, for a broker that is stopped and started again).
+//! `scripts/ensure-deps test` installs it (into ~/.cache/tansu-0.6.0); `TANSU` names another
+//! binary.
 //!
 //! Two of its ways matter to tests: a member that dies without leaving keeps its partitions
 //! (no session expiry), so kill tests there use static membership; and its offset queries
 //! answer low, so tests count what Redis holds rather than trust its watermarks.
 //!
-//! A broker that wants a SASL/SCRAM login needs another build: Tansu 0.6 keeps SCRAM users only
-//! in its SQL storage engines (its memory and S3 engine drops them), so `scripts/ensure-deps
-//! test` also installs Tansu with the `libsql` feature (into ~/.cache/tansu-0.6.0-libsql;
+//! A broker that wants a SASL/SCRAM login, or keeps its log across a restart, needs another
+//! build: Tansu 0.6 keeps SCRAM users only in its SQL storage engines (its memory and S3 engine
+//! drops them), so `scripts/ensure-deps test` also installs Tansu with the `libsql` feature (into ~/.cache/tansu-0.6.0-libsql;
 //! `TANSU_SQL` names another binary). That broker is reached over TLS, through a front of
 //! `tls.rs`: Tansu serves no TLS of its own.
 
@@ -31,6 +32,15 @@ pub struct Tansu {
     /// A broker reached over TLS: its front, and the certificates it serves.
     tls: Option<(TlsFront, Certificates)>,
 }
+
+/// Tansu's arguments for SQLite storage, in the broker's directory: a log that outlives the
+/// process.
+const SQL: [&str; 4] = [
+    "--cluster-id",
+    "tiendo-test",
+    "--storage-engine",
+    "sqlite://tansu.db",
+];
 
 /// The SCRAM login of `Tansu::start_with_login_over_tls`.
 pub struct Login<'a> {
@@ -89,6 +99,43 @@ impl Tansu {
         tansu
     }
 
+    /// A broker with these topics whose log is kept on disk (SQLite storage), so it can be
+    /// stopped and started again on it (`stop`, `start_again`).
+    pub fn start_persistent(topics: &[(&str, i32)]) -> Tansu {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = tiendo::embedded::free_port().unwrap();
+        let tansu = Tansu::listening(sql_binary(), &SQL, Some(dir), port, port);
+        tansu.create_topics(topics);
+        tansu
+    }
+
+    /// Stops a persistent broker as an operator would (SIGTERM; SIGKILL after 10 s), keeping
+    /// its log.
+    pub fn stop(&mut self) {
+        assert!(
+            self.dir.is_some() && self.tls.is_none(),
+            "a persistent broker"
+        );
+        super::signal(&self.child, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().expect("tansu's status").is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a stopped persistent broker again on its port and its log.
+    pub fn start_again(&mut self) {
+        let dir = self.dir.take();
+        let again = Tansu::listening(sql_binary(), &SQL, dir, self.port, self.port);
+        // The old child has exited: dropping it reaps nothing more.
+        drop(std::mem::replace(self, again));
+    }
+
     /// A broker that serves only clients logged in as `login` with SCRAM-SHA-512 or -256, over
     /// TLS (SASL_SSL) with the server certificate of `certs`.
     /// The topics and the user are made through an open broker on the same database first:
@@ -99,14 +146,8 @@ impl Tansu {
         certs: Certificates,
     ) -> Tansu {
         let dir = tempfile::tempdir().expect("temp dir");
-        let sql = [
-            "--cluster-id",
-            "tiendo-test",
-            "--storage-engine",
-            "sqlite://tansu.db",
-        ];
         let port = tiendo::embedded::free_port().unwrap();
-        let mut open = Tansu::listening(sql_binary(), &sql, Some(dir), port, port);
+        let mut open = Tansu::listening(sql_binary(), &SQL, Some(dir), port, port);
         open.create_topics(topics);
         for mechanism in ["scram512", "scram256"] {
             // `tansu user create` exits 0 whatever the broker answers: a user that was not
@@ -127,7 +168,7 @@ impl Tansu {
         let front_port = front.local_addr().unwrap().port();
         let mut tansu = Tansu::listening(
             sql_binary(),
-            &[&sql[..], &["--authentication"]].concat(),
+            &[&SQL[..], &["--authentication"]].concat(),
             dir,
             tiendo::embedded::free_port().unwrap(),
             front_port,
