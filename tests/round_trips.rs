@@ -6,6 +6,8 @@
 //! fast. Counted with MONITOR, which shows each client command once (a transaction's when it
 //! runs) and each command a script runs as coming from `lua`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -19,8 +21,7 @@ use tiendo::generator::{Generated, Generator};
 use tiendo::pipeline::{Batch, HeldCounters, Origin};
 use tiendo::store::{self, Applied, Current, HeldView, PartitionBatch, Store};
 
-const PARTITIONS: i32 = 4;
-const TOPICS: [&str; 2] = ["records", "procedures"];
+use common::batches::{store_batch, Batches, PARTITIONS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
@@ -28,51 +29,17 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
     let mut settings = Settings::default();
     settings.redis.url = Secret::new(redis.url());
     let datasets = settings.validation.datasets.clone();
-    let validator = Validator::new(&settings.validation);
     let store = Store::new(
         store::connect(&settings.redis).await.unwrap(),
         "rt",
         datasets.clone(),
         3600,
     );
-    let mut g = Generator::new(5, "rt", &datasets);
-    let mut rng = fastrand::Rng::with_seed(5);
-    let mut offsets = [[0i64; PARTITIONS as usize]; 2];
-    let mut stored: [[Option<i64>; PARTITIONS as usize]; 2] = [[None; PARTITIONS as usize]; 2];
-    let mut held = HeldCounters::new();
     // Events over 60 days on both topics and every partition, with re-sends among them: many
     // claim buckets and many counter keys per batch.
-    let mut batch = || {
-        let now = Utc::now();
-        let mut batch = Batch::default();
-        let mut sent: Vec<Generated> = Vec::new();
-        for i in 0..2000 {
-            let at = now - chrono::Duration::seconds(rng.i64(0..60 * 86_400));
-            let m = if i % 10 == 0 && !sent.is_empty() {
-                sent[rng.usize(0..sent.len())].clone()
-            } else if i % 5 == 4 {
-                g.procedure(at)
-            } else {
-                g.record(at)
-            };
-            let t = m.kind() as usize;
-            let partition = rng.i32(0..PARTITIONS);
-            let offset = offsets[t][partition as usize];
-            offsets[t][partition as usize] += 1;
-            let from = Origin {
-                t,
-                kind: m.kind(),
-                topic: TOPICS[t],
-                partition,
-                offset,
-            };
-            batch.push(from, None, &m.encode(), &validator, now.timestamp());
-            sent.push(m);
-        }
-        batch
-    };
+    let mut batches = Batches::new(&settings, 5);
     // The first batch loads the scripts (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
-    store_batch(&store, batch(), &mut stored, &mut held).await;
+    batches.store_next(&store, 2000).await;
 
     let mut monitor = Command::new("redis-cli")
         .args(["-p", &redis.port().to_string(), "monitor"])
@@ -82,7 +49,7 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
     let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "OK");
     for _ in 0..3 {
-        store_batch(&store, batch(), &mut stored, &mut held).await;
+        batches.store_next(&store, 2000).await;
     }
     // A marker, so the monitor is read up to here and no further.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -166,26 +133,6 @@ async fn a_batch_is_two_round_trips_and_two_writes_on_a_single_redis() {
         // than the 2,000 events' counters.
         assert!(t.contains(&"HSET".to_string()), "{t:?}");
         assert!(t.len() < 2000, "{} commands", t.len());
-    }
-}
-
-/// Stores a batch as the pipeline does, fenced on the offsets stored before, keeping the
-/// counters it wrote whole.
-async fn store_batch(
-    store: &Store,
-    mut batch: Batch,
-    stored: &mut [[Option<i64>; PARTITIONS as usize]; 2],
-    held: &mut HeldCounters,
-) {
-    batch.retain_parts(|p| {
-        p.expected = stored[p.t][p.partition as usize];
-        true
-    });
-    let now = Utc::now().timestamp();
-    for (part, outcome) in batch.store(store, held, now).await.unwrap() {
-        assert_eq!(outcome.applied, Applied::Stored);
-        stored[part.t][part.partition as usize] = Some(part.next);
-        held.keep(part, outcome.held);
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod aof;
+pub mod batches;
 pub mod browser;
 pub mod chat;
 pub mod relay;
@@ -86,12 +87,12 @@ impl Env {
         Env::start_with(|topics| Broker::Tansu(tansu::Tansu::start(topics)))
     }
 
-    /// On a Tansu that serves only `login`, with SASL/SCRAM-SHA-512 over TLS (SASL_SSL) with a
     /// On a Tansu whose log is kept on disk, so the test can stop it and start it again.
     pub fn start_tansu_persistent() -> Env {
         Env::start_with(|topics| Broker::Tansu(tansu::Tansu::start_persistent(topics)))
     }
 
+    /// On a Tansu that serves only `login`, with SASL/SCRAM-SHA-512 over TLS (SASL_SSL) with a
     /// certificate of a private CA; the settings, and every client of this Env, log in and
     /// trust that CA (`ssl.ca.location`).
     pub fn start_tansu_with_login(login: &tansu::Login) -> Env {
