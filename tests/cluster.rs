@@ -6,9 +6,11 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::batches::Batches;
 use common::{events, Env, Expected};
-use tiendo::config::Secret;
+use tiendo::config::{Secret, Settings};
 use tiendo::embedded::RedisServer;
+use tiendo::store::{self, Store};
 
 fn start_cluster() -> Vec<RedisServer> {
     let nodes: Vec<RedisServer> = (0..3)
@@ -140,4 +142,127 @@ async fn counts_are_exact_on_a_redis_cluster() {
     assert_eq!(ledger.head("ops").await.unwrap().unwrap().parts_sent, 1);
     assert!(ledger.delivered(&lock, &head.digest.id).await.unwrap());
     assert_eq!(ledger.pending("ops").await.unwrap(), 0);
+}
+
+/// Slots moving between nodes while batches are stored (`redis-cli --cluster reshard`, which
+/// moves their keys with MIGRATE): a node's pipeline meets MOVED or ASK, that round trip goes
+/// again call by call, the slot map is read again, and the counts stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_stay_exact_while_slots_move_between_nodes() {
+    let nodes = start_cluster();
+    let mut env = Env::start();
+    env.settings.redis.cluster_urls = nodes.iter().map(|n| Secret::new(n.url())).collect();
+    let mut g = env.generator(9);
+    let first = events(&mut g, 2000);
+    let mut rest = events(&mut g, 6000);
+    // Re-sends of the first events among the later ones.
+    rest.extend(first.iter().step_by(5).cloned());
+    let mut expected = Expected::default();
+    expected.add_all(&first);
+    expected.add_all(&rest);
+
+    let running = env.spawn().await;
+    env.publish(&first).await;
+    env.wait_progress(1, Duration::from_secs(60)).await;
+    let id = |node: &RedisServer| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &node.port().to_string(), "cluster", "myid"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // A third of the slots, from the first node to the second, then back, while the rest is
+    // published a little at a time.
+    let (from, to) = (id(&nodes[0]), id(&nodes[1]));
+    let seed = format!("127.0.0.1:{}", nodes[0].port());
+    let reshard = tokio::task::spawn_blocking(move || {
+        for (a, b) in [(&from, &to), (&to, &from)] {
+            let out = Command::new("redis-cli")
+                .args(["--cluster", "reshard", &seed])
+                .args(["--cluster-from", a, "--cluster-to", b])
+                .args(["--cluster-slots", "5000", "--cluster-yes"])
+                .output()
+                .expect("redis-cli");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    });
+    let mut chunks = rest.chunks(200);
+    let mut published_while_moving = 0;
+    while !reshard.is_finished() {
+        let Some(chunk) = chunks.next() else {
+            break;
+        };
+        env.publish(chunk).await;
+        published_while_moving += chunk.len();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for chunk in chunks {
+        env.publish(chunk).await;
+    }
+    reshard.await.expect("slots moved");
+    let snap = env.wait_consumed(Duration::from_secs(120)).await;
+    running.shutdown().await;
+    eprintln!("{published_while_moving} events published while slots moved");
+    expected.assert_matches(&snap);
+}
+
+/// Each node's count of reads from its clients (`total_reads_processed`), the read of the
+/// INFO that asks for it included.
+fn reads(nodes: &[RedisServer]) -> Vec<u64> {
+    nodes
+        .iter()
+        .map(|node| {
+            let out = Command::new("redis-cli")
+                .args(["-p", &node.port().to_string(), "info", "stats"])
+                .output()
+                .expect("redis-cli");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let n: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("total_reads_processed:"))
+                .expect("total_reads_processed")
+                .trim()
+                .parse()
+                .unwrap();
+            n
+        })
+        .collect()
+}
+
+/// On a cluster, a batch is one script call per claim shard and one per partition, but each
+/// node gets its share of each round trip together: Redis reads a batch's commands in two
+/// reads per node (each an event-loop pass, so under `appendfsync always` two fsyncs), not
+/// one per call. Small batches, so that a node's share of a round trip fits one read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reaches_each_node_in_two_reads_on_a_cluster() {
+    let nodes = start_cluster();
+    let mut settings = Settings::default();
+    settings.redis.cluster_urls = nodes.iter().map(|n| Secret::new(n.url())).collect();
+    let store = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        "rt",
+        settings.validation.datasets.clone(),
+        3600,
+    );
+    let mut batches = Batches::new(&settings, 6);
+    // The first batches load the scripts on every node (EVALSHA, NOSCRIPT, SCRIPT LOAD).
+    for _ in 0..3 {
+        batches.store_next(&store, 200).await;
+    }
+    const BATCHES: u64 = 10;
+    let before = reads(&nodes);
+    for _ in 0..BATCHES {
+        batches.store_next(&store, 200).await;
+    }
+    let after = reads(&nodes);
+    // Less two reads of `redis-cli`: the first's close (a read of nothing) and the second INFO.
+    let per_node: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b - 2).collect();
+    eprintln!("reads per node for {BATCHES} batches: {per_node:?}");
+    for n in per_node {
+        assert!(n <= 2 * BATCHES, "{n} reads for {BATCHES} batches");
+    }
 }

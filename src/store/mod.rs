@@ -4,8 +4,8 @@
 //! read-only transaction that reads the counters it adds to, except those held from the
 //! batches before; then one transaction for the counters and offsets): under `appendfsync
 //! always` Redis pays an fsync per event-loop pass that writes, so the number of writes, not
-//! only of commands, sets the speed. On a cluster, script calls are per slot and counters are
-//! added blind.
+//! only of commands, sets the speed. On a cluster, script calls are per slot, each round trip
+//! goes to each node as one pipeline (see `nodes`), and counters are added blind.
 //!
 //! Dedup claims are written before the counters, in their own round trip, and carry the
 //! claimant's coordinates (partition and offset). If the process dies between the claim and the
@@ -17,6 +17,7 @@ mod apply;
 mod claims;
 mod conn;
 mod keys;
+mod nodes;
 mod read;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -279,6 +280,8 @@ pub struct Store {
     script: Script,
     claim_script: Script,
     writers: Arc<Writers>,
+    /// On a cluster, the slot map that groups a round trip's calls by node.
+    nodes: nodes::Nodes,
 }
 
 impl Store {
@@ -294,6 +297,7 @@ impl Store {
                 nonce: fastrand::u64(..),
                 seq: AtomicU64::new(0),
             }),
+            nodes: nodes::Nodes::default(),
         }
     }
 
@@ -326,8 +330,11 @@ impl Store {
     /// time, valued with the claimant's partition and offset: the same message replayed after a
     /// crash finds its own value and is new again; a re-send (another offset) finds another
     /// value. One script call (see claim.lua) on a single Redis; on a cluster, one per shard,
-    /// all sent together.
+    /// in one pipeline per node.
     pub async fn claim(&self, plan: &ClaimPlan) -> Result<Vec<bool>, StoreError> {
+        if let Some(answers) = self.claim_by_node(plan).await {
+            return plan.settle(answers?);
+        }
         let calls = plan.calls.iter().map(|call| {
             let mut invocation = self.claim_script.prepare_invoke();
             invocation.arg(self.dedup_ttl);
@@ -341,6 +348,29 @@ impl Store {
             }
         });
         plan.settle(try_join_all(calls).await?)
+    }
+
+    /// On a cluster, the claim calls as one pipeline per node; `None` where they go call by
+    /// call (a single Redis, or a node refused one: see `nodes`).
+    async fn claim_by_node(
+        &self,
+        plan: &ClaimPlan,
+    ) -> Option<Result<Vec<Vec<redis::Value>>, StoreError>> {
+        if !self.conn.is_cluster() {
+            return None;
+        }
+        let mut calls = Vec::with_capacity(plan.calls.len());
+        for call in &plan.calls {
+            let keys: Vec<&String> = call.buckets.iter().map(|(key, _)| key).collect();
+            let mut cmd = evalsha(&self.claim_script, &keys);
+            cmd.arg(self.dedup_ttl);
+            for (_, packed) in &call.buckets {
+                cmd.arg(packed);
+            }
+            calls.push((keys.first()?.as_bytes().to_vec(), cmd));
+        }
+        let answers = self.nodes.send(&self.conn, calls).await?;
+        Some(answers.into_iter().map(from_value).collect())
     }
 
     /// Groups claims (their ids digested at decode) into the script calls [`Store::claim`]
@@ -569,6 +599,31 @@ impl Store {
         applied(reply, batches.len()).map(Some)
     }
 
+    /// On a cluster, the apply calls and the directory update as one pipeline per node;
+    /// `None` where they go call by call (see `nodes`).
+    async fn apply_by_node(
+        &self,
+        calls: &[apply::ApplyCall],
+        tags: &[String],
+    ) -> Option<Result<Vec<Vec<i64>>, StoreError>> {
+        if !self.conn.is_cluster() {
+            return None;
+        }
+        let mut sends = Vec::with_capacity(calls.len() + 1);
+        for call in calls {
+            let mut cmd = evalsha(&self.script, &call.keys);
+            cmd.arg(&call.args);
+            sends.push((call.keys.first()?.as_bytes().to_vec(), cmd));
+        }
+        let directory = self.keys.directory();
+        let mut listed = redis::cmd("SADD");
+        listed.arg(&directory).arg(tags);
+        sends.push((directory.into_bytes(), listed));
+        let mut answers = self.nodes.send(&self.conn, sends).await?;
+        answers.pop();
+        Some(answers.into_iter().map(from_value).collect())
+    }
+
     /// The apply.lua call for `batches` (see `apply::call`).
     fn apply_call(
         &self,
@@ -590,7 +645,7 @@ impl Store {
     }
 
     /// Applies through apply.lua alone: one call for every partition on a single Redis, one
-    /// per partition (and a directory update) on a cluster, all sent together.
+    /// per partition (and a directory update) on a cluster, in one pipeline per node.
     async fn apply_scripted(
         &self,
         batches: &[PartitionBatch<'_>],
@@ -607,6 +662,9 @@ impl Store {
             let all: Vec<&PartitionBatch<'_>> = batches.iter().collect();
             vec![self.apply_call(&all, Some(tags), writer, now, true)]
         };
+        if let Some(replies) = self.apply_by_node(&calls, tags).await {
+            return applied(replies?.into_iter().flatten().collect(), batches.len());
+        }
         let listed = async {
             if !self.conn.is_cluster() {
                 return Ok(());
@@ -631,6 +689,18 @@ impl Store {
         let (_, replies) = futures::try_join!(listed, try_join_all(calls))?;
         applied(replies.into_iter().flatten().collect(), batches.len())
     }
+}
+
+/// `EVALSHA` of `script` with `keys`, its arguments to add: for a pipeline, where a script
+/// cannot be loaded on the way as `Script::invoke_async` does.
+fn evalsha(script: &Script, keys: &[impl redis::ToRedisArgs]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+fn from_value<T: redis::FromRedisValue>(value: redis::Value) -> Result<T, StoreError> {
+    Ok(redis::from_redis_value(value)?)
 }
 
 /// The next reply of a transaction, which must hold one per command sent.

@@ -1,0 +1,222 @@
+//! On a Redis Cluster, one pipeline per node for each of a batch's round trips.
+//!
+//! A cluster takes one slot per script call, so a batch is a claim call per shard and an
+//! apply call per partition. Sent as separate requests, a node read them in three or four
+//! passes per batch (measured), and under `appendfsync always` each pass that writes pays an
+//! fsync. Here the calls of one round trip are grouped by the node that owns their slot (as
+//! `CLUSTER SLOTS` last said) and each group goes as one pipeline.
+//!
+//! Anything unexpected in an answer (a script the node has not loaded yet, a slot that moved,
+//! a node that is down) makes the caller send the same calls one by one, the client's own way,
+//! which loads scripts and follows redirections; the slot map is then read again. That is
+//! sound because every call here may run twice: a claim finds its own value, and an apply
+//! whose offset is already stored is fenced at exactly the next offset, which counts as stored.
+
+use std::sync::{Arc, Mutex};
+
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, Value};
+
+use super::conn::RedisConn;
+
+/// A key's cluster slot: CRC16 (XMODEM) of its hash tag, or of the whole key without one.
+fn slot_of(key: &[u8]) -> u16 {
+    let tag = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % 16384
+}
+
+/// Which node owns each slot, by `CLUSTER SLOTS`: (first slot, last slot, node).
+#[derive(Debug, Default)]
+struct SlotOwners {
+    ranges: Vec<(u16, u16, String)>,
+}
+
+impl SlotOwners {
+    fn parse(reply: Value) -> Option<SlotOwners> {
+        let Value::Array(ranges) = reply else {
+            return None;
+        };
+        let mut owners = SlotOwners::default();
+        for range in ranges {
+            let Value::Array(fields) = range else {
+                return None;
+            };
+            let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(primary))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                return None;
+            };
+            // The primary's host and port: what tells two nodes apart.
+            let node = match (primary.first(), primary.get(1)) {
+                (Some(Value::BulkString(host)), Some(Value::Int(port))) => {
+                    format!("{}:{port}", String::from_utf8_lossy(host))
+                }
+                _ => return None,
+            };
+            owners.ranges.push((
+                u16::try_from(*first).ok()?,
+                u16::try_from(*last).ok()?,
+                node,
+            ));
+        }
+        Some(owners)
+    }
+
+    fn node_of(&self, slot: u16) -> Option<&str> {
+        self.ranges
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, node)| node.as_str())
+    }
+}
+
+/// The slot map the pipelines are grouped by, shared by a store's clones.
+#[derive(Clone, Default)]
+pub(super) struct Nodes {
+    owners: Arc<Mutex<Option<Arc<SlotOwners>>>>,
+}
+
+impl Nodes {
+    /// Sends `calls` (each a command and a key that names its slot) as one pipeline per node,
+    /// all at once, and returns their answers in order. `None` if any answer is an error or
+    /// the slot map cannot be had: the caller then sends them its own way.
+    pub async fn send(&self, conn: &RedisConn, calls: Vec<(Vec<u8>, Cmd)>) -> Option<Vec<Value>> {
+        let RedisConn::Cluster(cluster) = conn else {
+            return None;
+        };
+        let owners = self.owners(conn).await?;
+        let count = calls.len();
+        // (node, first slot, positions in `calls`, their pipeline), in the order nodes are
+        // first met.
+        let mut groups: Vec<(&str, u16, Vec<usize>, redis::Pipeline)> = Vec::new();
+        for (i, (key, cmd)) in calls.into_iter().enumerate() {
+            let slot = slot_of(&key);
+            let node = owners.node_of(slot)?;
+            let g = match groups.iter().position(|g| g.0 == node) {
+                Some(g) => g,
+                None => {
+                    groups.push((node, slot, Vec::new(), redis::pipe()));
+                    groups.len() - 1
+                }
+            };
+            groups[g].2.push(i);
+            groups[g].3.add_command(cmd);
+        }
+        let mut positions = Vec::with_capacity(groups.len());
+        let mut sends = Vec::with_capacity(groups.len());
+        for (_, slot, at, pipe) in groups {
+            let mut cluster = cluster.clone();
+            // Routed by a slot of the group: to the node the client knows owns it, which is
+            // the group's node unless the map changed, and then an answer says MOVED.
+            let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+            let n = at.len();
+            sends.push(async move { cluster.route_pipeline(pipe, 0, n, route).await });
+            positions.push(at);
+        }
+        let answers = match futures::future::try_join_all(sends).await {
+            Ok(answers) => answers,
+            Err(error) => {
+                tracing::debug!(%error, "a node's pipeline failed: sending call by call");
+                self.forget();
+                return None;
+            }
+        };
+        let mut out = vec![Value::Nil; count];
+        for (at, answer) in positions.into_iter().zip(answers) {
+            if answer.len() != at.len() {
+                self.forget();
+                return None;
+            }
+            for (i, value) in at.into_iter().zip(answer) {
+                if let Value::ServerError(error) = &value {
+                    // NOSCRIPT on a node's first calls is expected: say nothing louder.
+                    tracing::debug!(?error, "a call in a node's pipeline failed");
+                    if error.kind() != Some(redis::ServerErrorKind::NoScript) {
+                        self.forget();
+                    }
+                    return None;
+                }
+                out[i] = value;
+            }
+        }
+        Some(out)
+    }
+
+    /// The slot map, read once and kept until something fails.
+    async fn owners(&self, conn: &RedisConn) -> Option<Arc<SlotOwners>> {
+        if let Some(owners) = self.owners.lock().expect("slot map lock").clone() {
+            return Some(owners);
+        }
+        let mut conn = conn.clone();
+        let reply: Value = match redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::debug!(%error, "CLUSTER SLOTS failed");
+                return None;
+            }
+        };
+        let owners = Arc::new(SlotOwners::parse(reply)?);
+        *self.owners.lock().expect("slot map lock") = Some(owners.clone());
+        Some(owners)
+    }
+
+    fn forget(&self) {
+        *self.owners.lock().expect("slot map lock") = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(n: i64) -> Value {
+        Value::Int(n)
+    }
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::BulkString(host.as_bytes().to_vec()),
+            int(port),
+            Value::BulkString(b"id".to_vec()),
+        ])
+    }
+
+    #[test]
+    fn slots_are_redis_cluster_keyslots() {
+        // As `CLUSTER KEYSLOT` answers.
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"bar"), 5061);
+        assert_eq!(slot_of(b"{foo}.counts"), 12182);
+        assert_eq!(slot_of(b"x{foo}{bar}"), 12182);
+        // An empty tag does not count: the whole key is hashed.
+        assert_eq!(slot_of(b"{}foo"), 9500);
+        assert_eq!(slot_of(b"a{}{b}"), 15033);
+    }
+
+    #[test]
+    fn cluster_slots_map_each_slot_to_its_primary() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                int(0),
+                int(5460),
+                node("127.0.0.1", 7000),
+                node("r", 1),
+            ]),
+            Value::Array(vec![int(5461), int(16383), node("127.0.0.1", 7001)]),
+        ]);
+        let owners = SlotOwners::parse(reply).unwrap();
+        assert_eq!(owners.node_of(0), Some("127.0.0.1:7000"));
+        assert_eq!(owners.node_of(5460), Some("127.0.0.1:7000"));
+        assert_eq!(owners.node_of(5461), Some("127.0.0.1:7001"));
+        assert_eq!(owners.node_of(16383), Some("127.0.0.1:7001"));
+        assert!(SlotOwners::parse(Value::Nil).is_none());
+    }
+}
