@@ -34,8 +34,10 @@ impl Markup {
         }
     }
 
+    /// `text` in bold, on one line: a line break inside it would let a message split at line
+    /// boundaries cut the tag apart (found by fuzzing the split), so breaks become spaces.
     pub fn bold(self, text: &str) -> String {
-        let t = self.escape(text);
+        let t = self.escape(text).replace(['\r', '\n'], " ");
         match self {
             Markup::TelegramHtml => format!("<b>{t}</b>"),
             // Slack has no escape for `*`; a look-alike keeps a name from ending the bold.
@@ -748,6 +750,23 @@ fn line(n: &Notice, lang: Language, m: Markup) -> String {
 mod tests {
     use super::*;
     use crate::rules::{Facts, Subject};
+
+    // Found by fuzzing (examples/fuzz.rs, target `text`): a name holding "\r\n" put a line
+    // break inside <b>…</b>, and a split at line boundaries left parts with a tag unclosed.
+    #[test]
+    fn a_bold_name_with_a_line_break_stays_on_one_line() {
+        let m = Markup::TelegramHtml;
+        let text = format!("{}\n{}", m.bold("tiendo"), m.bold("🟢 Đắk\r\nLắk"));
+        for part in split(&text, 20) {
+            assert_eq!(
+                part.matches("<b>").count(),
+                part.matches("</b>").count(),
+                "{part:?}"
+            );
+        }
+        assert_eq!(m.bold("a\nb"), "<b>a b</b>");
+        assert_eq!(Markup::Slack.bold("a\r\nb"), "*a  b*");
+    }
 
     fn notice(name: &str, rule: Rule, change: Change) -> Notice {
         let subject = Subject {
