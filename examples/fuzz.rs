@@ -6,7 +6,9 @@
 //! - `decode`: protobuf decoding and validation of both topics' messages;
 //! - `publish`: `tiendo publish`'s CSV and JSON Lines readers;
 //! - `config`: the TOML configuration loader;
-//! - `text`: Telegram HTML and Slack mrkdwn digests, from notices with any names and figures.
+//! - `env`: the `TIENDO_*` environment loader (each input line a variable, `NAME=VALUE`);
+//! - `text`: Telegram HTML and Slack mrkdwn digests, from notices with any names and figures,
+//!   and the same text split into messages of any size (as reports and replies are).
 //!
 //! `cargo run --release --example fuzz -- [TARGET|all] [INPUTS] [SEED]`. A crash writes the
 //! input to `target/fuzz-crashes/` and exits 1; make it a regression test.
@@ -19,7 +21,7 @@ use tiendo::config::{Language, Settings};
 use tiendo::decode::Validator;
 use tiendo::events::Kind;
 use tiendo::generator::Generator;
-use tiendo::notify::message::{length, render, Markup, Style};
+use tiendo::notify::message::{length, render, split, Markup, Style};
 use tiendo::publish::{FileFormat, FileKind};
 use tiendo::rules::ledger::{Digest, Notice};
 use tiendo::rules::state::Change;
@@ -206,6 +208,25 @@ fn targets() -> Vec<Target> {
         let _ = Settings::from_toml(&String::from_utf8_lossy(input));
         Ok(())
     });
+    // The variables the Compose service and the Kubernetes Deployment set, and others of each
+    // kind of value (lists, durations, numbers, chat ids, maps of properties), less the
+    // `TIENDO_` every line gets back.
+    let env_seeds = vec![
+        b"CONFIG=/etc/tiendo/tiendo.toml\nKAFKA__BROKERS=kafka:9092\nREDIS__URL=redis://redis:6379\nTARGETS__FILE=/etc/tiendo/targets.csv\n".to_vec(),
+        b"LOG__FORMAT=json\nKAFKA__GROUP_INSTANCE_ID=tiendo-0\nKAFKA__PROPERTIES__SASL_PASSWORD=s3cret\nALERTS__RECEIVERS__TASKFORCE__TOKEN=1:x\nSERVICE_HOST=10.0.0.1\n".to_vec(),
+        b"ALERTS__RECEIVERS__TASKFORCE__KIND=telegram\nALERTS__RECEIVERS__TASKFORCE__CHAT_ID=-1001234567890\nVALIDATION__DATASETS=civil_status,land\nPIPELINE__BATCH_LINGER=50ms\nPIPELINE__BATCH_MAX_MESSAGES=500\nREDIS__CLUSTER_URLS=[\"redis://a:1\",\"redis://b:2\"]\n".to_vec(),
+    ];
+    let env = Box::new(|input: &[u8]| {
+        let text = String::from_utf8_lossy(input);
+        let vars = text.lines().map(|line| {
+            let (name, value) = line.split_once('=').unwrap_or((line, ""));
+            (format!("TIENDO_{name}").into(), value.into())
+        });
+        if let Ok(env) = tiendo::config::env::EnvOverrides::read(vars) {
+            let _ = Settings::load_with(None, env);
+        }
+        Ok(())
+    });
     let names: Vec<Vec<u8>> = [
         "Hà Nội",
         "Bà Rịa - Vũng Tàu",
@@ -230,14 +251,20 @@ fn targets() -> Vec<Target> {
                 group_at: 2 + input.len() % 5,
                 link: Some("https://tiendo.example/?a=1&b=<2>".into()),
             };
-            for message in render(&digest, &style) {
-                if length(&message) > max {
-                    return Err(format!(
-                        "{markup:?} message of {} > {max}",
-                        length(&message)
-                    ));
+            let messages = render(&digest, &style);
+            for message in &messages {
+                if length(message) > max {
+                    return Err(format!("{markup:?} message of {} > {max}", length(message)));
                 }
-                valid(&message, markup)?;
+                valid(message, markup)?;
+            }
+            // Text rendered ahead, split to any size: each part fits and stays valid.
+            let small = 1 + input.len() * 7 % 300;
+            for part in split(&messages.join("\n"), small) {
+                if length(&part) > small {
+                    return Err(format!("{markup:?} part of {} > {small}", length(&part)));
+                }
+                valid(&part, markup)?;
             }
         }
         Ok(())
@@ -257,6 +284,11 @@ fn targets() -> Vec<Target> {
             name: "config",
             seeds: config_seeds,
             run: config,
+        },
+        Target {
+            name: "env",
+            seeds: env_seeds,
+            run: env,
         },
         Target {
             name: "text",
@@ -393,7 +425,7 @@ fn main() {
         .filter(|t| which == "all" || which == t.name)
         .collect();
     if chosen.is_empty() {
-        eprintln!("no target {which}; targets: decode, publish, config, text, all");
+        eprintln!("no target {which}; targets: decode, publish, config, env, text, all");
         std::process::exit(2);
     }
     let failed = std::thread::scope(|scope| {
@@ -413,7 +445,11 @@ fn main() {
 
 /// Runs `inputs` mutated inputs through `target`; `true` if one failed (saved and reported).
 fn fuzz(target: &Target, inputs: u64, seed: u64) -> bool {
-    let mut rng = Rng((seed ^ (target.name.len() as u64 * 0x9e37_79b9)) | 1);
+    // Each target its own stream: the seed mixed with the name (FNV-1a).
+    let name = target.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut rng = Rng((seed ^ name) | 1);
     let started = Instant::now();
     for n in 0..inputs {
         let input = mutate(&mut rng, &target.seeds);
