@@ -228,13 +228,23 @@ async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
         .spawn()
         .map(common::Killed)
         .expect("tiendo starts");
-    let mut other = env.spawn_process();
-    let metric = |name: &'static str| {
-        let base = base.clone();
-        async move { common::scrape(&base, name).await.unwrap_or(0.0) }
+    let other_port = tiendo::embedded::free_port().unwrap();
+    let mut other = env
+        .process_command()
+        .env("TIENDO_HTTP__LISTEN", format!("127.0.0.1:{other_port}"))
+        .spawn()
+        .map(common::Killed)
+        .expect("tiendo starts");
+    let scrape = |base: String, name: &'static str| async move {
+        common::scrape(&base, name).await.unwrap_or(0.0)
     };
+    let metric = |name: &'static str| scrape(base.clone(), name);
+    let others = |name: &'static str| scrape(format!("http://127.0.0.1:{other_port}"), name);
+    let all = f64::from(common::RECORD_PARTITIONS + common::PROCEDURE_PARTITIONS);
     let mut fenced = 0.0;
     let mut pauses = 0;
+    // Pauses during which the group gave the other replica every partition.
+    let mut moved = 0;
     // One pause is enough unless what is held is no batch past its checks: the periodic
     // check of stored offsets (every 5 s), which learns of the other's offsets without a
     // fence, or a read made ahead for a batch not yet prepared.
@@ -244,7 +254,6 @@ async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mine = metric("tiendo_assigned_partitions").await;
-            let all = f64::from(common::RECORD_PARTITIONS + common::PROCEDURE_PARTITIONS);
             if (mine > 0.0 && mine < all) || Instant::now() > deadline {
                 break;
             }
@@ -263,6 +272,12 @@ async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
         pauses += 1;
         // Past the 6 s session timeout, and time for the other to store on its new partitions.
         tokio::time::sleep(Duration::from_secs(12)).await;
+        // The group has moved the zombie's partitions: the other holds them all.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while others("tiendo_assigned_partitions").await < all && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        moved += usize::from(others("tiendo_assigned_partitions").await == all);
         // The zombie's held write reaches Redis, after the other's.
         relay.release();
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -279,6 +294,10 @@ async fn a_zombie_paused_past_the_session_timeout_is_fenced_when_it_resumes() {
         let _ = child.wait();
     }
     expected.assert_matches(&snap);
+    assert_eq!(
+        moved, pauses,
+        "the other replica held every partition in each pause"
+    );
     assert!(
         fenced > 0.0,
         "no batch of the zombie was fenced in {pauses} pauses"
