@@ -6,13 +6,18 @@
 //! fsync. Here the calls of one round trip are grouped by the node that owns their slot (as
 //! `CLUSTER SLOTS` last said) and each group goes as one pipeline.
 //!
-//! Anything unexpected in an answer (a script the node has not loaded yet, a slot that moved,
-//! a node that is down) makes the caller send the same calls one by one, the client's own way,
-//! which loads scripts and follows redirections; the slot map is then read again. That is
-//! sound because every call here may run twice: a claim finds its own value, and an apply
-//! whose offset is already stored is fenced at exactly the next offset, which counts as stored.
+//! A pipeline a node redirects (MOVED, ASK: a slot that moved) is sent again by the client
+//! itself, whole, up to its retry limit. Any error left in an answer (a script the node has
+//! not loaded yet, redirections past that limit, a node that is down) makes the caller send
+//! the same calls one by one, the client's own way, which loads scripts and follows
+//! redirections call by call. The slot map is read again after such an error, and at least
+//! once a minute, so a map the client had to correct does not stay wrong for long. All of this
+//! is sound because any call here may run more than once, even at the same time as its
+//! repeat: a claim finds its own value, and an apply whose offset is already stored is fenced
+//! at exactly the next offset, which counts as stored.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Value};
@@ -29,7 +34,10 @@ fn slot_of(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % 16384
 }
 
-/// Which node owns each slot, by `CLUSTER SLOTS`: (first slot, last slot, node).
+/// How long a slot map is used before it is read again.
+const MAP_AGE: Duration = Duration::from_secs(60);
+
+/// Which node owns each slot, by `CLUSTER SLOTS`: (first slot, last slot, node id).
 #[derive(Debug, Default)]
 struct SlotOwners {
     ranges: Vec<(u16, u16, String)>,
@@ -50,13 +58,11 @@ impl SlotOwners {
             else {
                 return None;
             };
-            // The primary's host and port: what tells two nodes apart.
-            let node = match (primary.first(), primary.get(1)) {
-                (Some(Value::BulkString(host)), Some(Value::Int(port))) => {
-                    format!("{}:{port}", String::from_utf8_lossy(host))
-                }
-                _ => return None,
+            // The primary's node id, which tells nodes apart whatever endpoints they show.
+            let Some(Value::BulkString(id)) = primary.get(2) else {
+                return None;
             };
+            let node = String::from_utf8_lossy(id).into_owned();
             owners.ranges.push((
                 u16::try_from(*first).ok()?,
                 u16::try_from(*last).ok()?,
@@ -74,10 +80,21 @@ impl SlotOwners {
     }
 }
 
+/// What is known of the slot map.
+#[derive(Default)]
+enum Map {
+    #[default]
+    Unread,
+    Read(Instant, Arc<SlotOwners>),
+    /// `CLUSTER SLOTS` failed or said what this cannot read: calls go one by one for a while,
+    /// rather than asking again each round trip.
+    Failed(Instant),
+}
+
 /// The slot map the pipelines are grouped by, shared by a store's clones.
 #[derive(Clone, Default)]
 pub(super) struct Nodes {
-    owners: Arc<Mutex<Option<Arc<SlotOwners>>>>,
+    map: Arc<Mutex<Map>>,
 }
 
 impl Nodes {
@@ -146,10 +163,12 @@ impl Nodes {
         Some(out)
     }
 
-    /// The slot map, read once and kept until something fails.
+    /// The slot map, read again once it is a minute old or something failed.
     async fn owners(&self, conn: &RedisConn) -> Option<Arc<SlotOwners>> {
-        if let Some(owners) = self.owners.lock().expect("slot map lock").clone() {
-            return Some(owners);
+        match &*self.map.lock().expect("slot map lock") {
+            Map::Read(at, owners) if at.elapsed() < MAP_AGE => return Some(owners.clone()),
+            Map::Failed(at) if at.elapsed() < MAP_AGE => return None,
+            _ => {}
         }
         let mut conn = conn.clone();
         let reply: Value = match redis::cmd("CLUSTER")
@@ -160,16 +179,22 @@ impl Nodes {
             Ok(reply) => reply,
             Err(error) => {
                 tracing::debug!(%error, "CLUSTER SLOTS failed");
+                *self.map.lock().expect("slot map lock") = Map::Failed(Instant::now());
                 return None;
             }
         };
-        let owners = Arc::new(SlotOwners::parse(reply)?);
-        *self.owners.lock().expect("slot map lock") = Some(owners.clone());
+        let Some(owners) = SlotOwners::parse(reply) else {
+            tracing::warn!("CLUSTER SLOTS answered what tiendo cannot read: calls go one by one");
+            *self.map.lock().expect("slot map lock") = Map::Failed(Instant::now());
+            return None;
+        };
+        let owners = Arc::new(owners);
+        *self.map.lock().expect("slot map lock") = Map::Read(Instant::now(), owners.clone());
         Some(owners)
     }
 
     fn forget(&self) {
-        *self.owners.lock().expect("slot map lock") = None;
+        *self.map.lock().expect("slot map lock") = Map::Unread;
     }
 }
 
@@ -181,12 +206,16 @@ mod tests {
         Value::Int(n)
     }
 
-    fn node(host: &str, port: i64) -> Value {
+    fn node(host: Value, port: i64, id: &str) -> Value {
         Value::Array(vec![
-            Value::BulkString(host.as_bytes().to_vec()),
+            host,
             int(port),
-            Value::BulkString(b"id".to_vec()),
+            Value::BulkString(id.as_bytes().to_vec()),
         ])
+    }
+
+    fn host(name: &str) -> Value {
+        Value::BulkString(name.as_bytes().to_vec())
     }
 
     #[test]
@@ -203,20 +232,23 @@ mod tests {
 
     #[test]
     fn cluster_slots_map_each_slot_to_its_primary() {
+        // Nodes told apart by id, whatever endpoint they show: an unknown endpoint is nil, and
+        // two nodes may show the same "?" host.
         let reply = Value::Array(vec![
             Value::Array(vec![
                 int(0),
                 int(5460),
-                node("127.0.0.1", 7000),
-                node("r", 1),
+                node(host("?"), 7000, "a"),
+                node(host("replica"), 1, "r"),
             ]),
-            Value::Array(vec![int(5461), int(16383), node("127.0.0.1", 7001)]),
+            Value::Array(vec![int(5461), int(9000), node(host("?"), 7000, "b")]),
+            Value::Array(vec![int(9001), int(16383), node(Value::Nil, 7000, "c")]),
         ]);
         let owners = SlotOwners::parse(reply).unwrap();
-        assert_eq!(owners.node_of(0), Some("127.0.0.1:7000"));
-        assert_eq!(owners.node_of(5460), Some("127.0.0.1:7000"));
-        assert_eq!(owners.node_of(5461), Some("127.0.0.1:7001"));
-        assert_eq!(owners.node_of(16383), Some("127.0.0.1:7001"));
+        assert_eq!(owners.node_of(0), Some("a"));
+        assert_eq!(owners.node_of(5460), Some("a"));
+        assert_eq!(owners.node_of(5461), Some("b"));
+        assert_eq!(owners.node_of(16383), Some("c"));
         assert!(SlotOwners::parse(Value::Nil).is_none());
     }
 }
