@@ -12,6 +12,16 @@ use tiendo::config::{Secret, Settings};
 use tiendo::embedded::RedisServer;
 use tiendo::store::{self, Store};
 
+/// What `redis-cli` prints for `args` sent to `node`, trimmed.
+fn ask(node: &RedisServer, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &node.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (package redis-tools)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn start_cluster() -> Vec<RedisServer> {
     let nodes: Vec<RedisServer> = (0..3)
         .map(|_| {
@@ -42,11 +52,7 @@ fn start_cluster() -> Vec<RedisServer> {
     let deadline = Instant::now() + Duration::from_secs(30);
     for node in &nodes {
         loop {
-            let info = Command::new("redis-cli")
-                .args(["-p", &node.port().to_string(), "cluster", "info"])
-                .output()
-                .expect("redis-cli");
-            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            if ask(node, &["cluster", "info"]).contains("cluster_state:ok") {
                 break;
             }
             assert!(Instant::now() < deadline, "cluster not ready");
@@ -84,14 +90,7 @@ async fn counts_are_exact_on_a_redis_cluster() {
     // The keys really are spread over the nodes.
     let mut nodes_with_keys = 0;
     for node in &nodes {
-        let out = Command::new("redis-cli")
-            .args(["-p", &node.port().to_string(), "dbsize"])
-            .output()
-            .unwrap();
-        let n: u64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
+        let n: u64 = ask(node, &["dbsize"]).parse().unwrap_or(0);
         nodes_with_keys += (n > 0) as u32;
     }
     assert!(
@@ -170,13 +169,7 @@ async fn counts_stay_exact_while_slots_move_between_nodes() {
     let running = env.spawn().await;
     env.publish(&first).await;
     env.wait_progress(1, Duration::from_secs(60)).await;
-    let id = |node: &RedisServer| {
-        let out = Command::new("redis-cli")
-            .args(["-p", &node.port().to_string(), "cluster", "myid"])
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let id = |node: &RedisServer| ask(node, &["cluster", "myid"]);
     // A third of the slots, from the first node to the second, then back, while the rest is
     // published a little at a time.
     let (from, to) = (id(&nodes[0]), id(&nodes[1]));
@@ -226,19 +219,13 @@ fn reads(nodes: &[RedisServer]) -> Vec<i64> {
     nodes
         .iter()
         .map(|node| {
-            let out = Command::new("redis-cli")
-                .args(["-p", &node.port().to_string(), "info", "stats"])
-                .output()
-                .expect("redis-cli");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let n: i64 = text
+            ask(node, &["info", "stats"])
                 .lines()
                 .find_map(|l| l.strip_prefix("total_reads_processed:"))
                 .expect("total_reads_processed")
                 .trim()
                 .parse()
-                .unwrap();
-            n
+                .unwrap()
         })
         .collect()
 }
