@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -154,6 +155,7 @@ async fn counts_are_exact_on_a_redis_cluster() {
 /// map is read again; the counts stay exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_stay_exact_while_slots_move_between_nodes() {
+    let metrics = tiendo::telemetry::install_prometheus().unwrap();
     let nodes = start_cluster();
     let mut env = Env::start();
     env.settings.redis.cluster_urls = urls(&nodes);
@@ -206,6 +208,11 @@ async fn counts_stay_exact_while_slots_move_between_nodes() {
     let snap = env.wait_consumed(Duration::from_secs(120)).await;
     running.shutdown().await;
     eprintln!("{published_while_moving} events published while slots moved");
+    // Those that went call by call (reason `error`: 7 or 8 in a run here) are counted; the slot
+    // map itself could always be read.
+    let fallbacks = call_by_call(&metrics);
+    eprintln!("round trips call by call: {fallbacks:?}");
+    assert!(!fallbacks.contains_key("slot_map"), "{fallbacks:?}");
     assert!(
         published_while_moving > 0,
         "the slots moved before any event"
@@ -230,12 +237,29 @@ fn reads(nodes: &[RedisServer]) -> Vec<i64> {
         .collect()
 }
 
+/// `tiendo_redis_cluster_call_by_call_total` by reason, as `/metrics` would show it.
+fn call_by_call(metrics: &metrics_exporter_prometheus::PrometheusHandle) -> BTreeMap<String, u64> {
+    let prefix = "tiendo_redis_cluster_call_by_call_total{reason=\"";
+    metrics
+        .render()
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix)?.split_once("\"} "))
+        .map(|(reason, n)| (reason.to_string(), n.parse().unwrap()))
+        .collect()
+}
+
 /// On a cluster, a batch is one script call per claim shard and one per partition, but each
 /// node gets its share of each round trip together: Redis reads a batch's commands in two
 /// reads per node (each an event-loop pass, so under `appendfsync always` two fsyncs), not
-/// one per call. Small batches, so that a node's share of a round trip fits one read.
+/// one per call. Small batches, so that a node's share of a round trip fits one read. Only
+/// the first round trips go call by call, to load the scripts, and the metric says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_reaches_each_node_in_two_reads_on_a_cluster() {
+    // This test's own recorder: the store is driven from this thread, and other tests of the
+    // file run beside it.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let nodes = start_cluster();
     let mut settings = Settings::default();
     settings.redis.cluster_urls = urls(&nodes);
@@ -250,6 +274,10 @@ async fn a_batch_reaches_each_node_in_two_reads_on_a_cluster() {
     for _ in 0..3 {
         batches.store_next(&store, 200).await;
     }
+    let loading = call_by_call(&metrics);
+    eprintln!("round trips call by call while the scripts loaded: {loading:?}");
+    assert!(loading.get("noscript").is_some_and(|n| *n > 0));
+    assert_eq!(loading.keys().collect::<Vec<_>>(), ["noscript"]);
     const BATCHES: i64 = 10;
     let before = reads(&nodes);
     for _ in 0..BATCHES {
@@ -262,4 +290,5 @@ async fn a_batch_reaches_each_node_in_two_reads_on_a_cluster() {
     for n in per_node {
         assert!(n <= 2 * BATCHES, "{n} reads for {BATCHES} batches");
     }
+    assert_eq!(call_by_call(&metrics), loading, "a pipeline fell back");
 }

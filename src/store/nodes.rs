@@ -23,6 +23,26 @@ use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Value};
 
 use super::conn::RedisConn;
+use crate::telemetry;
+
+/// Why a round trip went call by call (the `reason` of its counter).
+#[derive(Clone, Copy)]
+enum Fallback {
+    NoScript,
+    Error,
+    SlotMap,
+}
+
+impl Fallback {
+    fn count(self) {
+        let reason = match self {
+            Fallback::NoScript => "noscript",
+            Fallback::Error => "error",
+            Fallback::SlotMap => "slot_map",
+        };
+        metrics::counter!(telemetry::CLUSTER_CALL_BY_CALL, "reason" => reason).increment(1);
+    }
+}
 
 /// A key's cluster slot: CRC16 (XMODEM) of its hash tag, or of the whole key without one.
 fn slot_of(key: &[u8]) -> u16 {
@@ -100,19 +120,32 @@ pub(super) struct Nodes {
 impl Nodes {
     /// Sends `calls` (each a command and a key that names its slot) as one pipeline per node,
     /// all at once, and returns their answers in order. `None` if any answer is an error or
-    /// the slot map cannot be had: the caller then sends them its own way.
+    /// the slot map cannot be had (counted, by reason): the caller then sends them its own way.
     pub async fn send(&self, conn: &RedisConn, calls: Vec<(Vec<u8>, Cmd)>) -> Option<Vec<Value>> {
         let RedisConn::Cluster(cluster) = conn else {
             return None;
         };
-        let owners = self.owners(conn).await?;
+        let sent = self.pipelined(cluster, conn, calls).await;
+        if let Err(why) = sent {
+            why.count();
+        }
+        sent.ok()
+    }
+
+    async fn pipelined(
+        &self,
+        cluster: &redis::cluster_async::ClusterConnection,
+        conn: &RedisConn,
+        calls: Vec<(Vec<u8>, Cmd)>,
+    ) -> Result<Vec<Value>, Fallback> {
+        let owners = self.owners(conn).await.ok_or(Fallback::SlotMap)?;
         let count = calls.len();
         // (node, first slot, positions in `calls`, their pipeline), in the order nodes are
         // first met.
         let mut groups: Vec<(&str, u16, Vec<usize>, redis::Pipeline)> = Vec::new();
         for (i, (key, cmd)) in calls.into_iter().enumerate() {
             let slot = slot_of(&key);
-            let node = owners.node_of(slot)?;
+            let node = owners.node_of(slot).ok_or(Fallback::SlotMap)?;
             let g = match groups.iter().position(|g| g.0 == node) {
                 Some(g) => g,
                 None => {
@@ -139,28 +172,29 @@ impl Nodes {
             Err(error) => {
                 tracing::debug!(%error, "a node's pipeline failed: sending call by call");
                 self.forget();
-                return None;
+                return Err(Fallback::Error);
             }
         };
         let mut out = vec![Value::Nil; count];
         for (at, answer) in positions.into_iter().zip(answers) {
             if answer.len() != at.len() {
                 self.forget();
-                return None;
+                return Err(Fallback::Error);
             }
             for (i, value) in at.into_iter().zip(answer) {
                 if let Value::ServerError(error) = &value {
                     // NOSCRIPT on a node's first calls is expected: say nothing louder.
                     tracing::debug!(?error, "a call in a node's pipeline failed");
-                    if error.kind() != Some(redis::ServerErrorKind::NoScript) {
-                        self.forget();
+                    if error.kind() == Some(redis::ServerErrorKind::NoScript) {
+                        return Err(Fallback::NoScript);
                     }
-                    return None;
+                    self.forget();
+                    return Err(Fallback::Error);
                 }
                 out[i] = value;
             }
         }
-        Some(out)
+        Ok(out)
     }
 
     /// The slot map, read again once it is a minute old or something failed.
