@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod lookup;
+pub mod reply;
 pub mod telegram;
 
 use std::collections::BTreeSet;
@@ -17,16 +18,15 @@ use std::sync::Arc;
 
 use command::{Command, Unparsed, Verb};
 use lookup::Found;
+use reply::{alert_line, figures, help, silence_line, unit_name, usage};
 
 use crate::clock::SharedClock;
 use crate::config::{Language, Settings};
-use crate::notify::message::{
-    self, dataset_name, date, number, percent, rule_text, severity_text, time, Markup, Style,
-};
+use crate::notify::message::{self, dataset_name, number, percent, time, Markup, Style};
 use crate::provinces::{provinces, Scheme, Unit};
 use crate::rules::ledger::{Digest, Kind, Ledger, LedgerError, Notice, Silence, SilenceChange};
 use crate::rules::state::{AlertState, Change};
-use crate::rules::{evaluate, Facts, Route, Rule, Severity, Subject};
+use crate::rules::{evaluate, Facts, Route, Rule, Subject};
 use crate::status::{Status, View};
 use crate::store::Store;
 use crate::targets::Targets;
@@ -276,32 +276,8 @@ impl Conversation {
         let view = self.settings.alerts.view;
         let unit = match lookup::find(query, view.scheme()) {
             Found::One(u) => u,
-            Found::None => {
-                return Ok(if vi {
-                    format!(
-                        "Không tìm thấy tỉnh “{}”. Gõ tên (có hoặc không dấu) hoặc mã, ví dụ /tinh ninh thuan hoặc /tinh 58.",
-                        m.escape(query)
-                    )
-                } else {
-                    format!(
-                        "No province “{}”. Send a name (with or without diacritics) or a code, e.g. /province ninh thuan or /province 58.",
-                        m.escape(query)
-                    )
-                })
-            }
-            Found::Several(units) => {
-                let list: Vec<String> = units.iter().map(|u| unit_name(*u)).collect();
-                return Ok(format!(
-                    "{} “{}”: {}",
-                    if vi {
-                        "Nhiều tỉnh khớp"
-                    } else {
-                        "Several provinces match"
-                    },
-                    m.escape(query),
-                    m.escape(&list.join(", "))
-                ));
-            }
+            Found::None => return Ok(reply::not_found(query, lang, m)),
+            Found::Several(units) => return Ok(reply::several(query, &units, lang, m)),
         };
         let now = self.clock.now();
         let uview = match unit.scheme {
@@ -593,28 +569,8 @@ impl Conversation {
             .get(view.scheme(), code.parse().unwrap_or(0))
             .map(|p| p.name_vi.clone())
             .unwrap_or_default();
-        let scope = scope(&silence, lang);
-        let text = if vi {
-            format!(
-                "🔕 Đã tạm im {} của {} đến {} (giờ VN). Mã: {}. Bỏ im: /boimlang {}",
-                m.escape(&scope),
-                m.bold(&name),
-                time(until),
-                m.escape(&silence.id),
-                m.escape(&silence.id)
-            )
-        } else {
-            format!(
-                "🔕 Silenced {} of {} until {} (Vietnam time). Id: {}. To lift: /unsilence {}",
-                m.escape(&scope),
-                m.bold(&name),
-                time(until),
-                m.escape(&silence.id),
-                m.escape(&silence.id)
-            )
-        };
         Ok(Answer {
-            texts: vec![text],
+            texts: vec![reply::silenced(&silence, &name, lang, m)],
             change: Some(SilenceChange::Add(silence)),
             private: false,
         })
@@ -697,19 +653,6 @@ fn max(m: Markup) -> usize {
     }
 }
 
-/// `Ninh Thuận (63:58)`.
-fn unit_name(u: Unit) -> String {
-    let name = provinces()
-        .get(u.scheme, u.code)
-        .map(|p| p.name_vi.as_str())
-        .unwrap_or("?");
-    let tag = match u.scheme {
-        Scheme::Current34 => "34",
-        Scheme::Legacy63 => "63",
-    };
-    format!("{name} ({tag}:{:02})", u.code)
-}
-
 /// `34:56` → `n56`.
 fn tagged(unit: &str) -> String {
     match unit.split_once(':') {
@@ -761,176 +704,4 @@ fn subject_of(key: &str) -> Option<(Subject, Facts)> {
         },
         Facts::default(),
     ))
-}
-
-/// `61,7% (1.234/2.000) · 7 ngày: 120/ngày, cần 300/ngày · dự kiến xong 12/03/2027 · hạn …`
-fn figures(f: &Facts, p: f64, lang: Language) -> String {
-    let vi = lang == Language::Vi;
-    let target = number(f.target.unwrap_or(0) as f64, lang);
-    let mut parts = vec![format!(
-        "{} ({}/{target})",
-        percent(p, lang),
-        number(f.total as f64, lang)
-    )];
-    let needed = f
-        .pace_needed
-        .map(|n| number(n, lang))
-        .unwrap_or_else(|| "–".into());
-    if p < 100.0 {
-        parts.push(if vi {
-            format!(
-                "7 ngày: {}/ngày, cần {needed}/ngày",
-                number(f.pace_7d, lang)
-            )
-        } else {
-            format!(
-                "7 days: {}/day, needs {needed}/day",
-                number(f.pace_7d, lang)
-            )
-        });
-        parts.push(match (f.projected, vi) {
-            (Some(d), true) => format!("dự kiến xong {}", date(d)),
-            (Some(d), false) => format!("projected {}", date(d)),
-            (None, true) => "chưa có tiến độ để dự báo".into(),
-            (None, false) => "no progress to project from".into(),
-        });
-    }
-    if let Some(d) = f.deadline {
-        parts.push(format!(
-            "{} {}",
-            if vi { "hạn" } else { "deadline" },
-            date(d)
-        ));
-    }
-    parts.join(" · ")
-}
-
-/// `🔴 Hộ tịch: chậm tiến độ (nghiêm trọng) từ 20/11/2026 08:00`.
-fn alert_line(key: &str, state: &AlertState, lang: Language, m: Markup) -> String {
-    let mut parts = key.rsplitn(3, ':');
-    let rule = parts.next().and_then(Rule::parse);
-    let what = parts.next().unwrap_or_default();
-    let icon = match state.severity {
-        Severity::Critical => "🔴",
-        Severity::Warning => "🟠",
-        Severity::Info => "🔵",
-    };
-    let dataset = dataset_name(if what == "procedures" { "" } else { what }, lang);
-    let rule = rule.map_or("?", |r| rule_text(r, lang));
-    let since = if lang == Language::Vi {
-        "từ"
-    } else {
-        "since"
-    };
-    m.escape(&format!(
-        "{icon} {dataset}: {rule} ({}) {since} {}",
-        severity_text(state.severity, lang),
-        time(state.since)
-    ))
-}
-
-/// What a silence covers, in words.
-fn scope(s: &Silence, lang: Language) -> String {
-    let vi = lang == Language::Vi;
-    let rule = s.rule.map(|r| rule_text(r, lang).to_string());
-    let dataset = (!s.dataset.is_empty()).then(|| dataset_name(&s.dataset, lang));
-    match (rule, dataset, vi) {
-        (None, None, true) => "mọi cảnh báo".into(),
-        (None, None, false) => "every alert".into(),
-        (Some(r), None, true) => format!("cảnh báo “{r}”"),
-        (Some(r), None, false) => format!("“{r}” alerts"),
-        (None, Some(d), true) => format!("cảnh báo về {d}"),
-        (None, Some(d), false) => format!("alerts on {d}"),
-        (Some(r), Some(d), true) => format!("cảnh báo “{r}” về {d}"),
-        (Some(r), Some(d), false) => format!("“{r}” alerts on {d}"),
-    }
-}
-
-fn silence_line(s: &Silence, lang: Language, m: Markup) -> String {
-    let name = provinces()
-        .get(
-            if s.scheme == "34" {
-                Scheme::Current34
-            } else {
-                Scheme::Legacy63
-            },
-            s.province.parse().unwrap_or(0),
-        )
-        .map(|p| p.name_vi.as_str())
-        .unwrap_or("?");
-    let until = if lang == Language::Vi {
-        "đến"
-    } else {
-        "until"
-    };
-    m.escape(&format!(
-        "🔕 {} · {name}: {} {until} {} · {}",
-        s.id,
-        scope(s, lang),
-        time(s.until),
-        s.reason
-    ))
-}
-
-/// The commands, with an example each.
-fn help(lang: Language, m: Markup, settings: &Settings) -> String {
-    let mut lines = vec![m.bold(if lang == Language::Vi {
-        "tiendo · các lệnh"
-    } else {
-        "tiendo · commands"
-    })];
-    for (verb, _, _) in Verb::ALL {
-        lines.push(usage(verb, lang, m, settings));
-    }
-    lines.join("\n")
-}
-
-fn usage(verb: Verb, lang: Language, m: Markup, settings: &Settings) -> String {
-    let vi = lang == Language::Vi;
-    let (_, name_vi, name_en) = Verb::ALL
-        .iter()
-        .find(|(v, _, _)| *v == verb)
-        .expect("listed");
-    let (name, alias) = if vi {
-        (name_vi, name_en)
-    } else {
-        (name_en, name_vi)
-    };
-    let (args, what) = match (verb, vi) {
-        (Verb::Province, true) => (" <tên hoặc mã>", "số liệu một tỉnh, ví dụ /tinh ninh thuan"),
-        (Verb::Province, false) => (" <name or code>", "one province, e.g. /province ninh thuan"),
-        (Verb::Alerts, true) => ("", "các cảnh báo đang bật"),
-        (Verb::Alerts, false) => ("", "the alerts firing now"),
-        (Verb::Report, true) => ("", "phân loại tiến độ các tỉnh"),
-        (Verb::Report, false) => ("", "the provinces by progress"),
-        (Verb::Silence, true) => (
-            " <tỉnh> [dữ liệu] [quy tắc] <thời hạn> <lý do>",
-            "tạm im cảnh báo, ví dụ /imlang quang nam land 3d đang nhập lại",
-        ),
-        (Verb::Silence, false) => (
-            " <province> [dataset] [rule] <duration> <reason>",
-            "hold alerts back, e.g. /silence quang nam land 3d re-import",
-        ),
-        (Verb::Unsilence, true) => (" <mã>", "bỏ một im lặng"),
-        (Verb::Unsilence, false) => (" <id>", "lift a silence"),
-        (Verb::Help, true) => ("", "trợ giúp"),
-        (Verb::Help, false) => ("", "this help"),
-    };
-    let mut line = m.escape(&format!("/{name}{args} (/{alias}): {what}"));
-    if verb == Verb::Silence {
-        let rules: Vec<&str> = Rule::ALL
-            .iter()
-            .filter(|r| r.route() == Route::Taskforce)
-            .map(|r| r.as_str())
-            .collect();
-        line.push_str(&m.escape(&format!(
-            "\n  {}: {} · {}: {} · {}: 2h, 3d (≤ 30d)",
-            if vi { "dữ liệu" } else { "datasets" },
-            settings.validation.datasets.join(", "),
-            if vi { "quy tắc" } else { "rules" },
-            rules.join(", "),
-            if vi { "thời hạn" } else { "durations" },
-        )));
-    }
-    line
 }
