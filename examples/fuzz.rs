@@ -8,7 +8,11 @@
 //! - `config`: the TOML configuration loader;
 //! - `env`: the `TIENDO_*` environment loader (each input line a variable, `NAME=VALUE`);
 //! - `text`: Telegram HTML and Slack mrkdwn digests, from notices with any names and figures,
-//!   and the same text split into messages of any size (as reports and replies are).
+//!   and the same text split into messages of any size (as reports and replies are);
+//! - `report`: the weekly report with any names and figures, as Telegram and Slack messages
+//!   (whole and split as they are posted) and as the HTML page sent with it;
+//! - `reply`: chat replies to any message (a province looked up, a silence made, usage and
+//!   help), and alert and silence lines with any keys, ids, reasons and dataset names.
 //!
 //! `cargo run --release --example fuzz -- [TARGET|all] [INPUTS] [SEED]`. A crash writes the
 //! input to `target/fuzz-crashes/` and exits 1; make it a regression test.
@@ -17,15 +21,22 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use tiendo::chat::command::{self, Command, Unparsed};
+use tiendo::chat::lookup::{self, Found};
+use tiendo::chat::reply;
 use tiendo::config::{Language, Settings};
 use tiendo::decode::Validator;
 use tiendo::events::Kind;
 use tiendo::generator::Generator;
 use tiendo::notify::message::{length, render, split, Markup, Style};
+use tiendo::provinces::Scheme;
 use tiendo::publish::{FileFormat, FileKind};
-use tiendo::rules::ledger::{Digest, Notice};
-use tiendo::rules::state::Change;
+use tiendo::report::weekly::{DatasetWeek, ProvinceWeek, Week};
+use tiendo::report::{Class, DatasetReport, Entry, Report};
+use tiendo::rules::ledger::{Digest, Notice, Silence};
+use tiendo::rules::state::{AlertState, Change, Phase};
 use tiendo::rules::{Facts, Rule, Severity, Subject};
+use tiendo::status::View;
 use tiendo::wire;
 
 /// xorshift64*: fast, and the same run from the same seed.
@@ -292,10 +303,295 @@ fn targets() -> Vec<Target> {
         },
         Target {
             name: "text",
-            seeds: names,
+            seeds: names.clone(),
             run: text,
         },
+        Target {
+            name: "report",
+            seeds: names,
+            run: Box::new(report_text),
+        },
+        Target {
+            name: "reply",
+            seeds: [
+                "/tinh ninh thuan",
+                "/province hai",
+                "/tinh@tiendo_bot 58",
+                "/imlang quang nam land 3d <b>nhập lại</b> & *kiểm tra*",
+                "/silence 58 civil_status stalled 2h a_b `c` <i>",
+                "/boimlang s1764000000-ab&c",
+                "/imlang hà nội 40d quá dài",
+                "/trogiup",
+                "/lenhla",
+                "34:58:land:stalled|s1-<x>|civil_status|re&import <b>|63|01",
+            ]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
+            run: Box::new(reply_text),
+        },
     ]
+}
+
+/// The replies to the message `input` makes, as the chat code builds them (less what it reads
+/// from Redis), and lines about alerts and silences named by pieces of it; each valid for its
+/// receiver, whole and split.
+fn reply_text(input: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(input);
+    let pieces: Vec<&str> = text.split('|').collect();
+    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+    let piece = |i: usize| pieces[i % pieces.len()].to_string();
+    let lang = [Language::Vi, Language::En][input.len() % 2];
+    let now: DateTime<Utc> = "2026-11-20T03:00:00Z".parse().expect("valid time");
+    let mut settings = Settings::default();
+    if byte(0) % 2 == 1 {
+        // Dataset names as a configuration file could give them.
+        settings.validation.datasets = pieces.iter().take(4).map(|p| p.to_string()).collect();
+    }
+    let datasets = &settings.validation.datasets;
+    let severity = [Severity::Info, Severity::Warning, Severity::Critical][byte(1) % 3];
+    let alert = AlertState {
+        phase: Phase::Firing,
+        since: now,
+        severity,
+        fired_at: Some(now),
+        notified_at: None,
+        next_severity: None,
+        absent_since: None,
+        resolutions: Vec::new(),
+        flapping: false,
+    };
+    let silence = Silence {
+        id: piece(1),
+        scheme: piece(4),
+        province: piece(5),
+        dataset: piece(2),
+        rule: Rule::parse(&piece(0)),
+        until: now,
+        reason: piece(3),
+        created_at: now,
+    };
+    for (m, max) in [(Markup::TelegramHtml, 4096), (Markup::Slack, 3500)] {
+        let mut texts = vec![
+            reply::alert_line(&piece(0), &alert, lang, m),
+            reply::silence_line(&silence, lang, m),
+            reply::silenced(&silence, &piece(5), lang, m),
+            reply::help(lang, m, &settings),
+        ];
+        match command::parse(&text, Some("tiendo_bot"), datasets) {
+            Ok(Command::Province(q)) => texts.push(match lookup::find(&q, Scheme::Current34) {
+                Found::One(u) => m.escape(&reply::unit_name(u)),
+                Found::None => reply::not_found(&q, lang, m),
+                Found::Several(units) => reply::several(&q, &units, lang, m),
+            }),
+            Ok(Command::Silence {
+                province,
+                dataset,
+                rule,
+                duration,
+                reason,
+            }) => {
+                let until = now + chrono::Duration::from_std(duration).unwrap_or_default();
+                match Silence::build(
+                    View::Current34,
+                    &province,
+                    dataset.as_deref(),
+                    rule.map(Rule::as_str),
+                    until,
+                    &reason,
+                    now,
+                    datasets,
+                ) {
+                    Ok(made) => {
+                        texts.push(reply::silenced(&made, &province, lang, m));
+                        texts.push(reply::silence_line(&made, lang, m));
+                    }
+                    Err(e) => texts.push(m.escape(&e.to_string())),
+                }
+            }
+            Err(Unparsed::Usage(verb, _)) => texts.push(reply::usage(verb, lang, m, &settings)),
+            _ => {}
+        }
+        let small = 1 + input.len() * 7 % 300;
+        for text in &texts {
+            valid(text, m)?;
+            for size in [max, small] {
+                for part in split(text, size) {
+                    if length(&part) > size {
+                        return Err(format!("{m:?} part of {} > {size}", length(&part)));
+                    }
+                    valid(&part, m)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A number from the input's bytes, now and then one no figure should be but a bug could make.
+fn figure(byte: usize) -> f64 {
+    match byte % 17 {
+        0 => f64::NAN,
+        1 => f64::INFINITY,
+        2 => -0.0,
+        3 => 1e300,
+        _ => byte as f64 * 0.77 - 20.0,
+    }
+}
+
+/// A report of datasets and provinces named by pieces of `input`, with figures from its bytes.
+fn report(input: &[u8]) -> Report {
+    let text = String::from_utf8_lossy(input);
+    let pieces: Vec<&str> = text.split('|').collect();
+    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+    let name = |i: usize| pieces[i % pieces.len()].to_string();
+    let day = |i: usize| NaiveDate::from_ymd_opt(2025, 1 + (byte(i) % 12) as u32, 1).unwrap();
+    let datasets: Vec<String> = (0..1 + byte(0) % 3).map(|d| name(d + 1)).collect();
+    let mut n = 0;
+    let mut week = Vec::new();
+    let mut reports = Vec::new();
+    for (d, dataset) in datasets.iter().enumerate() {
+        let mut classes = std::collections::BTreeMap::new();
+        let mut provinces = Vec::new();
+        for (c, class) in Class::ALL.iter().enumerate() {
+            let list: Vec<Entry> = (0..byte(d * 5 + c) % 8)
+                .map(|_| {
+                    n += 1;
+                    provinces.push(ProvinceWeek {
+                        code: name(n + 2),
+                        name: name(n),
+                        percent_then: figure(byte(n + 3)),
+                        percent_now: figure(byte(n + 4)),
+                        points: figure(byte(n + 5)),
+                        class_then: Class::ALL[byte(n + 6) % 5],
+                        class_now: *class,
+                        trend: (0..byte(n + 7) % 9).map(|t| figure(byte(n + t))).collect(),
+                    });
+                    Entry {
+                        code: name(n + 2),
+                        name: name(n),
+                        total: byte(n + 1) as i64 * 1_000_003 - 7,
+                        target: byte(n + 2) as u64 * 10_000,
+                        percent: figure(byte(n + 4)),
+                        deadline: day(n),
+                        projected: (byte(n) % 3 != 0).then(|| day(n + 1)),
+                    }
+                })
+                .collect();
+            classes.insert(*class, list);
+        }
+        week.push(DatasetWeek {
+            dataset: dataset.clone(),
+            percent_then: figure(byte(d + 7)),
+            percent_now: figure(byte(d + 8)),
+            provinces,
+        });
+        reports.push(DatasetReport {
+            dataset: dataset.clone(),
+            name: name(d + 4),
+            total: byte(d + 9) as i64 * 99_991,
+            target: byte(d + 10) as u64 * 100_000,
+            percent: figure(byte(d + 11)),
+            classes,
+        });
+    }
+    Report {
+        as_of: "2026-11-20T03:00:00Z".parse().expect("valid time"),
+        view: [View::Current34, View::Legacy63][byte(1) % 2],
+        language: [Language::Vi, Language::En][byte(2) % 2],
+        basically_done: 0.8,
+        datasets: reports,
+        week: (byte(3) % 4 != 0).then(|| Week {
+            since: day(5),
+            datasets: week,
+        }),
+    }
+}
+
+/// The report as each receiver gets it: its chat text whole and split as it is posted, and
+/// split to any small size; and its page.
+fn report_text(input: &[u8]) -> Result<(), String> {
+    let report = report(input);
+    let late = (input.len() % 3 == 0).then_some(report.as_of);
+    for (markup, max) in [(Markup::TelegramHtml, 4096), (Markup::Slack, 3500)] {
+        let text = report.chat(markup, late);
+        valid(&text, markup)?;
+        let small = 1 + input.len() * 7 % 300;
+        for size in [max, small] {
+            for part in split(&text, size) {
+                if length(&part) > size {
+                    return Err(format!("{markup:?} part of {} > {size}", length(&part)));
+                }
+                valid(&part, markup)?;
+            }
+        }
+    }
+    page(&report.html())
+}
+
+/// HTML whose tags are all the report's own, balanced, and whose `&` are all entities: no
+/// name or figure became markup.
+fn page(html: &str) -> Result<(), String> {
+    const TAGS: &[&str] = &[
+        "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "section", "dl", "dt",
+        "dd", "span", "ul", "li", "b", "table", "tr", "td", "svg", "rect", "polyline", "text",
+    ];
+    const EMPTY: &[&str] = &["meta"];
+    let Some(rest) = html.strip_prefix("<!doctype html>") else {
+        return Err("no doctype".into());
+    };
+    let mut open: Vec<&str> = Vec::new();
+    let mut rest = rest;
+    while let Some(i) = rest.find(['<', '>', '&']) {
+        let tail = &rest[i..];
+        if tail.starts_with('&') {
+            let entity = ["&amp;", "&lt;", "&gt;", "&quot;"]
+                .iter()
+                .find(|e| tail.starts_with(*e))
+                .ok_or_else(|| format!("a bare & at {tail:.40?}"))?;
+            rest = &tail[entity.len()..];
+            continue;
+        }
+        if tail.starts_with('>') {
+            return Err(format!("a bare > at {tail:.40?}"));
+        }
+        let end = tail.find('>').ok_or("an unclosed tag")?;
+        let tag = &tail[1..end];
+        // Attribute values quoted whole, with no markup but entities.
+        let bare_amp = tag.match_indices('&').any(|(at, _)| {
+            !["&amp;", "&lt;", "&gt;", "&quot;"]
+                .iter()
+                .any(|e| tag[at..].starts_with(e))
+        });
+        if tag.contains('<') || bare_amp || tag.matches('"').count() % 2 == 1 {
+            return Err(format!("markup inside a tag: {tag:.60?}"));
+        }
+        let (closing, inner) = match tag.strip_prefix('/') {
+            Some(inner) => (true, inner),
+            None => (false, tag),
+        };
+        let name = inner.split([' ', '/']).next().unwrap_or_default();
+        if !TAGS.contains(&name) {
+            return Err(format!("unknown tag {name:?}"));
+        }
+        if closing {
+            if open.pop() != Some(name) {
+                return Err(format!("</{name}> closes nothing open"));
+            }
+        } else if !EMPTY.contains(&name) && !tag.ends_with('/') {
+            open.push(name);
+        }
+        rest = &tail[end + 1..];
+        if name == "style" && !closing {
+            // The stylesheet is the report's own text.
+            let close = rest.find("</style>").ok_or("an unclosed style")?;
+            rest = &rest[close..];
+        }
+    }
+    if !open.is_empty() {
+        return Err(format!("unclosed {open:?}"));
+    }
+    Ok(())
 }
 
 /// Notices about subjects named by pieces of `input`, with figures from its bytes.
@@ -425,7 +721,9 @@ fn main() {
         .filter(|t| which == "all" || which == t.name)
         .collect();
     if chosen.is_empty() {
-        eprintln!("no target {which}; targets: decode, publish, config, env, text, all");
+        eprintln!(
+            "no target {which}; targets: decode, publish, config, env, text, report, reply, all"
+        );
         std::process::exit(2);
     }
     let failed = std::thread::scope(|scope| {
