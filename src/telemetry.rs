@@ -79,7 +79,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
      "Waits of a pipeline stage on the other (the rate of its sum is the share of time spent waiting): storer (for the next batch: reading from Kafka and decoding set the pace, or the topics are quiet) or collector (a read batch waiting for the storer: storing in Redis sets the pace)."),
     (REDIS_ERRORS, "counter", "", "Failed Redis calls; each is retried with backoff."),
     (CLUSTER_CALL_BY_CALL, "counter", "reason",
-     "On a Redis Cluster, round trips sent call by call rather than as one pipeline per node, by reason: noscript (a node had not loaded a script yet: once per node and script after it starts), error (another error in an answer: a slot still moving after the client's retries, a node down), slot_map (CLUSTER SLOTS failed or was unreadable: every round trip for a minute)."),
+     "On a Redis Cluster, round trips sent call by call rather than as one pipeline per node, by reason: noscript (a node had not loaded a script yet: once per node and script after it starts), error (another error in an answer: a slot still moving after the client's retries, a node down), slot_map (CLUSTER SLOTS failed or was unreadable: every round trip for a minute; or it left a slot without an owner)."),
     (KAFKA_ERRORS, "counter", "", "Kafka consume or dead-letter produce errors."),
     (SCHEMA_LOOKUPS, "counter", "outcome",
      "Schema ids looked up in the Schema Registry: known, refused, or error (not reached)."),

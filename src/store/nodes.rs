@@ -145,7 +145,11 @@ impl Nodes {
         let mut groups: Vec<(&str, u16, Vec<usize>, redis::Pipeline)> = Vec::new();
         for (i, (key, cmd)) in calls.into_iter().enumerate() {
             let slot = slot_of(&key);
-            let node = owners.node_of(slot).ok_or(Fallback::SlotMap)?;
+            let Some(node) = owners.node_of(slot) else {
+                // A slot without an owner (a failover under way): read the map again.
+                self.forget();
+                return Err(Fallback::SlotMap);
+            };
             let g = match groups.iter().position(|g| g.0 == node) {
                 Some(g) => g,
                 None => {
@@ -176,25 +180,35 @@ impl Nodes {
             }
         };
         let mut out = vec![Value::Nil; count];
+        // Every answer is looked at, so that the reason does not depend on which node answered
+        // first: any error but NOSCRIPT makes it `error`.
+        let mut failed = None;
         for (at, answer) in positions.into_iter().zip(answers) {
             if answer.len() != at.len() {
-                self.forget();
-                return Err(Fallback::Error);
+                failed = Some(Fallback::Error);
+                continue;
             }
             for (i, value) in at.into_iter().zip(answer) {
                 if let Value::ServerError(error) = &value {
                     // NOSCRIPT on a node's first calls is expected: say nothing louder.
                     tracing::debug!(?error, "a call in a node's pipeline failed");
-                    if error.kind() == Some(redis::ServerErrorKind::NoScript) {
-                        return Err(Fallback::NoScript);
+                    if error.kind() != Some(redis::ServerErrorKind::NoScript) {
+                        failed = Some(Fallback::Error);
+                    } else if failed.is_none() {
+                        failed = Some(Fallback::NoScript);
                     }
-                    self.forget();
-                    return Err(Fallback::Error);
                 }
                 out[i] = value;
             }
         }
-        Ok(out)
+        match failed {
+            None => Ok(out),
+            Some(Fallback::NoScript) => Err(Fallback::NoScript),
+            Some(why) => {
+                self.forget();
+                Err(why)
+            }
+        }
     }
 
     /// The slot map, read again once it is a minute old or something failed.
