@@ -577,24 +577,12 @@ impl Conversation {
     }
 
     async fn unsilence(&self, id: &str, lang: Language, m: Markup) -> Result<Answer, LedgerError> {
-        let vi = lang == Language::Vi;
         let exists = self.ledger.silences().await?.iter().any(|s| s.id == id);
         if !exists {
-            return Ok(private(if vi {
-                format!(
-                    "Không có im lặng mã {}. Xem các mã bằng /canhbao.",
-                    m.escape(id)
-                )
-            } else {
-                format!("No silence with id {}. /alerts lists them.", m.escape(id))
-            }));
+            return Ok(private(reply::no_silence(id, lang, m)));
         }
         Ok(Answer {
-            texts: vec![if vi {
-                format!("🔔 Đã bỏ im lặng {}.", m.escape(id))
-            } else {
-                format!("🔔 Silence {} lifted.", m.escape(id))
-            }],
+            texts: vec![reply::lifted(id, lang, m)],
             change: Some(SilenceChange::Remove(id.to_string())),
             private: false,
         })

@@ -1,7 +1,8 @@
 //! The text of chat replies: pure functions from figures, alerts and silences to the markup of
-//! the chat asking (Telegram HTML, Slack mrkdwn). Everything a person typed or a file named goes
-//! through `Markup::escape` or `Markup::bold` here, so no reply can break its receiver's
-//! markup (`examples/fuzz.rs`, target `reply`, checks it).
+//! the chat asking (Telegram HTML, Slack mrkdwn), so that no reply can break its receiver's
+//! markup (`examples/fuzz.rs`, target `reply`, checks it). Those that return marked-up text
+//! escape what a person typed or a file named (`Markup::escape`, `Markup::bold`); `unit_name`
+//! and `figures` return plain text, which their callers escape.
 
 use crate::config::{Language, Settings};
 use crate::notify::message::{
@@ -42,6 +43,27 @@ pub fn several(query: &str, units: &[Unit], lang: Language, m: Markup) -> String
         m.escape(query),
         m.escape(&list.join(", "))
     )
+}
+
+/// No silence has the id asked to lift.
+pub fn no_silence(id: &str, lang: Language, m: Markup) -> String {
+    if lang == Language::Vi {
+        format!(
+            "Không có im lặng mã {}. Xem các mã bằng /canhbao.",
+            m.escape(id)
+        )
+    } else {
+        format!("No silence with id {}. /alerts lists them.", m.escape(id))
+    }
+}
+
+/// A silence lifted.
+pub fn lifted(id: &str, lang: Language, m: Markup) -> String {
+    if lang == Language::Vi {
+        format!("🔔 Đã bỏ im lặng {}.", m.escape(id))
+    } else {
+        format!("🔔 Silence {} lifted.", m.escape(id))
+    }
 }
 
 /// A silence made: what it holds back, of which province, until when, and how to lift it.
@@ -148,7 +170,7 @@ pub fn alert_line(key: &str, state: &AlertState, lang: Language, m: Markup) -> S
 }
 
 /// What a silence covers, in words.
-pub fn scope(s: &Silence, lang: Language) -> String {
+fn scope(s: &Silence, lang: Language) -> String {
     let vi = lang == Language::Vi;
     let rule = s.rule.map(|r| rule_text(r, lang).to_string());
     let dataset = (!s.dataset.is_empty()).then(|| dataset_name(&s.dataset, lang));
