@@ -384,30 +384,39 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
                 Found::None => reply::not_found(&q, lang, m),
                 Found::Several(units) => reply::several(&q, &units, lang, m),
             }),
+            // As the chat makes it: the province looked up in the table alerts are kept in
+            // (here the 34-unit one), then the silence built with its code.
             Ok(Command::Silence {
                 province,
                 dataset,
                 rule,
                 duration,
                 reason,
-            }) => {
-                let until = now + chrono::Duration::from_std(duration).unwrap_or_default();
-                match Silence::build(
-                    View::Current34,
-                    &province,
-                    dataset.as_deref(),
-                    rule.map(Rule::as_str),
-                    until,
-                    &reason,
-                    now,
-                    datasets,
-                ) {
-                    Ok(made) => {
-                        texts.push(reply::silenced(&made, &province, lang, m));
-                        texts.push(reply::silence_line(&made, lang, m));
+            }) => match lookup::find(&province, Scheme::Current34) {
+                Found::One(unit) => {
+                    let until = now + chrono::Duration::from_std(duration).unwrap_or_default();
+                    match Silence::build(
+                        View::Current34,
+                        &format!("{:02}", unit.code),
+                        dataset.as_deref(),
+                        rule.map(Rule::as_str),
+                        until,
+                        &format!("{reason} — {}", piece(6)),
+                        now,
+                        datasets,
+                    ) {
+                        Ok(made) => {
+                            texts.push(reply::silenced(&made, &reply::unit_name(unit), lang, m));
+                            texts.push(reply::silence_line(&made, lang, m));
+                        }
+                        Err(e) => texts.push(m.escape(&e.to_string())),
                     }
-                    Err(e) => texts.push(m.escape(&e.to_string())),
                 }
+                _ => texts.push(reply::not_found(&province, lang, m)),
+            },
+            Ok(Command::Unsilence(id)) => {
+                texts.push(reply::no_silence(&id, lang, m));
+                texts.push(reply::lifted(&id, lang, m));
             }
             Err(Unparsed::Usage(verb, _)) => texts.push(reply::usage(verb, lang, m, &settings)),
             _ => {}
@@ -529,8 +538,66 @@ fn report_text(input: &[u8]) -> Result<(), String> {
     page(&report.html())
 }
 
-/// HTML whose tags are all the report's own, balanced, and whose `&` are all entities: no
-/// name or figure became markup.
+/// Whether every `&` in `text` begins an entity the report writes.
+fn entities_only(text: &str) -> bool {
+    text.match_indices('&').all(|(at, _)| {
+        ["&amp;", "&lt;", "&gt;", "&quot;"]
+            .iter()
+            .any(|e| text[at..].starts_with(e))
+    })
+}
+
+/// A tag's attributes (`name="value"`, space-separated, maybe a closing `/`): names the
+/// report writes, values quoted whole with no markup but entities.
+fn attributes(mut rest: &str) -> Result<(), String> {
+    const ATTRIBUTES: &[&str] = &[
+        "aria-label",
+        "charset",
+        "class",
+        "content",
+        "data-code",
+        "fill",
+        "font-size",
+        "height",
+        "lang",
+        "name",
+        "points",
+        "role",
+        "stroke-width",
+        "stroke",
+        "style",
+        "text-anchor",
+        "viewBox",
+        "width",
+        "x",
+        "y",
+    ];
+    loop {
+        rest = rest.trim_start_matches(' ');
+        if rest.is_empty() || rest == "/" {
+            return Ok(());
+        }
+        let (name, value) = rest
+            .split_once("=\"")
+            .ok_or_else(|| format!("not an attribute: {rest:.60?}"))?;
+        if !ATTRIBUTES.contains(&name) {
+            return Err(format!("unknown attribute {name:?}"));
+        }
+        let (value, after) = value
+            .split_once('"')
+            .ok_or_else(|| format!("an unclosed value: {value:.60?}"))?;
+        if value.contains('<') || !entities_only(value) {
+            return Err(format!("markup in a value: {value:.60?}"));
+        }
+        if !(after.is_empty() || after.starts_with([' ', '/'])) {
+            return Err(format!("no space after a value: {after:.60?}"));
+        }
+        rest = after;
+    }
+}
+
+/// HTML whose tags and attributes are all the report's own, tags balanced, and whose `&` are
+/// all entities: no name or figure became markup.
 fn page(html: &str) -> Result<(), String> {
     const TAGS: &[&str] = &[
         "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "section", "dl", "dt",
@@ -557,23 +624,19 @@ fn page(html: &str) -> Result<(), String> {
         }
         let end = tail.find('>').ok_or("an unclosed tag")?;
         let tag = &tail[1..end];
-        // Attribute values quoted whole, with no markup but entities.
-        let bare_amp = tag.match_indices('&').any(|(at, _)| {
-            !["&amp;", "&lt;", "&gt;", "&quot;"]
-                .iter()
-                .any(|e| tag[at..].starts_with(e))
-        });
-        if tag.contains('<') || bare_amp || tag.matches('"').count() % 2 == 1 {
-            return Err(format!("markup inside a tag: {tag:.60?}"));
-        }
         let (closing, inner) = match tag.strip_prefix('/') {
             Some(inner) => (true, inner),
             None => (false, tag),
         };
-        let name = inner.split([' ', '/']).next().unwrap_or_default();
+        let name_end = inner.find([' ', '/']).unwrap_or(inner.len());
+        let name = &inner[..name_end];
         if !TAGS.contains(&name) {
             return Err(format!("unknown tag {name:?}"));
         }
+        if closing && name_end < inner.len() {
+            return Err(format!("a closing tag with more: {tag:.60?}"));
+        }
+        attributes(&inner[name_end..])?;
         if closing {
             if open.pop() != Some(name) {
                 return Err(format!("</{name}> closes nothing open"));
