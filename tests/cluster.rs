@@ -208,7 +208,7 @@ async fn counts_stay_exact_while_slots_move_between_nodes() {
     let snap = env.wait_consumed(Duration::from_secs(120)).await;
     running.shutdown().await;
     eprintln!("{published_while_moving} events published while slots moved");
-    // Those that went call by call (reason `error`: 7 or 8 in a run here) are counted; the slot
+    // Those that went call by call (reason `error`: 6 to 8 in a run here) are counted; the slot
     // map itself could always be read.
     let fallbacks = call_by_call(&metrics);
     eprintln!("round trips call by call: {fallbacks:?}");
