@@ -270,13 +270,7 @@ fn targets() -> Vec<Target> {
                 valid(message, markup)?;
             }
             // Text rendered ahead, split to any size: each part fits and stays valid.
-            let small = 1 + input.len() * 7 % 300;
-            for part in split(&messages.join("\n"), small) {
-                if length(&part) > small {
-                    return Err(format!("{markup:?} part of {} > {small}", length(&part)));
-                }
-                valid(&part, markup)?;
-            }
+            split_valid(&messages.join("\n"), markup, 1 + input.len() * 7 % 300)?;
         }
         Ok(())
     });
@@ -424,14 +418,8 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
         let small = 1 + input.len() * 7 % 300;
         for text in &texts {
             valid(text, m)?;
-            for size in [max, small] {
-                for part in split(text, size) {
-                    if length(&part) > size {
-                        return Err(format!("{m:?} part of {} > {size}", length(&part)));
-                    }
-                    valid(&part, m)?;
-                }
-            }
+            split_valid(text, m, max)?;
+            split_valid(text, m, small)?;
         }
     }
     Ok(())
@@ -525,17 +513,21 @@ fn report_text(input: &[u8]) -> Result<(), String> {
     for (markup, max) in [(Markup::TelegramHtml, 4096), (Markup::Slack, 3500)] {
         let text = report.chat(markup, late);
         valid(&text, markup)?;
-        let small = 1 + input.len() * 7 % 300;
-        for size in [max, small] {
-            for part in split(&text, size) {
-                if length(&part) > size {
-                    return Err(format!("{markup:?} part of {} > {size}", length(&part)));
-                }
-                valid(&part, markup)?;
-            }
-        }
+        split_valid(&text, markup, max)?;
+        split_valid(&text, markup, 1 + input.len() * 7 % 300)?;
     }
     page(&report.html())
+}
+
+/// `text` split into messages of at most `size` characters: each fits and stays valid.
+fn split_valid(text: &str, markup: Markup, size: usize) -> Result<(), String> {
+    for part in split(text, size) {
+        if length(&part) > size {
+            return Err(format!("{markup:?} part of {} > {size}", length(&part)));
+        }
+        valid(&part, markup)?;
+    }
+    Ok(())
 }
 
 /// Whether every `&` in `text` begins an entity the report writes.
