@@ -367,7 +367,7 @@ impl Store {
             for (_, packed) in &call.buckets {
                 cmd.arg(packed);
             }
-            calls.push((keys.first()?.as_bytes().to_vec(), cmd));
+            calls.push((nodes::route_key(keys.first().copied()), cmd));
         }
         let answers = self.nodes.send(&self.conn, calls).await?;
         Some(answers.into_iter().map(from_value).collect())
@@ -613,7 +613,7 @@ impl Store {
         for call in calls {
             let mut cmd = evalsha(&self.script, &call.keys);
             cmd.arg(&call.args);
-            sends.push((call.keys.first()?.as_bytes().to_vec(), cmd));
+            sends.push((nodes::route_key(call.keys.first()), cmd));
         }
         let directory = self.keys.directory();
         let mut listed = redis::cmd("SADD");

@@ -54,6 +54,12 @@ fn slot_of(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % 16384
 }
 
+/// The key a call is routed by: its first. A call without keys (none is made today) may run
+/// on any node, so it goes to slot 0's rather than falling back uncounted.
+pub(super) fn route_key(first: Option<&String>) -> Vec<u8> {
+    first.map_or_else(Vec::new, |key| key.as_bytes().to_vec())
+}
+
 /// How long a slot map is used before it is read again.
 const MAP_AGE: Duration = Duration::from_secs(60);
 
@@ -276,6 +282,13 @@ mod tests {
         // An empty tag does not count: the whole key is hashed.
         assert_eq!(slot_of(b"{}foo"), 9500);
         assert_eq!(slot_of(b"a{}{b}"), 15033);
+    }
+
+    #[test]
+    fn a_call_is_routed_by_its_first_key_or_to_slot_0() {
+        let key = "{foo}.counts".to_string();
+        assert_eq!(slot_of(&route_key(Some(&key))), 12182);
+        assert_eq!(slot_of(&route_key(None)), 0);
     }
 
     #[test]
