@@ -18,11 +18,11 @@ use std::sync::Arc;
 
 use command::{Command, Unparsed, Verb};
 use lookup::Found;
-use reply::{alert_line, figures, help, silence_line, unit_name, usage};
+use reply::{help, silence_line, unit_name, usage};
 
 use crate::clock::SharedClock;
 use crate::config::{Language, Settings};
-use crate::notify::message::{self, dataset_name, number, percent, time, Markup, Style};
+use crate::notify::message::{self, Markup, Style};
 use crate::provinces::{provinces, Scheme, Unit};
 use crate::rules::ledger::{Digest, Kind, Ledger, LedgerError, Notice, Silence, SilenceChange};
 use crate::rules::state::{AlertState, Change};
@@ -272,7 +272,6 @@ impl Conversation {
         lang: Language,
         m: Markup,
     ) -> Result<String, LedgerError> {
-        let vi = lang == Language::Vi;
         let view = self.settings.alerts.view;
         let unit = match lookup::find(query, view.scheme()) {
             Found::One(u) => u,
@@ -292,95 +291,7 @@ impl Conversation {
         let Some(row) = status.provinces.iter().find(|p| p.code == code) else {
             return Ok(m.escape(&unit_name(unit)));
         };
-        let mut lines = vec![m.bold(&row.name)];
-        let mut about = format!(
-            "{} {code} ({})",
-            if vi { "mã" } else { "code" },
-            if unit.scheme == Scheme::Current34 {
-                if vi {
-                    "bảng 34 tỉnh"
-                } else {
-                    "34-unit table"
-                }
-            } else if vi {
-                "bảng 63 tỉnh"
-            } else {
-                "63-unit table"
-            }
-        );
-        if unit.scheme == Scheme::Legacy63 {
-            let into = provinces()
-                .get(Scheme::Legacy63, unit.code)
-                .map(|p| p.current_code)
-                .and_then(|c| provinces().get(Scheme::Current34, c).map(|p| (c, p)));
-            if let Some((c, p)) = into {
-                about.push_str(&if vi {
-                    format!(", nay thuộc {} ({c:02})", p.name_vi)
-                } else {
-                    format!(", now part of {} ({c:02})", p.name_vi)
-                });
-            }
-        }
-        lines.push(m.escape(&format!(
-            "{about} · {} {} ({})",
-            if vi { "số liệu lúc" } else { "figures at" },
-            time(now),
-            if vi { "giờ VN" } else { "Vietnam time" }
-        )));
-        for name in &s.validation.datasets {
-            let Some(d) = row.datasets.get(name) else {
-                continue;
-            };
-            if d.total == 0 && d.target.is_none() {
-                continue;
-            }
-            let key = format!("{}:{}:{}", row.scheme, row.code, name);
-            let label = m.bold(&dataset_name(name, lang));
-            let text = match (eval.facts.get(&key), d.percent) {
-                (Some((_, f)), Some(p)) => figures(f, p, lang),
-                _ => {
-                    let week = d.windows.get("7d").copied().unwrap_or(0) as f64
-                        / crate::buckets::Window::named("7d").map_or(7.0, |w| w.days(now));
-                    if vi {
-                        format!(
-                            "{} bản ghi · 7 ngày: {}/ngày · chưa có chỉ tiêu",
-                            number(d.total as f64, lang),
-                            number(week, lang)
-                        )
-                    } else {
-                        format!(
-                            "{} records · 7 days: {}/day · no target",
-                            number(d.total as f64, lang),
-                            number(week, lang)
-                        )
-                    }
-                }
-            };
-            lines.push(format!("{label}: {}", m.escape(&text)));
-        }
-        let p = &row.procedures;
-        if p.completed > 0 {
-            let share = p
-                .online_share
-                .map(|s| percent(s * 100.0, lang))
-                .unwrap_or_else(|| "–".into());
-            lines.push(format!(
-                "{}: {}",
-                m.bold(&dataset_name("", lang)),
-                m.escape(&if vi {
-                    format!(
-                        "{} hồ sơ, trực tuyến toàn trình {share}",
-                        number(p.completed as f64, lang)
-                    )
-                } else {
-                    format!(
-                        "{} dossiers, online end to end {share}",
-                        number(p.completed as f64, lang)
-                    )
-                })
-            ));
-        }
-        // Its alerts, in the table alerts are kept in.
+        // Its alerts and silences, in the table alerts are kept in.
         let read = self.ledger.read().await?;
         let units = alert_units(unit, view);
         let mut alerts: Vec<(&String, &AlertState)> = read
@@ -391,29 +302,21 @@ impl Conversation {
             })
             .collect();
         alerts.sort_by_key(|(k, s)| (std::cmp::Reverse(s.severity), (*k).clone()));
-        if alerts.is_empty() {
-            lines.push(
-                if vi {
-                    "Không có cảnh báo."
-                } else {
-                    "No alerts."
-                }
-                .to_string(),
-            );
-        } else {
-            lines.push(m.bold(if vi { "Cảnh báo" } else { "Alerts" }));
-            for (key, state) in alerts {
-                lines.push(alert_line(key, state, lang, m));
-            }
-        }
-        for silence in read
+        let silences: Vec<&Silence> = read
             .silences
             .iter()
             .filter(|x| x.until > now && units.contains(&format!("{}:{}", x.scheme, x.province)))
-        {
-            lines.push(silence_line(silence, lang, m));
-        }
-        Ok(lines.join("\n"))
+            .collect();
+        let shown = reply::Province {
+            unit,
+            row,
+            facts: &eval.facts,
+            datasets: &s.validation.datasets,
+            alerts: &alerts,
+            silences: &silences,
+            now,
+        };
+        Ok(reply::province(&shown, lang, m))
     }
 
     /// The alerts firing now, grouped as digests group them, and the silences in force.

@@ -4,6 +4,10 @@
 //! escape what a person typed or a file named (`Markup::escape`, `Markup::bold`); `unit_name`
 //! and `figures` return plain text, which their callers escape.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
 use crate::config::{Language, Settings};
 use crate::notify::message::{
     dataset_name, date, number, percent, rule_text, severity_text, time, Markup,
@@ -11,7 +15,8 @@ use crate::notify::message::{
 use crate::provinces::{provinces, Scheme, Unit};
 use crate::rules::ledger::Silence;
 use crate::rules::state::AlertState;
-use crate::rules::{Facts, Route, Rule, Severity};
+use crate::rules::{Facts, Route, Rule, Severity, Subject};
+use crate::status::ProvinceStatus;
 
 use super::command::Verb;
 
@@ -143,6 +148,136 @@ pub fn figures(f: &Facts, p: f64, lang: Language) -> String {
         ));
     }
     parts.join(" · ")
+}
+
+/// What `/tinh` shows of one province, as the chat gathered it.
+pub struct Province<'a> {
+    pub unit: Unit,
+    pub row: &'a ProvinceStatus,
+    /// The facts the rules saw, by subject (`34:01:civil_status`).
+    pub facts: &'a BTreeMap<String, (Subject, Facts)>,
+    /// The configured datasets, in the order shown.
+    pub datasets: &'a [String],
+    /// Its active alerts (key and state), in the order shown.
+    pub alerts: &'a [(&'a String, &'a AlertState)],
+    /// Its silences in force.
+    pub silences: &'a [&'a Silence],
+    pub now: DateTime<Utc>,
+}
+
+/// `/tinh`: the province's name and codes, each dataset's figures against its target,
+/// procedures, then its alerts and silences. Names and figures are escaped here.
+pub fn province(v: &Province<'_>, lang: Language, m: Markup) -> String {
+    let vi = lang == Language::Vi;
+    let (unit, row) = (v.unit, v.row);
+    let code = &row.code;
+    let mut lines = vec![m.bold(&row.name)];
+    let mut about = format!(
+        "{} {code} ({})",
+        if vi { "mã" } else { "code" },
+        if unit.scheme == Scheme::Current34 {
+            if vi {
+                "bảng 34 tỉnh"
+            } else {
+                "34-unit table"
+            }
+        } else if vi {
+            "bảng 63 tỉnh"
+        } else {
+            "63-unit table"
+        }
+    );
+    if unit.scheme == Scheme::Legacy63 {
+        let into = provinces()
+            .get(Scheme::Legacy63, unit.code)
+            .map(|p| p.current_code)
+            .and_then(|c| provinces().get(Scheme::Current34, c).map(|p| (c, p)));
+        if let Some((c, p)) = into {
+            about.push_str(&if vi {
+                format!(", nay thuộc {} ({c:02})", p.name_vi)
+            } else {
+                format!(", now part of {} ({c:02})", p.name_vi)
+            });
+        }
+    }
+    lines.push(m.escape(&format!(
+        "{about} · {} {} ({})",
+        if vi { "số liệu lúc" } else { "figures at" },
+        time(v.now),
+        if vi { "giờ VN" } else { "Vietnam time" }
+    )));
+    for name in v.datasets {
+        let Some(d) = row.datasets.get(name) else {
+            continue;
+        };
+        if d.total == 0 && d.target.is_none() {
+            continue;
+        }
+        let key = format!("{}:{}:{}", row.scheme, row.code, name);
+        let label = m.bold(&dataset_name(name, lang));
+        let text = match (v.facts.get(&key), d.percent) {
+            (Some((_, f)), Some(p)) => figures(f, p, lang),
+            _ => {
+                let week = d.windows.get("7d").copied().unwrap_or(0) as f64
+                    / crate::buckets::Window::named("7d").map_or(7.0, |w| w.days(v.now));
+                if vi {
+                    format!(
+                        "{} bản ghi · 7 ngày: {}/ngày · chưa có chỉ tiêu",
+                        number(d.total as f64, lang),
+                        number(week, lang)
+                    )
+                } else {
+                    format!(
+                        "{} records · 7 days: {}/day · no target",
+                        number(d.total as f64, lang),
+                        number(week, lang)
+                    )
+                }
+            }
+        };
+        lines.push(format!("{label}: {}", m.escape(&text)));
+    }
+    let p = &row.procedures;
+    if p.completed > 0 {
+        let share = p
+            .online_share
+            .map(|s| percent(s * 100.0, lang))
+            .unwrap_or_else(|| "–".into());
+        lines.push(format!(
+            "{}: {}",
+            m.bold(&dataset_name("", lang)),
+            m.escape(&if vi {
+                format!(
+                    "{} hồ sơ, trực tuyến toàn trình {share}",
+                    number(p.completed as f64, lang)
+                )
+            } else {
+                format!(
+                    "{} dossiers, online end to end {share}",
+                    number(p.completed as f64, lang)
+                )
+            })
+        ));
+    }
+    if v.alerts.is_empty() {
+        lines.push(
+            if vi {
+                "Không có cảnh báo."
+            } else {
+                "No alerts."
+            }
+            .to_string(),
+        );
+    } else {
+        lines.push(m.bold(if vi { "Cảnh báo" } else { "Alerts" }));
+        for (key, state) in v.alerts {
+            lines.push(alert_line(key, state, lang, m));
+        }
+    }
+    for silence in v.silences {
+        lines.push(silence_line(silence, lang, m));
+    }
+    lines.join("\n")
 }
 
 /// `🔴 Hộ tịch: chậm tiến độ (nghiêm trọng) từ 20/11/2026 08:00`.
