@@ -11,12 +11,14 @@
 //!   and the same text split into messages of any size (as reports and replies are);
 //! - `report`: the weekly report with any names and figures, as Telegram and Slack messages
 //!   (whole and split as they are posted) and as the HTML page sent with it;
-//! - `reply`: chat replies to any message (a province looked up, a silence made, usage and
-//!   help), and alert and silence lines with any keys, ids, reasons and dataset names.
+//! - `reply`: chat replies to any message (a province's figures, alerts and silences, a
+//!   silence made, usage and help), and alert and silence lines with any keys, ids, reasons
+//!   and dataset names.
 //!
 //! `cargo run --release --example fuzz -- [TARGET|all] [INPUTS] [SEED]`. A crash writes the
 //! input to `target/fuzz-crashes/` and exits 1; make it a regression test.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -36,7 +38,7 @@ use tiendo::report::{Class, DatasetReport, Entry, Report};
 use tiendo::rules::ledger::{Digest, Notice, Silence};
 use tiendo::rules::state::{AlertState, Change, Phase};
 use tiendo::rules::{Facts, Rule, Severity, Subject};
-use tiendo::status::View;
+use tiendo::status::{DatasetStatus, ProcedureStatus, ProvinceStatus, View};
 use tiendo::wire;
 
 /// xorshift64*: fast, and the same run from the same seed.
@@ -374,7 +376,24 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
         ];
         match command::parse(&text, Some("tiendo_bot"), datasets) {
             Ok(Command::Province(q)) => texts.push(match lookup::find(&q, Scheme::Current34) {
-                Found::One(u) => m.escape(&reply::unit_name(u)),
+                // As `/tinh` shows it, with names and figures from the input.
+                Found::One(unit) => {
+                    let row = province_row(input, &format!("{:02}", unit.code), datasets);
+                    let facts = province_facts(input, &row);
+                    let key = piece(0);
+                    let alerts = [(&key, &alert)];
+                    let silences = [&silence];
+                    let shown = reply::Province {
+                        unit,
+                        row: &row,
+                        facts: &facts,
+                        datasets,
+                        alerts: &alerts[..byte(7) % 2],
+                        silences: &silences[..byte(8) % 2],
+                        now,
+                    };
+                    reply::province(&shown, lang, m)
+                }
                 Found::None => reply::not_found(&q, lang, m),
                 Found::Several(units) => reply::several(&q, &units, lang, m),
             }),
@@ -423,6 +442,71 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A province's row of the status, named by a piece of `input`, with figures from its bytes
+/// for each of `datasets` (some with a target, some without, some empty).
+fn province_row(input: &[u8], code: &str, datasets: &[String]) -> ProvinceStatus {
+    let text = String::from_utf8_lossy(input);
+    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+    let rows = datasets.iter().enumerate().map(|(d, name)| {
+        let b = byte(9 + d);
+        let status = DatasetStatus {
+            total: (b as i64 - 20) * 1_000_003,
+            windows: [("7d", b as i64 * 977)].into_iter().collect(),
+            target: (b % 3 != 0).then_some(b as u64 * 10_007),
+            deadline: (b % 4 != 0).then(|| NaiveDate::from_ymd_opt(2026, 12, 31).unwrap()),
+            percent: (b % 3 != 0).then(|| figure(b)),
+            last_event: None,
+        };
+        (name.clone(), status)
+    });
+    let b = byte(13);
+    ProvinceStatus {
+        code: code.to_string(),
+        name: text.split('|').nth(7).unwrap_or(&text).to_string(),
+        scheme: "34",
+        datasets: rows.collect(),
+        procedures: ProcedureStatus {
+            completed: b as i64 * 31,
+            online_share: (b % 5 != 0).then(|| figure(b) / 100.0),
+            ..ProcedureStatus::default()
+        },
+    }
+}
+
+/// The facts the rules would have seen for `row`'s datasets that have a target.
+fn province_facts(input: &[u8], row: &ProvinceStatus) -> BTreeMap<String, (Subject, Facts)> {
+    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+    let projected = NaiveDate::from_ymd_opt(2027, 3, 12);
+    row.datasets
+        .iter()
+        .filter(|(_, d)| d.target.is_some())
+        .enumerate()
+        .map(|(i, (name, d))| {
+            let b = byte(14 + i);
+            let subject = Subject {
+                scheme: row.scheme.to_string(),
+                code: row.code.clone(),
+                name: row.name.clone(),
+                dataset: name.clone(),
+            };
+            let facts = Facts {
+                total: d.total,
+                target: d.target,
+                deadline: d.deadline,
+                percent: d.percent,
+                pace_7d: figure(b),
+                pace_needed: (b % 2 == 0).then(|| figure(b / 2)),
+                projected: projected.filter(|_| b % 3 != 0),
+                ..Facts::default()
+            };
+            (
+                format!("{}:{}:{name}", row.scheme, row.code),
+                (subject, facts),
+            )
+        })
+        .collect()
 }
 
 /// A number from the input's bytes, now and then one no figure should be but a bug could make.
