@@ -250,38 +250,52 @@ async fn twenty_sigkills_among_three_replicas_count_a_million_events_exactly() {
     );
 }
 
+/// One replica, then three, then one again, while a producer publishes throughout: it sends
+/// 2,000 events every 200 ms from before the first join until after the last leave, so every
+/// rebalance happens with events flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_one_to_three_to_one_replica_while_publishing_counts_exactly() {
     let env = Env::start_tansu();
-    let producer = env.independent_producer();
-    let topics = &env.settings.kafka.topics;
     let mut g = env.generator(32);
-    let mut expected = Expected::default();
-    let mut publish_for = |n: usize| {
-        let part = common::events(&mut g, n);
-        expected.add_all(&part);
-        part
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let publisher = {
+        let producer = env.independent_producer();
+        let topics = env.settings.kafka.topics.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            while !*stopped.borrow() {
+                let part = common::events(&mut g, 2_000);
+                common::send_all(&producer, &topics, &part).await;
+                sent.extend(part);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            sent
+        })
     };
     let mut replicas = vec![dynamic_replica(&env)];
-    let first = publish_for(20_000);
-    common::send_all(&producer, topics, &first).await;
-    // Two more join while events keep coming.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two more join, then leave again (SIGTERM: a clean leave).
     for _ in 1..3 {
         replicas.push(dynamic_replica(&env));
-        let part = publish_for(20_000);
-        common::send_all(&producer, topics, &part).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    // And leave again (SIGTERM: a clean leave), while events keep coming.
     for _ in 1..3 {
         let mut r = replicas.pop().expect("a replica");
         signal(&r, "TERM");
-        let part = publish_for(20_000);
-        common::send_all(&producer, topics, &part).await;
-        assert!(r.wait().unwrap().success(), "a replica left uncleanly");
+        let status = loop {
+            if let Some(status) = r.try_wait().expect("a replica's status") {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "a replica left uncleanly");
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let last = publish_for(20_000);
-    common::send_all(&producer, topics, &last).await;
+    stop.send(true).expect("the publisher listens");
+    let sent = publisher.await.expect("published");
+    let mut expected = Expected::default();
+    expected.add_all(&sent);
+    eprintln!("{} events published while scaling", sent.len());
     let snap = wait_for(&env, &expected, Duration::from_secs(240)).await;
     for mut r in replicas {
         let _ = r.kill();
