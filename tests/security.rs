@@ -93,6 +93,21 @@ async fn redis_with_a_password_and_tls_counts_exactly_and_never_logs_a_secret() 
         1,
     );
     assert!(refused.snapshot(chrono::Utc::now()).await.is_err());
+    // Plain TCP to the TLS port, with the right password.
+    let plain = RedisSettings {
+        url: Secret::new(format!("redis://:{PASSWORD}@localhost:{port}")),
+        ..RedisSettings::default()
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        let conn = store::connect(&plain).await.ok()?;
+        let store = Store::new(conn, "tiendo", vec!["land".into()], 1);
+        store.snapshot(chrono::Utc::now()).await.ok()
+    })
+    .await;
+    assert!(
+        !matches!(answered, Ok(Some(_))),
+        "plain TCP read from the TLS port"
+    );
 
     let mut g = env.generator(31);
     let stream = events(&mut g, 2000);
