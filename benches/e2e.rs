@@ -360,7 +360,8 @@ struct Outcome {
 }
 
 /// `tiendo run`, the release binary, on a fresh Redis with this `appendfsync`, until Redis
-/// holds exactly what was published (or 10 minutes pass). Its resident memory is sampled.
+/// has stored every message's offset (or 10 minutes pass); the counts are then final and
+/// compared with what was published. Its resident memory is sampled.
 async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome {
     let extra = std::env::var("REDIS_ARGS").unwrap_or_default();
     let args: Vec<&str> = ["--appendfsync", fsync]
@@ -424,7 +425,8 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
                 .sum::<i64>(),
             status.national.procedures.completed,
         );
-        // Every message stored: the counters are final, right or wrong.
+        // Every message stored (or the deadline passed): the counters are final, right or
+        // wrong.
         break got;
     };
     let last = last.unwrap_or_else(Instant::now);
