@@ -340,7 +340,8 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
     let lang = [Language::Vi, Language::En][input.len() % 2];
     let now: DateTime<Utc> = "2026-11-20T03:00:00Z".parse().expect("valid time");
     let mut settings = Settings::default();
-    if byte(0) % 2 == 1 {
+    // By the length, not the first byte: a command's first byte is nearly always `/`.
+    if input.len() / 2 % 2 == 1 {
         // Dataset names as a configuration file could give them.
         settings.validation.datasets = pieces.iter().take(4).map(|p| p.to_string()).collect();
     }
@@ -445,21 +446,28 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
 }
 
 /// A province's row of the status, named by a piece of `input`, with figures from its bytes
-/// for each of `datasets` (some with a target, some without, some empty).
+/// for most of `datasets` (some with a target, some without, some empty, some missing).
 fn province_row(input: &[u8], code: &str, datasets: &[String]) -> ProvinceStatus {
     let text = String::from_utf8_lossy(input);
     let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
-    let rows = datasets.iter().enumerate().map(|(d, name)| {
+    let rows = datasets.iter().enumerate().filter_map(|(d, name)| {
         let b = byte(9 + d);
+        if b % 11 == 10 {
+            return None;
+        }
         let status = DatasetStatus {
-            total: (b as i64 - 20) * 1_000_003,
+            total: if b % 7 == 0 {
+                0
+            } else {
+                (b as i64 - 20) * 1_000_003
+            },
             windows: [("7d", b as i64 * 977)].into_iter().collect(),
             target: (b % 3 != 0).then_some(b as u64 * 10_007),
             deadline: (b % 4 != 0).then(|| NaiveDate::from_ymd_opt(2026, 12, 31).unwrap()),
             percent: (b % 3 != 0).then(|| figure(b)),
             last_event: None,
         };
-        (name.clone(), status)
+        Some((name.clone(), status))
     });
     let b = byte(13);
     ProvinceStatus {
