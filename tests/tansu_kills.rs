@@ -282,10 +282,15 @@ async fn scaling_one_to_three_to_one_replica_while_publishing_counts_exactly() {
     for _ in 1..3 {
         let mut r = replicas.pop().expect("a replica");
         signal(&r, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(status) = r.try_wait().expect("a replica's status") {
                 break status;
             }
+            assert!(
+                Instant::now() < deadline,
+                "a replica still running 60 s after SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert!(status.success(), "a replica left uncleanly");
