@@ -31,7 +31,7 @@ use tiendo::decode::Validator;
 use tiendo::events::Kind;
 use tiendo::generator::Generator;
 use tiendo::notify::message::{length, render, split, Markup, Style};
-use tiendo::provinces::Scheme;
+use tiendo::provinces::{Scheme, Unit};
 use tiendo::publish::{FileFormat, FileKind};
 use tiendo::report::weekly::{DatasetWeek, ProvinceWeek, Week};
 use tiendo::report::{Class, DatasetReport, Entry, Report};
@@ -335,7 +335,7 @@ fn targets() -> Vec<Target> {
 fn reply_text(input: &[u8]) -> Result<(), String> {
     let text = String::from_utf8_lossy(input);
     let pieces: Vec<&str> = text.split('|').collect();
-    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+    let byte = bytes(input);
     let piece = |i: usize| pieces[i % pieces.len()].to_string();
     let lang = [Language::Vi, Language::En][input.len() % 2];
     let now: DateTime<Utc> = "2026-11-20T03:00:00Z".parse().expect("valid time");
@@ -379,7 +379,7 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
             Ok(Command::Province(q)) => texts.push(match lookup::find(&q, Scheme::Current34) {
                 // As `/tinh` shows it, with names and figures from the input.
                 Found::One(unit) => {
-                    let row = province_row(input, &format!("{:02}", unit.code), datasets);
+                    let row = province_row(input, unit, &piece(7), datasets);
                     let facts = province_facts(input, &row);
                     let key = piece(0);
                     let alerts = [(&key, &alert)];
@@ -445,11 +445,11 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// A province's row of the status, named by a piece of `input`, with figures from its bytes
-/// for most of `datasets` (some with a target, some without, some empty, some missing).
-fn province_row(input: &[u8], code: &str, datasets: &[String]) -> ProvinceStatus {
-    let text = String::from_utf8_lossy(input);
-    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+/// `unit`'s row of the status as its table's view has it, called `name`, with figures from
+/// `input`'s bytes for most of `datasets` (some with a target, some without, some empty, some
+/// missing).
+fn province_row(input: &[u8], unit: Unit, name: &str, datasets: &[String]) -> ProvinceStatus {
+    let byte = bytes(input);
     let rows = datasets.iter().enumerate().filter_map(|(d, name)| {
         let b = byte(9 + d);
         if b % 11 == 10 {
@@ -471,9 +471,9 @@ fn province_row(input: &[u8], code: &str, datasets: &[String]) -> ProvinceStatus
     });
     let b = byte(13);
     ProvinceStatus {
-        code: code.to_string(),
-        name: text.split('|').nth(7).unwrap_or(&text).to_string(),
-        scheme: "34",
+        code: format!("{:02}", unit.code),
+        name: name.to_string(),
+        scheme: View::from(unit.scheme).tag(),
         datasets: rows.collect(),
         procedures: ProcedureStatus {
             completed: b as i64 * 31,
@@ -485,7 +485,7 @@ fn province_row(input: &[u8], code: &str, datasets: &[String]) -> ProvinceStatus
 
 /// The facts the rules would have seen for `row`'s datasets that have a target.
 fn province_facts(input: &[u8], row: &ProvinceStatus) -> BTreeMap<String, (Subject, Facts)> {
-    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+    let byte = bytes(input);
     let projected = NaiveDate::from_ymd_opt(2027, 3, 12);
     row.datasets
         .iter()
@@ -517,6 +517,11 @@ fn province_facts(input: &[u8], row: &ProvinceStatus) -> BTreeMap<String, (Subje
         .collect()
 }
 
+/// The input's byte at an index, as a number; 0 past its end.
+fn bytes(input: &[u8]) -> impl Fn(usize) -> usize + '_ {
+    |i| input.get(i).copied().unwrap_or(0) as usize
+}
+
 /// A number from the input's bytes, now and then one no figure should be but a bug could make.
 fn figure(byte: usize) -> f64 {
     match byte % 17 {
@@ -532,7 +537,7 @@ fn figure(byte: usize) -> f64 {
 fn report(input: &[u8]) -> Report {
     let text = String::from_utf8_lossy(input);
     let pieces: Vec<&str> = text.split('|').collect();
-    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+    let byte = bytes(input);
     let name = |i: usize| pieces[i % pieces.len()].to_string();
     let day = |i: usize| NaiveDate::from_ymd_opt(2025, 1 + (byte(i) % 12) as u32, 1).unwrap();
     let datasets: Vec<String> = (0..1 + byte(0) % 3).map(|d| name(d + 1)).collect();
@@ -746,7 +751,7 @@ fn digest(input: &[u8]) -> Digest {
     let text = String::from_utf8_lossy(input);
     let pieces: Vec<&str> = text.split('|').collect();
     let at: DateTime<Utc> = "2026-11-20T03:00:00Z".parse().expect("valid time");
-    let byte = |i: usize| input.get(i).copied().unwrap_or(0) as usize;
+    let byte = bytes(input);
     let notices = (0..1 + byte(0) % 24)
         .map(|i| {
             let name = pieces[i % pieces.len()].to_string();

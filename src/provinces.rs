@@ -93,6 +93,16 @@ impl View {
     }
 }
 
+impl From<Scheme> for View {
+    /// The view whose rows a unit of this table has.
+    fn from(scheme: Scheme) -> View {
+        match scheme {
+            Scheme::Current34 => View::Current34,
+            Scheme::Legacy63 => View::Legacy63,
+        }
+    }
+}
+
 /// A provincial unit as reported: a code and the table it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Unit {

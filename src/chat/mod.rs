@@ -279,10 +279,7 @@ impl Conversation {
             Found::Several(units) => return Ok(reply::several(query, &units, lang, m)),
         };
         let now = self.clock.now();
-        let uview = match unit.scheme {
-            Scheme::Current34 => View::Current34,
-            Scheme::Legacy63 => View::Legacy63,
-        };
+        let uview = View::from(unit.scheme);
         let s = &self.settings;
         let snap = self.store.snapshot(now).await?;
         let status = Status::build(&snap, &self.targets, &s.validation.datasets, uview);
