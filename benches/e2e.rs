@@ -391,45 +391,40 @@ async fn tiendo(base: &Settings, run: &str, data: &Data, fsync: &str) -> Outcome
     let want = (data.records + env_or("WRONG_BY", 0i64), data.procedures);
     let parts = data.parts();
     let refs: Vec<(&str, i32)> = parts.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-    // When the first batch was seen stored, with how many messages; when the last was.
+    // When the first batch was seen stored, with how many messages.
     let mut first: Option<(Instant, i64)> = None;
-    let mut last = None;
     let mut polls = 0usize;
-    let got = loop {
+    loop {
         // Offsets every 20 ms (one small read), for the steady rate's ends; RSS every 100 ms.
         tokio::time::sleep(Duration::from_millis(20)).await;
         polls += 1;
         if polls % 5 == 0 {
             rss.push(child.rss());
         }
-        // The counters are read once every message is stored (they are stored with their
-        // offsets, so by then they are final). A snapshot of 60 days' counters costs Redis
-        // about 16 ms of CPU and this process 35 ms more (core bench): taken every 100 ms, it
-        // took up to half a core from what was measured.
         let stored: i64 = reader.offsets(&refs).await.unwrap().iter().flatten().sum();
         if stored > 0 {
             first.get_or_insert((Instant::now(), stored));
         }
-        if stored < data.messages as i64 && Instant::now() <= deadline {
-            continue;
+        if stored >= data.messages as i64 || Instant::now() > deadline {
+            break;
         }
-        last.get_or_insert_with(Instant::now);
-        let snap = reader.snapshot(Utc::now()).await.unwrap();
-        let status = Status::build(&snap, &Targets::default(), &datasets, View::Current34);
-        let got = (
-            status
-                .national
-                .datasets
-                .values()
-                .map(|d| d.total)
-                .sum::<i64>(),
-            status.national.procedures.completed,
-        );
-        // Every message stored (or the deadline passed): the counters are final, right or
-        // wrong.
-        break got;
-    };
-    let last = last.unwrap_or_else(Instant::now);
+    }
+    let last = Instant::now();
+    // Every message stored (or the deadline passed): the counters are stored with their
+    // offsets, so they are final, right or wrong. They are read once, now: a snapshot of 60
+    // days' counters costs Redis about 16 ms of CPU and this process 35 ms more (core bench);
+    // taken every 100 ms, it took up to half a core from what was measured.
+    let snap = reader.snapshot(Utc::now()).await.unwrap();
+    let status = Status::build(&snap, &Targets::default(), &datasets, View::Current34);
+    let got = (
+        status
+            .national
+            .datasets
+            .values()
+            .map(|d| d.total)
+            .sum::<i64>(),
+        status.national.procedures.completed,
+    );
     let secs = last.duration_since(t).as_secs_f64();
     let steady = match first {
         Some((at, stored)) if last > at => {
