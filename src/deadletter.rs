@@ -3,10 +3,11 @@
 //! dead letter is never lost; after a crash it may be sent again, and the origin headers
 //! (topic, partition, offset) identify such a repeat. Exact counts by reason live in Redis.
 //!
-//! A letter too large for the dead-letter topic (its payload near the source topic's limit,
-//! plus the headers; or a dead-letter topic with a lower limit) would be refused for good and
-//! hold its partition forever: it is sent again with the payload cut to [`TRUNCATED_TO`] bytes
-//! and a `tiendo.payload.truncated` header giving the original size.
+//! A letter too large for the dead-letter topic (its payload or key near the source topic's
+//! limit, plus the headers; or a dead-letter topic with a lower limit) would be refused for
+//! good and hold its partition forever: it is sent again with the payload cut to
+//! [`TRUNCATED_TO`] bytes and the key to [`KEY_TRUNCATED_TO`], each cut one with a header
+//! (`tiendo.payload.truncated`, `tiendo.key.truncated`) giving its original size.
 
 use std::time::Duration;
 
@@ -37,6 +38,21 @@ impl DeadLetter {
     pub fn size(&self) -> usize {
         self.payload.len() + self.key.as_ref().map_or(0, Vec::len)
     }
+
+    /// What is sent of its payload and key when they are cut to fit the topic.
+    fn cut(&self) -> (&[u8], Option<&[u8]>) {
+        let key = self.key.as_deref();
+        (
+            &self.payload[..self.payload.len().min(TRUNCATED_TO)],
+            key.map(|k| &k[..k.len().min(KEY_TRUNCATED_TO)]),
+        )
+    }
+
+    /// Whether cutting would make it smaller.
+    fn can_be_cut(&self) -> bool {
+        let (payload, key) = self.cut();
+        payload.len() + key.map_or(0, <[u8]>::len) < self.size()
+    }
 }
 
 pub const REASON_HEADER: &str = "tiendo.reason";
@@ -45,8 +61,11 @@ pub const TOPIC_HEADER: &str = "tiendo.source.topic";
 pub const PARTITION_HEADER: &str = "tiendo.source.partition";
 pub const OFFSET_HEADER: &str = "tiendo.source.offset";
 pub const TRUNCATED_HEADER: &str = "tiendo.payload.truncated";
+pub const KEY_TRUNCATED_HEADER: &str = "tiendo.key.truncated";
 /// What is kept of a payload too large for the dead-letter topic.
 pub const TRUNCATED_TO: usize = 64 * 1024;
+/// What is kept of a key then: a key names an event or a province, so a longer one is junk.
+pub const KEY_TRUNCATED_TO: usize = 1024;
 
 pub struct DeadLetters {
     producer: crate::source::Producer,
@@ -62,14 +81,14 @@ impl DeadLetters {
     }
 
     /// Sends every letter and waits until Kafka has acknowledged all of them; a letter too
-    /// large for the topic goes with its payload cut.
+    /// large for the topic goes with its payload and key cut.
     pub async fn send(&self, letters: &[&DeadLetter]) -> Result<(), KafkaError> {
-        let sends = letters.iter().map(|l| self.send_one(l, None));
+        let sends = letters.iter().map(|l| self.send_one(l, false));
         let mut too_large = Vec::new();
         for (l, result) in letters.iter().zip(join_all(sends).await) {
             match result {
                 Ok(()) => {}
-                Err(e) if is_too_large(&e) && l.payload.len() > TRUNCATED_TO => too_large.push(l),
+                Err(e) if is_too_large(&e) && l.can_be_cut() => too_large.push(l),
                 Err(e) => return Err(e),
             }
         }
@@ -79,17 +98,20 @@ impl DeadLetters {
                 partition = l.partition,
                 offset = l.offset,
                 bytes = l.payload.len(),
-                "dead letter too large for its topic: payload cut to {TRUNCATED_TO} bytes"
+                key_bytes = l.key.as_ref().map_or(0, Vec::len),
+                "dead letter too large for its topic: payload cut to {TRUNCATED_TO} bytes, \
+                 key to {KEY_TRUNCATED_TO}"
             );
-            self.send_one(l, Some(TRUNCATED_TO)).await?;
+            self.send_one(l, true).await?;
         }
         Ok(())
     }
 
-    async fn send_one(&self, l: &DeadLetter, cut: Option<usize>) -> Result<(), KafkaError> {
+    async fn send_one(&self, l: &DeadLetter, cut: bool) -> Result<(), KafkaError> {
         let partition = l.partition.to_string();
         let offset = l.offset.to_string();
         let size = l.payload.len().to_string();
+        let key_size = l.key.as_ref().map_or(0, Vec::len).to_string();
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: REASON_HEADER,
@@ -111,20 +133,27 @@ impl DeadLetters {
                 key: OFFSET_HEADER,
                 value: Some(offset.as_str()),
             });
-        let payload = match cut {
-            Some(n) => {
-                headers = headers.insert(Header {
-                    key: TRUNCATED_HEADER,
-                    value: Some(size.as_str()),
-                });
-                &l.payload[..n.min(l.payload.len())]
-            }
-            None => &l.payload[..],
+        let (payload, key) = if cut {
+            l.cut()
+        } else {
+            (&l.payload[..], l.key.as_deref())
         };
+        if payload.len() < l.payload.len() {
+            headers = headers.insert(Header {
+                key: TRUNCATED_HEADER,
+                value: Some(size.as_str()),
+            });
+        }
+        if key.map(<[u8]>::len) < l.key.as_ref().map(Vec::len) {
+            headers = headers.insert(Header {
+                key: KEY_TRUNCATED_HEADER,
+                value: Some(key_size.as_str()),
+            });
+        }
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
             .payload(payload)
             .headers(headers);
-        if let Some(key) = &l.key {
+        if let Some(key) = key {
             record = record.key(key);
         }
         self.producer

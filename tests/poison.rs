@@ -1,9 +1,9 @@
 //! Hostile input at a high rate: 10,000 poison messages of every reason on both topics
 //! (`unknown_schema_id` aside: it needs a Schema Registry, and `tests/encodings.rs` has one),
-//! among valid events, and messages of 1 MiB that are too large for the dead-letter topic.
-//! Every valid event is counted exactly, every poison message lands in the dead-letter topic
-//! with its reason (the huge ones with their payload cut and their size in a header), and no
-//! partition is held.
+//! among valid events, and messages of 1 MiB, in the payload or in the key, that are too large
+//! for the dead-letter topic. Every valid event is counted exactly, every poison message lands
+//! in the dead-letter topic with its reason (the huge ones cut, their size in a header), and
+//! no partition is held.
 
 mod common;
 
@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Env, Expected};
+use rdkafka::producer::FutureRecord;
 use tiendo::config::Secret;
 use tiendo::decode::Reason;
 use tiendo::events::Kind;
@@ -69,6 +70,19 @@ async fn ten_thousand_poison_messages_of_every_reason_and_huge_ones_on_both_topi
             .await
             .unwrap();
     }
+    // A small undecodable payload under a 1 MiB key: the payload alone cannot be cut to fit.
+    let key = vec![b'k'; 1 << 20];
+    producer
+        .send(
+            FutureRecord::to(&env.settings.kafka.topics.records)
+                .key(&key[..])
+                .payload(&[0xff_u8; 10][..]),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+    *expected.dead.entry("undecodable".into()).or_default() += 1;
 
     // The dead-letter topic takes less than the event topics do.
     let mut settings = env.settings.clone();
@@ -101,4 +115,12 @@ async fn ten_thousand_poison_messages_of_every_reason_and_huge_ones_on_both_topi
     assert!(letters
         .iter()
         .all(|l| l.truncated.is_empty() == (l.bytes < tiendo::deadletter::TRUNCATED_TO)));
+    let long_keys: Vec<_> = letters
+        .iter()
+        .filter(|l| !l.key_truncated.is_empty())
+        .collect();
+    assert_eq!(long_keys.len(), 1, "{long_keys:?}");
+    assert_eq!(long_keys[0].key_truncated, (1 << 20).to_string());
+    assert_eq!(long_keys[0].key_bytes, tiendo::deadletter::KEY_TRUNCATED_TO);
+    assert_eq!(long_keys[0].reason, "undecodable");
 }

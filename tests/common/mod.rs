@@ -412,7 +412,9 @@ impl Env {
                     partition: header("tiendo.source.partition"),
                     offset: header("tiendo.source.offset"),
                     truncated: header("tiendo.payload.truncated"),
+                    key_truncated: header("tiendo.key.truncated"),
                     bytes: m.payload().map_or(0, <[u8]>::len),
+                    key_bytes: m.key().map_or(0, <[u8]>::len),
                 });
             }
         }
@@ -420,7 +422,7 @@ impl Env {
     }
 }
 
-/// One message of the dead-letter topic: its headers, and its payload's size.
+/// One message of the dead-letter topic: its headers, and its payload's and key's sizes.
 #[derive(Debug, Clone)]
 pub struct Letter {
     pub reason: String,
@@ -429,7 +431,10 @@ pub struct Letter {
     pub offset: String,
     /// The original size, when the payload was cut to fit the topic.
     pub truncated: String,
+    /// The same for the key.
+    pub key_truncated: String,
     pub bytes: usize,
+    pub key_bytes: usize,
 }
 
 /// A chat or webhook receiver at `url`, as the tests configure one.
