@@ -292,3 +292,73 @@ async fn a_batch_reaches_each_node_in_two_reads_on_a_cluster() {
     }
     assert_eq!(call_by_call(&metrics), loading, "a pipeline fell back");
 }
+
+/// The node of `nodes` that serves `key`'s slot.
+fn node_of(nodes: &[RedisServer], key: &str) -> usize {
+    let slot: u16 = ask(&nodes[0], &["cluster", "keyslot", key])
+        .parse()
+        .unwrap();
+    nodes
+        .iter()
+        .position(|node| {
+            let listing = ask(node, &["cluster", "nodes"]);
+            let mine = listing.lines().find(|l| l.contains("myself")).unwrap();
+            mine.split_whitespace().skip(8).any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                (a.parse().unwrap()..=b.parse().unwrap()).contains(&slot)
+            })
+        })
+        .expect("a node serves every slot")
+}
+
+/// On a cluster the directory of partitions, which readers sum, is a key of its own node. A
+/// partition's first batch must not be stored unless it is listed: were it stored and then the
+/// process killed before the listing, a quiet partition would stay out of every figure. So
+/// with the directory's node down, a first batch for a partition on another node stores
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_listed_before_its_first_batch_is_stored() {
+    use tiendo::decode::Validator;
+    use tiendo::events::Kind;
+    use tiendo::pipeline::{Batch, HeldCounters, Origin};
+
+    let mut nodes = start_cluster();
+    let mut settings = Settings::default();
+    settings.redis.cluster_urls = urls(&nodes);
+    let store = Store::new(
+        store::connect(&settings.redis).await.unwrap(),
+        "first",
+        settings.validation.datasets.clone(),
+        3600,
+    );
+    let directory = node_of(&nodes, "first:partitions");
+    let offset_key = |p: i32| format!("first:{{records/{p}}}:off");
+    let partition = (0..64)
+        .find(|p| node_of(&nodes, &offset_key(*p)) != directory)
+        .expect("a partition on another node");
+    // One undecodable message: a part with no claims, so its one round trip is the write.
+    let validator = Validator::new(&settings.validation);
+    let now = chrono::Utc::now().timestamp();
+    let mut batch = Batch::default();
+    let from = Origin {
+        t: 0,
+        kind: Kind::Records,
+        topic: "records",
+        partition,
+        offset: 0,
+    };
+    batch.push(from, None, &[0xff, 0xff], &validator, now);
+    let home = node_of(&nodes, &offset_key(partition));
+    nodes[directory].kill();
+    let held = HeldCounters::new();
+    let stored = tokio::time::timeout(Duration::from_secs(30), batch.store(&store, &held, now));
+    assert!(
+        !matches!(stored.await, Ok(Ok(_))),
+        "stored without its directory"
+    );
+    assert_eq!(
+        ask(&nodes[home], &["get", &offset_key(partition)]),
+        "",
+        "the first batch stored while it could not be listed"
+    );
+}

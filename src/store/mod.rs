@@ -624,6 +624,35 @@ impl Store {
         Some(answers.into_iter().map(from_value).collect())
     }
 
+    /// On a cluster, lists the partitions of `batches` that have nothing stored yet, before
+    /// their first counters are written. The directory is a key of its own there, on its own
+    /// node, and it is otherwise updated beside the counters: were the process killed between
+    /// the two, nothing would list the partition until its next batch, which a quiet one may
+    /// never send, and readers would leave its counts out. A round trip of its own, once in a
+    /// partition's life; listing a partition with nothing stored is harmless.
+    async fn list_new(
+        &self,
+        batches: &[PartitionBatch<'_>],
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        let new: Vec<&String> = batches
+            .iter()
+            .zip(tags)
+            .filter(|(b, _)| b.expected < 0)
+            .map(|(_, tag)| tag)
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("SADD")
+            .arg(self.keys.directory())
+            .arg(&new)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// The apply.lua call for `batches` (see `apply::call`).
     fn apply_call(
         &self,
@@ -654,6 +683,7 @@ impl Store {
         now: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         let calls: Vec<apply::ApplyCall> = if self.conn.is_cluster() {
+            self.list_new(batches, tags).await?;
             batches
                 .iter()
                 .map(|b| self.apply_call(&[b], None, writer, now, true))
