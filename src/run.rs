@@ -14,6 +14,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Settings, KAFKA_OUTBOX};
 use crate::notify::{Dispatcher, Sink};
 use crate::pipeline::Pipeline;
+use crate::provinces::provinces;
 use crate::report::schedule::Poster;
 use crate::rules::evaluator::Evaluator;
 use crate::rules::ledger::Ledger;
@@ -132,10 +133,20 @@ pub async fn watch(settings: &Settings) -> anyhow::Result<Watch> {
 
 /// The configured targets (none without `targets.file`).
 pub fn load_targets(settings: &Settings) -> anyhow::Result<Targets> {
-    Ok(match &settings.targets.file {
+    let targets = match &settings.targets.file {
         Some(path) => Targets::load(path, &settings.validation.datasets)?,
         None => Targets::default(),
-    })
+    };
+    for (unit, dataset) in targets.partial() {
+        let name = provinces().get(unit.scheme, unit.code).map(|p| &p.name_vi);
+        tracing::warn!(
+            unit = %format_args!("34:{:02}", unit.code),
+            name = name.map(String::as_str).unwrap_or_default(),
+            dataset,
+            "only some of the former provinces merged into this unit have a target: it has none"
+        );
+    }
+    Ok(targets)
 }
 
 /// Starts the evaluator, one dispatcher per receiver (and one for the Kafka alerts topic),

@@ -104,6 +104,32 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
     }
 }
 
+/// A target file with a former province's target but not its partner's: `tiendo check`
+/// accepts it and warns that the merged province has none, naming it.
+#[test]
+fn check_warns_of_a_merged_province_left_without_a_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("targets.csv");
+    // Ninh Thuận (63:58) merged with Khánh Hòa (63:56) into Khánh Hòa (34:56).
+    std::fs::write(
+        &file,
+        "province,dataset,target,deadline,scheme\n58,civil_status,900000,2026-12-31,63\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .arg("check")
+        .env_clear()
+        .env("TIENDO_TARGETS__FILE", &file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("34:56") && err.contains("Khánh Hòa") && err.contains("civil_status"),
+        "{err}"
+    );
+}
+
 /// Every way the README gives to configure tiendo, through the binary: the file by flag or by
 /// `TIENDO_CONFIG`, environment variables over it, a whole receiver and its secrets from the
 /// environment (never printed), variables that are not configuration left alone, and a
