@@ -394,12 +394,20 @@ fn procedures(
         find(out, &subject, Rule::ProceduresSilent, Severity::Warning);
     }
     if let Some(share) = online_share {
-        let line = if active.contains_key(&subject.alert_key(Rule::OnlineShareLow)) {
+        let firing = active.contains_key(&subject.alert_key(Rule::OnlineShareLow));
+        let line = if firing {
             rules.online_share_min + rules.online_share_resolve_margin
         } else {
             rules.online_share_min
         };
-        if dossiers >= rules.online_min_dossiers as i64 && share < line {
+        // Too few dossiers to judge (a quiet night, a weekend): a firing alert holds, rather
+        // than resolving now and firing again when the volume is back.
+        let holds = if dossiers >= rules.online_min_dossiers as i64 {
+            share < line
+        } else {
+            firing
+        };
+        if holds {
             find(out, &subject, Rule::OnlineShareLow, Severity::Warning);
         }
     }
@@ -410,7 +418,7 @@ fn procedures(
 /// heard from (one never heard from has nothing normal yet, like `procedures_silent`);
 /// `source_rejecting` any source with enough messages, `other` included. A firing
 /// `source_rejecting` resolves only below the ratio minus `reject_resolve_margin`, so a feed
-/// wavering at the line fires once.
+/// wavering at the line fires once, and not while there are too few messages to judge.
 pub fn evaluate_sources(
     views: &[crate::sources::SourceView],
     settings: &SourceSettings,
@@ -446,12 +454,19 @@ pub fn evaluate_sources(
         if v.quiet && v.last_seen.is_some() {
             find(out, &subject, Rule::SourceQuiet, Severity::Warning);
         }
-        let line = if active.contains_key(&subject.alert_key(Rule::SourceRejecting)) {
+        let firing = active.contains_key(&subject.alert_key(Rule::SourceRejecting));
+        let line = if firing {
             settings.reject_ratio_max - settings.reject_resolve_margin
         } else {
             settings.reject_ratio_max
         };
-        if messages >= settings.reject_min_messages as i64 && w.reject_ratio > line {
+        // As with the online share: too few messages to judge hold a firing alert.
+        let holds = if messages >= settings.reject_min_messages as i64 {
+            w.reject_ratio > line
+        } else {
+            firing
+        };
+        if holds {
             find(out, &subject, Rule::SourceRejecting, Severity::Warning);
         }
     }
