@@ -143,7 +143,8 @@ pub fn load_targets(settings: &Settings) -> anyhow::Result<Targets> {
             unit = %format_args!("34:{:02}", unit.code),
             name = name.map(String::as_str).unwrap_or_default(),
             dataset,
-            "only some of the former provinces merged into this unit have a target: it has none"
+            "the target sums those of only some of the former provinces merged into this unit, \
+             while its figures count them all: it may read as reached early"
         );
     }
     Ok(targets)

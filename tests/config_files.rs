@@ -105,9 +105,9 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
 }
 
 /// A target file with a former province's target but not its partner's: `tiendo check`
-/// accepts it and warns that the merged province has none, naming it.
+/// accepts it and warns that the merged province's target covers only part of it, naming it.
 #[test]
-fn check_warns_of_a_merged_province_left_without_a_target() {
+fn check_warns_of_a_merged_province_whose_target_misses_a_former_one() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("targets.csv");
     // Ninh Thuận (63:58) merged with Khánh Hòa (63:56) into Khánh Hòa (34:56).
