@@ -400,14 +400,11 @@ fn procedures(
         } else {
             rules.online_share_min
         };
-        // Too few dossiers to judge (a quiet night, a weekend): a firing alert holds, rather
-        // than resolving now and firing again when the volume is back.
-        let holds = if dossiers >= rules.online_min_dossiers as i64 {
-            share < line
-        } else {
-            firing
-        };
-        if holds {
+        // The minimum volume gates firing, not resolving: a firing alert is judged on the
+        // dossiers there are, so a week's count dipping under it at midnight does not resolve
+        // it while the share stays low (to fire again when the count is back).
+        let enough = dossiers >= rules.online_min_dossiers as i64;
+        if share < line && (enough || firing) {
             find(out, &subject, Rule::OnlineShareLow, Severity::Warning);
         }
     }
@@ -418,7 +415,7 @@ fn procedures(
 /// heard from (one never heard from has nothing normal yet, like `procedures_silent`);
 /// `source_rejecting` any source with enough messages, `other` included. A firing
 /// `source_rejecting` resolves only below the ratio minus `reject_resolve_margin`, so a feed
-/// wavering at the line fires once, and not while there are too few messages to judge.
+/// wavering at the line fires once; the minimum of messages gates its firing, not resolving.
 pub fn evaluate_sources(
     views: &[crate::sources::SourceView],
     settings: &SourceSettings,
@@ -460,13 +457,9 @@ pub fn evaluate_sources(
         } else {
             settings.reject_ratio_max
         };
-        // As with the online share: too few messages to judge hold a firing alert.
-        let holds = if messages >= settings.reject_min_messages as i64 {
-            w.reject_ratio > line
-        } else {
-            firing
-        };
-        if holds {
+        // As with the online share, the minimum volume gates firing only.
+        let enough = messages >= settings.reject_min_messages as i64;
+        if messages > 0 && w.reject_ratio > line && (enough || firing) {
             find(out, &subject, Rule::SourceRejecting, Severity::Warning);
         }
     }
