@@ -193,11 +193,14 @@ mod tests {
     #[test]
     fn a_merged_unit_whose_target_misses_a_member_is_named() {
         // Ninh Thuận (58) has a target; Khánh Hòa (56), with which it merged into 34:56, not.
+        // Lào Cai (10) and Yên Bái (15) both have one; Bắc Ninh (34:24) one of its own.
         let t = Targets::parse(
             "province,dataset,target,deadline,scheme\n\
              58,civil_status,100,2024-12-31,63\n\
              10,land,100,2024-12-31,63\n\
-             15,land,50,2025-01-31,63\n",
+             15,land,50,2025-01-31,63\n\
+             24,land,70,2025-01-31,63\n\
+             24,land,500,2025-01-31,34\n",
             &ds(),
         )
         .unwrap();
