@@ -680,6 +680,10 @@ impl Settings {
         {
             return invalid("sources ratios lie between 0 and 1");
         }
+        // A firing source_rejecting resolves at or below the difference: below zero, never.
+        if self.sources.reject_resolve_margin > self.sources.reject_ratio_max {
+            return invalid("sources.reject_resolve_margin must not exceed reject_ratio_max");
+        }
         if self.sources.quiet_after.is_zero() {
             return invalid("sources.quiet_after must be longer than zero");
         }
@@ -789,6 +793,13 @@ impl Settings {
             || !(0.0..=1.0).contains(&r.pace_resolve_margin)
         {
             return invalid("alerts.rules ratios lie between 0 and 1".into());
+        }
+        // A firing online_share_low resolves at or above the sum: above 100%, never.
+        if r.online_share_min + r.online_share_resolve_margin > 1.0 {
+            return invalid(
+                "alerts.rules.online_share_min + online_share_resolve_margin must not exceed 1"
+                    .into(),
+            );
         }
         if a.receivers.contains_key(KAFKA_OUTBOX) {
             return invalid(
@@ -923,5 +934,13 @@ mod tests {
         let mut s = Settings::default();
         s.validation.max_record_count = MAX_RECORD_COUNT;
         assert!(s.validated().is_ok());
+        // Resolve margins past their threshold: alerts that could never resolve.
+        let mut s = Settings::default();
+        s.sources.reject_resolve_margin = s.sources.reject_ratio_max + 0.01;
+        assert!(s.validated().is_err());
+        let mut s = Settings::default();
+        s.alerts.rules.online_share_min = 0.95;
+        s.alerts.rules.online_share_resolve_margin = 0.06;
+        assert!(s.validated().is_err());
     }
 }
