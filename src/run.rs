@@ -138,10 +138,10 @@ pub fn load_targets(settings: &Settings) -> anyhow::Result<Targets> {
         None => Targets::default(),
     };
     for (unit, dataset) in targets.partial() {
-        let name = provinces().get(unit.scheme, unit.code).map(|p| &p.name_vi);
+        let name = provinces().get(unit.scheme, unit.code);
         tracing::warn!(
             unit = %format_args!("34:{:02}", unit.code),
-            name = name.map(String::as_str).unwrap_or_default(),
+            name = name.map_or("", |p| p.name_vi.as_str()),
             dataset,
             "the target sums those of only some of the former provinces merged into this unit, \
              while its figures count them all: it may read as reached early"

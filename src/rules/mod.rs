@@ -402,7 +402,7 @@ fn procedures(
         };
         // The minimum volume gates firing, not resolving: a firing alert is judged on the
         // dossiers there are, so a week's count dipping under it at midnight does not resolve
-        // it while the share stays low (to fire again when the count is back).
+        // it while the share stays low, only for it to fire again when the count is back.
         let enough = dossiers >= rules.online_min_dossiers as i64;
         if share < line && (enough || firing) {
             find(out, &subject, Rule::OnlineShareLow, Severity::Warning);
@@ -457,9 +457,10 @@ pub fn evaluate_sources(
         } else {
             settings.reject_ratio_max
         };
-        // As with the online share, the minimum volume gates firing only.
+        // As with the online share, the minimum volume gates firing only. No messages make a
+        // ratio of 0, which the line (validated not below 0) never exceeds.
         let enough = messages >= settings.reject_min_messages as i64;
-        if messages > 0 && w.reject_ratio > line && (enough || firing) {
+        if w.reject_ratio > line && (enough || firing) {
             find(out, &subject, Rule::SourceRejecting, Severity::Warning);
         }
     }
