@@ -6,7 +6,8 @@
 //! calendar days, today's part included, as the task force's reports count them (and as
 //! daily history reads them): day buckets only. So hour buckets live two days, not a month,
 //! and an event older than that costs one counter per field in Redis, not two: a backfill
-//! over two months writes about half as much and keeps a tenth of the keys.
+//! over two months writes about half as much and keeps a tenth of the keys. Rates over the
+//! calendar windows read the whole days before today (see [`Window::rate_plan`]).
 
 use chrono::{DateTime, Utc};
 
@@ -109,11 +110,33 @@ impl Window {
         (self.seconds > DAY).then_some(self.seconds / DAY)
     }
 
-    /// Days this window covers at `now`, from its start edge: what a rate over it divides
-    /// by. A calendar window covers its earlier days and today's part so far (6.0 to 7.0 days
-    /// for `7d`), so its rate neither drops at midnight nor runs ahead late in the day.
+    /// Days this window covers at `now`, from its start edge. A calendar window covers its
+    /// earlier days and today's part so far (6.0 to 7.0 days for `7d`).
     pub fn days(self, now: DateTime<Utc>) -> f64 {
         (now.timestamp() - self.start(now)) as f64 / DAY as f64
+    }
+
+    /// The buckets a rate over this window reads at `now`: a calendar window's number of whole
+    /// days before today, a rolling window its plan. Any 7 whole days hold each weekday once;
+    /// 6 days and a part of today do not, so a province that records on weekdays only would
+    /// read from 0.67 to 0.83 of its weekly rate by weekday and hour, and an alert on that
+    /// rate would fire on Mondays and resolve on Saturdays.
+    pub fn rate_plan(self, now: DateTime<Utc>) -> Vec<(Tier, i64)> {
+        match self.calendar_days() {
+            Some(days) => {
+                let today = Tier::Day.bucket(now.timestamp());
+                (today - days..today).map(|d| (Tier::Day, d)).collect()
+            }
+            None => self.plan(now),
+        }
+    }
+
+    /// Days the sum over [`Window::rate_plan`] covers: what a rate over this window divides by.
+    pub fn rate_days(self, now: DateTime<Utc>) -> f64 {
+        match self.calendar_days() {
+            Some(days) => days as f64,
+            None => self.days(now),
+        }
     }
 
     /// The buckets whose sum is this window at `now`, oldest first. The newest bucket is the
@@ -215,6 +238,56 @@ mod tests {
         assert!((WINDOWS[2].days(now) - expected).abs() < 1e-9);
         // A rolling window covers its length and the part of an hour its edge rounds down.
         assert!((WINDOWS[1].days(now) - (1.0 + 37.2 / 1440.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rates_over_calendar_windows_read_the_whole_days_before_today() {
+        let now = at("2024-10-01T08:37:12Z");
+        let today = Tier::Day.bucket(now.timestamp());
+        let week = WINDOWS[2].rate_plan(now);
+        assert_eq!(week.len(), 7);
+        assert_eq!(week[0], (Tier::Day, today - 7));
+        assert_eq!(week[6], (Tier::Day, today - 1));
+        assert_eq!(WINDOWS[2].rate_days(now), 7.0);
+        assert_eq!(WINDOWS[3].rate_plan(now).len(), 30);
+        // A rolling window's rate reads the window itself.
+        assert_eq!(WINDOWS[1].rate_plan(now), WINDOWS[1].plan(now));
+        assert_eq!(WINDOWS[1].rate_days(now), WINDOWS[1].days(now));
+    }
+
+    /// A province that records `r` on each weekday and nothing at weekends: its 7-day rate
+    /// reads 5r/7 at every hour of a fortnight, where the window with today's part would
+    /// swing from about 0.67r to 0.83r with the weekday (beyond `pace_resolve_margin`).
+    #[test]
+    fn a_weekday_only_province_reads_the_same_rate_all_week() {
+        let r = 1_000.0;
+        let on = |day: i64| {
+            // Day buckets count from 1970-01-01 (a Thursday) in Vietnam time.
+            let weekday = (day + 3).rem_euclid(7); // 0 = Monday
+            if weekday < 5 {
+                r
+            } else {
+                0.0
+            }
+        };
+        let week = WINDOWS[2];
+        let start = at("2024-11-03T17:30:00Z").timestamp(); // 00:30 on Monday 4 November
+        let (mut low, mut high) = (f64::MAX, 0.0_f64);
+        for hour in 0..14 * 24 {
+            let now = DateTime::from_timestamp(start + hour * HOUR, 0).unwrap();
+            let sum: f64 = week.rate_plan(now).iter().map(|(_, d)| on(*d)).sum();
+            assert!(
+                (sum / week.rate_days(now) - r * 5.0 / 7.0).abs() < 1e-9,
+                "{now}"
+            );
+            // The window with today's part, today's records spread over the day.
+            let today = Tier::Day.bucket(now.timestamp());
+            let part = (now.timestamp() - Tier::Day.start(today)) as f64 / DAY as f64;
+            let with_today: f64 = (today - 6..today).map(on).sum::<f64>() + on(today) * part;
+            let rate = with_today / week.days(now);
+            (low, high) = (low.min(rate / r), high.max(rate / r));
+        }
+        assert!(low < 0.68 && high > 0.82, "{low} {high}");
     }
 
     #[test]

@@ -21,12 +21,28 @@ pub struct DatasetStatus {
     pub total: i64,
     /// Sums over the windows of [`WINDOWS`], by window name.
     pub windows: BTreeMap<&'static str, i64>,
+    /// The sums a rate over each window reads (see [`DatasetStatus::rate`]).
+    #[serde(skip)]
+    pub rate_sums: BTreeMap<&'static str, i64>,
     pub target: Option<u64>,
     pub deadline: Option<NaiveDate>,
     /// Percent of target done, when there is a target.
     pub percent: Option<f64>,
     /// Event time of the newest event, when any.
     pub last_event: Option<DateTime<Utc>>,
+}
+
+impl DatasetStatus {
+    /// Records per day over window `name` at `now`: over the whole days before today for a
+    /// calendar window (7 of them for `7d`, so the rate does not swing with the weekday), over
+    /// the time it covers for a rolling one. See [`crate::buckets::Window::rate_plan`].
+    pub fn rate(&self, name: &str, now: DateTime<Utc>) -> f64 {
+        let sum = self.rate_sums.get(name).copied().unwrap_or(0) as f64;
+        WINDOWS
+            .iter()
+            .find(|w| w.name == name)
+            .map_or(0.0, |w| sum / w.rate_days(now))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -244,6 +260,7 @@ fn window_zero() -> BTreeMap<&'static str, i64> {
 fn dataset_zero() -> DatasetStatus {
     DatasetStatus {
         windows: window_zero(),
+        rate_sums: window_zero(),
         ..DatasetStatus::default()
     }
 }
@@ -267,6 +284,7 @@ fn add(row: &mut ProvinceStatus, metric: &str, counts: &Counts) {
         if let Some(d) = row.datasets.get_mut(dataset) {
             d.total += counts.total;
             add_windows(&mut d.windows, &counts.windows);
+            add_windows(&mut d.rate_sums, &counts.rate_sums);
         }
     } else if let Some(rest) = metric.strip_prefix("p.") {
         let Some((channel, what)) = rest.rsplit_once('.') else {
@@ -298,6 +316,9 @@ fn merge(into: &mut ProvinceStatus, row: &ProvinceStatus) {
         n.total += d.total;
         for (w, v) in &d.windows {
             *n.windows.entry(w).or_default() += v;
+        }
+        for (w, v) in &d.rate_sums {
+            *n.rate_sums.entry(w).or_default() += v;
         }
         if let Some(t) = d.target {
             n.target = Some(n.target.unwrap_or(0) + t);
@@ -349,6 +370,7 @@ mod tests {
                 Counts {
                     total: *v,
                     windows: [*v; 4],
+                    rate_sums: [*v; 4],
                 },
             );
         }

@@ -98,7 +98,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
      "Event-topic partitions the last check could not measure: no answer to the probe's fetch in time (all those of the check before when Kafka or Redis could not be read; 0 before any check listed them). Figures are not current while any is."),
     (MAX_LAG, "gauge", "", "alerts.max_lag: the most uncounted messages with which figures are still current."),
     (PROGRESS, "gauge", "province, name, dataset", "Records done over target, per province (alerts.view) and dataset with a target."),
-    (PACE, "gauge", "province, name, dataset", "Records per day over the trailing 7 days."),
+    (PACE, "gauge", "province, name, dataset", "Records per day over the 7 whole calendar days before today (Vietnam time)."),
     (NEEDED_PACE, "gauge", "province, name, dataset", "Records per day needed from now to reach the target by the deadline."),
     (DAYS_LEFT, "gauge", "province, name, dataset", "Days to the end of the deadline day (negative once past)."),
     (ONLINE_SHARE, "gauge", "province, name", "Online end-to-end share of completed procedures over alerts.rules.online_share_window."),

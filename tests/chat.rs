@@ -185,7 +185,7 @@ async fn commands_from_two_users_in_two_chats_are_answered_and_strangers_refused
         );
         let head = format!(
             "<b>Hộ tịch</b>: 50,0% (500.000/1.000.000) · 7 ngày: {}/ngày, cần ",
-            thousands(500_000.0 / window_days("7d", now)).replace(',', ".")
+            thousands(500_000.0 / rate_days("7d", now)).replace(',', ".")
         );
         assert!(lines[2].starts_with(&head), "{t}\nwanted {head}");
         assert!(
@@ -521,11 +521,12 @@ async fn english_replies_show_every_dataset_with_its_projection() {
     use tiendo::events::CodeScheme;
     let env = Env::start();
     let now = Utc::now();
-    // Điện Biên: civil status 100,000 a day and land 5,000 a day, for 6 days back to today.
+    // Điện Biên: civil status 100,000 a day and land 5,000 a day, on each of the 6 days
+    // before today (which rates read).
     let mut g = env.generator(6);
     let mut events = Vec::new();
-    for day in 0..6 {
-        let at = now - Span::days(day) - Span::minutes(5);
+    for day in 1..=6 {
+        let at = now - Span::days(day);
         events.push(g.record_for("11", CodeScheme::Provinces34, "civil_status", 100_000, at));
         events.push(g.record_for("11", CodeScheme::Provinces34, "land", 5_000, at));
     }
@@ -572,7 +573,7 @@ async fn english_replies_show_every_dataset_with_its_projection() {
         "{t}"
     );
     let check = |line: &str, name: &str, total: f64, target: f64| {
-        let week = total / window_days("7d", now);
+        let week = total / rate_days("7d", now);
         let head = format!(
             "<b>{name}</b>: {:.1}% ({}/{}) · 7 days: {}/day, needs ",
             100.0 * total / target,
@@ -582,7 +583,7 @@ async fn english_replies_show_every_dataset_with_its_projection() {
         );
         assert!(line.starts_with(&head), "{line}\nwanted {head}");
         // Projected at the rate of the projection window (30 days, all of these events).
-        let rate = total / window_days("30d", now);
+        let rate = total / rate_days("30d", now);
         let projected = local(now + Span::seconds(((target - total) / rate * 86_400.0) as i64));
         let projected = format!(" · projected {} · ", projected.format("%d/%m/%Y"));
         assert!(line.contains(&projected), "{line}\nwanted {projected}");
@@ -612,9 +613,10 @@ async fn english_replies_show_every_dataset_with_its_projection() {
     stop.cancel();
 }
 
-/// Days the window covers at `now`: what the replies divide its sum by for a rate per day.
-fn window_days(name: &str, now: DateTime<Utc>) -> f64 {
-    tiendo::buckets::Window::named(name).unwrap().days(now)
+/// Days the replies divide a window's sum by for a rate per day: 7 and 30 for the calendar
+/// windows, whose rates read the whole days before today.
+fn rate_days(name: &str, now: DateTime<Utc>) -> f64 {
+    tiendo::buckets::Window::named(name).unwrap().rate_days(now)
 }
 
 /// `1234567.8` as English text shows it: `1,234,568`.

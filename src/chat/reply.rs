@@ -218,8 +218,7 @@ pub fn province(v: &Province<'_>, lang: Language, m: Markup) -> String {
         let text = match (v.facts.get(&key), d.percent) {
             (Some((_, f)), Some(p)) => figures(f, p, lang),
             _ => {
-                let week = d.windows.get("7d").copied().unwrap_or(0) as f64
-                    / crate::buckets::Window::named("7d").map_or(7.0, |w| w.days(v.now));
+                let week = d.rate("7d", v.now);
                 if vi {
                     format!(
                         "{} bản ghi · 7 ngày: {}/ngày · chưa có chỉ tiêu",

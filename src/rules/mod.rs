@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::buckets::WINDOWS;
 use crate::config::{RuleSettings, SourceSettings};
 use crate::status::{ProvinceStatus, Status};
 
@@ -144,7 +143,7 @@ pub struct Facts {
     pub deadline: Option<NaiveDate>,
     /// Percent of target done.
     pub percent: Option<f64>,
-    /// Records per day over the trailing 7 days.
+    /// Records per day over the 7 whole days before today (Vietnam calendar days).
     pub pace_7d: f64,
     /// Records per day needed from now to the deadline.
     pub pace_needed: Option<f64>,
@@ -201,18 +200,6 @@ impl Evaluation {
 fn subject_key(s: &Subject) -> String {
     let key = s.alert_key(Rule::Silent);
     key[..key.len() - ":silent".len()].to_string()
-}
-
-fn window(name: &str) -> usize {
-    WINDOWS
-        .iter()
-        .position(|w| w.name == name)
-        .expect("validated window name")
-}
-
-/// Days the window covers at `now`: a rate over it divides by this (see `Window::days`).
-fn window_days(name: &str, now: DateTime<Utc>) -> f64 {
-    WINDOWS[window(name)].days(now)
 }
 
 /// The last instant of a deadline day, Vietnam time.
@@ -281,13 +268,8 @@ fn datasets(
         let subject = subject(row, name);
         let remaining = (target as i64 - d.total).max(0) as f64;
         let days_left = (deadline_end(deadline) - now).num_seconds() as f64 / 86_400.0;
-        let pace_7d = d.windows.get("7d").copied().unwrap_or(0) as f64 / window_days("7d", now);
-        let rate = d
-            .windows
-            .get(rules.projection_window.as_str())
-            .copied()
-            .unwrap_or(0) as f64
-            / window_days(&rules.projection_window, now);
+        let pace_7d = d.rate("7d", now);
+        let rate = d.rate(&rules.projection_window, now);
         // A rate so low that the date overflows projects to "never", like no rate at all.
         let projected = (rate > 0.0)
             .then(|| chrono::Duration::try_seconds((remaining / rate * 86_400.0).min(1e15) as i64))

@@ -16,10 +16,15 @@ fn datasets() -> Vec<String> {
     ["civil_status", "land"].map(String::from).to_vec()
 }
 
-/// Counts for a field: total, and [1h, 24h, 7d, 30d] window sums.
+/// Counts for a field: total, and [1h, 24h, 7d, 30d] window sums, which rates read too (as
+/// if today had nothing yet: the 7 and 30 whole days before it hold the same).
 fn put(snap: &mut Snapshot, field: &str, total: i64, windows: [i64; 4], last: Option<Duration>) {
-    snap.counts
-        .insert(field.to_string(), Counts { total, windows });
+    let counts = Counts {
+        total,
+        windows,
+        rate_sums: windows,
+    };
+    snap.counts.insert(field.to_string(), counts);
     if let Some(ago) = last {
         let metric = field.split_once('|').unwrap().1;
         let latest = if metric.starts_with("p.") {
@@ -131,17 +136,16 @@ fn facts_carry_pace_needed_days_left_and_projection() {
     let (subject, f) = e.about("63:49:civil_status:behind_pace").unwrap();
     assert_eq!(subject.name, "Quảng Nam");
     assert_eq!(f.percent, Some(25.0));
-    // 35,000 in the 7 calendar days to now: 6 whole days and 10 h of 20 November (Hà Nội).
-    assert!((f.pace_7d - 35_000.0 / (6.0 + 10.0 / 24.0)).abs() < 1e-6);
+    // 35,000 in the 7 whole days before 20 November (Hà Nội).
+    assert!((f.pace_7d - 35_000.0 / 7.0).abs() < 1e-6);
     let days = f.days_left.unwrap();
     // 31 Dec ends at 2025-01-01T00:00+07:00 = 2024-12-31T17:00Z; now is 2024-11-20T03:00Z.
     assert!((days - (41.0 + 14.0 / 24.0)).abs() < 1e-9, "{days}");
     assert!((f.pace_needed.unwrap() - 750_000.0 / days).abs() < 1e-6);
-    // 750,000 left at 150,000 per 29 days and 10 h (the 30 calendar days to now): about
-    // 147 days from now.
+    // 750,000 left at 150,000 per 30 days (the whole days before today): 150 days from now.
     assert_eq!(
         f.projected,
-        Some(chrono::NaiveDate::from_ymd_opt(2025, 4, 16).unwrap())
+        Some(chrono::NaiveDate::from_ymd_opt(2025, 4, 19).unwrap())
     );
 }
 
@@ -241,9 +245,9 @@ fn thresholds_resolve_only_past_their_margin() {
     let eval = |pace: f64, early: f64, share: f64, active: &[(Rule, Severity)]| {
         let mut snap = Snapshot::default();
         let rate = 500_000.0 / (days_left - early);
-        // The calendar windows cover 6 and 29 whole days and 10 h of today (Hà Nội) at now().
-        let week = (pace * needed * (6.0 + 10.0 / 24.0)) as i64;
-        let month = (rate * (29.0 + 10.0 / 24.0)) as i64;
+        // Rates read the 7 and 30 whole days before today.
+        let week = (pace * needed * 7.0) as i64;
+        let month = (rate * 30.0) as i64;
         put(
             &mut snap,
             "n01|r.civil_status",

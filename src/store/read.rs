@@ -10,11 +10,13 @@ use super::{Store, StoreError};
 use crate::buckets::{Tier, WINDOWS};
 use crate::sources;
 
-/// A counter's total and its sums over each of [`WINDOWS`].
+/// A counter's total, its sums over each of [`WINDOWS`], and the sums a rate over each reads
+/// (see [`crate::buckets::Window::rate_plan`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub total: i64,
     pub windows: [i64; WINDOWS.len()],
+    pub rate_sums: [i64; WINDOWS.len()],
 }
 
 /// Everything stored, summed over partitions, keyed by the field names the pipeline writes
@@ -54,7 +56,9 @@ impl Store {
     pub async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, StoreError> {
         let tags = self.tags().await?;
         let plans: Vec<Vec<(Tier, i64)>> = WINDOWS.iter().map(|w| w.plan(now)).collect();
-        let buckets: BTreeSet<(Tier, i64)> = plans.iter().flatten().copied().collect();
+        let rate_plans: Vec<Vec<(Tier, i64)>> = WINDOWS.iter().map(|w| w.rate_plan(now)).collect();
+        let buckets: BTreeSet<(Tier, i64)> =
+            plans.iter().chain(&rate_plans).flatten().copied().collect();
         let buckets: Vec<(Tier, i64)> = buckets.into_iter().collect();
 
         let reads = tags.iter().map(|tag| {
@@ -101,10 +105,15 @@ impl Store {
             }
             let by_bucket: HashMap<(Tier, i64), &Hash> =
                 buckets.iter().copied().zip(bucket_values.iter()).collect();
-            for (w, plan) in plans.iter().enumerate() {
+            for (w, (plan, rate_plan)) in plans.iter().zip(&rate_plans).enumerate() {
                 for bucket in plan {
                     for (field, v) in by_bucket[bucket] {
                         snap.counts.entry(field.clone()).or_default().windows[w] += v;
+                    }
+                }
+                for bucket in rate_plan {
+                    for (field, v) in by_bucket[bucket] {
+                        snap.counts.entry(field.clone()).or_default().rate_sums[w] += v;
                     }
                 }
             }
@@ -144,8 +153,9 @@ impl Daily {
 impl Snapshot {
     /// The figures as they stood at the end of day `day` (Vietnam time): totals less what
     /// later days added; the 24 h, 7 d and 30 d windows as that day and the days before it
-    /// (the 1 h window is not kept that long, so it reads 0). The newest event times are kept
-    /// only where they are not later than that.
+    /// (the 1 h window is not kept that long, so it reads 0), which are whole days, so rates
+    /// read them too. The newest event times are kept only where they are not later than
+    /// that.
     pub fn at_end_of(&self, daily: &Daily, day: i64) -> Snapshot {
         let end = Tier::Day.start(day + 1);
         let mut counts = BTreeMap::new();
@@ -163,6 +173,7 @@ impl Snapshot {
                 Counts {
                     total: c.total - later,
                     windows,
+                    rate_sums: windows,
                 },
             );
         }
