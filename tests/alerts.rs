@@ -237,18 +237,25 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
 
     a.deliver_all().await;
 
-    // Each receiver got one message per digest, in order, after its retries, and no more.
+    // Each chat got the two digests that waited as one message, after its retries, and no
+    // more: the notices of both, headed with the span from the first to the second.
     let tg = telegram.accepted();
-    assert_eq!(tg.len(), 2, "{tg:?}");
-    assert_eq!(telegram.requests().len(), 4, "500 and 429 retried");
+    assert_eq!(tg.len(), 1, "{tg:?}");
+    assert_eq!(telegram.requests().len(), 3, "500 and 429 retried");
     assert!(tg.iter().all(|r| r.path == "/bot123:SECRET/sendMessage"));
     assert!(tg
         .iter()
         .all(|r| r.body["parse_mode"] == "HTML" && r.body["chat_id"] == "-100042"));
-    assert!(text(&tg[0])
+    let second = text(&tg[0]);
+    assert!(second
         .contains("<b>Tuyên Quang</b> · Hộ tịch — hoàn thành chỉ tiêu [hoàn thành]: đạt 125,0%"));
-    let second = text(&tg[1]);
-    assert!(second.starts_with("<b>tiendo · 2 thay đổi"), "{second}");
+    let since = now
+        .with_timezone(&tiendo::clock::vn_offset())
+        .format("%d/%m/%Y %H:%M");
+    assert!(
+        second.starts_with(&format!("<b>tiendo · 3 thay đổi · {since} – ")),
+        "{second}"
+    );
     assert!(
         second.contains("<b>Hà Nội</b> · Hộ tịch — không có dữ liệu mới [mới]: đạt 50,0%"),
         "{second}"
@@ -265,20 +272,20 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
         !second.contains("Điện Biên"),
         "healthy province alerted: {second}"
     );
-    let waited = tg[1].at.duration_since(telegram.requests()[1].at);
+    let waited = tg[0].at.duration_since(telegram.requests()[1].at);
     assert!(
         waited >= Duration::from_millis(900),
         "Retry-After honoured: {waited:?}"
     );
 
     let sl = slack.accepted();
-    assert_eq!(sl.len(), 2, "{sl:?}");
-    assert_eq!(slack.requests().len(), 3);
+    assert_eq!(sl.len(), 1, "{sl:?}");
+    assert_eq!(slack.requests().len(), 2);
     assert!(sl.iter().all(|r| r.path == "/hooks/abc"));
     assert!(
-        text(&sl[1]).contains("*Hà Nội* · Hộ tịch"),
+        text(&sl[0]).contains("*Hà Nội* · Hộ tịch"),
         "{}",
-        text(&sl[1])
+        text(&sl[0])
     );
 
     // Every transition is on the alerts topic, the silenced one marked as such.
@@ -328,11 +335,11 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
     assert_eq!(resolved, vec!["34:01:civil_status:silent"]);
     a.deliver_all().await;
     let tg = telegram.accepted();
-    assert_eq!(tg.len(), 3);
+    assert_eq!(tg.len(), 2);
     assert!(
-        text(&tg[2]).contains("🟢 <b>Hà Nội</b> · Hộ tịch — không có dữ liệu mới [đã hết]"),
+        text(&tg[1]).contains("🟢 <b>Hà Nội</b> · Hộ tịch — không có dữ liệu mới [đã hết]"),
         "{}",
-        text(&tg[2])
+        text(&tg[1])
     );
 
     // Ended silences are pruned; live ones stay.
@@ -463,9 +470,10 @@ async fn a_receiver_that_refuses_for_good_does_not_block_the_outbox() {
     a.started().await;
     let e = a.evaluator().await;
     e.evaluate_once().await.unwrap();
+    a.deliver_all().await;
     a.clock.advance(Span::minutes(16));
     e.evaluate_once().await.unwrap();
-    assert_eq!(a.ledger.pending("tg").await.unwrap(), 2);
+    assert_eq!(a.ledger.pending("tg").await.unwrap(), 1);
     a.deliver_all().await;
     // The first digest was refused (400) and set aside; the second went through.
     assert_eq!(server.requests().len(), 2);
@@ -596,4 +604,63 @@ async fn long_digests_arrive_split_escaped_and_whole() {
         .iter()
         .all(|r| text(r).encode_utf16().count() <= 3500));
     assert!(text(&slack_parts[0]).contains("*Tỉnh &lt;b&gt;"));
+}
+
+/// A backlog is merged in Redis only while it is still the head of its outbox, nothing of its
+/// first digest was sent, and the merging replica holds the outbox: a part sent is never
+/// merged away (then sent again), and a replica that lost the lock changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_merged_only_whole_unsent_and_under_the_lock() {
+    use tiendo::notify::backlog;
+    use tiendo::rules::ledger::Digest;
+    let env = Env::start();
+    let now = Utc::now();
+    let conn = store::connect(&env.settings.redis).await.unwrap();
+    let ledger = Ledger::new(conn, &env.settings.redis.key_prefix);
+    for (generation, id) in [(0, "d0"), (1, "d1"), (2, "d2")] {
+        let commit = Commit {
+            meta: vec![(STARTED, Some(now.to_rfc3339()))],
+            digests: vec![(
+                "tg".into(),
+                Digest {
+                    id: id.into(),
+                    at: now + Span::minutes(generation),
+                    ..Digest::default()
+                },
+            )],
+            ..Commit::default()
+        };
+        assert!(ledger.commit(generation, &commit).await.unwrap());
+    }
+    let lock = ledger.lock("tg", "mine", 30_000).await.unwrap().unwrap();
+    let raws = ledger.waiting("tg", backlog::MAX_MERGED).await.unwrap();
+    let digests: Vec<Digest> = raws
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect();
+    let (n, merged) = backlog::merge(&digests).unwrap();
+    assert_eq!((n, merged.id.as_str()), (3, "d0+2"));
+
+    // The lock passed to another replica, or a head read before it moved: nothing changes.
+    ledger.unlock("tg", "mine").await.unwrap();
+    let theirs = ledger.lock("tg", "theirs", 30_000).await.unwrap().unwrap();
+    assert!(!ledger.merge_head(&lock, &raws, &merged).await.unwrap());
+    ledger.unlock("tg", "theirs").await.unwrap();
+    drop(theirs);
+    let lock = ledger.lock("tg", "mine", 30_000).await.unwrap().unwrap();
+    assert!(!ledger.merge_head(&lock, &raws[1..], &merged).await.unwrap());
+    // The first digest partly sent: it goes on as it is.
+    assert!(ledger.sent_parts(&lock, "d0", 1).await.unwrap());
+    assert!(!ledger.merge_head(&lock, &raws, &merged).await.unwrap());
+    assert_eq!(ledger.pending("tg").await.unwrap(), 3);
+    assert!(ledger.delivered(&lock, "d0").await.unwrap());
+
+    // The two left merge, once.
+    let (n, rest) = backlog::merge(&digests[1..]).unwrap();
+    assert!(ledger.merge_head(&lock, &raws[1..=n], &rest).await.unwrap());
+    assert!(!ledger.merge_head(&lock, &raws[1..=n], &rest).await.unwrap());
+    let head = ledger.head("tg").await.unwrap().unwrap();
+    assert_eq!((head.digest.id.as_str(), head.parts_sent), ("d1+1", 0));
+    assert_eq!(head.digest.since, Some(digests[1].at));
+    assert_eq!(ledger.pending("tg").await.unwrap(), 1);
 }

@@ -434,7 +434,21 @@ fn order(n: &Notice) -> u8 {
 }
 
 fn header(d: &Digest, lang: Language, m: Markup, part: usize, parts: usize) -> String {
-    let at = d.at.with_timezone(&vn_offset()).format("%d/%m/%Y %H:%M");
+    let at = d.at.with_timezone(&vn_offset());
+    // A merged backlog spans its first digest's time to its last's.
+    let at = match d.since.map(|t| t.with_timezone(&vn_offset())) {
+        Some(since) if since.date_naive() == at.date_naive() => format!(
+            "{} – {}",
+            since.format("%d/%m/%Y %H:%M"),
+            at.format("%H:%M")
+        ),
+        Some(since) => format!(
+            "{} – {}",
+            since.format("%d/%m/%Y %H:%M"),
+            at.format("%d/%m/%Y %H:%M")
+        ),
+        None => at.format("%d/%m/%Y %H:%M").to_string(),
+    };
     let n = d.notices.len();
     let feeds = n > 0 && d.notices.iter().all(|n| n.subject.is_source());
     let title = match (d.summary.as_ref().map(|s| s.occasion), lang) {

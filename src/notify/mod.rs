@@ -3,8 +3,10 @@
 //! outbox's lock, part by part, recording each sent part, retrying with backoff that honours
 //! 429 and Retry-After for as long as the receiver is down. A digest survives restarts
 //! because it lives in Redis until it is delivered, or refused for good (then it moves to the
-//! outbox's failed list, is logged and counted).
+//! outbox's failed list, is logged and counted). A chat outbox's backlog (a receiver down for
+//! a while) goes as one digest, not a flood: see [`backlog`].
 
+pub mod backlog;
 pub mod message;
 pub mod receivers;
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::rules::ledger::{Ledger, LedgerError, Lock};
+use crate::rules::ledger::{Digest, Ledger, LedgerError, Lock, Pending};
 use crate::telemetry;
 pub use receivers::{SendError, Sink};
 
@@ -33,6 +35,16 @@ pub enum Step {
     Idle,
     /// The receiver failed; try again after this long.
     Retry(Duration),
+}
+
+/// What merging a backlog came to.
+enum Merged {
+    /// Fewer than two digests to merge: send the head as it is.
+    Nothing,
+    /// The new head.
+    Into(Box<Pending>),
+    /// The lock was lost or the head moved meanwhile: look again.
+    Refused,
 }
 
 pub struct Dispatcher {
@@ -133,11 +145,18 @@ impl Dispatcher {
         let Some(lock) = self.ledger.lock(name, &self.token, LOCK_TTL_MS).await? else {
             return Ok(Step::Idle);
         };
-        let Some(pending) = self.ledger.head(name).await? else {
+        let Some(mut pending) = self.ledger.head(name).await? else {
             metrics::gauge!(telemetry::NOTIFICATIONS_PENDING, "receiver" => self.outbox.clone())
                 .set(0.0);
             return Ok(Step::Idle);
         };
+        if pending.parts_sent == 0 && self.sink.merges_backlog() {
+            match self.merge_backlog(&lock).await? {
+                Merged::Nothing => {}
+                Merged::Into(head) => pending = *head,
+                Merged::Refused => return Ok(Step::Idle),
+            }
+        }
         let id = pending.digest.id.as_str();
         let requests = self.sink.prepare(&pending.digest);
         for (part, request) in requests.iter().enumerate().skip(pending.parts_sent) {
@@ -196,6 +215,39 @@ impl Dispatcher {
         self.ledger.delivered(&lock, id).await?;
         self.gauge_pending().await?;
         Ok(Step::Delivered)
+    }
+
+    /// Merges the digests waiting at the head of a chat outbox into one (see [`backlog`]).
+    async fn merge_backlog(&self, lock: &Lock) -> Result<Merged, LedgerError> {
+        let raws = self
+            .ledger
+            .waiting(&self.outbox, backlog::MAX_MERGED)
+            .await?;
+        // A digest that does not read stops the run; it fails on its own when its turn comes.
+        let digests: Vec<Digest> = raws
+            .iter()
+            .map_while(|r| serde_json::from_str(r).ok())
+            .collect();
+        let Some((n, merged)) = backlog::merge(&digests) else {
+            return Ok(Merged::Nothing);
+        };
+        if !self.ledger.merge_head(lock, &raws[..n], &merged).await? {
+            return Ok(Merged::Refused);
+        }
+        metrics::counter!(telemetry::NOTIFICATIONS_MERGED, "receiver" => self.outbox.clone())
+            .increment(n as u64);
+        tracing::info!(
+            outbox = self.outbox,
+            digests = n,
+            notices = merged.notices.len(),
+            "a backlog of digests merged into one"
+        );
+        self.gauge_pending().await?;
+        Ok(Merged::Into(Box::new(Pending {
+            raw: serde_json::to_string(&merged)?,
+            digest: merged,
+            parts_sent: 0,
+        })))
     }
 
     /// Records a sent part, retrying a failed write a few times first: giving up here would

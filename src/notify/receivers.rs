@@ -67,6 +67,18 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// Whether a backlog in this outbox is merged before it is sent: for chats, where people
+    /// read it. The alerts topic and webhooks record every transition, so they get each digest.
+    pub fn merges_backlog(&self) -> bool {
+        matches!(
+            self,
+            Sink::Http {
+                kind: ReceiverKind::Telegram | ReceiverKind::Slack,
+                ..
+            }
+        )
+    }
+
     /// A chat or webhook receiver; messages link to `public_url` when it is set.
     pub fn http(r: &ReceiverSettings, alerts: &AlertSettings, public_url: &str) -> Sink {
         let client = reqwest::Client::builder()

@@ -48,6 +48,10 @@ pub struct Digest {
     /// Stable across retries and replicas; webhooks may deduplicate on it.
     pub id: String,
     pub at: DateTime<Utc>,
+    /// A backlog merged into one digest (see [`crate::notify::backlog`]): its first digest's
+    /// time; `at` is its last's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
     pub notices: Vec<Notice>,
     /// Chat shows this instead of a line per notice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -431,6 +435,24 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+const MERGE: &str = r"
+-- KEYS: lock, outbox, progress. ARGV: token, outbox name, merged digest, then the digests
+-- it replaces, as read from the head. Replaces them only if they are still the head and
+-- none of the first was sent yet: a part sent is never merged away, nor sent twice.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local n = #ARGV - 3
+local head = redis.call('LRANGE', KEYS[2], 0, n - 1)
+if #head ~= n then return 0 end
+for i = 1, n do
+  if head[i] ~= ARGV[i + 3] then return 0 end
+end
+local p = redis.call('HGET', KEYS[3], ARGV[2])
+if p and string.match(p, '^(.*) %d+$') == cjson.decode(head[1]).id then return 0 end
+redis.call('LTRIM', KEYS[2], n, -1)
+redis.call('LPUSH', KEYS[2], ARGV[3])
+return 1
+";
+
 const FAIL: &str = r"
 -- KEYS: lock, outbox, progress, failed. ARGV: token, outbox name, digest id, reason.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -697,6 +719,38 @@ impl Ledger {
             .arg(reason)
             .invoke_async(&mut conn)
             .await?;
+        Ok(ok == 1)
+    }
+
+    /// The first `n` digests waiting in `outbox`, as stored.
+    pub async fn waiting(&self, outbox: &str, n: usize) -> Result<Vec<String>, LedgerError> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .lrange(self.outbox_key(outbox), 0, n as isize - 1)
+            .await?)
+    }
+
+    /// Replaces the digests `raws` at the head of the outbox with `merged`, if they are still
+    /// its head and nothing of them was sent. `false`: the lock was lost, or they changed.
+    pub async fn merge_head(
+        &self,
+        lock: &Lock,
+        raws: &[String],
+        merged: &Digest,
+    ) -> Result<bool, LedgerError> {
+        let script = Script::new(MERGE);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&format!("lock:{}", lock.outbox)))
+            .key(self.outbox_key(&lock.outbox))
+            .key(self.key("progress"))
+            .arg(&lock.token)
+            .arg(&lock.outbox)
+            .arg(serde_json::to_string(merged)?);
+        for raw in raws {
+            inv.arg(raw);
+        }
+        let mut conn = self.conn.clone();
+        let ok: i64 = inv.invoke_async(&mut conn).await?;
         Ok(ok == 1)
     }
 

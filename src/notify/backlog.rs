@@ -1,0 +1,188 @@
+//! A chat outbox's backlog, merged. While a receiver is down, each evaluation's digest waits
+//! in its outbox; sent back to back once it returns, they would flood the chat with states
+//! already out of date. So when two or more digests of changes wait at the head of a chat
+//! outbox, they go as one: each alert's newest notice, from the first digest's time to the
+//! last. The Kafka alerts topic and webhooks, which record every transition, get every digest
+//! as it was.
+
+use std::collections::HashMap;
+
+use crate::rules::ledger::{Digest, Kind, Notice};
+use crate::rules::state::Change;
+
+/// Digests read from the head of an outbox for one merge; a longer backlog merges again.
+pub const MAX_MERGED: usize = 200;
+
+/// An evaluation's plain changes: not a summary (its tallies hold at its own time), not text
+/// rendered ahead (a report, a reply).
+pub fn mergeable(d: &Digest) -> bool {
+    d.kind == Kind::Changes
+        && d.summary.is_none()
+        && d.texts.is_empty()
+        && d.document.is_none()
+        && d.to.is_none()
+}
+
+/// The number of digests at the head of `waiting` that merge, and the digest they merge into;
+/// `None` when fewer than two would. The same digests always merge into the same digest, id
+/// included, so a merge retried after a lost race makes no second version.
+pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
+    let n = waiting.iter().take_while(|d| mergeable(d)).count();
+    if n < 2 {
+        return None;
+    }
+    let run = &waiting[..n];
+    let mut first: HashMap<&str, &Notice> = HashMap::new();
+    let mut newest: Vec<Notice> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for notice in run.iter().flat_map(|d| &d.notices) {
+        first.entry(notice.alert_key.as_str()).or_insert(notice);
+        match at.get(&notice.alert_key) {
+            Some(&i) => newest[i] = notice.clone(),
+            None => {
+                at.insert(notice.alert_key.clone(), newest.len());
+                newest.push(notice.clone());
+            }
+        }
+    }
+    for notice in &mut newest {
+        // An alert that started firing within the backlog is new to the chat, whatever
+        // severity it reached or how often it repeated since.
+        let began = matches!(
+            first[notice.alert_key.as_str()].change,
+            Change::Firing { previous: None }
+        );
+        if began && matches!(notice.change, Change::Firing { .. } | Change::Repeated) {
+            notice.change = Change::Firing { previous: None };
+        }
+    }
+    let last = &run[n - 1];
+    Some((
+        n,
+        Digest {
+            id: format!("{}+{}", run[0].id, n - 1),
+            at: last.at,
+            since: Some(run[0].since.unwrap_or(run[0].at)),
+            notices: newest,
+            ..Digest::default()
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, Utc};
+
+    use super::*;
+    use crate::rules::ledger::{Occasion, Summary};
+    use crate::rules::{Facts, Rule, Severity, Subject};
+
+    fn t0() -> DateTime<Utc> {
+        "2024-11-20T03:00:00Z".parse().unwrap()
+    }
+
+    fn notice(code: &str, change: Change, severity: Severity, minute: i64) -> Notice {
+        let subject = Subject {
+            scheme: "34".into(),
+            code: code.into(),
+            name: format!("Tỉnh {code}"),
+            dataset: "civil_status".into(),
+        };
+        let at = t0() + Duration::minutes(minute);
+        let key = subject.alert_key(Rule::BehindPace);
+        Notice {
+            id: format!("{key}@{}", at.timestamp_millis()),
+            alert_key: key,
+            rule: Rule::BehindPace,
+            severity,
+            change,
+            subject,
+            facts: Facts::default(),
+            at,
+            silenced_by: None,
+        }
+    }
+
+    fn digest(minute: i64, notices: Vec<Notice>) -> Digest {
+        Digest {
+            id: format!("d{minute}"),
+            at: t0() + Duration::minutes(minute),
+            notices,
+            ..Digest::default()
+        }
+    }
+
+    const NEW: Change = Change::Firing { previous: None };
+
+    #[test]
+    fn a_backlog_merges_into_each_alerts_newest_notice() {
+        let (w, c) = (Severity::Warning, Severity::Critical);
+        let escalated = Change::Firing { previous: Some(w) };
+        let waiting = vec![
+            digest(
+                0,
+                vec![
+                    notice("01", NEW, w, 0),
+                    notice("04", Change::Repeated, w, 0),
+                ],
+            ),
+            digest(1, vec![notice("01", escalated, c, 1)]),
+            digest(
+                2,
+                vec![
+                    notice("04", Change::Resolved, w, 2),
+                    notice("08", NEW, w, 2),
+                ],
+            ),
+            digest(3, vec![notice("08", Change::Repeated, w, 3)]),
+        ];
+        let (n, merged) = merge(&waiting).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(merged.id, "d0+3");
+        assert_eq!(merged.since, Some(t0()));
+        assert_eq!(merged.at, t0() + Duration::minutes(3));
+        let got: Vec<(&str, Change, Severity)> = merged
+            .notices
+            .iter()
+            .map(|n| (n.subject.code.as_str(), n.change, n.severity))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                // New within the backlog, and critical by its end: new and critical.
+                ("01", NEW, c),
+                // Fired before the backlog, resolved within it.
+                ("04", Change::Resolved, w),
+                ("08", NEW, w),
+            ]
+        );
+        assert_eq!(merge(&waiting), Some((n, merged)), "the same every time");
+    }
+
+    #[test]
+    fn only_plain_changes_at_the_head_merge() {
+        let w = Severity::Warning;
+        let summary = Digest {
+            summary: Some(Summary {
+                occasion: Occasion::Started,
+                provinces: 1,
+                tallies: vec![],
+            }),
+            ..digest(0, vec![notice("01", NEW, w, 0)])
+        };
+        let report = Digest {
+            kind: Kind::Report,
+            texts: vec!["báo cáo".into()],
+            ..digest(2, vec![])
+        };
+        let one = digest(1, vec![notice("04", NEW, w, 1)]);
+        let two = digest(3, vec![notice("08", NEW, w, 3)]);
+        // A summary at the head goes as it is; so does a lone digest before a report.
+        assert_eq!(merge(&[summary, one.clone(), two.clone()]), None);
+        assert_eq!(merge(&[one.clone(), report.clone(), two.clone()]), None);
+        // Two changes before a report merge; the report waits its turn after them.
+        let (n, merged) = merge(&[one, two, report]).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(merged.notices.len(), 2);
+    }
+}
