@@ -110,8 +110,6 @@ impl DeadLetters {
     async fn send_one(&self, l: &DeadLetter, cut: bool) -> Result<(), KafkaError> {
         let partition = l.partition.to_string();
         let offset = l.offset.to_string();
-        let size = l.payload.len().to_string();
-        let key_size = l.key.as_ref().map_or(0, Vec::len).to_string();
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: REASON_HEADER,
@@ -138,13 +136,16 @@ impl DeadLetters {
         } else {
             (&l.payload[..], l.key.as_deref())
         };
+        // The headers' values are copied in, so the sizes need only live this long.
         if payload.len() < l.payload.len() {
+            let size = l.payload.len().to_string();
             headers = headers.insert(Header {
                 key: TRUNCATED_HEADER,
                 value: Some(size.as_str()),
             });
         }
         if key.map(<[u8]>::len) < l.key.as_ref().map(Vec::len) {
+            let key_size = l.key.as_ref().map_or(0, Vec::len).to_string();
             headers = headers.insert(Header {
                 key: KEY_TRUNCATED_HEADER,
                 value: Some(key_size.as_str()),
