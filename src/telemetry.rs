@@ -112,7 +112,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
      "Failed deliveries: retried (receiver down, 5xx, 429) or rejected for good (moved to the failed list)."),
     (NOTIFICATIONS_PENDING, "gauge", "receiver", "Digests waiting in a receiver's outbox."),
     (NOTIFICATIONS_SILENCED, "counter", "rule", "Transitions recorded but not sent to chat because a silence matched."),
-    (NOTIFICATIONS_MERGED, "counter", "receiver", "Digests of a chat outbox's backlog merged into one before sending (a receiver was down)."),
+    (NOTIFICATIONS_MERGED, "counter", "receiver", "Digests of a chat outbox's backlog folded into the one before them (a backlog of k sent as one counts k-1; a receiver was down)."),
     (REPORTS_POSTED, "counter", "late", "Scheduled reports queued for chat, by whether they went out late (every replica was down at the time)."),
     (CHAT_COMMANDS, "counter", "via, command, outcome",
      "Chat commands by where they came from (telegram, slack, mattermost), command and outcome: answered, usage (could not be parsed), refused (chat or user not allowed), unauthenticated (a slash command without a valid signature or token), stale (a Telegram message over 10 minutes old when read: not answered)."),

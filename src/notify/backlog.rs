@@ -46,27 +46,46 @@ pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
         }
     }
     for notice in &mut newest {
-        // An alert that started firing within the backlog is new to the chat, whatever
-        // severity it reached or how often it repeated since.
-        let began = matches!(
-            first[notice.alert_key.as_str()].change,
-            Change::Firing { previous: None }
-        );
-        if began && matches!(notice.change, Change::Firing { .. } | Change::Repeated) {
-            notice.change = Change::Firing { previous: None };
-        }
+        notice.change = as_the_chat_sees(first[notice.alert_key.as_str()], notice);
     }
+    // Only the head is ever a merged digest: a backlog merged again keeps one id, its first
+    // digest's, with the count of the digests folded into it.
+    let (base, folded) = match (&run[0].since, run[0].id.rsplit_once('+')) {
+        (Some(_), Some((base, k))) => (base, k.parse().unwrap_or(0)),
+        _ => (run[0].id.as_str(), 0),
+    };
     let last = &run[n - 1];
     Some((
         n,
         Digest {
-            id: format!("{}+{}", run[0].id, n - 1),
+            id: format!("{base}+{}", folded + n - 1),
             at: last.at,
             since: Some(run[0].since.unwrap_or(run[0].at)),
             notices: newest,
             ..Digest::default()
         },
     ))
+}
+
+/// The change an alert's newest notice in a backlog makes to what the chat last knew of it,
+/// which its first notice there tells: an alert that began firing in the backlog is new, one
+/// that was firing already has changed severity from what the chat saw, or not.
+fn as_the_chat_sees(first: &Notice, newest: &Notice) -> Change {
+    let known = match first.change {
+        Change::Firing { previous } => previous,
+        Change::Completed => None,
+        Change::Repeated | Change::Resolved | Change::Flapping => Some(first.severity),
+    };
+    match (newest.change, known) {
+        (Change::Firing { .. } | Change::Repeated | Change::Flapping, None) => {
+            Change::Firing { previous: None }
+        }
+        (Change::Firing { .. } | Change::Repeated, Some(k)) if k != newest.severity => {
+            Change::Firing { previous: Some(k) }
+        }
+        (Change::Firing { .. } | Change::Repeated, Some(_)) => Change::Repeated,
+        (change, _) => change,
+    }
 }
 
 #[cfg(test)]
@@ -118,20 +137,29 @@ mod tests {
     fn a_backlog_merges_into_each_alerts_newest_notice() {
         let (w, c) = (Severity::Warning, Severity::Critical);
         let escalated = Change::Firing { previous: Some(w) };
+        let eased = Change::Firing { previous: Some(c) };
         let waiting = vec![
             digest(
                 0,
                 vec![
                     notice("01", NEW, w, 0),
                     notice("04", Change::Repeated, w, 0),
+                    notice("11", escalated, c, 0),
+                    notice("15", Change::Repeated, w, 0),
+                    notice("19", NEW, w, 0),
                 ],
             ),
-            digest(1, vec![notice("01", escalated, c, 1)]),
+            digest(
+                1,
+                vec![notice("01", escalated, c, 1), notice("11", eased, w, 1)],
+            ),
             digest(
                 2,
                 vec![
                     notice("04", Change::Resolved, w, 2),
                     notice("08", NEW, w, 2),
+                    notice("15", escalated, c, 2),
+                    notice("19", Change::Flapping, w, 2),
                 ],
             ),
             digest(3, vec![notice("08", Change::Repeated, w, 3)]),
@@ -153,10 +181,23 @@ mod tests {
                 ("01", NEW, c),
                 // Fired before the backlog, resolved within it.
                 ("04", Change::Resolved, w),
+                // The chat saw a warning; critical a while, a warning again: still firing.
+                ("11", Change::Repeated, w),
+                ("15", escalated, c),
+                // Began and flapped: new to the chat.
+                ("19", NEW, w),
                 ("08", NEW, w),
             ]
         );
-        assert_eq!(merge(&waiting), Some((n, merged)), "the same every time");
+        assert_eq!(
+            merge(&waiting),
+            Some((n, merged.clone())),
+            "the same every time"
+        );
+        // Merged again with what came since, it keeps its id's first part and start.
+        let more = [merged, digest(4, vec![]), digest(5, vec![])];
+        let (n, again) = merge(&more).unwrap();
+        assert_eq!((n, again.id.as_str(), again.since), (3, "d0+5", Some(t0())));
     }
 
     #[test]

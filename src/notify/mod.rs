@@ -235,7 +235,7 @@ impl Dispatcher {
             return Ok(Merged::Refused);
         }
         metrics::counter!(telemetry::NOTIFICATIONS_MERGED, "receiver" => self.outbox.clone())
-            .increment(n as u64);
+            .increment(n as u64 - 1);
         tracing::info!(
             outbox = self.outbox,
             digests = n,
