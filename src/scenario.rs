@@ -124,13 +124,14 @@ impl Scenario {
     }
 
     /// What happened before the replay: the bulk of each province's work as one event in
-    /// mid-August, then September day by day at its pace, so the trailing windows at the start
-    /// already show it.
+    /// mid-August, then the 31 days before the start day by day at its pace, so the rates at
+    /// the start (over the 7 and 30 whole days before it) already show it, and no day they
+    /// read carries the bulk's fortnight.
     pub fn history(&mut self, g: &mut Generator) -> Vec<Generated> {
         let mut out = Vec::new();
         let september = self.start - Duration::days(30);
         self.records(g, september - Duration::days(15), &mut out);
-        for day in (1..=30).rev() {
+        for day in (1..=31).rev() {
             self.records(g, self.start - Duration::days(day), &mut out);
         }
         out

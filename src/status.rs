@@ -35,13 +35,21 @@ pub struct DatasetStatus {
 impl DatasetStatus {
     /// Records per day over window `name` at `now`: over the whole days before today for a
     /// calendar window (7 of them for `7d`, so the rate does not swing with the weekday), over
-    /// the time it covers for a rolling one. See [`crate::buckets::Window::rate_plan`].
+    /// the time it covers for a rolling one. See [`crate::buckets::Window::rate_plan`]. With
+    /// nothing in those whole days but something today (a feed that starts today, or comes
+    /// back from a silence), the rate is over the window with today's part, so that a first
+    /// day's work is not read as none.
     pub fn rate(&self, name: &str, now: DateTime<Utc>) -> f64 {
-        let sum = self.rate_sums.get(name).copied().unwrap_or(0) as f64;
-        WINDOWS
-            .iter()
-            .find(|w| w.name == name)
-            .map_or(0.0, |w| sum / w.rate_days(now))
+        let Some(w) = WINDOWS.iter().find(|w| w.name == name) else {
+            return 0.0;
+        };
+        let sum = self.rate_sums.get(name).copied().unwrap_or(0);
+        let window = self.windows.get(name).copied().unwrap_or(0);
+        if sum == 0 && window > 0 {
+            window as f64 / w.days(now)
+        } else {
+            sum as f64 / w.rate_days(now)
+        }
     }
 }
 
@@ -375,6 +383,23 @@ mod tests {
             );
         }
         s
+    }
+
+    #[test]
+    fn a_rate_reads_the_whole_days_before_today_or_today_when_they_hold_nothing() {
+        // 15:37 in Hà Nội: the 7-day window covers 6 whole days and 15 h 37 min of today.
+        let now: DateTime<Utc> = "2024-10-01T08:37:12Z".parse().unwrap();
+        let d = |rate_sum: i64, window: i64| DatasetStatus {
+            windows: [("7d", window)].into_iter().collect(),
+            rate_sums: [("7d", rate_sum)].into_iter().collect(),
+            ..DatasetStatus::default()
+        };
+        assert_eq!(d(7_000, 9_000).rate("7d", now), 1_000.0);
+        let today_only = d(0, 6_500).rate("7d", now);
+        let days = crate::buckets::Window::named("7d").unwrap().days(now);
+        assert!((today_only - 6_500.0 / days).abs() < 1e-9, "{today_only}");
+        assert_eq!(d(0, 0).rate("7d", now), 0.0);
+        assert_eq!(d(7_000, 7_000).rate("9d", now), 0.0);
     }
 
     fn ds() -> Vec<String> {
