@@ -21,7 +21,7 @@ use tiendo::config::{ReceiverKind, ReceiverSettings, Settings, KAFKA_OUTBOX};
 use tiendo::events::{v1, CodeScheme};
 use tiendo::notify::{Dispatcher, Sink};
 use tiendo::rules::evaluator::Evaluator;
-use tiendo::rules::ledger::{Commit, Ledger, Silence, STARTED};
+use tiendo::rules::ledger::{Commit, Ledger, Occasion, Silence, HELD, STARTED};
 use tiendo::status::View;
 use tiendo::store;
 use tiendo::targets::Targets;
@@ -663,4 +663,49 @@ async fn a_backlog_is_merged_only_whole_unsent_and_under_the_lock() {
     assert_eq!((head.digest.id.as_str(), head.parts_sent), ("d1+1", 0));
     assert_eq!(head.digest.since, Some(digests[1].at));
     assert_eq!(ledger.pending("tg").await.unwrap(), 1);
+}
+
+/// Records in the ledger that evaluations were held since `at`, as a replica whose figures are
+/// not current does.
+async fn hold_since(ledger: &Ledger, at: DateTime<Utc>) {
+    let read = ledger.read().await.unwrap();
+    let commit = Commit {
+        meta: vec![(HELD, Some(at.to_rfc3339()))],
+        ..Commit::default()
+    };
+    assert!(ledger.commit(read.generation, &commit).await.unwrap());
+}
+
+/// Only a hold of two evaluation intervals or more is summed up after: a replica just started
+/// is not current for a moment, and a rolling update must not turn the next alerts into a
+/// "figures complete again" summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_hold_that_lasted_is_summed_up_after() {
+    let env = Env::start();
+    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
+    seed_stalls(&env, now).await;
+    let a = Alerting::new(&env, now, &[]).await;
+    a.started().await;
+    let e = a.evaluator().await;
+    let interval = Span::from_std(a.settings.alerts.interval).unwrap();
+
+    // Held for one interval: the completed target is told on its own line.
+    hold_since(&a.ledger, now - interval).await;
+    let chat = e.evaluate_once().await.unwrap().chat.expect("news");
+    assert!(chat.summary.is_none(), "{chat:?}");
+    let keys: Vec<&str> = chat.notices.iter().map(|n| n.alert_key.as_str()).collect();
+    assert_eq!(keys, vec!["34:08:civil_status:completed"]);
+    assert_eq!(a.ledger.read().await.unwrap().held_since, None);
+
+    // Held for two: the next news (the stalls, past `pending_for`) is summed up.
+    a.clock.advance(Span::minutes(16));
+    hold_since(&a.ledger, a.clock.now() - interval * 2).await;
+    let chat = e.evaluate_once().await.unwrap().chat.expect("news");
+    assert_eq!(
+        chat.summary.map(|s| s.occasion),
+        Some(Occasion::Resumed),
+        "{:?}",
+        chat.notices
+    );
+    assert_eq!(a.ledger.read().await.unwrap().held_since, None);
 }

@@ -7,10 +7,10 @@
 //! fires or resolves, states hold. The first evaluation of a deployment, and the first after
 //! figures were catching up, tell chat receivers the whole picture in one summary instead of
 //! a line per alert; at the first, rules that hold fire at once (the figures are complete, so
-//! there is nothing to wait out). A replica records a hold only once its figures have not been
-//! current for two evaluation intervals: a replica just started notes the log's ends at its
-//! first check and needs a moment to see Redis reach them, and a rolling update should not
-//! turn the next alerts into a "figures complete again" summary.
+//! there is nothing to wait out). Only a hold of two evaluation intervals or more is summed up
+//! after: a replica just started notes the log's ends at its first check and is not current
+//! until it sees Redis reach them, a moment later, and a rolling update should not turn the
+//! next alerts into a "figures complete again" summary.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -48,8 +48,6 @@ pub struct Evaluator {
     watch: Option<Watch>,
     /// Upstream source systems, watched for route `ops` (see [`super::evaluate_sources`]).
     sources: Option<SourceSettings>,
-    /// Since when this replica's figures have not been current, on its clock.
-    not_current_since: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 /// What one evaluation did.
@@ -86,7 +84,6 @@ impl Evaluator {
             kafka,
             watch: None,
             sources: None,
-            not_current_since: std::sync::Mutex::new(None),
         }
     }
 
@@ -161,18 +158,9 @@ impl Evaluator {
             let read = self.ledger.read().await?;
             if let Some(watch) = &self.watch {
                 let currency = watch.check(now).await;
-                let since = {
-                    let mut since = self.not_current_since.lock().expect("not poisoned");
-                    if currency.current {
-                        *since = None;
-                    }
-                    (!currency.current).then(|| *since.get_or_insert(now))
-                };
-                if let Some(since) = since {
-                    // Remember a hold that lasted, so that the next evaluation sums up.
-                    let grace =
-                        chrono::Duration::from_std(self.settings.interval * 2).unwrap_or_default();
-                    if now - since >= grace && !read.held {
+                if !currency.current {
+                    // Remember when the hold began, so that the next evaluation can sum up.
+                    if read.held_since.is_none() {
                         let hold = Commit {
                             meta: vec![(HELD, Some(now.to_rfc3339()))],
                             ..Commit::default()
@@ -205,9 +193,10 @@ impl Evaluator {
                 evaluate_sources(&views, sources, &active, &mut eval);
             }
             publish_figures(&eval);
+            let grace = chrono::Duration::from_std(self.settings.interval * 2).unwrap_or_default();
             let occasion = if !read.started {
                 Some(Occasion::Started)
-            } else if read.held {
+            } else if read.held_since.is_some_and(|since| now - since >= grace) {
                 Some(Occasion::Resumed)
             } else {
                 None
@@ -328,7 +317,7 @@ impl Evaluator {
         if occasion == Some(Occasion::Started) {
             commit.meta.push((STARTED, Some(now.to_rfc3339())));
         }
-        if read.held {
+        if read.held_since.is_some() {
             commit.meta.push((HELD, None));
         }
         let id = format!("{}-{}", read.generation + 1, now.timestamp_millis());

@@ -289,8 +289,8 @@ pub struct Read {
     pub silences: Vec<Silence>,
     /// An evaluation has committed in this ledger (the deployment has started).
     pub started: bool,
-    /// Evaluations were held because the figures were catching up.
-    pub held: bool,
+    /// Since when evaluations are held because the figures are catching up.
+    pub held_since: Option<DateTime<Utc>>,
     /// The whole `meta` hash.
     pub meta: BTreeMap<String, String>,
 }
@@ -530,7 +530,10 @@ impl Ledger {
         Ok(Read {
             generation: generation.unwrap_or(0),
             started: meta.contains_key(STARTED),
-            held: meta.contains_key(HELD),
+            // A hold recorded without a readable time is taken to have begun long ago.
+            held_since: meta.get(HELD).map(|at| {
+                DateTime::parse_from_rfc3339(at).map_or(DateTime::<Utc>::MIN_UTC, |t| t.to_utc())
+            }),
             states: states
                 .into_iter()
                 .map(|(k, v)| Ok((k, serde_json::from_str(&v)?)))
