@@ -217,7 +217,10 @@ async fn alerts_hold_through_a_recount_and_nothing_is_told() {
     let read = ledger.read().await.unwrap();
     assert_eq!(read.states, before);
     let began = read.held_since.expect("the hold recorded");
-    assert!((began - now).num_milliseconds().abs() < 1000, "began {began}");
+    assert!(
+        (began - now).num_milliseconds().abs() < 1000,
+        "began {began}"
+    );
 
     let running = env.spawn().await;
     let deadline = Instant::now() + Duration::from_secs(90);
