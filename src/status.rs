@@ -40,7 +40,7 @@ impl DatasetStatus {
     /// back from a silence), the rate is over the window with today's part, so that a first
     /// day's work is not read as none.
     pub fn rate(&self, name: &str, now: DateTime<Utc>) -> f64 {
-        let Some(w) = WINDOWS.iter().find(|w| w.name == name) else {
+        let Some(w) = crate::buckets::Window::named(name) else {
             return 0.0;
         };
         let sum = self.rate_sums.get(name).copied().unwrap_or(0);

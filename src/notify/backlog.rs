@@ -5,7 +5,7 @@
 //! last. The Kafka alerts topic and webhooks, which record every transition, get every digest
 //! as it was.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use crate::rules::ledger::{Digest, Kind, Notice};
 use crate::rules::state::Change;
@@ -15,7 +15,7 @@ pub const MAX_MERGED: usize = 200;
 
 /// An evaluation's plain changes: not a summary (its tallies hold at its own time), not text
 /// rendered ahead (a report, a reply).
-pub fn mergeable(d: &Digest) -> bool {
+fn mergeable(d: &Digest) -> bool {
     d.kind == Kind::Changes
         && d.summary.is_none()
         && d.texts.is_empty()
@@ -32,22 +32,25 @@ pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
         return None;
     }
     let run = &waiting[..n];
-    let mut first: HashMap<&str, &Notice> = HashMap::new();
-    let mut newest: Vec<Notice> = Vec::new();
-    let mut at: HashMap<String, usize> = HashMap::new();
+    // Each alert's first and newest notice, in the order the alerts first appear.
+    let mut alerts: Vec<(&Notice, &Notice)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for notice in run.iter().flat_map(|d| &d.notices) {
-        first.entry(notice.alert_key.as_str()).or_insert(notice);
-        match at.get(&notice.alert_key) {
-            Some(&i) => newest[i] = notice.clone(),
-            None => {
-                at.insert(notice.alert_key.clone(), newest.len());
-                newest.push(notice.clone());
+        match index.entry(notice.alert_key.as_str()) {
+            Entry::Occupied(i) => alerts[*i.get()].1 = notice,
+            Entry::Vacant(slot) => {
+                slot.insert(alerts.len());
+                alerts.push((notice, notice));
             }
         }
     }
-    for notice in &mut newest {
-        notice.change = as_the_chat_sees(first[notice.alert_key.as_str()], notice);
-    }
+    let notices = alerts
+        .into_iter()
+        .map(|(first, newest)| Notice {
+            change: as_the_chat_sees(first, newest),
+            ..newest.clone()
+        })
+        .collect();
     // Only the head is ever a merged digest: a backlog merged again keeps one id, its first
     // digest's, with the count of the digests folded into it.
     let (base, folded) = match (&run[0].since, run[0].id.rsplit_once('+')) {
@@ -61,7 +64,7 @@ pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
             id: format!("{base}+{}", folded + n - 1),
             at: last.at,
             since: Some(run[0].since.unwrap_or(run[0].at)),
-            notices: newest,
+            notices,
             ..Digest::default()
         },
     ))

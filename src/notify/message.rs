@@ -434,20 +434,19 @@ fn order(n: &Notice) -> u8 {
 }
 
 fn header(d: &Digest, lang: Language, m: Markup, part: usize, parts: usize) -> String {
+    const FULL: &str = "%d/%m/%Y %H:%M";
     let at = d.at.with_timezone(&vn_offset());
-    // A merged backlog spans its first digest's time to its last's.
+    // A merged backlog spans its first digest's time to its last's (the day once if the same).
     let at = match d.since.map(|t| t.with_timezone(&vn_offset())) {
-        Some(since) if since.date_naive() == at.date_naive() => format!(
-            "{} – {}",
-            since.format("%d/%m/%Y %H:%M"),
-            at.format("%H:%M")
-        ),
-        Some(since) => format!(
-            "{} – {}",
-            since.format("%d/%m/%Y %H:%M"),
-            at.format("%d/%m/%Y %H:%M")
-        ),
-        None => at.format("%d/%m/%Y %H:%M").to_string(),
+        Some(since) => {
+            let end = if since.date_naive() == at.date_naive() {
+                "%H:%M"
+            } else {
+                FULL
+            };
+            format!("{} – {}", since.format(FULL), at.format(end))
+        }
+        None => at.format(FULL).to_string(),
     };
     let n = d.notices.len();
     let feeds = n > 0 && d.notices.iter().all(|n| n.subject.is_source());
@@ -870,6 +869,32 @@ mod tests {
         assert!(
             en.contains("Civil status — behind pace [new]: 16.0% done (160,000/1,000,000)"),
             "{en}"
+        );
+    }
+
+    #[test]
+    fn a_merged_backlog_is_headed_with_its_span() {
+        let mut d = digest(vec![notice(
+            "Ninh Thuận",
+            Rule::BehindPace,
+            Change::Firing { previous: None },
+        )]);
+        let head = |d: &Digest| {
+            render(d, &telegram(4096))[0]
+                .lines()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        d.since = Some("2024-11-20T01:15:00Z".parse().unwrap());
+        assert_eq!(
+            head(&d),
+            "<b>tiendo · 1 thay đổi · 20/11/2024 08:15 – 10:00 (giờ VN)</b>"
+        );
+        d.since = Some("2024-11-19T01:15:00Z".parse().unwrap());
+        assert_eq!(
+            head(&d),
+            "<b>tiendo · 1 thay đổi · 19/11/2024 08:15 – 20/11/2024 10:00 (giờ VN)</b>"
         );
     }
 
