@@ -21,7 +21,8 @@ use tiendo::config::{ReceiverKind, ReceiverSettings, Settings, KAFKA_OUTBOX};
 use tiendo::events::{v1, CodeScheme};
 use tiendo::notify::{Dispatcher, Sink};
 use tiendo::rules::evaluator::Evaluator;
-use tiendo::rules::ledger::{Commit, Ledger, Occasion, Silence, HELD, STARTED};
+use tiendo::rules::ledger::{Commit, Ledger, Notice, Occasion, Silence, HELD, STARTED};
+use tiendo::rules::state::Change;
 use tiendo::status::View;
 use tiendo::store;
 use tiendo::targets::Targets;
@@ -68,13 +69,13 @@ impl Alerting {
         assert!(self.ledger.commit(0, &commit).await.unwrap());
     }
 
-    /// Silences Cao Bằng's civil-status projection for a week, as the task force would.
-    async fn silence_projection(&self, now: DateTime<Utc>) {
+    /// Silences one of a province's civil-status rules for a week, as the task force would.
+    async fn silence(&self, code: &str, rule: &str, now: DateTime<Utc>) {
         let silence = Silence::build(
             View::Current34,
-            "04",
+            code,
             Some("civil_status"),
-            Some("projected_miss"),
+            Some(rule),
             now + Span::days(7),
             "số liệu đang được đối soát",
             now,
@@ -171,6 +172,35 @@ fn alerts_topic(env: &Env) -> Vec<v1::Alert> {
     out
 }
 
+/// Hà Nội, silent since the season began, reports again; the evaluator resolves its silence
+/// alert once it has been clear for 30 minutes, and that resolution is returned.
+async fn hanoi_reports_again(env: &Env, a: &Alerting, e: &Evaluator) -> Notice {
+    let mut g = env.generator(5);
+    env.publish(&[g.record_for(
+        "01",
+        CodeScheme::Provinces34,
+        "civil_status",
+        1000,
+        Utc::now(),
+    )])
+    .await;
+    let running = env.spawn().await;
+    env.wait_consumed(Duration::from_secs(60)).await;
+    running.shutdown().await;
+    a.clock
+        .set(Utc::now().duration_trunc(Span::minutes(1)).unwrap() + Span::minutes(1));
+    assert!(
+        e.evaluate_once().await.unwrap().notices.is_empty(),
+        "not yet clear long enough"
+    );
+    a.clock.advance(Span::minutes(31));
+    let mut resolved = e.evaluate_once().await.unwrap().notices;
+    let keys: Vec<&str> = resolved.iter().map(|n| n.alert_key.as_str()).collect();
+    assert_eq!(keys, vec!["34:01:civil_status:silent"]);
+    assert_eq!(resolved[0].change, Change::Resolved);
+    resolved.remove(0)
+}
+
 fn text(r: &common::chat::Request) -> String {
     r.body["text"].as_str().unwrap().to_string()
 }
@@ -209,7 +239,7 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
     assert_eq!(keys, vec!["34:08:civil_status:completed"]);
 
     // The task force silences Cao Bằng's projection for a week.
-    a.silence_projection(now).await;
+    a.silence("04", "projected_miss", now).await;
 
     // t = 16 min: past `pending_for`. Two evaluators at once commit the transitions once.
     a.clock.advance(Span::minutes(16));
@@ -305,34 +335,8 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
     );
 
     // Hà Nội reports again: the silence alert resolves once it has been clear for 30 minutes.
-    let mut g = env.generator(5);
-    env.publish(&[g.record_for(
-        "01",
-        CodeScheme::Provinces34,
-        "civil_status",
-        1000,
-        Utc::now(),
-    )])
-    .await;
-    let running = env.spawn().await;
-    env.wait_consumed(Duration::from_secs(60)).await;
-    running.shutdown().await;
-    a.clock
-        .set(Utc::now().duration_trunc(Span::minutes(1)).unwrap() + Span::minutes(1));
-    assert!(
-        e1.evaluate_once().await.unwrap().notices.is_empty(),
-        "not yet clear long enough"
-    );
-    a.clock.advance(Span::minutes(31));
-    let resolved: Vec<String> = e1
-        .evaluate_once()
-        .await
-        .unwrap()
-        .notices
-        .into_iter()
-        .map(|n| n.alert_key)
-        .collect();
-    assert_eq!(resolved, vec!["34:01:civil_status:silent"]);
+    let resolved = hanoi_reports_again(&env, &a, &e1).await;
+    assert_eq!(resolved.silenced_by, None);
     a.deliver_all().await;
     let tg = telegram.accepted();
     assert_eq!(tg.len(), 2);
@@ -366,7 +370,7 @@ async fn the_first_evaluation_sums_up_instead_of_a_line_per_alert() {
         &[("tg", receiver(ReceiverKind::Telegram, &telegram.url()))],
     )
     .await;
-    a.silence_projection(now).await;
+    a.silence("04", "projected_miss", now).await;
     let e = a.evaluator().await;
     let first = e.evaluate_once().await.unwrap();
     let mut keys: Vec<&str> = first.notices.iter().map(|n| n.alert_key.as_str()).collect();
@@ -486,8 +490,7 @@ async fn a_receiver_that_refuses_for_good_does_not_block_the_outbox() {
 /// part once even when a part in the middle is rate-limited; Slack gets it split too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_digests_arrive_split_escaped_and_whole() {
-    use tiendo::rules::ledger::{Digest, Notice};
-    use tiendo::rules::state::Change;
+    use tiendo::rules::ledger::Digest;
     use tiendo::rules::{Facts, Rule, Severity, Subject};
 
     let env = Env::start();
@@ -663,6 +666,74 @@ async fn a_backlog_is_merged_only_whole_unsent_and_under_the_lock() {
     assert_eq!((head.digest.id.as_str(), head.parts_sent), ("d1+1", 0));
     assert_eq!(head.digest.since, Some(digests[1].at));
     assert_eq!(ledger.pending("tg").await.unwrap(), 1);
+}
+
+/// While a chat's receiver is down, an alert fires, is silenced, and resolves under the
+/// silence. The merged backlog the chat gets once it is back leaves that alert out rather
+/// than show it as new; a digest holding nothing but such a resolution is taken off unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_backlog_leaves_out_an_alert_a_silence_resolved() {
+    use tiendo::rules::ledger::Digest;
+    let env = Env::start();
+    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
+    seed_stalls(&env, now).await;
+    let telegram = ChatServer::start(vec![]).await;
+    let a = Alerting::new(
+        &env,
+        now,
+        &[("tg", receiver(ReceiverKind::Telegram, &telegram.url()))],
+    )
+    .await;
+    a.started().await;
+    let e = a.evaluator().await;
+    // No dispatcher runs until the end: the receiver is down meanwhile.
+    e.evaluate_once().await.unwrap();
+    a.clock.advance(Span::minutes(16));
+    let fired = e.evaluate_once().await.unwrap().notices;
+    assert!(fired
+        .iter()
+        .any(|n| n.alert_key == "34:01:civil_status:silent"));
+    a.silence("01", "silent", now).await;
+    let resolved = hanoi_reports_again(&env, &a, &e).await;
+    assert!(resolved.silenced_by.is_some());
+    assert_eq!(a.ledger.pending("tg").await.unwrap(), 3);
+
+    a.deliver_all().await;
+    let tg = telegram.accepted();
+    assert_eq!(tg.len(), 1, "{tg:?}");
+    let merged = text(&tg[0]);
+    let since = now
+        .with_timezone(&tiendo::clock::vn_offset())
+        .format("%d/%m/%Y %H:%M");
+    assert!(
+        merged.starts_with(&format!("<b>tiendo · 3 thay đổi · {since} – ")),
+        "{merged}"
+    );
+    assert!(
+        merged.contains("<b>Cao Bằng</b> · Hộ tịch — chậm tiến độ [mới]"),
+        "{merged}"
+    );
+    assert!(merged.contains("<b>Tuyên Quang</b>"), "{merged}");
+    assert!(
+        !merged.contains("Hà Nội"),
+        "resolved under a silence: {merged}"
+    );
+
+    // A resolution under a silence on its own, with nothing to merge into: never sent.
+    let read = a.ledger.read().await.unwrap();
+    let quiet = Digest {
+        id: "tg-quiet".into(),
+        at: a.clock.now(),
+        resolved_silently: vec!["34:04:civil_status:behind_pace".into()],
+        ..Digest::default()
+    };
+    let commit = Commit {
+        digests: vec![("tg".into(), quiet)],
+        ..Commit::default()
+    };
+    assert!(a.ledger.commit(read.generation, &commit).await.unwrap());
+    a.deliver_all().await;
+    assert_eq!(telegram.requests().len(), 1, "nothing more sent");
 }
 
 /// Records in the ledger that evaluations were held since `at`, as a replica whose figures are

@@ -426,6 +426,14 @@ pub enum ReceiverKind {
     Webhook,
 }
 
+impl ReceiverKind {
+    /// A chat people read (Telegram, Slack), as opposed to a webhook that records every
+    /// transition: a chat's backlog is merged before it is sent.
+    pub fn is_chat(self) -> bool {
+        matches!(self, ReceiverKind::Telegram | ReceiverKind::Slack)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverSettings {

@@ -2,8 +2,8 @@
 //! in its outbox; sent back to back once it returns, they would flood the chat with states
 //! already out of date. So when two or more digests of changes wait at the head of a chat
 //! outbox, they go as one: each alert's newest notice, from the first digest's time to the
-//! last. The Kafka alerts topic and webhooks, which record every transition, get every digest
-//! as it was.
+//! last, leaving out alerts a silence resolved meanwhile. The Kafka alerts topic and webhooks,
+//! which record every transition, get every digest as it was.
 
 use std::collections::hash_map::{Entry, HashMap};
 
@@ -32,21 +32,34 @@ pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
         return None;
     }
     let run = &waiting[..n];
-    // Each alert's first and newest notice, in the order the alerts first appear.
-    let mut alerts: Vec<(&Notice, &Notice)> = Vec::new();
+    // Each alert's first and newest notice, in the order the alerts first appear, and whether
+    // a silence resolved it after its newest: then what the chat would be told of it is no
+    // longer true, and the silence keeps the resolution from the chat, so it is left out.
+    let mut alerts: Vec<(&Notice, &Notice, bool)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for notice in run.iter().flat_map(|d| &d.notices) {
-        match index.entry(notice.alert_key.as_str()) {
-            Entry::Occupied(i) => alerts[*i.get()].1 = notice,
-            Entry::Vacant(slot) => {
-                slot.insert(alerts.len());
-                alerts.push((notice, notice));
+    for digest in run {
+        for notice in &digest.notices {
+            match index.entry(notice.alert_key.as_str()) {
+                Entry::Occupied(i) => {
+                    let alert = &mut alerts[*i.get()];
+                    (alert.1, alert.2) = (notice, false);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(alerts.len());
+                    alerts.push((notice, notice, false));
+                }
+            }
+        }
+        for key in &digest.resolved_silently {
+            if let Some(&i) = index.get(key.as_str()) {
+                alerts[i].2 = true;
             }
         }
     }
     let notices = alerts
         .into_iter()
-        .map(|(first, newest)| Notice {
+        .filter(|(_, _, resolved_silently)| !resolved_silently)
+        .map(|(first, newest, _)| Notice {
             change: as_the_chat_sees(first, newest),
             ..newest.clone()
         })
@@ -58,12 +71,17 @@ pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
         _ => (run[0].id.as_str(), 0),
     };
     let last = &run[n - 1];
+    // The span starts with the first digest that had something to tell.
+    let first = run
+        .iter()
+        .find(|d| !d.notices.is_empty())
+        .unwrap_or(&run[0]);
     Some((
         n,
         Digest {
             id: format!("{base}+{}", folded + n - 1),
             at: last.at,
-            since: Some(run[0].since.unwrap_or(run[0].at)),
+            since: Some(first.since.unwrap_or(first.at)),
             notices,
             ..Digest::default()
         },
@@ -201,6 +219,41 @@ mod tests {
         let more = [merged, digest(4, vec![]), digest(5, vec![])];
         let (n, again) = merge(&more).unwrap();
         assert_eq!((n, again.id.as_str(), again.since), (3, "d0+5", Some(t0())));
+    }
+
+    /// An alert that fired in the backlog and was then resolved under a silence is not shown
+    /// as firing; one that fired again after the silence is.
+    #[test]
+    fn alerts_a_silence_resolved_are_left_out() {
+        let w = Severity::Warning;
+        let quiet = |minute, keys: &[&Notice]| Digest {
+            resolved_silently: keys.iter().map(|n| n.alert_key.clone()).collect(),
+            ..digest(minute, vec![])
+        };
+        let (hanoi, caobang) = (notice("01", NEW, w, 0), notice("04", NEW, w, 0));
+        let waiting = vec![
+            digest(0, vec![hanoi.clone(), caobang.clone()]),
+            quiet(1, &[&hanoi, &caobang]),
+            digest(2, vec![notice("04", NEW, w, 2)]),
+        ];
+        let (n, merged) = merge(&waiting).unwrap();
+        assert_eq!(n, 3);
+        let got: Vec<(&str, Change)> = merged
+            .notices
+            .iter()
+            .map(|n| (n.subject.code.as_str(), n.change))
+            .collect();
+        assert_eq!(got, vec![("04", NEW)]);
+        assert!(merged.resolved_silently.is_empty());
+        // A backlog of nothing else has nothing to tell: it is taken off unsent.
+        let (_, merged) = merge(&waiting[..2]).unwrap();
+        assert!(merged.tells_nothing(), "{merged:?}");
+        // Resolved under a silence before the backlog fired it: no bearing on it, nor on the
+        // span, which starts with the first digest that had something to tell.
+        let later = digest(1, vec![notice("01", NEW, w, 1), notice("04", NEW, w, 1)]);
+        let (_, merged) = merge(&[quiet(0, &[&hanoi]), later]).unwrap();
+        assert_eq!(merged.notices.len(), 2);
+        assert_eq!(merged.since, Some(t0() + Duration::minutes(1)));
     }
 
     #[test]

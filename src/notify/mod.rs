@@ -158,6 +158,12 @@ impl Dispatcher {
             }
         }
         let id = pending.digest.id.as_str();
+        if pending.digest.tells_nothing() {
+            // Only alerts a silence resolved, kept for a merge that did not come.
+            self.ledger.delivered(&lock, id).await?;
+            self.gauge_pending().await?;
+            return Ok(Step::Delivered);
+        }
         let requests = self.sink.prepare(&pending.digest);
         for (part, request) in requests.iter().enumerate().skip(pending.parts_sent) {
             // Between parts the lock must have stayed ours all along; if it lapsed, start over

@@ -70,13 +70,7 @@ impl Sink {
     /// Whether a backlog in this outbox is merged before it is sent: for chats, where people
     /// read it. The alerts topic and webhooks record every transition, so they get each digest.
     pub fn merges_backlog(&self) -> bool {
-        matches!(
-            self,
-            Sink::Http {
-                kind: ReceiverKind::Telegram | ReceiverKind::Slack,
-                ..
-            }
-        )
+        matches!(self, Sink::Http { kind, .. } if kind.is_chat())
     }
 
     /// A chat or webhook receiver; messages link to `public_url` when it is set.

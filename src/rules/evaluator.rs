@@ -351,11 +351,18 @@ impl Evaluator {
             notices: ops_loud,
             ..Digest::default()
         });
+        let resolved_silently: Vec<&Notice> = commit
+            .notices
+            .iter()
+            .filter(|n| n.silenced_by.is_some() && n.change == Change::Resolved)
+            .collect();
         commit.digests.extend(per_receiver(
             &self.settings.receivers,
             chat.as_ref(),
             ops.as_ref(),
+            &resolved_silently,
             &id,
+            now,
         ));
         if self.kafka && !commit.notices.is_empty() {
             let digest = Digest {
@@ -373,19 +380,28 @@ impl Evaluator {
 
 /// What each receiver gets of one evaluation: one digest with the notices of every route it
 /// takes. A receiver of both routes gets them in one message, since the budget of one message
-/// per evaluation is the receiver's, not the route's.
+/// per evaluation is the receiver's, not the route's. A chat also hears which of its alerts
+/// a silence resolved, so that a merged backlog does not show them as firing: in a digest of
+/// its own if nothing else came (taken off the outbox unsent).
 fn per_receiver(
     receivers: &BTreeMap<String, ReceiverSettings>,
     chat: Option<&Digest>,
     ops: Option<&Digest>,
+    resolved_silently: &[&Notice],
     id: &str,
+    now: DateTime<Utc>,
 ) -> Vec<(String, Digest)> {
     receivers
         .iter()
         .filter_map(|(outbox, receiver)| {
             let chat = chat.filter(|_| receiver.takes(Route::Taskforce));
             let ops = ops.filter(|_| receiver.takes(Route::Ops));
-            let digest = match (chat, ops) {
+            let quiet: Vec<String> = resolved_silently
+                .iter()
+                .filter(|n| receiver.kind.is_chat() && receiver.takes(n.rule.route()))
+                .map(|n| n.alert_key.clone())
+                .collect();
+            let mut digest = match (chat, ops) {
                 (Some(chat), Some(ops)) => Digest {
                     id: format!("{outbox}-{id}"),
                     notices: chat.notices.iter().chain(&ops.notices).cloned().collect(),
@@ -399,8 +415,14 @@ fn per_receiver(
                     id: format!("{outbox}-ops-{id}"),
                     ..ops.clone()
                 },
+                (None, None) if !quiet.is_empty() => Digest {
+                    id: format!("{outbox}-{id}"),
+                    at: now,
+                    ..Digest::default()
+                },
                 (None, None) => return None,
             };
+            digest.resolved_silently = quiet;
             Some((outbox.clone(), digest))
         })
         .collect()
@@ -546,6 +568,7 @@ fn publish_figures(eval: &Evaluation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReceiverKind;
 
     fn firing(since: DateTime<Utc>) -> AlertState {
         AlertState {
@@ -561,27 +584,25 @@ mod tests {
         }
     }
 
-    /// One digest per receiver and evaluation, whatever routes it takes.
-    #[test]
-    fn a_receiver_of_both_routes_gets_one_digest() {
-        let receiver = |routes: Vec<Route>| crate::config::ReceiverSettings {
-            kind: crate::config::ReceiverKind::Webhook,
-            url: Default::default(),
-            token: Default::default(),
-            chat_id: String::new(),
-            language: None,
-            max_chars: None,
-            routes,
-        };
-        let receivers: BTreeMap<String, crate::config::ReceiverSettings> = [
-            ("both", vec![Route::Taskforce, Route::Ops]),
-            ("ops", vec![Route::Ops]),
-            ("taskforce", vec![Route::Taskforce]),
-        ]
-        .into_iter()
-        .map(|(name, routes)| (name.to_string(), receiver(routes)))
-        .collect();
-        let notice = |key: &str| Notice {
+    fn receivers(of: &[(&str, ReceiverKind, &[Route])]) -> BTreeMap<String, ReceiverSettings> {
+        of.iter()
+            .map(|&(name, kind, routes)| {
+                let r = ReceiverSettings {
+                    kind,
+                    url: Default::default(),
+                    token: Default::default(),
+                    chat_id: String::new(),
+                    language: None,
+                    max_chars: None,
+                    routes: routes.to_vec(),
+                };
+                (name.to_string(), r)
+            })
+            .collect()
+    }
+
+    fn notice(key: &str) -> Notice {
+        Notice {
             id: format!("{key}@1"),
             alert_key: key.into(),
             rule: Rule::Silent,
@@ -591,7 +612,18 @@ mod tests {
             facts: Default::default(),
             at: DateTime::default(),
             silenced_by: None,
-        };
+        }
+    }
+
+    /// One digest per receiver and evaluation, whatever routes it takes.
+    #[test]
+    fn a_receiver_of_both_routes_gets_one_digest() {
+        let hook = ReceiverKind::Webhook;
+        let receivers = receivers(&[
+            ("both", hook, &[Route::Taskforce, Route::Ops]),
+            ("ops", hook, &[Route::Ops]),
+            ("taskforce", hook, &[Route::Taskforce]),
+        ]);
         let chat = Digest {
             notices: vec![notice("34:01:civil_status:silent")],
             ..Digest::default()
@@ -600,7 +632,8 @@ mod tests {
             notices: vec![notice("src:hotich:feed:source_quiet")],
             ..Digest::default()
         };
-        let got = per_receiver(&receivers, Some(&chat), Some(&ops), "7-1");
+        let now = DateTime::default();
+        let got = per_receiver(&receivers, Some(&chat), Some(&ops), &[], "7-1", now);
         let keys =
             |d: &Digest| -> Vec<String> { d.notices.iter().map(|n| n.alert_key.clone()).collect() };
         let names: Vec<(&str, &str)> = got
@@ -622,9 +655,47 @@ mod tests {
         assert_eq!(keys(&got[1].1), ["src:hotich:feed:source_quiet"]);
         assert_eq!(keys(&got[2].1), ["34:01:civil_status:silent"]);
         // Nothing for the task force: the receiver of both still gets ops' digest, once.
-        let got = per_receiver(&receivers, None, Some(&ops), "7-2");
+        let got = per_receiver(&receivers, None, Some(&ops), &[], "7-2", now);
         let outboxes: Vec<&str> = got.iter().map(|(o, _)| o.as_str()).collect();
         assert_eq!(outboxes, ["both", "ops"]);
+    }
+
+    /// A chat hears which of its alerts a silence resolved, for its backlog's sake (a digest
+    /// of its own when nothing else came); a webhook, which gets every digest, does not.
+    #[test]
+    fn chats_hear_of_alerts_a_silence_resolved() {
+        let receivers = receivers(&[
+            ("hook", ReceiverKind::Webhook, &[Route::Taskforce]),
+            ("ops", ReceiverKind::Slack, &[Route::Ops]),
+            ("tg", ReceiverKind::Telegram, &[Route::Taskforce]),
+        ]);
+        let key = "34:01:civil_status:silent";
+        let quiet = Notice {
+            change: Change::Resolved,
+            silenced_by: Some("s1".into()),
+            ..notice(key)
+        };
+        let now: DateTime<Utc> = "2025-09-01T03:00:00Z".parse().unwrap();
+        let got = per_receiver(&receivers, None, None, &[&quiet], "7-3", now);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let (outbox, digest) = &got[0];
+        assert_eq!((outbox.as_str(), digest.id.as_str()), ("tg", "tg-7-3"));
+        assert_eq!(
+            (digest.at, digest.resolved_silently.as_slice()),
+            (now, &[key.to_string()][..])
+        );
+        assert!(digest.tells_nothing());
+        // With news, the chat's digest carries both; the webhook's the news alone.
+        let news = Digest {
+            notices: vec![notice("34:04:civil_status:silent")],
+            ..Digest::default()
+        };
+        let got = per_receiver(&receivers, Some(&news), None, &[&quiet], "7-4", now);
+        let carried: Vec<(&str, usize, usize)> = got
+            .iter()
+            .map(|(o, d)| (o.as_str(), d.notices.len(), d.resolved_silently.len()))
+            .collect();
+        assert_eq!(carried, [("hook", 1, 0), ("tg", 1, 1)]);
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct Digest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<DateTime<Utc>>,
     pub notices: Vec<Notice>,
+    /// Alerts a silenced notice resolved in this evaluation (chat digests only). Chat is not
+    /// told, but a merged backlog must not go on showing them as firing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved_silently: Vec<String>,
     /// Chat shows this instead of a line per notice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
@@ -82,6 +86,18 @@ pub enum Kind {
     Report,
     /// The answer to a chat command.
     Reply,
+}
+
+impl Digest {
+    /// Changes with nothing to show: only alerts resolved under a silence, or a merged
+    /// backlog whose alerts all were. Taken off the outbox unsent.
+    pub fn tells_nothing(&self) -> bool {
+        self.kind == Kind::Changes
+            && self.notices.is_empty()
+            && self.summary.is_none()
+            && self.texts.is_empty()
+            && self.document.is_none()
+    }
 }
 
 impl Kind {
