@@ -616,18 +616,34 @@ async fn long_digests_arrive_split_escaped_and_whole() {
 async fn a_backlog_is_merged_only_whole_unsent_and_under_the_lock() {
     use tiendo::notify::backlog;
     use tiendo::rules::ledger::Digest;
+    use tiendo::rules::{Facts, Rule, Severity, Subject};
     let env = Env::start();
     let now = Utc::now();
     let conn = store::connect(&env.settings.redis).await.unwrap();
     let ledger = Ledger::new(conn, &env.settings.redis.key_prefix);
+    // A feed gone quiet, still so at each evaluation.
+    let subject = Subject::source("hotich");
+    let still_quiet = |at: DateTime<Utc>| Notice {
+        id: format!("q@{}", at.timestamp_millis()),
+        alert_key: subject.alert_key(Rule::SourceQuiet),
+        rule: Rule::SourceQuiet,
+        severity: Severity::Warning,
+        change: Change::Repeated,
+        subject: subject.clone(),
+        facts: Facts::default(),
+        at,
+        silenced_by: None,
+    };
     for (generation, id) in [(0, "d0"), (1, "d1"), (2, "d2")] {
+        let at = now + Span::minutes(generation);
         let commit = Commit {
             meta: vec![(STARTED, Some(now.to_rfc3339()))],
             digests: vec![(
                 "tg".into(),
                 Digest {
                     id: id.into(),
-                    at: now + Span::minutes(generation),
+                    at,
+                    notices: vec![still_quiet(at)],
                     ..Digest::default()
                 },
             )],
@@ -719,19 +735,36 @@ async fn a_merged_backlog_leaves_out_an_alert_a_silence_resolved() {
         "resolved under a silence: {merged}"
     );
 
-    // A resolution under a silence on its own, with nothing to merge into: never sent.
-    let read = a.ledger.read().await.unwrap();
-    let quiet = Digest {
-        id: "tg-quiet".into(),
+    // A resolution under a silence with no backlog to merge into is not queued at all.
+    let caobang = fired
+        .into_iter()
+        .find(|n| n.alert_key == "34:04:civil_status:behind_pace")
+        .unwrap();
+    let key = caobang.alert_key.clone();
+    let quiet = |id: &str| Digest {
+        id: id.into(),
         at: a.clock.now(),
-        resolved_silently: vec!["34:04:civil_status:behind_pace".into()],
+        resolved_silently: vec![key.clone()],
         ..Digest::default()
     };
-    let commit = Commit {
-        digests: vec![("tg".into(), quiet)],
+    let commit = |digests: Vec<Digest>| Commit {
+        digests: digests.into_iter().map(|d| ("tg".to_string(), d)).collect(),
         ..Commit::default()
     };
-    assert!(a.ledger.commit(read.generation, &commit).await.unwrap());
+    let read = a.ledger.read().await.unwrap();
+    let alone = commit(vec![quiet("tg-q1")]);
+    assert!(a.ledger.commit(read.generation, &alone).await.unwrap());
+    assert_eq!(a.ledger.pending("tg").await.unwrap(), 0);
+    // Behind a digest it resolves, it is; the two merge into nothing, taken off unsent.
+    let fires = Digest {
+        id: "tg-f".into(),
+        at: a.clock.now(),
+        notices: vec![caobang],
+        ..Digest::default()
+    };
+    let both = commit(vec![fires, quiet("tg-q2")]);
+    assert!(a.ledger.commit(read.generation + 1, &both).await.unwrap());
+    assert_eq!(a.ledger.pending("tg").await.unwrap(), 2);
     a.deliver_all().await;
     assert_eq!(telegram.requests().len(), 1, "nothing more sent");
 }

@@ -33,8 +33,9 @@ pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
     }
     let run = &waiting[..n];
     // Each alert's first and newest notice, in the order the alerts first appear, and whether
-    // a silence resolved it after its newest: then what the chat would be told of it is no
-    // longer true, and the silence keeps the resolution from the chat, so it is left out.
+    // a silence resolved it after a newest notice that has it firing: then that is no longer
+    // true, and the silence keeps the resolution from the chat, so it is left out. (A newest
+    // notice that resolved it stays true, and is told.)
     let mut alerts: Vec<(&Notice, &Notice, bool)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for digest in run {
@@ -52,7 +53,7 @@ pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
         }
         for key in &digest.resolved_silently {
             if let Some(&i) = index.get(key.as_str()) {
-                alerts[i].2 = true;
+                alerts[i].2 = alerts[i].1.change != Change::Resolved;
             }
         }
     }
@@ -244,7 +245,6 @@ mod tests {
             .map(|n| (n.subject.code.as_str(), n.change))
             .collect();
         assert_eq!(got, vec![("04", NEW)]);
-        assert!(merged.resolved_silently.is_empty());
         // A backlog of nothing else has nothing to tell: it is taken off unsent.
         let (_, merged) = merge(&waiting[..2]).unwrap();
         assert!(merged.tells_nothing(), "{merged:?}");
@@ -254,6 +254,12 @@ mod tests {
         let (_, merged) = merge(&[quiet(0, &[&hanoi]), later]).unwrap();
         assert_eq!(merged.notices.len(), 2);
         assert_eq!(merged.since, Some(t0() + Duration::minutes(1)));
+        // Resolved where the chat would see it, then fired and resolved again under a
+        // silence: the chat is still told of the resolution.
+        let resolved = notice("01", Change::Resolved, w, 0);
+        let (_, merged) = merge(&[digest(0, vec![resolved]), quiet(1, &[&hanoi])]).unwrap();
+        let got: Vec<Change> = merged.notices.iter().map(|n| n.change).collect();
+        assert_eq!(got, vec![Change::Resolved]);
     }
 
     #[test]

@@ -664,33 +664,43 @@ mod tests {
     /// of its own when nothing else came); a webhook, which gets every digest, does not.
     #[test]
     fn chats_hear_of_alerts_a_silence_resolved() {
+        let both = &[Route::Taskforce, Route::Ops][..];
         let receivers = receivers(&[
-            ("hook", ReceiverKind::Webhook, &[Route::Taskforce]),
+            ("hook", ReceiverKind::Webhook, both),
             ("ops", ReceiverKind::Slack, &[Route::Ops]),
             ("tg", ReceiverKind::Telegram, &[Route::Taskforce]),
         ]);
-        let key = "34:01:civil_status:silent";
-        let quiet = Notice {
+        let quiet = |key: &str, rule| Notice {
+            rule,
             change: Change::Resolved,
             silenced_by: Some("s1".into()),
             ..notice(key)
         };
+        let (province, feed) = ("34:01:civil_status:silent", "src:hotich:feed:source_quiet");
+        let quiet = [
+            quiet(province, Rule::Silent),
+            quiet(feed, Rule::SourceQuiet),
+        ];
         let now: DateTime<Utc> = "2025-09-01T03:00:00Z".parse().unwrap();
-        let got = per_receiver(&receivers, None, None, &[&quiet], "7-3", now);
-        assert_eq!(got.len(), 1, "{got:?}");
-        let (outbox, digest) = &got[0];
-        assert_eq!((outbox.as_str(), digest.id.as_str()), ("tg", "tg-7-3"));
+        let got = per_receiver(&receivers, None, None, &[&quiet[0], &quiet[1]], "7-3", now);
+        let heard: Vec<(&str, &str, Vec<String>)> = got
+            .iter()
+            .map(|(o, d)| (o.as_str(), d.id.as_str(), d.resolved_silently.clone()))
+            .collect();
         assert_eq!(
-            (digest.at, digest.resolved_silently.as_slice()),
-            (now, &[key.to_string()][..])
+            heard,
+            [
+                ("ops", "ops-7-3", vec![feed.to_string()]),
+                ("tg", "tg-7-3", vec![province.to_string()])
+            ]
         );
-        assert!(digest.tells_nothing());
+        assert!(got.iter().all(|(_, d)| d.at == now && d.tells_nothing()));
         // With news, the chat's digest carries both; the webhook's the news alone.
         let news = Digest {
             notices: vec![notice("34:04:civil_status:silent")],
             ..Digest::default()
         };
-        let got = per_receiver(&receivers, Some(&news), None, &[&quiet], "7-4", now);
+        let got = per_receiver(&receivers, Some(&news), None, &[&quiet[0]], "7-4", now);
         let carried: Vec<(&str, usize, usize)> = got
             .iter()
             .map(|(o, d)| (o.as_str(), d.notices.len(), d.resolved_silently.len()))

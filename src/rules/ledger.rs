@@ -89,8 +89,8 @@ pub enum Kind {
 }
 
 impl Digest {
-    /// Changes with nothing to show: only alerts resolved under a silence, or a merged
-    /// backlog whose alerts all were. Taken off the outbox unsent.
+    /// Changes with nothing to show: only alerts resolved under a silence (queued only behind
+    /// another digest), or a merged backlog whose alerts all were. Taken off unsent.
     pub fn tells_nothing(&self) -> bool {
         self.kind == Kind::Changes
             && self.notices.is_empty()
@@ -384,7 +384,7 @@ const COMMIT: &str = r"
 -- ARGV: expected generation, or '' to require instead that meta field ARGV[2] still holds
 --       ARGV[3] ('' for absent); #states, (field, json or '' to delete)..., #notices,
 --       notice..., history length, #meta, (field, value or '' to delete)..., then one
---       digest (or '') per outbox
+--       digest (or '') per outbox; a digest marked '?' is queued only behind another
 if ARGV[1] ~= '' then
   if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
 elseif (redis.call('HGET', KEYS[4], ARGV[2]) or '') ~= ARGV[3] then return -1 end
@@ -404,7 +404,10 @@ for _ = 1, tonumber(ARGV[i]) do
 end
 i = i + 1
 for k = 5, #KEYS do
-  if ARGV[i] ~= '' then redis.call('RPUSH', KEYS[k], ARGV[i]) end
+  local digest = ARGV[i]
+  if string.sub(digest, 1, 1) == '?' then
+    if redis.call('LLEN', KEYS[k]) > 0 then redis.call('RPUSH', KEYS[k], string.sub(digest, 2)) end
+  elseif digest ~= '' then redis.call('RPUSH', KEYS[k], digest) end
   i = i + 1
 end
 return redis.call('INCR', KEYS[1])
@@ -626,7 +629,13 @@ impl Ledger {
         }
         for (outbox, digest) in &c.digests {
             inv.key(self.outbox_key(outbox));
-            inv.arg(serde_json::to_string(digest)?);
+            let json = serde_json::to_string(digest)?;
+            // Nothing to show matters only to a backlog it may be merged into.
+            inv.arg(if digest.tells_nothing() {
+                format!("?{json}")
+            } else {
+                json
+            });
         }
         let mut conn = self.conn.clone();
         let generation: i64 = inv.invoke_async(&mut conn).await?;
