@@ -109,7 +109,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (ALERTS_FIRING, "gauge", "rule, severity", "Alerts firing after the last evaluation."),
     (NOTIFICATIONS_SENT, "counter", "receiver", "Messages a receiver accepted (a split digest counts each part)."),
     (NOTIFICATIONS_FAILED, "counter", "receiver, outcome",
-     "Failed deliveries: retried (receiver down, 5xx, 429) or rejected for good (moved to the failed list)."),
+     "Failed deliveries: retried (receiver down, 5xx, 429), rejected for good or unreadable by this version (both moved to the failed list)."),
     (NOTIFICATIONS_PENDING, "gauge", "receiver", "Digests waiting in a receiver's outbox."),
     (NOTIFICATIONS_SILENCED, "counter", "rule", "Transitions recorded but not sent to chat because a silence matched."),
     (NOTIFICATIONS_MERGED, "counter", "receiver", "Digests of a chat outbox's backlog folded into the one before them (a backlog of k sent as one counts k-1; a receiver was down)."),

@@ -769,6 +769,57 @@ async fn a_merged_backlog_leaves_out_an_alert_a_silence_resolved() {
     assert_eq!(telegram.requests().len(), 1, "nothing more sent");
 }
 
+/// A digest this version cannot read (a newer version's, met after a rollback) is set aside
+/// to the outbox's failed list with its reason, and the digests behind it are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_this_version_cannot_read_does_not_block_the_outbox() {
+    let env = Env::start();
+    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
+    seed_stalls(&env, now).await;
+    let server = ChatServer::start(vec![]).await;
+    let a = Alerting::new(
+        &env,
+        now,
+        &[("tg", receiver(ReceiverKind::Telegram, &server.url()))],
+    )
+    .await;
+    a.started().await;
+    let keys = store::Keys::new(&a.settings.redis.key_prefix);
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let newer = serde_json::json!({"id": "tg-newer", "at": now, "notices": [], "kind": "forecast"});
+    let _: () = redis::cmd("RPUSH")
+        .arg(keys.alerts("outbox:tg"))
+        .arg(newer.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The completed target, announced behind it.
+    a.evaluator().await.evaluate_once().await.unwrap();
+    assert_eq!(a.ledger.pending("tg").await.unwrap(), 2);
+
+    a.deliver_all().await;
+    let got = server.accepted();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        text(&got[0]).contains("<b>Tuyên Quang</b>"),
+        "{}",
+        text(&got[0])
+    );
+    let failed: Vec<String> = redis::cmd("LRANGE")
+        .arg(keys.alerts("failed:tg"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let failed: serde_json::Value = serde_json::from_str(&failed[0]).unwrap();
+    assert_eq!(failed["digest"]["id"], "tg-newer");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("unknown variant `forecast`"), "{reason}");
+}
+
 /// Records in the ledger that evaluations were held since `at`, as a replica whose figures are
 /// not current does.
 async fn hold_since(ledger: &Ledger, at: DateTime<Utc>) {

@@ -145,10 +145,33 @@ impl Dispatcher {
         let Some(lock) = self.ledger.lock(name, &self.token, LOCK_TTL_MS).await? else {
             return Ok(Step::Idle);
         };
-        let Some(mut pending) = self.ledger.head(name).await? else {
-            metrics::gauge!(telemetry::NOTIFICATIONS_PENDING, "receiver" => self.outbox.clone())
-                .set(0.0);
-            return Ok(Step::Idle);
+        let mut pending = match self.ledger.head(name).await {
+            Ok(Some(pending)) => pending,
+            Ok(None) => {
+                metrics::gauge!(telemetry::NOTIFICATIONS_PENDING, "receiver" => self.outbox.clone())
+                    .set(0.0);
+                return Ok(Step::Idle);
+            }
+            // Set aside like a refusal, rather than block every digest behind it.
+            Err(LedgerError::Unreadable { id, error }) => {
+                metrics::counter!(
+                    telemetry::NOTIFICATIONS_FAILED,
+                    "receiver" => self.outbox.clone(),
+                    "outcome" => "unreadable"
+                )
+                .increment(1);
+                tracing::error!(
+                    outbox = name,
+                    digest = id,
+                    %error,
+                    "a digest this version cannot read; moved to its failed list"
+                );
+                let reason = format!("unreadable by this version: {error}");
+                self.ledger.failed(&lock, &id, &reason).await?;
+                self.gauge_pending().await?;
+                return Ok(Step::Delivered);
+            }
+            Err(error) => return Err(error),
         };
         if pending.parts_sent == 0 && self.sink.merges_backlog() {
             match self.merge_backlog(&lock).await? {
@@ -250,7 +273,6 @@ impl Dispatcher {
         );
         self.gauge_pending().await?;
         Ok(Merged::Into(Box::new(Pending {
-            raw: serde_json::to_string(&merged)?,
             digest: merged,
             parts_sent: 0,
         })))

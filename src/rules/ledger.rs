@@ -339,6 +339,13 @@ pub enum LedgerError {
     Store(#[from] StoreError),
     #[error("ledger entry is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A digest at the head of an outbox that this version cannot read: written by a newer
+    /// one, before a rollback.
+    #[error("digest {id} cannot be read by this version: {error}")]
+    Unreadable {
+        id: String,
+        error: serde_json::Error,
+    },
 }
 
 impl From<redis::RedisError> for LedgerError {
@@ -369,7 +376,6 @@ pub struct Lock {
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub digest: Digest,
-    pub raw: String,
     pub parts_sent: usize,
 }
 
@@ -684,18 +690,22 @@ impl Ledger {
             .query_async(&mut conn)
             .await?;
         let Some(raw) = raw else { return Ok(None) };
-        let digest: Digest = serde_json::from_str(&raw)?;
+        let digest: Digest = serde_json::from_str(&raw).map_err(|error| {
+            let id = serde_json::from_str::<serde_json::Value>(&raw)
+                .ok()
+                .and_then(|v| Some(v.get("id")?.as_str()?.to_string()));
+            match id {
+                Some(id) => LedgerError::Unreadable { id, error },
+                None => error.into(),
+            }
+        })?;
         let parts_sent = progress
             .and_then(|p| {
                 let (id, n) = p.split_once(' ')?;
                 (id == digest.id).then(|| n.parse().ok())?
             })
             .unwrap_or(0);
-        Ok(Some(Pending {
-            digest,
-            raw,
-            parts_sent,
-        }))
+        Ok(Some(Pending { digest, parts_sent }))
     }
 
     async fn progress(&self, lock: &Lock, digest: &str, parts: &str) -> Result<bool, LedgerError> {
