@@ -382,7 +382,7 @@ impl Evaluator {
 /// takes. A receiver of both routes gets them in one message, since the budget of one message
 /// per evaluation is the receiver's, not the route's. A chat also hears which of its alerts
 /// a silence resolved, so that a merged backlog does not show them as firing: in a digest of
-/// its own if nothing else came (taken off the outbox unsent).
+/// its own if nothing else came (queued only behind another digest; taken off unsent).
 fn per_receiver(
     receivers: &BTreeMap<String, ReceiverSettings>,
     chat: Option<&Digest>,
