@@ -19,7 +19,7 @@ use common::{receiver, seed_stalls, stall_targets, Env};
 use tiendo::clock::{Clock, ManualClock, SharedClock};
 use tiendo::config::{ReceiverKind, ReceiverSettings, Settings, KAFKA_OUTBOX};
 use tiendo::events::{v1, CodeScheme};
-use tiendo::notify::{Dispatcher, Sink};
+use tiendo::notify::{Dispatcher, Sink, Step};
 use tiendo::rules::evaluator::Evaluator;
 use tiendo::rules::ledger::{Commit, Ledger, Notice, Occasion, Silence, HELD, STARTED};
 use tiendo::rules::state::Change;
@@ -113,6 +113,7 @@ impl Alerting {
         };
         Dispatcher::new(self.ledger.clone(), outbox, sink, a.max_backoff)
             .with_poll(Duration::from_millis(50))
+            .with_unreadable_grace(Duration::from_secs(1))
     }
 
     /// Runs two dispatchers per outbox (two replicas) until every outbox is empty.
@@ -201,6 +202,32 @@ async fn hanoi_reports_again(env: &Env, a: &Alerting, e: &Evaluator) -> Notice {
     resolved.remove(0)
 }
 
+/// A deployment running for a while on the seeded stalls, with one Telegram chat, `tg`, whose
+/// server answers with `replies` first, then accepts.
+async fn with_telegram(replies: Vec<Reply>) -> (Env, DateTime<Utc>, ChatServer, Alerting) {
+    let env = Env::start();
+    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
+    seed_stalls(&env, now).await;
+    let server = ChatServer::start(replies).await;
+    let a = Alerting::new(
+        &env,
+        now,
+        &[("tg", receiver(ReceiverKind::Telegram, &server.url()))],
+    )
+    .await;
+    a.started().await;
+    (env, now, server, a)
+}
+
+/// How a merged backlog of `changes` changes from `since` on begins, in Telegram's markup.
+fn merged_header(changes: usize, since: DateTime<Utc>) -> String {
+    let since = since.with_timezone(&tiendo::clock::vn_offset());
+    format!(
+        "<b>tiendo · {changes} thay đổi · {} – ",
+        since.format("%d/%m/%Y %H:%M")
+    )
+}
+
 fn text(r: &common::chat::Request) -> String {
     r.body["text"].as_str().unwrap().to_string()
 }
@@ -279,13 +306,7 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
     let second = text(&tg[0]);
     assert!(second
         .contains("<b>Tuyên Quang</b> · Hộ tịch — hoàn thành chỉ tiêu [hoàn thành]: đạt 125,0%"));
-    let since = now
-        .with_timezone(&tiendo::clock::vn_offset())
-        .format("%d/%m/%Y %H:%M");
-    assert!(
-        second.starts_with(&format!("<b>tiendo · 3 thay đổi · {since} – ")),
-        "{second}"
-    );
+    assert!(second.starts_with(&merged_header(3, now)), "{second}");
     assert!(
         second.contains("<b>Hà Nội</b> · Hộ tịch — không có dữ liệu mới [mới]: đạt 50,0%"),
         "{second}"
@@ -461,17 +482,7 @@ async fn a_notification_waits_for_a_receiver_that_is_down_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_refuses_for_good_does_not_block_the_outbox() {
-    let env = Env::start();
-    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
-    seed_stalls(&env, now).await;
-    let server = ChatServer::start(vec![Reply::Status(400)]).await;
-    let a = Alerting::new(
-        &env,
-        now,
-        &[("tg", receiver(ReceiverKind::Telegram, &server.url()))],
-    )
-    .await;
-    a.started().await;
+    let (_env, _, server, a) = with_telegram(vec![Reply::Status(400)]).await;
     let e = a.evaluator().await;
     e.evaluate_once().await.unwrap();
     a.deliver_all().await;
@@ -690,17 +701,7 @@ async fn a_backlog_is_merged_only_whole_unsent_and_under_the_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merged_backlog_leaves_out_an_alert_a_silence_resolved() {
     use tiendo::rules::ledger::Digest;
-    let env = Env::start();
-    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
-    seed_stalls(&env, now).await;
-    let telegram = ChatServer::start(vec![]).await;
-    let a = Alerting::new(
-        &env,
-        now,
-        &[("tg", receiver(ReceiverKind::Telegram, &telegram.url()))],
-    )
-    .await;
-    a.started().await;
+    let (env, now, telegram, a) = with_telegram(vec![]).await;
     let e = a.evaluator().await;
     // No dispatcher runs until the end: the receiver is down meanwhile.
     e.evaluate_once().await.unwrap();
@@ -718,13 +719,7 @@ async fn a_merged_backlog_leaves_out_an_alert_a_silence_resolved() {
     let tg = telegram.accepted();
     assert_eq!(tg.len(), 1, "{tg:?}");
     let merged = text(&tg[0]);
-    let since = now
-        .with_timezone(&tiendo::clock::vn_offset())
-        .format("%d/%m/%Y %H:%M");
-    assert!(
-        merged.starts_with(&format!("<b>tiendo · 3 thay đổi · {since} – ")),
-        "{merged}"
-    );
+    assert!(merged.starts_with(&merged_header(3, now)), "{merged}");
     assert!(
         merged.contains("<b>Cao Bằng</b> · Hộ tịch — chậm tiến độ [mới]"),
         "{merged}"
@@ -773,17 +768,7 @@ async fn a_merged_backlog_leaves_out_an_alert_a_silence_resolved() {
 /// to the outbox's failed list with its reason, and the digests behind it are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_digest_this_version_cannot_read_does_not_block_the_outbox() {
-    let env = Env::start();
-    let now = Utc::now().duration_trunc(Span::minutes(1)).unwrap();
-    seed_stalls(&env, now).await;
-    let server = ChatServer::start(vec![]).await;
-    let a = Alerting::new(
-        &env,
-        now,
-        &[("tg", receiver(ReceiverKind::Telegram, &server.url()))],
-    )
-    .await;
-    a.started().await;
+    let (env, now, server, a) = with_telegram(vec![]).await;
     let keys = store::Keys::new(&a.settings.redis.key_prefix);
     let client = redis::Client::open(env.redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -796,6 +781,18 @@ async fn a_digest_this_version_cannot_read_does_not_block_the_outbox() {
         .unwrap();
     // The completed target, announced behind it.
     a.evaluator().await.evaluate_once().await.unwrap();
+    assert_eq!(a.ledger.pending("tg").await.unwrap(), 2);
+    // For a while it is left to a replica that can read it (a newer one, in a rolling
+    // update): the outbox is let go, and nothing is set aside yet.
+    let step = a.dispatcher("tg").deliver_one(Duration::from_secs(1)).await;
+    assert!(matches!(step, Ok(Step::Pause(_))), "{step:?}");
+    assert!(a
+        .ledger
+        .lock("tg", "newer", 30_000)
+        .await
+        .unwrap()
+        .is_some());
+    a.ledger.unlock("tg", "newer").await.unwrap();
     assert_eq!(a.ledger.pending("tg").await.unwrap(), 2);
 
     a.deliver_all().await;
@@ -815,7 +812,7 @@ async fn a_digest_this_version_cannot_read_does_not_block_the_outbox() {
         .unwrap();
     assert_eq!(failed.len(), 1, "{failed:?}");
     let failed: serde_json::Value = serde_json::from_str(&failed[0]).unwrap();
-    assert_eq!(failed["digest"]["id"], "tg-newer");
+    assert_eq!(failed["digest"], newer, "kept as it was written");
     let reason = failed["reason"].as_str().unwrap();
     assert!(reason.contains("unknown variant `forecast`"), "{reason}");
 }

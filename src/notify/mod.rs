@@ -25,6 +25,11 @@ const LOCK_TTL_MS: u64 = 30_000;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// How often a lock is extended while waiting out a Retry-After.
 const LOCK_RENEW: Duration = Duration::from_secs(10);
+/// How long a digest this version cannot read is left to a replica that can (a newer one, in
+/// a rolling update) before it is set aside: after a rollback, no replica ever will.
+const UNREADABLE_GRACE: Duration = Duration::from_secs(600);
+/// How often a replica looks at such a digest again meanwhile, having let go of the outbox.
+const UNREADABLE_RECHECK: Duration = Duration::from_secs(10);
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +40,8 @@ pub enum Step {
     Idle,
     /// The receiver failed; try again after this long.
     Retry(Duration),
+    /// The outbox was let go for another replica to take; look again after this long.
+    Pause(Duration),
 }
 
 /// What merging a backlog came to.
@@ -56,6 +63,9 @@ pub struct Dispatcher {
     poll: Duration,
     /// This replica's lock token.
     token: String,
+    unreadable_grace: Duration,
+    /// The unreadable digest at the head, and when this replica first met it.
+    unreadable: std::sync::Mutex<Option<(String, tokio::time::Instant)>>,
 }
 
 impl Dispatcher {
@@ -67,7 +77,14 @@ impl Dispatcher {
             max_backoff,
             poll: Duration::from_millis(500),
             token: format!("{}-{}-{}", std::process::id(), outbox, fastrand::u64(..)),
+            unreadable_grace: UNREADABLE_GRACE,
+            unreadable: std::sync::Mutex::new(None),
         }
+    }
+
+    pub fn with_unreadable_grace(mut self, grace: Duration) -> Dispatcher {
+        self.unreadable_grace = grace;
+        self
     }
 
     pub fn with_poll(mut self, poll: Duration) -> Dispatcher {
@@ -95,6 +112,7 @@ impl Dispatcher {
                     continue;
                 }
                 Ok(Step::Idle) => self.poll,
+                Ok(Step::Pause(wait)) => wait,
                 Ok(Step::Retry(wait)) => {
                     backoff = (backoff * 2).min(self.max_backoff);
                     // Keep the outbox meanwhile, so other replicas do not hammer a receiver
@@ -152,24 +170,8 @@ impl Dispatcher {
                     .set(0.0);
                 return Ok(Step::Idle);
             }
-            // Set aside like a refusal, rather than block every digest behind it.
             Err(LedgerError::Unreadable { id, error }) => {
-                metrics::counter!(
-                    telemetry::NOTIFICATIONS_FAILED,
-                    "receiver" => self.outbox.clone(),
-                    "outcome" => "unreadable"
-                )
-                .increment(1);
-                tracing::error!(
-                    outbox = name,
-                    digest = id,
-                    %error,
-                    "a digest this version cannot read; moved to its failed list"
-                );
-                let reason = format!("unreadable by this version: {error}");
-                self.ledger.failed(&lock, &id, &reason).await?;
-                self.gauge_pending().await?;
-                return Ok(Step::Delivered);
+                return self.unreadable(&lock, &id, &error).await;
             }
             Err(error) => return Err(error),
         };
@@ -223,27 +225,79 @@ impl Dispatcher {
                     return Ok(Step::Retry(wait));
                 }
                 Err(SendError::Rejected(reason)) => {
-                    metrics::counter!(
-                        telemetry::NOTIFICATIONS_FAILED,
-                        "receiver" => self.outbox.clone(),
-                        "outcome" => "rejected"
-                    )
-                    .increment(1);
                     tracing::error!(
                         outbox = name,
                         digest = id,
                         reason,
                         "receiver refused a notification; moved to its failed list"
                     );
-                    self.ledger.failed(&lock, id, &reason).await?;
-                    self.gauge_pending().await?;
-                    return Ok(Step::Delivered);
+                    return self.set_aside(&lock, id, "rejected", &reason).await;
                 }
             }
         }
         self.ledger.delivered(&lock, id).await?;
         self.gauge_pending().await?;
         Ok(Step::Delivered)
+    }
+
+    /// Moves the head digest `id` to the outbox's failed list, counted by `outcome`.
+    async fn set_aside(
+        &self,
+        lock: &Lock,
+        id: &str,
+        outcome: &'static str,
+        reason: &str,
+    ) -> Result<Step, LedgerError> {
+        if !self.ledger.failed(lock, id, reason).await? {
+            return Ok(Step::Idle); // the lock lapsed: whoever holds it now decides
+        }
+        metrics::counter!(
+            telemetry::NOTIFICATIONS_FAILED,
+            "receiver" => self.outbox.clone(),
+            "outcome" => outcome
+        )
+        .increment(1);
+        self.gauge_pending().await?;
+        Ok(Step::Delivered)
+    }
+
+    /// A head this version cannot read: left to other replicas (a newer one can) for
+    /// `unreadable_grace`, then set aside rather than block every digest behind it.
+    async fn unreadable(
+        &self,
+        lock: &Lock,
+        id: &str,
+        error: &serde_json::Error,
+    ) -> Result<Step, LedgerError> {
+        let first_met = {
+            let mut met = self.unreadable.lock().expect("unreadable");
+            match &*met {
+                Some((head, at)) if head == id => *at,
+                _ => {
+                    tracing::warn!(
+                        outbox = self.outbox,
+                        digest = id,
+                        %error,
+                        "a digest this version cannot read; left to a newer replica for now"
+                    );
+                    let now = tokio::time::Instant::now();
+                    *met = Some((id.to_string(), now));
+                    now
+                }
+            }
+        };
+        if first_met.elapsed() < self.unreadable_grace {
+            self.ledger.unlock(&self.outbox, &self.token).await?;
+            return Ok(Step::Pause(UNREADABLE_RECHECK.min(self.unreadable_grace)));
+        }
+        tracing::error!(
+            outbox = self.outbox,
+            digest = id,
+            %error,
+            "a digest this version cannot read; moved to its failed list"
+        );
+        let reason = format!("unreadable by this version: {error}");
+        self.set_aside(lock, id, "unreadable", &reason).await
     }
 
     /// Merges the digests waiting at the head of a chat outbox into one (see [`backlog`]).

@@ -478,18 +478,19 @@ redis.call('LPUSH', KEYS[2], ARGV[3])
 return 1
 ";
 
-const FAIL: &str = r"
+const FAIL: &str = r#"
 -- KEYS: lock, outbox, progress, failed. ARGV: token, outbox name, digest id, reason.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local head = redis.call('LINDEX', KEYS[2], 0)
 if head and cjson.decode(head).id == ARGV[3] then
   redis.call('LPOP', KEYS[2])
-  redis.call('RPUSH', KEYS[4], cjson.encode({reason = ARGV[4], digest = cjson.decode(head)}))
+  -- The digest as it was written: a newer version's may hold what cjson would not keep.
+  redis.call('RPUSH', KEYS[4], '{"reason":' .. cjson.encode(ARGV[4]) .. ',"digest":' .. head .. '}')
   redis.call('LTRIM', KEYS[4], -1000, -1)
 end
 redis.call('HDEL', KEYS[3], ARGV[2])
 return 1
-";
+"#;
 
 const ANSWERED: &str = r"
 -- KEYS: lock, poll offsets, reply outbox, silences.
