@@ -7,27 +7,17 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 
-use crate::rules::ledger::{Digest, Kind, Notice};
+use crate::rules::ledger::{Digest, Notice};
 use crate::rules::state::Change;
 
 /// Digests read from the head of an outbox for one merge; a longer backlog merges again.
 pub const MAX_MERGED: usize = 200;
 
-/// An evaluation's plain changes: not a summary (its tallies hold at its own time), not text
-/// rendered ahead (a report, a reply).
-fn mergeable(d: &Digest) -> bool {
-    d.kind == Kind::Changes
-        && d.summary.is_none()
-        && d.texts.is_empty()
-        && d.document.is_none()
-        && d.to.is_none()
-}
-
 /// The number of digests at the head of `waiting` that merge, and the digest they merge into;
 /// `None` when fewer than two would. The same digests always merge into the same digest, id
 /// included, so a merge retried after a lost race makes no second version.
 pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
-    let n = waiting.iter().take_while(|d| mergeable(d)).count();
+    let n = waiting.iter().take_while(|d| d.plain_changes()).count();
     if n < 2 {
         return None;
     }
@@ -115,7 +105,7 @@ mod tests {
     use chrono::{DateTime, Duration, Utc};
 
     use super::*;
-    use crate::rules::ledger::{Occasion, Summary};
+    use crate::rules::ledger::{Kind, Occasion, Summary};
     use crate::rules::{Facts, Rule, Severity, Subject};
 
     fn t0() -> DateTime<Utc> {

@@ -89,14 +89,20 @@ pub enum Kind {
 }
 
 impl Digest {
-    /// Changes with nothing to show: only alerts resolved under a silence (queued only behind
-    /// another digest), or a merged backlog whose alerts all were. Taken off unsent.
-    pub fn tells_nothing(&self) -> bool {
+    /// An evaluation's plain changes: not a summary (its tallies hold at its own time), not
+    /// text rendered ahead (a report, a reply).
+    pub fn plain_changes(&self) -> bool {
         self.kind == Kind::Changes
-            && self.notices.is_empty()
             && self.summary.is_none()
             && self.texts.is_empty()
             && self.document.is_none()
+            && self.to.is_none()
+    }
+
+    /// Changes with nothing to show: only alerts resolved under a silence (queued only behind
+    /// another digest), or a merged backlog whose alerts all were. Taken off unsent.
+    pub fn tells_nothing(&self) -> bool {
+        self.plain_changes() && self.notices.is_empty()
     }
 }
 
