@@ -149,6 +149,46 @@ async fn counts_are_exact_on_a_redis_cluster() {
     assert_eq!(ledger.pending("ops").await.unwrap(), 0);
 }
 
+/// The directory is a key of its own node: a failover to a replica that had not received its
+/// last writes, or a restart that lost them, would drop partitions from it that only their next
+/// batch lists again, and a quiet partition may send none. The pipeline lists what it holds
+/// again every few seconds, with no message needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_the_directory_lost_are_listed_again() {
+    let nodes = start_cluster();
+    let mut env = Env::start();
+    env.settings.redis.cluster_urls = urls(&nodes);
+
+    let mut g = env.generator(8);
+    let sent = events(&mut g, 500);
+    let mut expected = Expected::default();
+    expected.add_all(&sent);
+    let running = env.spawn().await;
+    env.publish(&sent).await;
+    env.wait_consumed(Duration::from_secs(90)).await;
+
+    let directory = format!("{}:partitions", env.settings.redis.key_prefix);
+    let node = &nodes[node_of(&nodes, &directory)];
+    let members = || {
+        let mut tags: Vec<String> = ask(node, &["smembers", &directory])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        tags.sort();
+        tags
+    };
+    let listed = members();
+    assert!(listed.len() > 1, "listed: {listed:?}");
+    assert_eq!(ask(node, &["del", &directory]), "1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while members() != listed {
+        assert!(Instant::now() < deadline, "listed again: {:?}", members());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    expected.assert_matches(&env.snapshot().await);
+    running.shutdown().await;
+}
+
 /// Slots moving between nodes while batches are stored (`redis-cli --cluster reshard`, which
 /// moves their keys with MIGRATE): a node's pipeline meets MOVED or ASK, the client sends it
 /// again where it is told, or past its retries the round trip goes call by call and the slot

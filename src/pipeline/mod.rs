@@ -469,7 +469,8 @@ impl Storer {
         }
     }
 
-    /// Checks that Redis still holds the offsets this consumer stored. A partition that gets no
+    /// Checks that Redis still holds the offsets this consumer stored (and, on a cluster,
+    /// lists those partitions again: see [`crate::store::Store::relist`]). A partition that gets no
     /// message runs no fenced batch script, so without this it would never notice that Redis
     /// lost its data (and its figures, which the catch-up check would then wait on forever).
     /// Behind: fetch again from what Redis holds. Ahead: another consumer stored more (a
@@ -489,7 +490,12 @@ impl Storer {
             .iter()
             .map(|((t, p), _)| (self.topics[*t].as_str(), *p))
             .collect();
-        let stored = match self.store.offsets(&parts).await {
+        let (stored, listed) =
+            futures::join!(self.store.offsets(&parts), self.store.relist(&parts));
+        if let Err(error) = listed {
+            tracing::debug!(%error, "partitions not listed again");
+        }
+        let stored = match stored {
             Ok(s) => s,
             Err(error) => {
                 tracing::debug!(%error, "stored offsets not checked");

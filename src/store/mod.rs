@@ -323,6 +323,30 @@ impl Store {
         Ok(try_join_all(gets).await?)
     }
 
+    /// On a cluster, lists `parts` in the directory again. The directory is a key of its own
+    /// node there: a failover to a replica that had not yet received the last SADDs, or a
+    /// restart that lost them, would leave out a partition that stored data and then went
+    /// quiet, since only its batches list it. The pipeline re-lists what it holds every few
+    /// seconds. On a single Redis the listing is written with the counters, so nothing to do.
+    pub async fn relist(&self, parts: &[(&str, i32)]) -> Result<(), StoreError> {
+        if !self.conn.is_cluster() || parts.is_empty() {
+            return Ok(());
+        }
+        let tags: Vec<String> = parts.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+        self.list(&tags).await
+    }
+
+    /// Adds `tags` to the directory, a round trip of its own.
+    async fn list<T: redis::ToRedisArgs + Sync>(&self, tags: &[T]) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SADD")
+            .arg(self.keys.directory())
+            .arg(tags)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Claims each event id; `true` where the event is new (or is this very message replayed),
     /// `false` where another message already claimed the id within the horizon.
     ///
@@ -644,13 +668,7 @@ impl Store {
         if new.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
-        redis::cmd("SADD")
-            .arg(self.keys.directory())
-            .arg(&new)
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+        self.list(&new).await
     }
 
     /// The apply.lua call for `batches` (see `apply::call`).
@@ -699,13 +717,7 @@ impl Store {
             if !self.conn.is_cluster() {
                 return Ok(());
             }
-            let mut conn = self.conn.clone();
-            redis::cmd("SADD")
-                .arg(self.keys.directory())
-                .arg(tags)
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(StoreError::from)
+            self.list(tags).await
         };
         let calls = calls.into_iter().map(|call| {
             let mut invocation = self.script.prepare_invoke();
