@@ -253,8 +253,11 @@ fn publish(views: &[SourceView]) {
             metrics::gauge!(t::SOURCE_LAST_MESSAGE, "source" => source.clone())
                 .set(seen.timestamp() as f64);
         }
+        // As the rule source_quiet: a source never heard from has no normal to fall from, so
+        // a fresh deployment pages no one for the feeds that have not started yet.
+        let quiet = v.quiet && v.last_seen.is_some();
         metrics::gauge!(t::SOURCE_QUIET, "source" => source.clone())
-            .set(f64::from(u8::from(v.quiet)));
+            .set(f64::from(u8::from(quiet)));
         let w = &v.last_24h;
         let messages = w.tally.events + w.tally.duplicates + w.rejected;
         metrics::gauge!(t::SOURCE_MESSAGES_24H, "source" => source.clone()).set(messages as f64);

@@ -66,7 +66,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (SOURCE_LAST_MESSAGE, "gauge", "source",
      "When a message of the source last arrived (unix seconds), from Redis: every replica reports the same."),
     (SOURCE_QUIET, "gauge", "source",
-     "1 when a configured source has sent nothing for sources.quiet_after."),
+     "1 when a configured source heard from before has sent nothing for sources.quiet_after."),
     (SOURCE_MESSAGES_24H, "gauge", "source",
      "Messages of the source in the last 24 hours: counted, re-sent and rejected."),
     (SOURCE_REJECT_RATIO_24H, "gauge", "source",
