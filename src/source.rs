@@ -382,6 +382,7 @@ impl ClientContext for ProducerLog {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        metrics::counter!(telemetry::KAFKA_ERRORS).increment(1);
         log_client_error(self.0, &error, reason);
     }
 }

@@ -81,7 +81,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (REDIS_ERRORS, "counter", "", "Failed Redis calls; each is retried with backoff."),
     (CLUSTER_CALL_BY_CALL, "counter", "reason",
      "On a Redis Cluster, round trips sent call by call rather than as one pipeline per node, by reason: noscript (a node had not loaded a script yet: once per node and script after it starts), error (another error in an answer: a slot still moving after the client's retries, a node down), slot_map (CLUSTER SLOTS failed or was unreadable: every round trip for a minute; or it left a slot without an owner)."),
-    (KAFKA_ERRORS, "counter", "", "Kafka consume or dead-letter produce errors."),
+    (KAFKA_ERRORS, "counter", "", "Kafka errors: consumer and producer client errors, failed consumes and dead-letter sends."),
     (SCHEMA_LOOKUPS, "counter", "outcome",
      "Schema ids looked up in the Schema Registry: known, refused, or error (not reached)."),
     (FENCED, "counter", "", "Partition batches refused because another consumer had stored further offsets."),

@@ -213,13 +213,13 @@ pub struct KafkaSettings {
     /// without a rebalance. Empty means dynamic membership.
     pub group_instance_id: String,
     pub topics: TopicSettings,
-    /// Passed untouched to librdkafka's consumer and producer (security.protocol, sasl.*,
-    /// ssl.*, ...). Keys may be written with `_` for `.` so they can come from environment
-    /// variables.
+    /// Passed to librdkafka's consumer and producers (security.protocol, sasl.*, ssl.*, ...);
+    /// the consumer ignores the three its exactness depends on (see `source::consumer_config`).
+    /// Keys may be written with `_` for `.` so they can come from environment variables.
     pub properties: BTreeMap<String, Secret>,
     /// Passed to the consumer only (session.timeout.ms, fetch.*, ...).
     pub consumer_properties: BTreeMap<String, Secret>,
-    /// Passed to the dead-letter producer only.
+    /// Passed to the producers only (dead letters, alerts topic, `publish`, the demo).
     pub producer_properties: BTreeMap<String, Secret>,
     pub schema_registry: SchemaRegistrySettings,
 }
