@@ -381,7 +381,7 @@ pub struct RuleSettings {
     pub projection_window: String,
     /// `online_share_low`: online end-to-end share below this (0..1)...
     pub online_share_min: f64,
-    /// ...over this window (`24h`, `7d` or `30d`)...
+    /// ...over this window (`1h`, `24h`, `7d` or `30d`)...
     pub online_share_window: String,
     /// ...counted only with at least this many dossiers in it.
     pub online_min_dossiers: u64,
@@ -787,13 +787,22 @@ impl Settings {
         if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
             return invalid("http.public_url must be an http:// or https:// URL".into());
         }
-        for (key, w) in [
-            ("projection_window", &r.projection_window),
-            ("online_share_window", &r.online_share_window),
-        ] {
-            if !windows.contains(&w.as_str()) {
-                return invalid(format!("alerts.rules.{key} must be one of {windows:?}"));
-            }
+        if !windows.contains(&r.online_share_window.as_str()) {
+            return invalid(format!(
+                "alerts.rules.online_share_window must be one of {windows:?}"
+            ));
+        }
+        // A rate over a rolling hour or day follows office hours: a projection at it would
+        // see every province miss its deadline each night.
+        let whole_days: Vec<&str> = crate::buckets::WINDOWS
+            .iter()
+            .filter(|w| w.calendar_days().is_some())
+            .map(|w| w.name)
+            .collect();
+        if !whole_days.contains(&r.projection_window.as_str()) {
+            return invalid(format!(
+                "alerts.rules.projection_window must be one of {whole_days:?}"
+            ));
         }
         if !(0.0..=1.0).contains(&r.online_share_min)
             || !(0.0..=1.0).contains(&r.critical_pace_ratio)
@@ -950,5 +959,14 @@ mod tests {
         s.alerts.rules.online_share_min = 0.95;
         s.alerts.rules.online_share_resolve_margin = 0.06;
         assert!(s.validated().is_err());
+        // A projection at a rolling day's rate would miss every deadline each night.
+        let with = |projection: &str, share: &str| {
+            let mut s = Settings::default();
+            s.alerts.rules.projection_window = projection.into();
+            s.alerts.rules.online_share_window = share.into();
+            s.validated()
+        };
+        assert!(with("24h", "7d").is_err());
+        assert!(with("7d", "1h").is_ok());
     }
 }

@@ -332,7 +332,13 @@ fn datasets(
             }
         }
         let margin = if active.contains_key(&subject.alert_key(Rule::ProjectedMiss)) {
-            chrono::Duration::from_std(rules.projection_resolve_margin).unwrap_or_default()
+            // At most half the time left: a projection is never before today, so in the last
+            // week a full margin could not be met, and the alert would hold for a province
+            // that recovered, its projected date before the deadline.
+            let half_left = chrono::Duration::seconds((days_left.max(0.0) * 43_200.0) as i64);
+            chrono::Duration::from_std(rules.projection_resolve_margin)
+                .unwrap_or_default()
+                .min(half_left)
         } else {
             chrono::Duration::zero()
         };

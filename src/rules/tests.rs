@@ -314,6 +314,46 @@ fn thresholds_resolve_only_past_their_margin() {
     );
 }
 
+/// Near the deadline a firing projected_miss resolves on half the time left, not the full
+/// margin, which a projection (never before today) could no longer meet.
+#[test]
+fn a_projected_miss_can_resolve_in_the_last_week() {
+    // Deadline 26 Nov 2024, about 6.6 days after `now`; half the target done.
+    let targets = Targets::parse(
+        "province,dataset,target,deadline\n01,civil_status,1000000,2024-11-26\n",
+        &datasets(),
+    )
+    .unwrap();
+    let days_left = 6.0 + 14.0 / 24.0;
+    let firing = |early: f64, active: bool| {
+        let mut snap = Snapshot::default();
+        let month = (500_000.0 / (days_left - early) * 30.0) as i64;
+        put(
+            &mut snap,
+            "n01|r.civil_status",
+            500_000,
+            [0, 0, month / 4, month],
+            Some(Duration::hours(1)),
+        );
+        let status = crate::status::Status::build(&snap, &targets, &datasets(), View::Current34);
+        let key = "34:01:civil_status:projected_miss".to_string();
+        let active: BTreeMap<String, Severity> = if active {
+            [(key.clone(), Severity::Warning)].into()
+        } else {
+            BTreeMap::new()
+        };
+        let e = evaluate_holding(&status, now(), &RuleSettings::default(), &active);
+        e.findings.iter().any(|f| f.key == key)
+    };
+    // Projected 4.5 days early: a firing alert resolves (half of 6.6 days is 3.3).
+    assert!(!firing(4.5, true));
+    // 2 days early: within the margin, it holds; a new one does not fire.
+    assert!(firing(2.0, true));
+    assert!(!firing(2.0, false));
+    // After the deadline: fires.
+    assert!(firing(-1.0, false));
+}
+
 /// A source's view with `events` counted and `rejected` rejects in the last 24 hours, last
 /// heard from `ago` before now (never, if `None`).
 fn feed(
