@@ -61,6 +61,10 @@ pub struct ChannelStatus {
     pub windows: BTreeMap<&'static str, i64>,
     /// Of those, on time, over each window.
     pub on_time_windows: BTreeMap<&'static str, i64>,
+    /// Completed dossiers over each window's rate plan (a calendar window's whole days before
+    /// today), which shares judged by the rules read, as rates do.
+    #[serde(skip)]
+    pub rate_sums: BTreeMap<&'static str, i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -277,6 +281,7 @@ fn channel_zero() -> ChannelStatus {
     ChannelStatus {
         windows: window_zero(),
         on_time_windows: window_zero(),
+        rate_sums: window_zero(),
         ..ChannelStatus::default()
     }
 }
@@ -305,6 +310,7 @@ fn add(row: &mut ProvinceStatus, metric: &str, counts: &Counts) {
             "n" => {
                 c.completed += counts.total;
                 add_windows(&mut c.windows, &counts.windows);
+                add_windows(&mut c.rate_sums, &counts.rate_sums);
             }
             "ot" => {
                 c.on_time += counts.total;
@@ -347,6 +353,9 @@ fn merge(into: &mut ProvinceStatus, row: &ProvinceStatus) {
         }
         for (w, v) in &c.on_time_windows {
             *n.on_time_windows.entry(w).or_default() += v;
+        }
+        for (w, v) in &c.rate_sums {
+            *n.rate_sums.entry(w).or_default() += v;
         }
     }
     into.procedures.last_event = into.procedures.last_event.max(row.procedures.last_event);

@@ -102,7 +102,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (PACE, "gauge", "province, name, dataset", "Records per day over the 7 whole calendar days before today (Vietnam time)."),
     (NEEDED_PACE, "gauge", "province, name, dataset", "Records per day needed from now to reach the target by the deadline."),
     (DAYS_LEFT, "gauge", "province, name, dataset", "Days to the end of the deadline day (negative once past)."),
-    (ONLINE_SHARE, "gauge", "province, name", "Online end-to-end share of completed procedures over alerts.rules.online_share_window."),
+    (ONLINE_SHARE, "gauge", "province, name", "Online end-to-end share of completed procedures over alerts.rules.online_share_window (its whole days before today)."),
     (ALERT_EVALUATIONS, "counter", "outcome",
      "Stall-rule evaluations: committed, unchanged, conflict (another replica committed first), held (figures not current), error."),
     (ALERT_TRANSITIONS, "counter", "rule, change", "Alert transitions committed (firing, repeated, resolved, completed, flapping: held firing)."),

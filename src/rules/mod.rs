@@ -364,8 +364,19 @@ fn procedures(
     }
     let subject = subject(row, "");
     let w = rules.online_share_window.as_str();
-    let dossiers: i64 = p.channels.values().map(|c| c.windows[w]).sum();
-    let online = p.channels.get("online").map(|c| c.windows[w]).unwrap_or(0);
+    // Over the window's rate plan, as rates are: 7 whole days hold each weekday once, while
+    // 6 days and a part of today weigh weekdays and weekends by the hour, and a share near
+    // the line would fire and resolve with it. Over the window itself while those whole days
+    // hold nothing (dossiers that began today).
+    let over = |sums: fn(&crate::status::ChannelStatus) -> &BTreeMap<&'static str, i64>| {
+        let dossiers: i64 = p.channels.values().map(|c| sums(c)[w]).sum();
+        let online = p.channels.get("online").map_or(0, |c| sums(c)[w]);
+        (dossiers, online)
+    };
+    let (mut dossiers, mut online) = over(|c| &c.rate_sums);
+    if dossiers == 0 {
+        (dossiers, online) = over(|c| &c.windows);
+    }
     let online_share = (dossiers > 0).then(|| online as f64 / dossiers as f64);
     let facts = Facts {
         total: p.completed,

@@ -314,6 +314,41 @@ fn thresholds_resolve_only_past_their_margin() {
     );
 }
 
+/// The online share is judged over the 7 whole days before today, as rates are, not over 6
+/// days and a part of today, whose weekday mix moves with the hour; over the window itself
+/// while those days hold no dossier.
+#[test]
+fn the_online_share_is_judged_over_whole_days() {
+    let targets = Targets::parse(
+        "province,dataset,target,deadline\n01,civil_status,1000000,2024-12-31\n",
+        &datasets(),
+    )
+    .unwrap();
+    let share_low = |online: (i64, i64), other: (i64, i64)| {
+        let mut snap = Snapshot::default();
+        for (field, (window, whole)) in [("n01|p.online.n", online), ("n01|p.in_person.n", other)] {
+            let counts = Counts {
+                total: 1000,
+                windows: [0, 0, window, window],
+                rate_sums: [0, 0, whole, whole],
+            };
+            snap.counts.insert(field.into(), counts);
+        }
+        snap.latest
+            .insert("n01|p".into(), (now() - Duration::hours(1)).timestamp());
+        let status = crate::status::Status::build(&snap, &targets, &datasets(), View::Current34);
+        evaluate_holding(&status, now(), &RuleSettings::default(), &BTreeMap::new())
+            .findings
+            .iter()
+            .any(|f| f.rule == Rule::OnlineShareLow)
+    };
+    // 79% over the window with today's part, 81% over the whole days: not low.
+    assert!(!share_low((79, 81), (21, 19)));
+    assert!(share_low((81, 79), (19, 21)));
+    // Nothing in the whole days yet: the window with today decides.
+    assert!(share_low((60, 0), (40, 0)));
+}
+
 /// Near the deadline a firing projected_miss resolves on half the time left, not the full
 /// margin, which a projection (never before today) could no longer meet.
 #[test]
