@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use chrono::{DateTime, Datelike, FixedOffset, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
 
 /// Vietnam time (UTC+7, no daylight saving): days and the code switch-over are counted in it.
 pub fn vn_offset() -> FixedOffset {
@@ -25,6 +25,77 @@ impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
+}
+
+/// A holiday, or a run of them: a Vietnam calendar date (`2026-04-30`) or two joined by `..`
+/// (`2026-02-14..2026-02-22`, both included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Holiday {
+    pub first: NaiveDate,
+    pub last: NaiveDate,
+}
+
+impl TryFrom<String> for Holiday {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Holiday, String> {
+        let date = |t: &str| {
+            NaiveDate::parse_from_str(t.trim(), "%Y-%m-%d")
+                .map_err(|_| format!("{text:?} is not a date (2026-04-30) or a run of dates (2026-02-14..2026-02-22)"))
+        };
+        let (first, last) = match text.split_once("..") {
+            Some((a, b)) => (date(a)?, date(b)?),
+            None => (date(&text)?, date(&text)?),
+        };
+        if last < first {
+            return Err(format!("{text:?} ends before it begins"));
+        }
+        Ok(Holiday { first, last })
+    }
+}
+
+impl From<Holiday> for String {
+    fn from(h: Holiday) -> String {
+        if h.first == h.last {
+            h.first.to_string()
+        } else {
+            format!("{}..{}", h.first, h.last)
+        }
+    }
+}
+
+/// Seconds of working time in `[from, to)` (unix seconds), counting only Vietnam calendar days
+/// that are neither in `days_off` nor in `holidays`; counting stops once it reaches `enough`.
+/// A feed that is quiet over a weekend or Tết has not stalled: its silence is measured in this.
+pub fn working_seconds(
+    from: i64,
+    to: i64,
+    enough: i64,
+    days_off: &[Weekday],
+    holidays: &[Holiday],
+) -> i64 {
+    const DAY: i64 = 86_400;
+    // A bound on days looked at, when (nearly) every day is off.
+    const MOST_DAYS: i64 = 3 * 366;
+    let local = |t: i64| t + i64::from(vn_offset().local_minus_utc());
+    let (start, end) = (local(from), local(to));
+    let mut worked = 0;
+    let mut day = end.div_euclid(DAY);
+    let first = start.div_euclid(DAY).max(day - MOST_DAYS);
+    while day >= first && worked < enough {
+        let date = DateTime::from_timestamp(day * DAY, 0).map(|t| t.date_naive());
+        let off = date.is_none_or(|d| {
+            days_off.contains(&d.weekday())
+                || holidays.iter().any(|h| (h.first..=h.last).contains(&d))
+        });
+        if !off {
+            let (lo, hi) = ((day * DAY).max(start), ((day + 1) * DAY).min(end));
+            worked += (hi - lo).max(0);
+        }
+        day -= 1;
+    }
+    worked
 }
 
 /// A clock that only moves when told to: for tests.
@@ -109,5 +180,35 @@ mod tests {
         assert_eq!(clock.now(), start);
         clock.advance(chrono::Duration::hours(48));
         assert_eq!(clock.now(), start + chrono::Duration::hours(48));
+    }
+
+    #[test]
+    fn working_time_leaves_out_weekends_and_holidays() {
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap().timestamp();
+        let weekend = [Weekday::Sat, Weekday::Sun];
+        let h = |t: &str| Holiday::try_from(t.to_string()).unwrap();
+        // Last heard on Friday 4 December 2026 at 16:30 Vietnam time.
+        let friday = at("2026-12-04T09:30:00Z");
+        let worked = |to: &str, holidays: &[Holiday]| {
+            working_seconds(friday, at(to), i64::MAX, &weekend, holidays) as f64 / 3600.0
+        };
+        assert_eq!(worked("2026-12-06T09:30:00Z", &[]), 7.5); // Sunday 16:30
+        assert_eq!(worked("2026-12-07T09:30:00Z", &[]), 24.0); // Monday 16:30
+        assert_eq!(worked("2026-12-08T09:30:00Z", &[h("2026-12-07")]), 24.0);
+        assert_eq!(
+            worked("2026-12-10T09:30:00Z", &[h("2026-12-07..2026-12-09")]),
+            24.0
+        );
+        // Every day counts when none is off; counting stops at `enough`.
+        let all = working_seconds(friday, at("2026-12-06T09:30:00Z"), i64::MAX, &[], &[]);
+        assert_eq!(all, 48 * 3600);
+        let some = working_seconds(friday, at("2026-12-30T09:30:00Z"), 3600, &weekend, &[]);
+        assert!((3600..=86_400).contains(&some), "{some}");
+        assert!(Holiday::try_from("2026-02-22..2026-02-14".to_string()).is_err());
+        assert!(Holiday::try_from("Tết".to_string()).is_err());
+        assert_eq!(
+            String::from(h("2026-02-14..2026-02-22")),
+            "2026-02-14..2026-02-22"
+        );
     }
 }

@@ -388,6 +388,12 @@ pub struct RuleSettings {
     /// `procedures_silent`: a province that has reported procedures sends none for this long.
     #[serde(with = "humantime_serde")]
     pub procedures_silent_after: Duration,
+    /// Weekdays whose hours do not count towards `silent_after` and `procedures_silent_after`
+    /// (Vietnam time): a feed quiet over a weekend has not stalled.
+    pub days_off: Vec<chrono::Weekday>,
+    /// Dates and runs of dates likewise (`2026-04-30`, `2026-02-14..2026-02-22`): Tết and
+    /// the other public holidays, as the government sets them each year.
+    pub holidays: Vec<crate::clock::Holiday>,
     /// A firing `behind_pace` resolves only once the 7-day pace is this share above the pace
     /// needed (and a critical one turns warning only this share above the critical line).
     pub pace_resolve_margin: f64,
@@ -518,6 +524,8 @@ impl Default for RuleSettings {
             online_share_window: "7d".into(),
             online_min_dossiers: 50,
             procedures_silent_after: Duration::from_secs(48 * 3600),
+            days_off: vec![chrono::Weekday::Sat, chrono::Weekday::Sun],
+            holidays: Vec::new(),
             pace_resolve_margin: 0.1,
             projection_resolve_margin: Duration::from_secs(7 * 86_400),
             online_share_resolve_margin: 0.02,
@@ -787,6 +795,14 @@ impl Settings {
         if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
             return invalid("http.public_url must be an http:// or https:// URL".into());
         }
+        let days_off: std::collections::BTreeSet<u32> = r
+            .days_off
+            .iter()
+            .map(|d| d.num_days_from_monday())
+            .collect();
+        if days_off.len() == 7 {
+            return invalid("alerts.rules.days_off leaves no working day".into());
+        }
         if !windows.contains(&r.online_share_window.as_str()) {
             return invalid(format!(
                 "alerts.rules.online_share_window must be one of {windows:?}"
@@ -968,5 +984,16 @@ mod tests {
         };
         assert!(with("24h", "7d").is_err());
         assert!(with("7d", "1h").is_ok());
+        let mut s = Settings::default();
+        s.alerts.rules.days_off = vec![
+            chrono::Weekday::Mon,
+            chrono::Weekday::Tue,
+            chrono::Weekday::Wed,
+            chrono::Weekday::Thu,
+            chrono::Weekday::Fri,
+            chrono::Weekday::Sat,
+            chrono::Weekday::Sun,
+        ];
+        assert!(s.validated().is_err());
     }
 }

@@ -244,6 +244,27 @@ fn subject(row: &ProvinceStatus, dataset: &str) -> Subject {
     }
 }
 
+/// Whether a feed last heard from at `last` (never: `None`) is silent at `now`: quiet for
+/// `after` of working time, leaving out `days_off` and `holidays` (a weekend is no stall).
+fn silent(
+    last: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    after: std::time::Duration,
+    rules: &RuleSettings,
+) -> bool {
+    let after = i64::try_from(after.as_secs()).unwrap_or(i64::MAX);
+    last.is_none_or(|at| {
+        let worked = crate::clock::working_seconds(
+            at.timestamp(),
+            now.timestamp(),
+            after,
+            &rules.days_off,
+            &rules.holidays,
+        );
+        worked >= after
+    })
+}
+
 fn find(out: &mut Evaluation, subject: &Subject, rule: Rule, severity: Severity) {
     out.findings.push(Finding {
         key: subject.alert_key(rule),
@@ -260,7 +281,6 @@ fn datasets(
     active: &BTreeMap<String, Severity>,
     out: &mut Evaluation,
 ) {
-    let silent_after = chrono::Duration::from_std(rules.silent_after).unwrap_or_default();
     for (name, d) in &row.datasets {
         let (Some(target), Some(deadline)) = (d.target, d.deadline) else {
             continue;
@@ -304,7 +324,7 @@ fn datasets(
             find(out, &subject, Rule::Completed, Severity::Info);
             continue;
         }
-        if d.last_event.is_none_or(|at| now - at >= silent_after) {
+        if silent(d.last_event, now, rules.silent_after, rules) {
             find(out, &subject, Rule::Silent, Severity::Warning);
         }
         if let Some(needed) = pace_needed {
@@ -387,9 +407,7 @@ fn procedures(
     };
     out.facts
         .insert(subject_key(&subject), (subject.clone(), facts));
-    let silent_after =
-        chrono::Duration::from_std(rules.procedures_silent_after).unwrap_or_default();
-    if p.last_event.is_none_or(|at| now - at >= silent_after) {
+    if silent(p.last_event, now, rules.procedures_silent_after, rules) {
         find(out, &subject, Rule::ProceduresSilent, Severity::Warning);
     }
     if let Some(share) = online_share {

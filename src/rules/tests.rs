@@ -314,6 +314,45 @@ fn thresholds_resolve_only_past_their_margin() {
     );
 }
 
+/// A province that records on weekdays only is not silent on Monday morning; over Tết, listed
+/// as holidays, not at all; with no day off, the weekend counts.
+#[test]
+fn weekends_and_holidays_are_no_silence() {
+    let targets = Targets::parse(
+        "province,dataset,target,deadline\n01,civil_status,1000000,2024-12-31\n",
+        &datasets(),
+    )
+    .unwrap();
+    let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap();
+    // Last heard on Friday 15 November 2024, 16:30 Vietnam time.
+    let mut snap = Snapshot::default();
+    put(&mut snap, "n01|r.civil_status", 500_000, [0; 4], None);
+    let friday = at("2024-11-15T09:30:00Z").timestamp();
+    snap.latest.insert("n01|r.civil_status".into(), friday);
+    let status = crate::status::Status::build(&snap, &targets, &datasets(), View::Current34);
+    let silent = |now: &str, rules: &RuleSettings| {
+        evaluate_holding(&status, at(now), rules, &BTreeMap::new())
+            .findings
+            .iter()
+            .any(|f| f.rule == Rule::Silent)
+    };
+    let rules = RuleSettings::default();
+    // Monday 09:00: 7.5 working hours quiet.
+    assert!(!silent("2024-11-18T02:00:00Z", &rules));
+    // Tuesday 17:00: 48.5.
+    assert!(silent("2024-11-19T10:00:00Z", &rules));
+    let every_day = RuleSettings {
+        days_off: Vec::new(),
+        ..RuleSettings::default()
+    };
+    assert!(silent("2024-11-18T02:00:00Z", &every_day));
+    let holidays = RuleSettings {
+        holidays: vec!["2024-11-18..2024-11-22".to_string().try_into().unwrap()],
+        ..RuleSettings::default()
+    };
+    assert!(!silent("2024-11-22T10:00:00Z", &holidays));
+}
+
 /// The online share is judged over the 7 whole days before today, as rates are, not over 6
 /// days and a part of today, whose weekday mix moves with the hour; over the window itself
 /// while those days hold no dossier.
