@@ -513,6 +513,61 @@ async fn a_question_hours_old_when_read_is_not_answered() {
     }
 }
 
+/// Telegram numbers updates afresh after a week without any, possibly below the offset tiendo
+/// stored; asked with that offset it would take every new update as confirmed, and the bot
+/// would answer nothing again. An offset over a day old is not asked with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_quiet_for_a_week_hears_commands_numbered_afresh() {
+    let env = Env::start();
+    let bot = BotApi::start().await.unwrap();
+    let s = settings(&env, &bot);
+    let now = Utc::now();
+    let chat = |stop: &CancellationToken| {
+        tiendo::run::spawn_chat(
+            &s,
+            stall_targets(now, &s.validation.datasets),
+            ManualClock::new(now),
+            None,
+            stop.clone(),
+        )
+    };
+    let before = bot.say(TASKFORCE, LAN, "lan", "/tinh ninh thuan");
+    let stop = CancellationToken::new();
+    let tasks = chat(&stop).await.unwrap();
+    reply_to(&bot.wait_sent(1, Duration::from_secs(30)).await, before);
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // A week on: the offset stored then is old, and Telegram's next id is lower.
+    let mut conn = store::connect(&s.redis).await.unwrap();
+    let poll = format!("{}:{{alerts}}:poll", s.redis.key_prefix);
+    let week_ago = (now - chrono::Duration::days(7)).timestamp();
+    let _: () = redis::AsyncCommands::hset(&mut conn, &poll, "tg@", week_ago)
+        .await
+        .unwrap();
+    bot.renumber(5);
+    let after = bot.say(TASKFORCE, LAN, "lan", "/tinh cao bang");
+    assert!(after < before);
+    let stop = CancellationToken::new();
+    let tasks = chat(&stop).await.unwrap();
+    let sent = bot.wait_sent(2, Duration::from_secs(30)).await;
+    reply_to(&sent, after);
+    // The offset moved on from the new ids, dated now: the next poll asks with it.
+    let stored = Ledger::new(conn, &s.redis.key_prefix)
+        .poll_offset("tg")
+        .await
+        .unwrap();
+    assert_eq!((stored.next, stored.bot), (after + 1, Some(1)));
+    assert!(stored.moved_at.is_some_and(|t| t >= now.timestamp()));
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(bot.sent().len(), 2);
+}
+
 /// In English by configuration: a province's every dataset with its percent, pace against
 /// the pace needed, projected date and deadline; help and refusals in English too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,7 +736,6 @@ async fn a_refusal_is_logged_and_counted_by_the_running_binary() {
         "{}",
         reply.text
     );
-
     let metrics = common::metrics_page(&format!("http://127.0.0.1:{port}"))
         .await
         .unwrap();

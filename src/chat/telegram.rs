@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Asker, Conversation, Via};
 use crate::config::ReceiverSettings;
 use crate::notify::message::Markup;
-use crate::rules::ledger::{Answered, Digest, Kind, Ledger, LedgerError, Lock, Recipient};
+use crate::rules::ledger::{
+    Answered, AnsweredBy, Digest, Kind, Ledger, LedgerError, Lock, PollOffset, Recipient,
+};
 use crate::telemetry;
 
 /// A message older than this when first read is not answered: it waited while tiendo was down,
@@ -29,6 +31,29 @@ pub const STALE_AFTER_SECONDS: i64 = 600;
 /// Whether a message written at `date` is too old to answer at `now` (0: date unknown).
 fn stale(date: i64, now: i64) -> bool {
     date > 0 && now - date > STALE_AFTER_SECONDS
+}
+
+/// How long a stored offset is worth asking with. Telegram keeps an update 24 hours, and after
+/// a week without any it numbers the next one afresh, possibly below the stored offset: asked
+/// with that offset, Telegram would take every new update as confirmed, and the bot would hear
+/// nothing for good. Past this, nothing the offset stands for is still held, so tiendo asks
+/// without it.
+const OFFSET_KEPT_SECONDS: i64 = 24 * 3600;
+
+/// Whether `stored` still says where `bot` stands at `now`: not over a day old, and not of
+/// another bot (a token changed to a new bot, which numbers its own updates).
+fn offset_holds(stored: &PollOffset, bot: i64, now: i64) -> bool {
+    stored.bot.is_none_or(|b| b == bot)
+        && stored
+            .moved_at
+            .is_none_or(|t| now - t < OFFSET_KEPT_SECONDS)
+}
+
+/// Who the bot is (`getMe`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Me {
+    pub id: i64,
+    pub username: Option<String>,
 }
 
 /// The outbox replies of the bot of receiver `name` wait in; delivered like digests.
@@ -132,13 +157,15 @@ impl Poller {
 
     /// Polls until `shutdown`, then lets go of the lock.
     pub async fn run(self, shutdown: CancellationToken) {
-        let bot = self.username().await;
+        let Some(bot) = self.me(&shutdown).await else {
+            return;
+        };
         let mut backoff = Duration::from_secs(1);
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let wait = match self.poll_once(bot.as_deref(), &shutdown).await {
+            let wait = match self.poll_once(&bot, &shutdown).await {
                 Ok(true) => {
                     backoff = Duration::from_secs(1);
                     continue;
@@ -162,26 +189,50 @@ impl Poller {
         }
     }
 
-    /// The bot's username, so commands addressed to other bots in a group are left alone.
-    async fn username(&self) -> Option<String> {
-        #[derive(Deserialize)]
-        struct Me {
-            username: Option<String>,
+    /// The bot, asked until Telegram answers (`None`: shut down first). Its username tells
+    /// commands addressed to other bots in a group, which must be left alone; its id which
+    /// bot a stored offset belongs to. Polling without them would answer other bots' commands.
+    async fn me(&self, shutdown: &CancellationToken) -> Option<Me> {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let asked = async {
+                let r = self
+                    .client
+                    .get(format!("{}/getMe", self.api))
+                    .send()
+                    .await
+                    .map_err(|e| e.without_url().to_string())?;
+                let status = r.status();
+                let body: Response<Me> = r
+                    .json()
+                    .await
+                    .map_err(|e| format!("HTTP {status}: {}", e.without_url()))?;
+                body.result.ok_or_else(|| {
+                    format!("HTTP {status}: {}", body.description.unwrap_or_default())
+                })
+            };
+            match asked.await {
+                Ok(me) => return Some(me),
+                Err(error) => tracing::warn!(
+                    receiver = self.name,
+                    error,
+                    retry_in = ?backoff,
+                    "chat commands: the bot could not be named (getMe); not polling yet"
+                ),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
         }
-        let r = self
-            .client
-            .get(format!("{}/getMe", self.api))
-            .send()
-            .await
-            .ok()?;
-        r.json::<Response<Me>>().await.ok()?.result?.username
     }
 
     /// One long poll and the answers to what it brought, if this replica holds the lock.
     /// `Ok(false)`: another replica does.
     pub async fn poll_once(
         &self,
-        bot: Option<&str>,
+        bot: &Me,
         shutdown: &CancellationToken,
     ) -> Result<bool, PollError> {
         let Some(lock) = self
@@ -191,7 +242,26 @@ impl Poller {
         else {
             return Ok(false);
         };
-        let offset = self.ledger.poll_offset(&self.name).await?;
+        let stored = self.ledger.poll_offset(&self.name).await?;
+        let now = chrono::Utc::now().timestamp();
+        if stored.moved_at.is_none() && stored.next > 0 {
+            self.ledger.date_poll_offset(&self.name, now).await?;
+        }
+        let afresh = !offset_holds(&stored, bot.id, now);
+        if afresh && stored.next > 0 {
+            tracing::info!(
+                receiver = self.name,
+                stored = stored.next,
+                "chat commands: the stored update offset is over a day old or another bot's; asking without it"
+            );
+        }
+        let offset = if afresh { 0 } else { stored.next };
+        let by = AnsweredBy {
+            bot: bot.id,
+            at: now,
+            afresh,
+            lock_ttl_ms: self.lock_ttl_ms(),
+        };
         let request = self
             .client
             .post(format!("{}/getUpdates", self.api))
@@ -224,7 +294,7 @@ impl Poller {
             if update.update_id < offset {
                 continue;
             }
-            if !self.answer(&lock, &update, bot).await? {
+            if !self.answer(&lock, &update, bot, &by).await? {
                 break;
             }
         }
@@ -236,7 +306,8 @@ impl Poller {
         &self,
         lock: &Lock,
         update: &Update,
-        bot: Option<&str>,
+        bot: &Me,
+        by: &AnsweredBy,
     ) -> Result<bool, PollError> {
         let next = update.update_id + 1;
         let asked = update.message.as_ref().and_then(|m| {
@@ -267,7 +338,13 @@ impl Poller {
                         .unwrap_or_else(|| from.first_name.clone()),
                 };
                 self.conversation
-                    .answer(text, &asker, bot, self.language, Markup::TelegramHtml)
+                    .answer(
+                        text,
+                        &asker,
+                        bot.username.as_deref(),
+                        self.language,
+                        Markup::TelegramHtml,
+                    )
                     .await?
                     .map(|a| (a, m.chat.id, m.message_id))
             }
@@ -293,9 +370,34 @@ impl Poller {
                 next,
                 reply.as_ref().map(|d| (outbox.as_str(), d)),
                 change,
-                self.lock_ttl_ms(),
+                by,
             )
             .await?;
         Ok(recorded != Answered::LockLost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_holds_for_a_day_and_for_its_own_bot() {
+        let now = 1_800_000_000;
+        let at = |moved_at, bot| PollOffset {
+            next: 1001,
+            moved_at,
+            bot,
+        };
+        assert!(offset_holds(&at(Some(now - 60), Some(7)), 7, now));
+        // Written by a version that kept neither: dated when first read, so it ages from then.
+        assert!(offset_holds(&at(None, None), 7, now));
+        assert!(!offset_holds(
+            &at(Some(now - OFFSET_KEPT_SECONDS), Some(7)),
+            7,
+            now
+        ));
+        // The token now names another bot, which numbers its own updates.
+        assert!(!offset_holds(&at(Some(now - 60), Some(8)), 7, now));
     }
 }

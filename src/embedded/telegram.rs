@@ -101,6 +101,12 @@ impl BotApi {
         id
     }
 
+    /// Numbers the next updates from `id` on, as Telegram does after a week without any (at
+    /// random, so possibly below ids already handed out).
+    pub fn renumber(&self, id: i64) {
+        self.shared.0.lock().expect("stand-in state").next_id = id;
+    }
+
     /// The next `n` requests of any method fail with `status`.
     pub fn fail_next(&self, n: usize, status: u16) {
         let mut s = self.shared.0.lock().expect("stand-in state");

@@ -501,19 +501,42 @@ return 1
 const ANSWERED: &str = r"
 -- KEYS: lock, poll offsets, reply outbox, silences.
 -- ARGV: token, poller name, next offset, reply or '', silence op ('', 'add', 'del'), silence
---       id, silence json, lock ttl ms.
+--       id, silence json, lock ttl ms, bot id, now (unix s), '1' if ids started afresh.
 -- Moves the offset past one update together with what answering it did, once: a replica
 -- that lost the lock, or an update already answered, changes nothing. Extends the lock.
+-- Beside the offset: when it moved and for which bot (see PollOffset).
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
-if cur >= tonumber(ARGV[3]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[11] ~= '1' and cur >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3], ARGV[2] .. '@', ARGV[10], ARGV[2] .. '#', ARGV[9])
 if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[4]) end
 if ARGV[5] == 'add' then redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
 elseif ARGV[5] == 'del' then redis.call('HDEL', KEYS[4], ARGV[6]) end
 return 1
 ";
+
+/// Where a Telegram poller stands: the next update id to ask for, when it last moved (unix
+/// seconds) and for which bot; `None` where written by a version that did not keep them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollOffset {
+    pub next: i64,
+    pub moved_at: Option<i64>,
+    pub bot: Option<i64>,
+}
+
+/// How an update was answered (see [`Ledger::answered`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AnsweredBy {
+    /// The bot's id, and when (unix seconds).
+    pub bot: i64,
+    pub at: i64,
+    /// The ids were read without the stored offset (see [`PollOffset`]), so one lower than it
+    /// is new, not answered before.
+    pub afresh: bool,
+    /// How long the poll lock is extended.
+    pub lock_ttl_ms: u64,
+}
 
 /// A change to the silences that answering a chat command makes.
 #[derive(Debug, Clone, PartialEq)]
@@ -817,16 +840,35 @@ impl Ledger {
             .collect::<Result<_, _>>()?)
     }
 
-    /// The next update id poller `name` asks for (0: none seen yet).
-    pub async fn poll_offset(&self, name: &str) -> Result<i64, LedgerError> {
+    /// Where poller `name` stands (next 0: no update seen yet).
+    pub async fn poll_offset(&self, name: &str) -> Result<PollOffset, LedgerError> {
         let mut conn = self.conn.clone();
-        let v: Option<i64> = conn.hget(self.key("poll"), name).await?;
-        Ok(v.unwrap_or(0))
+        let (next, moved_at, bot): (Option<i64>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.key("poll"))
+            .arg(name)
+            .arg(format!("{name}@"))
+            .arg(format!("{name}#"))
+            .query_async(&mut conn)
+            .await?;
+        Ok(PollOffset {
+            next: next.unwrap_or(0),
+            moved_at,
+            bot,
+        })
+    }
+
+    /// Dates an offset an older version wrote without a time, so that it can age from now.
+    pub async fn date_poll_offset(&self, name: &str, now: i64) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset_nx(self.key("poll"), format!("{name}@"), now)
+            .await?;
+        Ok(())
     }
 
     /// Records that poller `name` (holding `lock`) answered every update before `next`: the
     /// reply goes to `reply_outbox` and the silence change is made, in the same step, and the
-    /// lock is extended by `ttl_ms`.
+    /// lock is extended.
     pub async fn answered(
         &self,
         lock: &Lock,
@@ -834,7 +876,7 @@ impl Ledger {
         next: i64,
         reply: Option<(&str, &Digest)>,
         change: Option<&SilenceChange>,
-        ttl_ms: u64,
+        by: &AnsweredBy,
     ) -> Result<Answered, LedgerError> {
         let script = Script::new(ANSWERED);
         let mut inv = script.prepare_invoke();
@@ -852,7 +894,10 @@ impl Ledger {
             Some(SilenceChange::Add(s)) => inv.arg("add").arg(&s.id).arg(serde_json::to_string(s)?),
             Some(SilenceChange::Remove(id)) => inv.arg("del").arg(id).arg(""),
         };
-        inv.arg(ttl_ms);
+        inv.arg(by.lock_ttl_ms)
+            .arg(by.bot)
+            .arg(by.at)
+            .arg(if by.afresh { "1" } else { "0" });
         let mut conn = self.conn.clone();
         let got: i64 = inv.invoke_async(&mut conn).await?;
         Ok(match got {
