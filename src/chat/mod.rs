@@ -90,6 +90,9 @@ pub struct Conversation {
     silencers: BTreeSet<String>,
 }
 
+/// A Telegram chat not in `commands.chats` is told so at most once in this long.
+const REFUSE_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl Conversation {
     pub fn new(
         store: Store,
@@ -174,6 +177,22 @@ impl Conversation {
         };
         let name = verb.map_or("unknown", Verb::as_str);
         if !self.chats.contains(&asker.chat) {
+            count(asker.via, name, Outcome::Refused);
+            // Telegram's refusals wait in the reply outbox with the task force's answers: a
+            // stranger sending a command a second must not hold those up, so one an hour.
+            if asker.via == Via::Telegram
+                && !self
+                    .ledger
+                    .refusal_due(&asker.chat, REFUSE_AGAIN_AFTER)
+                    .await?
+            {
+                tracing::debug!(
+                    chat = asker.chat,
+                    command = name,
+                    "refused again: not answered"
+                );
+                return Ok(None);
+            }
             tracing::warn!(
                 via = asker.via.as_str(),
                 chat = asker.chat,
@@ -181,7 +200,6 @@ impl Conversation {
                 command = name,
                 "chat command from a chat not in commands.chats: refused"
             );
-            count(asker.via, name, Outcome::Refused);
             let text = if vi {
                 format!(
                     "Xin lỗi, tiendo chỉ trả lời các nhóm đã được cấu hình. Nhờ quản trị viên thêm nhóm này (mã {}) vào commands.chats.",

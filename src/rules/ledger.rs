@@ -840,6 +840,25 @@ impl Ledger {
             .collect::<Result<_, _>>()?)
     }
 
+    /// Whether `chat`, not one tiendo answers, may be told so now: `true` at most once in
+    /// `every`.
+    pub async fn refusal_due(
+        &self,
+        chat: &str,
+        every: std::time::Duration,
+    ) -> Result<bool, LedgerError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(&format!("refused:{chat}")))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(every.as_secs().max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Where poller `name` stands (next 0: no update seen yet).
     pub async fn poll_offset(&self, name: &str) -> Result<PollOffset, LedgerError> {
         let mut conn = self.conn.clone();
