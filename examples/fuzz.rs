@@ -370,7 +370,7 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
     };
     for (m, max) in [(Markup::TelegramHtml, 4096), (Markup::Slack, 3500)] {
         let mut texts = vec![
-            reply::alert_line(&piece(0), &alert, lang, m),
+            reply::alert_line(&piece(0), &alert, Some(&piece(1)), lang, m),
             reply::silence_line(&silence, lang, m),
             reply::silenced(&silence, &piece(5), lang, m),
             reply::help(lang, m, &settings),

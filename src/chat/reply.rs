@@ -270,7 +270,10 @@ pub fn province(v: &Province<'_>, lang: Language, m: Markup) -> String {
     } else {
         lines.push(m.bold(if vi { "Cảnh báo" } else { "Alerts" }));
         for (key, state) in v.alerts {
-            lines.push(alert_line(key, state, lang, m));
+            // Alerts are kept in one table: asked of a unit of the other, they belong to the
+            // unit it is now part of, or to its parts, and say which.
+            let of = unit_of(key).filter(|u| *u != v.unit).map(unit_name);
+            lines.push(alert_line(key, state, of.as_deref(), lang, m));
         }
     }
     for silence in v.silences {
@@ -279,8 +282,27 @@ pub fn province(v: &Province<'_>, lang: Language, m: Markup) -> String {
     lines.join("\n")
 }
 
-/// `🔴 Hộ tịch: chậm tiến độ (nghiêm trọng) từ 20/11/2026 08:00`.
-pub fn alert_line(key: &str, state: &AlertState, lang: Language, m: Markup) -> String {
+/// The unit an alert key (`34:48:civil_status:silent`) is about.
+fn unit_of(key: &str) -> Option<Unit> {
+    let (scheme, rest) = key.split_once(':')?;
+    let scheme = match scheme {
+        "34" => Scheme::Current34,
+        "63" => Scheme::Legacy63,
+        _ => return None,
+    };
+    let code = rest.split(':').next()?.parse().ok()?;
+    Some(Unit { scheme, code })
+}
+
+/// `🔴 Hộ tịch: chậm tiến độ (nghiêm trọng) từ 20/11/2026 08:00`, with `of` (a unit's name)
+/// after the icon when the alert is another unit's.
+pub fn alert_line(
+    key: &str,
+    state: &AlertState,
+    of: Option<&str>,
+    lang: Language,
+    m: Markup,
+) -> String {
     let mut parts = key.rsplitn(3, ':');
     let rule = parts.next().and_then(Rule::parse);
     let what = parts.next().unwrap_or_default();
@@ -296,8 +318,9 @@ pub fn alert_line(key: &str, state: &AlertState, lang: Language, m: Markup) -> S
     } else {
         "since"
     };
+    let of = of.map(|u| format!("{u} · ")).unwrap_or_default();
     m.escape(&format!(
-        "{icon} {dataset}: {rule} ({}) {since} {}",
+        "{icon} {of}{dataset}: {rule} ({}) {since} {}",
         severity_text(state.severity, lang),
         time(state.since)
     ))
@@ -407,4 +430,45 @@ pub fn usage(verb: Verb, lang: Language, m: Markup, settings: &Settings) -> Stri
         )));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/tinh quang nam` in the 34-unit view lists Đà Nẵng's alerts: they say whose they are.
+    #[test]
+    fn another_units_alert_says_whose_it_is() {
+        assert_eq!(
+            unit_of("34:48:civil_status:silent"),
+            Some(Unit {
+                scheme: Scheme::Current34,
+                code: 48
+            })
+        );
+        assert_eq!(unit_of("x:48:civil_status:silent"), None);
+        let state = AlertState {
+            phase: crate::rules::state::Phase::Firing,
+            since: Utc::now(),
+            severity: Severity::Warning,
+            fired_at: None,
+            notified_at: None,
+            next_severity: None,
+            absent_since: None,
+            resolutions: Vec::new(),
+            flapping: false,
+        };
+        let key = "34:48:civil_status:silent";
+        let of = unit_of(key).map(unit_name);
+        let line = alert_line(
+            key,
+            &state,
+            of.as_deref(),
+            Language::Vi,
+            Markup::TelegramHtml,
+        );
+        assert!(line.starts_with("🟠 Đà Nẵng (34:48) · "), "{line}");
+        let own = alert_line(key, &state, None, Language::Vi, Markup::TelegramHtml);
+        assert!(!own.contains("Đà Nẵng"), "{own}");
+    }
 }
