@@ -29,6 +29,11 @@ const FOLDS: [(&str, char); 7] = [
 pub fn fold(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars().flat_map(char::to_lowercase) {
+        // Text typed as base letters and combining marks (decomposed, as some Vietnamese
+        // keyboards send it): the marks go, as the precomposed letters' do below.
+        if ('\u{300}'..='\u{36f}').contains(&c) {
+            continue;
+        }
         let c = FOLDS
             .iter()
             .find(|(set, _)| set.contains(c))
@@ -181,6 +186,19 @@ mod tests {
         assert_eq!(one("15", Scheme::Legacy63), "o15");
         assert_eq!(one("63:15", cur), "o15");
         assert_eq!(one("Khánh Hòa", cur), "n56");
+        // Decomposed: base letters followed by combining marks.
+        assert_eq!(one("Ninh Thua\u{323}\u{302}n", cur), "o58");
+        assert_eq!(
+            one(
+                "Tha\u{300}nh pho\u{302}\u{301} Ho\u{302}\u{300} Chi\u{301} Minh",
+                cur
+            ),
+            "n79"
+        );
+        assert_eq!(
+            one("Bi\u{300}nh Du\u{31b}o\u{31b}ng", Scheme::Legacy63),
+            "o74"
+        );
     }
 
     #[test]
