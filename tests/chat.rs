@@ -535,6 +535,12 @@ async fn a_bot_quiet_for_a_week_hears_commands_numbered_afresh() {
     let stop = CancellationToken::new();
     let tasks = chat(&stop).await.unwrap();
     reply_to(&bot.wait_sent(1, Duration::from_secs(30)).await, before);
+    // Confirmed by the next poll, as a week of polls would have.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bot.unconfirmed() > 0 {
+        assert!(Instant::now() < deadline, "not confirmed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.cancel();
     for t in tasks {
         t.await.unwrap();
@@ -555,7 +561,7 @@ async fn a_bot_quiet_for_a_week_hears_commands_numbered_afresh() {
     let sent = bot.wait_sent(2, Duration::from_secs(30)).await;
     reply_to(&sent, after);
     // The offset moved on from the new ids, dated now: the next poll asks with it.
-    let stored = Ledger::new(conn, &s.redis.key_prefix)
+    let stored = Ledger::new(conn.clone(), &s.redis.key_prefix)
         .poll_offset("tg")
         .await
         .unwrap();
@@ -565,7 +571,27 @@ async fn a_bot_quiet_for_a_week_hears_commands_numbered_afresh() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(bot.sent().len(), 2);
+
+    // Read afresh again, an update whose id was answered within the day (one a poller
+    // stopped before confirming, handed out again) is not answered twice.
+    let _: () = redis::AsyncCommands::hset(&mut conn, &poll, "tg@", week_ago)
+        .await
+        .unwrap();
+    bot.renumber(after);
+    assert_eq!(bot.say(TASKFORCE, LAN, "lan", "/tinh cao bang"), after);
+    let stop = CancellationToken::new();
+    let tasks = chat(&stop).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bot.unconfirmed() > 0 {
+        assert!(Instant::now() < deadline, "not read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(bot.sent().len(), 2, "{:#?}", bot.sent());
 }
 
 /// In English by configuration: a province's every dataset with its percent, pace against

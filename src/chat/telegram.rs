@@ -9,6 +9,7 @@
 //! lost or handled twice, across restarts and failovers. Only a crash while a reply is on its
 //! way to Telegram, which takes no idempotency key, may send that one reply again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,12 +42,14 @@ fn stale(date: i64, now: i64) -> bool {
 const OFFSET_KEPT_SECONDS: i64 = 24 * 3600;
 
 /// Whether `stored` still says where `bot` stands at `now`: not over a day old, and not of
-/// another bot (a token changed to a new bot, which numbers its own updates).
+/// another bot (a token changed to a new bot, which numbers its own updates). One an older
+/// version wrote, without a time, may be any age: not asked with either. Ids read afresh are
+/// checked against those answered in the last day instead (see the ANSWERED script).
 fn offset_holds(stored: &PollOffset, bot: i64, now: i64) -> bool {
     stored.bot.is_none_or(|b| b == bot)
         && stored
             .moved_at
-            .is_none_or(|t| now - t < OFFSET_KEPT_SECONDS)
+            .is_some_and(|t| now - t < OFFSET_KEPT_SECONDS)
 }
 
 /// Who the bot is (`getMe`).
@@ -118,6 +121,8 @@ pub struct Poller {
     timeout: Duration,
     language: crate::config::Language,
     token: String,
+    /// Whether asking without the stored offset was logged (once, not every poll).
+    told_afresh: AtomicBool,
 }
 
 impl Poller {
@@ -141,6 +146,7 @@ impl Poller {
             timeout,
             language: receiver.language.unwrap_or(settings.alerts.language),
             token: format!("{}-poll-{}", std::process::id(), fastrand::u64(..)),
+            told_afresh: AtomicBool::new(false),
             conversation,
         }
     }
@@ -244,11 +250,8 @@ impl Poller {
         };
         let stored = self.ledger.poll_offset(&self.name).await?;
         let now = chrono::Utc::now().timestamp();
-        if stored.moved_at.is_none() && stored.next > 0 {
-            self.ledger.date_poll_offset(&self.name, now).await?;
-        }
         let afresh = !offset_holds(&stored, bot.id, now);
-        if afresh && stored.next > 0 {
+        if afresh && stored.next > 0 && !self.told_afresh.swap(true, Ordering::Relaxed) {
             tracing::info!(
                 receiver = self.name,
                 stored = stored.next,
@@ -390,8 +393,8 @@ mod tests {
             bot,
         };
         assert!(offset_holds(&at(Some(now - 60), Some(7)), 7, now));
-        // Written by a version that kept neither: dated when first read, so it ages from then.
-        assert!(offset_holds(&at(None, None), 7, now));
+        // Written by a version that kept neither: of any age.
+        assert!(!offset_holds(&at(None, None), 7, now));
         assert!(!offset_holds(
             &at(Some(now - OFFSET_KEPT_SECONDS), Some(7)),
             7,

@@ -499,17 +499,34 @@ return 1
 "#;
 
 const ANSWERED: &str = r"
--- KEYS: lock, poll offsets, reply outbox, silences.
+-- KEYS: lock, poll offsets, reply outbox, silences, the poller's answered ids.
 -- ARGV: token, poller name, next offset, reply or '', silence op ('', 'add', 'del'), silence
---       id, silence json, lock ttl ms, bot id, now (unix s), '1' if ids started afresh.
+--       id, silence json, lock ttl ms, bot id, now (unix s), '1' if ids were read afresh.
 -- Moves the offset past one update together with what answering it did, once: a replica
 -- that lost the lock, or an update already answered, changes nothing. Extends the lock.
--- Beside the offset: when it moved and for which bot (see PollOffset).
+-- Beside the offset: when it moved and for which bot (see PollOffset). Ids read afresh may
+-- lie below the offset, so an update counts as answered if its id was in the last day's; the
+-- offset still moves past it, or Telegram would hand it out again and again.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
-local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
-if ARGV[11] ~= '1' and cur >= tonumber(ARGV[3]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3], ARGV[2] .. '@', ARGV[10], ARGV[2] .. '#', ARGV[9])
+local id = tonumber(ARGV[3]) - 1
+local now = tonumber(ARGV[10])
+local function moved()
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3], ARGV[2] .. '@', ARGV[10], ARGV[2] .. '#', ARGV[9])
+end
+if ARGV[11] == '1' then
+  local at = redis.call('ZSCORE', KEYS[5], id)
+  if at and now - tonumber(at) < 86400 then
+    moved()
+    return 0
+  end
+else
+  local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+  if cur >= tonumber(ARGV[3]) then return 0 end
+end
+moved()
+redis.call('ZADD', KEYS[5], now, id)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 86400)
 if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[4]) end
 if ARGV[5] == 'add' then redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
 elseif ARGV[5] == 'del' then redis.call('HDEL', KEYS[4], ARGV[6]) end
@@ -518,6 +535,7 @@ return 1
 
 /// Where a Telegram poller stands: the next update id to ask for, when it last moved (unix
 /// seconds) and for which bot; `None` where written by a version that did not keep them.
+/// Beside it, the ids answered in the last day, which ids read afresh are checked against.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PollOffset {
     pub next: i64,
@@ -876,15 +894,6 @@ impl Ledger {
         })
     }
 
-    /// Dates an offset an older version wrote without a time, so that it can age from now.
-    pub async fn date_poll_offset(&self, name: &str, now: i64) -> Result<(), LedgerError> {
-        let mut conn = self.conn.clone();
-        let _: () = conn
-            .hset_nx(self.key("poll"), format!("{name}@"), now)
-            .await?;
-        Ok(())
-    }
-
     /// Records that poller `name` (holding `lock`) answered every update before `next`: the
     /// reply goes to `reply_outbox` and the silence change is made, in the same step, and the
     /// lock is extended.
@@ -902,7 +911,8 @@ impl Ledger {
         inv.key(self.key(&format!("lock:{}", lock.outbox)))
             .key(self.key("poll"))
             .key(self.outbox_key(reply.map_or("none", |(o, _)| o)))
-            .key(self.key("silences"));
+            .key(self.key("silences"))
+            .key(self.key(&format!("answered:{name}")));
         inv.arg(&lock.token).arg(name).arg(next);
         match reply {
             Some((_, d)) => inv.arg(serde_json::to_string(d)?),
