@@ -483,17 +483,17 @@ impl Storer {
             .filter(|(_, c)| !c.unverified && c.rewinding.is_none())
             .filter_map(|(k, c)| Some((*k, c.stored?)))
             .collect();
-        if known.is_empty() {
-            return;
-        }
-        let parts: Vec<(&str, i32)> = known
-            .iter()
-            .map(|((t, p), _)| (self.topics[*t].as_str(), *p))
-            .collect();
-        let (stored, listed) =
-            futures::join!(self.store.offsets(&parts), self.store.relist(&parts));
+        let name = |(t, p): (usize, i32)| (self.topics[t].as_str(), p);
+        // Every partition held, those not yet verified included: listing one with nothing
+        // stored is harmless, leaving out one that stored is not.
+        let held: Vec<(&str, i32)> = self.cursors.keys().map(|k| name(*k)).collect();
+        let parts: Vec<(&str, i32)> = known.iter().map(|(k, _)| name(*k)).collect();
+        let (stored, listed) = futures::join!(self.store.offsets(&parts), self.store.relist(&held));
         if let Err(error) = listed {
             tracing::debug!(%error, "partitions not listed again");
+        }
+        if known.is_empty() {
+            return;
         }
         let stored = match stored {
             Ok(s) => s,

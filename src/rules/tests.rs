@@ -23,6 +23,7 @@ fn put(snap: &mut Snapshot, field: &str, total: i64, windows: [i64; 4], last: Op
         total,
         windows,
         rate_sums: windows,
+        ..Counts::default()
     };
     snap.counts.insert(field.to_string(), counts);
     if let Some(ago) = last {
@@ -337,7 +338,7 @@ fn weekends_and_holidays_are_no_silence() {
             .any(|f| f.rule == Rule::Silent)
     };
     let rules = RuleSettings::default();
-    // Monday 09:00: 7.5 working hours quiet.
+    // Monday 09:00: 16.5 working hours quiet (7.5 on Friday, 9 on Monday).
     assert!(!silent("2024-11-18T02:00:00Z", &rules));
     // Tuesday 17:00: 48.5.
     assert!(silent("2024-11-19T10:00:00Z", &rules));
@@ -370,6 +371,7 @@ fn the_online_share_is_judged_over_whole_days() {
                 total: 1000,
                 windows: [0, 0, window, window],
                 rate_sums: [0, 0, whole, whole],
+                ..Counts::default()
             };
             snap.counts.insert(field.into(), counts);
         }
