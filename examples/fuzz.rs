@@ -463,6 +463,7 @@ fn province_row(input: &[u8], unit: Unit, name: &str, datasets: &[String]) -> Pr
             },
             windows: [("7d", b as i64 * 977)].into_iter().collect(),
             rate_sums: [("7d", b as i64 * 911)].into_iter().collect(),
+            rate_from: BTreeMap::new(),
             target: (b % 3 != 0).then_some(b as u64 * 10_007),
             deadline: (b % 4 != 0).then(|| NaiveDate::from_ymd_opt(2026, 12, 31).unwrap()),
             percent: (b % 3 != 0).then(|| figure(b)),

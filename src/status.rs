@@ -24,6 +24,9 @@ pub struct DatasetStatus {
     /// The sums a rate over each window reads (see [`DatasetStatus::rate`]).
     #[serde(skip)]
     pub rate_sums: BTreeMap<&'static str, i64>,
+    /// Per calendar window, the first day of its rate sum with a count (see `rate`).
+    #[serde(skip)]
+    pub rate_from: BTreeMap<&'static str, i64>,
     pub target: Option<u64>,
     pub deadline: Option<NaiveDate>,
     /// Percent of target done, when there is a target.
@@ -38,7 +41,9 @@ impl DatasetStatus {
     /// the time it covers for a rolling one. See [`crate::buckets::Window::rate_plan`]. With
     /// nothing in those whole days but something today (a feed that starts today, or comes
     /// back from a silence), the rate is over the window with today's part, so that a first
-    /// day's work is not read as none.
+    /// day's work is not read as none. A feed younger than a calendar window (all it ever
+    /// counted lies in the window) divides by the whole days since its first, not by the
+    /// window's: one started three days ago at the pace needed is not a third as fast.
     pub fn rate(&self, name: &str, now: DateTime<Utc>) -> f64 {
         let Some(w) = crate::buckets::Window::named(name) else {
             return 0.0;
@@ -46,10 +51,16 @@ impl DatasetStatus {
         let sum = self.rate_sums.get(name).copied().unwrap_or(0);
         let window = self.windows.get(name).copied().unwrap_or(0);
         if sum == 0 && window > 0 {
-            window as f64 / w.days(now)
-        } else {
-            sum as f64 / w.rate_days(now)
+            return window as f64 / w.days(now);
         }
+        let days = match self.rate_from.get(name) {
+            Some(&first) if w.calendar_days().is_some() && self.total == window => {
+                let today = crate::buckets::Tier::Day.bucket(now.timestamp());
+                ((today - first).max(1) as f64).min(w.rate_days(now))
+            }
+            _ => w.rate_days(now),
+        };
+        sum as f64 / days
     }
 }
 
@@ -286,6 +297,13 @@ fn channel_zero() -> ChannelStatus {
     }
 }
 
+/// Keeps the earlier of the day held for `window` and `day`.
+fn earliest(into: &mut BTreeMap<&'static str, i64>, window: &'static str, day: i64) {
+    into.entry(window)
+        .and_modify(|d| *d = (*d).min(day))
+        .or_insert(day);
+}
+
 fn add_windows(into: &mut BTreeMap<&'static str, i64>, counts: &[i64]) {
     for (w, v) in WINDOWS.iter().zip(counts) {
         *into.entry(w.name).or_default() += v;
@@ -298,6 +316,11 @@ fn add(row: &mut ProvinceStatus, metric: &str, counts: &Counts) {
             d.total += counts.total;
             add_windows(&mut d.windows, &counts.windows);
             add_windows(&mut d.rate_sums, &counts.rate_sums);
+            for (w, from) in WINDOWS.iter().zip(counts.rate_from) {
+                if let Some(from) = from {
+                    earliest(&mut d.rate_from, w.name, from);
+                }
+            }
         }
     } else if let Some(rest) = metric.strip_prefix("p.") {
         let Some((channel, what)) = rest.rsplit_once('.') else {
@@ -333,6 +356,9 @@ fn merge(into: &mut ProvinceStatus, row: &ProvinceStatus) {
         }
         for (w, v) in &d.rate_sums {
             *n.rate_sums.entry(w).or_default() += v;
+        }
+        for (&w, &from) in &d.rate_from {
+            earliest(&mut n.rate_from, w, from);
         }
         if let Some(t) = d.target {
             n.target = Some(n.target.unwrap_or(0) + t);
@@ -388,6 +414,7 @@ mod tests {
                     total: *v,
                     windows: [*v; 4],
                     rate_sums: [*v; 4],
+                    ..Counts::default()
                 },
             );
         }
@@ -409,6 +436,26 @@ mod tests {
         assert!((today_only - 6_500.0 / days).abs() < 1e-9, "{today_only}");
         assert_eq!(d(0, 0).rate("7d", now), 0.0);
         assert_eq!(d(7_000, 7_000).rate("9d", now), 0.0);
+    }
+
+    #[test]
+    fn a_feed_younger_than_the_window_is_rated_over_its_own_days() {
+        let now: DateTime<Utc> = "2024-10-03T08:37:12Z".parse().unwrap();
+        let today = crate::buckets::Tier::Day.bucket(now.timestamp());
+        // Started two days ago (1 October) at 10,000 a day; 5,000 so far today.
+        let young = |total: i64| DatasetStatus {
+            total,
+            windows: [("7d", 25_000), ("30d", 25_000)].into_iter().collect(),
+            rate_sums: [("7d", 20_000), ("30d", 20_000)].into_iter().collect(),
+            rate_from: [("7d", today - 2), ("30d", today - 2)]
+                .into_iter()
+                .collect(),
+            ..DatasetStatus::default()
+        };
+        assert_eq!(young(25_000).rate("7d", now), 10_000.0);
+        assert_eq!(young(25_000).rate("30d", now), 10_000.0);
+        // Counted before the window too (a feed that paused): over the whole window.
+        assert_eq!(young(40_000).rate("7d", now), 20_000.0 / 7.0);
     }
 
     fn ds() -> Vec<String> {

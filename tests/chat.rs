@@ -183,9 +183,12 @@ async fn commands_from_two_users_in_two_chats_are_answered_and_strangers_refused
             lines[1].starts_with("mã 01 (bảng 34 tỉnh) · số liệu lúc "),
             "{t}"
         );
+        // Hà Nội began five days ago (just before): a rate over its own whole days.
+        let first = now - chrono::Duration::days(5) - chrono::Duration::minutes(4);
+        let day = |t: DateTime<Utc>| tiendo::buckets::Tier::Day.bucket(t.timestamp());
         let head = format!(
             "<b>Hộ tịch</b>: 50,0% (500.000/1.000.000) · 7 ngày: {}/ngày, cần ",
-            thousands(500_000.0 / rate_days("7d", now)).replace(',', ".")
+            thousands(500_000.0 / (day(now) - day(first)) as f64).replace(',', ".")
         );
         assert!(lines[2].starts_with(&head), "{t}\nwanted {head}");
         assert!(
@@ -653,8 +656,9 @@ async fn english_replies_show_every_dataset_with_its_projection() {
         lines[1].starts_with("code 11 (34-unit table) · figures at "),
         "{t}"
     );
+    // A feed six days old: its rates divide by its six whole days, not by the window's.
     let check = |line: &str, name: &str, total: f64, target: f64| {
-        let week = total / rate_days("7d", now);
+        let week = total / 6.0;
         let head = format!(
             "<b>{name}</b>: {:.1}% ({}/{}) · 7 days: {}/day, needs ",
             100.0 * total / target,
@@ -664,7 +668,7 @@ async fn english_replies_show_every_dataset_with_its_projection() {
         );
         assert!(line.starts_with(&head), "{line}\nwanted {head}");
         // Projected at the rate of the projection window (30 days, all of these events).
-        let rate = total / rate_days("30d", now);
+        let rate = total / 6.0;
         let projected = local(now + Span::seconds(((target - total) / rate * 86_400.0) as i64));
         let projected = format!(" · projected {} · ", projected.format("%d/%m/%Y"));
         assert!(line.contains(&projected), "{line}\nwanted {projected}");
@@ -692,12 +696,6 @@ async fn english_replies_show_every_dataset_with_its_projection() {
         "Sorry, you may not silence or unsilence alerts. Ask an administrator to add your user id to commands.silencers."
     );
     stop.cancel();
-}
-
-/// Days the replies divide a window's sum by for a rate per day: 7 and 30 for the calendar
-/// windows, whose rates read the whole days before today.
-fn rate_days(name: &str, now: DateTime<Utc>) -> f64 {
-    tiendo::buckets::Window::named(name).unwrap().rate_days(now)
 }
 
 /// `1234567.8` as English text shows it: `1,234,568`.

@@ -17,6 +17,10 @@ pub struct Counts {
     pub total: i64,
     pub windows: [i64; WINDOWS.len()],
     pub rate_sums: [i64; WINDOWS.len()],
+    /// For a calendar window, the first day bucket of its rate plan with a count: a rate over
+    /// a feed younger than the window divides by the days since (see `DatasetStatus::rate`).
+    #[serde(skip)]
+    pub rate_from: [Option<i64>; WINDOWS.len()],
 }
 
 /// Everything stored, summed over partitions, keyed by the field names the pipeline writes
@@ -113,7 +117,12 @@ impl Store {
                 }
                 for bucket in rate_plan {
                     for (field, v) in by_bucket[bucket] {
-                        snap.counts.entry(field.clone()).or_default().rate_sums[w] += v;
+                        let counts = snap.counts.entry(field.clone()).or_default();
+                        counts.rate_sums[w] += v;
+                        if let (Tier::Day, true) = (bucket.0, *v != 0) {
+                            let from = &mut counts.rate_from[w];
+                            *from = Some(from.map_or(bucket.1, |f| f.min(bucket.1)));
+                        }
                     }
                 }
             }
@@ -174,6 +183,7 @@ impl Snapshot {
                     total: c.total - later,
                     windows,
                     rate_sums: windows,
+                    rate_from: [None; WINDOWS.len()],
                 },
             );
         }
