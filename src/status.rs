@@ -199,7 +199,10 @@ impl Status {
             let mut cells = vec![Cell::new(&row.code), Cell::new(&row.name)];
             for d in &self.datasets {
                 let s = &row.datasets[d];
-                let pct = s.percent.map(|p| format!(" {p:.0}%")).unwrap_or_default();
+                let pct = s
+                    .percent
+                    .map(|p| format!(" {:.0}%", crate::notify::message::below_done(p, 0)))
+                    .unwrap_or_default();
                 cells.push(
                     Cell::new(format!("{}{pct}", compact(s.total)))
                         .set_alignment(CellAlignment::Right),

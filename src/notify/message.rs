@@ -594,12 +594,23 @@ pub fn number(v: f64, lang: Language) -> String {
     out
 }
 
+/// `v` percent to one decimal. Below 100 it never shows as 100,0: a province at 99.96% has
+/// not finished, and the chat, the report and the page must not say it has.
 pub(crate) fn percent(v: f64, lang: Language) -> String {
-    let s = format!("{v:.1}");
+    let s = format!("{:.1}", below_done(v, 1));
     if lang == Language::Vi {
         format!("{}%", s.replace('.', ","))
     } else {
         format!("{s}%")
+    }
+}
+
+/// `v` to be shown with `decimals` decimals: below 100, at most what rounds to just under it.
+pub fn below_done(v: f64, decimals: i32) -> f64 {
+    if v < 100.0 {
+        v.min(100.0 - 0.6 * 10f64.powi(-decimals))
+    } else {
+        v
     }
 }
 
@@ -763,6 +774,15 @@ fn line(n: &Notice, lang: Language, m: Markup) -> String {
 mod tests {
     use super::*;
     use crate::rules::{Facts, Subject};
+
+    #[test]
+    fn an_unfinished_percent_never_reads_100() {
+        assert_eq!(percent(99.96, Language::Vi), "99,9%");
+        assert_eq!(percent(61.66, Language::Vi), "61,7%");
+        assert_eq!(percent(100.0, Language::Vi), "100,0%");
+        assert_eq!(percent(112.5, Language::En), "112.5%");
+        assert_eq!(format!("{:.0}", below_done(99.5, 0)), "99");
+    }
 
     // Found by fuzzing (examples/fuzz.rs, target `text`): a name holding "\r\n" put a line
     // break inside <b>…</b>, and a split at line boundaries left parts with a tag unclosed.

@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::config::Language;
-use crate::notify::message::{dataset_name, number, Markup};
+use crate::notify::message::{dataset_name, number, percent, Markup};
 use crate::rules::Evaluation;
 use crate::status::{Status, View};
 
@@ -608,15 +608,6 @@ fn chart(d: &DatasetReport, lang: Language) -> String {
     }
     svg.push_str("</svg>");
     svg
-}
-
-fn percent(v: f64, lang: Language) -> String {
-    let s = format!("{v:.1}%");
-    if lang == Language::Vi {
-        s.replace('.', ",")
-    } else {
-        s
-    }
 }
 
 fn esc(s: &str) -> String {

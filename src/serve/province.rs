@@ -144,7 +144,10 @@ fn chart(s: &Series) -> String {
             "<p class=\"meta\">Đến nay {}{}</p>",
             number(total as f64, Language::Vi),
             percent
-                .map(|p| format!(" · {}% chỉ tiêu", format!("{p:.1}").replace('.', ",")))
+                .map(|p| format!(
+                    " · {} chỉ tiêu",
+                    crate::notify::message::percent(p, Language::Vi)
+                ))
                 .unwrap_or_default()
         );
     }
