@@ -172,6 +172,20 @@ impl Status {
             merge(&mut national, row);
         }
         finish(&mut national);
+        // The national percent as the report counts it: each province's records up to its
+        // target, over the provinces that have one. Records beyond a target, or of a
+        // province without one, make up for no other's shortfall.
+        for (name, n) in &mut national.datasets {
+            let (done, target) = rows
+                .values()
+                .filter_map(|row| {
+                    let d = row.datasets.get(name)?;
+                    let t = d.target?;
+                    Some((d.total.min(t as i64), t))
+                })
+                .fold((0i64, 0u64), |(a, b), (d, t)| (a + d, b + t));
+            n.percent = (target > 0).then(|| done as f64 * 100.0 / target as f64);
+        }
         Status {
             as_of: snap.as_of,
             view,
@@ -463,6 +477,26 @@ mod tests {
 
     fn ds() -> Vec<String> {
         vec!["civil_status".into(), "land".into()]
+    }
+
+    /// The national percent counts each province up to its target, as the report does: one
+    /// far beyond its target, or one without a target, does not make up for another's gap.
+    #[test]
+    fn the_national_percent_counts_each_province_up_to_its_target() {
+        let s = snap(&[
+            ("n01|r.land", 150),
+            ("n04|r.land", 50),
+            ("n08|r.land", 1000),
+        ]);
+        let targets = Targets::parse(
+            "province,dataset,target,deadline\n01,land,100,2026-12-31\n04,land,100,2026-12-31\n",
+            &ds(),
+        )
+        .unwrap();
+        let st = Status::build(&s, &targets, &ds(), View::Current34);
+        let land = &st.national.datasets["land"];
+        assert_eq!((land.total, land.target), (1200, Some(200)));
+        assert_eq!(land.percent, Some(75.0));
     }
 
     #[test]
