@@ -447,17 +447,11 @@ mod tests {
             })
         );
         assert_eq!(unit_of("x:48:civil_status:silent"), None);
-        let state = AlertState {
-            phase: crate::rules::state::Phase::Firing,
-            since: Utc::now(),
-            severity: Severity::Warning,
-            fired_at: None,
-            notified_at: None,
-            next_severity: None,
-            absent_since: None,
-            resolutions: Vec::new(),
-            flapping: false,
-        };
+        let state = AlertState::new(
+            crate::rules::state::Phase::Firing,
+            Severity::Warning,
+            Utc::now(),
+        );
         let key = "34:48:civil_status:silent";
         let of = unit_of(key).map(unit_name);
         let line = alert_line(

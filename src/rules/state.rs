@@ -100,7 +100,7 @@ pub struct Timing {
 }
 
 impl AlertState {
-    fn new(phase: Phase, severity: Severity, now: DateTime<Utc>) -> AlertState {
+    pub(crate) fn new(phase: Phase, severity: Severity, now: DateTime<Utc>) -> AlertState {
         AlertState {
             phase,
             since: now,
