@@ -357,6 +357,13 @@ async fn the_status_page_renders_provinces_by_risk_in_a_real_browser() {
         dom.contains("125,0%") || dom.contains("100,0%"),
         "no progress figures"
     );
+    // The national pill: every record counted, and the targets' share met, each province
+    // counted up to its target (Tuyên Quang's 250.000 as 200.000) as the report counts it:
+    // 1.399.984 of 3.200.000.
+    assert!(
+        dom.contains("Hộ tịch: 1.449.984 · 43,7% chỉ tiêu"),
+        "national pill:\n{dom}"
+    );
 
     // A phone-sized screenshot: the highlight and progress colours are really painted.
     let shot: PathBuf =
