@@ -559,7 +559,7 @@ fn report(input: &[u8]) -> Report {
                         percent_then: figure(byte(n + 3)),
                         percent_now: figure(byte(n + 4)),
                         points: figure(byte(n + 5)),
-                        class_then: Class::ALL[byte(n + 6) % 5],
+                        class_then: Class::ALL[byte(n + 6) % Class::ALL.len()],
                         class_now: *class,
                         trend: (0..byte(n + 7) % 9).map(|t| figure(byte(n + t))).collect(),
                     });

@@ -67,7 +67,7 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// The task force's classification per dataset: completed, basically completed, on track,
-    /// at risk (with percent and projected date), not started; from live figures.
+    /// at risk (with percent and projected date, or not started); from live figures.
     Report {
         #[arg(long, value_enum, default_value = "34")]
         view: View,

@@ -1,10 +1,11 @@
 //! `tiendo report`: the task force's weekly classification, from live figures. For each
-//! dataset with targets, every province is completed, basically completed, on track, at risk
-//! of missing its deadline (with percent done and projected date), or not started; with counts,
-//! lists and national totals, for the 34 current or the 63 legacy units. Rendered as a
-//! terminal table, Markdown, HTML with a chart (inline SVG, no external assets) or JSON, in
-//! Vietnamese or English. Each report also compares every province with one week earlier
-//! ([`weekly`]): the change in points, the class moves, the top movers and the stalled.
+//! dataset with targets, every province is completed, basically completed, on track, or at
+//! risk of missing its deadline (with percent done and projected date; one that has not
+//! started is at risk, as the task force counts it); with counts, lists and national totals,
+//! for the 34 current or the 63 legacy units. Rendered as a terminal table, Markdown, HTML
+//! with a chart (inline SVG, no external assets) or JSON, in Vietnamese or English. Each
+//! report also compares every province with one week earlier ([`weekly`]): the change in
+//! points, the class moves, the top movers and the stalled.
 
 pub mod schedule;
 pub mod weekly;
@@ -27,16 +28,14 @@ pub enum Class {
     BasicallyCompleted,
     OnTrack,
     AtRisk,
-    NotStarted,
 }
 
 impl Class {
-    pub const ALL: [Class; 5] = [
+    pub const ALL: [Class; 4] = [
         Class::Completed,
         Class::BasicallyCompleted,
         Class::OnTrack,
         Class::AtRisk,
-        Class::NotStarted,
     ];
 
     pub fn label(self, lang: Language) -> &'static str {
@@ -45,12 +44,10 @@ impl Class {
             (Class::BasicallyCompleted, Language::Vi) => "Cơ bản hoàn thành",
             (Class::OnTrack, Language::Vi) => "Đúng tiến độ",
             (Class::AtRisk, Language::Vi) => "Nguy cơ chậm",
-            (Class::NotStarted, Language::Vi) => "Chưa triển khai",
             (Class::Completed, Language::En) => "Completed",
             (Class::BasicallyCompleted, Language::En) => "Basically completed",
             (Class::OnTrack, Language::En) => "On track",
             (Class::AtRisk, Language::En) => "At risk",
-            (Class::NotStarted, Language::En) => "Not started",
         }
     }
 
@@ -60,7 +57,6 @@ impl Class {
             Class::BasicallyCompleted => "#7cb342",
             Class::OnTrack => "#1e88e5",
             Class::AtRisk => "#e53935",
-            Class::NotStarted => "#616161",
         }
     }
 }
@@ -122,9 +118,10 @@ impl Report {
                 let key = format!("{}:{}:{}", row.scheme, row.code, name);
                 let projected = eval.facts.get(&key).and_then(|(_, f)| f.projected);
                 let percent = d.total as f64 * 100.0 / t as f64;
-                let class = if d.total == 0 {
-                    Class::NotStarted
-                } else if percent >= 100.0 {
+                // Nothing recorded yet is at risk, not a class of its own: the task force's
+                // "10 at risk" counted Kiên Giang, which had not started, and its four
+                // classes cover every province.
+                let class = if percent >= 100.0 {
                     Class::Completed
                 } else if percent >= basically_done * 100.0 {
                     Class::BasicallyCompleted
@@ -190,17 +187,19 @@ impl Report {
         }
     }
 
-    /// `Ninh Thuận 16,0% (xong 02/06/2025)` for at-risk lists, else `Ninh Thuận 16,0%`.
+    /// `Ninh Thuận 16,0% (dự kiến 02/06/2025)` for at-risk lists, else `Ninh Thuận 16,0%`.
     fn entry(&self, e: &Entry, class: Class) -> String {
         let pct = percent(e.percent, self.language);
         if class != Class::AtRisk {
             return format!("{} {pct}", e.name);
         }
-        let when = match (e.projected, self.language) {
-            (Some(p), Language::Vi) => format!("dự kiến {}", p.format("%d/%m/%Y")),
-            (Some(p), Language::En) => format!("projected {}", p.format("%d/%m/%Y")),
-            (None, Language::Vi) => "chưa có tiến độ".into(),
-            (None, Language::En) => "no recent progress".into(),
+        let vi = self.language == Language::Vi;
+        let when = match e.projected {
+            _ if e.total <= 0 => not_started(self.language).into(),
+            Some(p) if vi => format!("dự kiến {}", p.format("%d/%m/%Y")),
+            Some(p) => format!("projected {}", p.format("%d/%m/%Y")),
+            None if vi => "chưa có tiến độ".into(),
+            None => "no recent progress".into(),
         };
         format!("{} {pct} ({when})", e.name)
     }
@@ -385,7 +384,14 @@ impl Report {
                 let shown: Vec<String> = at_risk
                     .iter()
                     .take(5)
-                    .map(|e| format!("{} {}", m.bold(&e.name), percent(e.percent, lang)))
+                    .map(|e| {
+                        let pct = if e.total <= 0 {
+                            not_started(lang).into()
+                        } else {
+                            percent(e.percent, lang)
+                        };
+                        format!("{} {}", m.bold(&e.name), m.escape(&pct))
+                    })
                     .collect();
                 let more = if at_risk.len() > 5 {
                     format!(", +{}", at_risk.len() - 5)
@@ -573,6 +579,14 @@ pub fn sparkline(values: &[f64]) -> String {
          stroke=\"#e53935\" stroke-width=\"2\" points=\"{}\"/></svg>",
         points.join(" ")
     )
+}
+
+/// How an at-risk province with nothing recorded is marked.
+fn not_started(lang: Language) -> &'static str {
+    match lang {
+        Language::Vi => "chưa triển khai",
+        Language::En => "not started",
+    }
 }
 
 /// A horizontal stacked bar of province counts per class, labelled.

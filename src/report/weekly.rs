@@ -123,10 +123,11 @@ pub fn compare(now: &Report, then: &Report, since: i64, weekly: &[Report]) -> We
                 .iter()
                 .flat_map(|(class, list)| list.iter().map(move |e| (class, e)))
                 .map(|(class, e)| {
+                    // Absent a week ago (no figures for the dataset then): no class move.
                     let (percent_then, class_then) = before
                         .get(&e.code)
                         .copied()
-                        .unwrap_or((0.0, Class::NotStarted));
+                        .unwrap_or((0.0, *class));
                     let mut trend: Vec<f64> = trends
                         .iter()
                         .map(|t| t.get(&e.code).map_or(0.0, |(p, _)| *p))
