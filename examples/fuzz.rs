@@ -564,6 +564,7 @@ fn report(input: &[u8]) -> Report {
                         trend: (0..byte(n + 7) % 9).map(|t| figure(byte(n + t))).collect(),
                     });
                     Entry {
+                        scheme: if byte(n) % 2 == 0 { "34" } else { "63" },
                         code: name(n + 2),
                         name: name(n),
                         total: byte(n + 1) as i64 * 1_000_003 - 7,

@@ -70,21 +70,24 @@ pub fn statuses(
         .collect()
 }
 
-/// The row of `code` in a status: the view's own table first (a 63-unit view also has rows
-/// for events reported with 34-unit codes).
-pub fn row<'a>(status: &'a Status, code: &str) -> Option<&'a ProvinceStatus> {
-    let own = status.view.tag();
-    status
-        .provinces
-        .iter()
-        .find(|r| r.code == code && r.scheme == own)
-        .or_else(|| status.provinces.iter().find(|r| r.code == code))
+/// The row of `code` in a status, of `scheme`'s table ("34" or "63") or else the view's own
+/// first: a 63-unit view also has rows for events reported with 34-unit codes, and those
+/// codes are old provinces' too (the 34-unit Lào Cai is 15, the old Yên Bái's code).
+pub fn row<'a>(status: &'a Status, code: &str, scheme: Option<&str>) -> Option<&'a ProvinceStatus> {
+    let of = |s: &str| {
+        status
+            .provinces
+            .iter()
+            .find(|r| r.code == code && r.scheme == s)
+    };
+    match scheme {
+        Some(s) => of(s),
+        None => of(status.view.tag()).or_else(|| status.provinces.iter().find(|r| r.code == code)),
+    }
 }
 
-/// One province's series for `dataset` over the days of `statuses`.
-pub fn series(statuses: &[(i64, Status)], code: &str, dataset: &str) -> Option<Series> {
-    let (_, last) = statuses.last()?;
-    let row = row(last, code)?;
+/// The series of `row` (a row of the last status) for `dataset` over the days of `statuses`.
+pub fn series(statuses: &[(i64, Status)], row: &ProvinceStatus, dataset: &str) -> Option<Series> {
     let d = row.datasets.get(dataset)?;
     let points = statuses
         .iter()

@@ -157,6 +157,20 @@ async fn daily_history_in_both_views_matches_the_season() {
     let (_, body) =
         get("/api/v1/provinces/56/history?dataset=civil_status&days=21&view=63".into()).await;
     close(points(&body), expect(&[('o', "56")], 5_000.0));
+    // The 63-unit view's row of the 34-unit code 56 (no target in that table): its own
+    // records only, not the old Khánh Hòa's.
+    let (code, body) =
+        get("/api/v1/provinces/56/history?dataset=civil_status&days=21&view=63&scheme=34".into())
+            .await;
+    assert_eq!(code, 200, "{body}");
+    let days_of = |p: Vec<(NaiveDate, i64, i64, f64)>| -> Vec<(NaiveDate, i64, i64)> {
+        p.into_iter().map(|(d, a, t, _)| (d, a, t)).collect()
+    };
+    assert_eq!(days_of(points(&body)), days_of(expect(&[('n', "56")], 1.0)));
+    let (code, body) = get("/api/v1/provinces/56/history?view=63&scheme=35".into()).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = get("/api/v1/provinces/58/history?view=63&scheme=34".into()).await;
+    assert_eq!(code, 404, "{body}");
     // A shorter series ends today with the same totals.
     let (_, body) =
         get("/api/v1/provinces/58/history?dataset=civil_status&days=7&view=63".into()).await;
@@ -222,6 +236,10 @@ async fn daily_history_in_both_views_matches_the_season() {
     assert!(page.contains("data-loaded=\"1\""), "{page}");
     assert_eq!(spark(&page, "58"), weekly(&[('o', "58")]));
     assert!(page.contains("href=\"province/58?view=63\""), "{page}");
+    assert!(
+        page.contains("href=\"province/56?view=63&amp;scheme=34\""),
+        "{page}"
+    );
     let page = dom("/").await;
     assert_eq!(
         spark(&page, "56"),

@@ -63,6 +63,8 @@ impl Class {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
+    /// The unit table of `code` ("34" or "63"): a 63-unit report may list both tables' rows.
+    pub scheme: &'static str,
     pub code: String,
     pub name: String,
     pub total: i64,
@@ -133,6 +135,7 @@ impl Report {
                 total += d.total.min(t as i64);
                 target += t;
                 classes.entry(class).or_default().push(Entry {
+                    scheme: row.scheme,
                     code: row.code.clone(),
                     name: row.name.clone(),
                     total: d.total,

@@ -103,12 +103,17 @@ impl DatasetWeek {
 /// Compares `now` with `then` (the report of a week earlier); `weekly` are the reports at
 /// the end of each of the last weeks, oldest first, for the trend.
 pub fn compare(now: &Report, then: &Report, since: i64, weekly: &[Report]) -> Week {
-    let entries = |r: &Report, dataset: &str| -> BTreeMap<String, (f64, Class)> {
+    // By table and code: in the 63-unit view a 34-unit code can be an old province's too.
+    type Entries = BTreeMap<(&'static str, String), (f64, Class)>;
+    let entries = |r: &Report, dataset: &str| -> Entries {
         r.datasets
             .iter()
             .filter(|d| d.dataset == dataset)
             .flat_map(|d| d.classes.iter())
-            .flat_map(|(class, list)| list.iter().map(|e| (e.code.clone(), (e.percent, *class))))
+            .flat_map(|(class, list)| {
+                list.iter()
+                    .map(|e| ((e.scheme, e.code.clone()), (e.percent, *class)))
+            })
             .collect()
     };
     let datasets = now
@@ -116,21 +121,19 @@ pub fn compare(now: &Report, then: &Report, since: i64, weekly: &[Report]) -> We
         .iter()
         .map(|d| {
             let before = entries(then, &d.dataset);
-            let trends: Vec<BTreeMap<String, (f64, Class)>> =
-                weekly.iter().map(|r| entries(r, &d.dataset)).collect();
+            let trends: Vec<Entries> = weekly.iter().map(|r| entries(r, &d.dataset)).collect();
             let mut provinces: Vec<ProvinceWeek> = d
                 .classes
                 .iter()
                 .flat_map(|(class, list)| list.iter().map(move |e| (class, e)))
                 .map(|(class, e)| {
+                    let key = (e.scheme, e.code.clone());
                     // Absent a week ago (no figures for the dataset then): no class move.
-                    let (percent_then, class_then) = before
-                        .get(&e.code)
-                        .copied()
-                        .unwrap_or((0.0, *class));
+                    let (percent_then, class_then) =
+                        before.get(&key).copied().unwrap_or((0.0, *class));
                     let mut trend: Vec<f64> = trends
                         .iter()
-                        .map(|t| t.get(&e.code).map_or(0.0, |(p, _)| *p))
+                        .map(|t| t.get(&key).map_or(0.0, |(p, _)| *p))
                         .collect();
                     trend.push(e.percent);
                     ProvinceWeek {
@@ -172,4 +175,71 @@ pub fn names(list: &[&ProvinceWeek], show: impl Fn(&ProvinceWeek) -> String) -> 
         out.push(format!("+{}", list.len() - LISTED));
     }
     out.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Language;
+    use crate::provinces::View;
+    use crate::report::{DatasetReport, Entry};
+
+    fn report(rows: &[(&'static str, &str, &str, f64)]) -> Report {
+        let mut classes: BTreeMap<Class, Vec<Entry>> =
+            Class::ALL.iter().map(|c| (*c, Vec::new())).collect();
+        for (scheme, code, name, percent) in rows {
+            classes.entry(Class::AtRisk).or_default().push(Entry {
+                scheme,
+                code: code.to_string(),
+                name: name.to_string(),
+                total: (*percent * 100.0) as i64,
+                target: 10_000,
+                percent: *percent,
+                deadline: NaiveDate::from_ymd_opt(2026, 12, 31).unwrap(),
+                projected: None,
+            });
+        }
+        Report {
+            as_of: Utc::now(),
+            view: View::Legacy63,
+            language: Language::Vi,
+            basically_done: 0.95,
+            datasets: vec![DatasetReport {
+                dataset: "civil_status".into(),
+                name: "Hộ tịch".into(),
+                total: 0,
+                target: 0,
+                percent: 0.0,
+                classes,
+            }],
+            week: None,
+        }
+    }
+
+    #[test]
+    fn a_code_of_both_tables_is_compared_with_its_own_row() {
+        // In the 63-unit view, 56 is the old Khánh Hòa and the 34-unit Khánh Hòa's row.
+        let then = report(&[
+            ("63", "56", "Khánh Hòa", 40.0),
+            ("34", "56", "Khánh Hòa", 2.0),
+        ]);
+        let now = report(&[
+            ("63", "56", "Khánh Hòa", 41.0),
+            ("34", "56", "Khánh Hòa", 5.0),
+        ]);
+        let week = compare(&now, &then, 0, std::slice::from_ref(&then));
+        let mut points: Vec<(f64, f64)> = week.datasets[0]
+            .provinces
+            .iter()
+            .map(|p| (p.percent_then, p.points))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert_eq!(points, [(2.0, 3.0), (40.0, 1.0)]);
+        let trends: Vec<&[f64]> = week.datasets[0]
+            .provinces
+            .iter()
+            .map(|p| p.trend.as_slice())
+            .collect();
+        assert!(trends.contains(&[2.0, 5.0].as_slice()), "{trends:?}");
+    }
 }

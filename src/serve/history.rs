@@ -1,6 +1,7 @@
-//! `/api/v1/provinces/{code}/history?dataset=…&days=…&view=34|63`: a province's daily series
-//! (records done by the end of each day, records that day, percent of target), from the day
-//! buckets, in either unit view. Without `dataset`, every dataset the province has.
+//! `/api/v1/provinces/{code}/history?dataset=…&days=…&view=34|63&scheme=34|63`: a province's
+//! daily series (records done by the end of each day, records that day, percent of target),
+//! from the day buckets, in either unit view. Without `dataset`, every dataset the province
+//! has.
 
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ use crate::provinces::View;
 #[derive(Deserialize)]
 pub struct HistoryQuery {
     pub view: Option<String>,
+    /// The unit table of the code ("34" or "63"), where the view has rows of both.
+    pub scheme: Option<String>,
     pub dataset: Option<String>,
     pub days: Option<usize>,
 }
@@ -35,9 +38,12 @@ pub async fn handler(
     Path(code): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let view = match parse_view(q.view.as_deref()) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
+    let (view, scheme) = match (
+        parse_view(q.view.as_deref()),
+        parse_scheme(q.scheme.as_deref()),
+    ) {
+        (Ok(v), Ok(s)) => (v, s),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
     let days = q.days.unwrap_or(56);
     if days == 0 || days > MAX_DAYS {
@@ -59,14 +65,17 @@ pub async fn handler(
         Ok(st) => st,
         Err(r) => return r,
     };
-    let Some(row) = statuses.last().and_then(|(_, st)| history::row(st, &code)) else {
-        return no_province(&code, view);
+    let Some(row) = statuses
+        .last()
+        .and_then(|(_, st)| history::row(st, &code, scheme))
+    else {
+        return no_province(&code, view, scheme);
     };
-    let (name, code) = (row.name.clone(), row.code.clone());
     let series = datasets
         .iter()
-        .filter_map(|d| history::series(&statuses, &code, d))
+        .filter_map(|d| history::series(&statuses, row, d))
         .collect();
+    let (name, code) = (row.name.clone(), row.code.clone());
     Json(History {
         view,
         code,
@@ -107,7 +116,28 @@ pub(super) async fn statuses(
     }
 }
 
-pub(super) fn no_province(code: &str, view: View) -> Response {
-    let msg = format!("no province {code} in the {}-unit table\n", view.tag());
+/// `?scheme=`: which unit table a code is of, when the view has rows of both.
+pub(super) fn parse_scheme(
+    scheme: Option<&str>,
+) -> Result<Option<&'static str>, (StatusCode, String)> {
+    match scheme {
+        None => Ok(None),
+        Some("34") => Ok(Some("34")),
+        Some("63") => Ok(Some("63")),
+        Some(other) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("scheme must be 34 or 63, not {other}\n"),
+        )),
+    }
+}
+
+pub(super) fn no_province(code: &str, view: View, scheme: Option<&str>) -> Response {
+    let msg = match scheme {
+        Some(s) if s != view.tag() => format!(
+            "no province {code} of the {s}-unit table with figures in the {}-unit view\n",
+            view.tag()
+        ),
+        _ => format!("no province {code} in the {}-unit table\n", view.tag()),
+    };
     (StatusCode::NOT_FOUND, msg).into_response()
 }

@@ -1,4 +1,4 @@
-//! `/province/{code}?view=34|63&days=…`: one province's page, drawn on the server. Per dataset
+//! `/province/{code}?view=34|63&days=…&scheme=34|63`: one province's page, drawn on the server. Per dataset
 //! a chart of records done by the end of each day, with the target as a dashed line, from the
 //! day buckets ([`crate::history`]); inline SVG, no script, no external assets.
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 
-use super::history::HistoryQuery;
+use super::history::{parse_scheme, HistoryQuery};
 use super::{parse_view, AppState};
 use crate::config::Language;
 use crate::history::{self, Series, MAX_DAYS};
@@ -27,22 +27,28 @@ pub async fn handler(
     Path(code): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let view = match parse_view(q.view.as_deref()) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
+    let (view, scheme) = match (
+        parse_view(q.view.as_deref()),
+        parse_scheme(q.scheme.as_deref()),
+    ) {
+        (Ok(v), Ok(s)) => (v, s),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
     let days = q.days.unwrap_or(DEFAULT_DAYS).clamp(2, MAX_DAYS);
     let statuses = match super::history::statuses(&s, view, days).await {
         Ok(st) => st,
         Err(r) => return r,
     };
-    let Some(row) = statuses.last().and_then(|(_, st)| history::row(st, &code)) else {
-        return super::history::no_province(&code, view);
+    let Some(row) = statuses
+        .last()
+        .and_then(|(_, st)| history::row(st, &code, scheme))
+    else {
+        return super::history::no_province(&code, view, scheme);
     };
-    let (name, code) = (row.name.clone(), row.code.clone());
+    let (name, code, table) = (row.name.clone(), row.code.clone(), row.scheme);
     let mut body = String::new();
     for d in &s.datasets {
-        let Some(series) = history::series(&statuses, &code, d) else {
+        let Some(series) = history::series(&statuses, row, d) else {
             continue;
         };
         if series.target.is_none() && series.points.iter().all(|p| p.total == 0) {
@@ -67,7 +73,7 @@ pub async fn handler(
          svg{{width:100%;height:auto;background:#fff}}a{{color:#1565c0}}\
          .meta{{color:#5d6b7a;font-size:13px}}\
          </style></head><body><a href=\"../?view={tag}\">← Tất cả tỉnh, thành</a>\
-         <h1>{title}</h1><p class=\"meta\">Mã {code} · bảng {tag} tỉnh · {days} ngày gần nhất, \
+         <h1>{title}</h1><p class=\"meta\">Mã {code} · bảng {table} tỉnh · {days} ngày gần nhất, \
          số bản ghi đã số hóa đến hết mỗi ngày (giờ VN)</p>{body}</body></html>\n",
         title = esc(&name),
         tag = view.tag(),
