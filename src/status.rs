@@ -151,9 +151,9 @@ impl Status {
                 let target = match (view, unit.scheme) {
                     (View::Current34, _) => targets.current(unit.code, name),
                     (View::Legacy63, Scheme::Legacy63) => targets.legacy(unit.code, name),
-                    (View::Legacy63, Scheme::Current34) => {
-                        targets.by_unit.get(&(*unit, name.clone())).copied()
-                    }
+                    // The events sent with the 34-unit code only: measured against the
+                    // unit's whole target they would read as far behind, and alarm.
+                    (View::Legacy63, Scheme::Current34) => None,
                 };
                 if let Some(t) = target {
                     d.target = Some(t.count);
@@ -526,6 +526,25 @@ mod tests {
             ("Yên Bái", 4)
         );
         assert_eq!(legacy.national.datasets["land"].total, 12);
+
+        // A 34-unit target: the whole Lào Cai's in the 34-unit view; in the 63-unit view
+        // its row of new-code events only is no part to measure against it.
+        let targets = Targets::parse(
+            "province,dataset,target,deadline\n15,land,20,2026-12-31\n",
+            &ds(),
+        )
+        .unwrap();
+        let st = Status::build(&s, &targets, &ds(), View::Current34);
+        let lc = st.provinces.iter().find(|p| p.code == "15").unwrap();
+        assert_eq!(lc.datasets["land"].percent, Some(60.0));
+        let legacy = Status::build(&s, &targets, &ds(), View::Legacy63);
+        let new_row = legacy
+            .provinces
+            .iter()
+            .find(|p| p.code == "15" && p.scheme == "34")
+            .unwrap();
+        assert_eq!(new_row.datasets["land"].total, 5);
+        assert_eq!(new_row.datasets["land"].target, None);
     }
 
     #[test]
