@@ -225,7 +225,7 @@ impl Status {
             let week: i64 = row.datasets.values().map(|d| d.windows["7d"]).sum();
             cells.push(Cell::new(compact(week)).set_alignment(CellAlignment::Right));
             let p = &row.procedures;
-            cells.push(Cell::new(p.completed).set_alignment(CellAlignment::Right));
+            cells.push(Cell::new(compact(p.completed)).set_alignment(CellAlignment::Right));
             cells.push(Cell::new(share(p.online_share)).set_alignment(CellAlignment::Right));
             cells.push(Cell::new(share(p.on_time_share)).set_alignment(CellAlignment::Right));
             t.add_row(cells);
