@@ -62,11 +62,9 @@ pub fn statuses(
     days: usize,
 ) -> Vec<(i64, Status)> {
     let today = daily.last() - 1; // the last day held is tomorrow
-    (today + 1 - days as i64..=today)
-        .map(|d| {
-            let past = snap.at_end_of(daily, d);
-            (d, Status::build(&past, targets, datasets, view))
-        })
+    snap.at_ends_of(daily, today + 1 - days as i64, today)
+        .into_iter()
+        .map(|(d, past)| (d, Status::build(&past, targets, datasets, view)))
         .collect()
 }
 

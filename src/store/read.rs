@@ -157,6 +157,11 @@ impl Daily {
     fn sum(&self, field: &str, from: i64, to: i64) -> i64 {
         (from..=to).filter_map(|d| self.day(d)?.get(field)).sum()
     }
+
+    /// `field`'s count on day `d`.
+    fn get(&self, field: &str, d: i64) -> i64 {
+        self.day(d).and_then(|c| c.get(field)).copied().unwrap_or(0)
+    }
 }
 
 impl Snapshot {
@@ -166,24 +171,60 @@ impl Snapshot {
     /// read them too. The newest event times are kept only where they are not later than
     /// that.
     pub fn at_end_of(&self, daily: &Daily, day: i64) -> Snapshot {
+        let later = self
+            .counts
+            .keys()
+            .map(|f| (f.as_str(), daily.sum(f, day + 1, daily.last())))
+            .collect();
+        self.ended(daily, day, &later)
+    }
+
+    /// [`Snapshot::at_end_of`] each day of `from..=to`, oldest first. What the later days
+    /// added is summed once, newest day first, rather than again for each day.
+    pub fn at_ends_of(&self, daily: &Daily, from: i64, to: i64) -> Vec<(i64, Snapshot)> {
+        let mut later: HashMap<&str, i64> = self
+            .counts
+            .keys()
+            .map(|f| (f.as_str(), daily.sum(f, to + 1, daily.last())))
+            .collect();
+        let mut out = Vec::new();
+        for day in (from..=to).rev() {
+            out.push((day, self.ended(daily, day, &later)));
+            for (field, v) in daily.day(day).into_iter().flatten() {
+                if let Some(l) = later.get_mut(field.as_str()) {
+                    *l += v;
+                }
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    /// The figures at the end of `day`, `later` being what each field counted after it.
+    fn ended(&self, daily: &Daily, day: i64, later: &HashMap<&str, i64>) -> Snapshot {
         let end = Tier::Day.start(day + 1);
         let mut counts = BTreeMap::new();
         for (field, c) in &self.counts {
-            let later = daily.sum(field, day + 1, daily.last());
             let mut windows = [0; WINDOWS.len()];
+            // As the live figures keep it: a young feed is rated over its own days.
+            let mut rate_from = [None; WINDOWS.len()];
             for (i, w) in WINDOWS.iter().enumerate() {
                 let days = w.seconds / Tier::Day.seconds();
-                if days >= 1 {
-                    windows[i] = daily.sum(field, day + 1 - days, day);
+                for d in day + 1 - days..=day {
+                    let v = daily.get(field, d);
+                    if v != 0 {
+                        windows[i] += v;
+                        rate_from[i].get_or_insert(d);
+                    }
                 }
             }
             counts.insert(
                 field.clone(),
                 Counts {
-                    total: c.total - later,
+                    total: c.total - later.get(field.as_str()).copied().unwrap_or(0),
                     windows,
                     rate_sums: windows,
-                    rate_from: [None; WINDOWS.len()],
+                    rate_from,
                 },
             );
         }
@@ -308,5 +349,68 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provinces::View;
+    use crate::status::Status;
+    use crate::targets::Targets;
+
+    const FIELD: &str = "n01|r.land";
+
+    /// Hà Nội's land feed, started on day 103 at 200 records a day; now is day 110, 01:00.
+    fn young_feed() -> (Snapshot, Daily) {
+        let first = 100;
+        // Days 100 to 111: the last held is tomorrow.
+        let mut days = vec![HashMap::new(); 12];
+        for d in 103..=110 {
+            days[(d - first) as usize].insert(FIELD.to_string(), 200);
+        }
+        let snap = Snapshot {
+            as_of: DateTime::from_timestamp(Tier::Day.start(110) + 3_600, 0).unwrap(),
+            counts: [(
+                FIELD.to_string(),
+                Counts {
+                    total: 8 * 200,
+                    ..Counts::default()
+                },
+            )]
+            .into(),
+            ..Snapshot::default()
+        };
+        (snap, Daily { first, days })
+    }
+
+    #[test]
+    fn a_past_day_rates_a_young_feed_over_its_own_days_as_the_live_figures_do() {
+        let (snap, daily) = young_feed();
+        // The end of day 106: four days of 200, rated as 200 a day, not as 800 over 7.
+        let past = snap.at_end_of(&daily, 106);
+        let c = &past.counts[FIELD];
+        assert_eq!(
+            (c.total, c.windows[2], c.rate_from[2]),
+            (800, 800, Some(103))
+        );
+        let status = Status::build(
+            &past,
+            &Targets::default(),
+            &["land".into()],
+            View::Current34,
+        );
+        let row = status.provinces.iter().find(|p| p.code == "01").unwrap();
+        assert_eq!(row.datasets["land"].rate("7d", past.as_of), 200.0);
+    }
+
+    #[test]
+    fn every_day_at_once_is_each_day_alone() {
+        let (snap, daily) = young_feed();
+        let all = snap.at_ends_of(&daily, 101, 110);
+        assert_eq!(all.len(), 10);
+        for (day, s) in all {
+            assert_eq!(s, snap.at_end_of(&daily, day), "day {day}");
+        }
     }
 }
