@@ -28,7 +28,8 @@ pub struct ProvinceWeek {
     pub name: String,
     pub percent_then: f64,
     pub percent_now: f64,
-    /// Percentage points gained in the week.
+    /// Percentage points gained in the week toward the target: what lies beyond 100% gains
+    /// nothing, as the national figure counts it, so it tops no list of movers.
     pub points: f64,
     pub class_then: Class,
     pub class_now: Class,
@@ -141,7 +142,7 @@ pub fn compare(now: &Report, then: &Report, since: i64, weekly: &[Report]) -> We
                         name: e.name.clone(),
                         percent_then,
                         percent_now: e.percent,
-                        points: e.percent - percent_then,
+                        points: e.percent.min(100.0) - percent_then.min(100.0),
                         class_then,
                         class_now: *class,
                         trend,
@@ -241,5 +242,24 @@ mod tests {
             .map(|p| p.trend.as_slice())
             .collect();
         assert!(trends.contains(&[2.0, 5.0].as_slice()), "{trends:?}");
+    }
+
+    #[test]
+    fn records_beyond_the_target_make_no_mover() {
+        let then = report(&[
+            ("34", "01", "Hà Nội", 150.0),
+            ("34", "04", "Cao Bằng", 40.0),
+        ]);
+        let now = report(&[
+            ("34", "01", "Hà Nội", 200.0),
+            ("34", "04", "Cao Bằng", 70.0),
+        ]);
+        let week = compare(&now, &then, 0, &[]);
+        let top: Vec<(&str, f64)> = week.datasets[0]
+            .top(5)
+            .iter()
+            .map(|p| (p.name.as_str(), p.points))
+            .collect();
+        assert_eq!(top, [("Cao Bằng", 30.0)]);
     }
 }
