@@ -160,6 +160,26 @@ async fn the_scheduled_report_arrives_once_on_time_and_late_when_missed() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(bot.sent().len(), 4, "each report once");
     assert_eq!(slack.accepted().len(), 2);
+
+    // At 11:15 the schedule becomes daily 11:00: today's 11:00, before the schedule existed,
+    // is not posted at once; tomorrow's is.
+    let mut daily = (*s).clone();
+    daily.report.schedule = vec!["daily 11:00".into()];
+    let daily = Arc::new(daily);
+    let c = poster(&daily, &targets, &shared).await;
+    clock.set(next + Span::minutes(195));
+    let today = at(monday + Span::days(7), 11, 0);
+    assert_eq!(c.post_once().await.unwrap(), Posted::Started(today));
+    assert_eq!(c.post_once().await.unwrap(), Posted::Nothing);
+    clock.set(today + Span::days(1) + Span::seconds(30));
+    assert_eq!(
+        c.post_once().await.unwrap(),
+        Posted::Sent {
+            due: today + Span::days(1),
+            late: false
+        }
+    );
+    bot.wait_sent(6, Duration::from_secs(30)).await;
     stop.cancel();
     for d in dispatchers {
         d.await.unwrap();

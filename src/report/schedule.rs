@@ -30,6 +30,8 @@ use crate::telemetry;
 
 /// Field of the ledger's `meta` hash: the last scheduled time dealt with (RFC 3339).
 pub const REPORT_DUE: &str = "report_due";
+/// The `meta` field holding the schedule `report_due` was dealt with under.
+pub const REPORT_SCHEDULE: &str = "report_schedule";
 
 /// Read-then-commit tries for one look. A try is lost only to another replica moving the
 /// marker between its read and its commit, and the next read sees that.
@@ -54,8 +56,8 @@ pub enum Posted {
     Nothing,
     /// First look in this deployment: the marker was set to this time, nothing sent.
     Started(DateTime<Utc>),
-    /// Due, but the figures are catching up.
-    Held(DateTime<Utc>),
+    /// Due, but the figures are not current (catching up, Kafka unreachable: the reason).
+    Held(DateTime<Utc>, String),
     /// The report of this scheduled time was queued for every receiver; `late` if sent past
     /// `report.late_after`.
     Sent { due: DateTime<Utc>, late: bool },
@@ -107,6 +109,8 @@ impl Poster {
     pub async fn run(self, every: Duration, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The due time last said to be held: said once at warn, not at every look.
+        let mut held = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -119,8 +123,12 @@ impl Poster {
                 Ok(Posted::Started(due)) => {
                     tracing::info!(%due, "report schedule started; the next time will be posted")
                 }
-                Ok(Posted::Held(due)) => {
-                    tracing::debug!(%due, "scheduled report waits for current figures")
+                Ok(Posted::Held(due, reason)) if held != Some(due) => {
+                    held = Some(due);
+                    tracing::warn!(%due, reason, "scheduled report waits for current figures")
+                }
+                Ok(Posted::Held(due, reason)) => {
+                    tracing::debug!(%due, reason, "scheduled report waits for current figures")
                 }
                 Ok(Posted::Nothing) => {}
                 Err(error) => tracing::warn!(%error, "scheduled report not posted; retrying"),
@@ -134,10 +142,15 @@ impl Poster {
         let Some(due) = latest(&self.slots, now) else {
             return Ok(Posted::Nothing);
         };
-        match self.dealt_with().await? {
-            Some(done) if done >= due => return Ok(Posted::Nothing),
-            Some(_) => {}
-            None => {
+        let (done, schedule) = self.dealt_with().await?;
+        // A schedule changed since (none stored: written before this was kept) starts anew,
+        // as a new deployment's does: moved from 08:00 to 09:00 after the 08:00 report, it
+        // does not send a second one at 09:00.
+        let changed = schedule.is_some_and(|s| s != self.schedule());
+        match done {
+            Some(done) if done >= due && !changed => return Ok(Posted::Nothing),
+            Some(_) if !changed => {}
+            _ => {
                 let marked = self.mark(due, Vec::new()).await?;
                 return Ok(if marked {
                     Posted::Started(due)
@@ -147,8 +160,10 @@ impl Poster {
             }
         }
         if let Some(watch) = &self.watch {
-            if !watch.check(now).await.current {
-                return Ok(Posted::Held(due));
+            let currency = watch.check(now).await;
+            if !currency.current {
+                let reason = currency.reason.unwrap_or_else(|| "catching up".into());
+                return Ok(Posted::Held(due, reason));
             }
         }
         let late = now - due
@@ -161,12 +176,19 @@ impl Poster {
         Ok(Posted::Sent { due, late })
     }
 
-    /// The last scheduled time dealt with, if any.
-    async fn dealt_with(&self) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        Ok(marker(&self.ledger.read().await?.meta))
+    /// The last scheduled time dealt with, if any, and the schedule it was dealt with under.
+    async fn dealt_with(&self) -> Result<(Option<DateTime<Utc>>, Option<String>), LedgerError> {
+        let mut meta = self.ledger.read().await?.meta;
+        Ok((marker(&meta), meta.remove(REPORT_SCHEDULE)))
     }
 
-    /// Commits `due` as dealt with, with its digests, if the marker still holds what was read:
+    /// The schedule as stored with the marker.
+    fn schedule(&self) -> String {
+        self.settings.report.schedule.join(", ")
+    }
+
+    /// Commits `due` (or, under a new schedule, the later of it and the marker) as dealt with,
+    /// with its digests and the schedule, if the marker still holds what was read:
     /// the report touches no alert state, so evaluations committing meanwhile (a build takes
     /// seconds) do not refuse it; only another replica's mark does. `false` if another replica
     /// dealt with `due` first, or the marker kept moving (the next look tries again).
@@ -175,16 +197,26 @@ impl Poster {
         due: DateTime<Utc>,
         digests: Vec<(String, Digest)>,
     ) -> Result<bool, LedgerError> {
-        let commit = Commit {
-            meta: vec![(REPORT_DUE, Some(due.to_rfc3339()))],
+        let mut commit = Commit {
+            meta: vec![
+                (REPORT_DUE, Some(due.to_rfc3339())),
+                (REPORT_SCHEDULE, Some(self.schedule())),
+            ],
             digests,
             ..Commit::default()
         };
         for _ in 0..MARK_TRIES {
             let read = self.ledger.read().await?;
-            if marker(&read.meta).is_some_and(|done| done >= due) {
+            let done = marker(&read.meta);
+            let same = read
+                .meta
+                .get(REPORT_SCHEDULE)
+                .is_none_or(|s| *s == self.schedule());
+            if same && done.is_some_and(|done| done >= due) {
                 return Ok(false);
             }
+            // A new schedule is stored; the marker never moves back.
+            commit.meta[0].1 = Some(done.map_or(due, |d| d.max(due)).to_rfc3339());
             let read_marker = read.meta.get(REPORT_DUE).map(String::as_str);
             if self
                 .ledger
