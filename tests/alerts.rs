@@ -496,6 +496,57 @@ async fn a_receiver_that_refuses_for_good_does_not_block_the_outbox() {
     assert!(text(&server.accepted()[0]).contains("Cao Bằng"));
 }
 
+/// A receiver that refuses everything (a revoked token, a chat that is gone) is held, not
+/// skipped: when it is mended, what waited goes out, nothing set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_refuses_everything_holds_its_messages() {
+    let (_env, _, server, a) = with_telegram(vec![
+        Reply::Status(401),
+        Reply::Described(400, "Bad Request: chat not found"),
+        Reply::Status(403),
+    ])
+    .await;
+    let e = a.evaluator().await;
+    e.evaluate_once().await.unwrap();
+    a.deliver_all().await;
+    // Held through three refusals (1 + 2 + 4 s of backoff), then delivered: the same message.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 4);
+    assert_eq!(server.accepted().len(), 1);
+    assert!(requests.iter().all(|r| text(r) == text(&requests[0])));
+    assert!(
+        text(&requests[0]).contains("Tuyên Quang"),
+        "{}",
+        text(&requests[0])
+    );
+}
+
+/// A receiver's Retry-After holds for whichever replica sends next, after a restart too: the
+/// replica that heard it stops (a rolling update) and the next one waits it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_outlives_the_replica_that_heard_it() {
+    let (_env, _, server, a) = with_telegram(vec![Reply::TooManyHeader(3)]).await;
+    let e = a.evaluator().await;
+    e.evaluate_once().await.unwrap();
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(a.dispatcher("tg").run(stop.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.requests().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    first.await.unwrap();
+    a.deliver_all().await;
+    let r = server.requests();
+    assert_eq!(r.len(), 2, "{r:?}");
+    let gap = r[1].at - r[0].at;
+    assert!(
+        gap >= Duration::from_millis(2_900),
+        "sent again after {gap:?}"
+    );
+}
+
 /// A long digest with names full of markup characters, through real HTTP servers: Telegram
 /// gets it split below 4,096 characters with balanced HTML and escaped names, in order, each
 /// part once even when a part in the middle is rate-limited; Slack gets it split too.

@@ -175,6 +175,9 @@ impl Dispatcher {
             }
             Err(error) => return Err(error),
         };
+        if let Some(wait) = pending.wait {
+            return Ok(Step::Pause(wait));
+        }
         if pending.parts_sent == 0 && self.sink.merges_backlog() {
             match self.merge_backlog(&lock).await? {
                 Merged::Nothing => {}
@@ -215,6 +218,9 @@ impl Dispatcher {
                     )
                     .increment(1);
                     let wait = after.unwrap_or(backoff).max(FIRST_BACKOFF);
+                    if after.is_some() {
+                        self.ledger.wait_outbox(name, wait).await?;
+                    }
                     tracing::warn!(
                         outbox = name,
                         digest = id,
@@ -329,6 +335,7 @@ impl Dispatcher {
         Ok(Merged::Into(Box::new(Pending {
             digest: merged,
             parts_sent: 0,
+            wait: None,
         })))
     }
 

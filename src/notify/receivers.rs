@@ -301,7 +301,8 @@ pub fn telegram_bot(r: &ReceiverSettings) -> String {
 }
 
 /// 2xx delivered; 429 and 5xx retried (after Retry-After, or Telegram's `retry_after`);
-/// any other status is a refusal that no retry will fix.
+/// a refusal of the receiver itself (see [`refuses_everything`]) retried until it is mended;
+/// any other status is a refusal of this message that no retry will fix.
 async fn classify(response: reqwest::Response) -> Result<(), SendError> {
     let status = response.status();
     if status.is_success() {
@@ -311,10 +312,11 @@ async fn classify(response: reqwest::Response) -> Result<(), SendError> {
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(retry_after);
     let body = response.text().await.unwrap_or_default();
-    let from_body = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
+    let json = serde_json::from_str::<serde_json::Value>(&body).ok();
+    let from_body = json
+        .as_ref()
         .and_then(|v| v["parameters"]["retry_after"].as_u64());
     let after = header
         .or(from_body)
@@ -326,9 +328,44 @@ async fn classify(response: reqwest::Response) -> Result<(), SendError> {
     );
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         Err(SendError::Retry { after, reason })
+    } else if refuses_everything(status, json.as_ref()) {
+        // Held, not set aside: every message would be refused until someone mends the
+        // token, URL or chat, and then the backlog goes out, merged.
+        Err(SendError::Retry {
+            after: None,
+            reason: format!(
+                "{reason} (refuses every message: check the receiver's token, URL and chat)"
+            ),
+        })
     } else {
         Err(SendError::Rejected(reason))
     }
+}
+
+/// A `Retry-After` header's seconds: a number of them, or an HTTP date.
+fn retry_after(value: &str) -> Option<u64> {
+    let value = value.trim();
+    value.parse().ok().or_else(|| {
+        let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+        Some((at.timestamp() - chrono::Utc::now().timestamp()).max(0) as u64)
+    })
+}
+
+/// A refusal that says the receiver is broken, not the message: a revoked token or removed
+/// app (401, 403), a webhook or bot that is gone (404, 410), a proxy's timeout (408), or
+/// Telegram's chat not found or upgraded to a supergroup (400 naming the new id).
+fn refuses_everything(status: StatusCode, body: Option<&serde_json::Value>) -> bool {
+    if matches!(status.as_u16(), 401 | 403 | 404 | 408 | 410) {
+        return true;
+    }
+    let Some(body) = body else {
+        return false;
+    };
+    let description = body["description"].as_str().unwrap_or("").to_lowercase();
+    status == StatusCode::BAD_REQUEST
+        && (!body["parameters"]["migrate_to_chat_id"].is_null()
+            || description.contains("chat not found")
+            || description.contains("group chat was upgraded"))
 }
 
 /// The generic webhook's body; its schema is documented in the README. It carries every
@@ -413,5 +450,41 @@ pub fn alert(n: &Notice) -> v1::Alert {
         },
         source_messages_24h: feed.map_or(0, |x| x.messages.max(0) as u64),
         source_rejected_24h: feed.map_or(0, |x| x.rejected.max(0) as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_a_date() {
+        assert_eq!(retry_after(" 120 "), Some(120));
+        let at = chrono::Utc::now() + chrono::Duration::seconds(600);
+        let date = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let secs = retry_after(&date).unwrap();
+        assert!((598..=600).contains(&secs), "{secs}");
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
+        assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn a_broken_receiver_is_told_from_a_bad_message() {
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        for status in [401, 403, 404, 408, 410] {
+            assert!(refuses_everything(
+                StatusCode::from_u16(status).unwrap(),
+                None
+            ));
+        }
+        let upgraded = json(
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded to a supergroup chat","parameters":{"migrate_to_chat_id":-1001234}}"#,
+        );
+        assert!(refuses_everything(StatusCode::BAD_REQUEST, Some(&upgraded)));
+        let lost = json(r#"{"ok":false,"description":"Bad Request: chat not found"}"#);
+        assert!(refuses_everything(StatusCode::BAD_REQUEST, Some(&lost)));
+        let markup = json(r#"{"ok":false,"description":"Bad Request: can't parse entities"}"#);
+        assert!(!refuses_everything(StatusCode::BAD_REQUEST, Some(&markup)));
+        assert!(!refuses_everything(StatusCode::PAYLOAD_TOO_LARGE, None));
     }
 }

@@ -383,6 +383,9 @@ pub struct Lock {
 pub struct Pending {
     pub digest: Digest,
     pub parts_sent: usize,
+    /// What is left of the wait the receiver asked for (its Retry-After), kept for every
+    /// replica and across restarts: see [`Ledger::wait_outbox`].
+    pub wait: Option<std::time::Duration>,
 }
 
 #[derive(Clone)]
@@ -732,9 +735,10 @@ impl Ledger {
     /// The oldest digest waiting in `outbox`, and how far its sending got.
     pub async fn head(&self, outbox: &str) -> Result<Option<Pending>, LedgerError> {
         let mut conn = self.conn.clone();
-        let (raw, progress): (Option<String>, Option<String>) = redis::pipe()
+        let (raw, progress, wait): (Option<String>, Option<String>, i64) = redis::pipe()
             .lindex(self.outbox_key(outbox), 0)
             .hget(self.key("progress"), outbox)
+            .pttl(self.wait_key(outbox))
             .query_async(&mut conn)
             .await?;
         let Some(raw) = raw else { return Ok(None) };
@@ -753,7 +757,38 @@ impl Ledger {
                 (id == digest.id).then(|| n.parse().ok())?
             })
             .unwrap_or(0);
-        Ok(Some(Pending { digest, parts_sent }))
+        let wait = u64::try_from(wait)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(std::time::Duration::from_millis);
+        Ok(Some(Pending {
+            digest,
+            parts_sent,
+            wait,
+        }))
+    }
+
+    /// Leaves `outbox`'s receiver alone for `wait`, as it asked (429 or 503 with Retry-After):
+    /// whichever replica sends next, after a restart too, waits it out.
+    pub async fn wait_outbox(
+        &self,
+        outbox: &str,
+        wait: std::time::Duration,
+    ) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _: () = redis::cmd("SET")
+            .arg(self.wait_key(outbox))
+            .arg(1)
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    fn wait_key(&self, outbox: &str) -> String {
+        self.key(&format!("wait:{outbox}"))
     }
 
     async fn progress(&self, lock: &Lock, digest: &str, parts: &str) -> Result<bool, LedgerError> {

@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 pub enum Reply {
     Ok,
     Status(u16),
+    /// This status with this Bot API `description`.
+    Described(u16, &'static str),
     /// 429 with a `Retry-After` header of this many seconds.
     TooManyHeader(u64),
     /// 429 with Telegram's `parameters.retry_after` in the body.
@@ -126,6 +128,11 @@ async fn answer(
         Reply::Status(code) => (
             StatusCode::from_u16(code).unwrap(),
             Json(serde_json::json!({"ok": false, "error_code": code, "description": "scripted"})),
+        )
+            .into_response(),
+        Reply::Described(code, description) => (
+            StatusCode::from_u16(code).unwrap(),
+            Json(serde_json::json!({"ok": false, "error_code": code, "description": description})),
         )
             .into_response(),
         Reply::TooManyHeader(secs) => (
