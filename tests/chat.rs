@@ -464,6 +464,24 @@ async fn slack_and_mattermost_slash_commands_are_verified_and_answered() {
     assert_eq!(silences[0].province, "11");
     let wrong = form("U1", "C123", "/tinh", "01").replace("mm-token", "nope");
     assert_eq!(post(wrong, vec![]).await.0, 401);
+    // Redis stalls for 4 s: Slack, which waits 3 s, hears in time that it should try again,
+    // as a 200 (Slack shows no body of another status).
+    let mut pauser = store::connect(&s.redis).await.unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(4_000)
+        .query_async::<()>(&mut pauser)
+        .await
+        .unwrap();
+    let body = form("U2", "C123", "/tinh", "ha noi");
+    let (code, text) = post(body.clone(), signed(&body, unix)).await;
+    assert_eq!(code, 200, "{text}");
+    let v = json(&text);
+    assert_eq!(v["response_type"], "ephemeral");
+    assert!(
+        v["text"].as_str().unwrap().contains("số liệu đang chậm"),
+        "{text}"
+    );
     stop.cancel();
 }
 

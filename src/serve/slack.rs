@@ -4,9 +4,12 @@
 //! with the signing secret) and a timestamp within five minutes of now, so a captured request
 //! cannot be replayed. A Mattermost request must carry the slash command's token. Either kind is
 //! answered only when its secret is configured; anything else gets 401 and is counted.
+//!
+//! Slack shows the asker only an error when the answer takes over 3 s, and shows no body of a
+//! reply that is not 200: every answer, failures included, is a 200 within [`ANSWER_WITHIN`].
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,6 +27,8 @@ use crate::telemetry;
 
 /// How old a signed request may be.
 const MAX_AGE_SECS: i64 = 300;
+/// Within Slack's 3 s, with room for the way there and back.
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(2500);
 
 #[derive(Debug, Deserialize)]
 struct Form {
@@ -79,22 +84,50 @@ pub async fn handler(State(s): State<Arc<AppState>>, headers: HeaderMap, body: B
         user: form.user_id,
         name: form.user_name,
     };
+    let vi = chat.settings().alerts.language == crate::config::Language::Vi;
+    match tokio::time::timeout(
+        ANSWER_WITHIN,
+        answer(&s, chat, &form.command, &form.text, &asker),
+    )
+    .await
+    {
+        Ok(reply) => reply,
+        Err(_) => {
+            tracing::warn!(
+                command = form.command,
+                "chat command not answered within Slack's time: Redis slow or unreachable"
+            );
+            ephemeral(if vi {
+                "tiendo: số liệu đang chậm, xin thử lại sau một phút. Nếu vừa tạm im, xem /tinh trước khi gửi lại."
+            } else {
+                "tiendo: figures are slow to come; try again in a minute. If you asked for a silence, see /province before asking again."
+            })
+        }
+    }
+}
+
+/// The answer to a verified command, with its silence stored.
+async fn answer(
+    s: &AppState,
+    chat: &crate::chat::Conversation,
+    command: &str,
+    text: &str,
+    asker: &Asker,
+) -> Response {
     let lang = chat.settings().alerts.language;
+    let vi = lang == crate::config::Language::Vi;
     // Mattermost reads Slack's mrkdwn too.
     let markup = Markup::Slack;
-    let answer = match chat
-        .answer_slash(&form.command, &form.text, &asker, lang, markup)
-        .await
-    {
+    let answer = match chat.answer_slash(command, text, asker, lang, markup).await {
         Ok(Some(a)) => a,
         Ok(None) => return StatusCode::OK.into_response(),
         Err(error) => {
             tracing::warn!(%error, "chat command not answered: figures unavailable");
-            return Json(serde_json::json!({
-                "response_type": "ephemeral",
-                "text": "tiendo: figures unavailable, try again in a minute",
-            }))
-            .into_response();
+            return ephemeral(if vi {
+                "tiendo: chưa đọc được số liệu, xin thử lại sau một phút."
+            } else {
+                "tiendo: figures unavailable, try again in a minute."
+            });
         }
     };
     if let Some(change) = &answer.change {
@@ -108,11 +141,11 @@ pub async fn handler(State(s): State<Arc<AppState>>, headers: HeaderMap, body: B
         };
         if let Err(error) = done {
             tracing::warn!(%error, "silence from chat not stored");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "silence not stored, try again\n",
-            )
-                .into_response();
+            return ephemeral(if vi {
+                "tiendo: chưa lưu được lệnh tạm im, xin thử lại."
+            } else {
+                "tiendo: the silence was not stored, try again."
+            });
         }
     }
     Json(serde_json::json!({
@@ -120,6 +153,11 @@ pub async fn handler(State(s): State<Arc<AppState>>, headers: HeaderMap, body: B
         "text": answer.texts.join("\n\n"),
     }))
     .into_response()
+}
+
+/// A 200 only the asker sees: Slack shows no body of another status.
+fn ephemeral(text: &str) -> Response {
+    Json(serde_json::json!({"response_type": "ephemeral", "text": text})).into_response()
 }
 
 fn refuse(why: &'static str) -> Response {
