@@ -346,7 +346,7 @@ async fn silence(settings: &Settings, action: SilenceAction) -> anyhow::Result<(
                 (None, None) => anyhow::bail!("--province or --source is needed"),
             };
             ledger.add_silence(&s).await?;
-            println!("{} until {}", s.id, s.until.to_rfc3339());
+            println!("{} until {} ({})", s.id, vn(s.until), silenced(&s));
         }
         SilenceAction::List { format } => {
             let list = ledger.silences().await?;
@@ -365,7 +365,7 @@ async fn silence(settings: &Settings, action: SilenceAction) -> anyhow::Result<(
                                 &s.dataset
                             },
                             s.rule.map(|r| r.as_str()).unwrap_or("*"),
-                            s.until.to_rfc3339(),
+                            vn(s.until),
                             s.reason
                         );
                     }
@@ -382,6 +382,28 @@ async fn silence(settings: &Settings, action: SilenceAction) -> anyhow::Result<(
     Ok(())
 }
 
+/// A time as the operator reads it: in Vietnam's, as the chat and `status` show it.
+fn vn(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.with_timezone(&tiendo::clock::vn_offset()).to_rfc3339()
+}
+
+/// What a silence holds, named: `34:56 Khánh Hòa`, or `source dat-dai`.
+fn silenced(s: &Silence) -> String {
+    use tiendo::provinces::{provinces, Scheme};
+    let scheme = match s.scheme.as_str() {
+        "34" => Scheme::Current34,
+        "63" => Scheme::Legacy63,
+        _ => return format!("source {}", s.province),
+    };
+    let name = s
+        .province
+        .parse()
+        .ok()
+        .and_then(|code| provinces().get(scheme, code))
+        .map_or("", |p| p.name_vi.as_str());
+    format!("{}:{} {name}", s.scheme, s.province)
+}
+
 async fn alerts(settings: &Settings, limit: usize, format: Format) -> anyhow::Result<()> {
     let ledger = ledger(store::connect(&settings.redis).await?, settings);
     let history = ledger.history(limit).await?;
@@ -391,7 +413,7 @@ async fn alerts(settings: &Settings, limit: usize, format: Format) -> anyhow::Re
             for n in history {
                 println!(
                     "{}\t{}\t{}\t{}{}",
-                    n.at.to_rfc3339(),
+                    vn(n.at),
                     n.change.as_str(),
                     n.severity.as_str(),
                     n.alert_key,

@@ -154,6 +154,56 @@ fn silences_are_added_listed_and_removed() {
         ],
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown rule sad"));
+    // A procedure rule has no dataset: a silence naming one would never hold.
+    let out = tiendo(
+        &url,
+        &[
+            "silence",
+            "add",
+            "--province",
+            "01",
+            "--dataset",
+            "land",
+            "--rule",
+            "online_share_low",
+            "--for",
+            "1h",
+            "--reason",
+            "x",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("name no dataset"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Ninh Thuận's old code, as upstream still sends it, silences the unit it is part of;
+    // the time is Vietnam's.
+    let out = tiendo(
+        &url,
+        &[
+            "silence",
+            "add",
+            "--province",
+            "58",
+            "--for",
+            "3d",
+            "--reason",
+            "sáp nhập",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("+07:00 (34:56 Khánh Hòa)"), "{said}");
+    let merged = said.split_whitespace().next().unwrap().to_string();
+    assert!(tiendo(&url, &["silence", "remove", &merged])
+        .status
+        .success());
 
     assert!(tiendo(&url, &["silence", "remove", &id]).status.success());
     assert!(!tiendo(&url, &["silence", "remove", &id]).status.success());

@@ -189,10 +189,14 @@ pub enum SilenceError {
     Source(String),
     #[error("rule {0} is no source rule; those are source_quiet and source_rejecting")]
     NotSourceRule(String),
+    #[error("rule {0} judges a province's procedures, not a dataset: name no dataset")]
+    NoDataset(String),
 }
 
 impl Silence {
-    /// A silence of `province` (a code in `view`'s table), checked against what exists.
+    /// A silence of `province` (a code in `view`'s table, or in the 34-unit view a code of
+    /// the 63 units, as upstream still sends them, meaning the unit it is now part of),
+    /// checked against what exists.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
         view: crate::provinces::View,
@@ -204,9 +208,18 @@ impl Silence {
         now: DateTime<Utc>,
         datasets: &[String],
     ) -> Result<Silence, SilenceError> {
+        use crate::provinces::{provinces, Scheme, Unit, View};
         let tag = view.tag();
-        let unit = crate::provinces::provinces()
-            .resolve(view.scheme(), province)
+        let code = format!("{province:0>2}");
+        let unit = provinces()
+            .resolve(view.scheme(), &code)
+            .or_else(|| match view {
+                View::Current34 => provinces().resolve(Scheme::Legacy63, &code).map(|u| Unit {
+                    scheme: Scheme::Current34,
+                    code: u.current_code(),
+                }),
+                View::Legacy63 => None,
+            })
             .ok_or_else(|| SilenceError::Province(province.to_string(), tag))?;
         let dataset = dataset.unwrap_or_default();
         if !dataset.is_empty() && !datasets.iter().any(|d| d == dataset) {
@@ -227,6 +240,10 @@ impl Silence {
                     })?,
             ),
         };
+        // Procedure alerts carry no dataset: a silence naming one would never hold.
+        if let Some(r) = rule.filter(|r| !r.per_dataset() && !dataset.is_empty()) {
+            return Err(SilenceError::NoDataset(r.as_str().to_string()));
+        }
         if until <= now {
             return Err(SilenceError::Past);
         }

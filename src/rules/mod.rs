@@ -55,6 +55,14 @@ impl Rule {
         }
     }
 
+    /// Whether its alerts are of one dataset (the procedure and source rules' are not).
+    pub fn per_dataset(self) -> bool {
+        matches!(
+            self,
+            Rule::Silent | Rule::BehindPace | Rule::ProjectedMiss | Rule::Completed
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Rule::Silent => "silent",
