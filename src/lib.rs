@@ -15,6 +15,7 @@ pub mod catchup;
 pub mod chat;
 pub mod clock;
 pub mod config;
+pub mod csv_line;
 pub mod deadletter;
 pub mod decode;
 pub mod demo;

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::clock::vn_offset;
+use crate::csv_line::line_at;
 use crate::decode::Validator;
 use crate::events::{Channel, CodeScheme, Kind, ProcedureCompleted, RecordDigitized};
 use crate::generator::Generated;
@@ -198,31 +199,6 @@ impl Row {
     }
 }
 
-/// The line a CSV record starts on, from its byte offset: a record's position includes the
-/// blank and comment lines skipped before it, so those are stepped over first.
-fn line_at(text: &str, p: &csv::Position) -> u64 {
-    let bytes = text.as_bytes();
-    let mut end = (p.byte() as usize).min(text.len());
-    loop {
-        while end < bytes.len() && bytes[end].is_ascii_whitespace() {
-            end += 1;
-        }
-        if end < bytes.len() && bytes[end] == b'#' {
-            end += bytes[end..]
-                .iter()
-                .position(|b| *b == b'\n')
-                .unwrap_or(bytes.len() - end);
-            continue;
-        }
-        break;
-    }
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count() as u64
-        + 1
-}
-
 /// An id from the event's content (id left empty) and its occurrence among identical rows.
 fn derive_id(m: &Generated, occurrence: u32) -> String {
     let mut h = Sha256::new();
@@ -283,6 +259,17 @@ pub fn parse(
                 .comment(Some(b'#'))
                 .from_reader(text.as_bytes());
             let headers = reader.headers().cloned().unwrap_or_default();
+            // A file without its header row would have its first row taken for one, and
+            // then read as nothing, or as rows under the wrong names.
+            if !headers.is_empty() && !headers.iter().any(|h| h == "province_code") {
+                let line = headers.position().map(|p| line_at(text, p)).unwrap_or(1);
+                return Err(vec![BadRow {
+                    line,
+                    problem: "the first row names no province_code column; a CSV file starts \
+                              with a header row naming its columns"
+                        .into(),
+                }]);
+            }
             reader
                 .records()
                 .map(|r| match r {
@@ -320,6 +307,8 @@ pub fn parse(
     let mut events = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     let mut seen: HashMap<Vec<u8>, u32> = HashMap::new();
+    // Given ids, with the line and event each was first given for.
+    let mut given: HashMap<String, (u64, Vec<u8>)> = HashMap::new();
     for (line, row) in rows {
         let event = row.and_then(|r| r.event(kind)).and_then(|mut m| {
             if id_of(&m).is_empty() {
@@ -327,6 +316,18 @@ pub fn parse(
                 *n += 1;
                 let id = derive_id(&m, *n);
                 set_id(&mut m, id);
+            } else {
+                // The same id twice is one event sent twice, counted once: for two
+                // different events, one would be lost.
+                let (first, event) = given
+                    .entry(id_of(&m).to_string())
+                    .or_insert_with(|| (line, m.encode()));
+                if *first != line && *event != m.encode() {
+                    return Err(format!(
+                        "event_id {} is on line {first} for another event; only one would count",
+                        id_of(&m)
+                    ));
+                }
             }
             validator
                 .decode(event_kind, &m.encode(), now.timestamp())
@@ -425,6 +426,39 @@ mod tests {
             panic!()
         };
         assert_eq!(r.occurred_at.as_ref().unwrap().seconds, 1_731_981_600);
+    }
+
+    #[test]
+    fn a_file_without_its_header_or_with_an_id_given_twice_is_refused() {
+        // The only row would be taken for the header: zero events, silently.
+        let headless = "58,63,civil_status,1200,2024-11-19 09:00\n";
+        let rows = parse(
+            headless,
+            FileKind::Records,
+            FileFormat::Csv,
+            &validator(),
+            now(),
+        );
+        let rows = rows.unwrap_err();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].line, 1);
+        assert!(rows[0].problem.contains("header"), "{rows:?}");
+        // One id for two events: one would be lost. The same event twice is one event.
+        let twice = "event_id,province_code,dataset,record_count,occurred_at\n\
+                     a1,01,civil_status,10,2024-11-19\n\
+                     a1,01,civil_status,10,2024-11-19\n\
+                     a1,04,civil_status,30,2024-11-19\n";
+        let rows = parse(
+            twice,
+            FileKind::Records,
+            FileFormat::Csv,
+            &validator(),
+            now(),
+        );
+        let rows = rows.unwrap_err();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].line, 4);
+        assert!(rows[0].problem.contains("on line 2"), "{rows:?}");
     }
 
     #[test]

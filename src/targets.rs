@@ -9,6 +9,7 @@ use std::path::Path;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
+use crate::csv_line::line_at;
 use crate::provinces::{provinces, Scheme, Unit};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,24 +60,42 @@ impl Targets {
             .trim(csv::Trim::All)
             .comment(Some(b'#'))
             .from_reader(text.as_bytes());
+        let headers = reader.headers().cloned().map_err(|e| TargetError::Row {
+            line: 1,
+            message: e.to_string(),
+        })?;
         let mut by_unit = BTreeMap::new();
-        for row in reader.deserialize::<Row>() {
-            let row = row.map_err(|e| TargetError::Row {
-                line: e.position().map(|p| p.line()).unwrap_or(0),
+        // The line each (unit, dataset) was first given on.
+        let mut given: BTreeMap<(Unit, String), u64> = BTreeMap::new();
+        for record in reader.records() {
+            let record = record.map_err(|e| TargetError::Row {
+                line: e.position().map_or(0, |p| line_at(text, p)),
                 message: e.to_string(),
             })?;
-            let bad = |message: String| TargetError::Row { line: 0, message };
-            let scheme = match row.scheme.as_deref().unwrap_or("34") {
-                "34" | "" => Scheme::Current34,
-                "63" => Scheme::Legacy63,
+            let line = record.position().map_or(0, |p| line_at(text, p));
+            let bad = |message: String| TargetError::Row { line, message };
+            let row: Row = record
+                .deserialize(Some(&headers))
+                .map_err(|e| bad(e.to_string()))?;
+            let (scheme, tag) = match row.scheme.as_deref().unwrap_or("34") {
+                "34" | "" => (Scheme::Current34, "34"),
+                "63" => (Scheme::Legacy63, "63"),
                 other => return Err(bad(format!("scheme must be 34 or 63, not {other}"))),
             };
             let unit = provinces().resolve(scheme, &row.province).ok_or_else(|| {
                 bad(format!(
-                    "unknown province {} in the {scheme:?} table",
+                    "unknown province {} in the {tag}-unit table",
                     row.province
                 ))
             })?;
+            // Two targets for one province and dataset: which one holds would be the file's
+            // order, not anyone's decision.
+            if let Some(first) = given.insert((unit, row.dataset.clone()), line) {
+                return Err(bad(format!(
+                    "{tag}:{} {} already has a target on line {first}",
+                    row.province, row.dataset
+                )));
+            }
             if !datasets.contains(&row.dataset) {
                 return Err(bad(format!("unknown dataset {}", row.dataset)));
             }
@@ -170,6 +189,27 @@ mod tests {
 
     fn ds() -> Vec<String> {
         vec!["civil_status".into(), "land".into()]
+    }
+
+    #[test]
+    fn a_bad_row_is_named_by_its_line_and_a_target_given_twice_is_refused() {
+        let err = |text: &str| Targets::parse(text, &ds()).unwrap_err().to_string();
+        let head = "province,dataset,target,deadline\n# a comment\n01,land,10,2025-12-31\n";
+        assert_eq!(
+            err(&format!("{head}99,land,10,2025-12-31\n")),
+            "targets line 4: unknown province 99 in the 34-unit table"
+        );
+        assert_eq!(
+            err(&format!("{head}01,weather,10,2025-12-31\n")),
+            "targets line 4: unknown dataset weather"
+        );
+        assert_eq!(
+            err(&format!("{head}01,land,20,2026-06-30\n")),
+            "targets line 4: 34:01 land already has a target on line 3"
+        );
+        assert!(
+            err(&format!("{head}01,civil_status,many,2025-12-31\n")).starts_with("targets line 4:")
+        );
     }
 
     #[test]
