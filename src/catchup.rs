@@ -249,7 +249,9 @@ impl Watch {
                     config.set(key, value.expose());
                 }
             }
-            config.create_with_context(ProbeContext)
+            config
+                .create_with_context(ProbeContext)
+                .map_err(crate::source::withheld)
         };
         let t = &settings.kafka.topics;
         Ok(Watch {

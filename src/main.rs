@@ -223,6 +223,9 @@ async fn start() -> anyhow::Result<()> {
         } => report(&settings, view, format, lang, output).await,
         Command::Check => {
             let targets = run::load_targets(&settings)?;
+            // What `run` would refuse when it starts, found without connecting.
+            store::check(&settings.redis).context("redis settings")?;
+            tiendo::source::check(&settings.kafka).context("kafka settings")?;
             let env = tiendo::config::env::EnvOverrides::from_env()?;
             println!("{settings:#?}");
             println!(

@@ -309,9 +309,37 @@ pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Ass
             keys: Keys::new(&settings.redis.key_prefix),
         },
     };
-    let consumer: EventConsumer = consumer_config(kafka).create_with_context(context)?;
+    let consumer: EventConsumer = consumer_config(kafka)
+        .create_with_context(context)
+        .map_err(withheld)?;
     consumer.subscribe(&[&kafka.topics.records, &kafka.topics.procedures])?;
     Ok((Arc::new(consumer), assignment))
+}
+
+/// Whether librdkafka takes the consumer's and producers' properties as configured (`tiendo
+/// check`): an unknown or misspelt property, or a bad value, is refused when a client is
+/// made. The clients are dropped at once, before they could connect to anything.
+pub fn check(kafka: &KafkaSettings) -> KafkaResult<()> {
+    consumer_config(kafka)
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .map_err(withheld)?;
+    producer(kafka, "check").map(drop)
+}
+
+/// A client's configuration error without the value it was given: a misspelt
+/// `sasl.pasword` must not print the password (librdkafka's own text may quote it too).
+pub fn withheld(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, desc, key, value) => {
+            let desc = if value.is_empty() {
+                desc
+            } else {
+                desc.replace(&value, "[withheld]")
+            };
+            KafkaError::ClientConfig(code, desc, key, "[value withheld]".into())
+        }
+        other => other,
+    }
 }
 
 /// The consumer's librdkafka properties: tiendo's defaults, then the operator's, except the
@@ -400,7 +428,9 @@ pub fn producer(kafka: &KafkaSettings, name: &'static str) -> KafkaResult<Produc
     for (key, value) in &kafka.producer_properties {
         config.set(key, value.expose());
     }
-    config.create_with_context(ProducerLog(name))
+    config
+        .create_with_context(ProducerLog(name))
+        .map_err(withheld)
 }
 
 #[cfg(test)]

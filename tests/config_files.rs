@@ -104,6 +104,31 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
     }
 }
 
+/// What `tiendo run` would refuse on starting, `tiendo check` refuses too, without
+/// connecting: a Redis URL that does not parse, a TLS file that is not there, a misspelt
+/// librdkafka property (its value, a password, never printed).
+#[test]
+fn check_refuses_what_run_would() {
+    let err = check(&[], &[("TIENDO_REDIS__URL", "redis-prod:6379")]).unwrap_err();
+    assert!(err.contains("redis settings"), "{err}");
+    let err = check(&[], &[("TIENDO_REDIS__TLS_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+    assert!(
+        err.contains("redis settings") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+    let err = check(
+        &[],
+        &[("TIENDO_KAFKA__PROPERTIES__SASL_PASWORD", "hunter2-secret")],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("kafka settings") && err.contains("sasl.pasword"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(check(&[], &[("TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD", "x")]).is_ok());
+}
+
 /// A target file with a former province's target but not its partner's: `tiendo check`
 /// accepts it and warns that the merged province's target covers only part of it, naming it.
 #[test]

@@ -42,33 +42,54 @@ fn certificates(settings: &RedisSettings) -> redis::RedisResult<Option<TlsCertif
     )
 }
 
-/// Connects as configured: cluster seeds if given, else the single URL.
-pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> {
+/// The client of a single Redis or of a cluster, as configured; connected to nothing yet.
+// Made once at start-up and consumed at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// The client as configured: cluster seeds if given, else the single URL.
+fn client(settings: &RedisSettings) -> redis::RedisResult<Client> {
     let certs = certificates(settings)?;
     if settings.cluster_urls.is_empty() {
-        let client = match certs {
+        return Ok(Client::Single(match certs {
             Some(certs) => redis::Client::build_with_tls(settings.url.expose(), certs)?,
             None => redis::Client::open(settings.url.expose())?,
-        };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        // Lazy: tiendo starts while Redis is down and connects when it comes.
-        Ok(RedisConn::Single(ConnectionManager::new_lazy_with_config(
-            client, config,
-        )?))
-    } else {
-        let seeds: Vec<&str> = settings.cluster_urls.iter().map(|u| u.expose()).collect();
-        let mut builder = ClusterClient::builder(seeds)
-            .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(10));
-        if let Some(certs) = certs {
-            builder = builder.certs(certs);
+        }));
+    }
+    let seeds: Vec<&str> = settings.cluster_urls.iter().map(|u| u.expose()).collect();
+    let mut builder = ClusterClient::builder(seeds)
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(10));
+    if let Some(certs) = certs {
+        builder = builder.certs(certs);
+    }
+    Ok(Client::Cluster(builder.build()?))
+}
+
+/// Whether the settings could connect: the URLs parse and the TLS files read (`tiendo
+/// check`). Connects to nothing.
+pub fn check(settings: &RedisSettings) -> redis::RedisResult<()> {
+    client(settings).map(drop)
+}
+
+/// Connects as configured: cluster seeds if given, else the single URL.
+pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<RedisConn> {
+    match client(settings)? {
+        Client::Single(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(10)))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(2));
+            // Lazy: tiendo starts while Redis is down and connects when it comes.
+            Ok(RedisConn::Single(ConnectionManager::new_lazy_with_config(
+                client, config,
+            )?))
         }
-        let client = builder.build()?;
-        Ok(RedisConn::Cluster(client.get_async_connection().await?))
+        Client::Cluster(client) => Ok(RedisConn::Cluster(client.get_async_connection().await?)),
     }
 }
 

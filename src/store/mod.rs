@@ -27,7 +27,7 @@ use futures::future::try_join_all;
 use redis::Script;
 
 pub use claims::Plan as ClaimPlan;
-pub use conn::{connect, RedisConn};
+pub use conn::{check, connect, RedisConn};
 pub use keys::{IdKey, Keys, PartitionKeys, CLAIM_SIZE, DEDUP_SHARDS};
 pub use read::{Counts, Daily, Snapshot};
 
