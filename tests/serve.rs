@@ -11,7 +11,7 @@ use chrono::{DurationRound, Utc};
 use tokio_util::sync::CancellationToken;
 
 use common::browser::{chromium, count_color};
-use common::{seed_stalls, stall_targets, Env};
+use common::{seed_stalls, stall_targets, stall_targets_and, Env};
 use tiendo::clock::{SharedClock, SystemClock};
 use tiendo::pipeline::Pipeline;
 use tiendo::rules::evaluator::Evaluator;
@@ -26,6 +26,11 @@ struct Served {
 /// The seeded season, its alerts evaluated (firing at once), a pipeline consuming and the
 /// HTTP server up.
 async fn serve(env: &Env) -> Served {
+    serve_and(env, |_| String::new()).await
+}
+
+/// [`serve`] with the target rows `more` makes of the time the season ends.
+async fn serve_and(env: &Env, more: impl Fn(chrono::DateTime<Utc>) -> String) -> Served {
     let now = Utc::now()
         .duration_trunc(chrono::Duration::minutes(1))
         .unwrap();
@@ -37,7 +42,7 @@ async fn serve(env: &Env) -> Served {
         "statistics.interval.ms".into(),
         tiendo::config::Secret::new("500"),
     );
-    let targets = stall_targets(now, &settings.validation.datasets);
+    let targets = stall_targets_and(now, &settings.validation.datasets, &more(now));
     let clock: SharedClock = Arc::new(SystemClock);
     let conn = store::connect(&settings.redis).await.unwrap();
     let evaluator = Evaluator::new(
@@ -323,7 +328,29 @@ async fn the_page_says_when_figures_are_catching_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_renders_provinces_by_risk_in_a_real_browser() {
     let env = Env::start();
-    let s = serve(&env).await;
+    // Điện Biên's land four records short of its target; Lai Châu's land due three days ago,
+    // at 40%. (Recorded yesterday, so neither is silent: this test's process shares its
+    // alert gauges with the others'.)
+    let mut g = env.generator(7);
+    let yesterday = Utc::now() - chrono::Duration::days(1);
+    let mut land = |code: &str, n: u64| {
+        g.record_for(
+            code,
+            tiendo::events::CodeScheme::Provinces34,
+            "land",
+            n,
+            yesterday,
+        )
+    };
+    let events = [land("11", 9_996), land("12", 400)];
+    env.publish(&events).await;
+    let s = serve_and(&env, |now| {
+        let vn = now.with_timezone(&tiendo::clock::vn_offset()).date_naive();
+        let far = vn + chrono::Days::new(40);
+        let past = vn - chrono::Days::new(3);
+        format!("11,land,10000,{far}\n12,land,1000,{past}\n")
+    })
+    .await;
     let url = format!("{}/", s.base);
     let budget = "--virtual-time-budget=10000";
 
@@ -344,10 +371,10 @@ async fn the_status_page_renders_provinces_by_risk_in_a_real_browser() {
         .map(|(i, m)| &dom[i + m.len()..i + m.len() + 2])
         .collect();
     assert_eq!(cards.len(), 34, "{cards:?}");
-    assert!(
-        cards[..2].contains(&"01") && cards[..2].contains(&"04"),
-        "{cards:?}"
-    );
+    // Hà Nội silent, Cao Bằng behind pace, Lai Châu past its deadline: the three first.
+    let mut first: Vec<&str> = cards[..3].to_vec();
+    first.sort();
+    assert_eq!(first, ["01", "04", "12"], "{cards:?}");
     assert!(
         dom.contains("class=\"card warning\""),
         "no highlighted card"
@@ -363,6 +390,16 @@ async fn the_status_page_renders_provinces_by_risk_in_a_real_browser() {
     assert!(
         dom.contains("Hộ tịch: 1.449.984 · 43,7% chỉ tiêu"),
         "national pill:\n{dom}"
+    );
+    // 99,96% is not done: never read as 100,0%. A deadline past reads as overdue.
+    assert!(
+        dom.contains("99,9% · 9.996/10.000"),
+        "Điện Biên's land:\n{dom}"
+    );
+    assert!(!dom.contains("100,0% · 9.996"), "{dom}");
+    assert!(
+        dom.contains("40,0% · 400/1.000 · quá hạn 3 ngày"),
+        "Lai Châu's land:\n{dom}"
     );
 
     // A phone-sized screenshot: the highlight and progress colours are really painted.

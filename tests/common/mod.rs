@@ -464,13 +464,22 @@ pub async fn store_and_ledger(s: &Settings) -> (Store, Ledger) {
 
 /// Targets 40 days out for four provinces of the 34-unit table.
 pub fn stall_targets(now: DateTime<Utc>, datasets: &[String]) -> tiendo::targets::Targets {
+    stall_targets_and(now, datasets, "")
+}
+
+/// [`stall_targets`] and the CSV rows `more`.
+pub fn stall_targets_and(
+    now: DateTime<Utc>,
+    datasets: &[String],
+    more: &str,
+) -> tiendo::targets::Targets {
     let deadline = (now.with_timezone(&tiendo::clock::vn_offset()) + Span::days(40)).date_naive();
     let csv = format!(
         "province,dataset,target,deadline\n\
          01,civil_status,1000000,{deadline}\n\
          04,civil_status,1000000,{deadline}\n\
          08,civil_status,200000,{deadline}\n\
-         11,civil_status,1000000,{deadline}\n"
+         11,civil_status,1000000,{deadline}\n{more}"
     );
     tiendo::targets::Targets::parse(&csv, datasets).unwrap()
 }
