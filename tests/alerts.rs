@@ -521,6 +521,50 @@ async fn a_receiver_that_refuses_everything_holds_its_messages() {
     );
 }
 
+/// A reply to a chat that refuses it (a stranger who blocked the bot after a refusal) is set
+/// aside: the replies after it, and the alerts, do not wait behind it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_the_chat_refuses_holds_up_nothing() {
+    use tiendo::rules::ledger::{Digest, Kind, Recipient};
+    let env = Env::start();
+    let now = Utc::now();
+    let server = ChatServer::start(vec![Reply::Described(
+        403,
+        "Forbidden: bot was blocked by the user",
+    )])
+    .await;
+    let a = Alerting::new(
+        &env,
+        now,
+        &[("tg", receiver(ReceiverKind::Telegram, &server.url()))],
+    )
+    .await;
+    let reply = |id: &str, chat: &str| Digest {
+        id: id.into(),
+        at: now,
+        kind: Kind::Reply,
+        texts: vec![format!("trả lời {id}")],
+        to: Some(Recipient {
+            chat_id: chat.into(),
+            reply_to: None,
+        }),
+        ..Digest::default()
+    };
+    let commit = Commit {
+        digests: vec![
+            ("tg".into(), reply("r1", "777")),
+            ("tg".into(), reply("r2", "-100111")),
+        ],
+        ..Commit::default()
+    };
+    assert!(a.ledger.commit(0, &commit).await.unwrap());
+    a.deliver_all().await;
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(server.accepted().len(), 1);
+    assert_eq!(text(&server.accepted()[0]), "trả lời r2");
+}
+
 /// A receiver's Retry-After holds for whichever replica sends next, after a restart too: the
 /// replica that heard it stops (a rolling update) and the next one waits it out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

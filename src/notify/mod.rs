@@ -219,7 +219,10 @@ impl Dispatcher {
                     .increment(1);
                     let wait = after.unwrap_or(backoff).max(FIRST_BACKOFF);
                     if after.is_some() {
-                        self.ledger.wait_outbox(name, wait).await?;
+                        // Kept for every replica; if Redis cannot keep it, this one still waits.
+                        if let Err(error) = self.ledger.wait_outbox(name, wait).await {
+                            tracing::warn!(outbox = name, %error, "receiver's wait not kept in Redis");
+                        }
                     }
                     tracing::warn!(
                         outbox = name,
@@ -229,6 +232,36 @@ impl Dispatcher {
                         "notification not delivered; will retry"
                     );
                     return Ok(Step::Retry(wait));
+                }
+                // The receiver's own chat refusing everything: held, not set aside, as every
+                // message would be refused until someone mends the token, URL or chat; then
+                // the backlog goes out, merged.
+                Err(SendError::Refused(reason)) if pending.digest.to.is_none() => {
+                    metrics::counter!(
+                        telemetry::NOTIFICATIONS_FAILED,
+                        "receiver" => self.outbox.clone(),
+                        "outcome" => "retried"
+                    )
+                    .increment(1);
+                    tracing::warn!(
+                        outbox = name,
+                        digest = id,
+                        reason,
+                        retry_in = ?backoff,
+                        "receiver refuses every message: check its token, URL and chat; will retry"
+                    );
+                    return Ok(Step::Retry(backoff));
+                }
+                // A reply to a chat that will not take it (one that blocked the bot, or is
+                // gone): no later reply should wait behind it.
+                Err(SendError::Refused(reason)) => {
+                    tracing::warn!(
+                        outbox = name,
+                        digest = id,
+                        reason,
+                        "the chat replied to refuses it; moved to the failed list"
+                    );
+                    return self.set_aside(&lock, id, "rejected", &reason).await;
                 }
                 Err(SendError::Rejected(reason)) => {
                     tracing::error!(

@@ -33,9 +33,13 @@ pub enum SendError {
         after: Option<Duration>,
         reason: String,
     },
-    /// The receiver refuses this request for good (bad token, bad payload).
+    /// The receiver refuses this request for good (a bad payload).
     #[error("{0}")]
     Rejected(String),
+    /// The receiver refuses the chat it was sent to, or every request (see
+    /// [`refuses_everything`]): retried until mended when it is the receiver's own chat.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// One request to a receiver.
@@ -300,9 +304,9 @@ pub fn telegram_bot(r: &ReceiverSettings) -> String {
     format!("{}/bot{}", base.trim_end_matches('/'), r.token.expose())
 }
 
-/// 2xx delivered; 429 and 5xx retried (after Retry-After, or Telegram's `retry_after`);
-/// a refusal of the receiver itself (see [`refuses_everything`]) retried until it is mended;
-/// any other status is a refusal of this message that no retry will fix.
+/// 2xx delivered; 408, 429 and 5xx retried (after Retry-After, or Telegram's
+/// `retry_after`); a refusal of the receiver or chat itself (see [`refuses_everything`]) told
+/// apart; any other status is a refusal of this message that no retry will fix.
 async fn classify(response: reqwest::Response) -> Result<(), SendError> {
     let status = response.status();
     if status.is_success() {
@@ -326,17 +330,13 @@ async fn classify(response: reqwest::Response) -> Result<(), SendError> {
         status.as_u16(),
         body.chars().take(200).collect::<String>()
     );
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+    {
         Err(SendError::Retry { after, reason })
     } else if refuses_everything(status, json.as_ref()) {
-        // Held, not set aside: every message would be refused until someone mends the
-        // token, URL or chat, and then the backlog goes out, merged.
-        Err(SendError::Retry {
-            after: None,
-            reason: format!(
-                "{reason} (refuses every message: check the receiver's token, URL and chat)"
-            ),
-        })
+        Err(SendError::Refused(reason))
     } else {
         Err(SendError::Rejected(reason))
     }
@@ -351,11 +351,11 @@ fn retry_after(value: &str) -> Option<u64> {
     })
 }
 
-/// A refusal that says the receiver is broken, not the message: a revoked token or removed
-/// app (401, 403), a webhook or bot that is gone (404, 410), a proxy's timeout (408), or
+/// A refusal that says the receiver or its chat is broken, not the message: a revoked token
+/// or removed app (401, 403, a bot blocked), a webhook or bot that is gone (404, 410), or
 /// Telegram's chat not found or upgraded to a supergroup (400 naming the new id).
 fn refuses_everything(status: StatusCode, body: Option<&serde_json::Value>) -> bool {
-    if matches!(status.as_u16(), 401 | 403 | 404 | 408 | 410) {
+    if matches!(status.as_u16(), 401 | 403 | 404 | 410) {
         return true;
     }
     let Some(body) = body else {
@@ -471,7 +471,7 @@ mod tests {
     #[test]
     fn a_broken_receiver_is_told_from_a_bad_message() {
         let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
-        for status in [401, 403, 404, 408, 410] {
+        for status in [401, 403, 404, 410] {
             assert!(refuses_everything(
                 StatusCode::from_u16(status).unwrap(),
                 None
