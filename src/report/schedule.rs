@@ -10,6 +10,7 @@
 //! waits (it would show a province at 0%). A deployment that has never posted starts from the
 //! latest time passed, silently: a new schedule does not post last Monday's report at once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,8 @@ pub struct Poster {
     clock: SharedClock,
     slots: Vec<Slot>,
     watch: Option<Watch>,
+    /// Whether this process has looked at the schedule: a changed one starts anew only then.
+    looked: AtomicBool,
 }
 
 impl Poster {
@@ -96,6 +99,7 @@ impl Poster {
             clock,
             slots,
             watch: None,
+            looked: AtomicBool::new(false),
         }
     }
 
@@ -143,15 +147,22 @@ impl Poster {
             return Ok(Posted::Nothing);
         };
         let (done, schedule) = self.dealt_with().await?;
-        // A schedule changed since (none stored: written before this was kept) starts anew,
-        // as a new deployment's does: moved from 08:00 to 09:00 after the 08:00 report, it
-        // does not send a second one at 09:00.
-        let changed = schedule.is_some_and(|s| s != self.schedule());
+        // A schedule other than the one the marker was dealt with under (none stored: written
+        // before this was kept) starts anew, as a new deployment's does: changed to "daily
+        // 11:00" at 11:15, today's 11:00 is not posted. Only at this process's first look, so
+        // that replicas of the old and the new schedule, in a rolling change, do not keep
+        // starting each other anew.
+        let changed =
+            !self.looked.load(Ordering::Relaxed) && schedule.is_some_and(|s| s != self.schedule());
+        if !changed {
+            self.looked.store(true, Ordering::Relaxed);
+        }
         match done {
             Some(done) if done >= due && !changed => return Ok(Posted::Nothing),
             Some(_) if !changed => {}
             _ => {
-                let marked = self.mark(due, Vec::new()).await?;
+                let marked = self.mark(due, Vec::new(), changed).await?;
+                self.looked.store(true, Ordering::Relaxed);
                 return Ok(if marked {
                     Posted::Started(due)
                 } else {
@@ -169,7 +180,7 @@ impl Poster {
         let late = now - due
             > chrono::Duration::from_std(self.settings.report.late_after).unwrap_or_default();
         let digests = self.digests(due, now, late).await?;
-        if !self.mark(due, digests).await? {
+        if !self.mark(due, digests, false).await? {
             return Ok(Posted::Nothing);
         }
         metrics::counter!(telemetry::REPORTS_POSTED, "late" => late.to_string()).increment(1);
@@ -182,13 +193,27 @@ impl Poster {
         Ok((marker(&meta), meta.remove(REPORT_SCHEDULE)))
     }
 
-    /// The schedule as stored with the marker.
+    /// The schedule as stored with the marker, the same however it was spelt (`mon  08:00`
+    /// from the environment, `Mon 08:00` from the file).
     fn schedule(&self) -> String {
-        self.settings.report.schedule.join(", ")
+        let slots: Vec<String> = self
+            .settings
+            .report
+            .schedule
+            .iter()
+            .map(|s| {
+                s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+            })
+            .collect();
+        slots.join(", ")
     }
 
-    /// Commits `due` (or, under a new schedule, the later of it and the marker) as dealt with,
-    /// with its digests and the schedule, if the marker still holds what was read:
+    /// Commits `due` (or, starting `anew` under a changed schedule, the later of it and the
+    /// marker) as dealt with, with its digests and the schedule, if the marker still holds
+    /// what was read:
     /// the report touches no alert state, so evaluations committing meanwhile (a build takes
     /// seconds) do not refuse it; only another replica's mark does. `false` if another replica
     /// dealt with `due` first, or the marker kept moving (the next look tries again).
@@ -196,6 +221,7 @@ impl Poster {
         &self,
         due: DateTime<Utc>,
         digests: Vec<(String, Digest)>,
+        anew: bool,
     ) -> Result<bool, LedgerError> {
         let mut commit = Commit {
             meta: vec![
@@ -208,14 +234,10 @@ impl Poster {
         for _ in 0..MARK_TRIES {
             let read = self.ledger.read().await?;
             let done = marker(&read.meta);
-            let same = read
-                .meta
-                .get(REPORT_SCHEDULE)
-                .is_none_or(|s| *s == self.schedule());
-            if same && done.is_some_and(|done| done >= due) {
+            if !anew && done.is_some_and(|done| done >= due) {
                 return Ok(false);
             }
-            // A new schedule is stored; the marker never moves back.
+            // The marker never moves back.
             commit.meta[0].1 = Some(done.map_or(due, |d| d.max(due)).to_rfc3339());
             let read_marker = read.meta.get(REPORT_DUE).map(String::as_str);
             if self
