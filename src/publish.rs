@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::clock::vn_offset;
-use crate::csv_line::line_at;
+use crate::csv_line::{line_at, Lines};
 use crate::decode::Validator;
 use crate::events::{Channel, CodeScheme, Kind, ProcedureCompleted, RecordDigitized};
 use crate::generator::Generated;
@@ -210,6 +210,13 @@ fn derive_id(m: &Generated, occurrence: u32) -> String {
     format!("f-{hex}")
 }
 
+fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
 fn set_id(m: &mut Generated, id: String) {
     match m {
         Generated::Record(r) => r.event_id = id,
@@ -270,18 +277,19 @@ pub fn parse(
                         .into(),
                 }]);
             }
+            let mut lines = Lines::new(text);
             reader
                 .records()
                 .map(|r| match r {
                     Ok(record) => {
-                        let line = record.position().map(|p| line_at(text, p)).unwrap_or(0);
+                        let line = record.position().map(|p| lines.of(p)).unwrap_or(0);
                         let row = record
                             .deserialize::<Row>(Some(&headers))
                             .map_err(|e| e.to_string());
                         (line, row)
                     }
                     Err(e) => (
-                        e.position().map(|p| line_at(text, p)).unwrap_or(0),
+                        e.position().map(|p| lines.of(p)).unwrap_or(0),
                         Err(e.to_string()),
                     ),
                 })
@@ -307,8 +315,8 @@ pub fn parse(
     let mut events = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     let mut seen: HashMap<Vec<u8>, u32> = HashMap::new();
-    // Given ids, with the line and event each was first given for.
-    let mut given: HashMap<String, (u64, Vec<u8>)> = HashMap::new();
+    // Given ids, with the line and (a hash of) the event each was first given for.
+    let mut given: HashMap<String, (u64, u64)> = HashMap::new();
     for (line, row) in rows {
         let event = row.and_then(|r| r.event(kind)).and_then(|mut m| {
             if id_of(&m).is_empty() {
@@ -319,10 +327,10 @@ pub fn parse(
             } else {
                 // The same id twice is one event sent twice, counted once: for two
                 // different events, one would be lost.
-                let (first, event) = given
-                    .entry(id_of(&m).to_string())
-                    .or_insert_with(|| (line, m.encode()));
-                if *first != line && *event != m.encode() {
+                let event = hash(&m.encode());
+                let (first, first_event) =
+                    given.entry(id_of(&m).to_string()).or_insert((line, event));
+                if *first != line && *first_event != event {
                     return Err(format!(
                         "event_id {} is on line {first} for another event; only one would count",
                         id_of(&m)

@@ -9,7 +9,7 @@ use std::path::Path;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-use crate::csv_line::line_at;
+use crate::csv_line::Lines;
 use crate::provinces::{provinces, Scheme, Unit};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +67,13 @@ impl Targets {
         let mut by_unit = BTreeMap::new();
         // The line each (unit, dataset) was first given on.
         let mut given: BTreeMap<(Unit, String), u64> = BTreeMap::new();
+        let mut lines = Lines::new(text);
         for record in reader.records() {
             let record = record.map_err(|e| TargetError::Row {
-                line: e.position().map_or(0, |p| line_at(text, p)),
+                line: e.position().map_or(0, |p| lines.of(p)),
                 message: e.to_string(),
             })?;
-            let line = record.position().map_or(0, |p| line_at(text, p));
+            let line = record.position().map_or(0, |p| lines.of(p));
             let bad = |message: String| TargetError::Row { line, message };
             let row: Row = record
                 .deserialize(Some(&headers))
