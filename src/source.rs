@@ -317,13 +317,16 @@ pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Ass
 }
 
 /// Whether librdkafka takes the consumer's and producers' properties as configured (`tiendo
-/// check`): an unknown or misspelt property, or a bad value, is refused when a client is
-/// made. The clients are dropped at once, before they could connect to anything.
+/// check`): an unknown or misspelt property, or a bad value, is refused as a client would
+/// refuse it on starting. No client is made: nothing is asked of the brokers.
 pub fn check(kafka: &KafkaSettings) -> KafkaResult<()> {
     consumer_config(kafka)
-        .create::<rdkafka::consumer::BaseConsumer>()
+        .create_native_config()
         .map_err(withheld)?;
-    producer(kafka, "check").map(drop)
+    producer_config(kafka)
+        .create_native_config()
+        .map(drop)
+        .map_err(withheld)
 }
 
 /// A client's configuration error without the value it was given: a misspelt
@@ -420,6 +423,13 @@ pub type Producer = FutureProducer<ProducerLog>;
 /// An idempotent producer that waits for all replicas; `name` is how its errors are logged
 /// (`client="dead-letter producer"`).
 pub fn producer(kafka: &KafkaSettings, name: &'static str) -> KafkaResult<Producer> {
+    producer_config(kafka)
+        .create_with_context(ProducerLog(name))
+        .map_err(withheld)
+}
+
+/// The producers' librdkafka properties: tiendo's defaults, then the operator's.
+fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut config = client_config(kafka);
     config
         .set("enable.idempotence", "true")
@@ -429,8 +439,6 @@ pub fn producer(kafka: &KafkaSettings, name: &'static str) -> KafkaResult<Produc
         config.set(key, value.expose());
     }
     config
-        .create_with_context(ProducerLog(name))
-        .map_err(withheld)
 }
 
 #[cfg(test)]
