@@ -147,6 +147,19 @@ pub fn load_targets(settings: &Settings) -> anyhow::Result<Targets> {
              while its figures count them all: it may read as reached early"
         );
     }
+    // The 63-unit view measures old provinces against their own targets only: a 34-unit
+    // target there measures nothing, and its alerts would never fire.
+    let current = targets
+        .by_unit
+        .keys()
+        .filter(|(u, _)| u.scheme == crate::provinces::Scheme::Current34)
+        .count();
+    if settings.alerts.view == crate::provinces::View::Legacy63 && current > 0 {
+        tracing::warn!(
+            targets = current,
+            "alerts.view = 63 judges the 63 former provinces against targets given for them              (scheme 63); these targets of the 34-unit table judge nothing there"
+        );
+    }
     Ok(targets)
 }
 

@@ -129,6 +129,29 @@ fn check_refuses_what_run_would() {
     assert!(check(&[], &[("TIENDO_KAFKA__PROPERTIES__SASL_PASSWORD", "x")]).is_ok());
 }
 
+/// Alerts judged in the 63-unit table with targets of the 34-unit table: they would judge
+/// nothing, and `tiendo check` says so.
+#[test]
+fn check_warns_of_targets_the_63_unit_view_cannot_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("targets.csv");
+    std::fs::write(
+        &file,
+        "province,dataset,target,deadline\n56,civil_status,900000,2026-12-31\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .arg("check")
+        .env_clear()
+        .env("TIENDO_TARGETS__FILE", &file)
+        .env("TIENDO_ALERTS__VIEW", "63")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("judge nothing there"), "{err}");
+}
+
 /// A target file with a former province's target but not its partner's: `tiendo check`
 /// accepts it and warns that the merged province's target covers only part of it, naming it.
 #[test]
