@@ -252,18 +252,9 @@ impl Dispatcher {
                     );
                     return Ok(Step::Retry(backoff));
                 }
-                // A reply to a chat that will not take it (one that blocked the bot, or is
-                // gone): no later reply should wait behind it.
-                Err(SendError::Refused(reason)) => {
-                    tracing::warn!(
-                        outbox = name,
-                        digest = id,
-                        reason,
-                        "the chat replied to refuses it; moved to the failed list"
-                    );
-                    return self.set_aside(&lock, id, "rejected", &reason).await;
-                }
-                Err(SendError::Rejected(reason)) => {
+                // A message refused for good, or a reply to a chat that will not take it (one
+                // that blocked the bot, or is gone): nothing after it should wait behind it.
+                Err(SendError::Refused(reason) | SendError::Rejected(reason)) => {
                     tracing::error!(
                         outbox = name,
                         digest = id,
