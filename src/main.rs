@@ -266,13 +266,15 @@ async fn publish(
 ) -> anyhow::Result<()> {
     let validator = tiendo::decode::Validator::new(&settings.validation);
     let now = chrono::Utc::now();
-    let mut events = Vec::new();
+    let mut read = Vec::new();
     for file in files {
         let format = format.unwrap_or_else(|| FileFormat::guess(file));
-        let read = tiendo::publish::read(file, kind, format, &validator, now)?;
-        eprintln!("{}: {} events, all valid", file.display(), read.len());
-        events.extend(read);
+        let events = tiendo::publish::read(file, kind, format, &validator, now)?;
+        eprintln!("{}: {} events, all valid", file.display(), events.len());
+        read.push((file.display().to_string(), events));
     }
+    tiendo::publish::given_twice(&read)?;
+    let events: Vec<_> = read.into_iter().flat_map(|(_, e)| e).collect();
     if dry_run {
         return Ok(());
     }

@@ -58,6 +58,12 @@ pub enum PublishError {
     },
     #[error("{} bad row(s) in {path}; nothing was published:\n{}", rows.len(), list(rows))]
     BadRows { path: String, rows: Vec<BadRow> },
+    #[error("event_id {id} is given in {first} and in {second} for different events; only one would count; nothing was published")]
+    GivenTwice {
+        id: String,
+        first: String,
+        second: String,
+    },
     #[error("kafka: {0} (rows published before the failure are safe to publish again: their ids are derived)")]
     Kafka(#[from] rdkafka::error::KafkaError),
 }
@@ -353,6 +359,26 @@ pub fn parse(
     Ok(events)
 }
 
+/// Across the files of one publish (each already checked within itself by [`parse`]), an id
+/// given for two different events: only one of them would count.
+pub fn given_twice(files: &[(String, Vec<Generated>)]) -> Result<(), PublishError> {
+    let mut seen: HashMap<&str, (&str, u64)> = HashMap::new();
+    for (file, events) in files {
+        for m in events {
+            let event = hash(&m.encode());
+            let (first, first_event) = *seen.entry(id_of(m)).or_insert((file, event));
+            if first_event != event {
+                return Err(PublishError::GivenTwice {
+                    id: id_of(m).to_string(),
+                    first: first.to_string(),
+                    second: file.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Publishes `events` in chunks, waiting for Kafka to acknowledge each, with a progress bar
 /// on a terminal.
 pub async fn send(
@@ -467,6 +493,32 @@ mod tests {
         assert_eq!(rows.len(), 1, "{rows:?}");
         assert_eq!(rows[0].line, 4);
         assert!(rows[0].problem.contains("on line 2"), "{rows:?}");
+    }
+
+    #[test]
+    fn an_id_given_in_two_files_for_different_events_is_refused() {
+        let parse = |text: &str| {
+            parse(
+                text,
+                FileKind::Records,
+                FileFormat::Csv,
+                &validator(),
+                now(),
+            )
+            .unwrap()
+        };
+        let head = "event_id,province_code,dataset,record_count,occurred_at\n";
+        let a = parse(&format!("{head}a1,01,civil_status,10,2024-11-19\n"));
+        let same = parse(&format!("{head}a1,01,civil_status,10,2024-11-19\n"));
+        let other = parse(&format!("{head}a1,04,civil_status,30,2024-11-19\n"));
+        // The same event in two files is one event sent twice, counted once.
+        assert!(given_twice(&[("a.csv".into(), a.clone()), ("b.csv".into(), same)]).is_ok());
+        let err = given_twice(&[("a.csv".into(), a), ("c.csv".into(), other)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "event_id a1 is given in a.csv and in c.csv for different events; only one would \
+             count; nothing was published"
+        );
     }
 
     #[test]
