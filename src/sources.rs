@@ -212,8 +212,11 @@ pub fn view(
                 last_seen: time(s.last_seen),
                 last_event: time(s.last_event),
                 quiet,
-                last_24h: window(24),
-                last_7d: window(7 * 24),
+                // The current hour and the whole 24 (or 168) before it: never less than a day
+                // (or a week), so a feed that sends once a day does not read 0 when its hour
+                // leaves a 24-hour window just before it sends again.
+                last_24h: window(25),
+                last_7d: window(7 * 24 + 1),
                 total: s.total.clone(),
                 examples,
             }
@@ -342,7 +345,7 @@ mod tests {
         let now = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
         let hour = Tier::Hour.bucket(now.timestamp());
         let mut s = Stored::default();
-        for (h, events) in [(hour, 3), (hour - 23, 4), (hour - 24, 5), (hour - 200, 6)] {
+        for (h, events) in [(hour, 3), (hour - 24, 4), (hour - 25, 5), (hour - 200, 6)] {
             s.hours.entry(h).or_default().add("e", events);
         }
         s.hours.entry(hour).or_default().add("x.unknown_dataset", 1);
