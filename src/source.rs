@@ -68,7 +68,18 @@ impl Assignment {
 
     fn update(&self, f: impl FnOnce(&mut HashMap<(String, i32), Start>)) {
         let mut parts = self.partitions.lock().expect("assignment lock");
+        let before: Vec<(String, i32)> = parts.keys().cloned().collect();
         f(&mut parts);
+        // A partition let go of has no lag here any more: its new owner reports it, and a
+        // value kept would be summed twice, or stay frozen.
+        for (topic, p) in before.iter().filter(|k| !parts.contains_key(*k)) {
+            metrics::gauge!(
+                telemetry::CONSUMER_LAG,
+                "topic" => topic.clone(),
+                "partition" => p.to_string()
+            )
+            .set(0.0);
+        }
         metrics::gauge!(telemetry::ASSIGNED).set(parts.len() as f64);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -301,6 +312,9 @@ fn librdkafka_level() -> RDKafkaLogLevel {
 pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Assignment>)> {
     let kafka = &settings.kafka;
     let assignment = Arc::new(Assignment::default());
+    // Zero until the group assigns anything: a member that never joins (ACLs, brokers
+    // unreachable) reads as holding nothing, not as no figure at all.
+    metrics::gauge!(telemetry::ASSIGNED).set(0.0);
     let context = Context {
         assignment: assignment.clone(),
         outage: Mutex::default(),
@@ -445,6 +459,36 @@ fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
 mod tests {
     use super::*;
     use crate::config::Secret;
+
+    #[test]
+    fn a_partition_let_go_of_reports_no_lag_here() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let a = Assignment::default();
+            a.update(|m| {
+                m.insert(("t".into(), 0), Start::Fresh);
+                m.insert(("t".into(), 1), Start::Fresh);
+            });
+            for (p, lag) in [("0", 500.0), ("1", 700.0)] {
+                metrics::gauge!(telemetry::CONSUMER_LAG, "topic" => "t", "partition" => p).set(lag);
+            }
+            // Revoked: its new owner reports it now.
+            a.update(|m| {
+                m.remove(&("t".to_string(), 0));
+            });
+        });
+        let out = handle.render();
+        assert!(
+            out.contains("tiendo_consumer_lag_messages{topic=\"t\",partition=\"0\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("tiendo_consumer_lag_messages{topic=\"t\",partition=\"1\"} 700\n"),
+            "{out}"
+        );
+        assert!(out.contains("tiendo_assigned_partitions 1\n"), "{out}");
+    }
 
     #[test]
     fn the_operator_overrides_the_consumer_defaults_but_not_what_exactness_needs() {
