@@ -565,6 +565,59 @@ async fn a_reply_the_chat_refuses_holds_up_nothing() {
     assert_eq!(text(&server.accepted()[0]), "trả lời r2");
 }
 
+/// While a webhook is down, every replica's `tiendo_notifications_pending` is the outbox's
+/// length, the one sending and the one waiting for the lock alike: the gauge the
+/// pending-digests alert reads (it was set only when a digest went out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_reports_the_outbox_length_while_a_receiver_is_down() {
+    use tiendo::rules::ledger::{Digest, Kind};
+    let metrics = tiendo::telemetry::install_prometheus().unwrap();
+    let env = Env::start();
+    let now = Utc::now();
+    let server = ChatServer::start(vec![Reply::Status(503); 100]).await;
+    let a = Alerting::new(
+        &env,
+        now,
+        &[("down-hook", receiver(ReceiverKind::Webhook, &server.url()))],
+    )
+    .await;
+    let report = |id: &str| Digest {
+        id: id.into(),
+        at: now,
+        kind: Kind::Report,
+        texts: vec![format!("báo cáo {id}")],
+        ..Digest::default()
+    };
+    let commit = Commit {
+        digests: ["a", "b", "c"]
+            .iter()
+            .map(|id| ("down-hook".to_string(), report(id)))
+            .collect(),
+        ..Commit::default()
+    };
+    assert!(a.ledger.commit(0, &commit).await.unwrap());
+    let stop = CancellationToken::new();
+    let replicas: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(a.dispatcher("down-hook").run(stop.clone())))
+        .collect();
+    let line = "tiendo_notifications_pending{receiver=\"down-hook\"} 3";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(server.requests().len() >= 2 && metrics.render().contains(line)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} requests; metrics:\n{}",
+            server.requests().len(),
+            metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    for r in replicas {
+        r.await.unwrap();
+    }
+    assert!(server.accepted().is_empty());
+}
+
 /// A receiver's Retry-After holds for whichever replica sends next, after a restart too: the
 /// replica that heard it stops (a rolling update) and the next one waits it out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,6 +161,9 @@ impl Dispatcher {
     pub async fn deliver_one(&self, backoff: Duration) -> Result<Step, LedgerError> {
         let name = self.outbox.as_str();
         let Some(lock) = self.ledger.lock(name, &self.token, LOCK_TTL_MS).await? else {
+            // Another replica sends; this one still says how many wait, so that every
+            // replica's gauge is the outbox's length, not what it last saw when it sent.
+            self.gauge_pending().await?;
             return Ok(Step::Idle);
         };
         let mut pending = match self.ledger.head(name).await {
@@ -175,6 +178,8 @@ impl Dispatcher {
             }
             Err(error) => return Err(error),
         };
+        metrics::gauge!(telemetry::NOTIFICATIONS_PENDING, "receiver" => self.outbox.clone())
+            .set(pending.queued as f64);
         if let Some(wait) = pending.wait {
             return Ok(Step::Pause(wait));
         }
@@ -360,6 +365,7 @@ impl Dispatcher {
             digest: merged,
             parts_sent: 0,
             wait: None,
+            queued: 1,
         })))
     }
 

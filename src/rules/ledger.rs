@@ -403,6 +403,8 @@ pub struct Pending {
     /// What is left of the wait the receiver asked for (its Retry-After), kept for every
     /// replica and across restarts: see [`Ledger::wait_outbox`].
     pub wait: Option<std::time::Duration>,
+    /// Digests waiting in the outbox, this one included.
+    pub queued: u64,
 }
 
 #[derive(Clone)]
@@ -752,12 +754,14 @@ impl Ledger {
     /// The oldest digest waiting in `outbox`, and how far its sending got.
     pub async fn head(&self, outbox: &str) -> Result<Option<Pending>, LedgerError> {
         let mut conn = self.conn.clone();
-        let (raw, progress, wait): (Option<String>, Option<String>, i64) = redis::pipe()
-            .lindex(self.outbox_key(outbox), 0)
-            .hget(self.key("progress"), outbox)
-            .pttl(self.wait_key(outbox))
-            .query_async(&mut conn)
-            .await?;
+        let (raw, progress, wait, queued): (Option<String>, Option<String>, i64, u64) =
+            redis::pipe()
+                .lindex(self.outbox_key(outbox), 0)
+                .hget(self.key("progress"), outbox)
+                .pttl(self.wait_key(outbox))
+                .llen(self.outbox_key(outbox))
+                .query_async(&mut conn)
+                .await?;
         let Some(raw) = raw else { return Ok(None) };
         let digest: Digest = serde_json::from_str(&raw).map_err(|error| {
             let id = serde_json::from_str::<serde_json::Value>(&raw)
@@ -782,6 +786,7 @@ impl Ledger {
             digest,
             parts_sent,
             wait,
+            queued,
         }))
     }
 
