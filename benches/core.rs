@@ -145,6 +145,7 @@ async fn main() {
                         topic: topics[t],
                         partition: *partition,
                         offset,
+                        sent: None,
                     };
                     batch.push(from, None, payload, &validator, now);
                 }

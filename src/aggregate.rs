@@ -4,7 +4,7 @@
 //! become one delta per bucket, so the Redis script that follows does work proportional to
 //! distinct counters, not to events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -84,18 +84,57 @@ pub struct Aggregate {
     pub sources: FxHashMap<Source, SourceDelta>,
 }
 
-/// One source's share of a batch: counted events and their records, re-sends, rejects by
-/// reason with the newest few examples, and the newest event time.
+/// One source's share of a batch: what it sent by the hour it sent it in, the newest few
+/// rejects, and its newest event and message times.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct SourceDelta {
+    /// By hour bucket of the messages' [`Event::sent`]: the source windows count what a
+    /// source sent in each hour, so a catch-up or a recount puts days of messages in their
+    /// own hours, not all in the one they were read in.
+    pub hours: BTreeMap<i64, SourceCounts>,
+    /// Per reason, up to [`EXAMPLES_KEPT`] rejects, newest first: when it was sent,
+    /// `topic/partition@offset` and the detail.
+    pub examples: HashMap<Reason, Vec<(i64, String, String)>>,
+    pub last_event: i64,
+    /// The newest of its messages' [`Event::sent`]: when it was last heard from.
+    pub last_sent: i64,
+}
+
+/// What a source sent: counted events and their records, re-sends, and rejects by reason.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SourceCounts {
     pub events: i64,
     pub records: i64,
     pub duplicates: i64,
     pub rejects: HashMap<Reason, i64>,
-    /// Per reason, up to [`EXAMPLES_KEPT`] rejects, newest first: `topic/partition@offset`
-    /// and the detail.
-    pub examples: HashMap<Reason, Vec<(String, String)>>,
-    pub last_event: i64,
+}
+
+impl SourceCounts {
+    fn add(&mut self, other: &SourceCounts) {
+        self.events += other.events;
+        self.records += other.records;
+        self.duplicates += other.duplicates;
+        for (reason, n) in &other.rejects {
+            *self.rejects.entry(*reason).or_default() += n;
+        }
+    }
+}
+
+impl SourceDelta {
+    /// The counts of the hour a message sent at `sent` is in; the message is heard from.
+    fn hour(&mut self, sent: i64) -> &mut SourceCounts {
+        self.last_sent = self.last_sent.max(sent);
+        self.hours.entry(Tier::Hour.bucket(sent)).or_default()
+    }
+
+    /// Its counts over every hour.
+    pub fn total(&self) -> SourceCounts {
+        let mut total = SourceCounts::default();
+        for counts in self.hours.values() {
+            total.add(counts);
+        }
+        total
+    }
 }
 
 /// Examples kept per source and reason (in each partition).
@@ -116,10 +155,11 @@ impl Aggregate {
         self.counted += 1;
         self.inferred += event.inferred as u64;
         let source = self.source(&event.source);
-        source.events += 1;
         source.last_event = source.last_event.max(event.at);
+        let counts = source.hour(event.sent);
+        counts.events += 1;
         if let Payload::Records { count, .. } = event.payload {
-            source.records += count as i64;
+            counts.records += count as i64;
         }
         let grain = self.grains.of(event.at);
         for (field, amount) in counters(event) {
@@ -130,7 +170,7 @@ impl Aggregate {
 
     /// An event already counted (a re-send).
     pub fn duplicate(&mut self, event: &Event) {
-        self.source(&event.source).duplicates += 1;
+        self.source(&event.source).hour(event.sent).duplicates += 1;
     }
 
     /// This aggregate, of `events` each added as new, as if the events that `events` marks
@@ -215,11 +255,11 @@ impl Aggregate {
     fn take_back(&mut self, event: &Event) {
         self.counted -= 1;
         self.inferred -= event.inferred as u64;
-        let source = self.source(&event.source);
-        source.events -= 1;
-        source.duplicates += 1;
+        let counts = self.source(&event.source).hour(event.sent);
+        counts.events -= 1;
+        counts.duplicates += 1;
         if let Payload::Records { count, .. } = event.payload {
-            source.records -= count as i64;
+            counts.records -= count as i64;
         }
         let grain = self.grains.of(event.at);
         for (field, amount) in counters(event) {
@@ -247,7 +287,7 @@ impl Aggregate {
     pub fn dead_letter(&mut self, letter: &DeadLetter) {
         *self.dead.entry(letter.reason).or_default() += 1;
         let source = self.sources.entry(letter.source.clone()).or_default();
-        *source.rejects.entry(letter.reason).or_default() += 1;
+        *source.hour(letter.sent).rejects.entry(letter.reason).or_default() += 1;
         let examples = source.examples.entry(letter.reason).or_default();
         let origin = format!("{}/{}@{}", letter.topic, letter.partition, letter.offset);
         // Details quote what was sent (a dataset name, a JSON error): shown on terminals and
@@ -257,7 +297,7 @@ impl Aggregate {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        examples.insert(0, (origin, detail));
+        examples.insert(0, (letter.sent, origin, detail));
         examples.truncate(EXAMPLES_KEPT);
     }
 
@@ -400,6 +440,7 @@ mod tests {
             at,
             payload: Payload::Records { dataset: 1, count },
             source: crate::sources::Labels::default().other(),
+            sent: at,
         }
     }
 
@@ -533,6 +574,8 @@ mod tests {
                         }
                     },
                     source: sources[rng.usize(0..sources.len())].clone(),
+                    // Sent in one of a few hours, so a re-send is taken back from its own.
+                    sent: now - 3600 * rng.i64(0..3),
                 })
                 .collect();
             // From none to all re-sent, by round.
@@ -559,6 +602,7 @@ mod tests {
                     reason: Reason::ZeroRecordCount,
                     detail: "record_count is 0".into(),
                     source: sources[rng.usize(0..sources.len())].clone(),
+                    sent: now - 3600 * rng.i64(0..3),
                 };
                 all.dead_letter(&letter);
                 again.dead_letter(&letter);

@@ -31,6 +31,8 @@ pub struct DeadLetter {
     pub detail: String,
     /// Who sent it, as far as it could be read.
     pub source: Source,
+    /// When it was sent, as [`crate::decode::Event::sent`].
+    pub sent: i64,
 }
 
 impl DeadLetter {

@@ -139,6 +139,9 @@ pub struct Event {
     pub payload: Payload,
     /// Who sent it (`source_system`, as a bounded label).
     pub source: Source,
+    /// When it was sent, unix seconds: the time it was decoded at, which the batch replaces
+    /// with its message's Kafka timestamp (see [`crate::aggregate::SourceDelta`]).
+    pub sent: i64,
 }
 
 /// Validation rules, built once from settings.
@@ -267,6 +270,7 @@ impl Validator {
                 count: m.record_count,
             },
             source: source.clone(),
+            sent: now,
         })
     }
 
@@ -295,6 +299,7 @@ impl Validator {
                 on_time: m.on_time,
             },
             source: source.clone(),
+            sent: now,
         })
     }
 

@@ -386,6 +386,7 @@ async fn a_partition_is_listed_before_its_first_batch_is_stored() {
         topic: "records",
         partition,
         offset: 0,
+        sent: None,
     };
     batch.push(from, None, &[0xff, 0xff], &validator, now);
     let home = node_of(&nodes, &offset_key(partition));

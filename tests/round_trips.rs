@@ -152,6 +152,7 @@ fn push_record(
         topic: "records",
         partition,
         offset,
+        sent: None,
     };
     batch.push(origin, None, &m.encode(), validator, now);
 }
@@ -232,6 +233,7 @@ async fn buckets_written_on_a_clock_in_the_past_keep_their_windows() {
             topic: "records",
             partition: 0,
             offset,
+            sent: None,
         };
         batch.push(from, None, &m.encode(), &validator, now.timestamp());
     }
@@ -299,6 +301,7 @@ async fn recent_rejects_are_the_newest_across_batches() {
                 topic: "records",
                 partition: 0,
                 offset,
+                sent: None,
             };
             offset += 1;
             batch.push(from, None, &m.encode(), &validator, now.timestamp());

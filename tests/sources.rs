@@ -220,6 +220,92 @@ async fn each_source_sees_its_feed_and_unknown_names_add_no_series() {
     assert!(table.contains("dat-dai: recent rejects"), "{table}");
 }
 
+/// A catch-up reads days of a feed in a minute: each message counts in the hour its Kafka
+/// timestamp says it was sent, so the last 24 hours hold what was sent in them, not all that
+/// was read now, and a feed that fell silent before tiendo stopped is still quiet after it
+/// catches up. A timestamp ahead of the clock counts as now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_counts_each_message_in_the_hour_it_was_sent() {
+    use rdkafka::producer::FutureRecord;
+
+    let env = Env::start();
+    let mut g = env.generator(41);
+    let now = chrono::Utc::now();
+    let hours_ago = |h: i64| (now - chrono::Duration::hours(h)).timestamp_millis();
+    // (source, how many, sent at): hotich spoke 10 days, 3 days and 2 hours ago; dat-dai
+    // last 30 hours ago; bhxh's producer clock runs two hours ahead.
+    let plan = [
+        ("hotich", 10, hours_ago(240)),
+        ("hotich", 100, hours_ago(72)),
+        ("hotich", 40, hours_ago(2)),
+        ("dat-dai", 30, hours_ago(30)),
+        ("bhxh", 5, hours_ago(-2)),
+    ];
+    let producer = env.independent_producer();
+    let topic = &env.settings.kafka.topics.records;
+    for (source, n, sent) in plan {
+        for _ in 0..n {
+            let m = named(g.record(now), source);
+            let (key, payload) = (m.key(), m.encode());
+            let record = FutureRecord::to(topic)
+                .key(&key)
+                .payload(&payload)
+                .timestamp(sent);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .expect("publish");
+        }
+    }
+
+    let mut settings = env.settings.clone();
+    settings.sources.known = ["hotich", "dat-dai", "bhxh"].map(String::from).to_vec();
+    let running = env.spawn_with(settings).await;
+    env.wait_consumed(Duration::from_secs(120)).await;
+    running.shutdown().await;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tiendo"))
+        .args(["sources", "--format", "json"])
+        .env("TIENDO_REDIS__URL", env.settings.redis.url.expose())
+        .env("TIENDO_SOURCES__KNOWN", "hotich,dat-dai,bhxh")
+        .env("TIENDO_SOURCES__QUIET_AFTER", "6h")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let source = |name: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {json:#}"))
+            .clone()
+    };
+    let seen = |s: &serde_json::Value| {
+        let at: chrono::DateTime<chrono::Utc> = s["last_seen"].as_str().unwrap().parse().unwrap();
+        (now - at).num_minutes()
+    };
+    let events = |s: &serde_json::Value, window: &str| s[window]["events"].as_i64().unwrap();
+
+    let h = source("hotich");
+    assert_eq!(events(&h, "last_24h"), 40, "{h:#}");
+    assert_eq!(events(&h, "last_7d"), 140, "{h:#}");
+    assert_eq!(events(&h, "total"), 150, "{h:#}");
+    assert!((119..=121).contains(&seen(&h)), "last heard 2 hours ago: {h:#}");
+    assert_eq!(h["quiet"], false);
+
+    let d = source("dat-dai");
+    assert_eq!(events(&d, "last_24h"), 0, "{d:#}");
+    assert_eq!(events(&d, "last_7d"), 30, "{d:#}");
+    assert!((1799..=1801).contains(&seen(&d)), "last heard 30 hours ago: {d:#}");
+    assert_eq!(d["quiet"], true, "silent before the catch-up, silent after it");
+
+    let b = source("bhxh");
+    assert_eq!(events(&b, "last_24h"), 5, "{b:#}");
+    assert!(seen(&b) >= 0, "never heard from in the future: {b:#}");
+    assert_eq!(b["quiet"], false);
+}
+
 /// Feeds' health reaches ops, never the task force: with one bot in two chats (a receiver of
 /// route `taskforce`, one of route `ops`), a source whose messages are all rejected and then
 /// sources gone quiet are told to the ops chat only, a quiet source that speaks again is

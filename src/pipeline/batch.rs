@@ -74,6 +74,8 @@ pub struct Origin<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// The message's Kafka timestamp, unix seconds, when it carries one.
+    pub sent: Option<i64>,
 }
 
 /// A batch being collected or stored.
@@ -291,8 +293,15 @@ impl Batch {
                 redelivered: replaced,
             });
         part.next = from.offset + 1;
+        // When the source sent it, by the broker's word: a catch-up reads days of messages
+        // within a minute. Never later than the batch's time, which a producer's clock ahead
+        // (or a message stamped in the future) would otherwise pass.
+        let sent = from.sent.map_or(now, |t| t.min(now));
         match validator.decode(from.kind, payload, now) {
-            Ok(event) => part.events.push((event, from.offset)),
+            Ok(mut event) => {
+                event.sent = sent;
+                part.events.push((event, from.offset));
+            }
             Err(rejected) => {
                 let letter = DeadLetter {
                     topic: part.topic.clone(),
@@ -303,6 +312,7 @@ impl Batch {
                     reason: rejected.reason,
                     detail: rejected.detail,
                     source: rejected.source.unwrap_or_else(|| validator.other_source()),
+                    sent,
                 };
                 self.dead_bytes += letter.size();
                 part.dead.push(letter);
@@ -591,7 +601,10 @@ fn aggregate(part: &Part, now: i64) -> Aggregate {
 fn events_by_source(agg: &Aggregate) -> Vec<(Source, u64)> {
     agg.sources
         .iter()
-        .map(|(source, d)| (source.clone(), (d.events + d.duplicates) as u64))
+        .map(|(source, d)| {
+            let n: i64 = d.hours.values().map(|c| c.events + c.duplicates).sum();
+            (source.clone(), n as u64)
+        })
         .filter(|(_, n)| *n > 0)
         .collect()
 }
@@ -630,6 +643,7 @@ mod tests {
                 topic: "records",
                 partition: 0,
                 offset,
+                sent: None,
             };
             batch.push(from, None, &[], &validator, 0);
         }
@@ -679,6 +693,7 @@ mod tests {
                 topic: "records",
                 partition,
                 offset: 0,
+                sent: None,
             };
             batch.push(from, None, &[], &validator, 0);
         }
@@ -740,6 +755,7 @@ mod tests {
                 topic: "records",
                 partition,
                 offset,
+                sent: None,
             };
             batch.push(from, Some(b"key"), &poison, &validator, 0);
         }

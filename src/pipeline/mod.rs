@@ -250,6 +250,12 @@ impl Collector {
                 topic: &self.topics[t],
                 partition: message.partition(),
                 offset: message.offset(),
+                // -1 (or none) where the producer gave none and the topic does not stamp.
+                sent: message
+                    .timestamp()
+                    .to_millis()
+                    .filter(|ms| *ms > 0)
+                    .map(|ms| ms / 1000),
             };
             let payload = message.payload().unwrap_or_default();
             if let (Some(registry), Some(id)) =

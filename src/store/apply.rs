@@ -5,7 +5,7 @@
 use rustc_hash::FxHashMap;
 
 use super::{Keys, PartitionBatch};
-use crate::aggregate::{Field, Slot, EXAMPLES_KEPT};
+use crate::aggregate::{Field, Slot, SourceCounts, EXAMPLES_KEPT};
 use crate::buckets::Tier;
 use crate::sources;
 
@@ -142,38 +142,47 @@ fn section(
     if !b.aggregate.sources.is_empty() {
         own.push(keys.sources());
         let all_time = own.len();
-        let hour = Tier::Hour.bucket(now);
-        own.push(keys.source_hour(hour));
-        let hourly = own.len();
-        expiries.push((hourly, Tier::Hour.start(hour + sources::HOURS_KEPT) - now));
         own.push(keys.source_examples());
         let examples = own.len();
+        // Each hour a source sent in has its own hash, until no window reads it.
+        let mut hour_index: FxHashMap<i64, usize> = FxHashMap::default();
+        let mut field_index: FxHashMap<String, usize> = FxHashMap::default();
         for (source, d) in &b.aggregate.sources {
             let name = source.as_str();
-            let reasons = d
-                .rejects
-                .iter()
-                .map(|(r, n)| (format!("x.{}", r.as_str()), *n));
-            let counters = [("e", d.events), ("r", d.records), ("d", d.duplicates)]
-                .into_iter()
-                .map(|(c, n)| (c.to_string(), n))
-                .chain(reasons)
-                .filter(|(_, n)| *n != 0);
-            for (counter, n) in counters {
-                let field = named(&mut call.names, format!("{name}|{counter}"));
-                incr.push((all_time, field, n));
-                incr.push((hourly, field, n));
+            let mut field = |counter: String| {
+                *field_index
+                    .entry(format!("{name}|{counter}"))
+                    .or_insert_with_key(|f| named(&mut call.names, f.clone()))
+            };
+            for (counter, n) in counts(&d.total()) {
+                incr.push((all_time, field(counter), n));
             }
-            raise.push((all_time, format!("{name}|seen"), now));
+            for (hour, c) in &d.hours {
+                let lives = Tier::Hour.start(hour + sources::HOURS_KEPT) - now;
+                if lives <= 0 {
+                    continue;
+                }
+                let hourly = *hour_index.entry(*hour).or_insert_with(|| {
+                    own.push(keys.source_hour(*hour));
+                    expiries.push((own.len(), lives));
+                    own.len()
+                });
+                for (counter, n) in counts(c) {
+                    incr.push((hourly, field(counter), n));
+                }
+            }
+            if d.last_sent > 0 {
+                raise.push((all_time, format!("{name}|seen"), d.last_sent));
+            }
             if d.last_event > 0 {
                 raise.push((all_time, format!("{name}|at"), d.last_event));
             }
             // Pushed oldest first, so the newest ends first and older batches' examples
             // move down rather than being overwritten out of order.
             for (reason, list) in &d.examples {
-                for (origin, detail) in list.iter().rev() {
+                for (sent, origin, detail) in list.iter().rev() {
                     let field = format!("{name}|{}", reason.as_str());
-                    push.push((examples, field, format!("{now}\t{origin}\t{detail}")));
+                    push.push((examples, field, format!("{sent}\t{origin}\t{detail}")));
                 }
             }
         }
@@ -213,4 +222,17 @@ fn section(
         args.extend([idx.to_string(), at.to_string()]);
     }
     call.keys.extend(own);
+}
+
+/// A source's counters as stored (`e`, `r`, `d`, `x.<reason>`), those that are not 0.
+fn counts(c: &SourceCounts) -> impl Iterator<Item = (String, i64)> + '_ {
+    let reasons = c
+        .rejects
+        .iter()
+        .map(|(r, n)| (format!("x.{}", r.as_str()), *n));
+    [("e", c.events), ("r", c.records), ("d", c.duplicates)]
+        .into_iter()
+        .map(|(c, n)| (c.to_string(), n))
+        .chain(reasons)
+        .filter(|(_, n)| *n != 0)
 }

@@ -89,7 +89,7 @@ impl PartitionKeys {
     pub fn sources(&self) -> String {
         format!("{}:src", self.base)
     }
-    /// Per source, what arrived in one hour (bucket number of arrival time).
+    /// Per source, what it sent in one hour (bucket number of its messages' Kafka timestamps).
     pub fn source_hour(&self, hour: i64) -> String {
         format!("{}:srch{}", self.base, hour)
     }

@@ -62,6 +62,7 @@ impl Batches {
                 topic: TOPICS[t],
                 partition,
                 offset,
+                sent: None,
             };
             batch.push(from, None, &m.encode(), &self.validator, now.timestamp());
             sent.push(m);
