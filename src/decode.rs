@@ -230,10 +230,13 @@ impl Validator {
         check: impl FnOnce(&M, &Source) -> Result<Event, Rejected>,
     ) -> Result<Event, Rejected> {
         M::slot().with_borrow_mut(|m| {
-            let event = message(body, m).and_then(|()| {
-                let source = self.sources.of(m.source_system());
-                check(m, source).map_err(named(source))
-            });
+            let event = match message(body, m) {
+                Ok(()) => {
+                    let source = self.sources.of(m.source_system());
+                    check(m, source).map_err(named(source))
+                }
+                Err(rejected) => Err(named(self.sources.of(&sender(body, m)))(rejected)),
+            };
             m.keep_small();
             event
         })
@@ -318,6 +321,27 @@ impl Validator {
             );
         }
         Ok(at)
+    }
+}
+
+/// Who sent a message that could not be read whole, as far as it tells: the `source_system`
+/// protobuf decoding read before the fault, or a JSON object's `sourceSystem` (or
+/// `source_system`) where the text is JSON at all. Empty, and counted as `other`, where
+/// neither is there: a source that floods broken messages still shows in its own figures.
+fn sender<'m>(body: Body<'_>, m: &'m impl Reused) -> std::borrow::Cow<'m, str> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(rename = "sourceSystem")]
+        json_name: Option<String>,
+        source_system: Option<String>,
+    }
+    match body {
+        Body::Protobuf(_) => m.source_system().into(),
+        Body::Json(bytes) => serde_json::from_slice::<Named>(bytes)
+            .ok()
+            .and_then(|n| n.json_name.or(n.source_system))
+            .unwrap_or_default()
+            .into(),
     }
 }
 
@@ -530,6 +554,30 @@ mod tests {
             }
         );
         assert_eq!(e.id, IdKey::of("e-1"));
+    }
+
+    /// A source that sends broken messages sees them in its own figures, wherever its name
+    /// can be read: not `other`, which would leave it looking quiet.
+    #[test]
+    fn a_message_that_cannot_be_read_whole_is_charged_to_its_sender() {
+        let v = v().with_sources(&["hotich".into()]);
+        let sender = |bytes: &[u8]| {
+            let r = v.decode(Kind::Records, bytes, now()).unwrap_err();
+            (r.reason, r.source.unwrap().as_str().to_string())
+        };
+        // Every field read, then a field whose bytes never come.
+        let mut cut = record(|m| m.source_system = "hotich".into());
+        cut.extend([0x0A, 100]);
+        assert_eq!(sender(&cut), (Reason::Undecodable, "hotich".into()));
+        let json = br#"{"sourceSystem": "hotich", "codeScheme": "CODE_SCHEME_NONE"}"#;
+        assert_eq!(sender(json), (Reason::InvalidJson, "hotich".into()));
+        let proto_name = br#"{"source_system": "hotich", "recordCount": "many"}"#;
+        assert_eq!(sender(proto_name), (Reason::InvalidJson, "hotich".into()));
+        // Not JSON at all, or a name nobody configured: `other`.
+        let broken = br#"{"sourceSystem": "hotich", "#;
+        assert_eq!(sender(broken), (Reason::InvalidJson, OTHER.into()));
+        let stranger = br#"{"sourceSystem": "evil", "codeScheme": "X"}"#;
+        assert_eq!(sender(stranger), (Reason::InvalidJson, OTHER.into()));
     }
 
     /// Each thread decodes into the same message (see `RECORD`): what one message set must
