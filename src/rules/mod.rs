@@ -418,8 +418,13 @@ fn procedures(
     if silent(p.last_event, now, rules.procedures_silent_after, rules) {
         find(out, &subject, Rule::ProceduresSilent, Severity::Warning);
     }
+    let firing = active.contains_key(&subject.alert_key(Rule::OnlineShareLow));
+    // No dossier in the window (a holiday week, a weekend under `24h`) tells nothing of the
+    // share: a firing alert holds, rather than resolve with no figure and fire again after.
+    if online_share.is_none() && firing {
+        find(out, &subject, Rule::OnlineShareLow, Severity::Warning);
+    }
     if let Some(share) = online_share {
-        let firing = active.contains_key(&subject.alert_key(Rule::OnlineShareLow));
         let line = if firing {
             rules.online_share_min + rules.online_share_resolve_margin
         } else {

@@ -364,7 +364,7 @@ fn the_online_share_is_judged_over_whole_days() {
         &datasets(),
     )
     .unwrap();
-    let share_low = |online: (i64, i64), other: (i64, i64)| {
+    let judged = |online: (i64, i64), other: (i64, i64), active: &BTreeMap<String, Severity>| {
         let mut snap = Snapshot::default();
         for (field, (window, whole)) in [("n01|p.online.n", online), ("n01|p.in_person.n", other)] {
             let counts = Counts {
@@ -378,16 +378,25 @@ fn the_online_share_is_judged_over_whole_days() {
         snap.latest
             .insert("n01|p".into(), (now() - Duration::hours(1)).timestamp());
         let status = crate::status::Status::build(&snap, &targets, &datasets(), View::Current34);
-        evaluate_holding(&status, now(), &RuleSettings::default(), &BTreeMap::new())
+        evaluate_holding(&status, now(), &RuleSettings::default(), active)
             .findings
             .iter()
             .any(|f| f.rule == Rule::OnlineShareLow)
     };
+    let share_low = |online, other| judged(online, other, &BTreeMap::new());
     // 79% over the window with today's part, 81% over the whole days: not low.
     assert!(!share_low((79, 81), (21, 19)));
     assert!(share_low((81, 79), (19, 21)));
     // Nothing in the whole days yet: the window with today decides.
     assert!(share_low((60, 0), (40, 0)));
+    // No dossier at all (a holiday week): nothing new fires, and a firing alert holds
+    // rather than resolve and fire again when dossiers come back at the same share.
+    assert!(!share_low((0, 0), (0, 0)));
+    let firing = BTreeMap::from([(
+        "34:01:procedures:online_share_low".to_string(),
+        Severity::Warning,
+    )]);
+    assert!(judged((0, 0), (0, 0), &firing));
 }
 
 /// Near the deadline a firing projected_miss resolves on half the time left, not the full
