@@ -17,6 +17,13 @@ const DAY: i64 = 86_400;
 /// Buckets are numbered on Vietnam local time so that day buckets are calendar days there.
 const LOCAL_SHIFT: i64 = 7 * HOUR;
 
+/// The Vietnam calendar date of day bucket `day`.
+pub fn day_date(day: i64) -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp(day * DAY, 0)
+        .map(|t| t.date_naive())
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Tier {
     Minute,

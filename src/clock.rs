@@ -55,6 +55,33 @@ impl TryFrom<String> for Holiday {
     }
 }
 
+impl Holiday {
+    /// Whether `date` is one of `holidays`.
+    pub fn any_on(holidays: &[Holiday], date: NaiveDate) -> bool {
+        holidays.iter().any(|h| (h.first..=h.last).contains(&date))
+    }
+
+    /// How many dates from `first` to `last` (both included) are holidays; overlapping
+    /// runs count a date once.
+    pub fn count_between(holidays: &[Holiday], first: NaiveDate, last: NaiveDate) -> i64 {
+        let mut dates: Vec<(NaiveDate, NaiveDate)> = holidays
+            .iter()
+            .map(|h| (h.first.max(first), h.last.min(last)))
+            .filter(|(a, b)| a <= b)
+            .collect();
+        dates.sort();
+        let (mut count, mut counted_to) = (0, None::<NaiveDate>);
+        for (a, b) in dates {
+            let a = counted_to.map_or(a, |c| a.max(c + chrono::Duration::days(1)));
+            if a <= b {
+                count += (b - a).num_days() + 1;
+                counted_to = Some(b);
+            }
+        }
+        count
+    }
+}
+
 impl From<Holiday> for String {
     fn from(h: Holiday) -> String {
         if h.first == h.last {
@@ -85,10 +112,8 @@ pub fn working_seconds(
     let first = start.div_euclid(DAY).max(day - MOST_DAYS);
     while day >= first && worked < enough {
         let date = DateTime::from_timestamp(day * DAY, 0).map(|t| t.date_naive());
-        let off = date.is_none_or(|d| {
-            days_off.contains(&d.weekday())
-                || holidays.iter().any(|h| (h.first..=h.last).contains(&d))
-        });
+        let off = date
+            .is_none_or(|d| days_off.contains(&d.weekday()) || Holiday::any_on(holidays, d));
         if !off {
             let (lo, hi) = ((day * DAY).max(start), ((day + 1) * DAY).min(end));
             worked += (hi - lo).max(0);
@@ -172,6 +197,17 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holidays_between_two_dates_count_each_date_once() {
+        let h = |t: &str| Holiday::try_from(t.to_string()).unwrap();
+        let d = |t: &str| t.parse::<NaiveDate>().unwrap();
+        let tet = [h("2026-02-14..2026-02-22"), h("2026-02-20..2026-02-23"), h("2026-04-30")];
+        assert_eq!(Holiday::count_between(&tet, d("2026-01-01"), d("2026-12-31")), 11);
+        assert_eq!(Holiday::count_between(&tet, d("2026-02-21"), d("2026-04-29")), 3);
+        assert_eq!(Holiday::count_between(&tet, d("2026-03-01"), d("2026-04-29")), 0);
+        assert!(Holiday::any_on(&tet, d("2026-02-23")) && !Holiday::any_on(&tet, d("2026-02-24")));
+    }
 
     #[test]
     fn manual_time_moves_only_when_told() {

@@ -45,22 +45,39 @@ impl DatasetStatus {
     /// counted lies in the window) divides by the whole days since its first, not by the
     /// window's: one started three days ago at the pace needed is not a third as fast.
     pub fn rate(&self, name: &str, now: DateTime<Utc>) -> f64 {
+        self.rate_on(name, now, &[]).unwrap_or(0.0)
+    }
+
+    /// [`DatasetStatus::rate`] per day that is not one of `holidays`: a week that held Tết
+    /// had fewer working days, not slower ones. `None` when every day it would divide by
+    /// was a holiday. A rolling window's is the calendar's.
+    pub fn rate_on(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+        holidays: &[crate::clock::Holiday],
+    ) -> Option<f64> {
+        use crate::buckets::{day_date, Tier};
         let Some(w) = crate::buckets::Window::named(name) else {
-            return 0.0;
+            return Some(0.0);
         };
         let sum = self.rate_sums.get(name).copied().unwrap_or(0);
         let window = self.windows.get(name).copied().unwrap_or(0);
         if sum == 0 && window > 0 {
-            return window as f64 / w.days(now);
+            return Some(window as f64 / w.days(now));
         }
-        let days = match self.rate_from.get(name) {
-            Some(&first) if w.calendar_days().is_some() && self.total == window => {
-                let today = crate::buckets::Tier::Day.bucket(now.timestamp());
-                ((today - first).max(1) as f64).min(w.rate_days(now))
-            }
-            _ => w.rate_days(now),
+        let Some(calendar) = w.calendar_days() else {
+            return Some(sum as f64 / w.rate_days(now));
         };
-        sum as f64 / days
+        let today = Tier::Day.bucket(now.timestamp());
+        let days = match self.rate_from.get(name) {
+            Some(&first) if self.total == window => (today - first).max(1).min(calendar),
+            _ => calendar,
+        };
+        let open = (today - days..today)
+            .filter(|day| !crate::clock::Holiday::any_on(holidays, day_date(*day)))
+            .count();
+        (open > 0).then(|| sum as f64 / open as f64)
     }
 }
 

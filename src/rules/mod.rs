@@ -273,6 +273,63 @@ fn silent(
     })
 }
 
+/// Holidays (`alerts.rules.holidays`) are days nobody works: Tết in the week before, or
+/// ahead of the deadline, is not a province slowing down. Rates are per day that is not one
+/// (see [`crate::status::DatasetStatus::rate_on`]), the days left leave them out, and a
+/// projection passes over them.
+struct Calendar<'h> {
+    holidays: &'h [crate::clock::Holiday],
+    tomorrow: NaiveDate,
+}
+
+impl Calendar<'_> {
+    /// Days left of `days_left` until `deadline` that are not holidays.
+    fn open_days_left(&self, days_left: f64, deadline: NaiveDate) -> f64 {
+        days_left - crate::clock::Holiday::count_between(self.holidays, self.tomorrow, deadline) as f64
+    }
+
+    /// The date `date` moves to once the holidays from tomorrow up to it are worked after it.
+    fn past_holidays(&self, date: NaiveDate) -> NaiveDate {
+        let mut moved = date;
+        // Each pass adds the holidays the last one moved over; runs of them end in a few.
+        for _ in 0..8 {
+            let off = crate::clock::Holiday::count_between(self.holidays, self.tomorrow, moved);
+            let next = date + chrono::Duration::days(off);
+            if next == moved {
+                break;
+            }
+            moved = next;
+        }
+        moved
+    }
+}
+
+/// Whether `behind_pace` holds, and how badly, for a 7-day `pace` (`None`: a week of
+/// holidays, which tells nothing: as it `was`) against the pace `needed`. A firing alert
+/// resolves only past the margin above the line, and a critical one eases only past the
+/// margin above the critical line.
+fn behind_pace(
+    pace: Option<f64>,
+    needed: f64,
+    was: Option<Severity>,
+    rules: &RuleSettings,
+) -> Option<Severity> {
+    let Some(pace) = pace else {
+        return was;
+    };
+    let margin = 1.0 + rules.pace_resolve_margin;
+    let line = if was.is_some() { needed * margin } else { needed };
+    if pace >= line {
+        return None;
+    }
+    let eased = if was == Some(Severity::Critical) { margin } else { 1.0 };
+    Some(if pace < needed * rules.critical_pace_ratio * eased {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    })
+}
+
 fn find(out: &mut Evaluation, subject: &Subject, rule: Rule, severity: Severity) {
     out.findings.push(Finding {
         key: subject.alert_key(rule),
@@ -289,6 +346,10 @@ fn datasets(
     active: &BTreeMap<String, Severity>,
     out: &mut Evaluation,
 ) {
+    let calendar = Calendar {
+        holidays: &rules.holidays,
+        tomorrow: now.with_timezone(&crate::clock::vn_offset()).date_naive() + chrono::Duration::days(1),
+    };
     for (name, d) in &row.datasets {
         let (Some(target), Some(deadline)) = (d.target, d.deadline) else {
             continue;
@@ -296,17 +357,21 @@ fn datasets(
         let subject = subject(row, name);
         let remaining = (target as i64 - d.total).max(0) as f64;
         let days_left = (deadline_end(deadline) - now).num_seconds() as f64 / 86_400.0;
-        let pace_7d = d.rate("7d", now);
-        let rate = d.rate(&rules.projection_window, now);
+        let pace_7d = d.rate_on("7d", now, &rules.holidays);
+        let open_days_left = calendar.open_days_left(days_left, deadline);
+        let rate = d
+            .rate_on(&rules.projection_window, now, &rules.holidays)
+            .unwrap_or(0.0);
         // A rate so low that the date overflows projects to "never", like no rate at all.
         let projected = (rate > 0.0)
             .then(|| chrono::Duration::try_seconds((remaining / rate * 86_400.0).min(1e15) as i64))
             .flatten()
             .and_then(|d| now.checked_add_signed(d))
-            .map(|at| at.with_timezone(&crate::clock::vn_offset()).date_naive());
+            .map(|at| at.with_timezone(&crate::clock::vn_offset()).date_naive())
+            .map(|date| calendar.past_holidays(date));
         let pace_needed = (remaining > 0.0).then(|| {
-            if days_left > 0.0 {
-                remaining / days_left
+            if open_days_left > 0.0 {
+                remaining / open_days_left
             } else {
                 f64::INFINITY
             }
@@ -316,7 +381,7 @@ fn datasets(
             target: Some(target),
             deadline: Some(deadline),
             percent: d.percent,
-            pace_7d,
+            pace_7d: pace_7d.unwrap_or(0.0),
             pace_needed: pace_needed.filter(|p| p.is_finite()),
             days_left: Some(days_left),
             projected,
@@ -335,27 +400,11 @@ fn datasets(
         if silent(d.last_event, now, rules.silent_after, rules) {
             find(out, &subject, Rule::Silent, Severity::Warning);
         }
-        if let Some(needed) = pace_needed {
-            let was = active.get(&subject.alert_key(Rule::BehindPace));
-            let margin = 1.0 + rules.pace_resolve_margin;
-            let line = if was.is_some() {
-                needed * margin
-            } else {
-                needed
-            };
-            if pace_7d < line {
-                let critical_line = needed
-                    * rules.critical_pace_ratio
-                    * if was == Some(&Severity::Critical) {
-                        margin
-                    } else {
-                        1.0
-                    };
-                let severity = if pace_7d < critical_line {
-                    Severity::Critical
-                } else {
-                    Severity::Warning
-                };
+        // Under a record a day to go (a few records short with weeks left), any event ends
+        // it: no pace is behind that, whatever the last week held.
+        if let Some(needed) = pace_needed.filter(|n| *n >= 1.0) {
+            let was = active.get(&subject.alert_key(Rule::BehindPace)).copied();
+            if let Some(severity) = behind_pace(pace_7d, needed, was, rules) {
                 find(out, &subject, Rule::BehindPace, severity);
             }
         }

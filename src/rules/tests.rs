@@ -514,3 +514,72 @@ fn feed_facts_name_the_commonest_reasons() {
     let reasons: Vec<(&str, i64)> = feed.reasons.iter().map(|(r, n)| (r.as_str(), *n)).collect();
     assert_eq!(reasons, [("b", 9), ("a", 5), ("d", 5)]);
 }
+
+/// Tết is days nobody works, not provinces slowing down: with the holidays listed, a week
+/// that held four of them is judged on its three working days, a projection passes over
+/// them, and holidays ahead of the deadline leave fewer days to do the rest in.
+#[test]
+fn holidays_are_no_days_behind() {
+    // Half of 1,000,000 left, 41.6 days before 31 Dec 2024: 12,019 a day needed.
+    let targets = Targets::parse(
+        "province,dataset,target,deadline\n01,civil_status,1000000,2024-12-31\n",
+        &datasets(),
+    )
+    .unwrap();
+    let judge = |week: i64, month: i64, holidays: &[&str], active: &BTreeMap<String, Severity>| {
+        let mut snap = Snapshot::default();
+        put(
+            &mut snap,
+            "n01|r.civil_status",
+            500_000,
+            [0, 0, week, month],
+            Some(Duration::hours(1)),
+        );
+        let status = crate::status::Status::build(&snap, &targets, &datasets(), View::Current34);
+        let rules = RuleSettings {
+            holidays: holidays
+                .iter()
+                .map(|h| crate::clock::Holiday::try_from(h.to_string()).unwrap())
+                .collect(),
+            ..RuleSettings::default()
+        };
+        keys(&evaluate_holding(&status, now(), &rules, active))
+            .into_iter()
+            .map(|(k, s)| (k.rsplit(':').next().unwrap().to_string(), s))
+            .collect::<Vec<_>>()
+    };
+    let none = BTreeMap::new();
+    let (w, c) = (Severity::Warning, Severity::Critical);
+    // 13,000 on each working day; 13–19 Nov is the week before `now`, 16–19 Nov off.
+    let tet = ["2024-11-16..2024-11-19"];
+    let (week, month) = (3 * 13_000, 26 * 13_000);
+    assert_eq!(judge(week, month, &tet, &none), vec![]);
+    assert_eq!(
+        judge(week, month, &[], &none),
+        vec![("behind_pace".into(), c), ("projected_miss".into(), w)],
+        "the same figures without the holidays listed"
+    );
+    // Ten holidays ahead of the deadline: 15,800 a day needed on the days left.
+    let ahead = ["2024-12-20..2024-12-29"];
+    let (week, month) = (7 * 13_000, 30 * 13_000);
+    assert_eq!(judge(week, month, &[], &none), vec![]);
+    assert_eq!(
+        judge(week, month, &ahead, &none),
+        vec![("behind_pace".into(), w), ("projected_miss".into(), w)],
+        "38.5 working days of work, 31.6 left"
+    );
+    // A whole week of holidays tells nothing of the pace: nothing new fires, and what fired
+    // holds as it was.
+    let all_week = ["2024-11-13..2024-11-19"];
+    assert_eq!(judge(0, 23 * 13_000, &all_week, &none), vec![]);
+    let firing = BTreeMap::from([("34:01:civil_status:behind_pace".to_string(), c)]);
+    assert_eq!(
+        judge(0, 23 * 13_000, &all_week, &firing),
+        vec![("behind_pace".into(), c)]
+    );
+    // The other rules are judged all the same: a projection short that week still is.
+    assert_eq!(
+        judge(0, 20 * 13_000, &all_week, &none),
+        vec![("projected_miss".into(), w)]
+    );
+}
