@@ -50,9 +50,11 @@ pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
     let notices = alerts
         .into_iter()
         .filter(|(_, _, resolved_silently)| !resolved_silently)
-        .map(|(first, newest, _)| Notice {
-            change: as_the_chat_sees(first, newest),
-            ..newest.clone()
+        .filter_map(|(first, newest, _)| {
+            Some(Notice {
+                change: as_the_chat_sees(first, newest)?,
+                ..newest.clone()
+            })
         })
         .collect();
     // Only the head is ever a merged digest: a backlog merged again keeps one id, its first
@@ -81,14 +83,16 @@ pub fn merge(waiting: &[Digest]) -> Option<(usize, Digest)> {
 
 /// The change an alert's newest notice in a backlog makes to what the chat last knew of it,
 /// which its first notice there tells: an alert that began firing in the backlog is new, one
-/// that was firing already has changed severity from what the chat saw, or not.
-fn as_the_chat_sees(first: &Notice, newest: &Notice) -> Change {
+/// that was firing already has changed severity from what the chat saw, or not. `None` for
+/// one that began firing and resolved within the backlog: the chat never saw it fire, so
+/// "resolved" would be news of nothing.
+fn as_the_chat_sees(first: &Notice, newest: &Notice) -> Option<Change> {
     let known = match first.change {
         Change::Firing { previous } => previous,
         Change::Completed => None,
         Change::Repeated | Change::Resolved | Change::Flapping => Some(first.severity),
     };
-    match (newest.change, known) {
+    Some(match (newest.change, known) {
         (Change::Firing { .. } | Change::Repeated | Change::Flapping, None) => {
             Change::Firing { previous: None }
         }
@@ -96,8 +100,9 @@ fn as_the_chat_sees(first: &Notice, newest: &Notice) -> Change {
             Change::Firing { previous: Some(k) }
         }
         (Change::Firing { .. } | Change::Repeated, Some(_)) => Change::Repeated,
+        (Change::Resolved, None) => return None,
         (change, _) => change,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -210,6 +215,26 @@ mod tests {
         let more = [merged, digest(4, vec![]), digest(5, vec![])];
         let (n, again) = merge(&more).unwrap();
         assert_eq!((n, again.id.as_str(), again.since), (3, "d0+5", Some(t0())));
+    }
+
+    /// An alert that fired and resolved within the backlog is no news to the chat, which
+    /// never saw it fire; one that fired before it is told resolved.
+    #[test]
+    fn an_alert_that_came_and_went_in_the_backlog_is_left_out() {
+        let w = Severity::Warning;
+        let waiting = vec![
+            digest(0, vec![notice("49", NEW, w, 0), notice("04", Change::Repeated, w, 0)]),
+            digest(1, vec![notice("49", Change::Resolved, w, 1)]),
+            digest(2, vec![notice("04", Change::Resolved, w, 2)]),
+        ];
+        let (n, merged) = merge(&waiting).unwrap();
+        assert_eq!(n, 3);
+        let got: Vec<(&str, Change)> = merged
+            .notices
+            .iter()
+            .map(|n| (n.subject.code.as_str(), n.change))
+            .collect();
+        assert_eq!(got, vec![("04", Change::Resolved)]);
     }
 
     /// An alert that fired in the backlog and was then resolved under a silence is not shown
