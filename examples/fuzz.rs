@@ -357,6 +357,7 @@ fn reply_text(input: &[u8]) -> Result<(), String> {
         absent_since: None,
         resolutions: Vec::new(),
         flapping: false,
+        unheard: None,
     };
     let silence = Silence {
         id: piece(1),

@@ -367,6 +367,25 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
         text(&tg[1])
     );
 
+    // The week's silence ends with Cao Bằng's projection still short: the chat, which never
+    // saw it fire, is told of it as new at once, not "still firing" a day later.
+    a.clock.set(now + Span::days(7) + Span::minutes(1));
+    let told = e1.evaluate_once().await.unwrap();
+    let projection = told
+        .notices
+        .iter()
+        .find(|n| n.alert_key == "34:04:civil_status:projected_miss")
+        .unwrap_or_else(|| panic!("{:?}", told.notices));
+    assert_eq!(projection.change, Change::Firing { previous: None });
+    assert_eq!(projection.silenced_by, None);
+    a.clock.advance(Span::minutes(1));
+    let again = e1.evaluate_once().await.unwrap();
+    assert!(
+        !again.notices.iter().any(|n| n.alert_key.ends_with("projected_miss")),
+        "told once: {:?}",
+        again.notices
+    );
+
     // Ended silences are pruned; live ones stay.
     assert_eq!(a.ledger.prune_silences(now).await.unwrap(), 0);
     assert_eq!(

@@ -255,6 +255,51 @@ impl Evaluator {
         }
     }
 
+    /// The notice of `change` to the alert `key`, silenced where a silence matches it; `None`
+    /// for a subject no longer evaluated (its target removed).
+    #[allow(clippy::too_many_arguments)]
+    fn notice(
+        read: &Read,
+        eval: &Evaluation,
+        key: &str,
+        finding: Option<&super::Finding>,
+        prev: Option<&AlertState>,
+        next: Option<&AlertState>,
+        change: Change,
+        now: DateTime<Utc>,
+    ) -> Option<Notice> {
+        let (subject, facts) = match (finding, eval.about(key)) {
+            (_, Some((s, f))) => (s.clone(), f.clone()),
+            (Some(f), None) => (f.subject.clone(), Default::default()),
+            (None, None) => return None,
+        };
+        let rule = finding
+            .map(|f| f.rule)
+            .or_else(|| key.rsplit(':').next().and_then(Rule::parse))
+            .unwrap_or(Rule::Silent);
+        let severity = match change {
+            Change::Resolved | Change::Flapping => prev.map(|p| p.severity).unwrap_or(Severity::Info),
+            _ => next.map(|s| s.severity).unwrap_or(Severity::Info),
+        };
+        let mut notice = Notice {
+            id: format!("{key}@{}", now.timestamp_millis()),
+            alert_key: key.to_string(),
+            rule,
+            severity,
+            change,
+            subject,
+            facts,
+            at: now,
+            silenced_by: None,
+        };
+        notice.silenced_by = read
+            .silences
+            .iter()
+            .find(|s| s.matches(&notice, now))
+            .map(|s| s.id.clone());
+        Some(notice)
+    }
+
     /// New states, notices and digests from what held at `now`, and the digests of each
     /// route (task force, ops).
     fn plan(
@@ -276,43 +321,43 @@ impl Evaluator {
         for key in keys {
             let prev = read.states.get(key);
             let finding = found.get(key).copied();
-            let (next, change) = step(prev, finding, now, &timing);
-            if next.as_ref() != prev {
-                commit.states.insert(key.to_string(), next.clone());
-            }
-            let Some(change) = change else { continue };
-            let (subject, facts) = match (finding, eval.about(key)) {
-                (_, Some((s, f))) => (s.clone(), f.clone()),
-                (Some(f), None) => (f.subject.clone(), Default::default()),
-                (None, None) => continue, // a subject no longer evaluated (target removed)
-            };
-            let rule = finding
-                .map(|f| f.rule)
-                .or_else(|| key.rsplit(':').next().and_then(Rule::parse))
-                .unwrap_or(Rule::Silent);
-            let severity = match change {
-                Change::Resolved | Change::Flapping => {
-                    prev.map(|p| p.severity).unwrap_or(Severity::Info)
+            let (mut next, change) = step(prev, finding, now, &timing);
+            // A firing alert whose notices a silence kept from the chat is news to it once no
+            // silence does, and while it still holds: else the chat's first word of it would
+            // be a repeat up to a day later. Its end, or its flapping, is no news to a chat
+            // that never saw it fire: kept from it, as by the silence that hid the rest.
+            let unheard = prev
+                .filter(|p| p.phase.active())
+                .and_then(|p| p.unheard.clone());
+            let announce = change.is_none()
+                && unheard.is_some()
+                && prev.is_some_and(|p| p.phase == Phase::Firing)
+                && finding.is_some();
+            let told = change.or(announce.then_some(Change::Repeated));
+            let notice = told
+                .and_then(|c| Self::notice(read, eval, key, finding, prev, next.as_ref(), c, now))
+                .filter(|n| change.is_some() || n.silenced_by.is_none());
+            if let Some(mut n) = notice {
+                if unheard.is_some() && n.silenced_by.is_none() {
+                    match n.change {
+                        Change::Repeated | Change::Firing { .. } => {
+                            n.change = Change::Firing { previous: None };
+                        }
+                        Change::Resolved | Change::Flapping => n.silenced_by = unheard.clone(),
+                        Change::Completed => {}
+                    }
                 }
-                _ => next.as_ref().map(|s| s.severity).unwrap_or(Severity::Info),
-            };
-            let mut notice = Notice {
-                id: format!("{key}@{}", now.timestamp_millis()),
-                alert_key: key.to_string(),
-                rule,
-                severity,
-                change,
-                subject,
-                facts,
-                at: now,
-                silenced_by: None,
-            };
-            notice.silenced_by = read
-                .silences
-                .iter()
-                .find(|s| s.matches(&notice, now))
-                .map(|s| s.id.clone());
-            commit.notices.push(notice);
+                if let Some(s) = next.as_mut().filter(|s| s.phase.active()) {
+                    s.unheard = n.silenced_by.clone();
+                    if change.is_none() {
+                        s.notified_at = Some(now);
+                    }
+                }
+                commit.notices.push(n);
+            }
+            if next.as_ref() != prev {
+                commit.states.insert(key.to_string(), next);
+            }
         }
         if occasion == Some(Occasion::Started) {
             commit.meta.push((STARTED, Some(now.to_rfc3339())));
@@ -581,6 +626,7 @@ mod tests {
             absent_since: None,
             resolutions: Vec::new(),
             flapping: false,
+            unheard: None,
         }
     }
 

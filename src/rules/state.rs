@@ -59,6 +59,10 @@ pub struct AlertState {
     /// Held firing because it flapped; resolves only after `flap_clear_for` clear.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flapping: bool,
+    /// The silence that kept its last notice from the chat: once none does, the chat is told
+    /// it fires, as news, or hears nothing of its end (see the evaluator's `plan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unheard: Option<String>,
 }
 
 /// What a step announces.
@@ -111,6 +115,7 @@ impl AlertState {
             absent_since: None,
             resolutions: Vec::new(),
             flapping: false,
+            unheard: None,
         }
     }
 
@@ -126,6 +131,7 @@ impl AlertState {
             absent_since: None,
             resolutions: self.resolutions.clone(),
             flapping: self.flapping,
+            unheard: None,
         }
     }
 }
