@@ -56,6 +56,11 @@ const LISTED_TIMEOUT: Duration = Duration::from_secs(3);
 const LISTED_AHEAD: i64 = 1_000;
 /// How long a partition fetched from near its listed end is read, to find where it ends.
 const LISTED_WAIT: Duration = Duration::from_secs(1);
+/// How long a partition may stay behind with its stored offset unmoved before figures are
+/// not current: nobody counts it (no member holds it, or its batches keep failing), so its
+/// provinces would read as stalled while the lag over all partitions stays small. A member's
+/// restart, or a rebalance, moves it again well within this.
+const STUCK_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -150,6 +155,11 @@ impl Phase {
                 Some(Seen::Unknown) | None => true,
             });
             if targets.is_empty() && complete {
+                // Every end noted is reached; a partition unanswered when they were noted,
+                // or a burst since, may still leave figures far behind: noted anew.
+                if behind(seen) > max_lag {
+                    return Phase::CatchingUp(ends());
+                }
                 return Phase::Current;
             }
         }
@@ -223,6 +233,29 @@ struct Checked {
     phase: Phase,
     /// The offsets Redis stored at the last check, to see them go back.
     stored: BTreeMap<(usize, i32), i64>,
+    /// Partitions behind, with the offset stored and when a check first saw them behind at
+    /// it (real time: the demo's clock runs fast).
+    unmoved: BTreeMap<(usize, i32), (i64, Instant)>,
+}
+
+impl Checked {
+    /// Notes which partitions are behind at what offset at `now`; returns those behind at
+    /// the same offset for [`STUCK_AFTER`] or longer.
+    fn stuck(&mut self, seen: &BTreeMap<(usize, i32), Seen>, now: Instant) -> Vec<(usize, i32)> {
+        self.unmoved.retain(|key, (offset, _)| {
+            matches!(seen.get(key), Some(Seen::Behind { stored, .. }) if stored == offset)
+        });
+        for (key, s) in seen {
+            if let Seen::Behind { stored, .. } = s {
+                self.unmoved.entry(*key).or_insert((*stored, now));
+            }
+        }
+        self.unmoved
+            .iter()
+            .filter(|(_, (_, since))| now.duration_since(*since) >= STUCK_AFTER)
+            .map(|(key, _)| *key)
+            .collect()
+    }
 }
 
 impl Watch {
@@ -264,6 +297,7 @@ impl Watch {
                 checking: tokio::sync::Mutex::new(Checked {
                     phase: Phase::Unset,
                     stored: BTreeMap::new(),
+                    unmoved: BTreeMap::new(),
                 }),
             }),
         })
@@ -362,11 +396,18 @@ impl Watch {
         let phase = std::mem::replace(&mut checked.phase, Phase::Unset);
         checked.phase = phase.next(&seen, self.inner.max_lag, rewound);
         let caught_up = checked.phase == Phase::Current;
-        let current = caught_up && unknown == 0;
-        let reason = match (unknown, current) {
-            (0, true) => None,
-            (0, false) => Some("catching up".to_string()),
-            (n, _) => Some(format!("{n} partitions did not answer")),
+        let stuck = checked.stuck(&seen, Instant::now());
+        let current = caught_up && unknown == 0 && stuck.is_empty();
+        let reason = match (unknown, stuck.first(), current) {
+            (0, _, true) => None,
+            (0, Some((t, p)), _) => Some(format!(
+                "{}/{p} not counted for {} minutes ({} partitions)",
+                self.inner.topics[*t],
+                STUCK_AFTER.as_secs() / 60,
+                stuck.len()
+            )),
+            (0, None, false) => Some("catching up".to_string()),
+            (n, _, _) => Some(format!("{n} partitions did not answer")),
         };
         Ok(Currency {
             current,
@@ -633,5 +674,42 @@ mod tests {
         );
         // No partitions at all tells nothing.
         assert_eq!(Phase::Unset.next(&BTreeMap::new(), 10, false), Phase::Unset);
+    }
+
+    /// A partition behind at the same stored offset for ten minutes is counted by nobody;
+    /// one that moves, or reaches its end, is fine.
+    #[test]
+    fn a_partition_nobody_counts_is_stuck() {
+        let mut checked = Checked {
+            phase: Phase::Current,
+            stored: BTreeMap::new(),
+            unmoved: BTreeMap::new(),
+        };
+        let t0 = Instant::now();
+        let at = |minutes: u64| t0 + Duration::from_secs(60 * minutes);
+        let none: Vec<(usize, i32)> = Vec::new();
+        assert_eq!(checked.stuck(&seen(&[behind(10, 12), behind(5, 6)]), at(0)), none);
+        assert_eq!(checked.stuck(&seen(&[behind(12, 13), behind(5, 8)]), at(6)), none);
+        // Partition 0 moved at minute 6; partition 1 has not since minute 0.
+        assert_eq!(
+            checked.stuck(&seen(&[behind(12, 14), behind(5, 9)]), at(10)),
+            vec![(0, 1)]
+        );
+        assert_eq!(checked.stuck(&seen(&[Seen::AtEnd, behind(9, 9 + 1)]), at(17)), none);
+        assert_eq!(checked.stuck(&seen(&[Seen::AtEnd, Seen::AtEnd]), at(40)), none);
+    }
+
+    /// Reaching the ends noted is not current while a partition unanswered when they were
+    /// noted turns out far behind: its end is noted then.
+    #[test]
+    fn the_ends_noted_reached_with_others_far_behind_is_not_current() {
+        let p = Phase::Current.next(&seen(&[behind(0, 20_000), Seen::Unknown]), 10_000, false);
+        assert_eq!(p, Phase::CatchingUp(BTreeMap::from([((0, 0), 20_000)])));
+        let p = p.next(&seen(&[Seen::AtEnd, behind(0, 50_000)]), 10_000, false);
+        assert_eq!(p, Phase::CatchingUp(BTreeMap::from([((0, 1), 50_000)])));
+        let p = p.next(&seen(&[Seen::AtEnd, behind(49_000, 50_100)]), 10_000, false);
+        assert_eq!(p, Phase::CatchingUp(BTreeMap::from([((0, 1), 50_000)])));
+        let p = p.next(&seen(&[Seen::AtEnd, behind(50_000, 50_200)]), 10_000, false);
+        assert_eq!(p, Phase::Current);
     }
 }

@@ -155,9 +155,14 @@ impl Evaluator {
     pub async fn evaluate_once(&self) -> Result<Outcome, LedgerError> {
         for _ in 0..ATTEMPTS {
             let now = self.clock.now();
+            // Asked before the ledger is read: with Redis down that read fails, and the check
+            // is what sets the figures' gauge to "not current".
+            let currency = match &self.watch {
+                Some(watch) => Some(watch.check(now).await),
+                None => None,
+            };
             let read = self.ledger.read().await?;
-            if let Some(watch) = &self.watch {
-                let currency = watch.check(now).await;
+            if let Some(currency) = currency {
                 if !currency.current {
                     // Remember when the hold began, so that the next evaluation can sum up.
                     if read.held_since.is_none() {
