@@ -157,7 +157,22 @@ pub fn load_targets(settings: &Settings) -> anyhow::Result<Targets> {
     if settings.alerts.view == crate::provinces::View::Legacy63 && current > 0 {
         tracing::warn!(
             targets = current,
-            "alerts.view = 63 judges the 63 former provinces against targets given for them              (scheme 63); these targets of the 34-unit table judge nothing there"
+            "alerts.view = 63 judges the 63 former provinces against targets given for them \
+             (scheme 63); these targets of the 34-unit table judge nothing there"
+        );
+    }
+    // Since the switch-over most events come with codes of the 34-unit table, and a code both
+    // tables have, sent without `code_scheme`, is read in it: they count toward the new units,
+    // so the former provinces' rows would fall behind and alert though their work goes on.
+    if settings.alerts.view == crate::provinces::View::Legacy63
+        && crate::provinces::Scheme::in_force_at(chrono::Utc::now())
+            == crate::provinces::Scheme::Current34
+    {
+        tracing::warn!(
+            "alerts.view = 63 after the switch-over to 34 units (1 July 2025): events sent with \
+             the new codes count toward the 34 units, and the former provinces' rows fall \
+             behind and alert; alerts.view = 34 judges the units in force (?view=63 still \
+             shows the former provinces on the page)"
         );
     }
     Ok(targets)

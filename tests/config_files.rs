@@ -150,6 +150,8 @@ fn check_warns_of_targets_the_63_unit_view_cannot_judge() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("judge nothing there"), "{err}");
+    // And, the switch-over being past, of the view itself.
+    assert!(err.contains("after the switch-over to 34 units"), "{err}");
 }
 
 /// A target file with a former province's target but not its partner's: `tiendo check`
