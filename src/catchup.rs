@@ -282,9 +282,7 @@ impl Watch {
                     config.set(key, value.expose());
                 }
             }
-            config
-                .create_with_context(ProbeContext)
-                .map_err(crate::source::withheld)
+            crate::source::create(&config, ProbeContext)
         };
         let t = &settings.kafka.topics;
         Ok(Watch {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -323,9 +323,7 @@ pub fn consumer(settings: &Settings) -> KafkaResult<(Arc<EventConsumer>, Arc<Ass
             keys: Keys::new(&settings.redis.key_prefix),
         },
     };
-    let consumer: EventConsumer = consumer_config(kafka)
-        .create_with_context(context)
-        .map_err(withheld)?;
+    let consumer: EventConsumer = create(&consumer_config(kafka), context)?;
     consumer.subscribe(&[&kafka.topics.records, &kafka.topics.procedures])?;
     Ok((Arc::new(consumer), assignment))
 }
@@ -341,6 +339,16 @@ pub fn check(kafka: &KafkaSettings) -> KafkaResult<()> {
         .create_native_config()
         .map(drop)
         .map_err(withheld)
+}
+
+/// A client of `config`: every client is made here, so none prints a value it was given
+/// (see [`withheld`]).
+pub fn create<X, C>(config: &ClientConfig, context: X) -> KafkaResult<C>
+where
+    X: ClientContext,
+    C: FromClientConfigAndContext<X>,
+{
+    config.create_with_context(context).map_err(withheld)
 }
 
 /// A client's configuration error without the value it was given: a misspelt
@@ -437,9 +445,7 @@ pub type Producer = FutureProducer<ProducerLog>;
 /// An idempotent producer that waits for all replicas; `name` is how its errors are logged
 /// (`client="dead-letter producer"`).
 pub fn producer(kafka: &KafkaSettings, name: &'static str) -> KafkaResult<Producer> {
-    producer_config(kafka)
-        .create_with_context(ProducerLog(name))
-        .map_err(withheld)
+    create(&producer_config(kafka), ProducerLog(name))
 }
 
 /// The producers' librdkafka properties: tiendo's defaults, then the operator's.
