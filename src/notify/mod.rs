@@ -216,46 +216,15 @@ impl Dispatcher {
                     }
                 }
                 Err(SendError::Retry { after, reason }) => {
-                    metrics::counter!(
-                        telemetry::NOTIFICATIONS_FAILED,
-                        "receiver" => self.outbox.clone(),
-                        "outcome" => "retried"
-                    )
-                    .increment(1);
-                    let wait = after.unwrap_or(backoff).max(FIRST_BACKOFF);
-                    if after.is_some() {
-                        // Kept for every replica; if Redis cannot keep it, this one still waits.
-                        if let Err(error) = self.ledger.wait_outbox(name, wait).await {
-                            tracing::warn!(outbox = name, %error, "receiver's wait not kept in Redis");
-                        }
-                    }
-                    tracing::warn!(
-                        outbox = name,
-                        digest = id,
-                        reason,
-                        retry_in = ?wait,
-                        "notification not delivered; will retry"
-                    );
-                    return Ok(Step::Retry(wait));
+                    let why = "notification not delivered; will retry";
+                    return Ok(self.retry(name, id, after, backoff, &reason, why).await);
                 }
                 // The receiver's own chat refusing everything: held, not set aside, as every
-                // message would be refused until someone mends the token, URL or chat; then
+                // message would be refused until someone mends the token, URL and chat; then
                 // the backlog goes out, merged.
                 Err(SendError::Refused(reason)) if pending.digest.to.is_none() => {
-                    metrics::counter!(
-                        telemetry::NOTIFICATIONS_FAILED,
-                        "receiver" => self.outbox.clone(),
-                        "outcome" => "retried"
-                    )
-                    .increment(1);
-                    tracing::warn!(
-                        outbox = name,
-                        digest = id,
-                        reason,
-                        retry_in = ?backoff,
-                        "receiver refuses every message: check its token, URL and chat; will retry"
-                    );
-                    return Ok(Step::Retry(backoff));
+                    let why = "receiver refuses every message: check its token, URL and chat; will retry";
+                    return Ok(self.retry(name, id, None, backoff, &reason, why).await);
                 }
                 // A message refused for good, or a reply to a chat that will not take it (one
                 // that blocked the bot, or is gone): nothing after it should wait behind it.
@@ -273,6 +242,34 @@ impl Dispatcher {
         self.ledger.delivered(&lock, id).await?;
         self.gauge_pending().await?;
         Ok(Step::Delivered)
+    }
+
+    /// Holds the head digest `id` for `after` (the receiver's Retry-After, kept in Redis for
+    /// every replica) or else `backoff`, counted as `retried`, logged with `why`.
+    async fn retry(
+        &self,
+        name: &str,
+        id: &str,
+        after: Option<Duration>,
+        backoff: Duration,
+        reason: &str,
+        why: &str,
+    ) -> Step {
+        metrics::counter!(
+            telemetry::NOTIFICATIONS_FAILED,
+            "receiver" => self.outbox.clone(),
+            "outcome" => "retried"
+        )
+        .increment(1);
+        let wait = after.unwrap_or(backoff).max(FIRST_BACKOFF);
+        if after.is_some() {
+            // If Redis cannot keep it, this replica still waits.
+            if let Err(error) = self.ledger.wait_outbox(name, wait).await {
+                tracing::warn!(outbox = name, %error, "receiver's wait not kept in Redis");
+            }
+        }
+        tracing::warn!(outbox = name, digest = id, reason, retry_in = ?wait, "{why}");
+        Step::Retry(wait)
     }
 
     /// Moves the head digest `id` to the outbox's failed list, counted by `outcome`.
