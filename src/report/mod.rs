@@ -75,6 +75,13 @@ pub struct Entry {
     pub projected: Option<NaiveDate>,
 }
 
+impl Entry {
+    /// Whether it counted anything: one that did not is listed as not started, not at 0%.
+    fn started(&self) -> bool {
+        self.total > 0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DatasetReport {
     pub dataset: String,
@@ -198,7 +205,7 @@ impl Report {
         }
         let vi = self.language == Language::Vi;
         let when = match e.projected {
-            _ if e.total <= 0 => not_started(self.language).into(),
+            _ if !e.started() => not_started(self.language).into(),
             Some(p) if vi => format!("dự kiến {}", p.format("%d/%m/%Y")),
             Some(p) => format!("projected {}", p.format("%d/%m/%Y")),
             None if vi => "chưa có tiến độ".into(),
@@ -388,10 +395,10 @@ impl Report {
                     .iter()
                     .take(5)
                     .map(|e| {
-                        let pct = if e.total <= 0 {
-                            not_started(lang).into()
-                        } else {
+                        let pct = if e.started() {
                             percent(e.percent, lang)
+                        } else {
+                            not_started(lang).into()
                         };
                         format!("{} {}", m.bold(&e.name), m.escape(&pct))
                     })
