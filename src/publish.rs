@@ -321,8 +321,7 @@ pub fn parse(
     let mut events = Vec::with_capacity(rows.len());
     let mut bad = Vec::new();
     let mut seen: HashMap<Vec<u8>, u32> = HashMap::new();
-    // Given ids, with the line and (a hash of) the event each was first given for.
-    let mut given: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut given = Given::default();
     for (line, row) in rows {
         let event = row.and_then(|r| r.event(kind)).and_then(|mut m| {
             if id_of(&m).is_empty() {
@@ -331,12 +330,7 @@ pub fn parse(
                 let id = derive_id(&m, *n);
                 set_id(&mut m, id);
             } else {
-                // The same id twice is one event sent twice, counted once: for two
-                // different events, one would be lost.
-                let event = hash(&m.encode());
-                let (first, first_event) =
-                    given.entry(id_of(&m).to_string()).or_insert((line, event));
-                if *first != line && *first_event != event {
+                if let Some(first) = given.conflict(id_of(&m).to_string(), line, &m) {
                     return Err(format!(
                         "event_id {} is on line {first} for another event; only one would count",
                         id_of(&m)
@@ -362,12 +356,10 @@ pub fn parse(
 /// Across the files of one publish (each already checked within itself by [`parse`]), an id
 /// given for two different events: only one of them would count.
 pub fn given_twice(files: &[(String, Vec<Generated>)]) -> Result<(), PublishError> {
-    let mut seen: HashMap<&str, (&str, u64)> = HashMap::new();
+    let mut given = Given::default();
     for (file, events) in files {
         for m in events {
-            let event = hash(&m.encode());
-            let (first, first_event) = *seen.entry(id_of(m)).or_insert((file, event));
-            if first_event != event {
+            if let Some(first) = given.conflict(id_of(m), file.as_str(), m) {
                 return Err(PublishError::GivenTwice {
                     id: id_of(m).to_string(),
                     first: first.to_string(),
@@ -377,6 +369,30 @@ pub fn given_twice(files: &[(String, Vec<Generated>)]) -> Result<(), PublishErro
         }
     }
     Ok(())
+}
+
+/// Ids given so far, each with where (a line, a file) and for which event (a hash of it) it
+/// was first given. The same id again for the same event is one event sent twice, counted
+/// once; for another event, one of the two would be lost.
+struct Given<K, W> {
+    first: HashMap<K, (W, u64)>,
+}
+
+impl<K, W> Default for Given<K, W> {
+    fn default() -> Self {
+        Given {
+            first: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, W: Copy> Given<K, W> {
+    /// Where `id` was first given, if that was for an event other than `m`.
+    fn conflict(&mut self, id: K, at: W, m: &Generated) -> Option<W> {
+        let event = hash(&m.encode());
+        let (first, first_event) = *self.first.entry(id).or_insert((at, event));
+        (first_event != event).then_some(first)
+    }
 }
 
 /// Publishes `events` in chunks, waiting for Kafka to acknowledge each, with a progress bar
