@@ -385,12 +385,8 @@ fn merge(into: &mut ProvinceStatus, row: &ProvinceStatus) {
             .entry(name.clone())
             .or_insert_with(dataset_zero);
         n.total += d.total;
-        for (w, v) in &d.windows {
-            *n.windows.entry(w).or_default() += v;
-        }
-        for (w, v) in &d.rate_sums {
-            *n.rate_sums.entry(w).or_default() += v;
-        }
+        merge_windows(&mut n.windows, &d.windows);
+        merge_windows(&mut n.rate_sums, &d.rate_sums);
         for (&w, &from) in &d.rate_from {
             earliest(&mut n.rate_from, w, from);
         }
@@ -408,17 +404,18 @@ fn merge(into: &mut ProvinceStatus, row: &ProvinceStatus) {
             .or_insert_with(channel_zero);
         n.completed += c.completed;
         n.on_time += c.on_time;
-        for (w, v) in &c.windows {
-            *n.windows.entry(w).or_default() += v;
-        }
-        for (w, v) in &c.on_time_windows {
-            *n.on_time_windows.entry(w).or_default() += v;
-        }
-        for (w, v) in &c.rate_sums {
-            *n.rate_sums.entry(w).or_default() += v;
-        }
+        merge_windows(&mut n.windows, &c.windows);
+        merge_windows(&mut n.on_time_windows, &c.on_time_windows);
+        merge_windows(&mut n.rate_sums, &c.rate_sums);
     }
     into.procedures.last_event = into.procedures.last_event.max(row.procedures.last_event);
+}
+
+/// Adds figures kept per window into another row's.
+fn merge_windows(into: &mut BTreeMap<&'static str, i64>, from: &BTreeMap<&'static str, i64>) {
+    for (w, v) in from {
+        *into.entry(*w).or_default() += v;
+    }
 }
 
 fn finish(row: &mut ProvinceStatus) {
