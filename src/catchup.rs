@@ -336,8 +336,7 @@ impl Watch {
         let inner = self.inner.clone();
         let partitions = tokio::task::spawn_blocking(move || inner.partitions())
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("kafka unreachable: {e}"))?;
+            .map_err(|e| e.to_string())??;
         let parts: Vec<(&str, i32)> = partitions
             .iter()
             .map(|(t, p)| (self.inner.topics[*t].as_str(), *p))
@@ -421,14 +420,19 @@ impl Watch {
 
 impl Inner {
     /// Every partition of both event topics, from the broker's metadata.
-    fn partitions(&self) -> Result<Vec<(usize, i32)>, KafkaError> {
+    /// Errs with the reason, for people: a topic the broker does not have is named as such,
+    /// not taken for Kafka being unreachable.
+    fn partitions(&self) -> Result<Vec<(usize, i32)>, String> {
         let probe = self.probe.lock().expect("probe lock");
         let mut out = Vec::new();
         for (t, topic) in self.topics.iter().enumerate() {
-            let meta = probe.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+            let meta = probe
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .map_err(|e| format!("kafka unreachable: {e}"))?;
             for m in meta.topics() {
                 if let Some(error) = m.error() {
-                    return Err(KafkaError::MetadataFetch(error.into()));
+                    let error = RDKafkaErrorCode::from(error);
+                    return Err(format!("topic {topic}: {error}"));
                 }
                 out.extend(m.partitions().iter().map(|p| (t, p.id())));
             }

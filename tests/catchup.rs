@@ -162,6 +162,20 @@ async fn a_broker_that_does_not_answer_leaves_every_partition_unanswered() {
     until_current(&watch).await;
 }
 
+/// An event topic the broker does not have is named as the reason, not taken for Kafka
+/// being unreachable: the records keep being counted while the page says what to create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_named_as_the_reason() {
+    let env = Env::start();
+    let mut settings = env.settings.clone();
+    settings.kafka.topics.procedures = "no_such_topic".into();
+    let watch = Watch::new(&settings, env.reader().await).unwrap();
+    let c = watch.check(Utc::now()).await;
+    assert!(!c.current, "{c:?}");
+    let reason = c.reason.unwrap_or_default();
+    assert!(reason.starts_with("topic no_such_topic: "), "{reason}");
+}
+
 /// On Redis Cluster the counters and the alert ledger live on different nodes, so a node
 /// failing over to an empty replica can lose the counters and keep the alerts. While the
 /// recount runs, alerts hold: nothing fires or resolves on partial figures. Once current, the
