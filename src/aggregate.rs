@@ -287,7 +287,11 @@ impl Aggregate {
     pub fn dead_letter(&mut self, letter: &DeadLetter) {
         *self.dead.entry(letter.reason).or_default() += 1;
         let source = self.sources.entry(letter.source.clone()).or_default();
-        *source.hour(letter.sent).rejects.entry(letter.reason).or_default() += 1;
+        *source
+            .hour(letter.sent)
+            .rejects
+            .entry(letter.reason)
+            .or_default() += 1;
         let examples = source.examples.entry(letter.reason).or_default();
         let origin = format!("{}/{}@{}", letter.topic, letter.partition, letter.offset);
         // Details quote what was sent (a dataset name, a JSON error): shown on terminals and

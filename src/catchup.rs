@@ -690,15 +690,27 @@ mod tests {
         let t0 = Instant::now();
         let at = |minutes: u64| t0 + Duration::from_secs(60 * minutes);
         let none: Vec<(usize, i32)> = Vec::new();
-        assert_eq!(checked.stuck(&seen(&[behind(10, 12), behind(5, 6)]), at(0)), none);
-        assert_eq!(checked.stuck(&seen(&[behind(12, 13), behind(5, 8)]), at(6)), none);
+        assert_eq!(
+            checked.stuck(&seen(&[behind(10, 12), behind(5, 6)]), at(0)),
+            none
+        );
+        assert_eq!(
+            checked.stuck(&seen(&[behind(12, 13), behind(5, 8)]), at(6)),
+            none
+        );
         // Partition 0 moved at minute 6; partition 1 has not since minute 0.
         assert_eq!(
             checked.stuck(&seen(&[behind(12, 14), behind(5, 9)]), at(10)),
             vec![(0, 1)]
         );
-        assert_eq!(checked.stuck(&seen(&[Seen::AtEnd, behind(9, 9 + 1)]), at(17)), none);
-        assert_eq!(checked.stuck(&seen(&[Seen::AtEnd, Seen::AtEnd]), at(40)), none);
+        assert_eq!(
+            checked.stuck(&seen(&[Seen::AtEnd, behind(9, 9 + 1)]), at(17)),
+            none
+        );
+        assert_eq!(
+            checked.stuck(&seen(&[Seen::AtEnd, Seen::AtEnd]), at(40)),
+            none
+        );
     }
 
     /// Reaching the ends noted is not current while a partition unanswered when they were

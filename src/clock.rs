@@ -112,8 +112,8 @@ pub fn working_seconds(
     let first = start.div_euclid(DAY).max(day - MOST_DAYS);
     while day >= first && worked < enough {
         let date = DateTime::from_timestamp(day * DAY, 0).map(|t| t.date_naive());
-        let off = date
-            .is_none_or(|d| days_off.contains(&d.weekday()) || Holiday::any_on(holidays, d));
+        let off =
+            date.is_none_or(|d| days_off.contains(&d.weekday()) || Holiday::any_on(holidays, d));
         if !off {
             let (lo, hi) = ((day * DAY).max(start), ((day + 1) * DAY).min(end));
             worked += (hi - lo).max(0);
@@ -202,10 +202,23 @@ mod tests {
     fn holidays_between_two_dates_count_each_date_once() {
         let h = |t: &str| Holiday::try_from(t.to_string()).unwrap();
         let d = |t: &str| t.parse::<NaiveDate>().unwrap();
-        let tet = [h("2026-02-14..2026-02-22"), h("2026-02-20..2026-02-23"), h("2026-04-30")];
-        assert_eq!(Holiday::count_between(&tet, d("2026-01-01"), d("2026-12-31")), 11);
-        assert_eq!(Holiday::count_between(&tet, d("2026-02-21"), d("2026-04-29")), 3);
-        assert_eq!(Holiday::count_between(&tet, d("2026-03-01"), d("2026-04-29")), 0);
+        let tet = [
+            h("2026-02-14..2026-02-22"),
+            h("2026-02-20..2026-02-23"),
+            h("2026-04-30"),
+        ];
+        assert_eq!(
+            Holiday::count_between(&tet, d("2026-01-01"), d("2026-12-31")),
+            11
+        );
+        assert_eq!(
+            Holiday::count_between(&tet, d("2026-02-21"), d("2026-04-29")),
+            3
+        );
+        assert_eq!(
+            Holiday::count_between(&tet, d("2026-03-01"), d("2026-04-29")),
+            0
+        );
         assert!(Holiday::any_on(&tet, d("2026-02-23")) && !Holiday::any_on(&tet, d("2026-02-24")));
     }
 

@@ -381,7 +381,10 @@ async fn a_scripted_season_alerts_the_right_provinces_once_through_retries() {
     a.clock.advance(Span::minutes(1));
     let again = e1.evaluate_once().await.unwrap();
     assert!(
-        !again.notices.iter().any(|n| n.alert_key.ends_with("projected_miss")),
+        !again
+            .notices
+            .iter()
+            .any(|n| n.alert_key.ends_with("projected_miss")),
         "told once: {:?}",
         again.notices
     );

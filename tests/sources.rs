@@ -291,14 +291,23 @@ async fn a_catch_up_counts_each_message_in_the_hour_it_was_sent() {
     assert_eq!(events(&h, "last_24h"), 40, "{h:#}");
     assert_eq!(events(&h, "last_7d"), 140, "{h:#}");
     assert_eq!(events(&h, "total"), 150, "{h:#}");
-    assert!((119..=121).contains(&seen(&h)), "last heard 2 hours ago: {h:#}");
+    assert!(
+        (119..=121).contains(&seen(&h)),
+        "last heard 2 hours ago: {h:#}"
+    );
     assert_eq!(h["quiet"], false);
 
     let d = source("dat-dai");
     assert_eq!(events(&d, "last_24h"), 0, "{d:#}");
     assert_eq!(events(&d, "last_7d"), 30, "{d:#}");
-    assert!((1799..=1801).contains(&seen(&d)), "last heard 30 hours ago: {d:#}");
-    assert_eq!(d["quiet"], true, "silent before the catch-up, silent after it");
+    assert!(
+        (1799..=1801).contains(&seen(&d)),
+        "last heard 30 hours ago: {d:#}"
+    );
+    assert_eq!(
+        d["quiet"], true,
+        "silent before the catch-up, silent after it"
+    );
 
     let b = source("bhxh");
     assert_eq!(events(&b, "last_24h"), 5, "{b:#}");

@@ -223,7 +223,13 @@ mod tests {
     fn an_alert_that_came_and_went_in_the_backlog_is_left_out() {
         let w = Severity::Warning;
         let waiting = vec![
-            digest(0, vec![notice("49", NEW, w, 0), notice("04", Change::Repeated, w, 0)]),
+            digest(
+                0,
+                vec![
+                    notice("49", NEW, w, 0),
+                    notice("04", Change::Repeated, w, 0),
+                ],
+            ),
             digest(1, vec![notice("49", Change::Resolved, w, 1)]),
             digest(2, vec![notice("04", Change::Resolved, w, 2)]),
         ];

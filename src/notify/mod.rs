@@ -223,7 +223,8 @@ impl Dispatcher {
                 // message would be refused until someone mends the token, URL and chat; then
                 // the backlog goes out, merged.
                 Err(SendError::Refused(reason)) if pending.digest.to.is_none() => {
-                    let why = "receiver refuses every message: check its token, URL and chat; will retry";
+                    let why =
+                        "receiver refuses every message: check its token, URL and chat; will retry";
                     return Ok(self.retry(name, id, None, backoff, &reason, why).await);
                 }
                 // A message refused for good, or a reply to a chat that will not take it (one

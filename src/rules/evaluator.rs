@@ -283,7 +283,9 @@ impl Evaluator {
             .or_else(|| key.rsplit(':').next().and_then(Rule::parse))
             .unwrap_or(Rule::Silent);
         let severity = match change {
-            Change::Resolved | Change::Flapping => prev.map(|p| p.severity).unwrap_or(Severity::Info),
+            Change::Resolved | Change::Flapping => {
+                prev.map(|p| p.severity).unwrap_or(Severity::Info)
+            }
             _ => next.map(|s| s.severity).unwrap_or(Severity::Info),
         };
         let mut notice = Notice {

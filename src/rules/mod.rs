@@ -285,7 +285,8 @@ struct Calendar<'h> {
 impl Calendar<'_> {
     /// Days left of `days_left` until `deadline` that are not holidays.
     fn open_days_left(&self, days_left: f64, deadline: NaiveDate) -> f64 {
-        days_left - crate::clock::Holiday::count_between(self.holidays, self.tomorrow, deadline) as f64
+        days_left
+            - crate::clock::Holiday::count_between(self.holidays, self.tomorrow, deadline) as f64
     }
 
     /// The date `date` moves to once the holidays from tomorrow up to it are worked after it.
@@ -318,11 +319,19 @@ fn behind_pace(
         return was;
     };
     let margin = 1.0 + rules.pace_resolve_margin;
-    let line = if was.is_some() { needed * margin } else { needed };
+    let line = if was.is_some() {
+        needed * margin
+    } else {
+        needed
+    };
     if pace >= line {
         return None;
     }
-    let eased = if was == Some(Severity::Critical) { margin } else { 1.0 };
+    let eased = if was == Some(Severity::Critical) {
+        margin
+    } else {
+        1.0
+    };
     Some(if pace < needed * rules.critical_pace_ratio * eased {
         Severity::Critical
     } else {
@@ -348,7 +357,8 @@ fn datasets(
 ) {
     let calendar = Calendar {
         holidays: &rules.holidays,
-        tomorrow: now.with_timezone(&crate::clock::vn_offset()).date_naive() + chrono::Duration::days(1),
+        tomorrow: now.with_timezone(&crate::clock::vn_offset()).date_naive()
+            + chrono::Duration::days(1),
     };
     for (name, d) in &row.datasets {
         let (Some(target), Some(deadline)) = (d.target, d.deadline) else {
