@@ -22,7 +22,7 @@ use super::ledger::{
     Commit, Digest, Ledger, LedgerError, Notice, Occasion, Read, Summary, Tally, HELD, STARTED,
 };
 use super::state::{step, AlertState, Change, Phase, Timing};
-use super::{evaluate_holding, evaluate_sources, Evaluation, Route, Rule, Severity};
+use super::{evaluate_holding, evaluate_sources, Evaluation, Route, Rule, Severity, Subject};
 use crate::catchup::{Currency, Watch};
 use crate::clock::SharedClock;
 use crate::config::{AlertSettings, ReceiverSettings, SourceSettings, KAFKA_OUTBOX};
@@ -260,10 +260,14 @@ impl Evaluator {
         }
     }
 
-    /// The notice of `change` to the alert `key`, silenced where a silence matches it; `None`
-    /// for a subject no longer evaluated (its target removed).
+    /// The notice of `change` to the alert `key`, silenced where a silence matches it. A
+    /// subject of `view` no longer evaluated (its target removed) is named from the key,
+    /// without facts: its alert's end is told too, or the chat would think it firing still.
+    /// Those of another view (`alerts.view` changed) end untold: a page of endings of what
+    /// the other view's alerts carry on would say nothing new.
     #[allow(clippy::too_many_arguments)]
     fn notice(
+        view: &str,
         read: &Read,
         eval: &Evaluation,
         key: &str,
@@ -276,7 +280,13 @@ impl Evaluator {
         let (subject, facts) = match (finding, eval.about(key)) {
             (_, Some((s, f))) => (s.clone(), f.clone()),
             (Some(f), None) => (f.subject.clone(), Default::default()),
-            (None, None) => return None,
+            (None, None) => {
+                let subject = Subject::of_key(key)?;
+                if subject.scheme != view && subject.scheme != super::SOURCE_SCHEME {
+                    return None;
+                }
+                (subject, Default::default())
+            }
         };
         let rule = finding
             .map(|f| f.rule)
@@ -342,7 +352,10 @@ impl Evaluator {
                 && finding.is_some();
             let told = change.or(announce.then_some(Change::Repeated));
             let notice = told
-                .and_then(|c| Self::notice(read, eval, key, finding, prev, next.as_ref(), c, now))
+                .and_then(|c| {
+                    let view = self.settings.view.tag();
+                    Self::notice(view, read, eval, key, finding, prev, next.as_ref(), c, now)
+                })
                 .filter(|n| change.is_some() || n.silenced_by.is_none());
             if let Some(mut n) = notice {
                 if unheard.is_some() && n.silenced_by.is_none() {
@@ -635,6 +648,54 @@ mod tests {
             flapping: false,
             unheard: None,
         }
+    }
+
+    /// An alert whose target was removed resolves where the chat sees it, named from its
+    /// key; one of the other view (`alerts.view` changed) ends untold.
+    #[test]
+    fn an_alert_whose_subject_is_gone_is_named_from_its_key() {
+        let now: DateTime<Utc> = "2026-11-20T03:00:00Z".parse().unwrap();
+        let (read, eval) = (Read::default(), Evaluation::default());
+        let state = firing(now - chrono::Duration::days(2));
+        let gone = |view: &str, key: &str| {
+            Evaluator::notice(
+                view,
+                &read,
+                &eval,
+                key,
+                None,
+                Some(&state),
+                None,
+                Change::Resolved,
+                now,
+            )
+        };
+        let n = gone("34", "34:01:civil_status:behind_pace").expect("told");
+        assert_eq!(
+            (n.subject.name.as_str(), n.subject.dataset.as_str(), n.rule),
+            ("Hà Nội", "civil_status", Rule::BehindPace)
+        );
+        assert_eq!(n.severity, Severity::Warning);
+        let n = gone("34", "34:56:procedures:online_share_low").expect("told");
+        assert_eq!(
+            (n.subject.name.as_str(), n.subject.dataset.as_str()),
+            ("Khánh Hòa", "")
+        );
+        assert_eq!(
+            gone("34", "src:hotich:feed:source_quiet")
+                .unwrap()
+                .subject
+                .name,
+            "hotich"
+        );
+        assert!(
+            gone("34", "63:58:civil_status:silent").is_none(),
+            "the other view's"
+        );
+        assert!(
+            gone("34", "34:99:civil_status:silent").is_none(),
+            "no such unit"
+        );
     }
 
     fn receivers(of: &[(&str, ReceiverKind, &[Route])]) -> BTreeMap<String, ReceiverSettings> {

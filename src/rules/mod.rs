@@ -128,6 +128,31 @@ impl Subject {
         format!("{}:{}:{}:{}", self.scheme, self.code, what, rule.as_str())
     }
 
+    /// The subject an alert key names (`34:01:civil_status:silent`), for an alert whose
+    /// subject is no longer evaluated (its target removed, its source no longer known): the
+    /// unit's name from the code table, the source's label as its own.
+    pub fn of_key(key: &str) -> Option<Subject> {
+        let mut parts = key.split(':');
+        let (scheme, code, what) = (parts.next()?, parts.next()?, parts.next()?);
+        let name = if scheme == SOURCE_SCHEME {
+            code.to_string()
+        } else {
+            let table = match scheme {
+                "34" => crate::provinces::Scheme::Current34,
+                "63" => crate::provinces::Scheme::Legacy63,
+                _ => return None,
+            };
+            let province = crate::provinces::provinces().get(table, code.parse().ok()?)?;
+            province.name_vi.clone()
+        };
+        Some(Subject {
+            scheme: scheme.to_string(),
+            code: code.to_string(),
+            name,
+            dataset: if what == "procedures" { "" } else { what }.to_string(),
+        })
+    }
+
     pub fn source(name: &str) -> Subject {
         Subject {
             scheme: SOURCE_SCHEME.to_string(),
