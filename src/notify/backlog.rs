@@ -150,6 +150,14 @@ mod tests {
 
     const NEW: Change = Change::Firing { previous: None };
 
+    /// Each notice's province and change.
+    fn told(d: &Digest) -> Vec<(&str, Change)> {
+        d.notices
+            .iter()
+            .map(|n| (n.subject.code.as_str(), n.change))
+            .collect()
+    }
+
     #[test]
     fn a_backlog_merges_into_each_alerts_newest_notice() {
         let (w, c) = (Severity::Warning, Severity::Critical);
@@ -235,12 +243,7 @@ mod tests {
         ];
         let (n, merged) = merge(&waiting).unwrap();
         assert_eq!(n, 3);
-        let got: Vec<(&str, Change)> = merged
-            .notices
-            .iter()
-            .map(|n| (n.subject.code.as_str(), n.change))
-            .collect();
-        assert_eq!(got, vec![("04", Change::Resolved)]);
+        assert_eq!(told(&merged), vec![("04", Change::Resolved)]);
     }
 
     /// An alert that fired in the backlog and was then resolved under a silence is not shown
@@ -260,12 +263,7 @@ mod tests {
         ];
         let (n, merged) = merge(&waiting).unwrap();
         assert_eq!(n, 3);
-        let got: Vec<(&str, Change)> = merged
-            .notices
-            .iter()
-            .map(|n| (n.subject.code.as_str(), n.change))
-            .collect();
-        assert_eq!(got, vec![("04", NEW)]);
+        assert_eq!(told(&merged), vec![("04", NEW)]);
         // A backlog of nothing else has nothing to tell: it is taken off unsent.
         let (_, merged) = merge(&waiting[..2]).unwrap();
         assert!(merged.tells_nothing(), "{merged:?}");
